@@ -1,0 +1,108 @@
+//! JWT claims and the access they grant.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::RoomId;
+
+/// What a token allows in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Join, history and cursors.
+    Read,
+    /// Everything `Read` allows, and ops.
+    Write,
+}
+
+/// The claims collab reads from a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Room id (or `"*"`) → access. Absent: write access everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<HashMap<String, Access>>,
+}
+
+impl Claims {
+    /// The access these claims grant in `room`: the room's own key wins over
+    /// `"*"`; `None` means the room is not covered (`forbidden`).
+    pub fn access(&self, room: &RoomId) -> Option<Access> {
+        match &self.rooms {
+            None => Some(Access::Write),
+            Some(rooms) => rooms
+                .get(room.as_str())
+                .or_else(|| rooms.get("*"))
+                .copied(),
+        }
+    }
+
+    /// Creating rooms needs write access to `"*"`, or no `rooms` claim.
+    pub fn can_create_rooms(&self) -> bool {
+        match &self.rooms {
+            None => true,
+            Some(rooms) => rooms.get("*") == Some(&Access::Write),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(rooms: Option<&[(&str, Access)]>) -> Claims {
+        Claims {
+            sub: "u".into(),
+            exp: 1,
+            name: None,
+            rooms: rooms.map(|r| r.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
+        }
+    }
+
+    fn room(id: &str) -> RoomId {
+        RoomId::parse(id).expect("valid room id")
+    }
+
+    #[test]
+    fn absent_rooms_claim_is_write_everywhere() {
+        let c = claims(None);
+        assert_eq!(c.access(&room("any")), Some(Access::Write));
+        assert!(c.can_create_rooms());
+    }
+
+    #[test]
+    fn own_key_wins_over_star() {
+        let c = claims(Some(&[("*", Access::Write), ("lobby", Access::Read)]));
+        assert_eq!(c.access(&room("lobby")), Some(Access::Read));
+        assert_eq!(c.access(&room("other")), Some(Access::Write));
+        assert!(c.can_create_rooms());
+        let c = claims(Some(&[("*", Access::Read), ("mine", Access::Write)]));
+        assert_eq!(c.access(&room("mine")), Some(Access::Write));
+        assert_eq!(c.access(&room("other")), Some(Access::Read));
+        assert!(!c.can_create_rooms());
+    }
+
+    #[test]
+    fn uncovered_room_is_none() {
+        let c = claims(Some(&[("a", Access::Write)]));
+        assert_eq!(c.access(&room("b")), None);
+        assert!(!c.can_create_rooms());
+    }
+
+    #[test]
+    fn decodes_claims_json() {
+        let c: Claims = serde_json::from_str(
+            r#"{"sub":"ann","exp":99,"name":"Ann","rooms":{"*":"read","x":"write"},"iat":1}"#,
+        )
+        .expect("claims decode");
+        assert_eq!(c.access(&room("x")), Some(Access::Write));
+        assert!(serde_json::from_str::<Claims>(r#"{"sub":"ann"}"#).is_err());
+        assert!(serde_json::from_str::<Claims>(r#"{"exp":5}"#).is_err());
+    }
+}
