@@ -36,10 +36,7 @@ impl Claims {
     pub fn access(&self, room: &RoomId) -> Option<Access> {
         match &self.rooms {
             None => Some(Access::Write),
-            Some(rooms) => rooms
-                .get(room.as_str())
-                .or_else(|| rooms.get("*"))
-                .copied(),
+            Some(rooms) => rooms.get(room.as_str()).or_else(|| rooms.get("*")).copied(),
         }
     }
 

@@ -121,7 +121,9 @@ fn short_id(s: &str, what: &str) -> Result<(), ProtocolError> {
 
 fn non_empty(s: &str, what: &str) -> Result<(), ProtocolError> {
     if s.is_empty() {
-        Err(ProtocolError::bad_request(format!("{what} must not be empty")))
+        Err(ProtocolError::bad_request(format!(
+            "{what} must not be empty"
+        )))
     } else {
         Ok(())
     }

@@ -223,7 +223,9 @@ mod tests {
             code(&ascii_over, RoomKind::Board, Access::Write),
             Some(ErrorCode::TooLarge)
         );
-        let empty = Op::Message { text: String::new() };
+        let empty = Op::Message {
+            text: String::new(),
+        };
         assert_eq!(
             code(&empty, RoomKind::Board, Access::Write),
             Some(ErrorCode::BadRequest)

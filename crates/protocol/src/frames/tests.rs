@@ -126,7 +126,10 @@ fn error_frame_shape() {
     );
     let frame = ServerFrame::error(&ProtocolError::bad_request("x"), None, None);
     let v: serde_json::Value = serde_json::from_str(&frame.to_json()).expect("json");
-    assert_eq!(v, json!({"type":"error","code":"bad_request","message":"x"}));
+    assert_eq!(
+        v,
+        json!({"type":"error","code":"bad_request","message":"x"})
+    );
 }
 
 #[test]
@@ -178,7 +181,14 @@ fn op_kinds_cover_the_protocol() {
     let names: Vec<&str> = OpKind::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(
         names,
-        ["stroke_begin", "stroke_points", "stroke_end", "undo", "redo", "message"]
+        [
+            "stroke_begin",
+            "stroke_points",
+            "stroke_end",
+            "undo",
+            "redo",
+            "message"
+        ]
     );
 }
 
@@ -189,8 +199,18 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         any::<i64>().prop_map(serde_json::Value::from),
         any::<f64>().prop_map(serde_json::Value::from),
         prop::sample::select(vec![
-            "join", "op", "leave", "cursor", "ping", "room", "r", "stroke_begin", "#ff00ff",
-            "message", "undo", "",
+            "join",
+            "op",
+            "leave",
+            "cursor",
+            "ping",
+            "room",
+            "r",
+            "stroke_begin",
+            "#ff00ff",
+            "message",
+            "undo",
+            "",
         ])
         .prop_map(serde_json::Value::from),
     ];
