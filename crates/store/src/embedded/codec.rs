@@ -1,0 +1,105 @@
+//! Byte layouts of the embedded store's values.
+//!
+//! A logged op is `[version u8][term u64 LE][node length u16 LE][node]
+//! [OpEvent as JSON]`. The writer sits in a small fixed header rather than
+//! in the JSON so it costs no extra parse; JSON is used for the event itself
+//! because `Op` is an internally tagged enum, which compact self-describing-
+//! free formats (postcard, bincode) cannot decode, and because it is the
+//! wire format already, so a stored op is readable with any JSON tool.
+//! Room records are JSON.
+
+use collab_protocol::{NodeId, OpEvent};
+
+use crate::{LoggedOp, RoomRecord, StoreError, StoreResult, Writer};
+
+const OP_FORMAT: u8 = 1;
+const HEADER_LEN: usize = 1 + 8 + 2;
+
+/// Encodes one logged op (the writer is repeated per op so that every row
+/// stands alone: a `read_log` page needs no batch header lookup).
+pub(crate) fn encode_op(event: &OpEvent, writer: &Writer) -> StoreResult<Vec<u8>> {
+    let node = writer.node.as_str().as_bytes();
+    let node_len = u16::try_from(node.len())
+        .map_err(|_| StoreError::InvalidBatch("node id longer than 65535 bytes".into()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + node.len() + 256);
+    out.push(OP_FORMAT);
+    out.extend_from_slice(&writer.term.to_le_bytes());
+    out.extend_from_slice(&node_len.to_le_bytes());
+    out.extend_from_slice(node);
+    serde_json::to_writer(&mut out, event)
+        .map_err(|e| StoreError::InvalidBatch(format!("op {} does not encode: {e}", event.seq)))?;
+    Ok(out)
+}
+
+pub(crate) fn decode_op(bytes: &[u8]) -> StoreResult<LoggedOp> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("logged op: {what}"));
+    let header = bytes
+        .get(..HEADER_LEN)
+        .ok_or_else(|| corrupt("truncated"))?;
+    if header[0] != OP_FORMAT {
+        return Err(corrupt(&format!("unknown format {}", header[0])));
+    }
+    let mut term = [0u8; 8];
+    term.copy_from_slice(&header[1..9]);
+    let node_len = usize::from(u16::from_le_bytes([header[9], header[10]]));
+    let node = bytes
+        .get(HEADER_LEN..HEADER_LEN + node_len)
+        .ok_or_else(|| corrupt("truncated node id"))?;
+    let node = std::str::from_utf8(node).map_err(|_| corrupt("node id is not UTF-8"))?;
+    let node = NodeId::parse(node).map_err(|e| corrupt(&e.to_string()))?;
+    let event = serde_json::from_slice(&bytes[HEADER_LEN + node_len..])
+        .map_err(|e| corrupt(&e.to_string()))?;
+    Ok(LoggedOp {
+        event,
+        writer: Writer {
+            node,
+            term: u64::from_le_bytes(term),
+        },
+    })
+}
+
+/// Decodes only the event of a logged op (history pages need no writer).
+pub(crate) fn decode_event(bytes: &[u8]) -> StoreResult<OpEvent> {
+    decode_op(bytes).map(|logged| logged.event)
+}
+
+pub(crate) fn encode_room(room: &RoomRecord) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(room).map_err(|e| StoreError::InvalidBatch(format!("room record: {e}")))
+}
+
+pub(crate) fn decode_room(bytes: &[u8]) -> StoreResult<RoomRecord> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("room record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use collab_protocol::{Op, RoomId, Seq, UserId};
+
+    use super::*;
+
+    #[test]
+    fn op_round_trip_and_truncation() {
+        let event = OpEvent {
+            room: RoomId::parse("r").expect("room"),
+            seq: Seq(7),
+            user: UserId::parse("u").expect("user"),
+            ts: 1,
+            cid: None,
+            op: Op::Message { text: "hé".into() },
+        };
+        let writer = Writer {
+            node: NodeId::parse("node-1").expect("node"),
+            term: 42,
+        };
+        let bytes = encode_op(&event, &writer).expect("encode");
+        let logged = decode_op(&bytes).expect("decode");
+        assert_eq!(logged.event, event);
+        assert_eq!(logged.writer, writer);
+        for cut in [0, 5, HEADER_LEN, HEADER_LEN + 3, bytes.len() - 1] {
+            assert!(matches!(
+                decode_op(&bytes[..cut]),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+    }
+}

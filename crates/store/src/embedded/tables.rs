@@ -1,0 +1,35 @@
+//! The redb tables of the embedded store and the file format version.
+//!
+//! Keys are tuples so that redb's ordered B-trees give every read a single
+//! range scan: a room's log is contiguous under `(room, seq)`, a room's ops
+//! of one kind under `(room, kind, seq)`, a user's rooms under
+//! `(user, room)` (ordered by room id, as `rooms_of_user` promises).
+
+use redb::TableDefinition;
+
+/// Bumped on any incompatible change of a table or value layout.
+pub(crate) const FORMAT_VERSION: u64 = 1;
+
+/// `"format"` → [`FORMAT_VERSION`].
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// room id → room record (JSON).
+pub(crate) const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+/// (user, room id) → (): the index behind `rooms_of_user`.
+pub(crate) const MEMBERSHIPS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("rooms_by_user");
+/// (room id, seq) → logged op (see `codec`).
+pub(crate) const OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ops");
+/// (room id, op kind code, seq) → (): lets a `kinds`-filtered history page
+/// read only the ops it returns instead of scanning the log.
+pub(crate) const KINDS: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("ops_by_kind");
+/// room id → (seq, chunk count, total length) of its latest snapshot.
+pub(crate) const SNAPSHOTS: TableDefinition<&str, (u64, u32, u64)> =
+    TableDefinition::new("snapshots");
+/// (room id, snapshot seq, chunk index) → chunk bytes.
+pub(crate) const SNAPSHOT_CHUNKS: TableDefinition<(&str, u64, u32), &[u8]> =
+    TableDefinition::new("snapshot_chunks");
+
+/// Snapshots are cut into chunks of this size: large enough that a
+/// snapshot is a handful of rows, small enough that no single value is
+/// unwieldy for the B-tree's overflow pages or the CQL backend's cells.
+pub const SNAPSHOT_CHUNK_SIZE: usize = 1 << 20;

@@ -1,0 +1,179 @@
+//! [`MemoryStore`]: the [`Store`] kept in process memory, for unit tests of
+//! the crates above the store. It has the exact semantics of the durable
+//! implementations (fencing conflicts, batch checks, history order, the
+//! "older snapshot is ignored" rule) and passes the same conformance suite,
+//! so a test written against it means the same thing against redb or CQL.
+//! Nothing survives the process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
+
+use crate::{LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch};
+
+/// An in-memory [`Store`]. Cheap to create; share it behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rooms: BTreeMap<RoomId, RoomRecord>,
+    /// user → the rooms listed by `rooms_of_user` (a `BTreeSet` so the
+    /// listing comes out ordered by id, as the trait promises).
+    rooms_by_user: HashMap<UserId, BTreeSet<RoomId>>,
+    logs: HashMap<RoomId, BTreeMap<Seq, LoggedOp>>,
+    snapshots: HashMap<RoomId, Snapshot>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation below is validated before it changes anything, so
+        // a panic elsewhere while the lock was held cannot have left a
+        // half-applied write behind: recovering the guard is safe.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        let mut inner = self.lock();
+        if inner.rooms.contains_key(&room.id) {
+            return Err(StoreError::Conflict(format!("room {} exists", room.id)));
+        }
+        for user in members_to_index(room) {
+            inner
+                .rooms_by_user
+                .entry(user.clone())
+                .or_default()
+                .insert(room.id.clone());
+        }
+        inner.rooms.insert(room.id.clone(), room.clone());
+        Ok(())
+    }
+
+    async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
+        Ok(self.lock().rooms.get(id).cloned())
+    }
+
+    async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>> {
+        let inner = self.lock();
+        let Some(ids) = inner.rooms_by_user.get(user) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.rooms.get(id).cloned())
+            .collect())
+    }
+
+    async fn append(
+        &self,
+        room: &RoomId,
+        first: Seq,
+        batch: &[OpEvent],
+        writer: &Writer,
+    ) -> StoreResult<()> {
+        check_batch(room, first, batch)?;
+        let mut inner = self.lock();
+        let log = inner.logs.entry(room.clone()).or_default();
+        let last = Seq(first.get() + batch.len() as u64 - 1);
+        // Check the whole batch before inserting anything: a loser of a
+        // fencing race must write nothing.
+        if let Some((seq, _)) = log.range(first..=last).next() {
+            return Err(StoreError::Conflict(format!(
+                "room {room}: seq {seq} exists"
+            )));
+        }
+        for event in batch {
+            log.insert(
+                event.seq,
+                LoggedOp {
+                    event: event.clone(),
+                    writer: writer.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
+        Ok(self
+            .lock()
+            .logs
+            .get(room)
+            .and_then(|log| log.keys().next_back().copied())
+            .unwrap_or(Seq::ZERO))
+    }
+
+    async fn read_log(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<LoggedOp>> {
+        let inner = self.lock();
+        let Some(log) = inner.logs.get(room) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .range(after.next()..)
+            .take(limit)
+            .map(|(_, logged)| logged.clone())
+            .collect())
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        limit: usize,
+        kinds: Option<&[OpKind]>,
+    ) -> StoreResult<Vec<OpEvent>> {
+        let inner = self.lock();
+        let Some(log) = inner.logs.get(room) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .range(..before)
+            .rev()
+            .map(|(_, logged)| &logged.event)
+            .filter(|event| kinds.is_none_or(|kinds| kinds.contains(&event.op.kind())))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
+        let mut inner = self.lock();
+        match inner.snapshots.get(room) {
+            Some(stored) if stored.seq > snapshot.seq => {
+                tracing::debug!(%room, stored = %stored.seq, offered = %snapshot.seq, "older snapshot ignored");
+            }
+            _ => {
+                inner.snapshots.insert(room.clone(), snapshot.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
+        Ok(self.lock().snapshots.get(room).cloned())
+    }
+}
+
+/// The users whose `rooms_of_user` lists `room`: its creator, and every
+/// member of a private room.
+pub(crate) fn members_to_index(room: &RoomRecord) -> impl Iterator<Item = &UserId> {
+    std::iter::once(&room.created_by).chain(room.members.iter().flatten())
+}

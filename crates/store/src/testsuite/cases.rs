@@ -1,0 +1,786 @@
+//! The conformance cases. Each takes a fresh store, uses only rooms and
+//! users it made up itself, and panics on the first broken promise of the
+//! [`Store`] contract.
+
+use std::sync::Arc;
+
+use collab_protocol::{Op, OpEvent, OpKind, RoomKind, Seq, StrokeId};
+
+use super::{
+    event, message, points_batch, random_u64, room_record, stroke_points, unique_room, unique_user,
+    writer,
+};
+use crate::{Snapshot, Store, StoreError};
+
+fn seqs(events: &[OpEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq.get()).collect()
+}
+
+fn stroke_end() -> Op {
+    Op::StrokeEnd {
+        stroke: StrokeId::parse("s1").expect("a valid stroke id"),
+    }
+}
+
+/// The op of seq `n` in the mixed logs of the history cases: a message
+/// every 3rd seq, a `stroke_end` every 5th (that is not a message), else
+/// points.
+fn mixed_op(n: u64) -> Op {
+    if n.is_multiple_of(3) {
+        message(&format!("m{n}"))
+    } else if n.is_multiple_of(5) {
+        stroke_end()
+    } else {
+        stroke_points(4)
+    }
+}
+
+/// Appends ops `1..=n` of [`mixed_op`] to `room`, in batches of up to 4.
+async fn fill_mixed(store: &dyn Store, room: &collab_protocol::RoomId, n: u64) {
+    let w = writer("node-a", 1);
+    let mut next = 1;
+    while next <= n {
+        let last = (next + 3).min(n);
+        let batch: Vec<OpEvent> = (next..=last).map(|s| event(room, s, mixed_op(s))).collect();
+        store
+            .append(room, Seq(next), &batch, &w)
+            .await
+            .expect("append");
+        next = last + 1;
+    }
+}
+
+pub async fn create_room_then_read(store: Arc<dyn Store>) {
+    let id = unique_room("create");
+    let alice = unique_user("alice");
+    assert_eq!(store.room(&id).await.expect("room"), None);
+    let record = room_record(&id, RoomKind::Board, &alice, None);
+    store.create_room(&record).await.expect("create_room");
+    assert_eq!(store.room(&id).await.expect("room"), Some(record));
+
+    let private = unique_room("create-private");
+    let bob = unique_user("bob");
+    let record = room_record(
+        &private,
+        RoomKind::Channel,
+        &alice,
+        Some(vec![alice.clone(), bob]),
+    );
+    store.create_room(&record).await.expect("create_room");
+    assert_eq!(store.room(&private).await.expect("room"), Some(record));
+}
+
+pub async fn create_room_conflict_keeps_the_first(store: Arc<dyn Store>) {
+    let id = unique_room("dup");
+    let alice = unique_user("alice");
+    let first = room_record(&id, RoomKind::Board, &alice, None);
+    store.create_room(&first).await.expect("create_room");
+    let mallory = unique_user("mallory");
+    let mut second = room_record(&id, RoomKind::Channel, &mallory, None);
+    second.name = "another".into();
+    match store.create_room(&second).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("duplicate create_room: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(store.room(&id).await.expect("room"), Some(first));
+    assert!(
+        store
+            .rooms_of_user(&mallory)
+            .await
+            .expect("rooms_of_user")
+            .is_empty(),
+        "the losing creator must not be indexed"
+    );
+}
+
+pub async fn rooms_of_user_lists_created_and_private_memberships(store: Arc<dyn Store>) {
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let carol = unique_user("carol");
+    let dave = unique_user("dave");
+    // One random base, distinct prefixes: the expected order is by id.
+    let base = format!("{:016x}", random_u64());
+    let id = |p: &str| collab_protocol::RoomId::parse(format!("{p}-{base}")).expect("room id");
+    let (a, b, c, d) = (id("d-pub"), id("b-priv"), id("a-pub"), id("c-priv"));
+    let rooms = [
+        room_record(&a, RoomKind::Board, &alice, None),
+        room_record(
+            &b,
+            RoomKind::Channel,
+            &alice,
+            Some(vec![alice.clone(), bob.clone()]),
+        ),
+        room_record(&c, RoomKind::Board, &bob, None),
+        room_record(
+            &d,
+            RoomKind::Channel,
+            &carol,
+            Some(vec![carol.clone(), alice.clone()]),
+        ),
+    ];
+    for room in &rooms {
+        store.create_room(room).await.expect("create_room");
+    }
+    let listed = |user: collab_protocol::UserId| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .rooms_of_user(&user)
+                .await
+                .expect("rooms_of_user")
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Alice: created a and b, member of d. Ordered by id: b, d (c-priv), a (d-pub).
+    assert_eq!(
+        listed(alice.clone()).await,
+        vec![b.clone(), d.clone(), a.clone()]
+    );
+    // Bob: member of b, created c; not alice's public a.
+    assert_eq!(listed(bob.clone()).await, vec![c.clone(), b.clone()]);
+    assert_eq!(listed(carol.clone()).await, vec![d.clone()]);
+    assert!(listed(dave).await.is_empty());
+    // Full records come back, not just ids.
+    let records = store.rooms_of_user(&carol).await.expect("rooms_of_user");
+    assert_eq!(records, vec![rooms[3].clone()]);
+}
+
+pub async fn append_then_read(store: Arc<dyn Store>) {
+    let room = unique_room("append");
+    let w = writer("node-a", 7);
+    let batch = vec![
+        event(&room, 1, stroke_points(16)),
+        event(&room, 2, stroke_end()),
+        event(&room, 3, message("hello")),
+    ];
+    store
+        .append(&room, Seq(1), &batch, &w)
+        .await
+        .expect("append");
+    assert_eq!(store.head(&room).await.expect("head"), Seq(3));
+    assert_eq!(
+        store
+            .read_ops(&room, Seq::ZERO, 100)
+            .await
+            .expect("read_ops"),
+        batch
+    );
+    let log = store
+        .read_log(&room, Seq::ZERO, 100)
+        .await
+        .expect("read_log");
+    assert_eq!(log.len(), 3);
+    for (logged, sent) in log.iter().zip(&batch) {
+        assert_eq!(&logged.event, sent);
+        assert_eq!(logged.writer, w);
+    }
+    let more = vec![event(&room, 4, message("again"))];
+    store
+        .append(&room, Seq(4), &more, &w)
+        .await
+        .expect("append");
+    assert_eq!(store.head(&room).await.expect("head"), Seq(4));
+    assert_eq!(
+        store.read_ops(&room, Seq(3), 100).await.expect("read_ops"),
+        more
+    );
+}
+
+pub async fn append_conflict_full_overlap(store: Arc<dyn Store>) {
+    let room = unique_room("conflict-full");
+    let owner = writer("node-a", 1);
+    let usurper = writer("node-b", 2);
+    let batch = points_batch(&room, 1, 3);
+    store
+        .append(&room, Seq(1), &batch, &owner)
+        .await
+        .expect("append");
+    let rival: Vec<OpEvent> = (1..=3).map(|s| event(&room, s, message("rival"))).collect();
+    match store.append(&room, Seq(1), &rival, &usurper).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("full overlap: expected Conflict, got {other:?}"),
+    }
+    // A single-op batch on an existing seq, too.
+    match store.append(&room, Seq(2), &rival[1..2], &usurper).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("single seq overlap: expected Conflict, got {other:?}"),
+    }
+    let log = store
+        .read_log(&room, Seq::ZERO, 100)
+        .await
+        .expect("read_log");
+    assert_eq!(
+        log.iter().map(|l| l.event.clone()).collect::<Vec<_>>(),
+        batch
+    );
+    assert!(log.iter().all(|l| l.writer == owner));
+    let messages = store
+        .history(&room, Seq(u64::MAX), 100, Some(&[OpKind::Message]))
+        .await
+        .expect("history");
+    assert!(
+        messages.is_empty(),
+        "the loser left index rows: {messages:?}"
+    );
+}
+
+pub async fn append_conflict_partial_overlap_writes_nothing(store: Arc<dyn Store>) {
+    let room = unique_room("conflict-partial");
+    let owner = writer("node-a", 1);
+    let usurper = writer("node-b", 2);
+    let batch = points_batch(&room, 1, 3);
+    store
+        .append(&room, Seq(1), &batch, &owner)
+        .await
+        .expect("append");
+    // Seqs 3..=6: only 3 exists; 4, 5 and 6 must not be written either.
+    let rival: Vec<OpEvent> = (3..=6).map(|s| event(&room, s, message("rival"))).collect();
+    match store.append(&room, Seq(3), &rival, &usurper).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("partial overlap: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(store.head(&room).await.expect("head"), Seq(3));
+    assert!(
+        store
+            .read_log(&room, Seq(3), 100)
+            .await
+            .expect("read_log")
+            .is_empty()
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .history(&room, Seq(u64::MAX), 100, None)
+                .await
+                .expect("history")
+        ),
+        vec![3, 2, 1]
+    );
+    assert!(
+        store
+            .history(&room, Seq(u64::MAX), 100, Some(&[OpKind::Message]))
+            .await
+            .expect("history")
+            .is_empty(),
+        "the loser left index rows"
+    );
+    // The rightful owner continues where it was.
+    let next = points_batch(&room, 4, 2);
+    store
+        .append(&room, Seq(4), &next, &owner)
+        .await
+        .expect("append after a rejected rival");
+    let log = store
+        .read_log(&room, Seq::ZERO, 100)
+        .await
+        .expect("read_log");
+    assert_eq!(log.len(), 5);
+    assert!(log.iter().all(|l| l.writer == owner));
+}
+
+pub async fn append_races_have_one_winner(store: Arc<dyn Store>) {
+    for _ in 0..20 {
+        let room = unique_room("race");
+        let contenders: Vec<_> = (0..4u64)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let room = room.clone();
+                tokio::spawn(async move {
+                    let w = writer(&format!("node-{i}"), i + 1);
+                    let batch: Vec<OpEvent> = (1..=2)
+                        .map(|s| event(&room, s, message(&format!("from {i}"))))
+                        .collect();
+                    (w.clone(), store.append(&room, Seq(1), &batch, &w).await)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for contender in contenders {
+            let (w, result) = contender.await.expect("contender task");
+            match result {
+                Ok(()) => winners.push(w),
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("race: expected Ok or Conflict, got {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one contender must win");
+        let log = store
+            .read_log(&room, Seq::ZERO, 10)
+            .await
+            .expect("read_log");
+        assert_eq!(log.len(), 2);
+        assert!(
+            log.iter().all(|l| l.writer == winners[0]),
+            "the log mixes writers"
+        );
+    }
+}
+
+pub async fn invalid_batches_write_nothing(store: Arc<dyn Store>) {
+    let room = unique_room("invalid");
+    let other = unique_room("invalid-other");
+    let w = writer("node-a", 1);
+    let cases: Vec<(&str, Seq, Vec<OpEvent>)> = vec![
+        ("empty", Seq(1), vec![]),
+        (
+            "seq zero",
+            Seq::ZERO,
+            vec![event(&room, 0, message("zero"))],
+        ),
+        (
+            "first does not match",
+            Seq(1),
+            vec![event(&room, 2, message("two"))],
+        ),
+        (
+            "gap inside",
+            Seq(1),
+            vec![event(&room, 1, message("1")), event(&room, 3, message("3"))],
+        ),
+        (
+            "out of order",
+            Seq(1),
+            vec![event(&room, 2, message("2")), event(&room, 1, message("1"))],
+        ),
+        (
+            "another room's op",
+            Seq(1),
+            vec![
+                event(&room, 1, message("1")),
+                event(&other, 2, message("2")),
+            ],
+        ),
+    ];
+    for (name, first, batch) in cases {
+        match store.append(&room, first, &batch, &w).await {
+            Err(StoreError::InvalidBatch(_)) => {}
+            other => panic!("{name}: expected InvalidBatch, got {other:?}"),
+        }
+    }
+    assert_eq!(store.head(&room).await.expect("head"), Seq::ZERO);
+    assert_eq!(store.head(&other).await.expect("head"), Seq::ZERO);
+    assert!(
+        store
+            .read_log(&room, Seq::ZERO, 10)
+            .await
+            .expect("read_log")
+            .is_empty()
+    );
+}
+
+pub async fn writer_is_stored_per_op(store: Arc<dyn Store>) {
+    let room = unique_room("writers");
+    let a = writer("node-a", 3);
+    let b = writer("node-b", 4);
+    store
+        .append(&room, Seq(1), &points_batch(&room, 1, 2), &a)
+        .await
+        .expect("append");
+    store
+        .append(&room, Seq(3), &points_batch(&room, 3, 3), &b)
+        .await
+        .expect("append");
+    let log = store
+        .read_log(&room, Seq::ZERO, 10)
+        .await
+        .expect("read_log");
+    let writers: Vec<_> = log.iter().map(|l| l.writer.clone()).collect();
+    assert_eq!(writers, vec![a.clone(), a, b.clone(), b.clone(), b]);
+}
+
+pub async fn many_appends_are_gapless(store: Arc<dyn Store>) {
+    let room = unique_room("many");
+    let w = writer("node-a", 1);
+    let mut next = 1u64;
+    for i in 0..150usize {
+        let len = 1 + i % 3;
+        let batch = points_batch(&room, next, len);
+        store
+            .append(&room, Seq(next), &batch, &w)
+            .await
+            .expect("append");
+        next += len as u64;
+    }
+    let head = next - 1;
+    assert_eq!(store.head(&room).await.expect("head"), Seq(head));
+    let ops = store
+        .read_ops(&room, Seq::ZERO, usize::MAX)
+        .await
+        .expect("read_ops");
+    assert_eq!(seqs(&ops), (1..=head).collect::<Vec<_>>());
+}
+
+pub async fn read_ops_pages_with_after_and_limit(store: Arc<dyn Store>) {
+    let room = unique_room("paging");
+    let w = writer("node-a", 1);
+    for first in (1..=50u64).step_by(5) {
+        store
+            .append(&room, Seq(first), &points_batch(&room, first, 5), &w)
+            .await
+            .expect("append");
+    }
+    let page = |after: u64, limit: usize| {
+        let store = Arc::clone(&store);
+        let room = room.clone();
+        async move {
+            seqs(
+                &store
+                    .read_ops(&room, Seq(after), limit)
+                    .await
+                    .expect("read_ops"),
+            )
+        }
+    };
+    assert_eq!(page(0, 10).await, (1..=10).collect::<Vec<_>>());
+    assert_eq!(page(10, 3).await, vec![11, 12, 13]);
+    assert_eq!(page(45, 10).await, vec![46, 47, 48, 49, 50]);
+    assert!(page(50, 10).await.is_empty());
+    assert!(page(500, 10).await.is_empty());
+    assert!(page(0, 0).await.is_empty());
+    // Paging by the last seq seen collects the whole log exactly once.
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let got = page(after, 7).await;
+        let Some(&last) = got.last() else { break };
+        all.extend(got);
+        after = last;
+    }
+    assert_eq!(all, (1..=50).collect::<Vec<_>>());
+}
+
+pub async fn history_is_newest_first_before_exclusive(store: Arc<dyn Store>) {
+    let room = unique_room("history");
+    fill_mixed(store.as_ref(), &room, 30).await;
+    let page = |before: u64, limit: usize| {
+        let store = Arc::clone(&store);
+        let room = room.clone();
+        async move {
+            seqs(
+                &store
+                    .history(&room, Seq(before), limit, None)
+                    .await
+                    .expect("history"),
+            )
+        }
+    };
+    assert_eq!(page(u64::MAX, 5).await, vec![30, 29, 28, 27, 26]);
+    assert_eq!(page(31, 3).await, vec![30, 29, 28]);
+    assert_eq!(page(10, 4).await, vec![9, 8, 7, 6]);
+    assert_eq!(page(4, 10).await, vec![3, 2, 1]);
+    assert!(page(1, 10).await.is_empty());
+    assert!(page(0, 10).await.is_empty());
+    assert!(page(20, 0).await.is_empty());
+    // Paging backwards by the oldest seq seen covers everything once.
+    let mut all = Vec::new();
+    let mut before = u64::MAX;
+    loop {
+        let got = page(before, 7).await;
+        let Some(&oldest) = got.last() else { break };
+        all.extend(got);
+        before = oldest;
+    }
+    assert_eq!(all, (1..=30).rev().collect::<Vec<_>>());
+    // Events come back whole.
+    let events = store
+        .history(&room, Seq(4), 1, None)
+        .await
+        .expect("history");
+    assert_eq!(events, vec![event(&room, 3, mixed_op(3))]);
+}
+
+pub async fn history_filters_kinds(store: Arc<dyn Store>) {
+    let room = unique_room("kinds");
+    fill_mixed(store.as_ref(), &room, 40).await;
+    let expect = |kinds: &[OpKind], before: u64, limit: usize| -> Vec<u64> {
+        (1..before.min(41))
+            .rev()
+            .filter(|&s| kinds.contains(&mixed_op(s).kind()))
+            .take(limit)
+            .collect()
+    };
+    let cases: Vec<(Vec<OpKind>, u64, usize)> = vec![
+        (vec![OpKind::Message], u64::MAX, 100),
+        (vec![OpKind::Message], 30, 4),
+        (vec![OpKind::StrokeEnd], u64::MAX, 100),
+        (vec![OpKind::Message, OpKind::StrokeEnd], u64::MAX, 100),
+        (vec![OpKind::StrokeEnd, OpKind::Message], 26, 5),
+        (vec![OpKind::Message, OpKind::Message], 20, 3),
+        (vec![OpKind::Undo], u64::MAX, 100),
+        (vec![OpKind::Undo, OpKind::Message], 10, 100),
+        (OpKind::ALL.to_vec(), 35, 6),
+        (
+            vec![OpKind::StrokePoints, OpKind::StrokeEnd, OpKind::Message],
+            u64::MAX,
+            10,
+        ),
+    ];
+    for (kinds, before, limit) in cases {
+        let got = store
+            .history(&room, Seq(before), limit, Some(&kinds))
+            .await
+            .expect("history");
+        assert!(
+            got.iter().all(|e| kinds.contains(&e.op.kind())),
+            "kinds {kinds:?}: wrong kind returned"
+        );
+        assert_eq!(
+            seqs(&got),
+            expect(&kinds, before, limit),
+            "kinds {kinds:?}, before {before}, limit {limit}"
+        );
+    }
+    assert!(
+        store
+            .history(&room, Seq(u64::MAX), 10, Some(&[]))
+            .await
+            .expect("history")
+            .is_empty(),
+        "no kinds asked, none returned"
+    );
+    let messages = store
+        .history(&room, Seq(7), 10, Some(&[OpKind::Message]))
+        .await
+        .expect("history");
+    assert_eq!(
+        messages,
+        vec![event(&room, 6, mixed_op(6)), event(&room, 3, mixed_op(3))]
+    );
+}
+
+pub async fn history_page_is_stable(store: Arc<dyn Store>) {
+    let room = unique_room("stable");
+    fill_mixed(store.as_ref(), &room, 20).await;
+    let pages = |store: Arc<dyn Store>, room: collab_protocol::RoomId| async move {
+        (
+            store
+                .history(&room, Seq(15), 5, None)
+                .await
+                .expect("history"),
+            store
+                .history(&room, Seq(15), 3, Some(&[OpKind::Message]))
+                .await
+                .expect("history"),
+        )
+    };
+    let before = pages(Arc::clone(&store), room.clone()).await;
+    assert_eq!(seqs(&before.0), vec![14, 13, 12, 11, 10]);
+    assert_eq!(seqs(&before.1), vec![12, 9, 6]);
+    let w = writer("node-a", 1);
+    for first in (21..=40u64).step_by(4) {
+        let batch: Vec<OpEvent> = (first..first + 4)
+            .map(|s| event(&room, s, mixed_op(s)))
+            .collect();
+        store
+            .append(&room, Seq(first), &batch, &w)
+            .await
+            .expect("append");
+    }
+    assert_eq!(pages(Arc::clone(&store), room.clone()).await, before);
+}
+
+pub async fn latest_snapshot_wins(store: Arc<dyn Store>) {
+    let room = unique_room("snap");
+    let snap = |seq: u64, tag: &str| Snapshot {
+        seq: Seq(seq),
+        data: format!("state at {seq} {tag}").into_bytes(),
+    };
+    store
+        .put_snapshot(&room, &snap(10, "a"))
+        .await
+        .expect("put_snapshot");
+    assert_eq!(
+        store.latest_snapshot(&room).await.expect("latest"),
+        Some(snap(10, "a"))
+    );
+    store
+        .put_snapshot(&room, &snap(20, "b"))
+        .await
+        .expect("put_snapshot");
+    assert_eq!(
+        store.latest_snapshot(&room).await.expect("latest"),
+        Some(snap(20, "b"))
+    );
+    // An older snapshot written later (a slow former owner) is ignored.
+    store
+        .put_snapshot(&room, &snap(15, "stale"))
+        .await
+        .expect("an older snapshot is not an error");
+    assert_eq!(
+        store.latest_snapshot(&room).await.expect("latest"),
+        Some(snap(20, "b"))
+    );
+    // Another room's snapshots are its own.
+    let other = unique_room("snap-other");
+    assert_eq!(store.latest_snapshot(&other).await.expect("latest"), None);
+    store
+        .put_snapshot(&other, &snap(5, "o"))
+        .await
+        .expect("put_snapshot");
+    assert_eq!(
+        store.latest_snapshot(&room).await.expect("latest"),
+        Some(snap(20, "b"))
+    );
+    assert_eq!(
+        store.latest_snapshot(&other).await.expect("latest"),
+        Some(snap(5, "o"))
+    );
+}
+
+pub async fn chunked_snapshot_round_trip(store: Arc<dyn Store>) {
+    let room = unique_room("bigsnap");
+    // 3.5 MiB of pseudo-random bytes (xorshift): several chunks in any
+    // backend, and a misordered or dropped chunk cannot go unnoticed.
+    let mut x = random_u64() | 1;
+    let big: Vec<u8> = (0..(7usize << 19))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let first = Snapshot {
+        seq: Seq(100),
+        data: big,
+    };
+    store
+        .put_snapshot(&room, &first)
+        .await
+        .expect("put_snapshot");
+    let got = store
+        .latest_snapshot(&room)
+        .await
+        .expect("latest")
+        .expect("a snapshot");
+    assert_eq!(got.seq, first.seq);
+    assert!(got.data == first.data, "snapshot bytes differ");
+    // A smaller successor replaces it entirely (no stale chunks appended).
+    let second = Snapshot {
+        seq: Seq(200),
+        data: vec![7u8; 1000],
+    };
+    store
+        .put_snapshot(&room, &second)
+        .await
+        .expect("put_snapshot");
+    assert_eq!(
+        store.latest_snapshot(&room).await.expect("latest"),
+        Some(second)
+    );
+    // An empty snapshot is a snapshot.
+    let empty = Snapshot {
+        seq: Seq(300),
+        data: Vec::new(),
+    };
+    store
+        .put_snapshot(&room, &empty)
+        .await
+        .expect("put_snapshot");
+    assert_eq!(
+        store.latest_snapshot(&room).await.expect("latest"),
+        Some(empty)
+    );
+}
+
+pub async fn empty_room_reads(store: Arc<dyn Store>) {
+    let room = unique_room("empty");
+    assert_eq!(store.room(&room).await.expect("room"), None);
+    assert_eq!(store.head(&room).await.expect("head"), Seq::ZERO);
+    assert!(
+        store
+            .read_log(&room, Seq::ZERO, 10)
+            .await
+            .expect("read_log")
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_ops(&room, Seq::ZERO, 10)
+            .await
+            .expect("read_ops")
+            .is_empty()
+    );
+    assert!(
+        store
+            .history(&room, Seq(u64::MAX), 10, None)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert!(
+        store
+            .history(&room, Seq(u64::MAX), 10, Some(&[OpKind::Message]))
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert_eq!(store.latest_snapshot(&room).await.expect("latest"), None);
+    // A room with a record but no ops reads the same.
+    let alice = unique_user("alice");
+    store
+        .create_room(&room_record(&room, RoomKind::Board, &alice, None))
+        .await
+        .expect("create_room");
+    assert_eq!(store.head(&room).await.expect("head"), Seq::ZERO);
+    // A neighbour whose id extends this one's must not leak into it.
+    let neighbour = collab_protocol::RoomId::parse(format!("{room}x")).expect("a valid room id");
+    store
+        .append(
+            &neighbour,
+            Seq(1),
+            &points_batch(&neighbour, 1, 2),
+            &writer("node-a", 1),
+        )
+        .await
+        .expect("append");
+    assert_eq!(store.head(&room).await.expect("head"), Seq::ZERO);
+    assert!(
+        store
+            .history(&room, Seq(u64::MAX), 10, None)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}
+
+pub async fn concurrent_appends_from_many_rooms(store: Arc<dyn Store>) {
+    const ROOMS: usize = 200;
+    const APPENDS: u64 = 10;
+    let prefix = format!("conc-{:08x}", random_u64() as u32);
+    let tasks: Vec<_> = (0..ROOMS)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let room = collab_protocol::RoomId::parse(format!("{prefix}-{i}")).expect("room id");
+            tokio::spawn(async move {
+                let w = writer("node-a", 1);
+                let mut next = 1u64;
+                for a in 0..APPENDS {
+                    let len = 1 + (a as usize + i) % 2;
+                    let batch = points_batch(&room, next, len);
+                    store
+                        .append(&room, Seq(next), &batch, &w)
+                        .await
+                        .expect("concurrent append");
+                    next += len as u64;
+                }
+                (room, next - 1)
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for task in tasks {
+        written.push(task.await.expect("append task"));
+    }
+    for (room, head) in written {
+        assert_eq!(store.head(&room).await.expect("head"), Seq(head));
+        let ops = store
+            .read_ops(&room, Seq::ZERO, usize::MAX)
+            .await
+            .expect("read_ops");
+        assert_eq!(seqs(&ops), (1..=head).collect::<Vec<_>>(), "room {room}");
+        assert!(ops.iter().all(|e| e.room == room));
+    }
+}
