@@ -1,0 +1,192 @@
+//! Invariant 2 for the embedded store: an acknowledged append survives
+//! SIGKILL of the process that made it.
+//!
+//! The test re-executes this binary as a child running
+//! [`store_crash_child`]: it appends to several rooms concurrently (so the
+//! writer thread groups them) and prints `ack <room> <seq>` after each
+//! append returned. The parent SIGKILLs it after a random number of acks,
+//! restarts it on the same file (it continues from the stored heads), and
+//! repeats; finally it opens the file itself and checks that every
+//! acknowledged op is there, intact, in a gapless log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use collab_protocol::{RoomId, Seq};
+use collab_store::testsuite::{points_batch, random_u64, writer};
+use collab_store::{EmbeddedStore, Store};
+use collab_tests::SelfChild;
+
+/// Set for the child process: the store file to append to.
+const CHILD_DB: &str = "COLLAB_STORE_CRASH_DB";
+/// Set for the child process: its generation, recorded as the writer term.
+const CHILD_TERM: &str = "COLLAB_STORE_CRASH_TERM";
+const ROOMS: usize = 8;
+const KILLS: usize = 6;
+
+fn room(i: usize) -> RoomId {
+    RoomId::parse(format!("crash-{i}")).expect("a valid room id")
+}
+
+/// The child side: appends until killed (or until a safety deadline, so an
+/// orphan cannot run forever). Does nothing in a normal test run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_crash_child() {
+    let Some(path) = std::env::var_os(CHILD_DB) else {
+        return;
+    };
+    let term: u64 = std::env::var(CHILD_TERM)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let store = Arc::new(EmbeddedStore::open(path).expect("open the store"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let tasks: Vec<_> = (0..ROOMS)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let room = room(i);
+                let w = writer("crash-child", term);
+                let mut next = store.head(&room).await.expect("head").get() + 1;
+                while Instant::now() < deadline {
+                    let len = 1 + (next % 3) as usize;
+                    let batch = points_batch(&room, next, len);
+                    store
+                        .append(&room, Seq(next), &batch, &w)
+                        .await
+                        .expect("append");
+                    next += len as u64;
+                    // Printed only after the append returned: an ack.
+                    println!("ack {room} {}", next - 1);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("append task");
+    }
+}
+
+fn parse_ack(line: &str) -> Option<(String, u64)> {
+    let mut parts = line.strip_prefix("ack ")?.split(' ');
+    let room = parts.next()?.to_owned();
+    let seq = parts.next()?.parse().ok()?;
+    Some((room, seq))
+}
+
+/// Folds `line` into `acked` (room → highest acknowledged seq); returns
+/// whether it was an ack.
+fn record(acked: &mut BTreeMap<String, u64>, line: &str) -> bool {
+    let Some((room, seq)) = parse_ack(line) else {
+        return false;
+    };
+    let highest = acked.entry(room).or_default();
+    // A restarted child continues from the stored head, so a seq
+    // acknowledged twice means the store lost an acknowledged write.
+    assert!(
+        seq > *highest,
+        "{line}: already acknowledged up to {highest}, so an acknowledged append was lost"
+    );
+    *highest = seq;
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_appends_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("crash.redb");
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total_acks = 0usize;
+    for generation in 1..=KILLS as u64 {
+        // A random moment: after 1 to 400 acks of this run.
+        let target = 1 + (random_u64() % 400) as usize;
+        let path_env = path.clone();
+        let child = tokio::task::spawn_blocking(move || {
+            SelfChild::spawn(
+                "store_crash_child",
+                [
+                    (CHILD_DB, path_env.into_os_string()),
+                    (CHILD_TERM, generation.to_string().into()),
+                ],
+            )
+        })
+        .await
+        .expect("spawn task")
+        .expect("spawn the child");
+        let (seen, child) = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut lines = Vec::new();
+            let mut acks = 0;
+            while acks < target {
+                let Some(line) = child.next_line(deadline) else {
+                    break;
+                };
+                acks += usize::from(parse_ack(&line).is_some());
+                lines.push(line);
+            }
+            (lines, child)
+        })
+        .await
+        .expect("reader task");
+        let (status, rest) = tokio::task::spawn_blocking(move || child.kill())
+            .await
+            .expect("kill task")
+            .expect("kill the child");
+        let mut acks = 0;
+        for line in seen.iter().chain(&rest) {
+            acks += usize::from(record(&mut acked, line));
+        }
+        assert!(
+            acks >= target,
+            "generation {generation}: the child printed {acks} acks of {target} and exited with {status}"
+        );
+        total_acks += acks;
+        println!("generation {generation}: killed after {acks} acks (target {target}): {status}");
+    }
+    assert_eq!(
+        acked.len(),
+        ROOMS,
+        "every room was acknowledged at least once"
+    );
+
+    let store = EmbeddedStore::open(&path).expect("reopen after the last kill");
+    for (name, &highest) in &acked {
+        let room = RoomId::parse(name.as_str()).expect("room id");
+        let head = store.head(&room).await.expect("head").get();
+        assert!(
+            head >= highest,
+            "room {room}: acknowledged up to {highest}, stored head {head}"
+        );
+        let ops = store
+            .read_ops(&room, Seq::ZERO, usize::MAX)
+            .await
+            .expect("read_ops");
+        let seqs: Vec<u64> = ops.iter().map(|e| e.seq.get()).collect();
+        assert_eq!(
+            seqs,
+            (1..=head).collect::<Vec<_>>(),
+            "room {room}: the log has a gap"
+        );
+        // Each op is exactly what the child wrote for that seq.
+        for op in &ops {
+            assert_eq!(
+                op,
+                &points_batch(&room, op.seq.get(), 1)[0],
+                "room {room} seq {}",
+                op.seq
+            );
+        }
+        // Terms only grow along the log: a later generation never wrote
+        // below an earlier one.
+        let log = store
+            .read_log(&room, Seq::ZERO, usize::MAX)
+            .await
+            .expect("read_log");
+        assert!(log.windows(2).all(|w| w[0].writer.term <= w[1].writer.term));
+    }
+    println!(
+        "{total_acks} acknowledged appends over {KILLS} kills, all present: {:?}",
+        acked
+    );
+}
