@@ -82,7 +82,7 @@ fn apply_stroke_points(c: &mut Criterion) {
         let mut stroke = 0u64;
         b.iter(|| {
             // A new stroke every 64 ops keeps strokes realistically sized.
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 stroke += 1;
                 n += 1;
                 let id = StrokeId::parse(format!("s{stroke}")).expect("id");
@@ -99,7 +99,11 @@ fn apply_stroke_points(c: &mut Criterion) {
                 stroke: StrokeId::parse(format!("s{stroke}")).expect("id"),
                 points: points16(n as usize),
             };
-            black_box(state.apply(request(&user, n, op), &limits).expect("applies"))
+            black_box(
+                state
+                    .apply(request(&user, n, op), &limits)
+                    .expect("applies"),
+            )
         });
     });
     group.finish();
@@ -127,17 +131,20 @@ fn load_big_room(c: &mut Criterion) {
     let mut group = c.benchmark_group("load");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(6));
-    group.bench_function("restore snapshot@90k + replay 10k ops (decode included)", |b| {
-        b.iter(|| {
-            let mut state = RoomState::restore(&room, &snapshot).expect("restores");
-            for json in &tail_json {
-                let event: OpEvent = serde_json::from_str(json).expect("decodes");
-                state.replay(&event).expect("replays");
-            }
-            assert_eq!(state.head(), Seq(100_000));
-            black_box(state)
-        });
-    });
+    group.bench_function(
+        "restore snapshot@90k + replay 10k ops (decode included)",
+        |b| {
+            b.iter(|| {
+                let mut state = RoomState::restore(&room, &snapshot).expect("restores");
+                for json in &tail_json {
+                    let event: OpEvent = serde_json::from_str(json).expect("decodes");
+                    state.replay(&event).expect("replays");
+                }
+                assert_eq!(state.head(), Seq(100_000));
+                black_box(state)
+            });
+        },
+    );
     group.bench_function("snapshot encode at 90k", |b| {
         b.iter(|| black_box(at_snapshot.snapshot()));
     });

@@ -28,7 +28,7 @@ use collab_protocol::{
     UserId,
 };
 
-pub use presence::{ConnKey, Presence, PresenceChange};
+pub use presence::{Presence, PresenceChange};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};
 
 /// Undo steps kept per user and room. The oldest step beyond this can no
@@ -113,10 +113,10 @@ impl CidWindow {
     fn insert(&mut self, cid: Cid, seq: Seq) {
         if self.seqs.insert(cid.clone(), seq).is_none() {
             self.order.push_back(cid);
-            if self.order.len() > CID_WINDOW {
-                if let Some(old) = self.order.pop_front() {
-                    self.seqs.remove(&old);
-                }
+            if self.order.len() > CID_WINDOW
+                && let Some(old) = self.order.pop_front()
+            {
+                self.seqs.remove(&old);
             }
         }
     }

@@ -50,7 +50,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
 
 fn stroke_id(user: usize, n: u8) -> StrokeId {
     // Ids collide across users on purpose some of the time.
-    let owner = if n % 4 == 0 { 0 } else { user };
+    let owner = if n.is_multiple_of(4) { 0 } else { user };
     StrokeId::parse(format!("s{owner}-{n}")).expect("valid id")
 }
 

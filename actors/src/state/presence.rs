@@ -3,14 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use collab_protocol::{ConnId, UserId, UserInfo};
-
-/// A connection, named by the gateway that holds it and its id there.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey {
-    pub gateway: String,
-    pub conn: ConnId,
-}
+use collab_protocol::envelope::ConnRef;
+use collab_protocol::{UserId, UserInfo};
 
 /// A change others must hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +15,7 @@ pub enum PresenceChange {
 
 #[derive(Debug, Clone, Default)]
 pub struct Presence {
-    conns: HashMap<ConnKey, UserInfo>,
+    conns: HashMap<ConnRef, UserInfo>,
     /// Present users with their connection count, ordered by id so the
     /// presence list is deterministic.
     users: BTreeMap<UserId, (UserInfo, usize)>,
@@ -30,7 +24,7 @@ pub struct Presence {
 impl Presence {
     /// Adds a connection. A user's first connection is a `Joined`; a
     /// connection already present changes nothing.
-    pub fn join(&mut self, conn: ConnKey, user: UserInfo) -> Option<PresenceChange> {
+    pub fn join(&mut self, conn: ConnRef, user: UserInfo) -> Option<PresenceChange> {
         if self.conns.contains_key(&conn) {
             return None;
         }
@@ -44,7 +38,7 @@ impl Presence {
     }
 
     /// Removes a connection. A user's last connection is a `Left`.
-    pub fn leave(&mut self, conn: &ConnKey) -> Option<PresenceChange> {
+    pub fn leave(&mut self, conn: &ConnRef) -> Option<PresenceChange> {
         let user = self.conns.remove(conn)?;
         let entry = self.users.get_mut(&user.id)?;
         entry.1 -= 1;
@@ -58,7 +52,7 @@ impl Presence {
 
     /// Removes every connection of a gateway (declared dead).
     pub fn leave_gateway(&mut self, gateway: &str) -> Vec<PresenceChange> {
-        let mut gone: Vec<ConnKey> = self
+        let mut gone: Vec<ConnRef> = self
             .conns
             .keys()
             .filter(|k| k.gateway == gateway)
@@ -68,7 +62,7 @@ impl Presence {
         gone.iter().filter_map(|k| self.leave(k)).collect()
     }
 
-    pub fn contains(&self, conn: &ConnKey) -> bool {
+    pub fn contains(&self, conn: &ConnRef) -> bool {
         self.conns.contains_key(conn)
     }
 

@@ -462,8 +462,8 @@ fn info(id: &str) -> UserInfo {
     }
 }
 
-fn conn(gateway: &str, id: &str) -> ConnKey {
-    ConnKey {
+fn conn(gateway: &str, id: &str) -> collab_protocol::envelope::ConnRef {
+    collab_protocol::envelope::ConnRef {
         gateway: gateway.into(),
         conn: ConnId::parse(id).expect("id"),
     }

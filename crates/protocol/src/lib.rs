@@ -10,6 +10,7 @@
 
 pub mod claims;
 pub mod color;
+pub mod envelope;
 pub mod error;
 pub mod frames;
 pub mod http;

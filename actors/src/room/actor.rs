@@ -1,0 +1,829 @@
+//! The room actor: the one writer of a room's log.
+//!
+//! It owns the room's [`RoomState`] and follows the commit path: ops are
+//! validated and given their seqs as they join a batch; one batch is in
+//! flight at a time; only when the store confirms a batch are its ops
+//! broadcast and acked. Ops arriving meanwhile wait for the next batch, and
+//! so do joins, because a `joined` must show committed state only. A failed
+//! commit, or one whose outcome is unknown, makes the actor answer
+//! `unavailable` to the ops it held and rebuild from the store; a
+//! `Conflict` means another owner has the room, and the actor stops at once
+//! without a word more. Store I/O runs in spawned tasks that report back as
+//! messages, so no handler waits on the store.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
+use collab_protocol::frames::{JoinedBody, PresenceEvent};
+use collab_protocol::{Cid, ErrorCode, OpEvent, ProtocolError, RoomId, Seq};
+use collab_store::{RoomRecord, Store, StoreError, Writer};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, error, info, warn};
+
+use super::config::RoomConfig;
+use super::sink::EventSink;
+use super::supervisor::SupervisorMsg;
+use crate::state::{Applied, JoinPlan, OpRequest, PresenceChange, RoomMeta, RoomState, plan_join};
+
+/// What every room actor of a node shares.
+pub struct RoomContext {
+    pub store: Arc<dyn Store>,
+    pub sink: Arc<dyn EventSink>,
+    pub config: RoomConfig,
+}
+
+pub type Reply = RpcReplyPort<RoomReply>;
+
+pub enum RoomMsg {
+    /// A request from a gateway, answered on the port.
+    Request(RoomRequest, Reply),
+    /// The room came back from the store (`None`: no such room).
+    Loaded(Box<Result<Option<(RoomRecord, RoomState)>, String>>),
+    /// The store answered the batch in flight.
+    Committed(Vec<OpEvent>, Result<(), StoreError>),
+    SnapshotWritten(Seq, Result<(), StoreError>),
+    Tick,
+    /// Every connection of this gateway is gone.
+    GatewayGone(String),
+    /// Finish what is in flight, snapshot, stop; answer when done.
+    Drain(Option<RpcReplyPort<()>>),
+}
+
+pub struct RoomArgs {
+    pub room: RoomId,
+    pub ctx: Arc<RoomContext>,
+    pub supervisor: Option<ActorRef<SupervisorMsg>>,
+    /// Requests routed to this room and not yet handled.
+    pub backlog: Arc<AtomicUsize>,
+}
+
+pub struct RoomActor;
+
+pub struct RoomActorState {
+    room: RoomId,
+    ctx: Arc<RoomContext>,
+    supervisor: Option<ActorRef<SupervisorMsg>>,
+    backlog: Arc<AtomicUsize>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Reading the room from the store. Requests wait here; presence
+    /// survives a rebuild.
+    Loading {
+        parked: Vec<(RoomRequest, Reply)>,
+        presence: Option<crate::state::Presence>,
+    },
+    Live(Box<Live>),
+    /// Another owner wrote this room: say nothing more, stop.
+    Fenced,
+}
+
+/// An op waiting for the next batch; `reply` is `None` for ops the room
+/// makes itself.
+struct PendingOp {
+    request: OpRequest,
+    reply: Option<Reply>,
+}
+
+struct InFlight {
+    /// The seq of each new op, with the reply waiting for its ack.
+    acks: Vec<(Seq, Option<Reply>)>,
+}
+
+struct Live {
+    record: RoomRecord,
+    state: RoomState,
+    /// The last durable seq. Equals `state.head()` whenever no batch is in
+    /// flight.
+    committed: Seq,
+    /// The most recent committed ops, for resumes and gap fetches.
+    tail: VecDeque<OpEvent>,
+    in_flight: Option<InFlight>,
+    next: VecDeque<PendingOp>,
+    /// Joins that arrived while a batch was in flight.
+    joins: Vec<(RoomRequest, Reply)>,
+    /// Retries of ops still in flight: acked when their seq commits.
+    duplicates: Vec<(Seq, Reply)>,
+    snapshot_seq: Seq,
+    snapshot_running: bool,
+    snapshot_at: Instant,
+    last_activity: Instant,
+    orphan_check_at: Option<Instant>,
+    drain: Option<Vec<RpcReplyPort<()>>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn answer(port: Reply, reply: RoomReply) {
+    // The requester may have given up (timeout); nothing to do then.
+    let _ = port.send(reply);
+}
+
+fn unavailable(reason: &str) -> RoomReply {
+    RoomReply::Error {
+        code: ErrorCode::Unavailable,
+        message: reason.to_owned(),
+    }
+}
+
+impl Actor for RoomActor {
+    type Msg = RoomMsg;
+    type State = RoomActorState;
+    type Arguments = RoomArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RoomMsg>,
+        args: RoomArgs,
+    ) -> Result<RoomActorState, ActorProcessingErr> {
+        let state = RoomActorState {
+            room: args.room,
+            ctx: args.ctx,
+            supervisor: args.supervisor,
+            backlog: args.backlog,
+            phase: Phase::Loading {
+                parked: Vec::new(),
+                presence: None,
+            },
+        };
+        state.start_load(&myself);
+        myself.send_interval(state.ctx.config.tick, || RoomMsg::Tick);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RoomMsg>,
+        message: RoomMsg,
+        state: &mut RoomActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RoomMsg::Request(request, reply) => {
+                state.backlog.fetch_sub(1, Ordering::Relaxed);
+                state.on_request(&myself, request, reply);
+            }
+            RoomMsg::Loaded(result) => state.on_loaded(&myself, *result),
+            RoomMsg::Committed(events, result) => state.on_committed(&myself, events, result),
+            RoomMsg::SnapshotWritten(seq, result) => {
+                state.on_snapshot_written(&myself, seq, result)
+            }
+            RoomMsg::Tick => state.on_tick(&myself),
+            RoomMsg::GatewayGone(gateway) => state.on_gateway_gone(&myself, &gateway),
+            RoomMsg::Drain(reply) => state.on_drain(&myself, reply),
+        }
+        Ok(())
+    }
+}
+
+// === impl RoomActorState: loading ===
+
+impl RoomActorState {
+    fn start_load(&self, myself: &ActorRef<RoomMsg>) {
+        let store = self.ctx.store.clone();
+        let room = self.room.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let result = load_room(store.as_ref(), &room).await;
+            let _ = myself.send_message(RoomMsg::Loaded(Box::new(result)));
+        });
+    }
+
+    fn on_loaded(
+        &mut self,
+        myself: &ActorRef<RoomMsg>,
+        result: Result<Option<(RoomRecord, RoomState)>, String>,
+    ) {
+        let Phase::Loading { parked, presence } = std::mem::replace(&mut self.phase, Phase::Fenced)
+        else {
+            return;
+        };
+        match result {
+            Ok(Some((record, mut state))) => {
+                let config = &self.ctx.config;
+                let orphans_possible = !state.users_with_open_strokes().is_empty();
+                if let Some(presence) = presence {
+                    *state.presence_mut() = presence;
+                }
+                let head = state.head();
+                debug!(room = %self.room, head = %head, "room loaded");
+                self.phase = Phase::Live(Box::new(Live {
+                    record,
+                    state,
+                    committed: head,
+                    tail: VecDeque::new(),
+                    in_flight: None,
+                    next: VecDeque::new(),
+                    joins: Vec::new(),
+                    duplicates: Vec::new(),
+                    snapshot_seq: head,
+                    snapshot_running: false,
+                    snapshot_at: Instant::now(),
+                    last_activity: Instant::now(),
+                    orphan_check_at: orphans_possible.then(|| Instant::now() + config.orphan_grace),
+                    drain: None,
+                }));
+                for (request, reply) in parked {
+                    self.on_request(myself, request, reply);
+                }
+            }
+            Ok(None) => {
+                for (request, reply) in parked {
+                    answer(
+                        reply,
+                        ProtocolError::not_found(format!("no room {}", request.room())).into(),
+                    );
+                }
+                myself.stop(Some("no such room".into()));
+            }
+            Err(reason) => {
+                warn!(room = %self.room, %reason, "room failed to load");
+                for (_, reply) in parked {
+                    answer(reply, unavailable("the room could not be loaded; retry"));
+                }
+                myself.stop(Some(reason));
+            }
+        }
+    }
+}
+
+/// Reads a room: its record, its latest snapshot and every op after it.
+async fn load_room(
+    store: &dyn Store,
+    room: &RoomId,
+) -> Result<Option<(RoomRecord, RoomState)>, String> {
+    let Some(record) = store.room(room).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let mut state = match store
+        .latest_snapshot(room)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(snapshot) => RoomState::restore(room, &snapshot.data).map_err(|e| e.to_string())?,
+        None => RoomState::new(RoomMeta {
+            id: record.id.clone(),
+            kind: record.kind,
+            epoch: record.epoch.clone(),
+        }),
+    };
+    loop {
+        let ops = store
+            .read_ops(room, state.head(), 4096)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ops.is_empty() {
+            break;
+        }
+        for op in &ops {
+            state.replay(op).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Some((record, state)))
+}
+
+// === impl RoomActorState: requests ===
+
+impl RoomActorState {
+    fn on_request(&mut self, myself: &ActorRef<RoomMsg>, request: RoomRequest, reply: Reply) {
+        let live = match &mut self.phase {
+            Phase::Loading { parked, .. } => {
+                parked.push((request, reply));
+                return;
+            }
+            Phase::Fenced => {
+                answer(reply, unavailable("the room is moving; retry"));
+                return;
+            }
+            Phase::Live(live) => live,
+        };
+        live.last_activity = Instant::now();
+        if live.drain.is_some() {
+            answer(reply, unavailable("the room is moving; retry"));
+            return;
+        }
+        match request {
+            RoomRequest::Join { .. } => {
+                if live.in_flight.is_some() {
+                    live.joins.push((request, reply));
+                } else {
+                    live.answer_join(&self.ctx, request, reply);
+                }
+            }
+            RoomRequest::Leave { conn, .. } => {
+                let ts = now_ms();
+                live.leave(&self.ctx, &conn, ts);
+                answer(reply, RoomReply::Done);
+                self.pump(myself);
+            }
+            RoomRequest::Op {
+                user,
+                access,
+                cid,
+                op,
+                ..
+            } => {
+                live.next.push_back(PendingOp {
+                    request: OpRequest {
+                        user,
+                        cid: Some(cid),
+                        op,
+                        access,
+                        ts: now_ms(),
+                    },
+                    reply: Some(reply),
+                });
+                self.pump(myself);
+            }
+            RoomRequest::Fetch { after, limit, .. } => {
+                live.fetch(&self.ctx, after, limit as usize, reply);
+            }
+        }
+    }
+
+    /// Starts the next batch if none is in flight: first the joins that
+    /// waited (the state is exactly the committed one now), then every
+    /// waiting op up to the batch limit.
+    fn pump(&mut self, myself: &ActorRef<RoomMsg>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if live.in_flight.is_some() {
+            return;
+        }
+        for (request, reply) in std::mem::take(&mut live.joins) {
+            live.answer_join(&self.ctx, request, reply);
+        }
+        let config = &self.ctx.config;
+        let mut events = Vec::new();
+        let mut acks = Vec::new();
+        while events.len() < config.max_batch {
+            let Some(pending) = live.next.pop_front() else {
+                break;
+            };
+            let cid = pending.request.cid.clone();
+            match live.state.apply(pending.request, &config.limits) {
+                Ok(Applied::New(event)) => {
+                    acks.push((event.seq, pending.reply));
+                    events.push(event);
+                }
+                Ok(Applied::Duplicate(seq)) => match pending.reply {
+                    Some(reply) if seq <= live.committed => answer(reply, RoomReply::Ack { seq }),
+                    Some(reply) => live.duplicates.push((seq, reply)),
+                    None => {}
+                },
+                Err(error) => {
+                    debug!(room = %self.room, code = %error.code, cid = ?cid.as_ref().map(Cid::as_str), "op refused");
+                    if let Some(reply) = pending.reply {
+                        answer(reply, error.into());
+                    }
+                }
+            }
+        }
+        if events.is_empty() {
+            if live.drain.is_some() {
+                self.finish_drain(myself);
+            }
+            return;
+        }
+        live.in_flight = Some(InFlight { acks });
+        let store = self.ctx.store.clone();
+        let room = self.room.clone();
+        let writer = Writer {
+            node: config.node.clone(),
+            term: config.term,
+        };
+        let timeout = config.commit_timeout;
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let first = events[0].seq;
+            let result =
+                match tokio::time::timeout(timeout, store.append(&room, first, &events, &writer))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::Unavailable("commit timed out".into())),
+                };
+            let _ = myself.send_message(RoomMsg::Committed(events, result));
+        });
+    }
+
+    fn on_committed(
+        &mut self,
+        myself: &ActorRef<RoomMsg>,
+        events: Vec<OpEvent>,
+        result: Result<(), StoreError>,
+    ) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let Some(in_flight) = live.in_flight.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let config = &self.ctx.config;
+                for event in events {
+                    live.committed = event.seq;
+                    live.tail.push_back(event.clone());
+                    if live.tail.len() > config.tail_len {
+                        live.tail.pop_front();
+                    }
+                    self.ctx.sink.emit(RoomEvent::Op(event));
+                }
+                for (seq, reply) in in_flight.acks {
+                    if let Some(reply) = reply {
+                        answer(reply, RoomReply::Ack { seq });
+                    }
+                }
+                let committed = live.committed;
+                let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut live.duplicates)
+                    .into_iter()
+                    .partition(|(seq, _)| *seq <= committed);
+                live.duplicates = waiting;
+                for (seq, reply) in due {
+                    answer(reply, RoomReply::Ack { seq });
+                }
+                if committed.get() - live.snapshot_seq.get() >= config.snapshot_every_ops {
+                    self.start_snapshot(myself);
+                }
+                self.pump(myself);
+            }
+            Err(StoreError::Conflict(reason)) => {
+                error!(room = %self.room, %reason, "another owner wrote this room; stopping");
+                let live = match std::mem::replace(&mut self.phase, Phase::Fenced) {
+                    Phase::Live(live) => live,
+                    _ => return,
+                };
+                fail_all(*live, in_flight, "the room moved to another node; retry");
+                myself.stop(Some("fenced".into()));
+            }
+            Err(e) => {
+                warn!(room = %self.room, error = %e, "commit failed; rebuilding from the store");
+                let live = match std::mem::replace(&mut self.phase, Phase::Fenced) {
+                    Phase::Live(live) => live,
+                    _ => return,
+                };
+                let mut live = *live;
+                let presence = std::mem::take(live.state.presence_mut());
+                let joins = std::mem::take(&mut live.joins);
+                let drains = live.drain.take();
+                fail_all(
+                    live,
+                    in_flight,
+                    "the store did not confirm; retry with the same cid",
+                );
+                self.phase = Phase::Loading {
+                    parked: joins,
+                    presence: Some(presence),
+                };
+                if let Some(drains) = drains {
+                    for port in drains {
+                        let _ = port.send(());
+                    }
+                }
+                self.start_load(myself);
+            }
+        }
+    }
+}
+
+/// Answers `unavailable` to every op the room was holding.
+fn fail_all(live: Live, in_flight: InFlight, reason: &str) {
+    let replies = in_flight
+        .acks
+        .into_iter()
+        .filter_map(|(_, reply)| reply)
+        .chain(live.next.into_iter().filter_map(|p| p.reply))
+        .chain(live.duplicates.into_iter().map(|(_, reply)| reply))
+        .chain(live.joins.into_iter().map(|(_, reply)| reply));
+    for reply in replies {
+        answer(reply, unavailable(reason));
+    }
+}
+
+// === impl Live: joins, leaves, fetches ===
+
+impl Live {
+    fn answer_join(&mut self, ctx: &RoomContext, request: RoomRequest, reply: Reply) {
+        let RoomRequest::Join {
+            room,
+            conn,
+            user,
+            since,
+            epoch,
+        } = request
+        else {
+            return;
+        };
+        if !self.record.admits(&user.id) {
+            answer(
+                reply,
+                ProtocolError::forbidden("this room is private").into(),
+            );
+            return;
+        }
+        if let Some(PresenceChange::Joined(info)) =
+            self.state.presence_mut().join(conn.clone(), user)
+        {
+            ctx.sink.emit(RoomEvent::Presence {
+                room: room.clone(),
+                event: PresenceEvent::Join,
+                user: info,
+                origin: Some(conn),
+            });
+        }
+        let head = self.committed;
+        let mut body = JoinedBody {
+            room,
+            kind: self.record.kind,
+            epoch: self.record.epoch.clone(),
+            head,
+            presence: self.state.presence().list(),
+            reset: false,
+            state: None,
+            ops: None,
+        };
+        match plan_join(
+            since,
+            epoch.as_ref(),
+            &self.record.epoch,
+            head,
+            ctx.config.limits.replay_limit,
+        ) {
+            JoinPlan::Reset => {
+                body.reset = true;
+                body.state = Some(self.state.view());
+                answer(reply, RoomReply::Joined(body));
+            }
+            JoinPlan::Replay { since } => match self.tail_after(since, head) {
+                Some(ops) => {
+                    body.ops = Some(ops);
+                    answer(reply, RoomReply::Joined(body));
+                }
+                None => {
+                    let store = ctx.store.clone();
+                    tokio::spawn(async move {
+                        let result = read_range(store.as_ref(), &body.room, since, head).await;
+                        match result {
+                            Ok(ops) => {
+                                body.ops = Some(ops);
+                                answer(reply, RoomReply::Joined(body));
+                            }
+                            Err(e) => answer(reply, unavailable(&e.to_string())),
+                        }
+                    });
+                }
+            },
+        }
+    }
+
+    /// The committed ops in `(after, up_to]` if the tail holds all of them.
+    fn tail_after(&self, after: Seq, up_to: Seq) -> Option<Vec<OpEvent>> {
+        if after >= up_to {
+            return Some(Vec::new());
+        }
+        let first = self.tail.front()?.seq;
+        if first.get() > after.get() + 1 {
+            return None;
+        }
+        Some(
+            self.tail
+                .iter()
+                .filter(|op| op.seq > after && op.seq <= up_to)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn fetch(&self, ctx: &RoomContext, after: Seq, limit: usize, reply: Reply) {
+        let limit = limit.clamp(1, 4096);
+        let up_to = Seq(self.committed.get().min(after.get() + limit as u64));
+        if let Some(ops) = self.tail_after(after, up_to) {
+            answer(reply, RoomReply::Ops { ops });
+            return;
+        }
+        let store = ctx.store.clone();
+        let room = self.record.id.clone();
+        tokio::spawn(async move {
+            match read_range(store.as_ref(), &room, after, up_to).await {
+                Ok(ops) => answer(reply, RoomReply::Ops { ops }),
+                Err(e) => answer(reply, unavailable(&e.to_string())),
+            }
+        });
+    }
+
+    /// A connection leaves. When it was its user's last one, everyone hears
+    /// of it and the user's open strokes are ended for them.
+    fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
+        if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
+            self.end_orphans_of(&info.id, ts);
+            ctx.sink.emit(RoomEvent::Presence {
+                room: self.record.id.clone(),
+                event: PresenceEvent::Leave,
+                user: info,
+                origin: Some(conn.clone()),
+            });
+        }
+    }
+
+    fn end_orphans_of(&mut self, user: &collab_protocol::UserId, ts: i64) {
+        // Strokes already ending in a waiting op are left to it.
+        for request in self.state.orphan_endings(user, ts) {
+            self.next.push_back(PendingOp {
+                request,
+                reply: None,
+            });
+        }
+    }
+}
+
+/// Committed ops in `(after, up_to]`, read from the store in pages.
+async fn read_range(
+    store: &dyn Store,
+    room: &RoomId,
+    after: Seq,
+    up_to: Seq,
+) -> Result<Vec<OpEvent>, StoreError> {
+    let mut ops = Vec::new();
+    let mut cursor = after;
+    while cursor < up_to {
+        let want = (up_to.get() - cursor.get()).min(4096) as usize;
+        let page = store.read_ops(room, cursor, want).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        cursor = last.seq;
+        ops.extend(page.into_iter().filter(|op| op.seq <= up_to));
+    }
+    Ok(ops)
+}
+
+// === impl RoomActorState: timers, snapshots, draining ===
+
+impl RoomActorState {
+    fn on_tick(&mut self, myself: &ActorRef<RoomMsg>) {
+        let config = &self.ctx.config;
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if live.in_flight.is_some() {
+            return;
+        }
+        if live.orphan_check_at.is_some_and(|at| Instant::now() >= at) {
+            live.orphan_check_at = None;
+            let ts = now_ms();
+            for user in live.state.users_with_open_strokes() {
+                if !live.state.presence().is_present(&user) {
+                    live.end_orphans_of(&user, ts);
+                }
+            }
+            self.pump(myself);
+            return;
+        }
+        if live.committed > live.snapshot_seq && live.snapshot_at.elapsed() >= config.snapshot_every
+        {
+            self.start_snapshot(myself);
+            return;
+        }
+        let idle = live.state.presence().is_empty()
+            && live.next.is_empty()
+            && live.joins.is_empty()
+            && live.last_activity.elapsed() >= config.idle_after;
+        if idle && let Some(supervisor) = &self.supervisor {
+            let _ = supervisor
+                .send_message(SupervisorMsg::RoomIdle(self.room.clone(), myself.get_id()));
+        }
+    }
+
+    /// Writes a snapshot of the committed state. Only called with no batch
+    /// in flight, when the state holds nothing uncommitted.
+    fn start_snapshot(&mut self, myself: &ActorRef<RoomMsg>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if live.snapshot_running || live.in_flight.is_some() || live.committed <= live.snapshot_seq
+        {
+            return;
+        }
+        live.snapshot_running = true;
+        live.snapshot_at = Instant::now();
+        let snapshot = collab_store::Snapshot {
+            seq: live.committed,
+            data: live.state.snapshot(),
+        };
+        let store = self.ctx.store.clone();
+        let room = self.room.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let seq = snapshot.seq;
+            let result = store.put_snapshot(&room, &snapshot).await;
+            let _ = myself.send_message(RoomMsg::SnapshotWritten(seq, result));
+        });
+    }
+
+    fn on_snapshot_written(
+        &mut self,
+        myself: &ActorRef<RoomMsg>,
+        seq: Seq,
+        result: Result<(), StoreError>,
+    ) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        live.snapshot_running = false;
+        match result {
+            Ok(()) => {
+                live.snapshot_seq = live.snapshot_seq.max(seq);
+                debug!(room = %self.room, seq = %seq, "snapshot written");
+            }
+            Err(e) => {
+                // The log still has every op; the next snapshot will try
+                // again. A draining room stops without one.
+                warn!(room = %self.room, error = %e, "snapshot failed");
+                if live.drain.is_some() {
+                    live.snapshot_seq = live.committed;
+                }
+            }
+        }
+        if live.drain.is_some() {
+            self.finish_drain(myself);
+        }
+    }
+
+    fn on_gateway_gone(&mut self, myself: &ActorRef<RoomMsg>, gateway: &str) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let ts = now_ms();
+        for change in live.state.presence_mut().leave_gateway(gateway) {
+            if let PresenceChange::Left(info) = change {
+                live.end_orphans_of(&info.id, ts);
+                self.ctx.sink.emit(RoomEvent::Presence {
+                    room: self.room.clone(),
+                    event: PresenceEvent::Leave,
+                    user: info,
+                    origin: None,
+                });
+            }
+        }
+        self.pump(myself);
+    }
+
+    fn on_drain(&mut self, myself: &ActorRef<RoomMsg>, reply: Option<RpcReplyPort<()>>) {
+        match &mut self.phase {
+            Phase::Live(live) => {
+                live.drain.get_or_insert_with(Vec::new).extend(reply);
+                if live.in_flight.is_none() {
+                    self.finish_drain(myself);
+                }
+            }
+            Phase::Loading { parked, .. } => {
+                for (_, port) in parked.drain(..) {
+                    answer(port, unavailable("the room is moving; retry"));
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+                myself.stop(Some("drained".into()));
+            }
+            Phase::Fenced => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    /// Drain, once nothing is in flight: snapshot if anything changed, then
+    /// stop. Ops still waiting are committed first by `pump`.
+    fn finish_drain(&mut self, myself: &ActorRef<RoomMsg>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if live.in_flight.is_some() || live.snapshot_running {
+            return;
+        }
+        if !live.next.is_empty() {
+            self.pump(myself);
+            return;
+        }
+        if live.committed > live.snapshot_seq {
+            self.start_snapshot(myself);
+            return;
+        }
+        for port in live.drain.take().unwrap_or_default() {
+            let _ = port.send(());
+        }
+        info!(room = %self.room, head = %live.committed, "room stopped");
+        myself.stop(Some("drained".into()));
+    }
+}

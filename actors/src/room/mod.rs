@@ -1,0 +1,13 @@
+//! The room actor, its supervisor and what they need from outside.
+
+mod actor;
+mod config;
+mod sink;
+mod supervisor;
+#[cfg(test)]
+mod tests;
+
+pub use actor::{RoomActor, RoomArgs, RoomContext, RoomMsg};
+pub use config::RoomConfig;
+pub use sink::EventSink;
+pub use supervisor::{RoomSupervisor, SupervisorMsg};

@@ -1,0 +1,218 @@
+//! The room supervisor: one per room node. It holds a typed map of the
+//! node's live rooms, starts a room's actor on first use, restarts a failed
+//! one from the store (on its next request), and stops idle rooms after
+//! they snapshot. Requests for a room that is stopping wait for it to stop
+//! and then go to its successor, so two actors never hold one room.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use collab_protocol::envelope::{RoomReply, RoomRequest};
+use collab_protocol::{ErrorCode, RoomId};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{info, warn};
+
+use super::actor::{Reply, RoomActor, RoomArgs, RoomContext, RoomMsg};
+
+pub enum SupervisorMsg {
+    /// Send a request to its room, starting the room if needed.
+    Route(RoomRequest, Reply),
+    /// A room has been idle long enough to stop.
+    RoomIdle(RoomId, ActorId),
+    /// A gateway died: its connections leave every room.
+    GatewayGone(String),
+    /// Drain every room (snapshot and stop); answer when all have.
+    DrainAll(Duration, RpcReplyPort<()>),
+    /// How many rooms are live.
+    ActiveRooms(RpcReplyPort<usize>),
+}
+
+struct LiveRoom {
+    actor: ActorRef<RoomMsg>,
+    backlog: Arc<AtomicUsize>,
+}
+
+pub struct RoomSupervisor;
+
+pub struct SupervisorState {
+    ctx: Arc<RoomContext>,
+    rooms: HashMap<RoomId, LiveRoom>,
+    /// Rooms whose actor is stopping, with the requests that wait for it.
+    stopping: HashMap<RoomId, Vec<(RoomRequest, Reply)>>,
+    names: HashMap<ActorId, RoomId>,
+}
+
+impl Actor for RoomSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Arc<RoomContext>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        ctx: Arc<RoomContext>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            ctx,
+            rooms: HashMap::new(),
+            stopping: HashMap::new(),
+            names: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Route(request, reply) => state.route(&myself, request, reply).await,
+            SupervisorMsg::RoomIdle(room, id) => {
+                let current = state.rooms.get(&room).map(|r| r.actor.get_id());
+                if current == Some(id)
+                    && !state.stopping.contains_key(&room)
+                    && let Some(live) = state.rooms.remove(&room)
+                {
+                    state.stopping.insert(room, Vec::new());
+                    let _ = live.actor.send_message(RoomMsg::Drain(None));
+                }
+            }
+            SupervisorMsg::GatewayGone(gateway) => {
+                for live in state.rooms.values() {
+                    let _ = live
+                        .actor
+                        .send_message(RoomMsg::GatewayGone(gateway.clone()));
+                }
+            }
+            SupervisorMsg::DrainAll(timeout, reply) => {
+                let actors: Vec<ActorRef<RoomMsg>> =
+                    state.rooms.values().map(|r| r.actor.clone()).collect();
+                info!(rooms = actors.len(), "draining rooms");
+                for (room, live) in state.rooms.drain() {
+                    state.stopping.entry(room).or_default();
+                    drop(live);
+                }
+                tokio::spawn(async move {
+                    let drains = actors.into_iter().map(|actor| async move {
+                        let _ = actor
+                            .call(|port| RoomMsg::Drain(Some(port)), Some(timeout))
+                            .await;
+                    });
+                    futures_join_all(drains).await;
+                    let _ = reply.send(());
+                });
+            }
+            SupervisorMsg::ActiveRooms(reply) => {
+                let _ = reply.send(state.rooms.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error)),
+            _ => return Ok(()),
+        };
+        let Some(room) = state.names.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if let Some(error) = failure {
+            warn!(room = %room, error = %error, "room actor failed; it restarts from the store on its next request");
+        }
+        if state
+            .rooms
+            .get(&room)
+            .is_some_and(|live| live.actor.get_id() == cell.get_id())
+        {
+            state.rooms.remove(&room);
+        }
+        if let Some(parked) = state.stopping.remove(&room) {
+            for (request, reply) in parked {
+                state.route(&myself, request, reply).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+impl SupervisorState {
+    async fn route(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        request: RoomRequest,
+        reply: Reply,
+    ) {
+        let room = request.room().clone();
+        if let Some(parked) = self.stopping.get_mut(&room) {
+            parked.push((request, reply));
+            return;
+        }
+        if !self.rooms.contains_key(&room) {
+            let backlog = Arc::new(AtomicUsize::new(0));
+            let args = RoomArgs {
+                room: room.clone(),
+                ctx: self.ctx.clone(),
+                supervisor: Some(myself.clone()),
+                backlog: backlog.clone(),
+            };
+            // pre_start only spawns the load, so this does not wait on I/O.
+            match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {
+                Ok((actor, _)) => {
+                    self.names.insert(actor.get_id(), room.clone());
+                    self.rooms.insert(room.clone(), LiveRoom { actor, backlog });
+                }
+                Err(e) => {
+                    warn!(room = %room, error = %e, "room actor did not start");
+                    let _ = reply.send(RoomReply::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "the room could not start; retry".into(),
+                    });
+                    return;
+                }
+            }
+        }
+        let Some(live) = self.rooms.get(&room) else {
+            return;
+        };
+        let high_water = self.ctx.config.mailbox_high_water;
+        if matches!(request, RoomRequest::Op { .. })
+            && live.backlog.load(Ordering::Relaxed) >= high_water
+        {
+            let _ = reply.send(RoomReply::Error {
+                code: ErrorCode::RateLimited,
+                message: "the room is busy; slow down".into(),
+            });
+            return;
+        }
+        live.backlog.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = live.actor.send_message(RoomMsg::Request(request, reply)) {
+            live.backlog.fetch_sub(1, Ordering::Relaxed);
+            // The actor is gone; its termination event will clean up.
+            if let ractor::MessagingErr::SendErr(RoomMsg::Request(_, reply)) = e {
+                let _ = reply.send(RoomReply::Error {
+                    code: ErrorCode::Unavailable,
+                    message: "the room is restarting; retry".into(),
+                });
+            }
+        }
+    }
+}

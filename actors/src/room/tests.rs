@@ -1,0 +1,657 @@
+//! The room actor's commit path, against an in-memory store that the tests
+//! can hold, fail and fence at will.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
+use collab_protocol::frames::PresenceEvent;
+use collab_protocol::{
+    Access, Cid, ConnId, Epoch, ErrorCode, NodeId, Op, OpEvent, OpKind, RoomId, RoomKind, Seq,
+    StrokeId, UserId, UserInfo,
+};
+use collab_store::{
+    LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer,
+};
+use ractor::{Actor, ActorRef};
+use tokio::sync::Semaphore;
+
+use super::*;
+
+// === test doubles ===
+
+/// A store that can hold appends until released, fail the next one, or
+/// answer it with a conflict.
+struct TestStore {
+    inner: MemoryStore,
+    hold: AtomicBool,
+    gate: Semaphore,
+    waiting: AtomicUsize,
+    fail_next: AtomicBool,
+    conflict_next: AtomicBool,
+    batches: Mutex<Vec<usize>>,
+}
+
+impl TestStore {
+    fn new() -> Arc<Self> {
+        Arc::new(TestStore {
+            inner: MemoryStore::new(),
+            hold: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            waiting: AtomicUsize::new(0),
+            fail_next: AtomicBool::new(false),
+            conflict_next: AtomicBool::new(false),
+            batches: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait]
+impl Store for TestStore {
+    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        self.inner.create_room(room).await
+    }
+    async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
+        self.inner.room(id).await
+    }
+    async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>> {
+        self.inner.rooms_of_user(user).await
+    }
+    async fn append(
+        &self,
+        room: &RoomId,
+        first: Seq,
+        batch: &[OpEvent],
+        writer: &Writer,
+    ) -> StoreResult<()> {
+        self.batches.lock().expect("lock").push(batch.len());
+        if self.hold.load(Ordering::SeqCst) {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let permit = self
+                .gate
+                .acquire()
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            permit.forget();
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        if self.conflict_next.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Conflict("seq taken".into()));
+        }
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("disk on fire".into()));
+        }
+        self.inner.append(room, first, batch, writer).await
+    }
+    async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
+        self.inner.head(room).await
+    }
+    async fn read_log(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<LoggedOp>> {
+        self.inner.read_log(room, after, limit).await
+    }
+    async fn history(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        limit: usize,
+        kinds: Option<&[OpKind]>,
+    ) -> StoreResult<Vec<OpEvent>> {
+        self.inner.history(room, before, limit, kinds).await
+    }
+    async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
+        self.inner.put_snapshot(room, snapshot).await
+    }
+    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
+        self.inner.latest_snapshot(room).await
+    }
+}
+
+#[derive(Default)]
+struct RecordingSink {
+    events: Mutex<Vec<RoomEvent>>,
+}
+
+impl EventSink for RecordingSink {
+    fn emit(&self, event: RoomEvent) {
+        self.events.lock().expect("lock").push(event);
+    }
+}
+
+impl RecordingSink {
+    fn ops(&self) -> Vec<OpEvent> {
+        self.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|e| match e {
+                RoomEvent::Op(op) => Some(op.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn presence(&self) -> Vec<(PresenceEvent, String)> {
+        self.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|e| match e {
+                RoomEvent::Presence { event, user, .. } => Some((*event, user.id.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+// === harness ===
+
+struct Node {
+    store: Arc<TestStore>,
+    sink: Arc<RecordingSink>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+fn config() -> RoomConfig {
+    let mut config = RoomConfig::new(NodeId::parse("n1").expect("id"));
+    config.tick = Duration::from_millis(20);
+    config
+}
+
+async fn node_with(store: Arc<TestStore>, config: RoomConfig) -> Node {
+    let sink = Arc::new(RecordingSink::default());
+    let ctx = Arc::new(RoomContext {
+        store: store.clone(),
+        sink: sink.clone(),
+        config,
+    });
+    let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
+        .await
+        .expect("supervisor starts");
+    Node {
+        store,
+        sink,
+        supervisor,
+    }
+}
+
+async fn node() -> Node {
+    let store = TestStore::new();
+    let node = node_with(store, config()).await;
+    node.create(ROOM, RoomKind::Board, None).await;
+    node
+}
+
+const ROOM: &str = "room1";
+
+fn room_id(id: &str) -> RoomId {
+    RoomId::parse(id).expect("id")
+}
+
+fn user_info(id: &str) -> UserInfo {
+    UserInfo {
+        id: UserId::parse(id).expect("id"),
+        name: id.into(),
+        color: collab_protocol::color::user_color(id),
+    }
+}
+
+fn conn(id: &str) -> ConnRef {
+    ConnRef {
+        gateway: "g1".into(),
+        conn: ConnId::parse(id).expect("id"),
+    }
+}
+
+fn message(text: &str) -> Op {
+    Op::Message { text: text.into() }
+}
+
+fn sid(id: &str) -> StrokeId {
+    StrokeId::parse(id).expect("id")
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await; // poll interval
+    }
+}
+
+impl Node {
+    async fn create(&self, id: &str, kind: RoomKind, members: Option<Vec<&str>>) {
+        self.store
+            .create_room(&RoomRecord {
+                id: room_id(id),
+                kind,
+                name: id.into(),
+                epoch: Epoch::parse("ep1").expect("id"),
+                created_by: UserId::parse("ann").expect("id"),
+                members: members.map(|m| {
+                    m.into_iter()
+                        .map(|u| UserId::parse(u).expect("id"))
+                        .collect()
+                }),
+                created_at: 0,
+            })
+            .await
+            .expect("room created");
+    }
+
+    /// Sends a request now (so requests reach the room in the order they
+    /// are sent) and returns a task that waits for its reply.
+    fn send(&self, request: RoomRequest) -> tokio::task::JoinHandle<RoomReply> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.supervisor
+            .send_message(SupervisorMsg::Route(request, tx.into()))
+            .unwrap_or_else(|_| panic!("supervisor is gone"));
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .expect("reply within 10 s")
+                .expect("reply port dropped")
+        })
+    }
+
+    async fn ask(&self, request: RoomRequest) -> RoomReply {
+        self.send(request).await.expect("request task")
+    }
+
+    fn op_request(&self, room: &str, who: &str, cid: &str, op: Op) -> RoomRequest {
+        RoomRequest::Op {
+            room: room_id(room),
+            conn: conn(who),
+            user: UserId::parse(who).expect("id"),
+            access: Access::Write,
+            cid: Cid::parse(cid).expect("id"),
+            op,
+        }
+    }
+
+    async fn op(&self, who: &str, cid: &str, op: Op) -> RoomReply {
+        self.ask(self.op_request(ROOM, who, cid, op)).await
+    }
+
+    async fn join(&self, who: &str, conn_id: &str, since: Option<u64>) -> RoomReply {
+        self.ask(RoomRequest::Join {
+            room: room_id(ROOM),
+            conn: conn(conn_id),
+            user: user_info(who),
+            since,
+            epoch: None,
+        })
+        .await
+    }
+}
+
+fn ack_seq(reply: &RoomReply) -> u64 {
+    match reply {
+        RoomReply::Ack { seq } => seq.get(),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+fn error_code(reply: &RoomReply) -> ErrorCode {
+    match reply {
+        RoomReply::Error { code, .. } => *code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+// === tests ===
+
+#[tokio::test]
+async fn ops_are_acked_and_broadcast_in_seq_order() {
+    let node = node().await;
+    for i in 1..=5 {
+        let reply = node.op("ann", &format!("c{i}"), message("hi")).await;
+        assert_eq!(ack_seq(&reply), i);
+    }
+    let seqs: Vec<u64> = node.sink.ops().iter().map(|op| op.seq.get()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(node.store.head(&room_id(ROOM)).await, Ok(Seq(5)));
+}
+
+#[tokio::test]
+async fn nothing_is_acked_or_broadcast_before_the_store_confirms() {
+    let node = node().await;
+    node.store.hold.store(true, Ordering::SeqCst);
+    let first = node.send(node.op_request(ROOM, "ann", "c1", message("one")));
+    eventually("the first batch to reach the store", || {
+        node.store.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // More ops while the batch is in flight: they wait for the next batch.
+    let later: Vec<_> = (2..=4)
+        .map(|i| node.send(node.op_request(ROOM, "bob", &format!("c{i}"), message("more"))))
+        .collect();
+    // A join must not see the uncommitted op either.
+    let join = node.send(RoomRequest::Join {
+        room: room_id(ROOM),
+        conn: conn("watcher"),
+        user: user_info("cat"),
+        since: None,
+        epoch: None,
+    });
+    // A fetch is answered at once: once it is, the actor has handled
+    // everything sent before it.
+    let probe = node.send(RoomRequest::Fetch {
+        room: room_id(ROOM),
+        after: Seq::ZERO,
+        limit: 10,
+    });
+    assert_eq!(probe.await.expect("probe"), RoomReply::Ops { ops: vec![] });
+    assert!(!first.is_finished(), "acked before the store confirmed");
+    assert!(!join.is_finished(), "joined while a batch was in flight");
+    assert!(
+        node.sink.ops().is_empty(),
+        "broadcast before the store confirmed"
+    );
+    assert_eq!(node.store.batches(), [1]);
+
+    node.store.hold.store(false, Ordering::SeqCst);
+    node.store.gate.add_permits(1);
+    assert_eq!(ack_seq(&first.await.expect("reply")), 1);
+    let mut seqs = Vec::new();
+    for reply in later {
+        seqs.push(ack_seq(&reply.await.expect("reply")));
+    }
+    assert_eq!(seqs, [2, 3, 4]);
+    // The three waiting ops went out as one batch.
+    assert_eq!(node.store.batches(), [1, 3]);
+    match join.await.expect("join") {
+        RoomReply::Joined(body) => {
+            assert!(body.head.get() >= 1);
+            let messages = body.state.expect("state").messages;
+            assert_eq!(
+                messages.len() as u64,
+                body.head.get(),
+                "joined shows committed ops only"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_unavailable_and_rebuilds_from_the_store() {
+    let node = node().await;
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    node.store.fail_next.store(true, Ordering::SeqCst);
+    let failed = node.op("ann", "c2", message("two")).await;
+    assert_eq!(error_code(&failed), ErrorCode::Unavailable);
+    // The retry with the same cid applies once, with the next seq: no gap.
+    assert_eq!(ack_seq(&node.op("ann", "c2", message("two")).await), 2);
+    assert_eq!(ack_seq(&node.op("ann", "c2", message("two")).await), 2);
+    assert_eq!(ack_seq(&node.op("ann", "c3", message("three")).await), 3);
+    let seqs: Vec<u64> = node.sink.ops().iter().map(|op| op.seq.get()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_conflict_fences_the_actor() {
+    let node = node().await;
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    node.store.conflict_next.store(true, Ordering::SeqCst);
+    let fenced = node.op("ann", "c2", message("two")).await;
+    assert_eq!(error_code(&fenced), ErrorCode::Unavailable);
+    assert_eq!(node.sink.ops().len(), 1, "a fenced actor broadcast");
+    // The next request starts a fresh actor from the store.
+    assert_eq!(ack_seq(&node.op("ann", "c2", message("two")).await), 2);
+}
+
+#[tokio::test]
+async fn a_retry_of_an_op_in_flight_is_acked_when_it_commits() {
+    let node = node().await;
+    node.store.hold.store(true, Ordering::SeqCst);
+    let first = node.send(node.op_request(ROOM, "ann", "same", message("x")));
+    eventually("the batch to reach the store", || {
+        node.store.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let retry = node.send(node.op_request(ROOM, "ann", "same", message("x")));
+    let probe = node.send(RoomRequest::Fetch {
+        room: room_id(ROOM),
+        after: Seq::ZERO,
+        limit: 10,
+    });
+    assert_eq!(probe.await.expect("probe"), RoomReply::Ops { ops: vec![] });
+    assert!(
+        !retry.is_finished(),
+        "a retry was acked before its op was durable"
+    );
+    node.store.hold.store(false, Ordering::SeqCst);
+    node.store.gate.add_permits(1);
+    assert_eq!(ack_seq(&first.await.expect("reply")), 1);
+    assert_eq!(ack_seq(&retry.await.expect("reply")), 1);
+    assert_eq!(node.sink.ops().len(), 1);
+}
+
+#[tokio::test]
+async fn join_replays_from_memory_and_from_the_store() {
+    let node = node().await;
+    for i in 1..=10 {
+        node.op("ann", &format!("c{i}"), message("m")).await;
+    }
+    match node.join("bob", "b1", Some(7)).await {
+        RoomReply::Joined(body) => {
+            assert!(!body.reset);
+            let seqs: Vec<u64> = body.ops.expect("ops").iter().map(|o| o.seq.get()).collect();
+            assert_eq!(seqs, [8, 9, 10]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A new node on the same store has an empty tail: the ops come from the log.
+    let again = node_with(node.store.clone(), config()).await;
+    match again.join("bob", "b2", Some(2)).await {
+        RoomReply::Joined(body) => {
+            assert_eq!(body.head, Seq(10));
+            let seqs: Vec<u64> = body.ops.expect("ops").iter().map(|o| o.seq.get()).collect();
+            assert_eq!(seqs, (3..=10).collect::<Vec<_>>());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn undo_and_cids_survive_a_restart() {
+    let node = node().await;
+    let begin = Op::StrokeBegin {
+        stroke: sid("s1"),
+        color: "#000000".into(),
+        width: 2.0,
+        points: vec![[1.0, 1.0]],
+    };
+    node.op("ann", "c1", begin).await;
+    node.op("ann", "c2", Op::StrokeEnd { stroke: sid("s1") })
+        .await;
+    let mut small = config();
+    small.snapshot_every_ops = 1;
+    let restarted = node_with(node.store.clone(), small).await;
+    // Same cid: re-acked, not applied again.
+    assert_eq!(
+        ack_seq(
+            &restarted
+                .op("ann", "c2", Op::StrokeEnd { stroke: sid("s1") })
+                .await
+        ),
+        2
+    );
+    assert_eq!(
+        ack_seq(&restarted.op("ann", "c3", Op::Undo { stroke: None }).await),
+        3
+    );
+    let undo = restarted.sink.ops().pop().expect("undo broadcast");
+    assert_eq!(
+        undo.op,
+        Op::Undo {
+            stroke: Some(sid("s1"))
+        }
+    );
+    // With a snapshot written, a third node loads from it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while restarted
+        .store
+        .latest_snapshot(&room_id(ROOM))
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot");
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
+    }
+    let third = node_with(node.store.clone(), config()).await;
+    assert_eq!(
+        ack_seq(&third.op("ann", "c4", Op::Redo { stroke: None }).await),
+        4
+    );
+    assert_eq!(
+        ack_seq(&third.op("ann", "c3", Op::Undo { stroke: None }).await),
+        3
+    );
+}
+
+#[tokio::test]
+async fn presence_and_orphaned_strokes() {
+    let node = node().await;
+    node.join("ann", "a1", None).await;
+    node.join("ann", "a2", None).await;
+    match node.join("bob", "b1", None).await {
+        RoomReply::Joined(body) => {
+            let ids: Vec<String> = body.presence.iter().map(|u| u.id.to_string()).collect();
+            assert_eq!(ids, ["ann", "bob"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let begin = Op::StrokeBegin {
+        stroke: sid("open"),
+        color: "#000000".into(),
+        width: 2.0,
+        points: vec![],
+    };
+    node.ask(RoomRequest::Op {
+        room: room_id(ROOM),
+        conn: conn("a1"),
+        user: UserId::parse("ann").expect("id"),
+        access: Access::Write,
+        cid: Cid::parse("b").expect("id"),
+        op: begin,
+    })
+    .await;
+    for c in ["a1", "a2"] {
+        node.ask(RoomRequest::Leave {
+            room: room_id(ROOM),
+            conn: conn(c),
+        })
+        .await;
+    }
+    eventually("the server to end the orphaned stroke", || {
+        node.sink.ops().len() == 2
+    })
+    .await;
+    let ending = node.sink.ops().pop().expect("op");
+    assert_eq!(ending.cid, None);
+    assert_eq!(
+        ending.op,
+        Op::StrokeEnd {
+            stroke: sid("open")
+        }
+    );
+    assert_eq!(
+        node.sink.presence(),
+        [
+            (PresenceEvent::Join, "ann".to_owned()),
+            (PresenceEvent::Join, "bob".to_owned()),
+            (PresenceEvent::Leave, "ann".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_private_rooms() {
+    let node = node().await;
+    let reply = node
+        .ask(RoomRequest::Join {
+            room: room_id("nope"),
+            conn: conn("x"),
+            user: user_info("ann"),
+            since: None,
+            epoch: None,
+        })
+        .await;
+    assert_eq!(error_code(&reply), ErrorCode::NotFound);
+    node.create("secret", RoomKind::Channel, Some(vec!["bob"]))
+        .await;
+    let join = |who: &str| RoomRequest::Join {
+        room: room_id("secret"),
+        conn: conn(who),
+        user: user_info(who),
+        since: None,
+        epoch: None,
+    };
+    assert_eq!(
+        error_code(&node.ask(join("eve")).await),
+        ErrorCode::Forbidden
+    );
+    assert!(matches!(node.ask(join("bob")).await, RoomReply::Joined(_)));
+    assert!(matches!(node.ask(join("ann")).await, RoomReply::Joined(_)));
+}
+
+#[tokio::test]
+async fn idle_rooms_stop_after_a_snapshot_and_come_back() {
+    let store = TestStore::new();
+    let mut cfg = config();
+    cfg.idle_after = Duration::from_millis(50);
+    let node = node_with(store, cfg).await;
+    node.create(ROOM, RoomKind::Board, None).await;
+    node.op("ann", "c1", message("hello")).await;
+    let active = || async {
+        node.supervisor
+            .call(SupervisorMsg::ActiveRooms, Some(Duration::from_secs(5)))
+            .await
+            .ok()
+            .and_then(|r| match r {
+                ractor::rpc::CallResult::Success(n) => Some(n),
+                _ => None,
+            })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while active().await != Some(0) {
+        assert!(tokio::time::Instant::now() < deadline, "room never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
+    }
+    let snapshot = node
+        .store
+        .latest_snapshot(&room_id(ROOM))
+        .await
+        .expect("read");
+    assert_eq!(snapshot.map(|s| s.seq), Some(Seq(1)));
+    assert_eq!(ack_seq(&node.op("ann", "c2", message("again")).await), 2);
+}
+
+#[tokio::test]
+async fn a_busy_room_pushes_back() {
+    let store = TestStore::new();
+    let mut cfg = config();
+    cfg.mailbox_high_water = 0;
+    let node = node_with(store, cfg).await;
+    node.create(ROOM, RoomKind::Board, None).await;
+    let reply = node.op("ann", "c1", message("x")).await;
+    assert_eq!(error_code(&reply), ErrorCode::RateLimited);
+    assert_eq!(node.store.head(&room_id(ROOM)).await, Ok(Seq::ZERO));
+}

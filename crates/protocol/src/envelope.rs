@@ -1,0 +1,125 @@
+//! What gateways and room nodes say to each other over the bus: requests to
+//! a room's owner with their replies, and the events a room publishes to
+//! every gateway that has members in it.
+//!
+//! These travel in-process in `collab serve` and as JSON over NATS in a
+//! cluster, so they are plain serde types like the frames.
+
+use serde::{Deserialize, Serialize};
+
+use crate::claims::Access;
+use crate::error::{ErrorCode, ProtocolError};
+use crate::frames::{JoinedBody, OpEvent, PresenceEvent, UserInfo};
+use crate::ids::{Cid, ConnId, Epoch, RoomId, Seq, UserId};
+use crate::ops::Op;
+
+/// A client connection, named by its gateway and its id there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnRef {
+    pub gateway: String,
+    pub conn: ConnId,
+}
+
+/// A request for a room's owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomRequest {
+    /// A connection joins (the gateway has checked the token's claim). The
+    /// owner checks existence and membership and answers `Joined`.
+    Join {
+        room: RoomId,
+        conn: ConnRef,
+        user: UserInfo,
+        since: Option<u64>,
+        epoch: Option<Epoch>,
+    },
+    /// A connection leaves; answered `Done`.
+    Leave { room: RoomId, conn: ConnRef },
+    /// A durable op from a joined connection; answered `Ack` once durable.
+    Op {
+        room: RoomId,
+        conn: ConnRef,
+        user: UserId,
+        access: Access,
+        cid: Cid,
+        op: Op,
+    },
+    /// Committed ops with `seq > after`, oldest first, for a gateway that
+    /// saw a gap; answered `Ops`.
+    Fetch {
+        room: RoomId,
+        after: Seq,
+        limit: u32,
+    },
+}
+
+impl RoomRequest {
+    pub fn room(&self) -> &RoomId {
+        match self {
+            RoomRequest::Join { room, .. }
+            | RoomRequest::Leave { room, .. }
+            | RoomRequest::Op { room, .. }
+            | RoomRequest::Fetch { room, .. } => room,
+        }
+    }
+}
+
+/// The owner's answer to a [`RoomRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomReply {
+    Joined(JoinedBody),
+    Ack { seq: Seq },
+    Ops { ops: Vec<OpEvent> },
+    Done,
+    Error { code: ErrorCode, message: String },
+}
+
+impl From<ProtocolError> for RoomReply {
+    fn from(e: ProtocolError) -> Self {
+        RoomReply::Error {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// Something that happened in a room, for every gateway with members there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomEvent {
+    /// A committed op. Gateways deliver these in `seq` order, without gaps.
+    Op(OpEvent),
+    /// A user came or went. Not sent to `origin`, the connection whose join
+    /// or leave caused it.
+    Presence {
+        room: RoomId,
+        event: PresenceEvent,
+        user: UserInfo,
+        origin: Option<ConnRef>,
+    },
+    /// A pointer moved; never echoed to `origin`.
+    Cursor {
+        room: RoomId,
+        user: UserId,
+        x: f64,
+        y: f64,
+        origin: ConnRef,
+    },
+    CursorLeave {
+        room: RoomId,
+        user: UserId,
+        origin: ConnRef,
+    },
+}
+
+impl RoomEvent {
+    pub fn room(&self) -> &RoomId {
+        match self {
+            RoomEvent::Op(op) => &op.room,
+            RoomEvent::Presence { room, .. }
+            | RoomEvent::Cursor { room, .. }
+            | RoomEvent::CursorLeave { room, .. } => room,
+        }
+    }
+}
