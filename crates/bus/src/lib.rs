@@ -1,0 +1,95 @@
+//! How gateways and room nodes talk.
+//!
+//! The [`Bus`] carries two things, shaped after NATS so the cluster can swap
+//! in a NATS implementation without touching either side:
+//! - requests to a room's owner with one reply each ([`Bus::request`],
+//!   served by the owner's [`RequestHandler`]);
+//! - a per-room event stream ([`Bus::publish`], [`Bus::subscribe`]) that a
+//!   gateway subscribes to before it asks for `joined`. Delivery is
+//!   at-most-once, so a subscriber that falls behind is told
+//!   ([`Delivery::Lagged`]) and op events carry their `seq`: a gateway
+//!   detects every gap and fetches what it missed from the owner.
+//!
+//! [`InProcessBus`] is the implementation `collab serve` uses.
+
+mod in_process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use collab_protocol::RoomId;
+use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
+
+pub use in_process::InProcessBus;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// No node serves the room right now (starting, moving, or down).
+    #[error("no owner for the room")]
+    NoOwner,
+    /// The owner did not answer in time: the request may or may not have
+    /// been carried out.
+    #[error("the room's owner did not answer in time")]
+    Timeout,
+    #[error("bus closed")]
+    Closed,
+}
+
+/// Serves the requests sent to this node's rooms.
+#[async_trait]
+pub trait RequestHandler: Send + Sync + 'static {
+    async fn handle(&self, request: RoomRequest) -> RoomReply;
+}
+
+/// What a room subscription yields.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<RoomEvent>),
+    /// Events were dropped because this subscriber fell behind: treat it as
+    /// a gap and fetch the missing ops.
+    Lagged,
+}
+
+/// A stream of one room's events.
+#[async_trait]
+pub trait EventStream: Send {
+    /// The next delivery; `None` once the bus is closed.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// A room subscription; dropping it unsubscribes.
+pub struct Subscription {
+    stream: Box<dyn EventStream>,
+}
+
+impl Subscription {
+    pub fn new(stream: Box<dyn EventStream>) -> Self {
+        Subscription { stream }
+    }
+
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.stream.next().await
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Sends `request` to the owner of its room and waits up to `timeout`
+    /// for the reply.
+    async fn request(&self, request: RoomRequest, timeout: Duration)
+    -> Result<RoomReply, BusError>;
+
+    /// Publishes an event to the subscribers of its room. Never blocks;
+    /// events of one publisher reach each subscriber in order.
+    fn publish(&self, event: RoomEvent);
+
+    /// Subscribes to a room's events from now on.
+    async fn subscribe(&self, room: &RoomId) -> Result<Subscription, BusError>;
+
+    /// Serves the requests for this node's rooms with `handler`.
+    async fn serve(&self, handler: Arc<dyn RequestHandler>) -> Result<(), BusError>;
+
+    /// Whether the bus can carry traffic (for readiness).
+    fn is_ready(&self) -> bool;
+}
