@@ -1,15 +1,18 @@
-//! Room state machine throughput, and the CPU cost of loading a big room
-//! (snapshot decode + replay of the ops after it).
+//! Room state machine throughput, and the time to load a big room: from
+//! bytes in memory (snapshot decode + replay), and end to end from the
+//! embedded store (read snapshot + read ops + decode + replay).
 //!
 //! `cargo bench -p collab-actors --bench state`
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use collab_actors::room::load_room;
 use collab_actors::state::{Applied, OpRequest, RoomMeta, RoomState};
 use collab_protocol::{
     Access, Cid, Epoch, Limits, Op, OpEvent, RoomId, RoomKind, Seq, StrokeId, UserId,
 };
+use collab_store::{EmbeddedStore, RoomRecord, Snapshot, Store, Writer};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn meta() -> RoomMeta {
@@ -148,6 +151,59 @@ fn load_big_room(c: &mut Criterion) {
     group.bench_function("snapshot encode at 90k", |b| {
         b.iter(|| black_box(at_snapshot.snapshot()));
     });
+
+    // End to end: the same room in an embedded store on disk.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(dir.path().join("collab.redb")).expect("store opens");
+    runtime.block_on(async {
+        let meta = meta();
+        store
+            .create_room(&RoomRecord {
+                id: meta.id.clone(),
+                kind: meta.kind,
+                name: "bench".into(),
+                epoch: meta.epoch.clone(),
+                created_by: UserId::parse("user0").expect("id"),
+                members: None,
+                created_at: 0,
+            })
+            .await
+            .expect("room created");
+        let writer = Writer {
+            node: collab_protocol::NodeId::parse("bench").expect("id"),
+            term: 1,
+        };
+        for chunk in events.chunks(500) {
+            store
+                .append(&room, chunk[0].seq, chunk, &writer)
+                .await
+                .expect("appends");
+        }
+        store
+            .put_snapshot(
+                &room,
+                &Snapshot {
+                    seq: at_snapshot.head(),
+                    data: snapshot.clone(),
+                },
+            )
+            .await
+            .expect("snapshot stored");
+    });
+    group.bench_function(
+        "load 100k-op room from the embedded store (snapshot@90k)",
+        |b| {
+            b.iter(|| {
+                let loaded = runtime
+                    .block_on(load_room(&store, &room))
+                    .expect("loads")
+                    .expect("room exists");
+                assert_eq!(loaded.1.head(), Seq(100_000));
+                black_box(loaded)
+            });
+        },
+    );
     group.finish();
 }
 

@@ -255,8 +255,9 @@ impl RoomActorState {
     }
 }
 
-/// Reads a room: its record, its latest snapshot and every op after it.
-async fn load_room(
+/// Reads a room: its record, its latest snapshot and every op after it,
+/// replayed. `None` when there is no such room.
+pub async fn load_room(
     store: &dyn Store,
     room: &RoomId,
 ) -> Result<Option<(RoomRecord, RoomState)>, String> {

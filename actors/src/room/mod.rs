@@ -7,7 +7,7 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
-pub use actor::{RoomActor, RoomArgs, RoomContext, RoomMsg};
+pub use actor::{RoomActor, RoomArgs, RoomContext, RoomMsg, load_room};
 pub use config::RoomConfig;
 pub use sink::EventSink;
 pub use supervisor::{RoomSupervisor, SupervisorMsg};
