@@ -82,10 +82,11 @@ enum Phase {
     Fenced,
 }
 
-/// An op waiting for the next batch; `reply` is `None` for ops the room
-/// makes itself.
+/// An op waiting for the next batch; `conn` and `reply` are `None` for ops
+/// the room makes itself.
 struct PendingOp {
     request: OpRequest,
+    conn: Option<ConnRef>,
     reply: Option<Reply>,
 }
 
@@ -326,6 +327,7 @@ impl RoomActorState {
                 self.pump(myself);
             }
             RoomRequest::Op {
+                conn,
                 user,
                 access,
                 cid,
@@ -333,6 +335,7 @@ impl RoomActorState {
                 ..
             } => {
                 live.next.push_back(PendingOp {
+                    conn: Some(conn),
                     request: OpRequest {
                         user,
                         cid: Some(cid),
@@ -371,6 +374,26 @@ impl RoomActorState {
                 break;
             };
             let cid = pending.request.cid.clone();
+            // Only members send ops; a retry of an op already applied is
+            // re-acked before any other check, joined or not.
+            let joined = pending
+                .conn
+                .as_ref()
+                .is_none_or(|conn| live.state.presence().contains(conn));
+            if !joined
+                && live
+                    .state
+                    .duplicate_of(&pending.request.user, cid.as_ref())
+                    .is_none()
+            {
+                if let Some(reply) = pending.reply {
+                    answer(
+                        reply,
+                        ProtocolError::bad_request("join the room before sending ops").into(),
+                    );
+                }
+                continue;
+            }
             match live.state.apply(pending.request, &config.limits) {
                 Ok(Applied::New(event)) => {
                     acks.push((event.seq, pending.reply));
@@ -641,6 +664,7 @@ impl Live {
         for request in self.state.orphan_endings(user, ts) {
             self.next.push_back(PendingOp {
                 request,
+                conn: None,
                 reply: None,
             });
         }

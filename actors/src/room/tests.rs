@@ -160,6 +160,8 @@ struct Node {
     store: Arc<TestStore>,
     sink: Arc<RecordingSink>,
     supervisor: ActorRef<SupervisorMsg>,
+    /// (room, user) pairs whose connection has joined.
+    joined: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 fn config() -> RoomConfig {
@@ -182,6 +184,7 @@ async fn node_with(store: Arc<TestStore>, config: RoomConfig) -> Node {
         store,
         sink,
         supervisor,
+        joined: Mutex::new(Default::default()),
     }
 }
 
@@ -282,7 +285,29 @@ impl Node {
         }
     }
 
+    /// Joins `who`'s connection (named after the user) once per room.
+    async fn enter(&self, room: &str, who: &str) {
+        let first = self
+            .joined
+            .lock()
+            .expect("lock")
+            .insert((room.to_owned(), who.to_owned()));
+        if first {
+            let reply = self
+                .ask(RoomRequest::Join {
+                    room: room_id(room),
+                    conn: conn(who),
+                    user: user_info(who),
+                    since: None,
+                    epoch: None,
+                })
+                .await;
+            assert!(matches!(reply, RoomReply::Joined(_)), "{reply:?}");
+        }
+    }
+
     async fn op(&self, who: &str, cid: &str, op: Op) -> RoomReply {
+        self.enter(ROOM, who).await;
         self.ask(self.op_request(ROOM, who, cid, op)).await
     }
 
@@ -329,6 +354,8 @@ async fn ops_are_acked_and_broadcast_in_seq_order() {
 #[tokio::test]
 async fn nothing_is_acked_or_broadcast_before_the_store_confirms() {
     let node = node().await;
+    node.enter(ROOM, "ann").await;
+    node.enter(ROOM, "bob").await;
     node.store.hold.store(true, Ordering::SeqCst);
     let first = node.send(node.op_request(ROOM, "ann", "c1", message("one")));
     eventually("the first batch to reach the store", || {
@@ -410,13 +437,16 @@ async fn a_conflict_fences_the_actor() {
     let fenced = node.op("ann", "c2", message("two")).await;
     assert_eq!(error_code(&fenced), ErrorCode::Unavailable);
     assert_eq!(node.sink.ops().len(), 1, "a fenced actor broadcast");
-    // The next request starts a fresh actor from the store.
+    // The next request starts a fresh actor from the store; its members
+    // join again, as gateways re-attach them after a move.
+    node.joined.lock().expect("lock").clear();
     assert_eq!(ack_seq(&node.op("ann", "c2", message("two")).await), 2);
 }
 
 #[tokio::test]
 async fn a_retry_of_an_op_in_flight_is_acked_when_it_commits() {
     let node = node().await;
+    node.enter(ROOM, "ann").await;
     node.store.hold.store(true, Ordering::SeqCst);
     let first = node.send(node.op_request(ROOM, "ann", "same", message("x")));
     eventually("the batch to reach the store", || {
@@ -620,6 +650,11 @@ async fn idle_rooms_stop_after_a_snapshot_and_come_back() {
     let node = node_with(store, cfg).await;
     node.create(ROOM, RoomKind::Board, None).await;
     node.op("ann", "c1", message("hello")).await;
+    node.ask(RoomRequest::Leave {
+        room: room_id(ROOM),
+        conn: conn("ann"),
+    })
+    .await;
     let active = || async {
         node.supervisor
             .call(SupervisorMsg::ActiveRooms, Some(Duration::from_secs(5)))
@@ -641,7 +676,33 @@ async fn idle_rooms_stop_after_a_snapshot_and_come_back() {
         .await
         .expect("read");
     assert_eq!(snapshot.map(|s| s.seq), Some(Seq(1)));
+    node.joined.lock().expect("lock").clear();
     assert_eq!(ack_seq(&node.op("ann", "c2", message("again")).await), 2);
+}
+
+#[tokio::test]
+async fn only_members_send_ops_but_retries_are_re_acked() {
+    let node = node().await;
+    let stranger = node
+        .ask(node.op_request(ROOM, "eve", "c1", message("hi")))
+        .await;
+    assert_eq!(error_code(&stranger), ErrorCode::BadRequest);
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("hi")).await), 1);
+    node.ask(RoomRequest::Leave {
+        room: room_id(ROOM),
+        conn: conn("ann"),
+    })
+    .await;
+    // After leaving, a retry of an applied cid is still re-acked…
+    let retry = node
+        .ask(node.op_request(ROOM, "ann", "c1", message("hi")))
+        .await;
+    assert_eq!(ack_seq(&retry), 1);
+    // …but a new op is refused.
+    let new = node
+        .ask(node.op_request(ROOM, "ann", "c2", message("hi")))
+        .await;
+    assert_eq!(error_code(&new), ErrorCode::BadRequest);
 }
 
 #[tokio::test]

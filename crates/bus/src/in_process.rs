@@ -12,7 +12,7 @@ use collab_protocol::RoomId;
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
 use tokio::sync::broadcast;
 
-use crate::{Bus, BusError, Delivery, EventStream, RequestHandler, Subscription};
+use crate::{Bus, BusError, Delivery, EventStream, ReplyFuture, RequestHandler, Subscription};
 
 /// Events a room subscriber may fall behind by before it lags.
 pub const DEFAULT_ROOM_CAPACITY: usize = 4096;
@@ -60,20 +60,25 @@ impl Default for InProcessBus {
 
 #[async_trait]
 impl Bus for InProcessBus {
-    async fn request(
+    fn request(
         &self,
         request: RoomRequest,
         timeout: Duration,
-    ) -> Result<RoomReply, BusError> {
+    ) -> ReplyFuture<Result<RoomReply, BusError>> {
         let handler = self
             .handler
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(BusError::NoOwner)?;
-        tokio::time::timeout(timeout, handler.handle(request))
-            .await
-            .map_err(|_| BusError::Timeout)
+            .clone();
+        let Some(handler) = handler else {
+            return Box::pin(async { Err(BusError::NoOwner) });
+        };
+        let reply = handler.handle(request);
+        Box::pin(async move {
+            tokio::time::timeout(timeout, reply)
+                .await
+                .map_err(|_| BusError::Timeout)
+        })
     }
 
     fn publish(&self, event: RoomEvent) {
@@ -146,13 +151,14 @@ mod tests {
 
     struct Echo;
 
-    #[async_trait]
     impl RequestHandler for Echo {
-        async fn handle(&self, request: RoomRequest) -> RoomReply {
-            match request {
-                RoomRequest::Fetch { after, .. } => RoomReply::Ack { seq: after },
-                _ => std::future::pending().await,
-            }
+        fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
+            Box::pin(async move {
+                match request {
+                    RoomRequest::Fetch { after, .. } => RoomReply::Ack { seq: after },
+                    _ => std::future::pending().await,
+                }
+            })
         }
     }
 

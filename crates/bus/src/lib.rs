@@ -14,6 +14,8 @@
 
 mod in_process;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +38,14 @@ pub enum BusError {
     Closed,
 }
 
+/// A reply on its way.
+pub type ReplyFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
 /// Serves the requests sent to this node's rooms.
-#[async_trait]
 pub trait RequestHandler: Send + Sync + 'static {
-    async fn handle(&self, request: RoomRequest) -> RoomReply;
+    /// Takes `request` in (before returning, so requests are handled in the
+    /// order they arrive) and returns the future of its reply.
+    fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply>;
 }
 
 /// What a room subscription yields.
@@ -75,10 +81,15 @@ impl Subscription {
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Sends `request` to the owner of its room and waits up to `timeout`
-    /// for the reply.
-    async fn request(&self, request: RoomRequest, timeout: Duration)
-    -> Result<RoomReply, BusError>;
+    /// Sends `request` to the owner of its room now, and returns the future
+    /// of its reply (waiting at most `timeout`). Requests one caller sends
+    /// reach the owner in the order of the calls: a client's `join`, then
+    /// its ops, arrive as sent.
+    fn request(
+        &self,
+        request: RoomRequest,
+        timeout: Duration,
+    ) -> ReplyFuture<Result<RoomReply, BusError>>;
 
     /// Publishes an event to the subscribers of its room. Never blocks;
     /// events of one publisher reach each subscriber in order.

@@ -1,0 +1,152 @@
+//! The room node: hosts the room actors of this node under one supervisor,
+//! serves the requests the bus brings for them, and publishes their events
+//! on the bus. In `collab serve` it shares the process (and the in-process
+//! bus) with the gateway; in a cluster it runs alone as `collab room-node`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use collab_actors::room::{EventSink, RoomConfig, RoomContext, RoomSupervisor, SupervisorMsg};
+use collab_bus::{Bus, BusError, ReplyFuture, RequestHandler};
+use collab_protocol::ErrorCode;
+use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
+use collab_store::Store;
+use ractor::{Actor, ActorRef};
+use tracing::info;
+
+pub use collab_actors::room::RoomConfig as RoomNodeConfig;
+
+/// A running room node.
+pub struct RoomNode {
+    supervisor: ActorRef<SupervisorMsg>,
+    store: Arc<dyn Store>,
+    request_timeout: Duration,
+}
+
+/// Sends a room's events to the bus.
+struct BusSink {
+    bus: Arc<dyn Bus>,
+}
+
+impl EventSink for BusSink {
+    fn emit(&self, event: RoomEvent) {
+        self.bus.publish(event);
+    }
+}
+
+/// Routes the bus's requests to the supervisor.
+struct Handler {
+    supervisor: ActorRef<SupervisorMsg>,
+    timeout: Duration,
+}
+
+impl RequestHandler for Handler {
+    fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
+        // Sent now, so the supervisor sees requests in arrival order.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .supervisor
+            .send_message(SupervisorMsg::Route(request, tx.into()))
+            .is_ok();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let reply = if sent {
+                tokio::time::timeout(timeout, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            // Timed out or the room went away mid-request: the op may or may
+            // not have been applied, which is exactly `unavailable`.
+            reply.unwrap_or_else(|| RoomReply::Error {
+                code: ErrorCode::Unavailable,
+                message: "the room did not answer in time; retry".into(),
+            })
+        })
+    }
+}
+
+impl RoomNode {
+    /// Starts the supervisor and serves this node's rooms on `bus`.
+    pub async fn start(
+        config: RoomConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<RoomNode, StartError> {
+        let request_timeout = config.commit_timeout + Duration::from_secs(5);
+        let ctx = Arc::new(RoomContext {
+            store: store.clone(),
+            sink: Arc::new(BusSink { bus: bus.clone() }),
+            config,
+        });
+        let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
+            .await
+            .map_err(|e| StartError::Supervisor(e.to_string()))?;
+        bus.serve(Arc::new(Handler {
+            supervisor: supervisor.clone(),
+            timeout: request_timeout,
+        }))
+        .await
+        .map_err(StartError::Bus)?;
+        Ok(RoomNode {
+            supervisor,
+            store,
+            request_timeout,
+        })
+    }
+
+    /// How many rooms are live on this node.
+    pub async fn active_rooms(&self) -> usize {
+        match self
+            .supervisor
+            .call(SupervisorMsg::ActiveRooms, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(n)) => n,
+            _ => 0,
+        }
+    }
+
+    /// A gateway is gone: its connections leave every room.
+    pub fn gateway_gone(&self, gateway: &str) {
+        let _ = self
+            .supervisor
+            .send_message(SupervisorMsg::GatewayGone(gateway.to_owned()));
+    }
+
+    /// Whether the node can serve: its store answers.
+    pub async fn is_ready(&self) -> bool {
+        let probe = collab_protocol::RoomId::parse("readiness-probe").ok();
+        match probe {
+            Some(room) => tokio::time::timeout(Duration::from_secs(2), self.store.head(&room))
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            None => false,
+        }
+    }
+
+    /// Finishes every room's batch in flight, snapshots and stops them all,
+    /// then stops the supervisor.
+    pub async fn drain(&self, grace: Duration) {
+        let rooms = self.active_rooms().await;
+        info!(rooms, "draining room node");
+        let _ = self
+            .supervisor
+            .call(
+                |port| SupervisorMsg::DrainAll(grace, port),
+                Some(grace + self.request_timeout),
+            )
+            .await;
+        self.supervisor.stop(Some("drained".into()));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("room supervisor did not start: {0}")]
+    Supervisor(String),
+    #[error("cannot serve on the bus: {0}")]
+    Bus(BusError),
+}
