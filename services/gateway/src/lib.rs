@@ -1,1 +1,147 @@
-//! gateway
+//! The gateway: the WebSocket and HTTP front end of collab.
+//!
+//! It authenticates clients (JWT), speaks the public protocol to them, and
+//! forwards what they send to the rooms' owners over the [`Bus`]: ops and
+//! joins by request/reply, cursors by publishing straight to the room's
+//! event stream. Each room's stream is subscribed once per gateway and fanned
+//! out to the room's local members, in seq order and without gaps (a gap is
+//! filled from the owner). Each connection has a bounded outbound queue, so
+//! a client that does not read is closed (4008) instead of slowing anyone
+//! else. The gateway keeps no durable state: it reads room metadata and
+//! history from the [`Store`] and creates rooms there.
+
+mod auth;
+mod config;
+mod error;
+mod http;
+mod hub;
+mod metrics;
+mod ratelimit;
+mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use axum::Router;
+use collab_bus::Bus;
+use collab_store::Store;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use auth::{Auth, AuthError, now_secs};
+pub use config::{GatewayConfig, RateLimits};
+pub use metrics::GatewayMetrics;
+
+use hub::Hub;
+use ratelimit::RateLimiter;
+
+/// Whatever the gateway depends on to serve (bus, store, room node).
+#[async_trait]
+pub trait Readiness: Send + Sync + 'static {
+    async fn ready(&self) -> bool;
+}
+
+/// A running gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Limiters {
+    pub ops: RateLimiter,
+    pub cursors: RateLimiter,
+    pub joins: RateLimiter,
+    pub rooms: RateLimiter,
+    pub http: RateLimiter,
+}
+
+pub(crate) struct Shared {
+    pub config: GatewayConfig,
+    pub auth: Auth,
+    pub bus: Arc<dyn Bus>,
+    pub store: Arc<dyn Store>,
+    pub readiness: Arc<dyn Readiness>,
+    pub metrics: GatewayMetrics,
+    pub registry: Arc<Registry>,
+    pub limiters: Limiters,
+    pub hub: Hub,
+    /// Flips to `true` when the gateway shuts down: every socket closes
+    /// with 1001.
+    pub closing: watch::Sender<bool>,
+    pub accepting: AtomicBool,
+    pub next_conn: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        auth: Auth,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
+        readiness: Arc<dyn Readiness>,
+        metrics: GatewayMetrics,
+        registry: Arc<Registry>,
+    ) -> Gateway {
+        let r = &config.rate_limits;
+        let limiters = Limiters {
+            ops: RateLimiter::new(r.ops_per_sec, r.ops_burst),
+            cursors: RateLimiter::new(r.cursors_per_sec, r.cursors_burst),
+            joins: RateLimiter::new(r.joins_per_sec, r.joins_burst),
+            rooms: RateLimiter::new(r.rooms_per_min / 60.0, r.rooms_burst),
+            http: RateLimiter::new(r.http_per_sec, r.http_burst),
+        };
+        let hub = Hub::new(bus.clone(), config.clone(), metrics.clone());
+        Gateway {
+            shared: Arc::new(Shared {
+                config,
+                auth,
+                bus,
+                store,
+                readiness,
+                metrics,
+                registry,
+                limiters,
+                hub,
+                closing: watch::channel(false).0,
+                accepting: AtomicBool::new(true),
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Every route of the public API.
+    pub fn router(&self) -> Router {
+        http::router(self.shared.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops accepting
+    /// and returns once every connection has closed.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// The first step of a graceful stop: readiness turns 503, and every
+    /// WebSocket is closed with 1001 so its client resumes elsewhere.
+    pub fn begin_shutdown(&self) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        let _ = self.shared.closing.send(true);
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> i64 {
+        self.shared.metrics.connections.get()
+    }
+}
