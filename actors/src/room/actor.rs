@@ -24,6 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, info, warn};
 
 use super::config::RoomConfig;
+use super::metrics::RoomMetrics;
 use super::sink::EventSink;
 use super::supervisor::SupervisorMsg;
 use crate::state::{Applied, JoinPlan, OpRequest, PresenceChange, RoomMeta, RoomState, plan_join};
@@ -33,6 +34,7 @@ pub struct RoomContext {
     pub store: Arc<dyn Store>,
     pub sink: Arc<dyn EventSink>,
     pub config: RoomConfig,
+    pub metrics: RoomMetrics,
 }
 
 pub type Reply = RpcReplyPort<RoomReply>;
@@ -156,9 +158,22 @@ impl Actor for RoomActor {
                 presence: None,
             },
         };
+        state.ctx.metrics.rooms_active.inc();
         state.start_load(&myself);
         myself.send_interval(state.ctx.config.tick, || RoomMsg::Tick);
         Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RoomMsg>,
+        state: &mut RoomActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ctx.metrics.rooms_active.dec();
+        // Requests still in the mailbox die with it; keep the gauge honest.
+        let left = state.backlog.swap(0, Ordering::Relaxed);
+        state.ctx.metrics.mailbox_depth.dec_by(left as i64);
+        Ok(())
     }
 
     async fn handle(
@@ -170,6 +185,7 @@ impl Actor for RoomActor {
         match message {
             RoomMsg::Request(request, reply) => {
                 state.backlog.fetch_sub(1, Ordering::Relaxed);
+                state.ctx.metrics.mailbox_depth.dec();
                 state.on_request(&myself, request, reply);
             }
             RoomMsg::Loaded(result) => state.on_loaded(&myself, *result),
@@ -427,7 +443,10 @@ impl RoomActorState {
         };
         let timeout = config.commit_timeout;
         let myself = myself.clone();
+        let metrics = self.ctx.metrics.clone();
+        metrics.batch_size.observe(events.len() as f64);
         tokio::spawn(async move {
+            let started = Instant::now();
             let first = events[0].seq;
             let result =
                 match tokio::time::timeout(timeout, store.append(&room, first, &events, &writer))
@@ -436,6 +455,9 @@ impl RoomActorState {
                     Ok(result) => result,
                     Err(_) => Err(StoreError::Unavailable("commit timed out".into())),
                 };
+            metrics
+                .commit_latency
+                .observe(started.elapsed().as_secs_f64());
             let _ = myself.send_message(RoomMsg::Committed(events, result));
         });
     }
@@ -482,6 +504,7 @@ impl RoomActorState {
                 self.pump(myself);
             }
             Err(StoreError::Conflict(reason)) => {
+                self.ctx.metrics.fenced.inc();
                 error!(room = %self.room, %reason, "another owner wrote this room; stopping");
                 let live = match std::mem::replace(&mut self.phase, Phase::Fenced) {
                     Phase::Live(live) => live,
@@ -491,6 +514,7 @@ impl RoomActorState {
                 myself.stop(Some("fenced".into()));
             }
             Err(e) => {
+                self.ctx.metrics.commits_failed.inc();
                 warn!(room = %self.room, error = %e, "commit failed; rebuilding from the store");
                 let live = match std::mem::replace(&mut self.phase, Phase::Fenced) {
                     Phase::Live(live) => live,
@@ -767,6 +791,7 @@ impl RoomActorState {
         live.snapshot_running = false;
         match result {
             Ok(()) => {
+                self.ctx.metrics.snapshots.inc();
                 live.snapshot_seq = live.snapshot_seq.max(seq);
                 debug!(room = %self.room, seq = %seq, "snapshot written");
             }

@@ -2,6 +2,7 @@
 
 mod actor;
 mod config;
+mod metrics;
 mod sink;
 mod supervisor;
 #[cfg(test)]
@@ -9,5 +10,6 @@ mod tests;
 
 pub use actor::{RoomActor, RoomArgs, RoomContext, RoomMsg, load_room};
 pub use config::RoomConfig;
+pub use metrics::RoomMetrics;
 pub use sink::EventSink;
 pub use supervisor::{RoomSupervisor, SupervisorMsg};

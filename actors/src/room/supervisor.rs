@@ -204,8 +204,10 @@ impl SupervisorState {
             return;
         }
         live.backlog.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.mailbox_depth.inc();
         if let Err(e) = live.actor.send_message(RoomMsg::Request(request, reply)) {
             live.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.ctx.metrics.mailbox_depth.dec();
             // The actor is gone; its termination event will clean up.
             if let ractor::MessagingErr::SendErr(RoomMsg::Request(_, reply)) = e {
                 let _ = reply.send(RoomReply::Error {

@@ -176,6 +176,7 @@ async fn node_with(store: Arc<TestStore>, config: RoomConfig) -> Node {
         store: store.clone(),
         sink: sink.clone(),
         config,
+        metrics: RoomMetrics::default(),
     });
     let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
         .await

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use collab_actors::room::{EventSink, RoomConfig, RoomContext, RoomSupervisor, SupervisorMsg};
+use collab_actors::room::{
+    EventSink, RoomConfig, RoomContext, RoomMetrics, RoomSupervisor, SupervisorMsg,
+};
 use collab_bus::{Bus, BusError, ReplyFuture, RequestHandler};
 use collab_protocol::ErrorCode;
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
@@ -14,7 +16,7 @@ use collab_store::Store;
 use ractor::{Actor, ActorRef};
 use tracing::info;
 
-pub use collab_actors::room::RoomConfig as RoomNodeConfig;
+pub use collab_actors::room::{RoomConfig as RoomNodeConfig, RoomMetrics as RoomNodeMetrics};
 
 /// A running room node.
 pub struct RoomNode {
@@ -69,17 +71,30 @@ impl RequestHandler for Handler {
 }
 
 impl RoomNode {
-    /// Starts the supervisor and serves this node's rooms on `bus`.
+    /// Starts the supervisor and serves this node's rooms on `bus`, with
+    /// metrics that are not exported anywhere.
     pub async fn start(
         config: RoomConfig,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+    ) -> Result<RoomNode, StartError> {
+        Self::start_with_metrics(config, store, bus, RoomMetrics::default()).await
+    }
+
+    /// Starts the supervisor and serves this node's rooms on `bus`; `metrics`
+    /// come from `RoomMetrics::register` on the process's registry.
+    pub async fn start_with_metrics(
+        config: RoomConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        metrics: RoomMetrics,
     ) -> Result<RoomNode, StartError> {
         let request_timeout = config.commit_timeout + Duration::from_secs(5);
         let ctx = Arc::new(RoomContext {
             store: store.clone(),
             sink: Arc::new(BusSink { bus: bus.clone() }),
             config,
+            metrics,
         });
         let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
             .await
