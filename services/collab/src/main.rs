@@ -1,1 +1,196 @@
-fn main() {}
+//! `collab`: the real-time room server.
+//!
+//! A thin shell: parse the command line, load the configuration, start
+//! logging, and hand over to the library (`collab::serve`, `collab::token`).
+//! Bad usage or configuration exits with 64.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use collab::config::{self, CollabConfig, Flags};
+use collab::secret::SecretError;
+use collab::serve::ServeError;
+use collab::token::{RoomGrant, TokenRequest};
+use collab::{EXIT_USAGE, secret, serve, signals, telemetry, token};
+
+/// A self-hostable real-time room server for collaborative whiteboards and
+/// chat.
+///
+/// Settings are layered: defaults < --config FILE (or COLLAB_CONFIG) <
+/// COLLAB_* environment < flags. See config/collab.toml for every setting.
+#[derive(Debug, Parser)]
+#[command(name = "collab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: gateway, room node, in-process bus
+    /// and the embedded store in the data dir. Without a secret it runs in
+    /// dev mode (loopback only).
+    Serve(ServeArgs),
+    /// Mint a JWT signed with the configured secret (or a dev server's
+    /// secret from --data-dir) and print it.
+    Token(TokenArgs),
+}
+
+/// The settings every command reads.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// A TOML config file [env: COLLAB_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded store and the dev secret [env:
+    /// COLLAB_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// HS256 signing secret; unset means dev mode. Prefer the environment
+    /// variable: a flag shows in the process list [env: COLLAB_JWT_SECRET]
+    #[arg(long, value_name = "SECRET")]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on; port 0 picks a free one [env: COLLAB_LISTEN]
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Log format, text or json [env: COLLAB_LOG_FORMAT] [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The user id (the `sub` claim)
+    #[arg(long)]
+    user: String,
+    /// Display name
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 24 * 60 * 60)]
+    ttl_secs: u64,
+    /// Access to one room (or `*` for all), repeatable; none means write
+    /// access to every room
+    #[arg(long, value_name = "ROOM=read|write")]
+    room: Vec<RoomGrant>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let (flags, command) = match cli.command {
+        Command::Serve(args) => (
+            Flags {
+                listen: args.listen.clone(),
+                log_format: args.log_format.clone(),
+                ..flags(&args.config)
+            },
+            Command::Serve(args),
+        ),
+        Command::Token(args) => (flags(&args.config), Command::Token(args)),
+    };
+    let config = match config::load(&flags, &config::process_env()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("collab: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match command {
+        Command::Serve(_) => run_serve(config),
+        Command::Token(args) => run_token(&config, args),
+    }
+}
+
+fn flags(args: &ConfigArgs) -> Flags {
+    Flags {
+        config: args.config.clone(),
+        data_dir: args.data_dir.clone(),
+        jwt_secret: args.jwt_secret.clone(),
+        ..Flags::default()
+    }
+}
+
+fn run_serve(config: CollabConfig) -> ExitCode {
+    if let Err(e) = telemetry::init(config.log_format) {
+        eprintln!("collab: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match serve_until_signalled(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Through the log, so a JSON log pipeline sees it too.
+            tracing::error!(error = format!("{e:#}"), "collab serve failed");
+            let usage = e
+                .downcast_ref::<ServeError>()
+                .is_some_and(ServeError::is_usage);
+            ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+fn serve_until_signalled(config: CollabConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("collab")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = signals::install().context("cannot install signal handlers")?;
+        serve::run(config, shutdown).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Tasks still running (a socket that ignored the close) must not hold
+    // the exit up.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn run_token(config: &CollabConfig, args: TokenArgs) -> ExitCode {
+    let signing = match secret::for_minting(config) {
+        Ok(signing) => signing,
+        Err(e) => {
+            eprintln!("collab: {e}");
+            let usage = matches!(e, SecretError::NoSecret(_));
+            return ExitCode::from(if usage { EXIT_USAGE } else { 1 });
+        }
+    };
+    let request = TokenRequest {
+        user: args.user,
+        name: args.name,
+        ttl: Duration::from_secs(args.ttl_secs),
+        rooms: args.room,
+    };
+    match token::mint(&signing.bytes, &request) {
+        Ok(jwt) => {
+            println!("{jwt}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("collab: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The one typed configuration of the `collab` process and its loader.
+//!
+//! Layers, each overriding the one before: the defaults, a TOML file
+//! (`--config FILE` or `COLLAB_CONFIG`; nothing is loaded implicitly, so
+//! `config/collab.toml` stays a reference), the `COLLAB_*` environment, and
+//! the command-line flags. A nested key is spelled with `__` in the
+//! environment: `[gateway] max_unacked_ops` is `COLLAB_GATEWAY__MAX_UNACKED_OPS`.
+//!
+//! The loader takes the environment as an argument, so tests hand it a map
+//! instead of mutating the process's, and it reports every bad key and value
+//! at once rather than one per attempt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use collab_gateway::GatewayConfig;
+use collab_protocol::{Limits, NodeId};
+use collab_room_node::RoomNodeConfig;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable the loader reads.
+pub const ENV_PREFIX: &str = "COLLAB_";
+/// The environment variable naming the config file (when `--config` is not
+/// given).
+pub const CONFIG_FILE_ENV: &str = "COLLAB_CONFIG";
+/// Separates the levels of a nested key in an environment variable name.
+const ENV_NESTING: &str = "__";
+
+/// Everything `collab` can be told.
+///
+/// Scalars come before sections so the struct serializes to valid TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollabConfig {
+    /// Address the HTTP and WebSocket server listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded store (and, in dev mode, the generated secret)
+    /// lives.
+    pub data_dir: PathBuf,
+    /// The HS256 secret tokens are signed with. Unset: dev mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<Secret>,
+    pub log_format: LogFormat,
+    /// How long SIGTERM waits for rooms to finish their batches and
+    /// snapshot, and for sockets to close.
+    pub drain_grace_secs: u64,
+    pub gateway: GatewayConfig,
+    pub rooms: RoomSettings,
+}
+
+impl Default for CollabConfig {
+    fn default() -> Self {
+        CollabConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            jwt_secret: None,
+            log_format: LogFormat::Text,
+            drain_grace_secs: 10,
+            gateway: GatewayConfig::default(),
+            rooms: RoomSettings::default(),
+        }
+    }
+}
+
+impl CollabConfig {
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.drain_grace_secs)
+    }
+
+    /// The settings of this process's room node. Its limits are the
+    /// gateway's: one process, one set of limits.
+    pub fn room_node_config(&self, node: NodeId) -> RoomNodeConfig {
+        self.rooms
+            .room_node_config(node, self.gateway.limits.clone())
+    }
+}
+
+/// A secret that never shows up in `Debug` output (and so in logs).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for production log pipelines.
+    Json,
+}
+
+/// The configurable part of the room actors' settings (a serde mirror of
+/// [`RoomNodeConfig`], with durations in whole seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomSettings {
+    /// Snapshot a room after this many ops since its last snapshot…
+    pub snapshot_every_ops: u64,
+    /// …or this many seconds after a change, whichever comes first.
+    pub snapshot_every_secs: u64,
+    /// Stop a room nobody used for this long (after a snapshot).
+    pub idle_after_secs: u64,
+    /// Most ops in one commit batch.
+    pub max_batch: usize,
+    /// Recent ops kept in memory for `join` with `since`.
+    pub tail_len: usize,
+    /// Requests waiting for one room above which new ones get
+    /// `rate_limited`.
+    pub mailbox_high_water: usize,
+    /// How long a commit may take before its outcome counts as unknown.
+    pub commit_timeout_secs: u64,
+    /// After a room loads, how long its users get to come back before their
+    /// open strokes are ended for them.
+    pub orphan_grace_secs: u64,
+}
+
+impl Default for RoomSettings {
+    /// The same values as `RoomConfig::new` (a unit test keeps them equal).
+    fn default() -> Self {
+        RoomSettings {
+            snapshot_every_ops: 2000,
+            snapshot_every_secs: 30,
+            idle_after_secs: 60,
+            max_batch: 512,
+            tail_len: 1024,
+            mailbox_high_water: 10_000,
+            commit_timeout_secs: 10,
+            orphan_grace_secs: 10,
+        }
+    }
+}
+
+impl RoomSettings {
+    pub fn room_node_config(&self, node: NodeId, limits: Limits) -> RoomNodeConfig {
+        let mut config = RoomNodeConfig::new(node);
+        config.limits = limits;
+        config.snapshot_every_ops = self.snapshot_every_ops;
+        config.snapshot_every = Duration::from_secs(self.snapshot_every_secs);
+        config.idle_after = Duration::from_secs(self.idle_after_secs);
+        config.max_batch = self.max_batch;
+        config.tail_len = self.tail_len;
+        config.mailbox_high_water = self.mailbox_high_water;
+        config.commit_timeout = Duration::from_secs(self.commit_timeout_secs);
+        config.orphan_grace = Duration::from_secs(self.orphan_grace_secs);
+        config
+    }
+}
+
+// === loading ===
+
+/// The settings the command line can give (the highest layer). Values stay
+/// strings here so that a bad one is reported with every other bad setting.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl Flags {
+    fn settings(&self) -> Vec<(&'static str, &'static str, &String)> {
+        [
+            ("listen", "--listen", &self.listen),
+            ("data_dir", "--data-dir", &self.data_dir),
+            ("jwt_secret", "--jwt-secret", &self.jwt_secret),
+            ("log_format", "--log-format", &self.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(key, flag, value)| value.as_ref().map(|v| (key, flag, v)))
+        .collect()
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "file {}", path.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// One bad setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The setting's dotted key (`gateway.limits.max_points`), or empty
+    /// when the problem is the source as a whole (an unreadable file).
+    pub key: String,
+    pub origin: Option<Origin>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.key.is_empty(), &self.origin) {
+            (true, Some(origin)) => write!(f, "{origin}: {}", self.message),
+            (true, None) => f.write_str(&self.message),
+            (false, Some(origin)) => write!(f, "`{}` (from {origin}): {}", self.key, self.message),
+            (false, None) => write!(f, "`{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in the configuration, not just the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problems)", self.issues.len())?;
+        for issue in &self.issues {
+            write!(f, "\n  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the configuration: defaults < file < `COLLAB_*` in `env` < `flags`.
+///
+/// The file is `flags.config`, else `env["COLLAB_CONFIG"]`, else none.
+pub fn load(flags: &Flags, env: &HashMap<String, String>) -> Result<CollabConfig, ConfigError> {
+    let defaults = default_table();
+    let mut issues = Vec::new();
+    // Each setting's effective value and its origin, by dotted key; a
+    // later layer replaces an earlier one.
+    let mut settings: BTreeMap<Vec<String>, (toml::Value, Origin)> = BTreeMap::new();
+
+    let file = flags
+        .config
+        .clone()
+        .or_else(|| env.get(CONFIG_FILE_ENV).map(PathBuf::from));
+    if let Some(path) = file {
+        match read_file(&path) {
+            Ok(table) => {
+                let mut leaves = Vec::new();
+                flatten(&defaults, &table, &mut Vec::new(), &mut leaves);
+                for (key, value) in leaves {
+                    settings.insert(key, (value, Origin::File(path.clone())));
+                }
+            }
+            Err(message) => issues.push(ConfigIssue {
+                key: String::new(),
+                origin: Some(Origin::File(path)),
+                message,
+            }),
+        }
+    }
+
+    // Sorted, so the issues come out in the same order every time.
+    let mut names: Vec<&String> = env
+        .keys()
+        .filter(|name| name.starts_with(ENV_PREFIX) && name.as_str() != CONFIG_FILE_ENV)
+        .collect();
+    names.sort();
+    for name in names {
+        let raw = &env[name];
+        let key: Vec<String> = name[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .split(ENV_NESTING)
+            .map(str::to_owned)
+            .collect();
+        match env_value(lookup(&defaults, &key), raw) {
+            Ok(value) => {
+                settings.insert(key, (value, Origin::Env(name.clone())));
+            }
+            Err(message) => issues.push(ConfigIssue {
+                key: key.join("."),
+                origin: Some(Origin::Env(name.clone())),
+                message,
+            }),
+        }
+    }
+
+    for (key, flag, value) in flags.settings() {
+        settings.insert(
+            vec![key.to_owned()],
+            (toml::Value::String(value.clone()), Origin::Flag(flag)),
+        );
+    }
+
+    // Each setting is checked on its own against the defaults, so one bad
+    // value does not hide the next; the good ones are then checked together
+    // against the rules, so a bad type does not hide a broken rule either.
+    let mut merged = defaults.clone();
+    for (key, (value, origin)) in &settings {
+        let mut probe = defaults.clone();
+        insert(&mut probe, key, value.clone());
+        match probe.try_into::<CollabConfig>() {
+            Ok(_) => insert(&mut merged, key, value.clone()),
+            Err(e) => issues.push(ConfigIssue {
+                key: key.join("."),
+                origin: Some(origin.clone()),
+                message: clean_message(&e.to_string()),
+            }),
+        }
+    }
+    let config = match merged.try_into::<CollabConfig>() {
+        Ok(config) => config,
+        Err(e) => {
+            issues.push(ConfigIssue {
+                key: String::new(),
+                origin: None,
+                message: clean_message(&e.to_string()),
+            });
+            return Err(ConfigError { issues });
+        }
+    };
+    for (key, message) in validate(&config) {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        issues.push(ConfigIssue {
+            key: key.to_owned(),
+            origin: settings.get(&path).map(|(_, origin)| origin.clone()),
+            message,
+        });
+    }
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError { issues })
+    }
+}
+
+/// The process environment as the loader wants it (variables that are not
+/// valid UTF-8 cannot be `COLLAB_*` settings and are left out).
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// The defaults, as the TOML tree every layer is laid over.
+fn default_table() -> toml::Table {
+    // Serializing plain data with string keys cannot fail; an empty table
+    // would only make every key look unknown, which a unit test catches.
+    toml::Table::try_from(CollabConfig::default()).unwrap_or_default()
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| format!("not valid TOML: {}", clean_message(&e.to_string())))
+}
+
+/// Splits `table` into its settings: a sub-table is descended into where
+/// the defaults have a section, and is one (bad) value anywhere else.
+fn flatten(
+    defaults: &toml::Table,
+    table: &toml::Table,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, toml::Value)>,
+) {
+    for (name, value) in table {
+        prefix.push(name.clone());
+        match (value, defaults.get(name)) {
+            (toml::Value::Table(inner), Some(toml::Value::Table(inner_defaults))) => {
+                flatten(inner_defaults, inner, prefix, out);
+            }
+            _ => out.push((prefix.clone(), value.clone())),
+        }
+        prefix.pop();
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, key: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = key.split_first()?;
+    let value = table.get(first)?;
+    match (rest.is_empty(), value) {
+        (true, value) => Some(value),
+        (false, toml::Value::Table(inner)) => lookup(inner, rest),
+        (false, _) => None,
+    }
+}
+
+fn insert(table: &mut toml::Table, key: &[String], value: toml::Value) {
+    let Some((first, rest)) = key.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return;
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !entry.is_table() {
+        // A value where a section belongs: the section replaces it, and the
+        // check of the setting reports the key as unknown.
+        *entry = toml::Value::Table(toml::Table::new());
+    }
+    if let toml::Value::Table(inner) = entry {
+        insert(inner, rest, value);
+    }
+}
+
+/// Types an environment variable's text by the default it overrides; a key
+/// without a default (unknown, or optional like `jwt_secret`) stays a
+/// string and the per-setting check judges it.
+fn env_value(default: Option<&toml::Value>, raw: &str) -> Result<toml::Value, String> {
+    let raw = raw.trim();
+    match default {
+        Some(toml::Value::Integer(_)) => raw
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("expected an integer, got {raw:?}")),
+        Some(toml::Value::Float(_)) => raw
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("expected a number, got {raw:?}")),
+        Some(toml::Value::Boolean(_)) => raw
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|_| format!("expected true or false, got {raw:?}")),
+        Some(toml::Value::Table(_)) => {
+            Err("is a section: set its keys, joined with `__` (COLLAB_SECTION__KEY)".into())
+        }
+        Some(toml::Value::Array(_)) => Err("cannot be set from the environment".into()),
+        _ => Ok(toml::Value::String(raw.to_owned())),
+    }
+}
+
+/// Deserializer messages span lines and repeat the key ("in `listen`"),
+/// which the issue names anyway; issues are printed one per line.
+fn clean_message(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| !(l.starts_with("in `") && l.ends_with('`')))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Rules a well-typed value can still break.
+fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
+    let mut issues = Vec::new();
+    let mut at_least_one = |key: &'static str, value: u64| {
+        if value == 0 {
+            issues.push((key, "must be at least 1".to_owned()));
+        }
+    };
+    let r = &config.rooms;
+    at_least_one("rooms.snapshot_every_ops", r.snapshot_every_ops);
+    at_least_one("rooms.snapshot_every_secs", r.snapshot_every_secs);
+    at_least_one("rooms.idle_after_secs", r.idle_after_secs);
+    at_least_one("rooms.max_batch", r.max_batch as u64);
+    at_least_one("rooms.tail_len", r.tail_len as u64);
+    at_least_one("rooms.mailbox_high_water", r.mailbox_high_water as u64);
+    at_least_one("rooms.commit_timeout_secs", r.commit_timeout_secs);
+    let g = &config.gateway;
+    at_least_one("gateway.max_unacked_ops", g.max_unacked_ops as u64);
+    at_least_one("gateway.outbound_queue", g.outbound_queue as u64);
+    at_least_one("gateway.ping_interval_secs", g.ping_interval_secs);
+    at_least_one("gateway.idle_timeout_secs", g.idle_timeout_secs);
+    at_least_one("gateway.request_timeout_secs", g.request_timeout_secs);
+    let l = &g.limits;
+    at_least_one(
+        "gateway.limits.max_message_bytes",
+        l.max_message_bytes as u64,
+    );
+    at_least_one("gateway.limits.max_points", l.max_points as u64);
+    at_least_one("gateway.limits.max_text_chars", l.max_text_chars as u64);
+
+    let q = &g.rate_limits;
+    for (key, value) in [
+        ("gateway.rate_limits.ops_per_sec", q.ops_per_sec),
+        ("gateway.rate_limits.ops_burst", q.ops_burst),
+        ("gateway.rate_limits.cursors_per_sec", q.cursors_per_sec),
+        ("gateway.rate_limits.cursors_burst", q.cursors_burst),
+        ("gateway.rate_limits.joins_per_sec", q.joins_per_sec),
+        ("gateway.rate_limits.joins_burst", q.joins_burst),
+        ("gateway.rate_limits.rooms_per_min", q.rooms_per_min),
+        ("gateway.rate_limits.rooms_burst", q.rooms_burst),
+        ("gateway.rate_limits.http_per_sec", q.http_per_sec),
+        ("gateway.rate_limits.http_burst", q.http_burst),
+    ] {
+        if !(value.is_finite() && value > 0.0) {
+            issues.push((key, format!("must be a positive number, got {value}")));
+        }
+    }
+    if g.gateway_id.trim().is_empty() {
+        issues.push(("gateway.gateway_id", "must not be empty".to_owned()));
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        issues.push(("data_dir", "must not be empty".to_owned()));
+    }
+    if config.jwt_secret.as_ref().is_some_and(|s| s.0.is_empty()) {
+        issues.push((
+            "jwt_secret",
+            "must not be empty (leave it unset for dev mode)".to_owned(),
+        ));
+    }
+    issues
+}
+
+#[cfg(test)]
+mod tests;

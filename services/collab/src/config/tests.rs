@@ -1,0 +1,320 @@
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(text.as_bytes()).expect("writes");
+    f
+}
+
+fn issue_keys(err: &ConfigError) -> Vec<&str> {
+    err.issues.iter().map(|i| i.key.as_str()).collect()
+}
+
+#[test]
+fn nothing_given_means_the_defaults() {
+    let config = load(&Flags::default(), &HashMap::new()).expect("defaults load");
+    assert_eq!(config, CollabConfig::default());
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.data_dir, PathBuf::from("./data"));
+    assert_eq!(config.jwt_secret, None);
+    assert_eq!(config.drain_grace_secs, 10);
+    // Variables outside the prefix are none of the loader's business.
+    let config =
+        load(&Flags::default(), &env(&[("HOME", "/x"), ("COLLABX", "1")])).expect("defaults load");
+    assert_eq!(config, CollabConfig::default());
+}
+
+#[test]
+fn the_default_tree_has_every_section() {
+    let table = default_table();
+    for key in ["listen", "data_dir", "log_format", "drain_grace_secs"] {
+        assert!(table.contains_key(key), "{key} missing");
+    }
+    assert!(
+        lookup(
+            &table,
+            &["gateway".into(), "limits".into(), "max_points".into()]
+        )
+        .is_some()
+    );
+    assert!(lookup(&table, &["rooms".into(), "tail_len".into()]).is_some());
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let f = file(
+        r#"
+        listen = "127.0.0.1:1111"
+        data_dir = "/from/file"
+        drain_grace_secs = 3
+        [gateway]
+        max_unacked_ops = 7
+        outbound_queue = 9
+        [gateway.rate_limits]
+        ops_per_sec = 5
+        [rooms]
+        snapshot_every_ops = 11
+        "#,
+    );
+    let environment = env(&[
+        ("COLLAB_CONFIG", f.path().to_str().expect("utf-8 path")),
+        ("COLLAB_LISTEN", "127.0.0.1:2222"),
+        ("COLLAB_DATA_DIR", "/from/env"),
+        ("COLLAB_GATEWAY__OUTBOUND_QUEUE", "99"),
+        ("COLLAB_GATEWAY__RATE_LIMITS__OPS_BURST", "2.5"),
+        ("COLLAB_ROOMS__TAIL_LEN", "12"),
+        ("COLLAB_LOG_FORMAT", "json"),
+    ]);
+    let flags = Flags {
+        listen: Some("127.0.0.1:3333".into()),
+        ..Flags::default()
+    };
+    let config = load(&flags, &environment).expect("loads");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:3333", "flag wins");
+    assert_eq!(
+        config.data_dir,
+        PathBuf::from("/from/env"),
+        "env beats file"
+    );
+    assert_eq!(config.drain_grace_secs, 3, "file beats default");
+    assert_eq!(config.gateway.max_unacked_ops, 7);
+    assert_eq!(config.gateway.outbound_queue, 99);
+    assert_eq!(config.gateway.rate_limits.ops_per_sec, 5.0);
+    assert_eq!(config.gateway.rate_limits.ops_burst, 2.5);
+    assert_eq!(
+        config.gateway.rate_limits.http_per_sec,
+        collab_gateway::RateLimits::default().http_per_sec,
+        "untouched keys of a touched section keep their defaults"
+    );
+    assert_eq!(config.rooms.snapshot_every_ops, 11);
+    assert_eq!(config.rooms.tail_len, 12);
+    assert_eq!(config.log_format, LogFormat::Json);
+}
+
+#[test]
+fn the_config_flag_beats_the_config_variable() {
+    let from_env = file("drain_grace_secs = 1");
+    let from_flag = file("drain_grace_secs = 2");
+    let flags = Flags {
+        config: Some(from_flag.path().to_path_buf()),
+        ..Flags::default()
+    };
+    let environment = env(&[(
+        "COLLAB_CONFIG",
+        from_env.path().to_str().expect("utf-8 path"),
+    )]);
+    assert_eq!(
+        load(&flags, &environment).expect("loads").drain_grace_secs,
+        2
+    );
+}
+
+#[test]
+fn the_secret_comes_from_any_layer_and_is_never_printed() {
+    let config = load(
+        &Flags::default(),
+        &env(&[("COLLAB_JWT_SECRET", "env-secret")]),
+    )
+    .expect("loads");
+    assert_eq!(
+        config.jwt_secret.as_ref().map(Secret::expose),
+        Some(&b"env-secret"[..])
+    );
+    let flags = Flags {
+        jwt_secret: Some("flag-secret".into()),
+        ..Flags::default()
+    };
+    let config = load(&flags, &env(&[("COLLAB_JWT_SECRET", "env-secret")])).expect("loads");
+    assert_eq!(
+        config.jwt_secret.as_ref().map(Secret::expose),
+        Some(&b"flag-secret"[..])
+    );
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("flag-secret"), "{debug}");
+    // A secret made of digits is still a string, not an integer.
+    let config = load(&Flags::default(), &env(&[("COLLAB_JWT_SECRET", "12345")])).expect("loads");
+    assert_eq!(
+        config.jwt_secret.as_ref().map(Secret::expose),
+        Some(&b"12345"[..])
+    );
+}
+
+#[test]
+fn every_bad_key_and_value_is_reported_at_once() {
+    let f = file(
+        r#"
+        lissten = "127.0.0.1:1"
+        drain_grace_secs = "soon"
+        [gateway]
+        max_unacked_ops = -1
+        [rooms]
+        bogus = 1
+        "#,
+    );
+    let environment = env(&[
+        ("COLLAB_LISTEN", "not an address"),
+        ("COLLAB_GATEWAY__OUTBOUND_QUEUE", "lots"),
+        ("COLLAB_NO_SUCH_THING", "1"),
+        ("COLLAB_GATEWAY", "x"),
+        ("COLLAB_ROOMS__MAX_BATCH", "0"),
+    ]);
+    let flags = Flags {
+        config: Some(f.path().to_path_buf()),
+        log_format: Some("xml".into()),
+        ..Flags::default()
+    };
+    let err = load(&flags, &environment).expect_err("bad config");
+    let mut keys = issue_keys(&err);
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "drain_grace_secs",
+            "gateway",
+            "gateway.max_unacked_ops",
+            "gateway.outbound_queue",
+            "lissten",
+            "listen",
+            "log_format",
+            "no_such_thing",
+            "rooms.bogus",
+            "rooms.max_batch",
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with("invalid configuration (10 problems)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`listen` (from environment variable COLLAB_LISTEN)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`log_format` (from flag --log-format)"),
+        "{text}"
+    );
+    assert!(text.contains("`rooms.bogus` (from file "), "{text}");
+    assert!(text.contains("unknown field `bogus`"), "{text}");
+    assert!(
+        text.contains(
+            "`listen` (from environment variable COLLAB_LISTEN): invalid socket address syntax\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_value_that_a_higher_layer_replaces_is_not_an_error() {
+    let f = file(r#"listen = "nowhere""#);
+    let flags = Flags {
+        config: Some(f.path().to_path_buf()),
+        listen: Some("127.0.0.1:0".into()),
+        ..Flags::default()
+    };
+    let config = load(&flags, &HashMap::new()).expect("flag replaces the bad value");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:0");
+}
+
+#[test]
+fn a_missing_or_broken_file_is_reported() {
+    let flags = Flags {
+        config: Some(PathBuf::from("/definitely/not/here.toml")),
+        ..Flags::default()
+    };
+    let err = load(&flags, &env(&[("COLLAB_LISTEN", "nope")])).expect_err("missing file");
+    assert_eq!(err.issues.len(), 2, "{err}");
+    assert!(err.issues[0].message.starts_with("cannot read it"), "{err}");
+
+    let f = file("listen = ");
+    let flags = Flags {
+        config: Some(f.path().to_path_buf()),
+        ..Flags::default()
+    };
+    let err = load(&flags, &HashMap::new()).expect_err("broken file");
+    assert!(err.issues[0].message.starts_with("not valid TOML"), "{err}");
+}
+
+#[test]
+fn well_typed_values_that_break_a_rule_are_reported() {
+    let environment = env(&[
+        ("COLLAB_ROOMS__MAX_BATCH", "0"),
+        ("COLLAB_GATEWAY__RATE_LIMITS__OPS_PER_SEC", "-1"),
+        ("COLLAB_JWT_SECRET", ""),
+    ]);
+    let err = load(&Flags::default(), &environment).expect_err("invalid");
+    assert_eq!(
+        issue_keys(&err),
+        [
+            "rooms.max_batch",
+            "gateway.rate_limits.ops_per_sec",
+            "jwt_secret"
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        err.issues[0].origin,
+        Some(Origin::Env("COLLAB_ROOMS__MAX_BATCH".into()))
+    );
+}
+
+#[test]
+fn room_settings_default_to_the_room_actors_defaults() {
+    let node = NodeId::parse("local").expect("valid node id");
+    let ours = RoomSettings::default().room_node_config(node.clone(), Limits::default());
+    let theirs = RoomNodeConfig::new(node);
+    assert_eq!(ours.snapshot_every_ops, theirs.snapshot_every_ops);
+    assert_eq!(ours.snapshot_every, theirs.snapshot_every);
+    assert_eq!(ours.idle_after, theirs.idle_after);
+    assert_eq!(ours.max_batch, theirs.max_batch);
+    assert_eq!(ours.tail_len, theirs.tail_len);
+    assert_eq!(ours.mailbox_high_water, theirs.mailbox_high_water);
+    assert_eq!(ours.commit_timeout, theirs.commit_timeout);
+    assert_eq!(ours.orphan_grace, theirs.orphan_grace);
+    assert_eq!(ours.limits, theirs.limits);
+}
+
+/// `config/collab.toml` is the reference: it must load, set every setting
+/// (but the secret) and set each to its default.
+#[test]
+fn the_reference_file_lists_every_setting_with_its_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/collab.toml");
+    let flags = Flags {
+        config: Some(path.clone()),
+        ..Flags::default()
+    };
+    let config = load(&flags, &HashMap::new()).expect("the reference loads");
+    assert_eq!(config, CollabConfig::default());
+
+    let text = std::fs::read_to_string(&path).expect("reads");
+    let table: toml::Table = text.parse().expect("parses");
+    let mut given = Vec::new();
+    flatten(&default_table(), &table, &mut Vec::new(), &mut given);
+    let mut expected = Vec::new();
+    flatten(
+        &default_table(),
+        &default_table(),
+        &mut Vec::new(),
+        &mut expected,
+    );
+    let given: Vec<_> = given.into_iter().map(|(k, _)| k.join(".")).collect();
+    for (key, _) in expected {
+        let key = key.join(".");
+        assert!(
+            given.contains(&key),
+            "{key} missing from config/collab.toml"
+        );
+    }
+    assert!(text.contains("# jwt_secret"), "the secret is documented");
+}

@@ -1,0 +1,19 @@
+//! The `collab` binary's library: everything `main.rs` calls, so that
+//! the binary stays a thin shell of argument parsing and exit codes.
+//!
+//! - [`config`] — the one typed configuration and its layered loader;
+//! - [`serve`] — `collab serve`, gateway and room node in one process;
+//! - [`token`] — `collab token`, minting JWTs;
+//! - [`secret`] — the configured or generated (dev mode) signing secret;
+//! - [`signals`] — SIGTERM/SIGINT handling (drain, then exit at once);
+//! - [`telemetry`] — logging.
+
+pub mod config;
+pub mod secret;
+pub mod serve;
+pub mod signals;
+pub mod telemetry;
+pub mod token;
+
+/// Exit code for bad usage or configuration (`EX_USAGE` of sysexits.h).
+pub const EXIT_USAGE: u8 = 64;

@@ -1,0 +1,197 @@
+//! `collab serve`: the whole server in one process. The gateway and one
+//! room node share an in-process bus; rooms live in the embedded store in
+//! the data dir.
+//!
+//! Shutdown order (on the future passed to [`run`], normally SIGTERM):
+//! readiness fails and every WebSocket is closed with 1001, the listener
+//! stops accepting, the room node finishes its batches and snapshots every
+//! room, and the store is closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use collab_bus::{Bus, InProcessBus};
+use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
+use collab_protocol::NodeId;
+use collab_room_node::{RoomNode, StartError};
+use collab_store::{EmbeddedStore, Store, StoreError};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::config::CollabConfig;
+use crate::secret::{self, DEV_SECRET_FILE, SecretError};
+
+/// The id of the one room node of `collab serve`.
+pub const LOCAL_NODE: &str = "local";
+/// Printed (to stdout) once the listener is bound, with the actual address;
+/// scripts and tests wait for it to learn the port of `--listen …:0`.
+pub const LISTENING_PREFIX: &str = "listening on http://";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "dev mode (no jwt_secret) listens on loopback only, and {0} is not: configure a secret (COLLAB_JWT_SECRET) or listen on 127.0.0.1"
+    )]
+    DevModeNotLoopback(SocketAddr),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start the room node: {0}")]
+    RoomNode(#[from] StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ServeError {
+    /// Whether the configuration itself is at fault (exit code 64), rather
+    /// than the environment.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ServeError::DevModeNotLoopback(_))
+    }
+}
+
+/// Ready when the bus carries traffic and the room node's store answers.
+struct LocalReadiness {
+    bus: Arc<dyn Bus>,
+    room_node: Arc<RoomNode>,
+}
+
+#[async_trait]
+impl Readiness for LocalReadiness {
+    async fn ready(&self) -> bool {
+        self.bus.is_ready() && self.room_node.is_ready().await
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: CollabConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    // Refused before anything is written to disk.
+    if config.jwt_secret.is_none() && !config.listen.ip().is_loopback() {
+        return Err(ServeError::DevModeNotLoopback(config.listen));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let signing = secret::for_server(&config)?;
+    if signing.dev_mode {
+        warn!(
+            secret = %config.data_dir.join(DEV_SECRET_FILE).display(),
+            "no jwt_secret configured: running in DEV MODE (generated secret, POST /v1/dev/token \
+             open to anyone who can connect, loopback only); do not use in production"
+        );
+    }
+    let auth = Auth::new(&signing.bytes, signing.dev_mode);
+
+    // Opening repairs the file after a crash, which reads all of it.
+    let data_dir = config.data_dir.clone();
+    let embedded = tokio::task::spawn_blocking(move || EmbeddedStore::open_in_dir(data_dir))
+        .await
+        .map_err(|e| ServeError::Internal(format!("store opening task failed: {e}")))??;
+    let store_path = embedded.path().to_path_buf();
+    let store: Arc<dyn Store> = Arc::new(embedded);
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+
+    let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
+    let room_node =
+        Arc::new(RoomNode::start(config.room_node_config(node), store.clone(), bus.clone()).await?);
+
+    let mut registry = Registry::default();
+    let metrics = GatewayMetrics::register(&mut registry);
+    let readiness = Arc::new(LocalReadiness {
+        bus: bus.clone(),
+        room_node: room_node.clone(),
+    });
+    let gateway = Gateway::new(
+        config.gateway.clone(),
+        auth,
+        bus,
+        store,
+        readiness,
+        metrics,
+        Arc::new(registry),
+    );
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    info!(%addr, store = %store_path.display(), dev_mode = signing.dev_mode, "listening");
+    // Stdout is line-buffered: the line is out as soon as this returns.
+    println!("{LISTENING_PREFIX}{addr}");
+
+    let (stop_accepting, stopped) = oneshot::channel::<()>();
+    let mut server = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            gateway
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+
+    tokio::select! {
+        () = shutdown => {}
+        ended = &mut server => {
+            // The server never ends by itself; if it did, drain what we can
+            // and report why.
+            let cause = match ended {
+                Ok(Ok(())) => ServeError::Internal("the server stopped by itself".into()),
+                Ok(Err(e)) => ServeError::Serve(e),
+                Err(e) => ServeError::Internal(format!("server task failed: {e}")),
+            };
+            error!(error = %cause, "server stopped; draining rooms");
+            room_node.drain(config.drain_grace()).await;
+            return Err(cause);
+        }
+    }
+
+    let grace = config.drain_grace();
+    info!(grace_secs = grace.as_secs(), "draining");
+    gateway.begin_shutdown();
+    let _ = stop_accepting.send(());
+    room_node.drain(grace).await;
+    // Sockets were told to close when the drain began; a peer that does
+    // not finish the close handshake is not waited for past the grace.
+    match tokio::time::timeout(grace.max(Duration::from_secs(1)), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error while draining"),
+        Ok(Err(e)) => warn!(error = %e, "server task failed while draining"),
+        Err(_) => warn!(
+            connections = gateway.connections(),
+            "connections still open after the grace period; closing anyway"
+        ),
+    }
+    info!("drained; bye");
+    Ok(())
+}
