@@ -231,11 +231,14 @@ async fn bad_configuration_exits_64_before_touching_the_data_dir() {
     // Several bad settings are reported together.
     let out = run_collab(
         &["serve", "--listen", "nowhere", "--data-dir", data_arg],
-        &[("COLLAB_ROOMS__MAX_BATCH", "many"), ("COLLAB_NO_SUCH", "1")],
+        &[
+            ("COLLAB_ROOMS__MAX_BATCH", "many"),
+            ("COLLAB_DRAIN_GRACE_SECS", "soon"),
+        ],
     );
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for key in ["`listen`", "`rooms.max_batch`", "`no_such`"] {
+    for key in ["`listen`", "`rooms.max_batch`", "`drain_grace_secs`"] {
         assert!(stderr.contains(key), "{key} not reported:\n{stderr}");
     }
     assert!(!data.exists(), "nothing written");

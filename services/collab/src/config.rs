@@ -8,7 +8,8 @@
 //!
 //! The loader takes the environment as an argument, so tests hand it a map
 //! instead of mutating the process's, and it reports every bad key and value
-//! at once rather than one per attempt.
+//! at once rather than one per attempt. Unknown keys in the file are errors;
+//! unknown `COLLAB_*` variables are not (see [`unknown_env`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -280,26 +281,15 @@ pub fn load(flags: &Flags, env: &HashMap<String, String>) -> Result<CollabConfig
         }
     }
 
-    // Sorted, so the issues come out in the same order every time.
-    let mut names: Vec<&String> = env
-        .keys()
-        .filter(|name| name.starts_with(ENV_PREFIX) && name.as_str() != CONFIG_FILE_ENV)
-        .collect();
-    names.sort();
-    for name in names {
-        let raw = &env[name];
-        let key: Vec<String> = name[ENV_PREFIX.len()..]
-            .to_ascii_lowercase()
-            .split(ENV_NESTING)
-            .map(str::to_owned)
-            .collect();
+    for (name, key) in env_settings(env) {
+        let raw = &env[&name];
         match env_value(lookup(&defaults, &key), raw) {
             Ok(value) => {
-                settings.insert(key, (value, Origin::Env(name.clone())));
+                settings.insert(key, (value, Origin::Env(name)));
             }
             Err(message) => issues.push(ConfigIssue {
                 key: key.join("."),
-                origin: Some(Origin::Env(name.clone())),
+                origin: Some(Origin::Env(name)),
                 message,
             }),
         }
@@ -354,6 +344,50 @@ pub fn load(flags: &Flags, env: &HashMap<String, String>) -> Result<CollabConfig
     }
 }
 
+/// The `COLLAB_*` variables of `env` that name a setting, with the
+/// setting's key, sorted (so issues come out in the same order every time).
+fn env_settings(env: &HashMap<String, String>) -> Vec<(String, Vec<String>)> {
+    let schema = schema_table();
+    let mut settings: Vec<(String, Vec<String>)> = env
+        .keys()
+        .filter_map(|name| Some((name, env_key(name)?)))
+        .filter(|(_, key)| lookup(&schema, key).is_some())
+        .map(|(name, key)| (name.clone(), key))
+        .collect();
+    settings.sort();
+    settings
+}
+
+/// `COLLAB_*` variables that name no setting. They are not errors: the
+/// environment is shared with other software (Kubernetes, for one, adds
+/// `COLLAB_SERVICE_HOST`, `COLLAB_PORT`… for a Service named `collab`), so
+/// `collab serve` only warns about them, which also catches a misspelt name.
+pub fn unknown_env(env: &HashMap<String, String>) -> Vec<String> {
+    let schema = schema_table();
+    let mut unknown: Vec<String> = env
+        .keys()
+        .filter(|name| env_key(name).is_some_and(|key| lookup(&schema, &key).is_none()))
+        .cloned()
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// The setting key a `COLLAB_*` variable would set (`COLLAB_CONFIG`, which
+/// names the file, is none).
+fn env_key(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    if name == CONFIG_FILE_ENV {
+        return None;
+    }
+    Some(
+        rest.to_ascii_lowercase()
+            .split(ENV_NESTING)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 /// The process environment as the loader wants it (variables that are not
 /// valid UTF-8 cannot be `COLLAB_*` settings and are left out).
 pub fn process_env() -> HashMap<String, String> {
@@ -367,6 +401,16 @@ fn default_table() -> toml::Table {
     // Serializing plain data with string keys cannot fail; an empty table
     // would only make every key look unknown, which a unit test catches.
     toml::Table::try_from(CollabConfig::default()).unwrap_or_default()
+}
+
+/// Every key there is: the defaults plus the optional settings, which
+/// have no default.
+fn schema_table() -> toml::Table {
+    let full = CollabConfig {
+        jwt_secret: Some(Secret::new("")),
+        ..CollabConfig::default()
+    };
+    toml::Table::try_from(full).unwrap_or_default()
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, String> {

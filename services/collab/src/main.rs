@@ -111,7 +111,8 @@ fn main() -> ExitCode {
         ),
         Command::Token(args) => (flags(&args.config), Command::Token(args)),
     };
-    let config = match config::load(&flags, &config::process_env()) {
+    let env = config::process_env();
+    let config = match config::load(&flags, &env) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("collab: {e}");
@@ -119,7 +120,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Serve(_) => run_serve(config),
+        Command::Serve(_) => run_serve(config, config::unknown_env(&env)),
         Command::Token(args) => run_token(&config, args),
     }
 }
@@ -133,10 +134,16 @@ fn flags(args: &ConfigArgs) -> Flags {
     }
 }
 
-fn run_serve(config: CollabConfig) -> ExitCode {
+fn run_serve(config: CollabConfig, unknown_env: Vec<String>) -> ExitCode {
     if let Err(e) = telemetry::init(config.log_format) {
         eprintln!("collab: {e}");
         return ExitCode::from(EXIT_USAGE);
+    }
+    if !unknown_env.is_empty() {
+        tracing::warn!(
+            variables = ?unknown_env,
+            "ignoring COLLAB_* environment variables that name no setting"
+        );
     }
     match serve_until_signalled(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -165,6 +165,7 @@ fn every_bad_key_and_value_is_reported_at_once() {
         ("COLLAB_LISTEN", "not an address"),
         ("COLLAB_GATEWAY__OUTBOUND_QUEUE", "lots"),
         ("COLLAB_NO_SUCH_THING", "1"),
+        ("COLLAB_SERVICE_HOST", "10.0.0.1"),
         ("COLLAB_GATEWAY", "x"),
         ("COLLAB_ROOMS__MAX_BATCH", "0"),
     ]);
@@ -186,7 +187,6 @@ fn every_bad_key_and_value_is_reported_at_once() {
             "lissten",
             "listen",
             "log_format",
-            "no_such_thing",
             "rooms.bogus",
             "rooms.max_batch",
         ],
@@ -194,7 +194,7 @@ fn every_bad_key_and_value_is_reported_at_once() {
     );
     let text = err.to_string();
     assert!(
-        text.starts_with("invalid configuration (10 problems)"),
+        text.starts_with("invalid configuration (9 problems)"),
         "{text}"
     );
     assert!(
@@ -213,6 +213,29 @@ fn every_bad_key_and_value_is_reported_at_once() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn unknown_variables_are_listed_not_refused() {
+    let environment = env(&[
+        ("COLLAB_SERVICE_HOST", "10.0.0.1"),
+        ("COLLAB_PORT", "tcp://10.0.0.1:8080"),
+        ("COLLAB_LISTN", "127.0.0.1:1"),
+        ("COLLAB_CONFIG", "/not/read/here"),
+        ("COLLAB_LISTEN", "127.0.0.1:9"),
+        ("COLLAB_JWT_SECRET", "s"),
+        ("COLLAB_ROOMS__TAIL_LEN", "5"),
+        ("PATH", "/bin"),
+    ]);
+    assert_eq!(
+        unknown_env(&environment),
+        ["COLLAB_LISTN", "COLLAB_PORT", "COLLAB_SERVICE_HOST"]
+    );
+    let mut without_file = environment.clone();
+    without_file.remove("COLLAB_CONFIG");
+    let config = load(&Flags::default(), &without_file).expect("loads");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:9");
+    assert_eq!(config.rooms.tail_len, 5);
 }
 
 #[test]
