@@ -127,13 +127,13 @@ impl Client {
         }
         self.send(json!({"kind": "stroke_end", "stroke": stroke}))
             .await;
-        if self.stroke % 3 == 0 {
+        if self.stroke.is_multiple_of(3) {
             self.send(json!({"kind": "undo"})).await;
         }
-        if self.stroke % 5 == 0 {
+        if self.stroke.is_multiple_of(5) {
             self.send(json!({"kind": "redo"})).await;
         }
-        if self.stroke % 4 == 0 {
+        if self.stroke.is_multiple_of(4) {
             self.send(json!({"kind": "message", "text": format!("{stroke} done")}))
                 .await;
         }
