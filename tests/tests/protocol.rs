@@ -594,3 +594,36 @@ async fn undo_and_redo_travel_with_their_stroke() {
     assert_eq!(error["code"], "nothing_to_undo");
     assert_eq!(error["cid"], "b1");
 }
+
+#[tokio::test]
+async fn metrics_count_connections_ops_errors_and_commits() {
+    let server = start();
+    let (token, mut ann) = user(&server, "ann").await;
+    create_room(&server, &token, json!({"kind": "board", "id": "metered"})).await;
+    join(&mut ann, "metered", None, None).await;
+    send_op(&mut ann, "metered", "c1", message("one")).await;
+    send_op(&mut ann, "metered", "c2", json!({"kind": "undo"})).await;
+    ann.recv_type("error", FRAME_TIMEOUT)
+        .await
+        .expect("nothing to undo");
+    let text = server
+        .http()
+        .get(format!("{}/metrics", server.http_url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for needle in [
+        "collab_gateway_connections 1",
+        "collab_gateway_joins_total 1",
+        "collab_gateway_ops_total{kind=\"message\"} 1",
+        "collab_gateway_errors_total{code=\"nothing_to_undo\"} 1",
+        "collab_room_rooms_active 1",
+        "collab_room_commit_latency_seconds_count 1",
+        "collab_gateway_ack_latency_seconds_count 1",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+}

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use collab_bus::{Bus, InProcessBus};
 use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
 use collab_protocol::NodeId;
-use collab_room_node::{RoomNode, StartError};
+use collab_room_node::{RoomNode, RoomNodeMetrics, StartError};
 use collab_store::{EmbeddedStore, Store, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -114,12 +114,20 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(embedded);
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
 
-    let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
-    let room_node =
-        Arc::new(RoomNode::start(config.room_node_config(node), store.clone(), bus.clone()).await?);
-
     let mut registry = Registry::default();
+    let room_metrics = RoomNodeMetrics::register(&mut registry);
     let metrics = GatewayMetrics::register(&mut registry);
+
+    let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
+    let room_node = Arc::new(
+        RoomNode::start_with_metrics(
+            config.room_node_config(node),
+            store.clone(),
+            bus.clone(),
+            room_metrics,
+        )
+        .await?,
+    );
     let readiness = Arc::new(LocalReadiness {
         bus: bus.clone(),
         room_node: room_node.clone(),
