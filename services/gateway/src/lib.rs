@@ -125,9 +125,15 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
+        // Frames are small and latency matters more than packet count:
+        // without this, an ack right after an op frame waits on Nagle.
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
