@@ -220,12 +220,12 @@ impl Fanout {
             self.deliver_to(&conn, &event).await;
         }
         // Ops the stream showed before this member was attached.
-        if let (Some(last), Some(member)) = (last, self.members.get(&conn)) {
-            if let Phase::Live { head } = member.phase {
-                if head < last {
-                    self.fill_member(&conn, head, last).await;
-                }
-            }
+        let behind = match (last, self.members.get(&conn).map(|m| &m.phase)) {
+            (Some(last), Some(Phase::Live { head })) if *head < last => Some((*head, last)),
+            _ => None,
+        };
+        if let Some((head, last)) = behind {
+            self.fill_member(&conn, head, last).await;
         }
     }
 
