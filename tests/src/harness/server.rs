@@ -170,6 +170,55 @@ impl CollabServer {
         }
     }
 
+    /// `POST /v1/rooms` with `body` (e.g. `{"kind": "board", "id": "r1"}`)
+    /// as the holder of `token`: the answer of a `201 Created`, an error
+    /// with the status and body otherwise.
+    pub async fn create_room(
+        &self,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, HarnessError> {
+        let response = self
+            .http
+            .post(format!("{}/v1/rooms", self.http_url()))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status();
+        let answer: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| HarnessError::Http(format!("create room answer ({status}): {e}")))?;
+        if status.as_u16() == 201 {
+            Ok(answer)
+        } else {
+            Err(HarnessError::Http(format!(
+                "create room {body}: {status} {answer}"
+            )))
+        }
+    }
+
+    /// `GET PATH` (e.g. `/v1/rooms/r1`) as the holder of `token`: the
+    /// status and the JSON body (`Null` when the body is not JSON).
+    pub async fn get_json(
+        &self,
+        token: &str,
+        path: &str,
+    ) -> Result<(u16, serde_json::Value), HarnessError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.http_url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+
     /// A token minted by `collab token` with the server's secret (the
     /// configured one, or the dev secret in its data dir). `extra` are
     /// more arguments, e.g. `["--room", "r1=read", "--ttl-secs", "5"]`.
