@@ -80,8 +80,12 @@ enum Phase {
         presence: Option<crate::state::Presence>,
     },
     Live(Box<Live>),
-    /// Another owner wrote this room: say nothing more, stop.
-    Fenced,
+    /// The room will not be served by this actor (no such room, it failed
+    /// to load, or another owner wrote it): every request gets this answer
+    /// until the supervisor, told to take the actor out of its map, drains
+    /// it. Stopping only through the supervisor means no request is ever
+    /// dropped unanswered in a dying mailbox.
+    Closed(RoomReply),
 }
 
 /// An op waiting for the next batch; `conn` and `reply` are `None` for ops
@@ -219,7 +223,8 @@ impl RoomActorState {
         myself: &ActorRef<RoomMsg>,
         result: Result<Option<(RoomRecord, RoomState)>, String>,
     ) {
-        let Phase::Loading { parked, presence } = std::mem::replace(&mut self.phase, Phase::Fenced)
+        let placeholder = Phase::Closed(unavailable("the room is loading; retry"));
+        let Phase::Loading { parked, presence } = std::mem::replace(&mut self.phase, placeholder)
         else {
             return;
         };
@@ -253,20 +258,14 @@ impl RoomActorState {
                 }
             }
             Ok(None) => {
-                for (request, reply) in parked {
-                    answer(
-                        reply,
-                        ProtocolError::not_found(format!("no room {}", request.room())).into(),
-                    );
-                }
-                myself.stop(Some("no such room".into()));
+                let reply: RoomReply =
+                    ProtocolError::not_found(format!("no room {}", self.room)).into();
+                self.close(myself, reply, parked);
             }
             Err(reason) => {
                 warn!(room = %self.room, %reason, "room failed to load");
-                for (_, reply) in parked {
-                    answer(reply, unavailable("the room could not be loaded; retry"));
-                }
-                myself.stop(Some(reason));
+                let reply = unavailable("the room could not be loaded; retry");
+                self.close(myself, reply, parked);
             }
         }
     }
@@ -317,8 +316,8 @@ impl RoomActorState {
                 parked.push((request, reply));
                 return;
             }
-            Phase::Fenced => {
-                answer(reply, unavailable("the room is moving; retry"));
+            Phase::Closed(closed) => {
+                answer(reply, closed.clone());
                 return;
             }
             Phase::Live(live) => live,
@@ -506,17 +505,19 @@ impl RoomActorState {
             Err(StoreError::Conflict(reason)) => {
                 self.ctx.metrics.fenced.inc();
                 error!(room = %self.room, %reason, "another owner wrote this room; stopping");
-                let live = match std::mem::replace(&mut self.phase, Phase::Fenced) {
+                let moved = unavailable("the room moved to another node; retry");
+                let live = match std::mem::replace(&mut self.phase, Phase::Closed(moved.clone())) {
                     Phase::Live(live) => live,
                     _ => return,
                 };
                 fail_all(*live, in_flight, "the room moved to another node; retry");
-                myself.stop(Some("fenced".into()));
+                self.close(myself, moved, Vec::new());
             }
             Err(e) => {
                 self.ctx.metrics.commits_failed.inc();
                 warn!(room = %self.room, error = %e, "commit failed; rebuilding from the store");
-                let live = match std::mem::replace(&mut self.phase, Phase::Fenced) {
+                let rebuilding = Phase::Closed(unavailable("the room is rebuilding; retry"));
+                let live = match std::mem::replace(&mut self.phase, rebuilding) {
                     Phase::Live(live) => live,
                     _ => return,
                 };
@@ -747,10 +748,36 @@ impl RoomActorState {
             && live.next.is_empty()
             && live.joins.is_empty()
             && live.last_activity.elapsed() >= config.idle_after;
-        if idle && let Some(supervisor) = &self.supervisor {
-            let _ = supervisor
-                .send_message(SupervisorMsg::RoomIdle(self.room.clone(), myself.get_id()));
+        if idle {
+            self.retire(myself);
         }
+    }
+
+    /// Asks the supervisor to take this actor out of its map and drain it
+    /// (without a supervisor, it stops now).
+    fn retire(&self, myself: &ActorRef<RoomMsg>) {
+        match &self.supervisor {
+            Some(supervisor) => {
+                let _ = supervisor
+                    .send_message(SupervisorMsg::Retire(self.room.clone(), myself.get_id()));
+            }
+            None => myself.stop(Some("retired".into())),
+        }
+    }
+
+    /// Stops serving: answers `reply` to `parked` and to every request
+    /// until the drain, and asks to be retired.
+    fn close(
+        &mut self,
+        myself: &ActorRef<RoomMsg>,
+        reply: RoomReply,
+        parked: Vec<(RoomRequest, Reply)>,
+    ) {
+        for (_, port) in parked {
+            answer(port, reply.clone());
+        }
+        self.phase = Phase::Closed(reply);
+        self.retire(myself);
     }
 
     /// Writes a snapshot of the committed state. Only called with no batch
@@ -845,10 +872,11 @@ impl RoomActorState {
                 }
                 myself.stop(Some("drained".into()));
             }
-            Phase::Fenced => {
+            Phase::Closed(_) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
+                myself.stop(Some("closed".into()));
             }
         }
     }

@@ -19,8 +19,10 @@ use super::actor::{Reply, RoomActor, RoomArgs, RoomContext, RoomMsg};
 pub enum SupervisorMsg {
     /// Send a request to its room, starting the room if needed.
     Route(RoomRequest, Reply),
-    /// A room has been idle long enough to stop.
-    RoomIdle(RoomId, ActorId),
+    /// A room actor asks to be stopped (idle, or it cannot serve its room):
+    /// take it out of the map, drain it, and send later requests for the
+    /// room to its successor once it has stopped.
+    Retire(RoomId, ActorId),
     /// A gateway died: its connections leave every room.
     GatewayGone(String),
     /// Drain every room (snapshot and stop); answer when all have.
@@ -70,7 +72,7 @@ impl Actor for RoomSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Route(request, reply) => state.route(&myself, request, reply).await,
-            SupervisorMsg::RoomIdle(room, id) => {
+            SupervisorMsg::Retire(room, id) => {
                 let current = state.rooms.get(&room).map(|r| r.actor.get_id());
                 if current == Some(id)
                     && !state.stopping.contains_key(&room)

@@ -40,8 +40,11 @@ impl fmt::Display for RoomKind {
 ///
 /// For `undo` and `redo` the client sends no stroke; the server resolves it
 /// and the broadcast carries it in `stroke`.
+// `remote = "Self"` keeps the derived code as inherent functions, so the
+// trait impls below can refuse a numeric `kind` (serde's derive would take
+// it as a variant index).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(remote = "Self", tag = "kind", rename_all = "snake_case")]
 pub enum Op {
     StrokeBegin {
         stroke: StrokeId,
@@ -68,6 +71,20 @@ pub enum Op {
     Message {
         text: String,
     },
+}
+
+impl Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Op::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        crate::frames::require_string_tag(&value, "kind")?;
+        Op::deserialize(value).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Op {

@@ -11,8 +11,10 @@ use crate::ops::{Op, Point, RoomKind};
 // === client → server ===
 
 /// A frame a client sends.
+// Like `Op`: the derived code stays inherent so a numeric `type` can be
+// refused before serde takes it as a variant index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(remote = "Self", tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Subscribe to a room, optionally resuming after `since` in `epoch`.
     Join {
@@ -43,6 +45,29 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
     },
+}
+
+impl Serialize for ClientFrame {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ClientFrame::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientFrame {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        require_string_tag(&value, "type")?;
+        ClientFrame::deserialize(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde's derive reads an internal tag given as a number as the index of
+/// a variant; the protocol's tags are strings only.
+pub(crate) fn require_string_tag<E: serde::de::Error>(value: &Value, tag: &str) -> Result<(), E> {
+    match value.get(tag) {
+        Some(Value::String(_)) | None => Ok(()),
+        Some(_) => Err(E::custom(format!("\"{tag}\" must be a string"))),
+    }
 }
 
 impl ClientFrame {

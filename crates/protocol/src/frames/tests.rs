@@ -92,6 +92,10 @@ fn bad_frames_are_bad_requests() {
         r#"{"type":"op","room":"r","cid":"c"}"#,
         r#"{"type":"cursor","room":"r","x":"1","y":2}"#,
         r#"{"type":"cursor","room":"r","x":1}"#,
+        // Tags are strings, never variant indexes.
+        r#"{"type":1,"room":"r"}"#,
+        r#"{"type":"op","room":"r","cid":"c","op":{"kind":5,"text":"x"}}"#,
+        r#"{"type":"op","room":"r","cid":"c","op":{"kind":3}}"#,
     ] {
         assert_eq!(code_of(text), ErrorCode::BadRequest, "{text}");
     }
