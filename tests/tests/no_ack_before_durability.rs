@@ -102,8 +102,10 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn no_ack_and_no_broadcast_before_the_store_confirms() {
+/// A gateway and room node in this process over the held store, serving
+/// one board `held`; returns the store and the WebSocket URL and a token
+/// maker.
+async fn start() -> (Arc<HeldStore>, String, Auth) {
     let store = Arc::new(HeldStore {
         inner: MemoryStore::new(),
         gate: Semaphore::new(0),
@@ -149,33 +151,41 @@ async fn no_ack_and_no_broadcast_before_the_store_confirms() {
     let addr = listener.local_addr().expect("addr");
     let serving = gateway.clone();
     tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+    (store, format!("ws://{addr}/v1/ws"), auth)
+}
 
-    let token = |user: &str| {
-        auth.mint(&Claims {
-            sub: user.into(),
-            exp: collab_gateway::now_secs() + 600,
-            name: None,
-            rooms: None,
-        })
-        .expect("token")
-    };
-    let url = format!("ws://{addr}/v1/ws");
-    let mut ann = WsClient::connect(&url, &token("ann")).await.expect("ann");
-    let mut bob = WsClient::connect(&url, &token("bob")).await.expect("bob");
-    for client in [&mut ann, &mut bob] {
-        client
-            .recv_type("welcome", FRAME_TIMEOUT)
-            .await
-            .expect("welcome");
-        client
-            .send_json(&json!({"type": "join", "room": "held"}))
-            .await
-            .expect("join");
-        client
-            .recv_type("joined", FRAME_TIMEOUT)
-            .await
-            .expect("joined");
-    }
+fn token(auth: &Auth, user: &str) -> String {
+    auth.mint(&Claims {
+        sub: user.into(),
+        exp: collab_gateway::now_secs() + 600,
+        name: None,
+        rooms: None,
+    })
+    .expect("token")
+}
+
+async fn joined(url: &str, token: &str) -> WsClient {
+    let mut client = WsClient::connect(url, token).await.expect("connects");
+    client
+        .recv_type("welcome", FRAME_TIMEOUT)
+        .await
+        .expect("welcome");
+    client
+        .send_json(&json!({"type": "join", "room": "held"}))
+        .await
+        .expect("join");
+    client
+        .recv_type("joined", FRAME_TIMEOUT)
+        .await
+        .expect("joined");
+    client
+}
+
+#[tokio::test]
+async fn no_ack_and_no_broadcast_before_the_store_confirms() {
+    let (store, url, auth) = start().await;
+    let mut ann = joined(&url, &token(&auth, "ann")).await;
+    let mut bob = joined(&url, &token(&auth, "bob")).await;
 
     ann.send_json(&json!({"type": "op", "room": "held", "cid": "c1", "op": {"kind": "message", "text": "hi"}}))
         .await
@@ -214,4 +224,47 @@ async fn no_ack_and_no_broadcast_before_the_store_confirms() {
     assert_eq!(op["seq"], 1);
     assert_eq!(op["cid"], "c1");
     store.gate.add_permits(1000);
+}
+
+#[tokio::test]
+async fn at_most_64_ops_wait_for_their_ack() {
+    let (store, url, auth) = start().await;
+    let mut ann = joined(&url, &token(&auth, "ann")).await;
+    for i in 0..70 {
+        ann.send_json(&json!({"type": "op", "room": "held", "cid": format!("c{i}"), "op": {"kind": "message", "text": "x"}}))
+            .await
+            .expect("op");
+    }
+    // The first 64 are with the room (held by the store); the rest are
+    // refused at once.
+    let mut refused = Vec::new();
+    while refused.len() < 6 {
+        let frame = ann.recv_json(FRAME_TIMEOUT).await.expect("frame");
+        if frame["type"] == "error" {
+            assert_eq!(frame["code"], "rate_limited", "{frame}");
+            refused.push(frame["cid"].as_str().unwrap_or_default().to_owned());
+        } else {
+            assert_ne!(
+                frame["type"], "ack",
+                "acked while the store held it: {frame}"
+            );
+        }
+    }
+    let expected: Vec<String> = (64..70).map(|i| format!("c{i}")).collect();
+    assert_eq!(refused, expected);
+    store.gate.add_permits(1000);
+    let mut acked = 0;
+    while acked < 64 {
+        let frame = ann.recv_json(FRAME_TIMEOUT).await.expect("frame");
+        if frame["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    // With the acks back, ops are accepted again.
+    ann.send_json(&json!({"type": "op", "room": "held", "cid": "again", "op": {"kind": "message", "text": "x"}}))
+        .await
+        .expect("op");
+    let ack = ann.recv_type("ack", FRAME_TIMEOUT).await.expect("ack");
+    assert_eq!(ack["cid"], "again");
+    assert_eq!(ack["seq"], 65);
 }
