@@ -1,14 +1,611 @@
-//! HTTP routes (being written).
+//! The HTTP API: creating rooms, reading a room's metadata and history,
+//! listing the caller's rooms, the dev token endpoint, and the operational
+//! endpoints (health, readiness, metrics).
+//!
+//! Every error is answered as `{"error": {"code", "message"}}` with the
+//! status of its code and counted in the `errors` metric. That includes the
+//! cases axum would otherwise answer in plain text (a malformed body, path
+//! or query, an unknown path, a wrong method), which is why handlers take
+//! extractor results instead of letting extractors reject.
+//!
+//! Checks run in the protocol's precedence: authentication, then anything
+//! malformed (`bad_request`), then the token's claim (`forbidden`, whether
+//! the room exists or not, so a claim never reveals which rooms exist), then
+//! the room's existence (`not_found`), then its membership (`forbidden`).
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::IntErrorKind;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, ExtensionRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use collab_protocol::http::{
+    CreateRoomRequest, DevTokenRequest, DevTokenResponse, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT,
+    MyRooms, RoomCreated, RoomInfo, RoomSummary,
+};
+use collab_protocol::ops::parse_kinds;
+use collab_protocol::{
+    Claims, Epoch, ErrorCode, OpKind, RoomId, RoomKind, Seq, ServerFrame, UserId,
+};
+use collab_store::RoomRecord;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::Shared;
+use crate::auth::{now_secs, request_token};
+use crate::error::ApiError;
+
+/// How long a dev token is valid.
+const DEV_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
+/// Length of a generated room id.
+const GENERATED_ID_LEN: usize = 8;
+const GENERATED_ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+/// Generated ids that may collide with existing rooms before giving up. With
+/// 36^8 ids a single collision is already unlikely; several in a row mean
+/// something else is wrong.
+const GENERATED_ID_ATTEMPTS: usize = 8;
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type ApiResult = Result<Response, ApiError>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/rooms", post(create_room))
+        .route("/v1/rooms/{id}", get(room_info))
+        .route("/v1/rooms/{id}/history", get(history))
+        .route("/v1/me/rooms", get(my_rooms))
+        .route("/v1/dev/token", post(dev_token))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        // Applies to the routes above, so it must come after them.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .with_state(shared)
 }
+
+// === handlers ===
+
+/// `POST /v1/rooms`.
+async fn create_room(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = create_room_inner(&shared, &headers, body).await;
+    reply(&shared, "create_room", result)
+}
+
+async fn create_room_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = authenticate(shared, headers)?;
+    let request: CreateRoomRequest = parse_json(body)?;
+    let id = request.id.map(RoomId::parse).transpose()?;
+    let members = request
+        .members
+        .map(|members| private_members(members, &caller.user))
+        .transpose()?;
+    if !caller.claims.can_create_rooms() {
+        return Err(forbidden(
+            "creating rooms needs write access to every room (\"*\")",
+        ));
+    }
+    // Checked last among the caller's faults so a request that could never
+    // succeed does not use up the caller's allowance.
+    if !shared.limiters.rooms.allow(&caller.claims.sub) {
+        return Err(rate_limited("too many rooms created, slow down"));
+    }
+
+    let draft = RoomDraft {
+        kind: request.kind,
+        name: request.name,
+        members,
+        epoch: fresh_epoch()?,
+        created_by: caller.user,
+        created_at: now_millis(),
+    };
+    let record = match id {
+        // A caller-chosen id that exists is the caller's conflict (409).
+        Some(id) => {
+            let record = draft.record(id);
+            shared.store.create_room(&record).await?;
+            record
+        }
+        None => create_with_generated_id(shared, &draft).await?,
+    };
+    tracing::info!(
+        room = %record.id,
+        kind = %record.kind,
+        user = %record.created_by,
+        private = record.members.is_some(),
+        "room created"
+    );
+    let body = RoomCreated {
+        id: record.id,
+        kind: record.kind,
+        name: record.name,
+        epoch: record.epoch,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /v1/rooms/{id}`.
+async fn room_info(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = room_info_inner(&shared, &headers, id).await;
+    reply(&shared, "room_info", result)
+}
+
+async fn room_info_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let caller = authenticate(shared, headers)?;
+    let room = path_room_id(id)?;
+    let record = readable_room(shared, &caller, &room).await?;
+    let head = shared.store.head(&room).await?;
+    let body = RoomInfo {
+        id: record.id,
+        kind: record.kind,
+        name: record.name,
+        epoch: record.epoch,
+        head,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// The query of `GET /v1/rooms/{id}/history`, as text: the handler parses
+/// each parameter itself to report which one is wrong.
+#[derive(Debug, Default, Deserialize)]
+struct HistoryQuery {
+    before: Option<String>,
+    limit: Option<String>,
+    kinds: Option<String>,
+}
+
+/// The history page as sent: each op exactly as its `op` frame (`type`
+/// included), so a client can treat it like one it received live. It
+/// decodes as [`collab_protocol::http::HistoryPage`], which ignores `type`.
+#[derive(Debug, Serialize)]
+struct HistoryPageFrames {
+    ops: Vec<ServerFrame>,
+    next_before: Option<Seq>,
+}
+
+/// `GET /v1/rooms/{id}/history`.
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    let result = history_inner(&shared, &headers, id, query).await;
+    reply(&shared, "history", result)
+}
+
+async fn history_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> ApiResult {
+    let caller = authenticate(shared, headers)?;
+    let room = path_room_id(id)?;
+    let Query(query) =
+        query.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
+    let before = parse_before(query.before.as_deref())?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let kinds = parse_kinds_param(query.kinds.as_deref())?;
+    readable_room(shared, &caller, &room).await?;
+
+    // `before` defaults to, and is clamped at, head + 1: a page asked for
+    // beyond the head is the newest page.
+    let head = shared.store.head(&room).await?;
+    let before = Seq(before.map_or(head.next().get(), |b| b.min(head.next().get())));
+    // One more than the page: whether it exists tells if an older op of
+    // these kinds does, without a second query.
+    let mut ops = shared
+        .store
+        .history(&room, before, limit + 1, kinds.as_deref())
+        .await?;
+    let next_before = if ops.len() > limit {
+        ops.truncate(limit);
+        ops.last().map(|op| op.seq)
+    } else {
+        None
+    };
+    let body = HistoryPageFrames {
+        ops: ops.into_iter().map(ServerFrame::Op).collect(),
+        next_before,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// `GET /v1/me/rooms`.
+async fn my_rooms(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let result = my_rooms_inner(&shared, &headers).await;
+    reply(&shared, "my_rooms", result)
+}
+
+async fn my_rooms_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
+    let caller = authenticate(shared, headers)?;
+    let rooms = shared
+        .store
+        .rooms_of_user(&caller.user)
+        .await?
+        .into_iter()
+        .map(|record| RoomSummary {
+            id: record.id,
+            kind: record.kind,
+            name: record.name,
+        })
+        .collect();
+    Ok(Json(MyRooms { rooms }).into_response())
+}
+
+/// `POST /v1/dev/token`.
+async fn dev_token(
+    State(shared): State<Arc<Shared>>,
+    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // Served without connection info (a router driven directly), every
+    // caller shares one bucket rather than escaping the limit.
+    let peer = peer.ok().map(|ConnectInfo(addr)| addr);
+    let result = dev_token_inner(&shared, peer, body);
+    reply(&shared, "dev_token", result)
+}
+
+fn dev_token_inner(
+    shared: &Shared,
+    peer: Option<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    // Outside dev mode the endpoint does not exist.
+    if !shared.auth.dev_mode() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "the dev token endpoint is only served in dev mode",
+        ));
+    }
+    let key = match peer {
+        Some(addr) => format!("ip:{}", addr.ip()),
+        None => "ip:unknown".to_owned(),
+    };
+    if !shared.limiters.http.allow(&key) {
+        return Err(rate_limited("too many requests, slow down"));
+    }
+    let request: DevTokenRequest = parse_json(body)?;
+    if request.user.is_empty() {
+        return Err(bad_request("user must not be empty"));
+    }
+    let claims = Claims {
+        sub: request.user,
+        exp: now_secs() + DEV_TOKEN_TTL_SECS,
+        name: request.name.filter(|name| !name.is_empty()),
+        // No `rooms` claim: write access to every room.
+        rooms: None,
+    };
+    let token = shared
+        .auth
+        .mint(&claims)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("minting failed: {e}")))?;
+    tracing::info!(user = %claims.sub, "dev token minted");
+    Ok(Json(DevTokenResponse { token }).into_response())
+}
+
+/// `GET /healthz`: the process runs.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 only while accepting and every dependency is ready.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    // While shutting down the answer is 503 whatever the dependencies say,
+    // so load balancers stop sending new clients here.
+    if !shared.accepting.load(Ordering::SeqCst) {
+        return failure(
+            &shared,
+            "readyz",
+            ApiError::new(ErrorCode::Unavailable, "shutting down"),
+        );
+    }
+    if !shared.readiness.ready().await {
+        return failure(
+            &shared,
+            "readyz",
+            ApiError::new(ErrorCode::Unavailable, "dependencies not ready"),
+        );
+    }
+    (StatusCode::OK, "ready").into_response()
+}
+
+/// `GET /metrics`: the registry in the OpenMetrics text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+        Err(e) => failure(
+            &shared,
+            "metrics",
+            ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")),
+        ),
+    }
+}
+
+/// Unknown paths.
+async fn not_found(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    failure(
+        &shared,
+        "fallback",
+        ApiError::new(ErrorCode::NotFound, format!("no such path: {}", uri.path())),
+    )
+}
+
+/// A known path with a method it does not serve. The protocol has no code
+/// for it; `bad_request` with status 405 keeps the body in our format.
+/// Axum adds the `Allow` header.
+async fn method_not_allowed(State(shared): State<Arc<Shared>>, method: Method) -> Response {
+    let mut response = failure(
+        &shared,
+        "fallback",
+        bad_request(format!("method {method} not allowed here")),
+    );
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+// === shared steps ===
+
+/// An authenticated caller.
+struct Caller {
+    claims: Claims,
+    user: UserId,
+}
+
+/// Verifies the bearer token and takes one token from the caller's HTTP
+/// allowance.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    // HTTP clients can always set headers: unlike the WebSocket endpoint,
+    // no `?token=` here, which would land tokens in access logs.
+    let token = request_token(headers, None)
+        .ok_or_else(|| unauthorized("missing bearer token (Authorization: Bearer <JWT>)"))?;
+    let claims = shared
+        .auth
+        .verify(token)
+        .map_err(|e| unauthorized(e.to_string()))?;
+    let user = UserId::parse(claims.sub.clone())
+        .map_err(|_| unauthorized("the token's sub must not be empty"))?;
+    // Users and addresses (the dev token) share the limiter: prefixes keep
+    // a user id from colliding with an address.
+    if !shared.limiters.http.allow(&format!("user:{}", claims.sub)) {
+        return Err(rate_limited("too many requests, slow down"));
+    }
+    Ok(Caller { claims, user })
+}
+
+/// The room `caller` may read: covered by the claim, existing, and admitting
+/// the caller, checked in that order.
+async fn readable_room(
+    shared: &Shared,
+    caller: &Caller,
+    room: &RoomId,
+) -> Result<RoomRecord, ApiError> {
+    // Read access suffices for metadata and history.
+    if caller.claims.access(room).is_none() {
+        return Err(forbidden(format!("the token does not cover room {room}")));
+    }
+    let record = shared
+        .store
+        .room(room)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no room {room}")))?;
+    if !record.admits(&caller.user) {
+        return Err(forbidden(format!("room {room} is private")));
+    }
+    Ok(record)
+}
+
+fn path_room_id(path: Result<Path<String>, PathRejection>) -> Result<RoomId, ApiError> {
+    let Path(raw) = path.map_err(|e| bad_request(format!("invalid room id: {}", e.body_text())))?;
+    Ok(RoomId::parse(raw)?)
+}
+
+/// A JSON object body. Anything else is `bad_request` (or `too_large` over
+/// the body limit) in our error format.
+fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::TooLarge, "request body too large")
+        } else {
+            bad_request(format!("unreadable body: {}", rejection.body_text()))
+        }
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| bad_request(format!("body is not valid JSON: {e}")))?;
+    // serde would also accept a struct written as an array; the API takes
+    // objects only.
+    if !value.is_object() {
+        return Err(bad_request("body must be a JSON object"));
+    }
+    T::deserialize(value).map_err(|e| bad_request(format!("invalid body: {e}")))
+}
+
+/// `before`: an integer ≥ 1. A number too big for a seq is as good as the
+/// largest one, since it is clamped to head + 1 anyway.
+fn parse_before(raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.parse::<u64>() {
+        Ok(0) => Err(bad_request("before must be at least 1")),
+        Ok(before) => Ok(Some(before)),
+        Err(e) if *e.kind() == IntErrorKind::PosOverflow => Ok(Some(u64::MAX)),
+        Err(_) => Err(bad_request("before must be an integer of at least 1")),
+    }
+}
+
+/// `limit`: an integer from 1 to [`HISTORY_MAX_LIMIT`].
+fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    let limit = match raw {
+        None => HISTORY_DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(limit) if (1..=HISTORY_MAX_LIMIT).contains(&limit) => limit,
+            _ => {
+                return Err(bad_request(format!(
+                    "limit must be an integer from 1 to {HISTORY_MAX_LIMIT}"
+                )));
+            }
+        },
+    };
+    usize::try_from(limit).map_err(|_| bad_request("limit too large for this platform"))
+}
+
+/// `kinds`: a comma list of op kinds. An empty value filters nothing, like
+/// an absent one (a page of no kinds at all would be pointless).
+fn parse_kinds_param(raw: Option<&str>) -> Result<Option<Vec<OpKind>>, ApiError> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some(list) => Ok(Some(parse_kinds(list)?)),
+    }
+}
+
+/// The members of a private room: valid user ids, each once, the creator
+/// always among them.
+fn private_members(members: Vec<String>, creator: &UserId) -> Result<Vec<UserId>, ApiError> {
+    let mut seen = HashSet::with_capacity(members.len() + 1);
+    let mut out = Vec::with_capacity(members.len() + 1);
+    for member in members {
+        let member =
+            UserId::parse(member).map_err(|_| bad_request("member ids must not be empty"))?;
+        if seen.insert(member.clone()) {
+            out.push(member);
+        }
+    }
+    if !seen.contains(creator) {
+        out.push(creator.clone());
+    }
+    Ok(out)
+}
+
+/// Everything of a new room but its id.
+struct RoomDraft {
+    kind: RoomKind,
+    name: Option<String>,
+    members: Option<Vec<UserId>>,
+    epoch: Epoch,
+    created_by: UserId,
+    created_at: i64,
+}
+
+impl RoomDraft {
+    fn record(&self, id: RoomId) -> RoomRecord {
+        RoomRecord {
+            name: self.name.clone().unwrap_or_else(|| id.to_string()),
+            id,
+            kind: self.kind,
+            epoch: self.epoch.clone(),
+            created_by: self.created_by.clone(),
+            members: self.members.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// Creates the room under a fresh random id, drawing another when the id
+/// is taken.
+async fn create_with_generated_id(
+    shared: &Shared,
+    draft: &RoomDraft,
+) -> Result<RoomRecord, ApiError> {
+    for _ in 0..GENERATED_ID_ATTEMPTS {
+        let record = draft.record(generated_room_id()?);
+        match shared.store.create_room(&record).await {
+            Ok(()) => return Ok(record),
+            Err(collab_store::StoreError::Conflict(_)) => {
+                tracing::debug!(room = %record.id, "generated room id taken, drawing another");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "could not find a free room id",
+    ))
+}
+
+fn generated_room_id() -> Result<RoomId, ApiError> {
+    let id: String = (0..GENERATED_ID_LEN)
+        .map(|_| {
+            let i = rand::random_range(0..GENERATED_ID_ALPHABET.len());
+            char::from(GENERATED_ID_ALPHABET[i])
+        })
+        .collect();
+    RoomId::parse(id).map_err(ApiError::from)
+}
+
+/// A new room's epoch: random, so a room recreated after its history was
+/// lost never repeats an epoch a client remembers.
+fn fresh_epoch() -> Result<Epoch, ApiError> {
+    Epoch::parse(format!("{:016x}", rand::random::<u64>())).map_err(ApiError::from)
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+// === responses ===
+
+/// A handler's outcome as a response; errors are counted and logged.
+fn reply(shared: &Shared, route: &'static str, result: ApiResult) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(error) => failure(shared, route, error),
+    }
+}
+
+fn failure(shared: &Shared, route: &'static str, error: ApiError) -> Response {
+    let code = error.0.code;
+    shared.metrics.error(code);
+    if code.http_status() >= 500 {
+        tracing::warn!(route, code = code.as_str(), message = %error.0.message, "http request failed");
+    } else {
+        tracing::debug!(route, code = code.as_str(), message = %error.0.message, "http request refused");
+    }
+    error.into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, message)
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Forbidden, message)
+}
+
+fn rate_limited(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::RateLimited, message)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1092 @@
+//! The HTTP API driven through the router, against the in-memory store and
+//! bus.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use collab_bus::InProcessBus;
+use collab_protocol::http::HistoryPage;
+use collab_protocol::{Access, Cid, Claims, NodeId, Op, OpEvent, RoomId, Seq, StrokeId, UserId};
+use collab_store::{MemoryStore, Store, StoreError, StoreResult, Writer};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, Readiness, now_secs};
+
+const SECRET: &[u8] = b"test-secret";
+
+struct Ready(AtomicBool);
+
+#[async_trait]
+impl Readiness for Ready {
+    async fn ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Harness {
+    app: Router,
+    gateway: Gateway,
+    store: Arc<dyn Store>,
+    auth: Auth,
+    ready: Arc<Ready>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Answer {
+    fn code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+    }
+
+    /// Asserts an error answer: the status and the JSON body's code.
+    #[track_caller]
+    fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        assert_eq!(self.code(), code, "body: {}", self.text);
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "body: {}",
+            self.text
+        );
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(GatewayConfig::default(), false)
+    }
+
+    fn with(config: GatewayConfig, dev_mode: bool) -> Harness {
+        Harness::with_store(config, dev_mode, Arc::new(MemoryStore::new()))
+    }
+
+    fn with_store(config: GatewayConfig, dev_mode: bool, store: Arc<dyn Store>) -> Harness {
+        let auth = Auth::new(SECRET, dev_mode);
+        let ready = Arc::new(Ready(AtomicBool::new(true)));
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::register(&mut registry);
+        let gateway = Gateway::new(
+            config,
+            auth.clone(),
+            Arc::new(InProcessBus::new()),
+            store.clone(),
+            ready.clone(),
+            metrics,
+            Arc::new(registry),
+        );
+        let app = gateway
+            .router()
+            .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        Harness {
+            app,
+            gateway,
+            store,
+            auth,
+            ready,
+        }
+    }
+
+    fn token(&self, sub: &str) -> String {
+        self.token_with(sub, None)
+    }
+
+    fn token_with(&self, sub: &str, rooms: Option<&[(&str, Access)]>) -> String {
+        let claims = Claims {
+            sub: sub.into(),
+            exp: now_secs() + 600,
+            name: None,
+            rooms: rooms.map(|r| {
+                r.iter()
+                    .map(|(k, v)| ((*k).to_owned(), *v))
+                    .collect::<HashMap<_, _>>()
+            }),
+        };
+        self.auth.mint(&claims).expect("mints")
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self
+            .app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body reads");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    async fn request(&self, method: &str, uri: &str, token: Option<&str>, body: &str) -> Answer {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if !body.is_empty() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        self.send(
+            builder
+                .body(Body::from(body.to_owned()))
+                .expect("request builds"),
+        )
+        .await
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> Answer {
+        self.request("GET", uri, Some(token), "").await
+    }
+
+    async fn post(&self, uri: &str, token: &str, body: Value) -> Answer {
+        self.request("POST", uri, Some(token), &body.to_string())
+            .await
+    }
+
+    /// Creates a room and asserts it worked.
+    async fn create(&self, token: &str, body: Value) -> Value {
+        let answer = self.post("/v1/rooms", token, body).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "body: {}", answer.text);
+        answer.body
+    }
+
+    async fn append(&self, room: &str, ops: &[Op]) {
+        let room = RoomId::parse(room).expect("room id");
+        let writer = Writer {
+            node: NodeId::parse("test-node").expect("node id"),
+            term: 1,
+        };
+        for op in ops {
+            let seq = self.store.head(&room).await.expect("head").next();
+            let event = OpEvent {
+                room: room.clone(),
+                seq,
+                user: UserId::parse("ann").expect("user id"),
+                ts: 1_700_000_000_000 + i64::try_from(seq.get()).expect("small seq"),
+                cid: Some(Cid::parse(format!("c{}", seq.get())).expect("cid")),
+                op: op.clone(),
+            };
+            self.store
+                .append(&room, seq, &[event], &writer)
+                .await
+                .expect("append");
+        }
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.request("GET", "/metrics", None, "").await.text
+    }
+}
+
+fn message(text: &str) -> Op {
+    Op::Message { text: text.into() }
+}
+
+fn stroke_begin(id: &str) -> Op {
+    Op::StrokeBegin {
+        stroke: StrokeId::parse(id).expect("stroke id"),
+        color: "#112233".into(),
+        width: 2.0,
+        points: vec![[1.0, 2.0]],
+    }
+}
+
+fn stroke_end(id: &str) -> Op {
+    Op::StrokeEnd {
+        stroke: StrokeId::parse(id).expect("stroke id"),
+    }
+}
+
+fn seqs(page: &Value) -> Vec<u64> {
+    page["ops"]
+        .as_array()
+        .expect("ops is an array")
+        .iter()
+        .map(|op| op["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+fn raw_token(claims: Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("encodes")
+}
+
+// === authentication ===
+
+#[tokio::test]
+async fn every_authenticated_endpoint_refuses_bad_tokens() {
+    let h = Harness::new();
+    h.create(&h.token("ann"), json!({"kind":"board","id":"r1"}))
+        .await;
+    let wrong_key = Auth::new(b"another-secret", false)
+        .mint(&Claims {
+            sub: "ann".into(),
+            exp: now_secs() + 600,
+            name: None,
+            rooms: None,
+        })
+        .expect("mints");
+    let expired = h
+        .auth
+        .mint(&Claims {
+            sub: "ann".into(),
+            exp: now_secs() - 10,
+            name: None,
+            rooms: None,
+        })
+        .expect("mints");
+    let no_exp = raw_token(json!({"sub":"ann"}), SECRET);
+    let no_sub = raw_token(json!({"exp": now_secs() + 600}), SECRET);
+    let empty_sub = raw_token(json!({"sub":"", "exp": now_secs() + 600}), SECRET);
+    let authorizations = [
+        None,
+        Some("Bearer".to_owned()),
+        Some("Bearer ".to_owned()),
+        Some(format!("Basic {}", h.token("ann"))),
+        Some("Bearer not.a.jwt".to_owned()),
+        Some("Bearer garbage".to_owned()),
+        Some(format!("Bearer {wrong_key}")),
+        Some(format!("Bearer {expired}")),
+        Some(format!("Bearer {no_exp}")),
+        Some(format!("Bearer {no_sub}")),
+        Some(format!("Bearer {empty_sub}")),
+    ];
+    let endpoints = [
+        ("POST", "/v1/rooms", r#"{"kind":"board"}"#),
+        ("GET", "/v1/rooms/r1", ""),
+        ("GET", "/v1/rooms/r1/history", ""),
+        ("GET", "/v1/me/rooms", ""),
+    ];
+    for authorization in &authorizations {
+        for (method, uri, body) in endpoints {
+            let mut builder = Request::builder().method(method).uri(uri);
+            if let Some(value) = authorization {
+                builder = builder.header(header::AUTHORIZATION, value);
+            }
+            let answer = h
+                .send(builder.body(Body::from(body)).expect("request builds"))
+                .await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with {authorization:?}: {}",
+                answer.text
+            );
+            answer.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_query_token_over_http() {
+    let h = Harness::new();
+    let token = h.token("ann");
+    let answer = h
+        .request("GET", &format!("/v1/me/rooms?token={token}"), None, "")
+        .await;
+    answer.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // A lowercase scheme is accepted, as by the WebSocket endpoint.
+    let request = Request::builder()
+        .uri("/v1/me/rooms")
+        .header(header::AUTHORIZATION, format!("bearer {token}"))
+        .body(Body::empty())
+        .expect("request builds");
+    assert_eq!(h.send(request).await.status, StatusCode::OK);
+}
+
+// === creating rooms ===
+
+#[tokio::test]
+async fn creates_rooms_with_generated_ids() {
+    let h = Harness::new();
+    let token = h.token("ann");
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let body = h.create(&token, json!({"kind":"board"})).await;
+        let id = body["id"].as_str().expect("id").to_owned();
+        assert_eq!(id.len(), 8, "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "{id}"
+        );
+        // The name defaults to the id.
+        assert_eq!(body["name"], id.as_str());
+        assert_eq!(body["kind"], "board");
+        let epoch = body["epoch"].as_str().expect("epoch");
+        assert_eq!(epoch.len(), 16);
+        assert!(epoch.bytes().all(|b| b.is_ascii_hexdigit()), "{epoch}");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 5);
+}
+
+#[tokio::test]
+async fn creates_rooms_with_given_ids_and_refuses_duplicates() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    let body = h
+        .create(
+            &ann,
+            json!({"kind":"channel","id":"Lobby_1-x","name":"The lobby"}),
+        )
+        .await;
+    assert_eq!(body["id"], "Lobby_1-x");
+    assert_eq!(body["kind"], "channel");
+    assert_eq!(body["name"], "The lobby");
+    let epoch = body["epoch"].clone();
+
+    let again = h
+        .post(
+            "/v1/rooms",
+            &h.token("bob"),
+            json!({"kind":"board","id":"Lobby_1-x"}),
+        )
+        .await;
+    again.assert_error(StatusCode::CONFLICT, "conflict");
+    // The first room is untouched.
+    let info = h.get("/v1/rooms/Lobby_1-x", &ann).await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert_eq!(info.body["kind"], "channel");
+    assert_eq!(info.body["epoch"], epoch);
+
+    // Epochs are fresh per room.
+    let other = h.create(&ann, json!({"kind":"board","id":"other"})).await;
+    assert_ne!(other["epoch"], epoch);
+}
+
+#[tokio::test]
+async fn create_room_refuses_bad_bodies_as_json_errors() {
+    let h = Harness::new();
+    let token = h.token("ann");
+    let bodies = [
+        "",
+        "not json",
+        "{\"kind\":",
+        "[\"board\"]",
+        "\"board\"",
+        "{}",
+        r#"{"kind":"sofa"}"#,
+        r#"{"kind":5}"#,
+        r#"{"kind":"board","id":7}"#,
+        r#"{"kind":"board","id":""}"#,
+        r#"{"kind":"board","id":"has space"}"#,
+        r#"{"kind":"board","id":"a/b"}"#,
+        r#"{"kind":"board","id":"é"}"#,
+        r#"{"kind":"board","name":3}"#,
+        r#"{"kind":"board","members":"bob"}"#,
+        r#"{"kind":"board","members":[1]}"#,
+        r#"{"kind":"board","members":[""]}"#,
+    ];
+    for body in bodies {
+        let answer = h.request("POST", "/v1/rooms", Some(&token), body).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            answer.text
+        );
+        answer.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let long_id = json!({"kind":"board","id":"x".repeat(65)});
+    h.post("/v1/rooms", &token, long_id)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    // Unknown fields are ignored; a 64-character id is fine.
+    let ok = json!({"kind":"board","id":"x".repeat(64),"colour":"red"});
+    assert_eq!(
+        h.post("/v1/rooms", &token, ok).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn creating_rooms_needs_write_access_to_star() {
+    let h = Harness::new();
+    let body = json!({"kind":"board","id":"r"});
+    for rooms in [
+        &[("*", Access::Read)][..],
+        &[("r", Access::Write)][..],
+        &[][..],
+    ] {
+        let token = h.token_with("ann", Some(rooms));
+        h.post("/v1/rooms", &token, body.clone())
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let token = h.token_with("ann", Some(&[("*", Access::Write), ("x", Access::Read)]));
+    assert_eq!(
+        h.post("/v1/rooms", &token, body).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn room_creation_is_rate_limited_per_user() {
+    let mut config = GatewayConfig::default();
+    config.rate_limits.rooms_burst = 2.0;
+    // No refill: the test must not depend on the clock.
+    config.rate_limits.rooms_per_min = 0.0;
+    let h = Harness::with(config, false);
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"board"})).await;
+    h.create(&ann, json!({"kind":"board"})).await;
+    h.post("/v1/rooms", &ann, json!({"kind":"board"}))
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // Another user has their own allowance.
+    h.create(&h.token("bob"), json!({"kind":"board"})).await;
+}
+
+#[tokio::test]
+async fn http_requests_are_rate_limited_per_user() {
+    let mut config = GatewayConfig::default();
+    config.rate_limits.http_burst = 3.0;
+    config.rate_limits.http_per_sec = 0.0;
+    let h = Harness::with(config, false);
+    let ann = h.token("ann");
+    for _ in 0..3 {
+        assert_eq!(h.get("/v1/me/rooms", &ann).await.status, StatusCode::OK);
+    }
+    h.get("/v1/me/rooms", &ann)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    h.get("/v1/rooms/anything", &ann)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_eq!(
+        h.get("/v1/me/rooms", &h.token("bob")).await.status,
+        StatusCode::OK
+    );
+    // Health, readiness and metrics are not limited.
+    for _ in 0..5 {
+        assert_eq!(
+            h.request("GET", "/healthz", None, "").await.status,
+            StatusCode::OK
+        );
+    }
+}
+
+// === room metadata ===
+
+#[tokio::test]
+async fn room_info_checks_in_protocol_order() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"board","id":"exists"})).await;
+    let only_other = h.token_with("ann", Some(&[("other", Access::Write)]));
+
+    // Id format first, even for a token that covers nothing.
+    for token in [&ann, &only_other] {
+        h.get("/v1/rooms/bad%20id", token)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        h.get(&format!("/v1/rooms/{}", "x".repeat(65)), token)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    // Then the claim, whether the room exists or not.
+    h.get("/v1/rooms/exists", &only_other)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    h.get("/v1/rooms/missing", &only_other)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    // Then existence.
+    h.get("/v1/rooms/missing", &ann)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // Read access is enough.
+    let reader = h.token_with("carl", Some(&[("exists", Access::Read)]));
+    let info = h.get("/v1/rooms/exists", &reader).await;
+    assert_eq!(info.status, StatusCode::OK, "{}", info.text);
+    assert_eq!(info.body["id"], "exists");
+    assert_eq!(info.body["kind"], "board");
+    assert_eq!(info.body["name"], "exists");
+    assert!(info.body["epoch"].is_string());
+    assert_eq!(info.body["head"], 0);
+
+    h.append("exists", &[message("a"), message("b")]).await;
+    assert_eq!(h.get("/v1/rooms/exists", &ann).await.body["head"], 2);
+}
+
+#[tokio::test]
+async fn private_rooms_admit_members_and_creator_only() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    let body = h
+        .create(
+            &ann,
+            json!({"kind":"channel","id":"dm","members":["bob","bob"]}),
+        )
+        .await;
+    assert_eq!(body["id"], "dm");
+    h.append("dm", &[message("hi")]).await;
+    for user in ["ann", "bob"] {
+        let token = h.token(user);
+        assert_eq!(h.get("/v1/rooms/dm", &token).await.status, StatusCode::OK);
+        let page = h.get("/v1/rooms/dm/history", &token).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(seqs(&page.body), vec![1]);
+    }
+    let carl = h.token("carl");
+    h.get("/v1/rooms/dm", &carl)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    h.get("/v1/rooms/dm/history", &carl)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    // Membership and the claim must both allow.
+    let bob_elsewhere = h.token_with("bob", Some(&[("elsewhere", Access::Write)]));
+    h.get("/v1/rooms/dm", &bob_elsewhere)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+
+    // The creator is a member even when not listed, and an empty list is a
+    // private room of one.
+    h.create(&ann, json!({"kind":"board","id":"solo","members":[]}))
+        .await;
+    assert_eq!(h.get("/v1/rooms/solo", &ann).await.status, StatusCode::OK);
+    h.get("/v1/rooms/solo", &h.token("bob"))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test]
+async fn my_rooms_lists_created_and_private_member_rooms() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    let bob = h.token("bob");
+    h.create(&ann, json!({"kind":"board","id":"b-public","name":"Board"}))
+        .await;
+    h.create(
+        &ann,
+        json!({"kind":"channel","id":"a-dm","members":["bob"]}),
+    )
+    .await;
+    h.create(&bob, json!({"kind":"board","id":"c-bobs"})).await;
+
+    let rooms = |answer: Answer| {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        answer.body["rooms"].clone()
+    };
+    assert_eq!(
+        rooms(h.get("/v1/me/rooms", &ann).await),
+        json!([
+            {"id":"a-dm","kind":"channel","name":"a-dm"},
+            {"id":"b-public","kind":"board","name":"Board"},
+        ])
+    );
+    assert_eq!(
+        rooms(h.get("/v1/me/rooms", &bob).await),
+        json!([
+            {"id":"a-dm","kind":"channel","name":"a-dm"},
+            {"id":"c-bobs","kind":"board","name":"c-bobs"},
+        ])
+    );
+    assert_eq!(
+        rooms(h.get("/v1/me/rooms", &h.token("carl")).await),
+        json!([])
+    );
+}
+
+// === history ===
+
+#[tokio::test]
+async fn history_pages_newest_first() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"channel","id":"r"})).await;
+
+    // An empty room: an empty page and nothing older.
+    let empty = h.get("/v1/rooms/r/history", &ann).await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert_eq!(empty.body, json!({"ops": [], "next_before": null}));
+
+    let texts: Vec<String> = (1..=10).map(|i| format!("m{i}")).collect();
+    let ops: Vec<Op> = texts.iter().map(|t| message(t)).collect();
+    h.append("r", &ops).await;
+
+    // Default: everything, newest first, nothing older.
+    let all = h.get("/v1/rooms/r/history", &ann).await;
+    assert_eq!(seqs(&all.body), (1..=10).rev().collect::<Vec<_>>());
+    assert_eq!(all.body["next_before"], Value::Null);
+
+    // Each op exactly as its op frame, and the page decodes as the
+    // protocol's type.
+    let newest = &all.body["ops"][0];
+    assert_eq!(
+        newest,
+        &json!({"type":"op","room":"r","seq":10,"user":"ann","ts":1_700_000_000_010_i64,
+                "cid":"c10","op":{"kind":"message","text":"m10"}})
+    );
+    let decoded: HistoryPage = serde_json::from_value(all.body.clone()).expect("decodes");
+    assert_eq!(decoded.ops.len(), 10);
+    assert_eq!(decoded.ops[9].seq, Seq(1));
+
+    // Walking back with next_before visits every op once.
+    let mut walked = Vec::new();
+    let mut uri = "/v1/rooms/r/history?limit=3".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = h.get(&uri, &ann).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let page_seqs = seqs(&page.body);
+        assert!(page_seqs.len() <= 3);
+        walked.extend(page_seqs.iter().copied());
+        pages += 1;
+        match page.body["next_before"].as_u64() {
+            Some(next) => {
+                assert_eq!(Some(&next), page_seqs.last());
+                uri = format!("/v1/rooms/r/history?limit=3&before={next}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(walked, (1..=10).rev().collect::<Vec<_>>());
+    assert_eq!(pages, 4);
+
+    // A page that ends exactly at seq 1 reports nothing older.
+    let exact = h.get("/v1/rooms/r/history?before=4&limit=3", &ann).await;
+    assert_eq!(seqs(&exact.body), vec![3, 2, 1]);
+    assert_eq!(exact.body["next_before"], Value::Null);
+    let first = h.get("/v1/rooms/r/history?before=2", &ann).await;
+    assert_eq!(seqs(&first.body), vec![1]);
+    assert_eq!(first.body["next_before"], Value::Null);
+    let none = h.get("/v1/rooms/r/history?before=1", &ann).await;
+    assert_eq!(none.body, json!({"ops": [], "next_before": null}));
+}
+
+#[tokio::test]
+async fn history_before_is_exclusive_and_clamped() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"channel","id":"r"})).await;
+    h.append(
+        "r",
+        &[message("1"), message("2"), message("3"), message("4")],
+    )
+    .await;
+
+    let page = h.get("/v1/rooms/r/history?before=3", &ann).await;
+    assert_eq!(seqs(&page.body), vec![2, 1]);
+
+    let newest = h.get("/v1/rooms/r/history?limit=2", &ann).await.body;
+    for before in [
+        "5",
+        "6",
+        "1000",
+        "18446744073709551615",
+        "99999999999999999999999",
+    ] {
+        let page = h
+            .get(
+                &format!("/v1/rooms/r/history?limit=2&before={before}"),
+                &ann,
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{before}: {}", page.text);
+        assert_eq!(page.body, newest, "before={before}");
+    }
+    assert_eq!(seqs(&newest), vec![4, 3]);
+    assert_eq!(newest["next_before"], 3);
+}
+
+#[tokio::test]
+async fn history_refuses_bad_parameters() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"channel","id":"r"})).await;
+    h.append("r", &[message("1")]).await;
+    for query in [
+        "before=0",
+        "before=-1",
+        "before=abc",
+        "before=1.5",
+        "before=",
+        "limit=0",
+        "limit=501",
+        "limit=-1",
+        "limit=abc",
+        "limit=2.0",
+        "limit=99999999999",
+        "limit=",
+        "kinds=bogus",
+        "kinds=message,bogus",
+        "kinds=message,",
+        "limit=1&limit=2",
+    ] {
+        let answer = h.get(&format!("/v1/rooms/r/history?{query}"), &ann).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            answer.text
+        );
+        answer.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    for query in ["limit=1", "limit=500", "before=1", "kinds=", "unknown=1"] {
+        let answer = h.get(&format!("/v1/rooms/r/history?{query}"), &ann).await;
+        assert_eq!(answer.status, StatusCode::OK, "{query}: {}", answer.text);
+    }
+}
+
+#[tokio::test]
+async fn history_checks_room_access() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"board","id":"r"})).await;
+    let only_other = h.token_with("ann", Some(&[("other", Access::Write)]));
+    h.get("/v1/rooms/bad%20id/history", &ann)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    h.get("/v1/rooms/r/history", &only_other)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    h.get("/v1/rooms/missing/history", &only_other)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    h.get("/v1/rooms/missing/history", &ann)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let reader = h.token_with("bob", Some(&[("*", Access::Read)]));
+    assert_eq!(
+        h.get("/v1/rooms/r/history", &reader).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn history_filters_kinds() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"board","id":"r"})).await;
+    h.append(
+        "r",
+        &[
+            message("1"),      // 1
+            stroke_begin("a"), // 2
+            stroke_end("a"),   // 3
+            message("4"),      // 4
+            stroke_begin("b"), // 5
+            message("6"),      // 6
+            stroke_end("b"),   // 7
+            stroke_begin("c"), // 8
+        ],
+    )
+    .await;
+
+    let page = h
+        .get("/v1/rooms/r/history?kinds=message&limit=2", &ann)
+        .await;
+    assert_eq!(seqs(&page.body), vec![6, 4]);
+    assert_eq!(page.body["next_before"], 4);
+    let page = h
+        .get("/v1/rooms/r/history?kinds=message&limit=2&before=4", &ann)
+        .await;
+    assert_eq!(seqs(&page.body), vec![1]);
+    assert_eq!(page.body["next_before"], Value::Null);
+    // Exactly `limit` messages remain: still nothing older of that kind,
+    // although older ops of other kinds exist.
+    let page = h
+        .get("/v1/rooms/r/history?kinds=message&limit=3", &ann)
+        .await;
+    assert_eq!(seqs(&page.body), vec![6, 4, 1]);
+    assert_eq!(page.body["next_before"], Value::Null);
+    let page = h
+        .get("/v1/rooms/r/history?kinds=message&limit=2&before=2", &ann)
+        .await;
+    assert_eq!(seqs(&page.body), vec![1]);
+    assert_eq!(page.body["next_before"], Value::Null);
+
+    let page = h
+        .get("/v1/rooms/r/history?kinds=stroke_end,%20stroke_begin", &ann)
+        .await;
+    assert_eq!(seqs(&page.body), vec![8, 7, 5, 3, 2]);
+    assert_eq!(page.body["next_before"], Value::Null);
+    let page = h.get("/v1/rooms/r/history?kinds=undo", &ann).await;
+    assert_eq!(page.body, json!({"ops": [], "next_before": null}));
+}
+
+#[tokio::test]
+async fn a_page_with_a_fixed_before_never_changes() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"channel","id":"r"})).await;
+    let ops: Vec<Op> = (1..=6).map(|i| message(&i.to_string())).collect();
+    h.append("r", &ops).await;
+    let uri = "/v1/rooms/r/history?before=6&limit=3";
+    let page = h.get(uri, &ann).await;
+    assert_eq!(seqs(&page.body), vec![5, 4, 3]);
+    assert_eq!(page.body["next_before"], 3);
+
+    let more: Vec<Op> = (7..=12).map(|i| message(&i.to_string())).collect();
+    h.append("r", &more).await;
+    assert_eq!(h.get(uri, &ann).await.body, page.body);
+    // The newest page moved on.
+    let newest = h.get("/v1/rooms/r/history?limit=3", &ann).await;
+    assert_eq!(seqs(&newest.body), vec![12, 11, 10]);
+}
+
+// === dev tokens ===
+
+#[tokio::test]
+async fn dev_tokens_only_in_dev_mode() {
+    let h = Harness::new();
+    let answer = h
+        .request("POST", "/v1/dev/token", None, r#"{"user":"ann"}"#)
+        .await;
+    answer.assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    let h = Harness::with(GatewayConfig::default(), true);
+    let answer = h
+        .request(
+            "POST",
+            "/v1/dev/token",
+            None,
+            r#"{"user":"ann","name":"Ann"}"#,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let token = answer.body["token"].as_str().expect("token");
+    let claims = h.auth.verify(token).expect("the dev token verifies");
+    assert_eq!(claims.sub, "ann");
+    assert_eq!(claims.name.as_deref(), Some("Ann"));
+    assert_eq!(claims.rooms, None);
+    let lifetime = claims.exp - now_secs();
+    assert!(
+        (24 * 3600 - 60..=24 * 3600).contains(&lifetime),
+        "{lifetime}"
+    );
+    // It works on the API, with write access everywhere.
+    assert_eq!(
+        h.post("/v1/rooms", token, json!({"kind":"board"}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let anonymous = h
+        .request("POST", "/v1/dev/token", None, r#"{"user":"bob"}"#)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::OK);
+    let claims = h
+        .auth
+        .verify(anonymous.body["token"].as_str().expect("token"))
+        .expect("verifies");
+    assert_eq!(claims.name, None);
+
+    for body in ["", "{}", r#"{"user":""}"#, r#"{"user":5}"#, "nope", "[]"] {
+        let answer = h.request("POST", "/v1/dev/token", None, body).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            answer.text
+        );
+        answer.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+}
+
+#[tokio::test]
+async fn dev_tokens_are_rate_limited_per_address() {
+    let mut config = GatewayConfig::default();
+    config.rate_limits.http_burst = 2.0;
+    config.rate_limits.http_per_sec = 0.0;
+    let h = Harness::with(config, true);
+    for _ in 0..2 {
+        let answer = h
+            .request("POST", "/v1/dev/token", None, r#"{"user":"ann"}"#)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    h.request("POST", "/v1/dev/token", None, r#"{"user":"bob"}"#)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+}
+
+// === operations ===
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let h = Harness::new();
+    assert_eq!(
+        h.request("GET", "/healthz", None, "").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.request("GET", "/readyz", None, "").await.status,
+        StatusCode::OK
+    );
+    h.ready.0.store(false, Ordering::SeqCst);
+    h.request("GET", "/readyz", None, "")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.ready.0.store(true, Ordering::SeqCst);
+    assert_eq!(
+        h.request("GET", "/readyz", None, "").await.status,
+        StatusCode::OK
+    );
+    h.gateway.begin_shutdown();
+    h.request("GET", "/readyz", None, "")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    // Still alive while draining.
+    assert_eq!(
+        h.request("GET", "/healthz", None, "").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_served_and_count_errors() {
+    let h = Harness::new();
+    let answer = h.request("GET", "/metrics", None, "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.headers[header::CONTENT_TYPE],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(answer.text.contains("collab_gateway"), "{}", answer.text);
+
+    h.request("GET", "/v1/me/rooms", None, "").await;
+    h.request("GET", "/v1/me/rooms", None, "").await;
+    h.get("/v1/rooms/missing", &h.token("ann")).await;
+    h.request("GET", "/nowhere", None, "").await;
+    let text = h.metrics_text().await;
+    assert!(
+        text.contains(r#"collab_gateway_errors_total{code="unauthorized"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"collab_gateway_errors_total{code="not_found"} 2"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_json_errors() {
+    let h = Harness::new();
+    h.request("GET", "/nowhere", None, "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.request("GET", "/v1/rooms/a/b/c", None, "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    for (method, uri) in [
+        ("GET", "/v1/rooms"),
+        ("DELETE", "/v1/rooms/r"),
+        ("POST", "/v1/me/rooms"),
+        ("GET", "/v1/dev/token"),
+        ("POST", "/healthz"),
+    ] {
+        let answer = h.request(method, uri, None, "").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}: {}",
+            answer.text
+        );
+        assert_eq!(answer.code(), "bad_request", "{method} {uri}");
+        assert!(answer.headers.contains_key(header::ALLOW), "{method} {uri}");
+    }
+}
+
+/// A store that cannot be reached.
+struct DownStore;
+
+fn down<T>() -> StoreResult<T> {
+    Err(StoreError::Unavailable("store is down".into()))
+}
+
+#[async_trait]
+impl Store for DownStore {
+    async fn create_room(&self, _: &collab_store::RoomRecord) -> StoreResult<()> {
+        down()
+    }
+    async fn room(&self, _: &RoomId) -> StoreResult<Option<collab_store::RoomRecord>> {
+        down()
+    }
+    async fn rooms_of_user(&self, _: &UserId) -> StoreResult<Vec<collab_store::RoomRecord>> {
+        down()
+    }
+    async fn append(&self, _: &RoomId, _: Seq, _: &[OpEvent], _: &Writer) -> StoreResult<()> {
+        down()
+    }
+    async fn head(&self, _: &RoomId) -> StoreResult<Seq> {
+        down()
+    }
+    async fn read_log(
+        &self,
+        _: &RoomId,
+        _: Seq,
+        _: usize,
+    ) -> StoreResult<Vec<collab_store::LoggedOp>> {
+        down()
+    }
+    async fn history(
+        &self,
+        _: &RoomId,
+        _: Seq,
+        _: usize,
+        _: Option<&[collab_protocol::OpKind]>,
+    ) -> StoreResult<Vec<OpEvent>> {
+        down()
+    }
+    async fn put_snapshot(&self, _: &RoomId, _: &collab_store::Snapshot) -> StoreResult<()> {
+        down()
+    }
+    async fn latest_snapshot(&self, _: &RoomId) -> StoreResult<Option<collab_store::Snapshot>> {
+        down()
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_unavailable() {
+    let h = Harness::with_store(GatewayConfig::default(), false, Arc::new(DownStore));
+    let ann = h.token("ann");
+    h.post("/v1/rooms", &ann, json!({"kind":"board"}))
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.post("/v1/rooms", &ann, json!({"kind":"board","id":"r"}))
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.get("/v1/rooms/r", &ann)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.get("/v1/rooms/r/history", &ann)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.get("/v1/me/rooms", &ann)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+}
