@@ -7,7 +7,9 @@
 //! append returned. The parent SIGKILLs it after a random number of acks,
 //! restarts it on the same file (it continues from the stored heads), and
 //! repeats; finally it opens the file itself and checks that every
-//! acknowledged op is there, intact, in a gapless log.
+//! acknowledged op is there, intact, in a gapless log. The child
+//! checkpoints its journal every 50 ops, so kills hit all of the store's
+//! states: journal only, mid-checkpoint, freshly checkpointed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use collab_protocol::{RoomId, Seq};
 use collab_store::testsuite::{points_batch, random_u64, writer};
-use collab_store::{EmbeddedStore, Store};
+use collab_store::{EmbeddedStore, EmbeddedStoreOptions, Store};
 use collab_tests::SelfChild;
 
 /// Set for the child process: the store file to append to.
@@ -40,7 +42,13 @@ async fn store_crash_child() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
-    let store = Arc::new(EmbeddedStore::open(path).expect("open the store"));
+    // Checkpoint often, so that kills land before, during and after
+    // checkpoints, and every reopen replays a journal.
+    let options = EmbeddedStoreOptions {
+        checkpoint_ops: 50,
+        ..Default::default()
+    };
+    let store = Arc::new(EmbeddedStore::open_with(path, options).expect("open the store"));
     let deadline = Instant::now() + Duration::from_secs(120);
     let tasks: Vec<_> = (0..ROOMS)
         .map(|i| {

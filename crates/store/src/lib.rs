@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use collab_protocol::{Epoch, NodeId, OpEvent, OpKind, RoomId, RoomKind, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
-pub use embedded::{EmbeddedStore, EmbeddedStoreStats};
+pub use embedded::{EmbeddedStore, EmbeddedStoreOptions, EmbeddedStoreStats};
 pub use memory::MemoryStore;
 
 /// A room as stored.

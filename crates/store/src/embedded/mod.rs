@@ -2,20 +2,23 @@
 //! data dir.
 //!
 //! Writes go to one writer thread that commits the queued writes of all
-//! rooms together, one fsync per group (see [`writer`]). Reads run on
-//! tokio's blocking pool, each in its own redb read transaction: redb's
+//! rooms together, one fsync per group (see [`writer`]); appends go through
+//! a journal that the writer periodically checkpoints into the log tables
+//! (see [`pending`]). Reads run on tokio's blocking pool, each in its own
+//! redb read transaction merged with the journaled ops of its room: redb's
 //! MVCC readers never wait for the writer, and a read sees one consistent
 //! committed state (a snapshot's header and chunks, a page of history). No
 //! method blocks a tokio worker, except [`EmbeddedStore::open`] (start-up)
 //! and dropping the store, which waits for the writes already queued.
 
 mod codec;
+mod pending;
 mod tables;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,28 +29,50 @@ use tokio::sync::oneshot;
 
 use crate::memory::members_to_index;
 use crate::{LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch};
+use pending::{Pending, PendingOp, RoomLog, merge_by_seq};
 pub use tables::SNAPSHOT_CHUNK_SIZE;
-use tables::{FORMAT_VERSION, KINDS, MEMBERSHIPS, META, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS};
-use writer::{Counters, Request, Write};
+use tables::{
+    FORMAT_VERSION, JOURNAL, KINDS, MEMBERSHIPS, META, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS,
+};
+use writer::{Counters, Request, Shared, Write};
 
 /// A [`Store`] in one redb file, with group commit across rooms.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     path: PathBuf,
     /// `Option` so that `Drop` can close the queue before joining the
     /// writer thread.
     queue: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
-    counters: Arc<Counters>,
+}
+
+/// Tuning of an [`EmbeddedStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedStoreOptions {
+    /// Checkpoint once this many journaled ops wait. Larger: fewer, longer
+    /// checkpoints that each dirty a room's log page for more ops (cheaper
+    /// per op), more memory, a longer replay at open.
+    pub checkpoint_ops: usize,
+    /// Checkpoint once the journaled ops take this many bytes.
+    pub checkpoint_bytes: usize,
+}
+
+impl Default for EmbeddedStoreOptions {
+    fn default() -> Self {
+        EmbeddedStoreOptions {
+            checkpoint_ops: 32_768,
+            checkpoint_bytes: 32 << 20,
+        }
+    }
 }
 
 /// What the writer thread has done since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EmbeddedStoreStats {
-    /// Committed write transactions, each one fsync.
+    /// Committed group transactions, each one fsync.
     pub transactions: u64,
-    /// Transactions whose apply or commit failed (all their requests got
-    /// `Unavailable`).
+    /// Group transactions and checkpoints that failed (all requests of a
+    /// failed group got `Unavailable`).
     pub failed_transactions: u64,
     /// Write requests handled (appends, room creations, snapshots), whether
     /// they succeeded or not.
@@ -65,11 +90,22 @@ pub struct EmbeddedStoreStats {
     pub largest_group: u64,
     /// Time the writer spent applying requests to its transactions.
     pub apply_time: Duration,
-    /// Time the writer spent in `commit` (mostly fsync).
+    /// Time the writer spent in the groups' `commit` (mostly fsync).
     pub commit_time: Duration,
+    /// Checkpoints committed, each one fsync.
+    pub checkpoints: u64,
+    /// Ops moved from the journal into the log tables.
+    pub checkpointed_ops: u64,
+    /// Time the writer spent checkpointing.
+    pub checkpoint_time: Duration,
 }
 
 impl EmbeddedStoreStats {
+    /// Durable commits of any kind: group transactions and checkpoints.
+    pub fn fsyncs(&self) -> u64 {
+        self.transactions + self.checkpoints
+    }
+
     /// The change from `earlier` to `self` (for measuring one phase);
     /// `largest_group` stays the overall maximum.
     pub fn since(&self, earlier: &EmbeddedStoreStats) -> EmbeddedStoreStats {
@@ -85,6 +121,9 @@ impl EmbeddedStoreStats {
             largest_group: self.largest_group,
             apply_time: self.apply_time.saturating_sub(earlier.apply_time),
             commit_time: self.commit_time.saturating_sub(earlier.commit_time),
+            checkpoints: self.checkpoints - earlier.checkpoints,
+            checkpointed_ops: self.checkpointed_ops - earlier.checkpointed_ops,
+            checkpoint_time: self.checkpoint_time.saturating_sub(earlier.checkpoint_time),
         }
     }
 }
@@ -95,8 +134,14 @@ impl EmbeddedStore {
 
     /// Opens (or creates) the store in the redb file at `path`, creating
     /// missing parent directories. Blocking: call it at start-up (after a
-    /// crash redb repairs the file here, which reads all of it).
+    /// crash redb repairs the file here, which reads all of it, and the
+    /// journal is checkpointed).
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        Self::open_with(path, EmbeddedStoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with explicit tuning.
+    pub fn open_with(path: impl AsRef<Path>, options: EmbeddedStoreOptions) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -105,25 +150,27 @@ impl EmbeddedStore {
         }
         let db = Database::create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        init(&db)?;
-        let db = Arc::new(db);
-        let counters = Arc::new(Counters::default());
+        let replayed = init(&db)?;
+        let shared = Arc::new(Shared {
+            db,
+            pending: RwLock::new(Pending::default()),
+            counters: Counters::default(),
+            options,
+        });
         let (queue, requests) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("collab-store-writer".into())
             .spawn({
-                let db = Arc::clone(&db);
-                let counters = Arc::clone(&counters);
-                move || writer::run(db, requests, counters)
+                let shared = Arc::clone(&shared);
+                move || writer::run(&shared, requests)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
-        tracing::info!(path = %path.display(), "embedded store open");
+        tracing::info!(path = %path.display(), replayed, "embedded store open");
         Ok(EmbeddedStore {
-            db,
+            shared,
             path,
             queue: Some(queue),
             writer: Some(writer),
-            counters,
         })
     }
 
@@ -137,10 +184,17 @@ impl EmbeddedStore {
         &self.path
     }
 
+    /// Moves every journaled op into the log tables now (normally the
+    /// writer does it when the journal is full enough). For tests and
+    /// orderly shutdown; never needed for durability.
+    pub async fn checkpoint(&self) -> StoreResult<()> {
+        self.write(Write::Checkpoint).await
+    }
+
     /// The writer's counters so far.
     pub fn stats(&self) -> EmbeddedStoreStats {
-        let c = &self.counters;
-        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let c = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         EmbeddedStoreStats {
             transactions: get(&c.transactions),
             failed_transactions: get(&c.failed_transactions),
@@ -153,6 +207,9 @@ impl EmbeddedStore {
             largest_group: get(&c.largest_group),
             apply_time: Duration::from_nanos(get(&c.apply_nanos)),
             commit_time: Duration::from_nanos(get(&c.commit_nanos)),
+            checkpoints: get(&c.checkpoints),
+            checkpointed_ops: get(&c.checkpointed_ops),
+            checkpoint_time: Duration::from_nanos(get(&c.checkpoint_nanos)),
         }
     }
 
@@ -179,10 +236,41 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
+        let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(unavailable)?;
+            let txn = shared.db.begin_read().map_err(unavailable)?;
             read(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
+    }
+
+    /// Runs `read` on one room's log: a fresh read transaction plus what
+    /// `pick` took from the room's journaled ops (`None`: there are none).
+    ///
+    /// The read transaction is opened while the journal index is read
+    /// locked, and the writer changes that index only under its write lock
+    /// after a commit. So an op is never missed: an appended op enters the
+    /// index before its caller is answered, and a checkpoint removes ops
+    /// from the index only after its commit, which a transaction opened
+    /// after the removal sees. An op may be seen twice (in a checkpoint's
+    /// window); merging keeps it once.
+    async fn read_room<P, T, F, R>(&self, room: &RoomId, pick: F, read: R) -> StoreResult<T>
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&RoomLog) -> P + Send + 'static,
+        R: FnOnce(&ReadTransaction, &str, Option<P>) -> StoreResult<T> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        let room = room.as_str().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let (txn, picked) = {
+                let pending = shared.pending();
+                let txn = shared.db.begin_read().map_err(unavailable)?;
+                (txn, pending.room(&room).map(pick))
+            };
+            read(&txn, &room, picked)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
@@ -212,10 +300,13 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-/// Creates every table (so that read transactions can always open them)
-/// and checks the file's format version.
-fn init(db: &Database) -> StoreResult<()> {
+/// Creates every table (so that read transactions can always open them),
+/// checks the file's format version, and checkpoints what the journal
+/// holds (the ops a previous process committed but did not checkpoint
+/// before it stopped). Returns how many ops it moved.
+fn init(db: &Database) -> StoreResult<usize> {
     let txn = db.begin_write().map_err(unavailable)?;
+    let mut replayed = 0;
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let stored = meta.get("format").map_err(unavailable)?.map(|v| v.value());
@@ -232,12 +323,26 @@ fn init(db: &Database) -> StoreResult<()> {
         }
         txn.open_table(ROOMS).map_err(unavailable)?;
         txn.open_table(MEMBERSHIPS).map_err(unavailable)?;
-        txn.open_table(OPS).map_err(unavailable)?;
-        txn.open_table(KINDS).map_err(unavailable)?;
         txn.open_table(SNAPSHOTS).map_err(unavailable)?;
         txn.open_table(SNAPSHOT_CHUNKS).map_err(unavailable)?;
+        let mut ops = txn.open_table(OPS).map_err(unavailable)?;
+        let mut kinds = txn.open_table(KINDS).map_err(unavailable)?;
+        let journal = txn.open_table(JOURNAL).map_err(unavailable)?;
+        for entry in journal.iter().map_err(unavailable)? {
+            let (_, record) = entry.map_err(unavailable)?;
+            for (room, rows) in codec::decode_journal(record.value())? {
+                for (seq, kind, value) in rows {
+                    ops.insert((room, seq), value).map_err(unavailable)?;
+                    kinds.insert((room, kind, seq), ()).map_err(unavailable)?;
+                    replayed += 1;
+                }
+            }
+        }
     }
-    txn.commit().map_err(unavailable)
+    txn.delete_table(JOURNAL).map_err(unavailable)?;
+    txn.open_table(JOURNAL).map_err(unavailable)?;
+    txn.commit().map_err(unavailable)?;
+    Ok(replayed)
 }
 
 /// A redb failure: the store could not do what was asked, and for writes
@@ -315,32 +420,40 @@ impl Store for EmbeddedStore {
             .map(|event| {
                 Ok((
                     event.seq.get(),
-                    event.op.kind().code(),
-                    codec::encode_op(event, writer)?,
+                    PendingOp {
+                        kind: event.op.kind().code(),
+                        value: codec::encode_op(event, writer)?.into(),
+                    },
                 ))
             })
             .collect::<StoreResult<Vec<_>>>()?;
+        let values: Vec<(u8, &[u8])> = rows.iter().map(|(_, op)| (op.kind, &*op.value)).collect();
+        let record = codec::encode_journal(room.as_str(), first.get(), &values)?;
         self.write(Write::Append {
             room: room.as_str().to_owned(),
             first: first.get(),
             rows,
+            record,
         })
         .await
     }
 
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
-        let room = room.as_str().to_owned();
-        self.read(move |txn| {
-            let ops = txn.open_table(OPS).map_err(unavailable)?;
-            let last = ops
-                .range((room.as_str(), 0u64)..=(room.as_str(), u64::MAX))
-                .map_err(unavailable)?
-                .next_back()
-                .transpose()
-                .map_err(unavailable)?
-                .map(|(key, _)| key.value().1);
-            Ok(Seq(last.unwrap_or(0)))
-        })
+        self.read_room(
+            room,
+            |journaled| journaled.last_seq(),
+            |txn, room, journaled| {
+                let ops = txn.open_table(OPS).map_err(unavailable)?;
+                let logged = ops
+                    .range((room, 0u64)..=(room, u64::MAX))
+                    .map_err(unavailable)?
+                    .next_back()
+                    .transpose()
+                    .map_err(unavailable)?
+                    .map(|(key, _)| key.value().1);
+                Ok(Seq(logged.max(journaled.flatten()).unwrap_or(0)))
+            },
+        )
         .await
     }
 
@@ -356,20 +469,35 @@ impl Store for EmbeddedStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let room = room.as_str().to_owned();
-        self.read(move |txn| {
-            let ops = txn.open_table(OPS).map_err(unavailable)?;
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for entry in ops
-                .range((room.as_str(), from)..=(room.as_str(), u64::MAX))
-                .map_err(unavailable)?
-                .take(limit)
-            {
-                let (_, value) = entry.map_err(unavailable)?;
-                out.push(codec::decode_op(value.value())?);
-            }
-            Ok(out)
-        })
+        self.read_room(
+            room,
+            move |journaled| {
+                journaled
+                    .from(from)
+                    .iter()
+                    .take(limit)
+                    .map(|(seq, op)| (*seq, Arc::clone(&op.value)))
+                    .collect::<Vec<_>>()
+            },
+            move |txn, room, journaled| {
+                let ops = txn.open_table(OPS).map_err(unavailable)?;
+                let mut logged = Vec::with_capacity(limit.min(1024));
+                for entry in ops
+                    .range((room, from)..=(room, u64::MAX))
+                    .map_err(unavailable)?
+                    .take(limit)
+                {
+                    let (key, value) = entry.map_err(unavailable)?;
+                    logged.push((key.value().1, codec::decode_op(value.value())?));
+                }
+                let journaled = journaled
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(seq, value)| Ok((seq, codec::decode_op(&value)?)))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(merge_by_seq(logged, journaled, false, limit))
+            },
+        )
         .await
     }
 
@@ -384,7 +512,6 @@ impl Store for EmbeddedStore {
         if limit == 0 || before.get() <= 1 {
             return Ok(Vec::new());
         }
-        let room = room.as_str().to_owned();
         let before = before.get();
         let codes = match kinds {
             None => None,
@@ -399,41 +526,29 @@ impl Store for EmbeddedStore {
                 (codes.len() < OpKind::ALL.len()).then_some(codes)
             }
         };
-        self.read(move |txn| {
-            let ops = txn.open_table(OPS).map_err(unavailable)?;
-            match codes {
-                None => {
-                    let mut out = Vec::with_capacity(limit.min(1024));
-                    for entry in ops
-                        .range((room.as_str(), 1u64)..(room.as_str(), before))
-                        .map_err(unavailable)?
-                        .rev()
-                        .take(limit)
-                    {
-                        let (_, value) = entry.map_err(unavailable)?;
-                        out.push(codec::decode_event(value.value())?);
-                    }
-                    Ok(out)
-                }
-                Some(codes) => {
-                    let index = txn.open_table(KINDS).map_err(unavailable)?;
-                    let seqs = newest_of_kinds(&index, &room, &codes, before, limit)?;
-                    let mut out = Vec::with_capacity(seqs.len());
-                    for seq in seqs {
-                        let value = ops
-                            .get((room.as_str(), seq))
-                            .map_err(unavailable)?
-                            .ok_or_else(|| {
-                                StoreError::Corrupt(format!(
-                                    "kind index of room {room} names missing seq {seq}"
-                                ))
-                            })?;
-                        out.push(codec::decode_event(value.value())?);
-                    }
-                    Ok(out)
-                }
-            }
-        })
+        let wanted = codes.clone();
+        self.read_room(
+            room,
+            move |journaled| {
+                journaled
+                    .below(before)
+                    .iter()
+                    .rev()
+                    .filter(|(_, op)| wanted.as_ref().is_none_or(|w| w.contains(&op.kind)))
+                    .take(limit)
+                    .map(|(seq, op)| (*seq, Arc::clone(&op.value)))
+                    .collect::<Vec<_>>()
+            },
+            move |txn, room, journaled| {
+                let logged = logged_history(txn, room, before, limit, codes.as_deref())?;
+                let journaled = journaled
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(seq, value)| Ok((seq, codec::decode_event(&value)?)))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(merge_by_seq(logged, journaled, true, limit))
+            },
+        )
         .await
     }
 
@@ -492,6 +607,44 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
+
+/// The log tables' part of a history page: up to `limit` ops below
+/// `before` of the kinds `codes` (all when `None`), newest first.
+fn logged_history(
+    txn: &ReadTransaction,
+    room: &str,
+    before: u64,
+    limit: usize,
+    codes: Option<&[u8]>,
+) -> StoreResult<Vec<(u64, OpEvent)>> {
+    let ops = txn.open_table(OPS).map_err(unavailable)?;
+    let mut out = Vec::with_capacity(limit.min(1024));
+    match codes {
+        None => {
+            for entry in ops
+                .range((room, 1u64)..(room, before))
+                .map_err(unavailable)?
+                .rev()
+                .take(limit)
+            {
+                let (key, value) = entry.map_err(unavailable)?;
+                out.push((key.value().1, codec::decode_event(value.value())?));
+            }
+        }
+        Some(codes) => {
+            let index = txn.open_table(KINDS).map_err(unavailable)?;
+            for seq in newest_of_kinds(&index, room, codes, before, limit)? {
+                let value = ops.get((room, seq)).map_err(unavailable)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "kind index of room {room} names missing seq {seq}"
+                    ))
+                })?;
+                out.push((seq, codec::decode_event(value.value())?));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The up to `limit` highest seqs below `before` among `codes`, newest
