@@ -17,6 +17,7 @@ mod http;
 mod hub;
 mod metrics;
 mod ratelimit;
+mod web;
 mod ws;
 
 use std::future::Future;
@@ -143,7 +144,7 @@ impl Gateway {
     /// WebSocket is closed with 1001 so its client resumes elsewhere.
     pub fn begin_shutdown(&self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
-        let _ = self.shared.closing.send(true);
+        self.shared.closing.send_replace(true);
     }
 
     /// Open WebSocket connections.

@@ -118,7 +118,7 @@ impl Outbound {
             state.cursor_order.clear();
         }
         drop(state);
-        let _ = self.closed.send(true);
+        self.closed.send_replace(true);
         self.ready.notify_one();
     }
 
