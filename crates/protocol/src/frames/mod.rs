@@ -198,8 +198,28 @@ pub struct StrokeView {
 pub struct RoomView {
     /// Visible strokes in the order of their `stroke_begin`.
     pub strokes: Vec<StrokeView>,
-    /// The last messages, oldest first, each exactly as its `op` frame.
+    /// The last messages, oldest first, each exactly as its `op` frame
+    /// (with `"type": "op"`).
+    #[serde(serialize_with = "as_op_frames")]
     pub messages: Vec<OpEvent>,
+}
+
+fn as_op_frames<S: serde::Serializer>(ops: &[OpEvent], serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+
+    /// An op event with the `type` tag of its frame.
+    #[derive(Serialize)]
+    struct Tagged<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(flatten)]
+        event: &'a OpEvent,
+    }
+    let mut seq = serializer.serialize_seq(Some(ops.len()))?;
+    for event in ops {
+        seq.serialize_element(&Tagged { kind: "op", event })?;
+    }
+    seq.end()
 }
 
 /// The body of a `joined` frame.

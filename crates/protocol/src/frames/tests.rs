@@ -278,3 +278,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn state_messages_are_op_frames() {
+    let event = OpEvent {
+        room: RoomId::parse("r").expect("id"),
+        seq: Seq(1),
+        user: UserId::parse("ann").expect("id"),
+        ts: 5,
+        cid: Some(Cid::parse("c").expect("id")),
+        op: Op::Message { text: "hi".into() },
+    };
+    let view = RoomView {
+        strokes: vec![],
+        messages: vec![event.clone()],
+    };
+    let v = serde_json::to_value(&view).expect("json");
+    let frame: serde_json::Value =
+        serde_json::from_str(&ServerFrame::Op(event).to_json()).expect("json");
+    assert_eq!(v["messages"][0], frame);
+    let back: RoomView = serde_json::from_value(v).expect("decodes");
+    assert_eq!(back, view);
+}
