@@ -17,7 +17,6 @@ mod http;
 mod hub;
 mod metrics;
 mod ratelimit;
-mod web;
 mod ws;
 
 use std::future::Future;
