@@ -154,7 +154,11 @@ struct Fanout {
 }
 
 impl Fanout {
-    async fn run(mut self, mut subscription: Subscription, mut control: mpsc::UnboundedReceiver<Control>) {
+    async fn run(
+        mut self,
+        mut subscription: Subscription,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
         loop {
             tokio::select! {
                 // Control first: an attach must take effect before events

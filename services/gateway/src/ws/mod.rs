@@ -130,7 +130,10 @@ impl Connection {
             outbound.close(CLOSE_GOING_AWAY, "bye");
         }
         let mut writer = writer;
-        if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
             writer.abort();
         }
         if outbound.close_code() == Some(outbound::CLOSE_TOO_SLOW) {
