@@ -17,6 +17,7 @@ mod http;
 mod hub;
 mod metrics;
 mod ratelimit;
+mod web;
 mod ws;
 
 use std::future::Future;

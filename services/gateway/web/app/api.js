@@ -1,0 +1,103 @@
+// The HTTP half of the protocol: tokens, rooms and history. Every failure
+// becomes an ApiError with the protocol's error code ("network" when the
+// server could not be reached), so callers can word it with describeError.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function request(path, { token, method = 'GET', body } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: 'no-store',
+    });
+  } catch (e) {
+    throw new ApiError(0, 'network', String(e));
+  }
+  let json = null;
+  try { json = await response.json(); } catch { /* not JSON: handled below */ }
+  if (!response.ok) {
+    const error = json && json.error;
+    throw new ApiError(response.status, (error && error.code) || `http_${response.status}`,
+      (error && error.message) || response.statusText);
+  }
+  return json;
+}
+
+/**
+ * A dev-mode token for `user` with display `name`, or null when the server
+ * has a real secret (the endpoint is then 404 and tokens come from elsewhere).
+ */
+export async function devToken(user, name) {
+  try {
+    const answer = await request('/v1/dev/token', { method: 'POST', body: { user, name } });
+    return answer.token;
+  } catch (e) {
+    if (e.status === 404) return null;
+    throw e;
+  }
+}
+
+/** Creates a board or a channel with a fresh 8-character code. */
+export function createRoom(token, kind, name) {
+  const body = { kind };
+  if (name) body.name = name;
+  return request('/v1/rooms', { token, method: 'POST', body });
+}
+
+export function roomInfo(token, id) {
+  return request(`/v1/rooms/${encodeURIComponent(id)}`, { token });
+}
+
+/** One page of history, newest first; `before` is exclusive. */
+export function history(token, id, { before, limit = 50, kinds } = {}) {
+  const query = new URLSearchParams({ limit: String(limit) });
+  if (before !== undefined && before !== null) query.set('before', String(before));
+  if (kinds) query.set('kinds', kinds.join(','));
+  return request(`/v1/rooms/${encodeURIComponent(id)}/history?${query}`, { token });
+}
+
+/** Whether `token` is accepted: true, false (401), or null (cannot tell). */
+export async function tokenAccepted(token) {
+  try {
+    await request('/v1/me/rooms', { token });
+    return true;
+  } catch (e) {
+    if (e.status === 401) return false;
+    return null;
+  }
+}
+
+/**
+ * The claims of a JWT, read without checking its signature: the server
+ * checks it; the page only uses them to know the user and what they may do
+ * (a read-only room gets no drawing tools).
+ */
+export function readClaims(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const padded = part + '='.repeat((4 - (part.length % 4)) % 4);
+    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return null;
+  }
+}
+
+/** "write", "read" or null: what `claims` allow in `room`. */
+export function accessIn(claims, room) {
+  if (!claims || !claims.rooms) return 'write';
+  const grant = claims.rooms[room] ?? claims.rooms['*'];
+  return grant === 'write' || grant === 'read' ? grant : null;
+}

@@ -1,0 +1,461 @@
+// The page: the lobby, and the room screen it opens.
+//
+// Where things live: the room code is in the URL's query (`/?room=CODE`) so
+// a link can be shared; a token handed over in a link comes in the fragment
+// (`#token=…`, never sent to a server or kept in history: we move it to
+// sessionStorage and strip it); in dev mode the page asks the server for a
+// token in the name the person typed, with a user id kept in localStorage.
+
+import { ApiError, accessIn, createRoom, devToken, readClaims, roomInfo, tokenAccepted } from './api.js';
+import { Board } from './board.js';
+import { Chat } from './chat.js';
+import { Connection } from './connection.js';
+import { Room } from './room.js';
+import { $, el, notify, randomId, store } from './ui.js';
+import { describeClose, describeError } from './words.js';
+
+const ROOM_CODE = /^[A-Za-z0-9_-]{1,64}$/;
+const RECENT_MAX = 8;
+
+const app = {
+  token: null,      // the token in use
+  dev: null,        // true: tokens come from /v1/dev/token; false: from the person
+  connection: null,
+  room: null,
+  board: null,
+  chat: null,
+  status: { state: 'idle' },
+  authFailures: 0,
+  statusTimer: null,
+};
+
+// === identity and tokens ===
+
+/**
+ * This browser's user id in dev mode, made once from the first name used
+ * ("ann-k3x9p2"): people who have left a room are known only by their id,
+ * so a readable one helps. Kept across reloads, so undo/redo stays yours.
+ */
+function userId() {
+  let id = store.get('localStorage', 'collab.user');
+  if (!id) {
+    const slug = displayName().toLowerCase().normalize('NFKD').replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 24);
+    id = `${slug || 'user'}-${randomId(6)}`;
+    store.set('localStorage', 'collab.user', id);
+  }
+  return id;
+}
+
+function displayName() {
+  return ($('#name-input').value || '').trim();
+}
+
+/** A token from the URL fragment (`#token=…`), moved out of the address bar. */
+function takeFragmentToken() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get('token');
+  if (!token) return;
+  store.set('sessionStorage', 'collab.token', token);
+  history.replaceState(history.state, '', location.pathname + location.search);
+}
+
+function fresh(token) {
+  const claims = readClaims(token);
+  return !!claims && typeof claims.exp === 'number' && claims.exp * 1000 > Date.now() + 60_000;
+}
+
+/**
+ * The token to use: a given one (fragment or the token field) if there is
+ * one, otherwise a dev token for the typed name. Throws an Error whose
+ * message is for the person when there is none.
+ */
+async function ensureToken() {
+  const given = ($('#token-input').value || '').trim() || store.get('sessionStorage', 'collab.token');
+  if (given) {
+    if (!readClaims(given)) throw new Error('That access token is not valid: it should be three parts separated by dots.');
+    store.set('sessionStorage', 'collab.token', given);
+    app.dev = false;
+    app.token = given;
+    return given;
+  }
+  const name = displayName();
+  if (!name) {
+    $('#name-input').focus();
+    throw new Error('Choose a display name first.');
+  }
+  store.set('localStorage', 'collab.name', name);
+  const claims = app.token && readClaims(app.token);
+  if (app.dev && claims && claims.name === name && fresh(app.token)) return app.token;
+  const token = await devToken(userId(), name);
+  if (token === null) {
+    app.dev = false;
+    showTokenField(true);
+    $('#token-input').focus();
+    throw new Error('This server needs an access token. Paste the one you were given, or open the link that contains it.');
+  }
+  app.dev = true;
+  app.token = token;
+  return token;
+}
+
+function showTokenField(show) {
+  $('#token-field').hidden = !show;
+}
+
+// === lobby ===
+
+function showLobby(message, code) {
+  $('#lobby').hidden = false;
+  $('#room').hidden = true;
+  $('#room-header').hidden = true;
+  document.title = 'collab';
+  setStatus({ state: 'idle' });
+  const error = $('#lobby-error');
+  error.textContent = message || '';
+  error.hidden = !message;
+  if (code) $('#join-code').value = code;
+  renderRecent();
+  if (!displayName() && $('#token-field').hidden) $('#name-input').focus();
+  else if (code) $('#join-button').focus();
+}
+
+function lobbyError(e) {
+  const message = e instanceof ApiError ? describeError(e.code, e.message) : e.message;
+  const error = $('#lobby-error');
+  error.textContent = message;
+  error.hidden = false;
+}
+
+/** A room code from what was typed: a code, or a link with `?room=`. */
+function parseCode(text) {
+  const t = text.trim();
+  try {
+    const url = new URL(t);
+    const room = url.searchParams.get('room');
+    if (room) return room;
+  } catch { /* not a link */ }
+  return t;
+}
+
+async function create(kind) {
+  const busy = lobbyBusy();
+  try {
+    const token = await ensureToken();
+    const name = $('#room-name').value.trim();
+    const info = await createRoom(token, kind, name || undefined);
+    await enterRoom(info.id, { push: true, info });
+  } catch (e) {
+    lobbyError(e);
+  } finally {
+    busy();
+  }
+}
+
+async function join() {
+  const code = parseCode($('#join-code').value);
+  if (!ROOM_CODE.test(code)) {
+    lobbyError(new Error('Room codes are letters, digits, "-" and "_" (up to 64), like "k3x9p2qa".'));
+    $('#join-code').focus();
+    return;
+  }
+  const busy = lobbyBusy();
+  try {
+    await enterRoom(code, { push: true });
+  } catch (e) {
+    lobbyError(e);
+  } finally {
+    busy();
+  }
+}
+
+/** Disables the lobby's buttons while a request runs; returns the undo. */
+function lobbyBusy() {
+  const buttons = [...document.querySelectorAll('#lobby button')];
+  for (const b of buttons) b.disabled = true;
+  $('#lobby-error').hidden = true;
+  return () => { for (const b of buttons) b.disabled = false; };
+}
+
+function recentRooms() {
+  try { return JSON.parse(store.get('localStorage', 'collab.recent') || '[]'); } catch { return []; }
+}
+
+function remember(info) {
+  const list = recentRooms().filter((r) => r.id !== info.id);
+  list.unshift({ id: info.id, kind: info.kind, name: info.name || '' });
+  store.set('localStorage', 'collab.recent', JSON.stringify(list.slice(0, RECENT_MAX)));
+}
+
+function renderRecent() {
+  const list = recentRooms();
+  $('#recent').hidden = list.length === 0;
+  $('#recent-list').replaceChildren(...list.map((r) => el('li', {},
+    el('a', { href: `/?room=${encodeURIComponent(r.id)}` }, r.name || r.id),
+    ' ', el('span', { class: 'muted', text: `${r.kind === 'channel' ? 'channel' : 'board'} · ${r.id}` }))));
+}
+
+// === the room screen ===
+
+async function enterRoom(code, { push = false, info = null } = {}) {
+  const token = await ensureToken();
+  const claims = readClaims(token);
+  const access = accessIn(claims, code);
+  if (!access) throw new Error(`Your access token does not cover the room "${code}".`);
+  // Learn the room's kind and name first: a wrong code is said in the
+  // lobby, before any drawing surface appears.
+  const room = info || await roomInfo(token, code);
+  if (push) history.pushState({ room: code }, '', `/?room=${encodeURIComponent(code)}`);
+  remember(room);
+  closeRoom();
+  openRoom(room, claims, access === 'read');
+}
+
+function openRoom(info, claims, readOnly) {
+  const me = { id: claims.sub, name: claims.name || claims.sub, color: '#57606a' };
+  const isBoard = info.kind === 'board';
+  $('#lobby').hidden = true;
+  $('#room').hidden = false;
+  $('#room-header').hidden = false;
+  $('#room').classList.toggle('channel', !isBoard);
+  $('#board-area').hidden = !isBoard;
+  const named = info.name && info.name !== info.id;
+  $('#room-title').textContent = named ? info.name : (isBoard ? 'Untitled board' : 'Untitled channel');
+  $('#room-kind').textContent = isBoard ? 'Board' : 'Channel';
+  $('#room-code').textContent = info.id;
+  $('#read-only').hidden = !readOnly;
+  document.title = `${named ? info.name : info.id} · collab`;
+
+  const room = new Room({
+    id: info.id,
+    me,
+    send: (frame) => app.connection.send(frame),
+    onChange: (what) => changed(what),
+    onError: (code, message, context) => roomError(code, message, context),
+  });
+  app.room = room;
+  app.board = isBoard ? new Board({ room, readOnly }) : null;
+  app.chat = new Chat({ room, token: () => app.token, readOnly });
+  app.connection = new Connection({
+    url: () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws?token=${encodeURIComponent(app.token)}`,
+    onFrame: (frame) => onFrame(frame),
+    onStatus: (status) => {
+      if (status.state !== 'online') room.disconnected();
+      setStatus(status);
+    },
+    checkToken: () => tokenAccepted(app.token),
+    onAuthFailure: (reason) => authFailed(reason),
+  });
+  app.connection.start();
+  exposeForTests();
+  if (isBoard) $('#board').focus({ preventScroll: true });
+  else $('#chat-input').focus();
+}
+
+function closeRoom() {
+  if (!app.room) return;
+  if (app.connection) {
+    app.room.leave();
+    app.connection.stop();
+  }
+  app.board?.destroy();
+  app.chat?.destroy();
+  app.room = app.board = app.chat = app.connection = null;
+  $('#presence-list').replaceChildren();
+}
+
+function onFrame(frame) {
+  const room = app.room;
+  if (!room) return;
+  if (frame.type === 'welcome') {
+    app.authFailures = 0;
+    room.connected(frame.user);
+    setStatus({ state: 'joining' });
+    return;
+  }
+  if (frame.room === room.id) {
+    room.handle(frame);
+    if (frame.type === 'joined') setStatus({ state: 'online' });
+    return;
+  }
+  if (frame.type === 'error') notify(describeError(frame.code, frame.message), 'error');
+}
+
+function roomError(code, message, context) {
+  if (context.join && (code === 'not_found' || code === 'forbidden')) {
+    const text = code === 'not_found' ? describeError(code) : 'You are not allowed into this room.';
+    closeRoom();
+    history.pushState({}, '', '/');
+    showLobby(text);
+    return;
+  }
+  notify(describeError(code, message), code === 'rate_limited' || code.startsWith('nothing_to') ? 'info' : 'error');
+}
+
+async function authFailed(reason) {
+  app.authFailures += 1;
+  if (app.dev && app.authFailures <= 3) {
+    // Dev tokens are free: get a new one and carry on where we were.
+    try {
+      app.token = null;
+      app.token = await devToken(userId(), store.get('localStorage', 'collab.name') || userId());
+      if (app.token) {
+        app.connection.retryNow();
+        return;
+      }
+    } catch { /* fall through to the lobby */ }
+  }
+  const code = app.room && app.room.id;
+  store.set('sessionStorage', 'collab.token', null);
+  closeRoom();
+  showTokenField(!app.dev);
+  showLobby(reason === 'expired'
+    ? `${describeClose(4001)} Get a new one and join again; nothing you drew is lost.`
+    : 'The server did not accept your access token. Paste a valid one and join again; nothing you drew is lost.', code);
+}
+
+// === what changes on screen ===
+
+let pending = new Set();
+let frame = 0;
+
+/** Room changes are many and small: redraw each part at most once a frame. */
+function changed(what) {
+  if (what === 'board' || what === 'cursors') {
+    app.board?.scheduleFrame();
+    return;
+  }
+  pending.add(what);
+  if (frame) return;
+  frame = requestAnimationFrame(() => {
+    frame = 0;
+    const parts = pending;
+    pending = new Set();
+    if (!app.room) return;
+    if (parts.has('chat')) app.chat?.render();
+    if (parts.has('presence') || parts.has('joined')) renderPresence();
+    if (parts.has('status')) renderStatus();
+  });
+}
+
+function renderPresence() {
+  const room = app.room;
+  const people = [...room.presence.values()].sort((a, b) => a.name.localeCompare(b.name));
+  $('#presence-count').textContent = String(people.length);
+  $('#presence-list').replaceChildren(...people.map((u) => {
+    const dot = el('span', { class: 'dot', 'aria-hidden': 'true' });
+    dot.style.setProperty('--user-color', u.color);
+    return el('li', { dataset: { user: u.id } }, dot, u.id === room.me.id ? `${u.name} (you)` : u.name);
+  }));
+  app.chat?.render(); // names in the chat may have become known
+}
+
+function setStatus(status) {
+  app.status = status;
+  renderStatus();
+}
+
+function renderStatus() {
+  const node = $('#status');
+  const s = app.status;
+  const unsaved = app.room ? app.room.outbox.unsaved : 0;
+  const changes = unsaved === 1 ? '1 change' : `${unsaved} changes`;
+  let text;
+  let state = s.state;
+  clearTimeout(app.statusTimer);
+  switch (s.state) {
+    case 'online':
+      if (app.room && !app.room.joined) {
+        state = 'joining';
+        text = 'Joining…';
+      } else {
+        text = unsaved > 0 ? `Connected · saving ${changes}…` : 'Connected';
+      }
+      break;
+    case 'connecting':
+    case 'joining':
+      text = 'Connecting…';
+      break;
+    case 'offline': {
+      const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
+      text = `${describeClose(s.code)} Reconnecting${secs > 0 ? ` in ${secs} s` : '…'}`;
+      if (unsaved > 0) text += ` · ${changes} waiting to be sent`;
+      if (secs > 0) app.statusTimer = setTimeout(renderStatus, 1000);
+      break;
+    }
+    default:
+      text = '';
+  }
+  node.dataset.state = state;
+  node.dataset.unsaved = String(unsaved);
+  if (node.textContent !== text) node.textContent = text;
+}
+
+/** A read-only view of the page's state for the browser tests and for debugging. */
+function exposeForTests() {
+  window.collab = {
+    get room() { return app.room && app.room.id; },
+    get lastSeq() { return app.room ? app.room.lastSeq : null; },
+    get unsaved() { return app.room ? app.room.outbox.unsaved : 0; },
+    strokeIds() { return app.room ? app.room.drawList().map((s) => s.id) : []; },
+    /** Closes the socket as a network drop would; the page reconnects by itself. */
+    dropConnection() { app.connection?.ws?.close(); },
+  };
+}
+
+// === start ===
+
+function route() {
+  const code = new URLSearchParams(location.search).get('room');
+  if (!code) {
+    closeRoom();
+    showLobby();
+    return;
+  }
+  if (app.room && app.room.id === code) return;
+  const haveName = displayName() || store.get('sessionStorage', 'collab.token');
+  if (!haveName || !ROOM_CODE.test(code)) {
+    closeRoom();
+    showLobby(ROOM_CODE.test(code) ? '' : `"${code}" is not a room code.`, code);
+    return;
+  }
+  enterRoom(code).catch((e) => {
+    closeRoom();
+    showLobby();
+    lobbyError(e);
+    $('#join-code').value = code;
+  });
+}
+
+function start() {
+  takeFragmentToken();
+  $('#name-input').value = store.get('localStorage', 'collab.name') || '';
+  showTokenField(!!store.get('sessionStorage', 'collab.token'));
+  $('#create-board').addEventListener('click', () => create('board'));
+  $('#create-channel').addEventListener('click', () => create('channel'));
+  $('#join-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    join();
+  });
+  $('#profile-form').addEventListener('submit', (e) => e.preventDefault());
+  $('#leave-button').addEventListener('click', () => {
+    closeRoom();
+    history.pushState({}, '', '/');
+    showLobby();
+  });
+  $('#copy-link').addEventListener('click', copyLink);
+  window.addEventListener('popstate', route);
+  route();
+}
+
+async function copyLink() {
+  const link = `${location.origin}/?room=${encodeURIComponent(app.room.id)}`;
+  try {
+    await navigator.clipboard.writeText(link);
+    notify('Link copied. Anyone with it (and access to this server) can join.');
+  } catch {
+    // No clipboard (plain http on another host, or denied): show it instead.
+    notify(`Share this link: ${link}`);
+  }
+}
+
+start();
