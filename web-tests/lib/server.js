@@ -2,7 +2,7 @@
 // port, killed at the end. It can be SIGKILLed and started again on the
 // same port and data dir, as a crash and a restart would.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +23,9 @@ export function collabBinary() {
 }
 
 export class CollabServer {
-  constructor() {
+  /** `secret`: run with this JWT secret instead of in dev mode. */
+  constructor({ secret = null } = {}) {
+    this.secret = secret;
     this.root = mkdtempSync(join(tmpdir(), 'collab-web-test-'));
     this.dataDir = join(this.root, 'data');
     this.proc = null;
@@ -31,8 +33,8 @@ export class CollabServer {
     this.logs = [];
   }
 
-  static async start() {
-    const server = new CollabServer();
+  static async start(options) {
+    const server = new CollabServer(options);
     await server.spawn('127.0.0.1:0');
     return server;
   }
@@ -45,6 +47,7 @@ export class CollabServer {
     // Our own COLLAB_* settings must not leak into the test's server.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('COLLAB_')));
     env.RUST_LOG = env.RUST_LOG || 'warn';
+    if (this.secret) env.COLLAB_JWT_SECRET = this.secret;
     const proc = spawn(collabBinary(), ['serve', '--listen', listen, '--data-dir', this.dataDir], {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -102,7 +105,26 @@ export class CollabServer {
     return this.logs.slice(-n).join('\n');
   }
 
+  /** A token minted by `collab token` (args such as `--room r1=read`). */
+  mintToken(user, ...args) {
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('COLLAB_')));
+    if (this.secret) env.COLLAB_JWT_SECRET = this.secret;
+    else args.push('--data-dir', this.dataDir);
+    return execFileSync(collabBinary(), ['token', '--user', user, ...args], { env }).toString().trim();
+  }
+
   // === the HTTP API, for checks from outside the browser ===
+
+  async createRoom(token, body) {
+    const r = await fetch(`${this.url}/v1/rooms`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const answer = await r.json();
+    if (r.status !== 201) throw new Error(`create room: ${r.status} ${JSON.stringify(answer)}`);
+    return answer;
+  }
 
   async devToken(user, name) {
     const r = await fetch(`${this.url}/v1/dev/token`, {

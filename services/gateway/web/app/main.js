@@ -98,8 +98,10 @@ async function ensureToken() {
   return token;
 }
 
+/** With a real secret the name comes from the token: the token field replaces the name. */
 function showTokenField(show) {
   $('#token-field').hidden = !show;
+  $('#name-field').hidden = show;
 }
 
 // === lobby ===
@@ -115,7 +117,10 @@ function showLobby(message, code) {
   error.hidden = !message;
   if (code) $('#join-code').value = code;
   renderRecent();
-  if (!displayName() && $('#token-field').hidden) $('#name-input').focus();
+  if (!$('#token-field').hidden) {
+    if (!$('#token-input').value) $('#token-input').focus();
+    else if (code) $('#join-button').focus();
+  } else if (!displayName()) $('#name-input').focus();
   else if (code) $('#join-button').focus();
 }
 
@@ -306,6 +311,7 @@ async function authFailed(reason) {
   }
   const code = app.room && app.room.id;
   store.set('sessionStorage', 'collab.token', null);
+  $('#token-input').value = '';
   closeRoom();
   showTokenField(!app.dev);
   showLobby(reason === 'expired'
@@ -429,7 +435,9 @@ function route() {
 function start() {
   takeFragmentToken();
   $('#name-input').value = store.get('localStorage', 'collab.name') || '';
-  showTokenField(!!store.get('sessionStorage', 'collab.token'));
+  const given = store.get('sessionStorage', 'collab.token');
+  $('#token-input').value = given || '';
+  showTokenField(!!given);
   $('#create-board').addEventListener('click', () => create('board'));
   $('#create-channel').addEventListener('click', () => create('channel'));
   $('#join-form').addEventListener('submit', (e) => {
@@ -444,6 +452,11 @@ function start() {
   });
   $('#copy-link').addEventListener('click', copyLink);
   window.addEventListener('popstate', route);
+  // Ops still in the outbox survive a reload of this tab (sessionStorage),
+  // but not closing it: ask first.
+  window.addEventListener('beforeunload', (e) => {
+    if (app.room && app.room.outbox.unsaved > 0) e.preventDefault();
+  });
   route();
 }
 

@@ -1,10 +1,15 @@
 // Drawing strokes on a 2D canvas, in world coordinates.
 //
-// A stroke is a list of [x, y] points; it is drawn as a smooth line by
-// running quadratic curves between the midpoints of consecutive points,
-// with the points themselves as control points. Every page draws the same
+// A stroke is a list of [x, y] points. It is drawn through its points,
+// with each corner rounded by a quadratic curve that starts and ends at
+// most CORNER world units from it (or halfway along a shorter segment).
+// Dense input — what a pen or a mouse in a person's hand gives — becomes a
+// smooth curve through the midpoints; sparse input keeps its shape (a
+// quickly drawn rectangle stays a rectangle). Every page draws the same
 // points with the same code, so the same strokes give the same pixels on
 // every page (the tests compare them).
+
+const CORNER = 12;
 
 /** A Path2D per stroke, rebuilt only when the stroke gained points. */
 const cache = new Map(); // stroke id -> {n, last, path, box}
@@ -14,14 +19,17 @@ export function strokePath(points) {
   const n = points.length;
   if (n === 0) return path;
   path.moveTo(points[0][0], points[0][1]);
-  if (n < 3) {
-    path.lineTo(points[n - 1][0], points[n - 1][1]);
-    return path;
-  }
   for (let i = 1; i < n - 1; i++) {
+    const [px, py] = points[i - 1];
     const [x, y] = points[i];
     const [nx, ny] = points[i + 1];
-    path.quadraticCurveTo(x, y, (x + nx) / 2, (y + ny) / 2);
+    const d1 = Math.hypot(x - px, y - py);
+    const d2 = Math.hypot(nx - x, ny - y);
+    if (d1 === 0 || d2 === 0) continue;
+    const r1 = Math.min(d1 / 2, CORNER) / d1;
+    const r2 = Math.min(d2 / 2, CORNER) / d2;
+    path.lineTo(x - (x - px) * r1, y - (y - py) * r1);
+    path.quadraticCurveTo(x, y, x + (nx - x) * r2, y + (ny - y) * r2);
   }
   path.lineTo(points[n - 1][0], points[n - 1][1]);
   return path;
