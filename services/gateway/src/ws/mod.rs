@@ -34,6 +34,9 @@ use crate::auth::request_token;
 use crate::error::ApiError;
 use outbound::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Next, Outbound};
 
+/// Initial read and write buffer of a socket.
+const SOCKET_BUFFER: usize = 4 * 1024;
+
 /// How long a closing connection's writer may take to deliver its close
 /// frame to a peer that is not reading.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
@@ -67,6 +70,11 @@ pub(crate) async fn upgrade(
     let limit = shared.config.limits.max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        // The library's 128 KiB default read buffer per connection would
+        // dominate the memory of many mostly idle connections; frames are
+        // small and the buffer grows for a large one.
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .on_upgrade(move |socket| async move {
             Connection::run(shared, claims, peer, socket).await;
         })
