@@ -6,81 +6,19 @@
 //! the real one that holds every append until the test releases it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use collab_bus::{Bus, InProcessBus};
 use collab_gateway::{Auth, Gateway, GatewayConfig, GatewayMetrics, Readiness};
-use collab_protocol::{Claims, Epoch, NodeId, OpEvent, OpKind, RoomId, RoomKind, Seq, UserId};
+use collab_protocol::{Claims, Epoch, NodeId, RoomId, RoomKind, UserId};
 use collab_room_node::{RoomNode, RoomNodeConfig};
-use collab_store::{LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreResult, Writer};
+use collab_store::testsuite::GatedStore;
+use collab_store::{RoomRecord, Store};
 use collab_tests::harness::WsClient;
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Holds each append until a permit is released.
-struct HeldStore {
-    inner: MemoryStore,
-    gate: Semaphore,
-    waiting: AtomicUsize,
-    done: AtomicUsize,
-}
-
-#[async_trait]
-impl Store for HeldStore {
-    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        self.inner.create_room(room).await
-    }
-    async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
-        self.inner.room(id).await
-    }
-    async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>> {
-        self.inner.rooms_of_user(user).await
-    }
-    async fn append(
-        &self,
-        room: &RoomId,
-        first: Seq,
-        batch: &[OpEvent],
-        writer: &Writer,
-    ) -> StoreResult<()> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let permit = self.gate.acquire().await;
-        drop(permit.map(|p| p.forget()));
-        let result = self.inner.append(room, first, batch, writer).await;
-        self.done.fetch_add(1, Ordering::SeqCst);
-        result
-    }
-    async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
-        self.inner.head(room).await
-    }
-    async fn read_log(
-        &self,
-        room: &RoomId,
-        after: Seq,
-        limit: usize,
-    ) -> StoreResult<Vec<LoggedOp>> {
-        self.inner.read_log(room, after, limit).await
-    }
-    async fn history(
-        &self,
-        room: &RoomId,
-        before: Seq,
-        limit: usize,
-        kinds: Option<&[OpKind]>,
-    ) -> StoreResult<Vec<OpEvent>> {
-        self.inner.history(room, before, limit, kinds).await
-    }
-    async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
-        self.inner.put_snapshot(room, snapshot).await
-    }
-    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
-        self.inner.latest_snapshot(room).await
-    }
-}
 
 struct AlwaysReady;
 
@@ -105,13 +43,9 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 /// A gateway and room node in this process over the held store, serving
 /// one board `held`; returns the store and the WebSocket URL and a token
 /// maker.
-async fn start() -> (Arc<HeldStore>, String, Auth) {
-    let store = Arc::new(HeldStore {
-        inner: MemoryStore::new(),
-        gate: Semaphore::new(0),
-        waiting: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
-    });
+async fn start() -> (Arc<GatedStore>, String, Auth) {
+    let store = Arc::new(GatedStore::new());
+    store.hold(true);
     store
         .create_room(&RoomRecord {
             id: RoomId::parse("held").expect("id"),
@@ -190,10 +124,7 @@ async fn no_ack_and_no_broadcast_before_the_store_confirms() {
     ann.send_json(&json!({"type": "op", "room": "held", "cid": "c1", "op": {"kind": "message", "text": "hi"}}))
         .await
         .expect("op");
-    eventually("the op to reach the store", || {
-        store.waiting.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    eventually("the op to reach the store", || store.waiting() == 1).await;
     // The server answers pings while the append is held: whatever it sent
     // before the pong is all it has sent.
     for client in [&mut ann, &mut bob] {
@@ -210,20 +141,16 @@ async fn no_ack_and_no_broadcast_before_the_store_confirms() {
             "sent before the store confirmed: {frame}"
         );
     }
-    assert_eq!(store.done.load(Ordering::SeqCst), 0);
+    assert_eq!(store.appended(), 0);
 
-    store.gate.add_permits(1);
+    store.release(1);
     let ack = ann.recv_type("ack", FRAME_TIMEOUT).await.expect("ack");
     assert_eq!(ack["seq"], 1);
-    assert_eq!(
-        store.done.load(Ordering::SeqCst),
-        1,
-        "acked before the append returned"
-    );
+    assert_eq!(store.appended(), 1, "acked before the append returned");
     let op = bob.recv_type("op", FRAME_TIMEOUT).await.expect("op");
     assert_eq!(op["seq"], 1);
     assert_eq!(op["cid"], "c1");
-    store.gate.add_permits(1000);
+    store.release(1000);
 }
 
 #[tokio::test]
@@ -252,7 +179,7 @@ async fn at_most_64_ops_wait_for_their_ack() {
     }
     let expected: Vec<String> = (64..70).map(|i| format!("c{i}")).collect();
     assert_eq!(refused, expected);
-    store.gate.add_permits(1000);
+    store.release(1000);
     let mut acked = 0;
     while acked < 64 {
         let frame = ann.recv_json(FRAME_TIMEOUT).await.expect("frame");

@@ -1,121 +1,22 @@
 //! The room actor's commit path, against an in-memory store that the tests
 //! can hold, fail and fence at will.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::PresenceEvent;
 use collab_protocol::{
-    Access, Cid, ConnId, Epoch, ErrorCode, NodeId, Op, OpEvent, OpKind, RoomId, RoomKind, Seq,
-    StrokeId, UserId, UserInfo,
+    Access, Cid, ConnId, Epoch, ErrorCode, NodeId, Op, OpEvent, RoomId, RoomKind, Seq, StrokeId,
+    UserId, UserInfo,
 };
-use collab_store::{
-    LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer,
-};
+use collab_store::testsuite::GatedStore;
+use collab_store::{RoomRecord, Store};
 use ractor::{Actor, ActorRef};
-use tokio::sync::Semaphore;
 
 use super::*;
 
 // === test doubles ===
-
-/// A store that can hold appends until released, fail the next one, or
-/// answer it with a conflict.
-struct TestStore {
-    inner: MemoryStore,
-    hold: AtomicBool,
-    gate: Semaphore,
-    waiting: AtomicUsize,
-    fail_next: AtomicBool,
-    conflict_next: AtomicBool,
-    batches: Mutex<Vec<usize>>,
-}
-
-impl TestStore {
-    fn new() -> Arc<Self> {
-        Arc::new(TestStore {
-            inner: MemoryStore::new(),
-            hold: AtomicBool::new(false),
-            gate: Semaphore::new(0),
-            waiting: AtomicUsize::new(0),
-            fail_next: AtomicBool::new(false),
-            conflict_next: AtomicBool::new(false),
-            batches: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn batches(&self) -> Vec<usize> {
-        self.batches.lock().expect("lock").clone()
-    }
-}
-
-#[async_trait]
-impl Store for TestStore {
-    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        self.inner.create_room(room).await
-    }
-    async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
-        self.inner.room(id).await
-    }
-    async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>> {
-        self.inner.rooms_of_user(user).await
-    }
-    async fn append(
-        &self,
-        room: &RoomId,
-        first: Seq,
-        batch: &[OpEvent],
-        writer: &Writer,
-    ) -> StoreResult<()> {
-        self.batches.lock().expect("lock").push(batch.len());
-        if self.hold.load(Ordering::SeqCst) {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            let permit = self
-                .gate
-                .acquire()
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            permit.forget();
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-        }
-        if self.conflict_next.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Conflict("seq taken".into()));
-        }
-        if self.fail_next.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("disk on fire".into()));
-        }
-        self.inner.append(room, first, batch, writer).await
-    }
-    async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
-        self.inner.head(room).await
-    }
-    async fn read_log(
-        &self,
-        room: &RoomId,
-        after: Seq,
-        limit: usize,
-    ) -> StoreResult<Vec<LoggedOp>> {
-        self.inner.read_log(room, after, limit).await
-    }
-    async fn history(
-        &self,
-        room: &RoomId,
-        before: Seq,
-        limit: usize,
-        kinds: Option<&[OpKind]>,
-    ) -> StoreResult<Vec<OpEvent>> {
-        self.inner.history(room, before, limit, kinds).await
-    }
-    async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
-        self.inner.put_snapshot(room, snapshot).await
-    }
-    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
-        self.inner.latest_snapshot(room).await
-    }
-}
 
 #[derive(Default)]
 struct RecordingSink {
@@ -157,7 +58,7 @@ impl RecordingSink {
 // === harness ===
 
 struct Node {
-    store: Arc<TestStore>,
+    store: Arc<GatedStore>,
     sink: Arc<RecordingSink>,
     supervisor: ActorRef<SupervisorMsg>,
     /// (room, user) pairs whose connection has joined.
@@ -170,7 +71,7 @@ fn config() -> RoomConfig {
     config
 }
 
-async fn node_with(store: Arc<TestStore>, config: RoomConfig) -> Node {
+async fn node_with(store: Arc<GatedStore>, config: RoomConfig) -> Node {
     let sink = Arc::new(RecordingSink::default());
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
@@ -190,7 +91,7 @@ async fn node_with(store: Arc<TestStore>, config: RoomConfig) -> Node {
 }
 
 async fn node() -> Node {
-    let store = TestStore::new();
+    let store = Arc::new(GatedStore::new());
     let node = node_with(store, config()).await;
     node.create(ROOM, RoomKind::Board, None).await;
     node
@@ -357,10 +258,10 @@ async fn nothing_is_acked_or_broadcast_before_the_store_confirms() {
     let node = node().await;
     node.enter(ROOM, "ann").await;
     node.enter(ROOM, "bob").await;
-    node.store.hold.store(true, Ordering::SeqCst);
+    node.store.hold(true);
     let first = node.send(node.op_request(ROOM, "ann", "c1", message("one")));
     eventually("the first batch to reach the store", || {
-        node.store.waiting.load(Ordering::SeqCst) == 1
+        node.store.waiting() == 1
     })
     .await;
     // More ops while the batch is in flight: they wait for the next batch.
@@ -391,8 +292,8 @@ async fn nothing_is_acked_or_broadcast_before_the_store_confirms() {
     );
     assert_eq!(node.store.batches(), [1]);
 
-    node.store.hold.store(false, Ordering::SeqCst);
-    node.store.gate.add_permits(1);
+    node.store.hold(false);
+    node.store.release(1);
     assert_eq!(ack_seq(&first.await.expect("reply")), 1);
     let mut seqs = Vec::new();
     for reply in later {
@@ -419,7 +320,7 @@ async fn nothing_is_acked_or_broadcast_before_the_store_confirms() {
 async fn a_failed_commit_answers_unavailable_and_rebuilds_from_the_store() {
     let node = node().await;
     assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
-    node.store.fail_next.store(true, Ordering::SeqCst);
+    node.store.fail_next();
     let failed = node.op("ann", "c2", message("two")).await;
     assert_eq!(error_code(&failed), ErrorCode::Unavailable);
     // The retry with the same cid applies once, with the next seq: no gap.
@@ -434,7 +335,7 @@ async fn a_failed_commit_answers_unavailable_and_rebuilds_from_the_store() {
 async fn a_conflict_fences_the_actor() {
     let node = node().await;
     assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
-    node.store.conflict_next.store(true, Ordering::SeqCst);
+    node.store.conflict_next();
     let fenced = node.op("ann", "c2", message("two")).await;
     assert_eq!(error_code(&fenced), ErrorCode::Unavailable);
     assert_eq!(node.sink.ops().len(), 1, "a fenced actor broadcast");
@@ -448,12 +349,9 @@ async fn a_conflict_fences_the_actor() {
 async fn a_retry_of_an_op_in_flight_is_acked_when_it_commits() {
     let node = node().await;
     node.enter(ROOM, "ann").await;
-    node.store.hold.store(true, Ordering::SeqCst);
+    node.store.hold(true);
     let first = node.send(node.op_request(ROOM, "ann", "same", message("x")));
-    eventually("the batch to reach the store", || {
-        node.store.waiting.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    eventually("the batch to reach the store", || node.store.waiting() == 1).await;
     let retry = node.send(node.op_request(ROOM, "ann", "same", message("x")));
     let probe = node.send(RoomRequest::Fetch {
         room: room_id(ROOM),
@@ -465,8 +363,8 @@ async fn a_retry_of_an_op_in_flight_is_acked_when_it_commits() {
         !retry.is_finished(),
         "a retry was acked before its op was durable"
     );
-    node.store.hold.store(false, Ordering::SeqCst);
-    node.store.gate.add_permits(1);
+    node.store.hold(false);
+    node.store.release(1);
     assert_eq!(ack_seq(&first.await.expect("reply")), 1);
     assert_eq!(ack_seq(&retry.await.expect("reply")), 1);
     assert_eq!(node.sink.ops().len(), 1);
@@ -645,7 +543,7 @@ async fn unknown_and_private_rooms() {
 
 #[tokio::test]
 async fn idle_rooms_stop_after_a_snapshot_and_come_back() {
-    let store = TestStore::new();
+    let store = Arc::new(GatedStore::new());
     let mut cfg = config();
     cfg.idle_after = Duration::from_millis(50);
     let node = node_with(store, cfg).await;
@@ -708,7 +606,7 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
 
 #[tokio::test]
 async fn a_busy_room_pushes_back() {
-    let store = TestStore::new();
+    let store = Arc::new(GatedStore::new());
     let mut cfg = config();
     cfg.mailbox_high_water = 0;
     let node = node_with(store, cfg).await;

@@ -24,6 +24,7 @@
 //! backend (a CQL server) can serve many cases and many runs at once.
 
 mod cases;
+mod gated;
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use collab_protocol::{
 };
 
 pub use cases::*;
+pub use gated::GatedStore;
 
 use crate::{RoomRecord, Store, Writer};
 
