@@ -18,6 +18,10 @@ const CURSOR_INTERVAL_MS = 40;
 // Points closer than this (in screen pixels) to the previous one add
 // nothing visible and only make ops bigger.
 const MIN_POINT_DISTANCE_PX = 0.75;
+// A finger's line starts once it moved this far or stayed this long, so the
+// first finger of a two-finger pan or pinch draws nothing.
+const TOUCH_SLOP_PX = 8;
+const TOUCH_WAIT_MS = 150;
 
 export const PALETTE = [
   ['Black', '#1f2328'],
@@ -159,9 +163,11 @@ export class Board {
     if (e.pointerType === 'touch') {
       this.touches.set(e.pointerId, { x: e.clientX, y: e.clientY });
       if (this.touches.size === 2) {
-        // A second finger turns the gesture into pan/zoom; the line the
-        // first finger began is kept as drawn so far.
-        this.finishStroke();
+        // A second finger turns the gesture into pan/zoom. If the first
+        // one's line was not sent yet (see flushPoints) it was the start of
+        // the gesture, not a line: it is dropped; otherwise it is kept.
+        if (this.drawing && !this.drawing.id) this.drawing = null;
+        else this.finishStroke();
         this.startPinch();
         return;
       }
@@ -179,7 +185,11 @@ export class Board {
     this.canvas.setPointerCapture(e.pointerId);
     e.preventDefault();
     const p = this.toWorld(e);
-    this.drawing = { pointerId: e.pointerId, id: null, queued: [p], last: p, color: this.color, width: this.width };
+    this.drawing = {
+      pointerId: e.pointerId, id: null, queued: [p], last: p, color: this.color, width: this.width,
+      // A finger may be the first of two (a pan or a pinch): wait a moment.
+      touchAt: e.pointerType === 'touch' ? performance.now() : null,
+    };
     this.scheduleFrame();
   }
 
@@ -233,6 +243,7 @@ export class Board {
   finishStroke() {
     const d = this.drawing;
     if (!d) return;
+    d.touchAt = null; // the finger lifted alone: it was a line (or a dot)
     this.flushPoints();
     if (d.id) this.room.endStroke(d.id);
     this.drawing = null;
@@ -246,6 +257,17 @@ export class Board {
   flushPoints() {
     const d = this.drawing;
     if (!d || d.queued.length === 0) return;
+    if (d.touchAt !== null && !d.id) {
+      // A touch becomes a line once it has moved a little or stayed long
+      // enough that no second finger is coming; until then nothing is sent.
+      const [x0, y0] = d.queued[0];
+      const moved = Math.hypot(d.last[0] - x0, d.last[1] - y0) * this.view.scale;
+      if (moved < TOUCH_SLOP_PX && performance.now() - d.touchAt < TOUCH_WAIT_MS) {
+        this.scheduleFrame();
+        return;
+      }
+      d.touchAt = null;
+    }
     const points = d.queued;
     d.queued = [];
     if (!d.id) {

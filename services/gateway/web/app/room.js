@@ -138,10 +138,13 @@ export class Room {
       this.lastSeq = f.head;
     } else {
       this.resyncing = false;
-      for (const op of f.ops) this.onOp(op);
+      for (const op of f.ops) {
+        this.onOp(op);
+        // The replay did not fit our state: a new join is on its way, and
+        // its `joined` takes over from here.
+        if (this.resyncing) return;
+      }
       if (this.lastSeq !== f.head) {
-        // Replay did not reach head: start again from the full state.
-        this.resyncing = false;
         this.resync(true);
         return;
       }
