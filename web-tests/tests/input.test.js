@@ -1,7 +1,8 @@
 // Pointer events other than the mouse: a finger and a pen draw like a
-// mouse; two fingers pan instead of drawing.
+// mouse; two fingers pan instead of drawing. And the PNG export.
 
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { after, before, test } from 'node:test';
 
 import { board, canvasOrigin, createRoom, isColor, launch, newPage, waitFor } from '../lib/browser.js';
@@ -68,5 +69,17 @@ test('a finger and a pen draw; two fingers pan', async () => {
   await touch('touchEnd', []);
   await waitFor('the picture moved by the pan', async () => isColor((await board(page, [[300, 200]])).colors[0], '#1f2328'));
   assert.equal((await serverStrokes(code)).length, 2, 'still two strokes');
+
+  // Export: the whole drawing as a PNG, whatever the view.
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.getByRole('button', { name: 'Export PNG' }).click(),
+  ]);
+  assert.equal(download.suggestedFilename(), `collab-${code}.png`);
+  const png = await readFile(await download.path());
+  assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'a PNG');
+  // The drawing spans 200 x 150 world units; add the pen's width and a margin.
+  const [width, height] = [png.readUInt32BE(16), png.readUInt32BE(20)];
+  assert.ok(width >= 230 && width <= 250 && height >= 180 && height <= 200, `${width} x ${height}`);
   await page.context().close();
 });
