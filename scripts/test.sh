@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (skipping whatever is already there)
 # and runs every test: formatting, lints, unit, property, conformance and
-# cross-process tests.
+# cross-process tests, then the browser tests of the web client (which
+# install Debian's Chromium and the pinned npm packages when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +33,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests (cargo test)"
 cargo test --workspace --locked
+
+step "browser tests (scripts/web-tests.sh)"
+bash scripts/web-tests.sh
