@@ -43,7 +43,7 @@ async fn wait_for_status(server: &CollabServer, path: &str, status: u16) {
             Instant::now() < deadline,
             "{path} still answers {got} ({body}), not {status}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
     }
 }
 
