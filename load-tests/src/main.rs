@@ -207,6 +207,16 @@ async fn read_frames(
     }
 }
 
+/// A member that only watches: records the deliveries it sees until `until`.
+fn watch(ws: Ws, stats: Arc<Mutex<Stats>>, until: Instant) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        // The write half stays open (and the socket with it) while reading.
+        let (_sink, stream) = ws.split();
+        read_frames(stream, Arc::new(Mutex::new(HashMap::new())), stats, until).await;
+        Ok(())
+    })
+}
+
 /// Sends a message op every `period` until `stop`; reads in the background.
 async fn writer(
     ws: Ws,
@@ -289,19 +299,7 @@ async fn main() -> Result<()> {
             for r in 0..readers {
                 let token = server.token(&format!("reader{r}")).await?;
                 let ws = server.join(&token, &room).await?;
-                let reader_stats = stats.clone();
-                tasks.push(tokio::spawn(async move {
-                    // Keep the write half open while reading.
-                    let (_sink, stream) = ws.split();
-                    read_frames(
-                        stream,
-                        Arc::new(Mutex::new(HashMap::new())),
-                        reader_stats,
-                        drain,
-                    )
-                    .await;
-                    Ok::<(), anyhow::Error>(())
-                }));
+                tasks.push(watch(ws, stats.clone(), drain));
             }
             let period = Duration::from_micros(1_000_000 / rate.max(1));
             for w in 0..writers {
@@ -341,18 +339,7 @@ async fn main() -> Result<()> {
                 let ws = server.join(&token, &room).await?;
                 let watcher = server.token(&format!("r{i}")).await?;
                 let watcher = server.join(&watcher, &room).await?;
-                let watcher_stats = stats.clone();
-                tasks.push(tokio::spawn(async move {
-                    let (_sink, stream) = watcher.split();
-                    read_frames(
-                        stream,
-                        Arc::new(Mutex::new(HashMap::new())),
-                        watcher_stats,
-                        drain,
-                    )
-                    .await;
-                    Ok::<(), anyhow::Error>(())
-                }));
+                tasks.push(watch(watcher, stats.clone(), drain));
                 tasks.push(tokio::spawn(writer(
                     ws,
                     writer_name,
