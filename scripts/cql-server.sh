@@ -297,7 +297,7 @@ cmd_check() { # HOST:PORT
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q cassandra-driver >&2
   fi
-  "$VENV/bin/python" - "$host" "$port" <<'EOF'
+  "$VENV/bin/python" -W ignore::DeprecationWarning - "$host" "$port" <<'EOF'
 import sys, time, uuid
 from cassandra.cluster import Cluster
 from cassandra.policies import WhiteListRoundRobinPolicy
