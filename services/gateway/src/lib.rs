@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     pub closing: watch::Sender<bool>,
     pub accepting: AtomicBool,
     pub next_conn: AtomicU64,
+    /// WebSocket connections whose task is still running (including one
+    /// still delivering its close frame).
+    pub open: watch::Sender<usize>,
 }
 
 impl Gateway {
@@ -110,6 +113,7 @@ impl Gateway {
                 closing: watch::channel(false).0,
                 accepting: AtomicBool::new(true),
                 next_conn: AtomicU64::new(1),
+                open: watch::channel(0).0,
             }),
         }
     }
@@ -120,7 +124,9 @@ impl Gateway {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting
-    /// and returns once every connection has closed.
+    /// and returns once every connection has closed — WebSockets included,
+    /// which the HTTP server stops tracking once upgraded: each has had the
+    /// chance to send its close frame.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -137,7 +143,10 @@ impl Gateway {
         });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await?;
+        let mut open = self.shared.open.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
+        Ok(())
     }
 
     /// The first step of a graceful stop: readiness turns 503, and every

@@ -120,6 +120,7 @@ impl Connection {
             shared: shared.clone(),
         });
         shared.metrics.connections.inc();
+        shared.open.send_modify(|n| *n += 1);
         debug!(conn = %conn_id, user = %user.id, %peer, "connected");
         conn.send(&ServerFrame::Welcome {
             user,
@@ -148,6 +149,7 @@ impl Connection {
             shared.metrics.slow_closes.inc();
         }
         shared.metrics.connections.dec();
+        shared.open.send_modify(|n| *n -= 1);
         debug!(conn = %conn_id, "disconnected");
     }
 
