@@ -337,6 +337,11 @@ impl Connection {
             self.error(&e, Some(room.as_str()), None);
             return;
         }
+        self.tell_room_left(room);
+    }
+
+    /// Tells the room this connection left; nothing waits for the answer.
+    fn tell_room_left(&self, room: RoomId) {
         let request = RoomRequest::Leave {
             room,
             conn: self.conn.clone(),
@@ -362,14 +367,7 @@ impl Connection {
                 origin: self.conn.clone(),
             });
             self.forget_room(&room).await;
-            let request = RoomRequest::Leave {
-                room,
-                conn: self.conn.clone(),
-            };
-            let reply = self.shared.bus.request(request, self.request_timeout());
-            tokio::spawn(async move {
-                let _ = reply.await;
-            });
+            self.tell_room_left(room);
         }
     }
 
@@ -398,7 +396,7 @@ impl Connection {
         self.unacked.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
         let request = RoomRequest::Op {
-            room,
+            room: room.clone(),
             conn: self.conn.clone(),
             user: self.user.id.clone(),
             access,
@@ -417,9 +415,6 @@ impl Connection {
                         .metrics
                         .ack_latency
                         .observe(started.elapsed().as_secs_f64());
-                    let Ok(room) = RoomId::parse(room_str) else {
-                        return;
-                    };
                     conn.send(&ServerFrame::Ack { room, cid, seq });
                 }
                 other => {
