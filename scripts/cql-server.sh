@@ -141,6 +141,10 @@ hinted_handoff_enabled: false
 auto_snapshot: false
 snapshot_on_duplicate_row_detection: false
 dynamic_snitch: false
+# collab writes an append as one conditional batch of at most 256 KiB of ops
+# (its max_batch_kib default); allow that, as ScyllaDB's defaults do.
+batch_size_warn_threshold: 512KiB
+batch_size_fail_threshold: 1MiB
 # Conditional writes (LWT) should not take forever to time out in tests.
 cas_contention_timeout: 1000ms
 write_request_timeout: 2000ms

@@ -25,11 +25,46 @@ for component in rustfmt clippy; do
     fi
 done
 
+# The CQL store's tests need a CQL server: the one COLLAB_TEST_CQL names
+# (host:port of a ScyllaDB or Cassandra), or else a Cassandra 5.0 test node
+# started here, shared by every test and stopped on exit. It starts in the
+# background while the lints run.
+step "CQL test server"
+cql_dir=""
+cql_pid=""
+cleanup_cql() {
+    if [[ -n "$cql_dir" ]]; then
+        bash scripts/cql-server.sh stop "$cql_dir" || true
+        rm -rf "$cql_dir" "$cql_dir.start.log"
+    fi
+}
+trap cleanup_cql EXIT
+if [[ -n "${COLLAB_TEST_CQL:-}" ]]; then
+    echo "using the CQL server in COLLAB_TEST_CQL: $COLLAB_TEST_CQL"
+else
+    cql_dir=$(mktemp -d "${TMPDIR:-/tmp}/collab-cql.XXXXXX")
+    echo "starting a Cassandra test node in $cql_dir (scripts/cql-server.sh)"
+    bash scripts/cql-server.sh start "$cql_dir" >"$cql_dir.start.log" 2>&1 &
+    cql_pid=$!
+fi
+
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 
 step "lints (cargo clippy)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if [[ -n "$cql_pid" ]]; then
+    step "waiting for the CQL test server"
+    if ! wait "$cql_pid"; then
+        cat "$cql_dir.start.log" >&2
+        echo "the CQL test server did not start" >&2
+        exit 1
+    fi
+    cat "$cql_dir.start.log"
+    rm -f "$cql_dir.start.log"
+    export COLLAB_TEST_CQL="127.0.0.1:$(cat "$cql_dir/port")"
+fi
 
 step "tests (cargo test)"
 cargo test --workspace --locked

@@ -6,10 +6,12 @@
 //! none of its sequence numbers exist yet and otherwise fails with
 //! [`StoreError::Conflict`], which is how two would-be owners of one room are
 //! kept from forking its history. Implementations: [`EmbeddedStore`] (one
-//! redb file, group commit across rooms) and [`MemoryStore`] (tests). Every
+//! redb file, group commit across rooms), [`CqlStore`] (ScyllaDB or
+//! Cassandra, shared by a cluster) and [`MemoryStore`] (tests). Every
 //! implementation runs the same conformance suite, exported under the
 //! `testsuite` feature.
 
+pub mod cql;
 mod embedded;
 mod memory;
 #[cfg(feature = "testsuite")]
@@ -19,6 +21,7 @@ use async_trait::async_trait;
 use collab_protocol::{Epoch, NodeId, OpEvent, OpKind, RoomId, RoomKind, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
+pub use cql::{CqlOptions, CqlStore};
 pub use embedded::{EmbeddedStore, EmbeddedStoreOptions, EmbeddedStoreStats};
 pub use memory::MemoryStore;
 

@@ -103,6 +103,38 @@ macro_rules! store_conformance_tests {
     };
 }
 
+/// The environment variable naming the CQL server the tests use: `host:port`
+/// (keyspace `collab_test`) or a full `cql://…` store URL.
+pub const TEST_CQL_ENV: &str = "COLLAB_TEST_CQL";
+
+/// The store URL of the shared test CQL server, from [`TEST_CQL_ENV`].
+/// Panics with directions when it is not set: `scripts/test.sh` starts a
+/// server and sets it.
+pub fn test_cql_url() -> String {
+    match std::env::var(TEST_CQL_ENV) {
+        Ok(target) if target.starts_with("cql://") => target,
+        Ok(target) if !target.is_empty() => format!("cql://{target}/collab_test"),
+        _ => panic!(
+            "{TEST_CQL_ENV} is not set: run the tests with `bash scripts/test.sh` (it starts a \
+             CQL server), or start one with `bash scripts/cql-server.sh start DIR` and set \
+             {TEST_CQL_ENV}=127.0.0.1:PORT"
+        ),
+    }
+}
+
+/// A [`CqlStore`](crate::CqlStore) on the shared test server (one session
+/// per call: a session belongs to the runtime that created it, and every
+/// `#[tokio::test]` has its own).
+pub async fn cql_test_store() -> Arc<crate::CqlStore> {
+    let url = test_cql_url();
+    let options = crate::CqlOptions::from_url(&url).expect("a valid test CQL URL");
+    Arc::new(
+        crate::CqlStore::connect(options)
+            .await
+            .unwrap_or_else(|e| panic!("test CQL server at {url}: {e}")),
+    )
+}
+
 /// A random 64-bit value, different in every call and every process (the
 /// std hasher is keyed randomly per process; a counter and the clock make
 /// calls within it differ). Enough for unique ids without a `rand` dependency.
