@@ -20,6 +20,7 @@ use std::time::Duration;
 use collab_gateway::GatewayConfig;
 use collab_protocol::{Limits, NodeId};
 use collab_room_node::RoomNodeConfig;
+use collab_store::CqlOptions;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment variable the loader reads.
@@ -41,6 +42,9 @@ pub struct CollabConfig {
     /// Where the embedded store (and, in dev mode, the generated secret)
     /// lives.
     pub data_dir: PathBuf,
+    /// Where rooms are stored: `embedded` (a file in `data_dir`) or a CQL
+    /// cluster, `cql://host:port[,host:port…]/keyspace[?option=value…]`.
+    pub store: String,
     /// The HS256 secret tokens are signed with. Unset: dev mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<Secret>,
@@ -57,6 +61,7 @@ impl Default for CollabConfig {
         CollabConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            store: EMBEDDED_STORE.to_owned(),
             jwt_secret: None,
             log_format: LogFormat::Text,
             drain_grace_secs: 10,
@@ -66,7 +71,33 @@ impl Default for CollabConfig {
     }
 }
 
+/// The `store` setting that selects the embedded store.
+pub const EMBEDDED_STORE: &str = "embedded";
+
+/// Which store the `store` setting selects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreLocation {
+    /// The embedded store in `data_dir`.
+    Embedded,
+    /// A ScyllaDB or Cassandra cluster.
+    Cql(CqlOptions),
+}
+
 impl CollabConfig {
+    /// The store the `store` setting names (validated when loading).
+    pub fn store_location(&self) -> Result<StoreLocation, String> {
+        if self.store == EMBEDDED_STORE {
+            Ok(StoreLocation::Embedded)
+        } else if self.store.starts_with("cql://") {
+            CqlOptions::from_url(&self.store).map(StoreLocation::Cql)
+        } else {
+            Err(format!(
+                "`{}`: `{EMBEDDED_STORE}` or cql://host:port/keyspace",
+                self.store
+            ))
+        }
+    }
+
     pub fn drain_grace(&self) -> Duration {
         Duration::from_secs(self.drain_grace_secs)
     }
@@ -177,6 +208,7 @@ pub struct Flags {
     pub config: Option<PathBuf>,
     pub listen: Option<String>,
     pub data_dir: Option<String>,
+    pub store: Option<String>,
     pub jwt_secret: Option<String>,
     pub log_format: Option<String>,
 }
@@ -186,6 +218,7 @@ impl Flags {
         [
             ("listen", "--listen", &self.listen),
             ("data_dir", "--data-dir", &self.data_dir),
+            ("store", "--store", &self.store),
             ("jwt_secret", "--jwt-secret", &self.jwt_secret),
             ("log_format", "--log-format", &self.log_format),
         ]
@@ -560,6 +593,9 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     }
     if config.data_dir.as_os_str().is_empty() {
         issues.push(("data_dir", "must not be empty".to_owned()));
+    }
+    if let Err(e) = config.store_location() {
+        issues.push(("store", e));
     }
     if config.jwt_secret.as_ref().is_some_and(|s| s.0.is_empty()) {
         issues.push((

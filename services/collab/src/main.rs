@@ -31,8 +31,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run everything in one process: gateway, room node, in-process bus
-    /// and the embedded store in the data dir. Without a secret it runs in
-    /// dev mode (loopback only).
+    /// and the store (embedded in the data dir, or a CQL cluster with
+    /// --store). Without a secret it runs in dev mode (loopback only).
     Serve(ServeArgs),
     /// Mint a JWT signed with the configured secret (or a dev server's
     /// secret from --data-dir) and print it.
@@ -49,6 +49,11 @@ struct ConfigArgs {
     /// COLLAB_DATA_DIR] [default: ./data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<String>,
+    /// Where rooms are stored: `embedded` (in the data dir) or
+    /// cql://host:port[,host:port…]/keyspace[?options] for ScyllaDB or
+    /// Cassandra [env: COLLAB_STORE] [default: embedded]
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// HS256 signing secret; unset means dev mode. Prefer the environment
     /// variable: a flag shows in the process list [env: COLLAB_JWT_SECRET]
     #[arg(long, value_name = "SECRET")]
@@ -129,6 +134,7 @@ fn flags(args: &ConfigArgs) -> Flags {
     Flags {
         config: args.config.clone(),
         data_dir: args.data_dir.clone(),
+        store: args.store.clone(),
         jwt_secret: args.jwt_secret.clone(),
         ..Flags::default()
     }

@@ -1,6 +1,6 @@
 //! `collab serve`: the whole server in one process. The gateway and one
 //! room node share an in-process bus; rooms live in the embedded store in
-//! the data dir.
+//! the data dir, or in a CQL cluster (`--store cql://…`).
 //!
 //! Shutdown order (on the future passed to [`run`], normally SIGTERM):
 //! readiness fails and every WebSocket is closed with 1001, the listener
@@ -11,20 +11,20 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use collab_bus::{Bus, InProcessBus};
 use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
 use collab_protocol::NodeId;
 use collab_room_node::{RoomNode, RoomNodeMetrics, StartError};
-use collab_store::{EmbeddedStore, Store, StoreError};
+use collab_store::{CqlStore, EmbeddedStore, Store, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::config::CollabConfig;
+use crate::config::{CollabConfig, StoreLocation};
 use crate::secret::{self, DEV_SECRET_FILE, SecretError};
 
 /// The id of the one room node of `collab serve`.
@@ -105,13 +105,7 @@ pub async fn run(
     }
     let auth = Auth::new(&signing.bytes, signing.dev_mode);
 
-    // Opening repairs the file after a crash, which reads all of it.
-    let data_dir = config.data_dir.clone();
-    let embedded = tokio::task::spawn_blocking(move || EmbeddedStore::open_in_dir(data_dir))
-        .await
-        .map_err(|e| ServeError::Internal(format!("store opening task failed: {e}")))??;
-    let store_path = embedded.path().to_path_buf();
-    let store: Arc<dyn Store> = Arc::new(embedded);
+    let (store, store_name) = open_store(&config).await?;
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
 
     let mut registry = Registry::default();
@@ -119,9 +113,16 @@ pub async fn run(
     let metrics = GatewayMetrics::register(&mut registry);
 
     let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
+    let mut room_config = config.room_node_config(node);
+    // A term of its own for every run of the process: a store that settles
+    // an append with an unknown outcome by reading who wrote the rows must
+    // never take a previous run's rows for this run's.
+    room_config.term = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let room_node = Arc::new(
         RoomNode::start_with_metrics(
-            config.room_node_config(node),
+            room_config,
             store.clone(),
             bus.clone(),
             room_metrics,
@@ -152,7 +153,7 @@ pub async fn run(
         addr: config.listen,
         source,
     })?;
-    info!(%addr, store = %store_path.display(), dev_mode = signing.dev_mode, "listening");
+    info!(%addr, store = %store_name, dev_mode = signing.dev_mode, "listening");
     // Stdout is line-buffered: the line is out as soon as this returns.
     println!("{LISTENING_PREFIX}{addr}");
 
@@ -202,4 +203,26 @@ pub async fn run(
     }
     info!("drained; bye");
     Ok(())
+}
+
+/// Opens the store the configuration names; returns it with a name for
+/// the logs.
+async fn open_store(config: &CollabConfig) -> Result<(Arc<dyn Store>, String), ServeError> {
+    let location = config.store_location().map_err(ServeError::Internal)?;
+    match location {
+        StoreLocation::Embedded => {
+            // Opening repairs the file after a crash, which reads all of it.
+            let data_dir = config.data_dir.clone();
+            let embedded =
+                tokio::task::spawn_blocking(move || EmbeddedStore::open_in_dir(data_dir))
+                    .await
+                    .map_err(|e| ServeError::Internal(format!("store opening task failed: {e}")))??;
+            let name = embedded.path().display().to_string();
+            Ok((Arc::new(embedded), name))
+        }
+        StoreLocation::Cql(options) => {
+            let name = options.to_string();
+            Ok((Arc::new(CqlStore::connect(options).await?), name))
+        }
+    }
 }

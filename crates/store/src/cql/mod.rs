@@ -847,16 +847,19 @@ impl CqlStore {
 
 impl Statements {
     async fn prepare(session: &Session, options: &CqlOptions) -> StoreResult<Statements> {
+        // Table names are qualified with the keyspace: the session has no
+        // current keyspace (`USE` and prepared statements do not mix well).
+        let keyspace = options.keyspace.as_str();
         let prepare = |cql: &'static str, idempotent: bool| async move {
             let mut statement = session
-                .prepare(cql)
+                .prepare(cql.replace("{ks}", keyspace))
                 .await
                 .map_err(|e| unavailable("prepare statement", e))?;
             statement.set_is_idempotent(idempotent);
             Ok::<_, StoreError>(statement)
         };
         let mut resolve_ops = prepare(
-            "SELECT seq, term, node FROM room_ops
+            "SELECT seq, term, node FROM {ks}.room_ops
              WHERE room = ? AND bucket = ? AND lane = 'log' AND seq >= ? AND seq <= ?",
             true,
         )
@@ -869,13 +872,13 @@ impl Statements {
             _ => Consistency::Serial,
         });
         let mut select_snapshot_index = prepare(
-            "SELECT seq, chunk, chunks FROM room_snapshots WHERE room = ?",
+            "SELECT seq, chunk, chunks FROM {ks}.room_snapshots WHERE room = ?",
             true,
         )
         .await?;
         select_snapshot_index.set_page_size(256);
         let mut select_snapshot_chunk = prepare(
-            "SELECT chunk, data FROM room_snapshots WHERE room = ? AND seq = ?",
+            "SELECT chunk, data FROM {ks}.room_snapshots WHERE room = ? AND seq = ?",
             true,
         )
         .await?;
@@ -883,77 +886,77 @@ impl Statements {
         select_snapshot_chunk.set_page_size(4);
         Ok(Statements {
             insert_op: prepare(
-                "INSERT INTO room_ops (room, bucket, lane, seq, term, node, op)
+                "INSERT INTO {ks}.room_ops (room, bucket, lane, seq, term, node, op)
                  VALUES (?, ?, 'log', ?, ?, ?, ?) IF NOT EXISTS",
                 false,
             )
             .await?,
             insert_kind: prepare(
-                "INSERT INTO room_ops (room, bucket, lane, seq) VALUES (?, ?, ?, ?)",
+                "INSERT INTO {ks}.room_ops (room, bucket, lane, seq) VALUES (?, ?, ?, ?)",
                 false,
             )
             .await?,
             resolve_ops,
             read_log: prepare(
-                "SELECT seq, term, node, op FROM room_ops
+                "SELECT seq, term, node, op FROM {ks}.room_ops
                  WHERE room = ? AND bucket = ? AND lane = 'log' AND seq > ? LIMIT ?",
                 true,
             )
             .await?,
             last_in_bucket: prepare(
-                "SELECT seq FROM room_ops WHERE room = ? AND bucket = ? AND lane = 'log'
+                "SELECT seq FROM {ks}.room_ops WHERE room = ? AND bucket = ? AND lane = 'log'
                  ORDER BY lane DESC, seq DESC LIMIT 1",
                 true,
             )
             .await?,
             history_log: prepare(
-                "SELECT seq, op FROM room_ops
+                "SELECT seq, op FROM {ks}.room_ops
                  WHERE room = ? AND bucket = ? AND lane = 'log' AND seq < ?
                  ORDER BY lane DESC, seq DESC LIMIT ?",
                 true,
             )
             .await?,
             history_kind: prepare(
-                "SELECT seq FROM room_ops
+                "SELECT seq FROM {ks}.room_ops
                  WHERE room = ? AND bucket = ? AND lane = ? AND seq < ?
                  ORDER BY lane DESC, seq DESC LIMIT ?",
                 true,
             )
             .await?,
             ops_by_seq: prepare(
-                "SELECT seq, op FROM room_ops
+                "SELECT seq, op FROM {ks}.room_ops
                  WHERE room = ? AND bucket = ? AND lane = 'log' AND seq IN ?",
                 true,
             )
             .await?,
             insert_room: prepare(
-                "INSERT INTO rooms (id, kind, name, epoch, created_by, private, members, created_at)
+                "INSERT INTO {ks}.rooms (id, kind, name, epoch, created_by, private, members, created_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
                 false,
             )
             .await?,
             select_room: prepare(
                 "SELECT id, kind, name, epoch, created_by, private, members, created_at
-                 FROM rooms WHERE id = ?",
+                 FROM {ks}.rooms WHERE id = ?",
                 true,
             )
             .await?,
             insert_room_by_user: prepare(
-                "INSERT INTO rooms_by_user (user, room) VALUES (?, ?)",
+                "INSERT INTO {ks}.rooms_by_user (user, room) VALUES (?, ?)",
                 true,
             )
             .await?,
-            select_rooms_by_user: prepare("SELECT room FROM rooms_by_user WHERE user = ?", true)
+            select_rooms_by_user: prepare("SELECT room FROM {ks}.rooms_by_user WHERE user = ?", true)
                 .await?,
             insert_snapshot_chunk: prepare(
-                "INSERT INTO room_snapshots (room, seq, chunk, chunks, data) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO {ks}.room_snapshots (room, seq, chunk, chunks, data) VALUES (?, ?, ?, ?, ?)",
                 true,
             )
             .await?,
             select_snapshot_index,
             select_snapshot_chunk,
             delete_older_snapshots: prepare(
-                "DELETE FROM room_snapshots WHERE room = ? AND seq < ?",
+                "DELETE FROM {ks}.room_snapshots WHERE room = ? AND seq < ?",
                 true,
             )
             .await?,

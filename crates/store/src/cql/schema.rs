@@ -36,7 +36,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "rooms, memberships, bucketed op log with kind lanes, chunked snapshots",
     statements: &[
-        "CREATE TABLE IF NOT EXISTS rooms (
+        "CREATE TABLE IF NOT EXISTS {ks}.rooms (
             id text PRIMARY KEY,
             kind text,
             name text,
@@ -45,11 +45,11 @@ const MIGRATIONS: &[Migration] = &[Migration {
             private boolean,
             members list<text>,
             created_at bigint)",
-        "CREATE TABLE IF NOT EXISTS rooms_by_user (
+        "CREATE TABLE IF NOT EXISTS {ks}.rooms_by_user (
             user text,
             room text,
             PRIMARY KEY (user, room))",
-        "CREATE TABLE IF NOT EXISTS room_ops (
+        "CREATE TABLE IF NOT EXISTS {ks}.room_ops (
             room text,
             bucket bigint,
             lane text,
@@ -58,7 +58,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             node text,
             op text,
             PRIMARY KEY ((room, bucket), lane, seq))",
-        "CREATE TABLE IF NOT EXISTS room_snapshots (
+        "CREATE TABLE IF NOT EXISTS {ks}.room_snapshots (
             room text,
             seq bigint,
             chunk int,
@@ -76,9 +76,10 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// request, so they get their own timeout.
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A schema statement (or a one-off start-up query) with [`DDL_TIMEOUT`].
-fn ddl(cql: impl Into<String>) -> Statement {
-    let mut statement = Statement::new(cql.into());
+/// A schema statement (or a one-off start-up query) with [`DDL_TIMEOUT`],
+/// its `{ks}` replaced by the keyspace.
+fn ddl(cql: &str, keyspace: &str) -> Statement {
+    let mut statement = Statement::new(cql.replace("{ks}", keyspace));
     statement.set_request_timeout(Some(DDL_TIMEOUT));
     statement
 }
@@ -95,30 +96,35 @@ pub(crate) async fn migrate(
 ) -> StoreResult<()> {
     session
         .query_unpaged(
-            ddl(format!(
-                "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
-                replication.cql()
-            )),
+            ddl(
+                &format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
+                    replication.cql()
+                ),
+                keyspace,
+            ),
             (),
         )
         .await
         .map_err(|e| unavailable("create keyspace", e))?;
     session
-        .use_keyspace(keyspace, false)
-        .await
-        .map_err(|e| unavailable("use keyspace", e))?;
-    session
         .query_unpaged(
-            ddl("CREATE TABLE IF NOT EXISTS schema_migrations (
+            ddl(
+                "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (
                 version int PRIMARY KEY,
                 description text,
-                applied_at timestamp)"),
+                applied_at timestamp)",
+                keyspace,
+            ),
             (),
         )
         .await
         .map_err(|e| unavailable("create schema_migrations", e))?;
     let applied: Vec<i32> = session
-        .query_unpaged(ddl("SELECT version FROM schema_migrations"), ())
+        .query_unpaged(
+            ddl("SELECT version FROM {ks}.schema_migrations", keyspace),
+            (),
+        )
         .await
         .map_err(|e| unavailable("read schema_migrations", e))?
         .into_rows_result()
@@ -145,15 +151,16 @@ pub(crate) async fn migrate(
         );
         for statement in migration.statements {
             session
-                .query_unpaged(ddl(*statement), ())
+                .query_unpaged(ddl(statement, keyspace), ())
                 .await
                 .map_err(|e| unavailable("schema migration", e))?;
         }
         session
             .query_unpaged(
                 ddl(
-                    "INSERT INTO schema_migrations (version, description, applied_at)
+                    "INSERT INTO {ks}.schema_migrations (version, description, applied_at)
                  VALUES (?, ?, toTimestamp(now())) IF NOT EXISTS",
+                    keyspace,
                 ),
                 (migration.version, migration.description),
             )

@@ -341,3 +341,33 @@ fn the_reference_file_lists_every_setting_with_its_default() {
     }
     assert!(text.contains("# jwt_secret"), "the secret is documented");
 }
+
+#[test]
+fn the_store_is_embedded_unless_a_cql_url_is_given() {
+    let config = load(&Flags::default(), &HashMap::new()).expect("defaults load");
+    assert_eq!(config.store_location(), Ok(StoreLocation::Embedded));
+    let config = load(
+        &Flags::default(),
+        &env(&[("COLLAB_STORE", "cql://10.0.0.1:9042/collab?consistency=local_quorum")]),
+    )
+    .expect("loads");
+    match config.store_location() {
+        Ok(StoreLocation::Cql(options)) => {
+            assert_eq!(options.nodes, vec!["10.0.0.1:9042"]);
+            assert_eq!(options.keyspace, "collab");
+        }
+        other => panic!("expected a CQL store, got {other:?}"),
+    }
+    // The flag beats the environment.
+    let flags = Flags {
+        store: Some("embedded".into()),
+        ..Flags::default()
+    };
+    let config = load(&flags, &env(&[("COLLAB_STORE", "cql://h/k")])).expect("loads");
+    assert_eq!(config.store_location(), Ok(StoreLocation::Embedded));
+    for bad in ["redb", "cql://h", "cql://h/k?consistency=lots"] {
+        let err = load(&Flags::default(), &env(&[("COLLAB_STORE", bad)]))
+            .expect_err("a bad store is refused");
+        assert_eq!(issue_keys(&err), vec!["store"], "{bad}");
+    }
+}
