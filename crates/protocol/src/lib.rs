@@ -17,6 +17,7 @@ pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod ops;
+pub mod subjects;
 pub mod validate;
 
 pub use claims::{Access, Claims};
