@@ -10,9 +10,18 @@
 //!   ([`Delivery::Lagged`]) and op events carry their `seq`: a gateway
 //!   detects every gap and fetches what it missed from the owner.
 //!
-//! [`InProcessBus`] is the implementation `collab serve` uses.
+//! [`InProcessBus`] is the implementation `collab serve` uses; [`NatsBus`]
+//! carries the same traffic between the processes of a cluster, routing
+//! each request to its room's owner by [`placement`] over the live room
+//! nodes of the [`membership`] registry. Its subjects, headers and payloads
+//! are defined in `collab_protocol::subjects`.
 
 mod in_process;
+pub mod membership;
+mod nats;
+pub mod placement;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,8 +31,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use collab_protocol::RoomId;
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
+use tokio::sync::watch;
 
 pub use in_process::InProcessBus;
+pub use membership::Members;
+pub use nats::{NatsBus, NatsBusConfig, NatsBusError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
@@ -95,6 +107,15 @@ pub trait Bus: Send + Sync + 'static {
     /// events of one publisher reach each subscriber in order.
     fn publish(&self, event: RoomEvent);
 
+    /// Publishes an event of a room this node owns, stamped with the
+    /// owner's `term` for the room, so subscribers can drop events of an
+    /// owner that has been replaced. A single-process bus has one owner per
+    /// room and ignores the term.
+    fn publish_owned(&self, event: RoomEvent, term: u64) {
+        let _ = term;
+        self.publish(event);
+    }
+
     /// Subscribes to a room's events from now on.
     async fn subscribe(&self, room: &RoomId) -> Result<Subscription, BusError>;
 
@@ -103,4 +124,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus can carry traffic (for readiness).
     fn is_ready(&self) -> bool;
+
+    /// The live members of the cluster, updated as they come and go: a room
+    /// node uses it to notice it no longer owns a room, a gateway that a
+    /// room moved or that a gateway died. `None` for a single-process bus,
+    /// whose one node owns every room.
+    fn members(&self) -> Option<watch::Receiver<Members>> {
+        None
+    }
 }
