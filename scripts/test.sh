@@ -66,6 +66,12 @@ if [[ -n "$cql_pid" ]]; then
     export COLLAB_TEST_CQL="127.0.0.1:$(cat "$cql_dir/port")"
 fi
 
+# The cluster bus tests (collab-bus) run a real nats-server 2.11+; they
+# find it through COLLAB_NATS_SERVER.
+step "nats-server for the bus tests (scripts/nats-server.sh)"
+COLLAB_NATS_SERVER="$(bash scripts/nats-server.sh install)"
+export COLLAB_NATS_SERVER
+
 step "tests (cargo test)"
 cargo test --workspace --locked
 
