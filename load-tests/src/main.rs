@@ -1,367 +1,362 @@
-//! `collab-load`: a small load generator for a running collab server.
-//!
-//! It speaks only the public protocol (dev tokens, `POST /v1/rooms`, the
-//! WebSocket), so it measures what a client sees:
-//! - **ack latency**: from sending an op to receiving its `ack` (the op is
-//!   durable by then);
-//! - **delivery latency**: from sending an op to another member receiving
-//!   its `op` frame (the send time travels in the message text).
-//!
-//! Scenarios:
-//! - `busy-room`: one room, `--writers` clients each sending `--rate` ops/s,
-//!   `--readers` more clients watching;
-//! - `quiet-rooms`: `--rooms` rooms of two clients each, one op per second
-//!   per room.
-//!
-//! The offered load is open-loop: a writer sends on its schedule whether or
-//! not earlier ops were acked (up to the server's un-acked limit).
+//! `collab-load`: the command line of the load generator (see the library
+//! for what it measures and how).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
-use serde_json::{Value, json};
-use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
+use clap::{Args, Parser, Subcommand};
+
+use collab_load::capacity::{self, CapacityResult};
+use collab_load::latejoin::{self, LateJoinOptions};
+use collab_load::report;
+use collab_load::run::{self, RunOptions, RunResult, Spawn};
+use collab_load::scenario::Scenario;
+use collab_load::target::{Auth, Target, TargetKind};
 
 #[derive(Parser)]
-#[command(about = "Drive a collab server and measure what clients see")]
+#[command(
+    about = "Drive a collab server (or a bare relay, or Centrifugo) and measure what clients see"
+)]
 struct Cli {
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// How long to send, in seconds.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
     #[command(subcommand)]
-    scenario: Scenario,
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// What the URLs point at.
+    #[arg(long, value_enum, default_value = "collab")]
+    target: TargetKind,
+    /// Base URL of the server (http:// or ws://); repeat it for the
+    /// gateways of a cluster (clients are spread over them, rooms are
+    /// created through the first).
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    urls: Vec<String>,
+    /// The server's HS256 token secret: the generator mints its own tokens.
+    /// Without it, collab targets get dev tokens over HTTP (slow: rate
+    /// limited per address).
+    #[arg(long, env = "COLLAB_LOAD_SECRET")]
+    secret: Option<String>,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Longest wait for late deliveries after sending stops, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    drain_seconds: f64,
+    /// Worker processes (at least; one per 18,000 connections anyway).
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Run workers as threads of this process instead of processes.
+    #[arg(long)]
+    threads: bool,
+    /// Loopback source addresses to spread connections over (0: the
+    /// system's choice).
+    #[arg(long, default_value_t = 64)]
+    source_ips: u32,
+    /// Connections a worker opens at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// The server's process id: its CPU and memory are sampled.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a Markdown summary here (also printed).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Write SVG plots (latency over time, capacity curve) with this path
+    /// prefix.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// Step the size up through these room counts (ascending) until op p99
+    /// passes --p99-bound-ms or anything is lost; report the capacity.
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<u32>,
+    #[arg(long, default_value_t = 50.0)]
+    p99_bound_ms: f64,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
-enum Scenario {
-    /// One room: writers send ops at a fixed rate, readers watch.
-    BusyRoom {
-        #[arg(long, default_value_t = 4)]
-        writers: usize,
-        #[arg(long, default_value_t = 8)]
-        readers: usize,
-        /// Ops per second per writer.
-        #[arg(long, default_value_t = 250)]
-        rate: u64,
+enum Command {
+    /// N boards × users; one user per board draws, the others watch.
+    Boards {
+        #[arg(long, default_value_t = 100)]
+        boards: u32,
+        #[arg(long, default_value_t = 10)]
+        users: u32,
+        /// stroke ops per second of the drawer (16 points each).
+        #[arg(long, default_value_t = 10.0)]
+        ops_per_sec: f64,
+        #[arg(long, default_value_t = 20.0)]
+        cursor_hz: f64,
+        #[command(flatten)]
+        common: Common,
     },
-    /// Many rooms of two clients, one op per second per room.
-    QuietRooms {
+    /// Rooms × users; everyone moves a cursor and ends a stroke now and then.
+    Classroom {
+        #[arg(long, default_value_t = 20)]
+        rooms: u32,
+        #[arg(long, default_value_t = 50)]
+        users: u32,
+        #[arg(long, default_value_t = 20.0)]
+        cursor_hz: f64,
+        #[arg(long, default_value_t = 5.0)]
+        stroke_secs: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Channels × users, messages per second per channel.
+    Chat {
         #[arg(long, default_value_t = 1000)]
-        rooms: usize,
+        channels: u32,
+        #[arg(long, default_value_t = 20)]
+        users: u32,
+        #[arg(long, default_value_t = 1.0)]
+        messages_per_sec: f64,
+        #[command(flatten)]
+        common: Common,
     },
+    /// Idle connections in rooms of `users`, held for --seconds.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: u32,
+        #[arg(long, default_value_t = 10)]
+        users: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A board with many ops, then newcomers timed to `joined` and to full
+    /// state (collab only).
+    LateJoin {
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        /// Users filling the board at once.
+        #[arg(long, default_value_t = 50)]
+        writers: u32,
+        /// Ops per second per filling user.
+        #[arg(long, default_value_t = 180.0)]
+        writer_rate: f64,
+        #[arg(long, default_value_t = 5)]
+        joiners: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run the bare relay: every text frame to every member of its room.
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Runtime threads (default: the CPUs this process may use).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// (internal) one worker process: spec and start time on stdin.
+    #[command(hide = true)]
+    Worker,
 }
 
-#[derive(Default)]
-struct Stats {
-    ack: Option<Histogram<u64>>,
-    delivery: Option<Histogram<u64>>,
-    sent: u64,
-    acked: u64,
-    delivered: u64,
-    errors: u64,
-}
-
-fn histogram() -> Histogram<u64> {
-    // Microseconds, 3 significant digits, growing as needed.
-    let mut h = Histogram::new(3).unwrap_or_else(|e| panic!("histogram: {e}"));
-    h.auto(true);
-    h
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct Server {
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Server {
-    async fn token(&self, user: &str) -> Result<String> {
-        let body: Value = self
-            .http
-            .post(format!("{}/v1/dev/token", self.url))
-            .json(&json!({"user": user}))
-            .send()
-            .await?
-            .error_for_status()
-            .context("dev token (is the server in dev mode?)")?
-            .json()
-            .await?;
-        body["token"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no token in the answer")
-    }
-
-    async fn create_room(&self, token: &str, id: &str) -> Result<()> {
-        let response = self
-            .http
-            .post(format!("{}/v1/rooms", self.url))
-            .bearer_auth(token)
-            .json(&json!({"kind": "channel", "id": id}))
-            .send()
-            .await?;
-        match response.status().as_u16() {
-            201 | 409 => Ok(()),
-            other => bail!("creating room {id}: HTTP {other}"),
-        }
-    }
-
-    async fn join(&self, token: &str, room: &str) -> Result<Ws> {
-        let ws_url = format!("{}/v1/ws?token={token}", self.url.replacen("http", "ws", 1));
-        // No Nagle on the client either: it sends many small frames.
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, None, true).await?;
-        ws.send(Message::text(
-            json!({"type": "join", "room": room}).to_string(),
-        ))
-        .await?;
-        loop {
-            let Some(message) = ws.next().await else {
-                bail!("closed before joined");
-            };
-            if let Message::Text(text) = message? {
-                let frame: Value = serde_json::from_str(text.as_str())?;
-                if frame["type"] == "joined" {
-                    return Ok(ws);
-                }
-                if frame["type"] == "error" {
-                    bail!("join refused: {frame}");
-                }
+fn target(c: &Common) -> Result<Target> {
+    let bases: Vec<String> = c
+        .urls
+        .iter()
+        .map(|u| {
+            u.trim_end_matches('/')
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        })
+        .collect();
+    let ws_urls = bases
+        .iter()
+        .map(|b| match c.target {
+            TargetKind::Collab if !b.ends_with("/v1/ws") => format!("{b}/v1/ws"),
+            TargetKind::Centrifugo if !b.ends_with("/connection/websocket") => {
+                format!("{b}/connection/websocket")
             }
-        }
-    }
-}
-
-/// Reads frames until `until`, recording acks and deliveries.
-async fn read_frames(
-    mut ws: futures_util::stream::SplitStream<Ws>,
-    sent_at: Arc<Mutex<HashMap<String, u64>>>,
-    stats: Arc<Mutex<Stats>>,
-    until: Instant,
-) {
-    let mut ack = histogram();
-    let mut delivery = histogram();
-    let (mut acked, mut delivered, mut errors) = (0, 0, 0);
-    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until.into(), ws.next()).await {
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
-            continue;
-        };
-        let now = now_micros();
-        match frame["type"].as_str() {
-            Some("ack") => {
-                let cid = frame["cid"].as_str().unwrap_or_default();
-                if let Some(at) = sent_at.lock().await.remove(cid) {
-                    let _ = ack.record(now.saturating_sub(at).max(1));
-                    acked += 1;
-                }
-            }
-            Some("op") => {
-                let sent = frame["op"]["text"]
-                    .as_str()
-                    .and_then(|t| t.strip_prefix("t="))
-                    .and_then(|t| t.parse::<u64>().ok());
-                if let Some(at) = sent {
-                    let _ = delivery.record(now.saturating_sub(at).max(1));
-                    delivered += 1;
-                }
-            }
-            Some("error") => errors += 1,
-            _ => {}
-        }
-    }
-    let mut stats = stats.lock().await;
-    stats.acked += acked;
-    stats.delivered += delivered;
-    stats.errors += errors;
-    match &mut stats.ack {
-        Some(h) => {
-            let _ = h.add(&ack);
-        }
-        None => stats.ack = Some(ack),
-    }
-    match &mut stats.delivery {
-        Some(h) => {
-            let _ = h.add(&delivery);
-        }
-        None => stats.delivery = Some(delivery),
-    }
-}
-
-/// A member that only watches: records the deliveries it sees until `until`.
-fn watch(ws: Ws, stats: Arc<Mutex<Stats>>, until: Instant) -> tokio::task::JoinHandle<Result<()>> {
-    tokio::spawn(async move {
-        // The write half stays open (and the socket with it) while reading.
-        let (_sink, stream) = ws.split();
-        read_frames(stream, Arc::new(Mutex::new(HashMap::new())), stats, until).await;
-        Ok(())
+            _ => b.clone(),
+        })
+        .collect();
+    let http_url = bases.first().map(|b| {
+        b.trim_end_matches("/v1/ws")
+            .replacen("wss://", "https://", 1)
+            .replacen("ws://", "http://", 1)
+    });
+    let auth = match (&c.secret, c.target) {
+        (_, TargetKind::Relay) => Auth::None,
+        (Some(secret), _) => Auth::Secret(secret.clone()),
+        (None, TargetKind::Collab) => Auth::DevToken,
+        (None, TargetKind::Centrifugo) => bail!("centrifugo needs --secret"),
+    };
+    Ok(Target {
+        kind: c.target,
+        ws_urls,
+        http_url,
+        auth,
     })
 }
 
-/// Sends a message op every `period` until `stop`; reads in the background.
-async fn writer(
-    ws: Ws,
-    name: String,
-    room: String,
-    period: Duration,
-    stop: Instant,
-    drain: Instant,
-    stats: Arc<Mutex<Stats>>,
-) -> Result<()> {
-    let (mut sink, stream) = ws.split();
-    let sent_at = Arc::new(Mutex::new(HashMap::new()));
-    let reader = tokio::spawn(read_frames(stream, sent_at.clone(), stats.clone(), drain));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut n = 0u64;
-    while Instant::now() < stop {
-        tick.tick().await;
-        n += 1;
-        let cid = format!("{name}-{n}");
-        let at = now_micros();
-        sent_at.lock().await.insert(cid.clone(), at);
-        let frame = json!({"type": "op", "room": room, "cid": cid, "op": {"kind": "message", "text": format!("t={at}")}});
-        sink.send(Message::text(frame.to_string())).await?;
+fn write(path: &Option<PathBuf>, suffix: &str, content: &str) -> Result<()> {
+    if let Some(path) = path {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        std::fs::write(&p, content).with_context(|| format!("writing {p:?}"))?;
     }
-    stats.lock().await.sent += n;
-    let _ = reader.await;
-    let _ = sink.close().await;
     Ok(())
 }
 
-fn report(title: &str, stats: &Stats, seconds: u64) {
-    println!("## {title}");
-    println!(
-        "sent {} ops ({:.0}/s), acked {}, delivered {} op frames, errors {}",
-        stats.sent,
-        stats.sent as f64 / seconds as f64,
-        stats.acked,
-        stats.delivered,
-        stats.errors
-    );
-    for (name, h) in [("ack", &stats.ack), ("delivery", &stats.delivery)] {
-        if let Some(h) = h.as_ref().filter(|h| !h.is_empty()) {
-            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-            println!(
-                "{name:>8} latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                ms(0.5),
-                ms(0.9),
-                ms(0.99),
-                ms(0.999),
-                h.max() as f64 / 1000.0
-            );
-        }
-    }
-}
-
-#[tokio::main]
-async fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let server = Server {
-        url: cli.url.trim_end_matches('/').to_owned(),
-        http: reqwest::Client::new(),
+async fn scenario(scenario: Scenario, c: Common) -> Result<()> {
+    let opts = RunOptions {
+        target: target(&c)?,
+        scenario,
+        duration: Duration::from_secs_f64(c.seconds),
+        drain: Duration::from_secs_f64(c.drain_seconds),
+        workers: c.workers,
+        spawn: if c.threads {
+            Spawn::Threads
+        } else {
+            Spawn::Processes(std::env::current_exe()?)
+        },
+        source_ips: c.source_ips,
+        connect_concurrency: c.connect_concurrency,
+        server_pid: c.server_pid,
+        progress: !c.quiet,
     };
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let start = Instant::now() + Duration::from_millis(500);
-    let stop = start + Duration::from_secs(cli.seconds);
-    // Give late acks and deliveries time to arrive before counting.
-    let drain = stop + Duration::from_secs(3);
-    let run = format!("{:x}", now_micros());
-    match cli.scenario {
-        Scenario::BusyRoom {
-            writers,
-            readers,
-            rate,
-        } => {
-            let room = format!("busy-{run}");
-            let owner = server.token("load-owner").await?;
-            server.create_room(&owner, &room).await?;
-            let mut tasks = Vec::new();
-            for r in 0..readers {
-                let token = server.token(&format!("reader{r}")).await?;
-                let ws = server.join(&token, &room).await?;
-                tasks.push(watch(ws, stats.clone(), drain));
-            }
-            let period = Duration::from_micros(1_000_000 / rate.max(1));
-            for w in 0..writers {
-                let name = format!("writer{w}");
-                let token = server.token(&name).await?;
-                let ws = server.join(&token, &room).await?;
-                tasks.push(tokio::spawn(writer(
-                    ws,
-                    name,
-                    room.clone(),
-                    period,
-                    stop,
-                    drain,
-                    stats.clone(),
-                )));
-            }
-            for task in tasks {
-                task.await??;
-            }
-            report(
-                &format!(
-                    "busy-room: {writers} writers × {rate} ops/s, {readers} readers, {} s",
-                    cli.seconds
-                ),
-                &*stats.lock().await,
-                cli.seconds,
-            );
+    if c.steps.is_empty() {
+        let result: RunResult = run::run(&opts).await?;
+        let md = report::run_markdown(&result);
+        println!("{md}");
+        write(&c.json, "", &serde_json::to_string_pretty(&result)?)?;
+        write(&c.markdown, "", &md)?;
+        write(&c.plots, "-timeline.svg", &report::timeline_svg(&result))?;
+    } else {
+        let result: CapacityResult = capacity::search(&opts, &c.steps, c.p99_bound_ms).await?;
+        let mut md = report::capacity_markdown(&result);
+        for step in &result.steps {
+            md.push('\n');
+            md.push_str(&report::run_markdown(&step.result));
         }
-        Scenario::QuietRooms { rooms } => {
-            let owner = server.token("load-owner").await?;
-            let mut tasks = Vec::new();
-            for i in 0..rooms {
-                let room = format!("quiet-{run}-{i}");
-                server.create_room(&owner, &room).await?;
-                let writer_name = format!("w{i}");
-                let token = server.token(&writer_name).await?;
-                let ws = server.join(&token, &room).await?;
-                let watcher = server.token(&format!("r{i}")).await?;
-                let watcher = server.join(&watcher, &room).await?;
-                tasks.push(watch(watcher, stats.clone(), drain));
-                tasks.push(tokio::spawn(writer(
-                    ws,
-                    writer_name,
-                    room,
-                    Duration::from_secs(1),
-                    stop,
-                    drain,
-                    stats.clone(),
-                )));
-            }
-            for task in tasks {
-                task.await??;
-            }
-            report(
-                &format!(
-                    "quiet-rooms: {rooms} rooms × 1 op/s, 2 clients each, {} s",
-                    cli.seconds
-                ),
-                &*stats.lock().await,
-                cli.seconds,
-            );
+        println!("{md}");
+        write(&c.json, "", &serde_json::to_string_pretty(&result)?)?;
+        write(&c.markdown, "", &md)?;
+        let title = format!(
+            "{} on {}: p99 by size",
+            opts.scenario.name(),
+            opts.target.kind.name()
+        );
+        write(
+            &c.plots,
+            "-capacity.svg",
+            &report::capacity_svg(&title, &[(opts.target.kind.name(), &result)]),
+        )?;
+        if let Some(last) = result.steps.iter().rev().find(|s| s.passed) {
+            write(
+                &c.plots,
+                "-timeline.svg",
+                &report::timeline_svg(&last.result),
+            )?;
         }
     }
     Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Worker => run::worker_main(),
+        Command::Relay { listen, threads } => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = threads {
+                builder.worker_threads(threads.max(1));
+            }
+            builder
+                .enable_all()
+                .build()?
+                .block_on(collab_load::relay::run(listen))
+        }
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                match command {
+                    Command::Boards {
+                        boards,
+                        users,
+                        ops_per_sec,
+                        cursor_hz,
+                        common,
+                    } => {
+                        let s = Scenario::Boards {
+                            boards,
+                            users,
+                            ops_per_sec,
+                            cursor_hz,
+                        };
+                        scenario(s, common).await
+                    }
+                    Command::Classroom {
+                        rooms,
+                        users,
+                        cursor_hz,
+                        stroke_secs,
+                        common,
+                    } => {
+                        let s = Scenario::Classroom {
+                            rooms,
+                            users,
+                            cursor_hz,
+                            stroke_secs,
+                        };
+                        scenario(s, common).await
+                    }
+                    Command::Chat {
+                        channels,
+                        users,
+                        messages_per_sec,
+                        common,
+                    } => {
+                        let s = Scenario::Chat {
+                            channels,
+                            users,
+                            messages_per_sec,
+                        };
+                        scenario(s, common).await
+                    }
+                    Command::Idle {
+                        connections,
+                        users,
+                        common,
+                    } => scenario(Scenario::Idle { connections, users }, common).await,
+                    Command::LateJoin {
+                        ops,
+                        writers,
+                        writer_rate,
+                        joiners,
+                        common,
+                    } => {
+                        let opts = LateJoinOptions {
+                            target: target(&common)?,
+                            ops,
+                            writers,
+                            writer_rate,
+                            joiners,
+                            source_ips: common.source_ips,
+                        };
+                        let result = latejoin::run(&opts).await?;
+                        let md = report::latejoin_markdown(&result);
+                        println!("{md}");
+                        write(&common.json, "", &serde_json::to_string_pretty(&result)?)?;
+                        write(&common.markdown, "", &md)?;
+                        Ok(())
+                    }
+                    Command::Relay { .. } | Command::Worker => Ok(()),
+                }
+            })
+        }
+    }
 }

@@ -1,0 +1,140 @@
+//! Short runs of the generator (seconds, a few dozen clients) against a
+//! real `collab serve` and the in-process bare relay: every op must reach
+//! every member exactly once and in order, every op must be acked.
+
+use std::time::Duration;
+
+use collab_load::latejoin::{self, LateJoinOptions};
+use collab_load::run::{RunOptions, RunResult, Spawn, run};
+use collab_load::scenario::Scenario;
+use collab_load::target::{Auth, Target, TargetKind};
+use collab_tests::harness::{CollabServer, ServerOptions};
+
+const SECRET: &str = "smoke-test-secret-of-enough-length";
+
+fn collab_target(server: &CollabServer) -> Target {
+    Target {
+        kind: TargetKind::Collab,
+        ws_urls: vec![server.ws_url()],
+        http_url: Some(server.http_url()),
+        auth: Auth::Secret(SECRET.to_owned()),
+    }
+}
+
+fn options(target: Target, scenario: Scenario, server_pid: Option<u32>) -> RunOptions {
+    RunOptions {
+        target,
+        scenario,
+        duration: Duration::from_secs(2),
+        // An upper bound: the run ends as soon as everything arrived.
+        drain: Duration::from_secs(10),
+        workers: 2,
+        spawn: Spawn::Threads,
+        source_ips: 4,
+        connect_concurrency: 16,
+        server_pid,
+        progress: false,
+    }
+}
+
+fn assert_lossless(r: &RunResult) {
+    let c = &r.counters;
+    assert!(c.ops_sent > 0, "nothing sent: {c:?}");
+    assert_eq!(c.ops_delivered, c.ops_expected, "deliveries: {c:?}");
+    assert_eq!(c.ops_lost, 0, "{c:?}");
+    assert_eq!(c.acked, c.ops_sent, "acks: {c:?}");
+    assert!(r.clean, "not clean: {c:?}");
+    assert_eq!(r.latency.op.count, c.ops_delivered);
+    assert!(r.latency.op.p50_ms > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boards_classroom_and_chat_on_collab_serve_lose_nothing() {
+    let server =
+        CollabServer::start(ServerOptions::new().jwt_secret(SECRET)).expect("collab serve");
+    let target = collab_target(&server);
+
+    let boards = Scenario::Boards {
+        boards: 4,
+        users: 3,
+        ops_per_sec: 20.0,
+        cursor_hz: 10.0,
+    };
+    let r = run(&options(target.clone(), boards, server.pid()))
+        .await
+        .expect("boards run");
+    assert_lossless(&r);
+    // 4 boards × 1 drawer × 20 ops/s × 2 s, each to 3 members.
+    assert_eq!(r.counters.ops_sent, 160);
+    assert_eq!(r.counters.ops_expected, 480);
+    assert!(r.counters.cursors_delivered > 0);
+    assert!(r.server.as_ref().is_some_and(|s| s.rss_max_bytes > 0));
+
+    let classroom = Scenario::Classroom {
+        rooms: 2,
+        users: 5,
+        cursor_hz: 5.0,
+        stroke_secs: 1.0,
+    };
+    let r = run(&options(target.clone(), classroom, None))
+        .await
+        .expect("classroom run");
+    assert_lossless(&r);
+
+    let chat = Scenario::Chat {
+        channels: 3,
+        users: 4,
+        messages_per_sec: 4.0,
+    };
+    let r = run(&options(target, chat, None)).await.expect("chat run");
+    assert_lossless(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_join_gets_the_whole_board() {
+    let server =
+        CollabServer::start(ServerOptions::new().jwt_secret(SECRET)).expect("collab serve");
+    let r = latejoin::run(&LateJoinOptions {
+        target: collab_target(&server),
+        ops: 400,
+        writers: 4,
+        writer_rate: 150.0,
+        joiners: 2,
+        source_ips: 4,
+    })
+    .await
+    .expect("late-join run");
+    assert!(r.clean, "{r:?}");
+    assert_eq!(r.head, 400);
+    assert_eq!(r.joins.len(), 2);
+    assert_eq!(r.joins[0].strokes, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_relay_loses_nothing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let relay = tokio::spawn(collab_load::relay::serve(listener));
+    let target = Target {
+        kind: TargetKind::Relay,
+        ws_urls: vec![format!("ws://{addr}")],
+        http_url: None,
+        auth: Auth::None,
+    };
+    let boards = Scenario::Boards {
+        boards: 4,
+        users: 3,
+        ops_per_sec: 20.0,
+        cursor_hz: 10.0,
+    };
+    let r = run(&options(target, boards, None))
+        .await
+        .expect("relay run");
+    assert_lossless(&r);
+    assert_eq!(r.counters.ops_expected, 480);
+    // The relay forwards every cursor: nothing coalesced.
+    assert_eq!(r.counters.cursors_delivered, r.counters.cursors_expected);
+    relay.abort();
+}

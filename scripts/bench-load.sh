@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Load benchmarks of docs/BENCHMARKS.md: the same scenarios against
+# `collab serve`, the bare relay and the Centrifugo-protocol server, one at a
+# time, the server pinned to one core and the generator to another.
+#
+#   scripts/bench-load.sh [SCENARIO...]
+#
+# Scenarios (default: all, in this order):
+#   boards      capacity search over BOARDS_STEPS on every target
+#   classroom   capacity search over CLASSROOM_STEPS on every target
+#   chat        CHAT_CHANNELS channels × 20 users, 1 message/s each
+#   idle        IDLE_CONNECTIONS idle connections on collab serve; RSS per connection
+#   late-join   a board of LATE_JOIN_OPS ops; time to joined and to full state
+#   ack         boards at ACK_BOARDS boards on collab serve (ack latency at half capacity)
+#
+# Environment (defaults):
+#   BENCH_OUT         results directory (target dir/bench-load/DATE-TIME)
+#   BENCH_SECONDS     seconds of sending per run (20)
+#   BENCH_TARGETS     targets for boards/classroom/chat ("collab relay centrifugo")
+#   SERVER_CPU        core for the server (0)
+#   GEN_CPU           core for the generator (1)
+#   BOARDS_STEPS      (100,200,400,600,800,1000,1200,1500)
+#   CLASSROOM_STEPS   (1,2,4,6,8,10,15,20)
+#   CHAT_CHANNELS     (1000)
+#   IDLE_CONNECTIONS  (19000)
+#   LATE_JOIN_OPS     (100000)
+#   ACK_BOARDS        (500)
+#   CARGO_TARGET_DIR  build cache ($HOME/.cache/collab/target)
+#
+# Every run writes NAME.json (all figures), NAME.md (a summary) and NAME-*.svg
+# (latency over time, capacity curve) into BENCH_OUT.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/collab/target}"
+CACHE="${COLLAB_CACHE:-$HOME/.cache/collab}"
+OUT="${BENCH_OUT:-$CARGO_TARGET_DIR/bench-load/$(date +%Y%m%d-%H%M%S)}"
+SECS="${BENCH_SECONDS:-20}"
+TARGETS="${BENCH_TARGETS:-collab relay centrifugo}"
+SERVER_CPU="${SERVER_CPU:-0}"
+GEN_CPU="${GEN_CPU:-1}"
+BOARDS_STEPS="${BOARDS_STEPS:-100,200,400,600,800,1000,1200,1500}"
+CLASSROOM_STEPS="${CLASSROOM_STEPS:-1,2,4,6,8,10,15,20}"
+CHAT_CHANNELS="${CHAT_CHANNELS:-1000}"
+IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-19000}"
+LATE_JOIN_OPS="${LATE_JOIN_OPS:-100000}"
+ACK_BOARDS="${ACK_BOARDS:-500}"
+SECRET="bench-load-secret-$(date +%s)"
+# The Centrifugo-protocol server's secret is in its committed config.
+CENT_SECRET="collab-load-bench-secret"
+COLLAB="$CARGO_TARGET_DIR/release/collab"
+LOAD="$CARGO_TARGET_DIR/release/collab-load"
+SERVER_PID=""
+SERVER_URL=""
+
+log() { echo "bench-load: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Polls until `curl URL` connects (any HTTP answer), at most 30 s.
+wait_http() {
+  local url="$1" deadline=$((SECONDS + 30)) rc
+  while :; do
+    rc=0
+    curl -s -o /dev/null "$url" || rc=$?
+    [[ $rc -ne 7 ]] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || die "server exited during start"
+    ((SECONDS < deadline)) || die "no answer from $url"
+    sleep 0.2 # poll interval
+  done
+}
+
+start_server() {
+  local kind="$1" port
+  port="$(free_port)"
+  case "$kind" in
+    collab)
+      local data
+      data="$(mktemp -d "$CACHE/bench-data-XXXXXX")"
+      COLLAB_JWT_SECRET="$SECRET" RUST_LOG=warn taskset -c "$SERVER_CPU" \
+        "$COLLAB" serve --listen "127.0.0.1:$port" --data-dir "$data" \
+        >"$OUT/server-$kind.log" 2>&1 &
+      SERVER_PID=$!
+      SERVER_URL="http://127.0.0.1:$port"
+      wait_http "$SERVER_URL/readyz"
+      ;;
+    relay)
+      taskset -c "$SERVER_CPU" "$LOAD" relay --listen "127.0.0.1:$port" \
+        >"$OUT/server-$kind.log" 2>&1 &
+      SERVER_PID=$!
+      SERVER_URL="ws://127.0.0.1:$port"
+      wait_http "http://127.0.0.1:$port/"
+      ;;
+    centrifugo)
+      local line
+      line="$(bash "$ROOT/scripts/centrifugo.sh" start "127.0.0.1:$port" "$SERVER_CPU")"
+      SERVER_PID="${line##*pid }"
+      SERVER_PID="${SERVER_PID%)}"
+      SERVER_URL="http://127.0.0.1:$port"
+      ;;
+  esac
+  log "$kind listening at $SERVER_URL (pid $SERVER_PID, cpu $SERVER_CPU)"
+}
+
+stop_server() {
+  [[ -n "$SERVER_PID" ]] || return 0
+  kill "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1 # poll interval
+  done
+  kill -9 "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+trap stop_server EXIT
+
+secret_for() {
+  case "$1" in
+    collab) echo "$SECRET" ;;
+    centrifugo) echo "$CENT_SECRET" ;;
+    *) echo "" ;;
+  esac
+}
+
+# load NAME TARGET SCENARIO [ARGS...]: one generator run against a fresh server.
+load() {
+  local name="$1" kind="$2"
+  shift 2
+  start_server "$kind"
+  local secret
+  secret="$(secret_for "$kind")"
+  log "run $name: $*"
+  COLLAB_LOAD_SECRET="$secret" taskset -c "$GEN_CPU" "$LOAD" "$@" \
+    --target "$kind" --url "$SERVER_URL" --server-pid "$SERVER_PID" \
+    --json "$OUT/$name.json" --markdown "$OUT/$name.md" --plots "$OUT/$name" \
+    || log "run $name failed"
+  stop_server
+}
+
+bench_boards() {
+  for t in $TARGETS; do
+    load "boards-$t" "$t" boards --seconds "$SECS" --steps "$BOARDS_STEPS"
+  done
+}
+
+bench_classroom() {
+  for t in $TARGETS; do
+    load "classroom-$t" "$t" classroom --seconds "$SECS" --steps "$CLASSROOM_STEPS"
+  done
+}
+
+bench_chat() {
+  for t in $TARGETS; do
+    load "chat-$t" "$t" chat --channels "$CHAT_CHANNELS" --seconds "$SECS"
+  done
+}
+
+bench_idle() {
+  load "idle-collab" collab idle --connections "$IDLE_CONNECTIONS" --seconds "$SECS" \
+    --connect-concurrency 128
+}
+
+bench_late_join() {
+  load "late-join-collab" collab late-join --ops "$LATE_JOIN_OPS"
+}
+
+bench_ack() {
+  load "ack-collab" collab boards --boards "$ACK_BOARDS" --seconds "$SECS"
+}
+
+main() {
+  command -v taskset >/dev/null || die "taskset (util-linux) not found"
+  mkdir -p "$OUT" "$CACHE"
+  log "building (release)"
+  (cd "$ROOT" && cargo build --release --quiet -p collab -p collab-load)
+  if [[ " $TARGETS " == *" centrifugo "* ]]; then
+    bash "$ROOT/scripts/centrifugo.sh" install
+  fi
+  local scenarios=("$@")
+  ((${#scenarios[@]})) || scenarios=(boards classroom chat idle late-join ack)
+  for s in "${scenarios[@]}"; do
+    case "$s" in
+      boards) bench_boards ;;
+      classroom) bench_classroom ;;
+      chat) bench_chat ;;
+      idle) bench_idle ;;
+      late-join) bench_late_join ;;
+      ack) bench_ack ;;
+      *) die "unknown scenario $s" ;;
+    esac
+  done
+  log "results in $OUT"
+}
+
+main "$@"
