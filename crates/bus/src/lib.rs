@@ -64,8 +64,9 @@ pub trait RequestHandler: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub enum Delivery {
     Event(Arc<RoomEvent>),
-    /// Events were dropped because this subscriber fell behind: treat it as
-    /// a gap and fetch the missing ops.
+    /// Events may have been dropped — this subscriber fell behind, the
+    /// connection to the cluster was lost for a while, or the room got a
+    /// new owner: treat it as a gap and fetch the missing ops.
     Lagged,
 }
 

@@ -357,6 +357,12 @@ async fn after_a_server_restart_subscribers_lag_and_the_bus_recovers() {
         !gateway.is_ready() && !room_node.is_ready()
     })
     .await;
+    // An outage longer than the TTL: with no heartbeats heard, the room
+    // node drops out of the gateway's view.
+    until_members(&gateway, "the unheard room node drops out", |m| {
+        m.is_empty()
+    })
+    .await;
     server.restart();
     eventually("both buses reconnect by themselves", || {
         gateway.is_ready() && room_node.is_ready()
@@ -383,8 +389,12 @@ async fn after_a_server_restart_subscribers_lag_and_the_bus_recovers() {
         assert!(Instant::now() < deadline, "no event after the restart");
         n += 1;
     }
-    // Requests reach the owner again (membership survived: the bucket is
-    // on disk, and heartbeats resumed).
+    // The members watch and the heartbeats resumed by themselves (the
+    // bucket is on disk), so requests reach the owner again.
+    until_members(&gateway, "the room node is back", |m| {
+        room_nodes(m) == ["rn-1"]
+    })
+    .await;
     let deadline = Instant::now() + DEADLINE;
     loop {
         match gateway
@@ -435,14 +445,12 @@ async fn a_node_that_stops_heartbeating_drops_out_after_its_ttl() {
     })
     .await;
     let after = stopped.elapsed();
-    // Not before its TTL (less a heartbeat interval it may have been into),
-    // and not long after it: the server's TTL is whole seconds.
+    // Not at once (its last heartbeat still stood), and not long after its
+    // TTL: the server's TTL is whole seconds. The bounds leave room for a
+    // busy machine delaying heartbeats and timers.
+    assert!(after >= TTL / 2, "dropped out after {after:?}");
     assert!(
-        after >= TTL - Duration::from_millis(150),
-        "dropped out after {after:?}"
-    );
-    assert!(
-        after < TTL + Duration::from_secs(2),
+        after < TTL + Duration::from_secs(3),
         "dropped out after {after:?}"
     );
     assert_eq!(observer.owner(&room("any")), None);
