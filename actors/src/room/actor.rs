@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
-use collab_protocol::frames::{JoinedBody, PresenceEvent};
+use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
 use collab_protocol::{Cid, ErrorCode, OpEvent, ProtocolError, RoomId, Seq};
 use collab_store::{RoomRecord, Store, StoreError, Writer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -335,6 +335,9 @@ impl RoomActorState {
                     live.answer_join(&self.ctx, request, reply);
                 }
             }
+            RoomRequest::Attach { room, conn, user } => {
+                live.attach(&self.ctx, room, conn, user, reply);
+            }
             RoomRequest::Leave { conn, .. } => {
                 let ts = now_ms();
                 live.leave(&self.ctx, &conn, ts);
@@ -402,10 +405,7 @@ impl RoomActorState {
                     .is_none()
             {
                 if let Some(reply) = pending.reply {
-                    answer(
-                        reply,
-                        ProtocolError::bad_request("join the room before sending ops").into(),
-                    );
+                    answer(reply, RoomReply::NotJoined);
                 }
                 continue;
             }
@@ -562,6 +562,35 @@ fn fail_all(live: Live, in_flight: InFlight, reason: &str) {
 // === impl Live: joins, leaves, fetches ===
 
 impl Live {
+    /// Re-adds a connection the room forgot (see `RoomRequest::Attach`).
+    fn attach(
+        &mut self,
+        ctx: &RoomContext,
+        room: RoomId,
+        conn: ConnRef,
+        user: UserInfo,
+        reply: Reply,
+    ) {
+        if !self.record.admits(&user.id) {
+            answer(
+                reply,
+                ProtocolError::forbidden("this room is private").into(),
+            );
+            return;
+        }
+        if let Some(PresenceChange::Joined(info)) =
+            self.state.presence_mut().join(conn.clone(), user)
+        {
+            ctx.sink.emit(RoomEvent::Presence {
+                room,
+                event: PresenceEvent::Join,
+                user: info,
+                origin: Some(conn),
+            });
+        }
+        answer(reply, RoomReply::Done);
+    }
+
     fn answer_join(&mut self, ctx: &RoomContext, request: RoomRequest, reply: Reply) {
         let RoomRequest::Join {
             room,

@@ -585,7 +585,7 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
     let stranger = node
         .ask(node.op_request(ROOM, "eve", "c1", message("hi")))
         .await;
-    assert_eq!(error_code(&stranger), ErrorCode::BadRequest);
+    assert_eq!(stranger, RoomReply::NotJoined);
     assert_eq!(ack_seq(&node.op("ann", "c1", message("hi")).await), 1);
     node.ask(RoomRequest::Leave {
         room: room_id(ROOM),
@@ -597,11 +597,24 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
         .ask(node.op_request(ROOM, "ann", "c1", message("hi")))
         .await;
     assert_eq!(ack_seq(&retry), 1);
-    // …but a new op is refused.
+    // …but a new op is refused…
     let new = node
         .ask(node.op_request(ROOM, "ann", "c2", message("hi")))
         .await;
-    assert_eq!(error_code(&new), ErrorCode::BadRequest);
+    assert_eq!(new, RoomReply::NotJoined);
+    // …until the gateway re-attaches the connection (no `joined` body).
+    let attached = node
+        .ask(RoomRequest::Attach {
+            room: room_id(ROOM),
+            conn: conn("ann"),
+            user: user_info("ann"),
+        })
+        .await;
+    assert_eq!(attached, RoomReply::Done);
+    let again = node
+        .ask(node.op_request(ROOM, "ann", "c2", message("hi")))
+        .await;
+    assert_eq!(ack_seq(&again), 2);
 }
 
 #[tokio::test]

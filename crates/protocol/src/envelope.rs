@@ -35,6 +35,15 @@ pub enum RoomRequest {
     },
     /// A connection leaves; answered `Done`.
     Leave { room: RoomId, conn: ConnRef },
+    /// Puts a connection that joined earlier back into the room's presence,
+    /// after the room restarted or moved and so forgot it (the owner said
+    /// `NotJoined`); answered `Done`, with no `joined` body: the gateway's
+    /// stream of the room never stopped.
+    Attach {
+        room: RoomId,
+        conn: ConnRef,
+        user: UserInfo,
+    },
     /// A durable op from a joined connection; answered `Ack` once durable.
     Op {
         room: RoomId,
@@ -58,6 +67,7 @@ impl RoomRequest {
         match self {
             RoomRequest::Join { room, .. }
             | RoomRequest::Leave { room, .. }
+            | RoomRequest::Attach { room, .. }
             | RoomRequest::Op { room, .. }
             | RoomRequest::Fetch { room, .. } => room,
         }
@@ -69,10 +79,21 @@ impl RoomRequest {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RoomReply {
     Joined(JoinedBody),
-    Ack { seq: Seq },
-    Ops { ops: Vec<OpEvent> },
+    Ack {
+        seq: Seq,
+    },
+    Ops {
+        ops: Vec<OpEvent>,
+    },
     Done,
-    Error { code: ErrorCode, message: String },
+    /// The op's connection is not in the room's presence: the room
+    /// restarted or moved since it joined. The gateway re-attaches it
+    /// (`Attach`) and the client retries with the same `cid`.
+    NotJoined,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl From<ProtocolError> for RoomReply {

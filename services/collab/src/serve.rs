@@ -121,13 +121,7 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let room_node = Arc::new(
-        RoomNode::start_with_metrics(
-            room_config,
-            store.clone(),
-            bus.clone(),
-            room_metrics,
-        )
-        .await?,
+        RoomNode::start_with_metrics(room_config, store.clone(), bus.clone(), room_metrics).await?,
     );
     let readiness = Arc::new(LocalReadiness {
         bus: bus.clone(),
@@ -216,7 +210,9 @@ async fn open_store(config: &CollabConfig) -> Result<(Arc<dyn Store>, String), S
             let embedded =
                 tokio::task::spawn_blocking(move || EmbeddedStore::open_in_dir(data_dir))
                     .await
-                    .map_err(|e| ServeError::Internal(format!("store opening task failed: {e}")))??;
+                    .map_err(|e| {
+                        ServeError::Internal(format!("store opening task failed: {e}"))
+                    })??;
             let name = embedded.path().display().to_string();
             Ok((Arc::new(embedded), name))
         }

@@ -13,11 +13,13 @@
 //! only exists inside `collab`), and building it here means a test never
 //! runs a stale binary after a change to the server.
 
+mod cql;
 mod server;
 mod ws;
 
 use std::time::Duration;
 
+pub use cql::{CqlNode, shared_cql_store_url};
 pub use server::{CollabServer, ServerOptions, collab_binary};
 pub use ws::{WsClient, WsError, upgrade_status};
 
@@ -36,6 +38,8 @@ pub enum HarnessError {
     Stop(String),
     #[error("http: {0}")]
     Http(String),
+    #[error("test setup: {0}")]
+    Setup(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -57,6 +57,11 @@ impl ServerOptions {
         self
     }
 
+    /// Stores rooms in `url` (`--store`) instead of the embedded store.
+    pub fn store(self, url: impl Into<String>) -> Self {
+        self.arg("--store").arg(url)
+    }
+
     /// Adds an argument after `collab serve`.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());

@@ -1,19 +1,15 @@
-//! The public protocol end to end, over real sockets against a `collab
-//! serve` process: one gapless order for everyone, acks, resume with `since`
-//! and `epoch`, idempotent re-join, presence per user across tabs, cursor
-//! relay that never echoes, read-only tokens, private rooms and history
-//! pages.
+//! The protocol cases, shared by `protocol.rs` (embedded store) and
+//! `protocol_cql.rs` (CQL store): each test starts its server with
+//! `super::start()`.
 
 use std::time::Duration;
 
-use collab_tests::harness::{CollabServer, ServerOptions, WsClient};
+use collab_tests::harness::{CollabServer, WsClient};
 use serde_json::{Value, json};
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn start() -> CollabServer {
-    CollabServer::start(ServerOptions::new()).expect("collab serve starts")
-}
+use super::start;
 
 async fn create_room(server: &CollabServer, token: &str, body: Value) -> Value {
     let response = server

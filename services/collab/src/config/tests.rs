@@ -348,7 +348,10 @@ fn the_store_is_embedded_unless_a_cql_url_is_given() {
     assert_eq!(config.store_location(), Ok(StoreLocation::Embedded));
     let config = load(
         &Flags::default(),
-        &env(&[("COLLAB_STORE", "cql://10.0.0.1:9042/collab?consistency=local_quorum")]),
+        &env(&[(
+            "COLLAB_STORE",
+            "cql://10.0.0.1:9042/collab?consistency=local_quorum",
+        )]),
     )
     .expect("loads");
     match config.store_location() {

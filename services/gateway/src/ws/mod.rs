@@ -417,11 +417,37 @@ impl Connection {
                         .observe(started.elapsed().as_secs_f64());
                     conn.send(&ServerFrame::Ack { room, cid, seq });
                 }
+                Ok(RoomReply::NotJoined) if conn.access_in(&room).is_some() => {
+                    // The room restarted or moved and forgot this
+                    // connection: put it back first, so that the client's
+                    // retry (sent after it reads this error) finds it there.
+                    conn.reattach(room);
+                    let e = ProtocolError::new(
+                        ErrorCode::Unavailable,
+                        "the room restarted; retry with the same cid",
+                    );
+                    conn.error(&e, Some(&room_str), Some(&cid_str));
+                }
                 other => {
                     let e = reply_error(other);
                     conn.error(&e, Some(&room_str), Some(&cid_str));
                 }
             }
+        });
+    }
+
+    /// Puts this connection back into a room's presence (see
+    /// `RoomRequest::Attach`). Sent now, so it is ordered before anything
+    /// this connection sends later; nothing waits for the answer.
+    fn reattach(&self, room: RoomId) {
+        let request = RoomRequest::Attach {
+            room,
+            conn: self.conn.clone(),
+            user: self.user.clone(),
+        };
+        let reply = self.shared.bus.request(request, self.request_timeout());
+        tokio::spawn(async move {
+            let _ = reply.await;
         });
     }
 
@@ -458,6 +484,7 @@ impl Connection {
 fn reply_error(reply: Result<RoomReply, BusError>) -> ProtocolError {
     match reply {
         Ok(RoomReply::Error { code, message }) => ProtocolError::new(code, message),
+        Ok(RoomReply::NotJoined) => ProtocolError::bad_request("join the room before sending ops"),
         Ok(other) => ProtocolError::new(ErrorCode::Internal, format!("unexpected reply {other:?}")),
         Err(BusError::Timeout) => ProtocolError::new(
             ErrorCode::Unavailable,
