@@ -152,59 +152,90 @@ fn load_big_room(c: &mut Criterion) {
         b.iter(|| black_box(at_snapshot.snapshot()));
     });
 
-    // End to end: the same room in an embedded store on disk.
+    // End to end: the same room in an embedded store on disk…
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path().join("collab.redb")).expect("store opens");
-    runtime.block_on(async {
-        let meta = meta();
-        store
-            .create_room(&RoomRecord {
-                id: meta.id.clone(),
-                kind: meta.kind,
-                name: "bench".into(),
-                epoch: meta.epoch.clone(),
-                created_by: UserId::parse("user0").expect("id"),
-                members: None,
-                created_at: 0,
-            })
-            .await
-            .expect("room created");
-        let writer = Writer {
-            node: collab_protocol::NodeId::parse("bench").expect("id"),
-            term: 1,
-        };
-        for chunk in events.chunks(500) {
-            store
-                .append(&room, chunk[0].seq, chunk, &writer)
-                .await
-                .expect("appends");
-        }
-        store
-            .put_snapshot(
-                &room,
-                &Snapshot {
-                    seq: at_snapshot.head(),
-                    data: snapshot.clone(),
-                },
-            )
-            .await
-            .expect("snapshot stored");
-    });
-    group.bench_function(
+    let embedded = EmbeddedStore::open(dir.path().join("collab.redb")).expect("store opens");
+    let snapshot = Snapshot {
+        seq: at_snapshot.head(),
+        data: snapshot,
+    };
+    runtime.block_on(fill(&embedded, &events, &snapshot));
+    bench_load(
+        &mut group,
+        &runtime,
+        &embedded,
         "load 100k-op room from the embedded store (snapshot@90k)",
-        |b| {
-            b.iter(|| {
-                let loaded = runtime
-                    .block_on(load_room(&store, &room))
-                    .expect("loads")
-                    .expect("room exists");
-                assert_eq!(loaded.1.head(), Seq(100_000));
-                black_box(loaded)
-            });
-        },
     );
+    // …and in a CQL server, when one is named (a fresh keyspace per run).
+    if let Ok(target) = std::env::var("COLLAB_BENCH_CQL") {
+        let url = format!(
+            "cql://{target}/collab_bench_{:08x}",
+            collab_store::testsuite::random_u64() as u32
+        );
+        let options = collab_store::CqlOptions::from_url(&url).expect("url");
+        let cql = runtime
+            .block_on(collab_store::CqlStore::connect(options))
+            .expect("CQL server");
+        runtime.block_on(fill(&cql, &events, &snapshot));
+        bench_load(
+            &mut group,
+            &runtime,
+            &cql,
+            "load 100k-op room from the CQL store (snapshot@90k)",
+        );
+    }
     group.finish();
+}
+
+/// Creates the bench room in `store` with `events` and `snapshot`.
+async fn fill(store: &dyn Store, events: &[OpEvent], snapshot: &Snapshot) {
+    let meta = meta();
+    store
+        .create_room(&RoomRecord {
+            id: meta.id.clone(),
+            kind: meta.kind,
+            name: "bench".into(),
+            epoch: meta.epoch.clone(),
+            created_by: UserId::parse("user0").expect("id"),
+            members: None,
+            created_at: 0,
+        })
+        .await
+        .expect("room created");
+    let writer = Writer {
+        node: collab_protocol::NodeId::parse("bench").expect("id"),
+        term: 1,
+    };
+    for chunk in events.chunks(500) {
+        store
+            .append(&meta.id, chunk[0].seq, chunk, &writer)
+            .await
+            .expect("appends");
+    }
+    store
+        .put_snapshot(&meta.id, snapshot)
+        .await
+        .expect("snapshot stored");
+}
+
+fn bench_load(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    store: &dyn Store,
+    name: &str,
+) {
+    let room = meta().id;
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let loaded = runtime
+                .block_on(load_room(store, &room))
+                .expect("loads")
+                .expect("room exists");
+            assert_eq!(loaded.1.head(), Seq(100_000));
+            black_box(loaded)
+        });
+    });
 }
 
 criterion_group!(benches, apply_stroke_points, load_big_room);
