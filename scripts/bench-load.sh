@@ -12,6 +12,8 @@
 #   idle        IDLE_CONNECTIONS idle connections on collab serve; RSS per connection
 #   late-join   a board of LATE_JOIN_OPS ops; time to joined and to full state
 #   ack         boards at ACK_BOARDS boards on collab serve (ack latency at half capacity)
+#   profile     boards at ACK_BOARDS boards on collab serve under `perf record`;
+#               writes profile-collab.txt (needs perf)
 #
 # Environment (defaults):
 #   BENCH_OUT         results directory (target dir/bench-load/DATE-TIME)
@@ -26,6 +28,9 @@
 #   LATE_JOIN_OPS     (100000)
 #   ACK_BOARDS        (500)
 #   CARGO_TARGET_DIR  build cache ($HOME/.cache/collab/target)
+#   BENCH_NO_BUILD    set: use the binaries already built there
+#   BENCH_DATA_ROOT   where collab's data dirs are made ($COLLAB_CACHE); a tmpfs
+#                     such as /dev/shm takes the disk out of the figures
 #
 # Every run writes NAME.json (all figures), NAME.md (a summary) and NAME-*.svg
 # (latency over time, capacity curve) into BENCH_OUT.
@@ -52,6 +57,7 @@ COLLAB="$CARGO_TARGET_DIR/release/collab"
 LOAD="$CARGO_TARGET_DIR/release/collab-load"
 SERVER_PID=""
 SERVER_URL=""
+SERVER_DATA=""
 
 log() { echo "bench-load: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -79,11 +85,12 @@ start_server() {
   case "$kind" in
     collab)
       local data
-      data="$(mktemp -d "$CACHE/bench-data-XXXXXX")"
+      data="$(mktemp -d "${BENCH_DATA_ROOT:-$CACHE}/bench-data-XXXXXX")"
       COLLAB_JWT_SECRET="$SECRET" RUST_LOG=warn taskset -c "$SERVER_CPU" \
         "$COLLAB" serve --listen "127.0.0.1:$port" --data-dir "$data" \
         >"$OUT/server-$kind.log" 2>&1 &
       SERVER_PID=$!
+      SERVER_DATA="$data"
       SERVER_URL="http://127.0.0.1:$port"
       wait_http "$SERVER_URL/readyz"
       ;;
@@ -114,6 +121,8 @@ stop_server() {
   done
   kill -9 "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
+  [[ -n "$SERVER_DATA" ]] && rm -rf "$SERVER_DATA"
+  SERVER_DATA=""
 }
 trap stop_server EXIT
 
@@ -171,11 +180,33 @@ bench_ack() {
   load "ack-collab" collab boards --boards "$ACK_BOARDS" --seconds "$SECS"
 }
 
+bench_profile() {
+  command -v perf >/dev/null || die "perf not found (Debian: linux-perf)"
+  start_server collab
+  log "profile: boards --boards $ACK_BOARDS under perf"
+  perf record -F 499 -g -o "$OUT/perf-collab.data" -p "$SERVER_PID" -- sleep $((SECS + 2)) \
+    2>"$OUT/perf-record.log" &
+  local perf_pid=$!
+  COLLAB_LOAD_SECRET="$SECRET" taskset -c "$GEN_CPU" "$LOAD" boards --boards "$ACK_BOARDS" \
+    --seconds "$SECS" --target collab --url "$SERVER_URL" --server-pid "$SERVER_PID" \
+    --json "$OUT/profile-run.json" --markdown "$OUT/profile-run.md" --quiet || log "run failed"
+  wait "$perf_pid" || true
+  stop_server
+  perf report -i "$OUT/perf-collab.data" --no-children --sort dso,symbol --percent-limit 1 \
+    --stdio 2>/dev/null | grep -v '^$' | head -120 >"$OUT/profile-collab.txt"
+  perf report -i "$OUT/perf-collab.data" --no-children --sort comm --stdio 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -20 >"$OUT/profile-collab-threads.txt"
+  log "profile in $OUT/profile-collab.txt"
+}
+
 main() {
   command -v taskset >/dev/null || die "taskset (util-linux) not found"
   mkdir -p "$OUT" "$CACHE"
-  log "building (release)"
-  (cd "$ROOT" && cargo build --release --quiet -p collab -p collab-load)
+  if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
+    log "building (release)"
+    (cd "$ROOT" && cargo build --release --quiet -p collab -p collab-load)
+  fi
+  [[ -x "$COLLAB" && -x "$LOAD" ]] || die "no release build in $CARGO_TARGET_DIR"
   if [[ " $TARGETS " == *" centrifugo "* ]]; then
     bash "$ROOT/scripts/centrifugo.sh" install
   fi
@@ -189,6 +220,7 @@ main() {
       idle) bench_idle ;;
       late-join) bench_late_join ;;
       ack) bench_ack ;;
+      profile) bench_profile ;;
       *) die "unknown scenario $s" ;;
     esac
   done

@@ -110,6 +110,14 @@ pub fn run_markdown(r: &RunResult) -> String {
             s.rss_max_bytes as f64 / 1048576.0
         );
     }
+    if let (Some(before), Some(per)) = (r.server_rss_before_bytes, r.server_rss_per_client_bytes) {
+        let _ = writeln!(
+            out,
+            "| server memory per client | {:.1} KiB ((RSS at the end − {:.1} MiB before connecting) / clients) |",
+            per / 1024.0,
+            before as f64 / 1048576.0
+        );
+    }
     let _ = writeln!(
         out,
         "| generator | CPU {:.0}% of one core, {} worker(s) |",

@@ -5,7 +5,7 @@
 //! merges what the workers counted into one [`RunResult`].
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -100,6 +100,10 @@ pub struct RunResult {
     pub latency: Latencies,
     pub timeline: Vec<TimelinePoint>,
     pub server: Option<ProcStats>,
+    /// The server's RSS before the clients connected.
+    pub server_rss_before_bytes: Option<u64>,
+    /// (RSS at the end − RSS before) / clients connected.
+    pub server_rss_per_client_bytes: Option<f64>,
     /// The generator's CPU use, all its processes, % of one core.
     pub generator_cpu_pct: f64,
     /// Nothing lost, duplicated, reordered or refused; all connected.
@@ -246,6 +250,10 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
     let needed = conns.div_ceil(MAX_CONNS_PER_WORKER);
     let workers = opts.workers.max(needed).max(1);
     let id = run_id(&opts.scenario);
+    let rss_before = opts
+        .server_pid
+        .and_then(|pid| crate::sysstat::sample(Some(pid)))
+        .map(|s| s.rss_bytes);
     let mut handles = Vec::new();
     for share in split(rooms, workers) {
         let spec = WorkerSpec {
@@ -384,7 +392,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
             }
         }
     }
-    if opts.progress {
+    if opts.progress && std::io::stderr().is_terminal() {
         eprintln!();
     }
     if done < workers {
@@ -398,7 +406,9 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
         Spawn::Threads => own.cpu_pct_mean,
         Spawn::Processes(_) => own.cpu_pct_mean + worker_cpu / duration_s.max(1e-3) * 100.0,
     };
+    let server = opts.server_pid.map(|_| server.finish());
     let c = &counters;
+    let joined = c.clients - c.connect_failed - c.join_failed;
     Ok(RunResult {
         scenario: opts.scenario.clone(),
         target: opts.target.kind,
@@ -422,7 +432,14 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
             send_lag: hists.send_lag.summary(),
         },
         timeline,
-        server: opts.server_pid.map(|_| server.finish()),
+        server_rss_per_client_bytes: match (rss_before, &server) {
+            (Some(before), Some(s)) if joined > 0 => {
+                Some((s.rss_end_bytes as f64 - before as f64) / joined as f64)
+            }
+            _ => None,
+        },
+        server_rss_before_bytes: rss_before,
+        server,
         generator_cpu_pct,
     })
 }
@@ -431,8 +448,14 @@ fn progress(p: &TimelinePoint, duration_s: f64) {
     let total = duration_s.ceil().max(1.0) as u64;
     let width = 30;
     let filled = (p.second.min(total) * width / total) as usize;
+    // A bar redrawn in place on a terminal; one line a second in a log.
+    let (start, end) = if std::io::stderr().is_terminal() {
+        ("\r", "   ")
+    } else {
+        ("", "\n")
+    };
     eprint!(
-        "\r[{}{}] {:>3}/{} s  ops {:>7}/s  delivered {:>8}/s  cursors {:>8}/s  p99 {:>7.1} ms  errors {}   ",
+        "{start}[{}{}] {:>3}/{} s  ops {:>7}/s  delivered {:>8}/s  cursors {:>8}/s  p99 {:>7.1} ms  errors {}{end}",
         "#".repeat(filled),
         " ".repeat(width as usize - filled),
         p.second,

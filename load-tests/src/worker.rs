@@ -55,7 +55,8 @@ pub enum WorkerMsg {
     Ready { counters: Counters, hists: Hists },
     /// One second of the run.
     Tick(Tick),
-    /// The end: all counters and histograms, and this worker's CPU seconds.
+    /// The end: all counters and histograms, and this worker's CPU seconds
+    /// from start to stop.
     Done {
         counters: Counters,
         hists: Hists,
@@ -146,7 +147,6 @@ pub async fn run_worker(
     start: oneshot::Receiver<u64>,
 ) -> Result<()> {
     let clock = Clock::new();
-    let cpu_start = sysstat::sample(None).map(|s| s.cpu_secs).unwrap_or(0.0);
     let setup = Setup::new(&spec.target)?;
     let (first, last) = spec.rooms;
     let users = |room: u32| spec.scenario.users_in(room);
@@ -209,6 +209,8 @@ pub async fn run_worker(
     }
 
     let start_us = start.await.map_err(|_| anyhow!("no start time"))?;
+    // CPU of the measured part only, not of connecting.
+    let cpu_start = sysstat::sample(None).map(|s| s.cpu_secs).unwrap_or(0.0);
     let stop_us = start_us + spec.duration_ms * 1000;
     let drain_end = stop_us + spec.drain_ms * 1000;
     let _ = phase_tx.send(Phase::Running(start_us));
@@ -229,6 +231,7 @@ pub async fn run_worker(
         let _ = tx.send(WorkerMsg::Tick(tick));
     }
     tokio::time::sleep_until(clock.instant(stop_us)).await;
+    let cpu_secs = sysstat::sample(None).map(|s| s.cpu_secs).unwrap_or(0.0) - cpu_start;
     loop {
         if complete(&conns) || now_us() >= drain_end {
             break;
@@ -248,7 +251,6 @@ pub async fn run_worker(
         account(&conns, counters);
         (counters.clone(), hists.clone())
     };
-    let cpu_secs = sysstat::sample(None).map(|s| s.cpu_secs).unwrap_or(0.0) - cpu_start;
     let _ = tx.send(WorkerMsg::Done {
         counters,
         hists,
