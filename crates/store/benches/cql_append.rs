@@ -56,34 +56,41 @@ async fn run(store: &Arc<CqlStore>, rooms: usize, batch: usize, run_for: Duratio
                 let room = unique_room("bench");
                 let w = writer("bench", 1);
                 let mut latency = Histogram::<u64>::new(3).expect("histogram");
+                let mut failed = 0u64;
                 let mut next = 1u64;
                 while Instant::now() < deadline {
                     let ops = points_batch(&room, next, batch);
                     let t = Instant::now();
-                    store
-                        .append(&room, Seq(next), &ops, &w)
-                        .await
-                        .expect("append");
-                    latency
-                        .record(t.elapsed().as_micros() as u64)
-                        .expect("auto-resizing histogram");
-                    next += batch as u64;
+                    match store.append(&room, Seq(next), &ops, &w).await {
+                        Ok(()) => {
+                            latency
+                                .record(t.elapsed().as_micros() as u64)
+                                .expect("auto-resizing histogram");
+                            next += batch as u64;
+                        }
+                        // Timed out: carry on from what is stored.
+                        Err(_) => {
+                            failed += 1;
+                            next = store.head(&room).await.map_or(next, |h| h.get() + 1);
+                        }
+                    }
                 }
-                latency
+                (latency, failed)
             })
         })
         .collect();
     let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    let mut failed = 0;
     for task in tasks {
-        latency
-            .add(task.await.expect("appender"))
-            .expect("same histogram bounds");
+        let (histogram, errors) = task.await.expect("appender");
+        latency.add(histogram).expect("same histogram bounds");
+        failed += errors;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let appends = latency.len() as f64;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "{rooms} room(s), batch {batch}: {:.0} ops/s, {:.0} appends/s; append latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "{rooms} room(s), batch {batch}: {:.0} ops/s, {:.0} appends/s; append latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {failed} failed",
         appends * batch as f64 / elapsed,
         appends / elapsed,
         ms(0.5),

@@ -56,6 +56,9 @@ pub struct CqlStore {
     statements: Statements,
     options: CqlOptions,
     resolved_appends: AtomicU64,
+    /// Bounds the conditional writes in flight (see
+    /// [`CqlOptions::max_in_flight`]).
+    in_flight: tokio::sync::Semaphore,
 }
 
 struct Statements {
@@ -148,8 +151,9 @@ impl CqlStore {
         Ok(CqlStore {
             session,
             statements,
-            options,
             resolved_appends: AtomicU64::new(0),
+            in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
+            options,
         })
     }
 
@@ -223,7 +227,14 @@ impl CqlStore {
         batch.set_serial_consistency(Some(self.options.serial_consistency));
         let first = slice[0].0.seq.get();
         let last = slice[slice.len() - 1].0.seq.get();
-        let outcome = match self.session.batch(&batch, &values).await {
+        let permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        let result = self.session.batch(&batch, &values).await;
+        drop(permit);
+        let outcome = match result {
             Ok(result) => match applied(result) {
                 Ok(true) => return Ok(()),
                 Ok(false) => None,

@@ -61,6 +61,10 @@ pub struct CqlOptions {
     /// How long start-up waits for the cluster (`connect_timeout_ms=`,
     /// default 30000).
     pub connect_timeout: Duration,
+    /// Most conditional appends in flight at once (`max_in_flight=`, default
+    /// 128). More wait in this process, where waiting costs nothing,
+    /// instead of queueing in the server until they time out.
+    pub max_in_flight: usize,
 }
 
 impl CqlOptions {
@@ -75,6 +79,7 @@ impl CqlOptions {
             request_timeout: Duration::from_secs(5),
             max_batch_bytes: 256 * 1024,
             connect_timeout: Duration::from_secs(30),
+            max_in_flight: 128,
         }
     }
 
@@ -124,6 +129,10 @@ impl CqlOptions {
                 }
                 "connect_timeout_ms" => {
                     options.connect_timeout = Duration::from_millis(parse_positive(key, value)?)
+                }
+                "max_in_flight" => {
+                    options.max_in_flight =
+                        usize::try_from(parse_positive(key, value)?).unwrap_or(usize::MAX)
                 }
                 "max_batch_kib" => {
                     options.max_batch_bytes = usize::try_from(parse_positive(key, value)?)
@@ -222,7 +231,7 @@ mod tests {
     #[test]
     fn parses_a_full_url() {
         let o = CqlOptions::from_url(
-            "cql://a:9042,b:19042/collab_prod?replication=dc1:3,dc2:3&consistency=local_quorum&serial=local_serial&timeout_ms=2000&max_batch_kib=64&connect_timeout_ms=100",
+            "cql://a:9042,b:19042/collab_prod?replication=dc1:3,dc2:3&consistency=local_quorum&serial=local_serial&timeout_ms=2000&max_batch_kib=64&connect_timeout_ms=100&max_in_flight=7",
         )
         .expect("valid");
         assert_eq!(o.nodes, vec!["a:9042", "b:19042"]);
@@ -240,6 +249,7 @@ mod tests {
         assert_eq!(o.request_timeout, Duration::from_secs(2));
         assert_eq!(o.max_batch_bytes, 64 * 1024);
         assert_eq!(o.connect_timeout, Duration::from_millis(100));
+        assert_eq!(o.max_in_flight, 7);
         assert_eq!(o.to_string(), "cql://a:9042,b:19042/collab_prod");
     }
 
