@@ -8,7 +8,8 @@
 # Scenarios (default: all, in this order):
 #   boards      capacity search over BOARDS_STEPS on every target
 #   classroom   capacity search over CLASSROOM_STEPS on every target
-#   chat        CHAT_CHANNELS channels × 20 users, 1 message/s each
+#   chat        CHAT_CHANNELS channels × 20 users, 1 message/s each (900: the 18,000
+#               connections one server process holds under a 20,000 open-file limit)
 #   idle        IDLE_CONNECTIONS idle connections on collab serve; RSS per connection
 #   late-join   a board of LATE_JOIN_OPS ops; time to joined and to full state
 #   ack         boards at ACK_BOARDS boards on collab serve (ack latency at half capacity)
@@ -23,7 +24,7 @@
 #   GEN_CPU           core for the generator (1)
 #   BOARDS_STEPS      (100,200,400,600,800,1000,1200,1500)
 #   CLASSROOM_STEPS   (1,2,4,6,8,10,15,20)
-#   CHAT_CHANNELS     (1000)
+#   CHAT_CHANNELS     (900)
 #   IDLE_CONNECTIONS  (19000)
 #   LATE_JOIN_OPS     (100000)
 #   ACK_BOARDS        (500)
@@ -46,7 +47,7 @@ SERVER_CPU="${SERVER_CPU:-0}"
 GEN_CPU="${GEN_CPU:-1}"
 BOARDS_STEPS="${BOARDS_STEPS:-100,200,400,600,800,1000,1200,1500}"
 CLASSROOM_STEPS="${CLASSROOM_STEPS:-1,2,4,6,8,10,15,20}"
-CHAT_CHANNELS="${CHAT_CHANNELS:-1000}"
+CHAT_CHANNELS="${CHAT_CHANNELS:-900}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-19000}"
 LATE_JOIN_OPS="${LATE_JOIN_OPS:-100000}"
 ACK_BOARDS="${ACK_BOARDS:-500}"
@@ -153,12 +154,24 @@ bench_boards() {
   for t in $TARGETS; do
     load "boards-$t" "$t" boards --seconds "$SECS" --steps "$BOARDS_STEPS"
   done
+  plot boards
 }
 
 bench_classroom() {
   for t in $TARGETS; do
     load "classroom-$t" "$t" classroom --seconds "$SECS" --steps "$CLASSROOM_STEPS"
   done
+  plot classroom
+}
+
+# plot SCENARIO: the capacity curves of every target in one SVG.
+plot() {
+  local files=()
+  for t in $TARGETS; do
+    [[ -f "$OUT/$1-$t.json" ]] && files+=("$OUT/$1-$t.json")
+  done
+  ((${#files[@]})) || return 0
+  "$LOAD" plot --title "$1: op delivery p99 by size" --out "$OUT/$1-capacity.svg" "${files[@]}"
 }
 
 bench_chat() {

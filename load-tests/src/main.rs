@@ -155,6 +155,16 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Draw the capacity curves of several `--steps` runs (their JSON
+    /// results) into one SVG.
+    Plot {
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// JSON results of capacity runs, one curve each (named by target).
+        results: Vec<PathBuf>,
+    },
     /// (internal) one worker process: spec and start time on stdin.
     #[command(hide = true)]
     Worker,
@@ -267,6 +277,29 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker => run::worker_main(),
+        Command::Plot {
+            title,
+            out,
+            results,
+        } => {
+            let mut curves = Vec::new();
+            for path in &results {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let result: CapacityResult = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a capacity result", path.display()))?;
+                let name = result
+                    .steps
+                    .first()
+                    .map_or("?", |s| s.result.target.name())
+                    .to_owned();
+                curves.push((name, result));
+            }
+            let refs: Vec<(&str, &CapacityResult)> =
+                curves.iter().map(|(n, c)| (n.as_str(), c)).collect();
+            std::fs::write(&out, report::capacity_svg(&title, &refs))?;
+            Ok(())
+        }
         Command::Relay { listen, threads } => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             if let Some(threads) = threads {
@@ -354,7 +387,7 @@ fn main() -> Result<()> {
                         write(&common.markdown, "", &md)?;
                         Ok(())
                     }
-                    Command::Relay { .. } | Command::Worker => Ok(()),
+                    Command::Relay { .. } | Command::Worker | Command::Plot { .. } => Ok(()),
                 }
             })
         }

@@ -371,7 +371,11 @@ impl Client {
             .ws_url(me as usize, &self.room_name, token.as_deref());
         let t0 = Instant::now();
         let source = source_ip(me, self.spec.source_ips);
-        let mut ws = match connect(&url, source).await {
+        // A server out of file descriptors leaves the handshake hanging.
+        let connected = tokio::time::timeout(Duration::from_secs(30), connect(&url, source))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("no handshake within 30 s")));
+        let mut ws = match connected {
             Ok(ws) => ws,
             Err(e) => {
                 let mut r = self.rec.borrow_mut();
