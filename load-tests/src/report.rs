@@ -234,7 +234,13 @@ pub struct Series<'a> {
 }
 
 /// A plain SVG line chart (no fonts or libraries needed to view it).
-pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> String {
+pub fn svg_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    bound: Option<f64>,
+) -> String {
     let (w, h) = (720.0, 400.0);
     let (left, right, top, bottom) = (70.0, 20.0, 40.0, 50.0);
     let all = series.iter().flat_map(|s| s.points.iter());
@@ -250,7 +256,7 @@ pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    let y1 = nice(y1.max(1e-3));
+    let y1 = nice(y1.max(bound.unwrap_or(0.0)).max(1e-3));
     let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| h - bottom - y / y1 * (h - top - bottom);
     let mut out = String::new();
@@ -295,6 +301,16 @@ pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>
         h / 2.0,
         esc(y_label)
     );
+    if let Some(b) = bound {
+        let (x2, yy) = (w - right, py(b));
+        let _ = writeln!(
+            out,
+            r##"<line x1="{left}" x2="{x2}" y1="{yy}" y2="{yy}" stroke="#888" stroke-dasharray="6 4"/><text x="{}" y="{}" text-anchor="end" fill="#666">bound {}</text>"##,
+            x2 - 4.0,
+            yy - 4.0,
+            fmt_num(b)
+        );
+    }
     for (i, s) in series.iter().enumerate() {
         let path: Vec<String> = s
             .points
@@ -363,11 +379,13 @@ pub fn timeline_svg(r: &RunResult) -> String {
                 points: p(|t| t.ack_p99_ms),
             },
         ],
+        None,
     )
 }
 
 /// p99 against size, one line per target.
 pub fn capacity_svg(title: &str, curves: &[(&str, &CapacityResult)]) -> String {
+    let bound = curves.first().map(|(_, c)| c.p99_bound_ms);
     const COLORS: [&str; 4] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
     let series: Vec<Series<'_>> = curves
         .iter()
@@ -382,7 +400,7 @@ pub fn capacity_svg(title: &str, curves: &[(&str, &CapacityResult)]) -> String {
                 .collect(),
         })
         .collect();
-    svg_chart(title, "rooms", "op delivery p99 (ms)", &series)
+    svg_chart(title, "rooms", "op delivery p99 (ms)", &series, bound)
 }
 
 fn nice(x: f64) -> f64 {

@@ -256,3 +256,6 @@ pub fn points_json(sender: u32) -> String {
     out.push(']');
     out
 }
+
+#[cfg(test)]
+mod tests;
