@@ -8,13 +8,15 @@
 # Scenarios (default: all, in this order):
 #   boards      capacity search over BOARDS_STEPS on every target
 #   classroom   capacity search over CLASSROOM_STEPS on every target
+#   classroom-rate  one classroom, every rate stepped over CLASSROOM_RATE_STEPS (%)
 #   chat        CHAT_CHANNELS channels × 20 users, 1 message/s each (900: the 18,000
 #               connections one server process holds under a 20,000 open-file limit)
 #   idle        IDLE_CONNECTIONS idle connections on collab serve; RSS per connection
 #   late-join   a board of LATE_JOIN_OPS ops; time to joined and to full state
 #   ack         boards at ACK_BOARDS boards on collab serve (ack latency at half capacity)
 #   profile     boards at ACK_BOARDS boards on collab serve under `perf record`;
-#               writes profile-collab.txt (needs perf)
+#               writes profile-collab.txt (needs perf) and, with inferno
+#               installed (cargo install inferno), flamegraph-collab.svg
 #
 # Environment (defaults):
 #   BENCH_OUT         results directory (target dir/bench-load/DATE-TIME)
@@ -24,12 +26,15 @@
 #   GEN_CPU           core for the generator (1)
 #   BOARDS_STEPS      (100,200,400,600,800,1000,1200,1500)
 #   CLASSROOM_STEPS   (1,2,4,6,8,10,15,20)
+#   CLASSROOM_RATE_STEPS (10,25,50,75,100)
 #   CHAT_CHANNELS     (900)
 #   IDLE_CONNECTIONS  (19000)
 #   LATE_JOIN_OPS     (100000)
 #   ACK_BOARDS        (500)
 #   CARGO_TARGET_DIR  build cache ($HOME/.cache/collab/target)
 #   BENCH_NO_BUILD    set: use the binaries already built there
+#   PERF_CALL_GRAPH   perf's call-graph mode for `profile` (fp; "dwarf" resolves
+#                     the Rust frames of a binary built without frame pointers)
 #   BENCH_DATA_ROOT   where collab's data dirs are made ($COLLAB_CACHE); a tmpfs
 #                     such as /dev/shm takes the disk out of the figures
 #
@@ -47,6 +52,7 @@ SERVER_CPU="${SERVER_CPU:-0}"
 GEN_CPU="${GEN_CPU:-1}"
 BOARDS_STEPS="${BOARDS_STEPS:-100,200,400,600,800,1000,1200,1500}"
 CLASSROOM_STEPS="${CLASSROOM_STEPS:-1,2,4,6,8,10,15,20}"
+CLASSROOM_RATE_STEPS="${CLASSROOM_RATE_STEPS:-10,25,50,75,100}"
 CHAT_CHANNELS="${CHAT_CHANNELS:-900}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-19000}"
 LATE_JOIN_OPS="${LATE_JOIN_OPS:-100000}"
@@ -164,6 +170,14 @@ bench_classroom() {
   plot classroom
 }
 
+bench_classroom_rate() {
+  for t in $TARGETS; do
+    load "classroom-rate-$t" "$t" classroom --rooms 1 --seconds "$SECS" \
+      --step-by rate-percent --steps "$CLASSROOM_RATE_STEPS"
+  done
+  plot classroom-rate
+}
+
 # plot SCENARIO: the capacity curves of every target in one SVG.
 plot() {
   local files=()
@@ -197,7 +211,7 @@ bench_profile() {
   command -v perf >/dev/null || die "perf not found (Debian: linux-perf)"
   start_server collab
   log "profile: boards --boards $ACK_BOARDS under perf"
-  perf record -F 499 -g -o "$OUT/perf-collab.data" -p "$SERVER_PID" -- sleep $((SECS + 2)) \
+  perf record -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -o "$OUT/perf-collab.data" -p "$SERVER_PID" -- sleep $((SECS + 2)) \
     2>"$OUT/perf-record.log" &
   local perf_pid=$!
   COLLAB_LOAD_SECRET="$SECRET" taskset -c "$GEN_CPU" "$LOAD" boards --boards "$ACK_BOARDS" \
@@ -205,10 +219,19 @@ bench_profile() {
     --json "$OUT/profile-run.json" --markdown "$OUT/profile-run.md" --quiet || log "run failed"
   wait "$perf_pid" || true
   stop_server
-  perf report -i "$OUT/perf-collab.data" --no-children --sort dso,symbol --percent-limit 1 \
-    --stdio 2>/dev/null | grep -v '^$' | head -120 >"$OUT/profile-collab.txt"
-  perf report -i "$OUT/perf-collab.data" --no-children --sort comm --stdio 2>/dev/null \
-    | grep -v '^#' | grep -v '^$' | head -20 >"$OUT/profile-collab-threads.txt"
+  # Flat: by shared object, by thread, then the hottest symbols.
+  {
+    perf report -i "$OUT/perf-collab.data" --no-children -g none --sort dso --stdio 2>/dev/null
+    perf report -i "$OUT/perf-collab.data" --no-children -g none --sort comm --stdio 2>/dev/null
+    perf report -i "$OUT/perf-collab.data" --no-children -g none --sort symbol --stdio 2>/dev/null \
+      | head -80
+  } | grep -v '^#' | grep -v '^$' >"$OUT/profile-collab.txt"
+  # A flamegraph when inferno is installed (cargo install inferno).
+  if command -v inferno-collapse-perf >/dev/null && command -v inferno-flamegraph >/dev/null; then
+    perf script -i "$OUT/perf-collab.data" 2>/dev/null | inferno-collapse-perf \
+      | inferno-flamegraph --title "collab serve, boards × $ACK_BOARDS" >"$OUT/flamegraph-collab.svg"
+    log "flamegraph in $OUT/flamegraph-collab.svg"
+  fi
   log "profile in $OUT/profile-collab.txt"
 }
 
@@ -224,11 +247,12 @@ main() {
     bash "$ROOT/scripts/centrifugo.sh" install
   fi
   local scenarios=("$@")
-  ((${#scenarios[@]})) || scenarios=(boards classroom chat idle late-join ack)
+  ((${#scenarios[@]})) || scenarios=(boards classroom classroom-rate chat idle late-join ack)
   for s in "${scenarios[@]}"; do
     case "$s" in
       boards) bench_boards ;;
       classroom) bench_classroom ;;
+      classroom-rate) bench_classroom_rate ;;
       chat) bench_chat ;;
       idle) bench_idle ;;
       late-join) bench_late_join ;;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use collab_load::capacity::{self, CapacityResult};
+use collab_load::capacity::{self, CapacityResult, StepBy};
 use collab_load::latejoin::{self, LateJoinOptions};
 use collab_load::report;
 use collab_load::run::{self, RunOptions, RunResult, Spawn};
@@ -75,6 +75,11 @@ struct Common {
     /// passes --p99-bound-ms or anything is lost; report the capacity.
     #[arg(long, value_delimiter = ',')]
     steps: Vec<u32>,
+    /// What --steps steps: the number of rooms, or every sending rate in %
+    /// of the scenario's (for scenarios whose smallest room is already too
+    /// much).
+    #[arg(long, value_enum, default_value = "rooms")]
+    step_by: StepBy,
     #[arg(long, default_value_t = 50.0)]
     p99_bound_ms: f64,
     /// No progress line.
@@ -243,7 +248,8 @@ async fn scenario(scenario: Scenario, c: Common) -> Result<()> {
         write(&c.markdown, "", &md)?;
         write(&c.plots, "-timeline.svg", &report::timeline_svg(&result))?;
     } else {
-        let result: CapacityResult = capacity::search(&opts, &c.steps, c.p99_bound_ms).await?;
+        let result: CapacityResult =
+            capacity::search(&opts, c.step_by, &c.steps, c.p99_bound_ms).await?;
         let mut md = report::capacity_markdown(&result);
         for step in &result.steps {
             md.push('\n');

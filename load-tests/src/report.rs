@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::capacity::CapacityResult;
+use crate::capacity::{CapacityResult, StepBy};
 use crate::latejoin::LateJoinResult;
 use crate::run::RunResult;
 use crate::stats::Latency;
@@ -157,9 +157,13 @@ pub fn capacity_markdown(c: &CapacityResult) -> String {
         first.result.target.name(),
         c.p99_bound_ms
     );
+    let unit = match c.step_by {
+        StepBy::Rooms => "rooms",
+        StepBy::RatePercent => "rate %",
+    };
     let _ = writeln!(
         out,
-        "| rooms | clients | ops sent/s | deliveries/s | cursors/s | op p50 | op p99 | ack p99 | lost | errors | server CPU | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| {unit} | clients | ops sent/s | deliveries/s | cursors/s | op p50 | op p99 | ack p99 | lost | errors | server CPU | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for s in &c.steps {
         let r = &s.result;
@@ -186,10 +190,10 @@ pub fn capacity_markdown(c: &CapacityResult) -> String {
         out,
         "\ncapacity: **{}**",
         c.capacity
-            .map_or("below the first step".to_owned(), |r| format!(
-                "{} rooms",
-                n(u64::from(r))
-            ))
+            .map_or("below the first step".to_owned(), |r| match c.step_by {
+                StepBy::Rooms => format!("{} rooms", n(u64::from(r))),
+                StepBy::RatePercent => format!("{r}% of the scenario's rates"),
+            })
     );
     out
 }
@@ -400,7 +404,11 @@ pub fn capacity_svg(title: &str, curves: &[(&str, &CapacityResult)]) -> String {
                 .collect(),
         })
         .collect();
-    svg_chart(title, "rooms", "op delivery p99 (ms)", &series, bound)
+    let x = match curves.first().map(|(_, c)| c.step_by) {
+        Some(StepBy::RatePercent) => "rate, % of the scenario's",
+        _ => "rooms",
+    };
+    svg_chart(title, x, "op delivery p99 (ms)", &series, bound)
 }
 
 fn nice(x: f64) -> f64 {

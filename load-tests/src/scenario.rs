@@ -145,6 +145,37 @@ impl Scenario {
         s
     }
 
+    /// A copy with every sending rate at `percent` % (ops, cursors,
+    /// messages; the capacity search can step the rate instead of the
+    /// size).
+    pub fn with_rate_percent(&self, percent: u32) -> Scenario {
+        let f = f64::from(percent) / 100.0;
+        let mut s = self.clone();
+        match &mut s {
+            Scenario::Boards {
+                ops_per_sec,
+                cursor_hz,
+                ..
+            } => {
+                *ops_per_sec *= f;
+                *cursor_hz *= f;
+            }
+            Scenario::Classroom {
+                cursor_hz,
+                stroke_secs,
+                ..
+            } => {
+                *cursor_hz *= f;
+                *stroke_secs /= f.max(1e-6);
+            }
+            Scenario::Chat {
+                messages_per_sec, ..
+            } => *messages_per_sec *= f,
+            Scenario::Idle { .. } => {}
+        }
+        s
+    }
+
     /// Ops per second the whole scenario offers (sent, before fan-out).
     pub fn offered_ops_per_sec(&self) -> f64 {
         let (rooms, users) = self.shape();

@@ -88,3 +88,24 @@ fn split_covers_every_room_once() {
         }
     }
 }
+
+#[test]
+fn rate_percent_scales_every_rate() {
+    let s = Scenario::Classroom {
+        rooms: 1,
+        users: 50,
+        cursor_hz: 20.0,
+        stroke_secs: 5.0,
+    };
+    match s.with_rate_percent(25) {
+        Scenario::Classroom {
+            cursor_hz,
+            stroke_secs,
+            ..
+        } => {
+            assert_eq!(cursor_hz, 5.0);
+            assert_eq!(stroke_secs, 20.0);
+        }
+        other => panic!("not a classroom: {other:?}"),
+    }
+}
