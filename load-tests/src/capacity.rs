@@ -23,6 +23,10 @@ pub struct Step {
     /// Rooms, or the rate in % (see [`CapacityResult::step_by`]).
     pub rooms: u32,
     pub passed: bool,
+    /// The generator itself sent late (send lag p99 over half the bound):
+    /// the step measured the generator's machine, not the server.
+    #[serde(default)]
+    pub generator_late: bool,
     pub result: RunResult,
 }
 
@@ -67,18 +71,25 @@ pub async fn search(
         };
         let result = run(&opts).await?;
         let passed = passes(&result, p99_bound_ms);
+        let generator_late = result.latency.send_lag.p99_ms > p99_bound_ms / 2.0;
         if base.progress {
             eprintln!(
-                "step {step}: op p99 {:.1} ms, lost {}, errors {} → {}",
+                "step {step}: op p99 {:.1} ms, lost {}, errors {} → {}{}",
                 result.latency.op.p99_ms,
                 result.counters.ops_lost,
                 result.counters.error_count(),
-                if passed { "pass" } else { "FAIL" }
+                if passed { "pass" } else { "FAIL" },
+                if generator_late {
+                    " (the generator sent late: this step measured it, not the server)"
+                } else {
+                    ""
+                }
             );
         }
         out.steps.push(Step {
             rooms: step,
             passed,
+            generator_late,
             result,
         });
         if !passed {

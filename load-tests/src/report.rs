@@ -183,7 +183,11 @@ pub fn capacity_markdown(c: &CapacityResult) -> String {
             r.server
                 .as_ref()
                 .map_or("-".to_owned(), |s| format!("{:.0}%", s.cpu_pct_mean)),
-            if s.passed { "pass" } else { "fail" }
+            match (s.passed, s.generator_late) {
+                (true, _) => "pass",
+                (false, false) => "fail",
+                (false, true) => "fail (generator late)",
+            }
         );
     }
     let _ = writeln!(
