@@ -3,7 +3,8 @@
 //! cql_append` (without the variable it says so and does nothing).
 //!
 //! - one room appending sequentially (one batch in flight, as the room
-//!   actor does) with batches of 1, 16 and 256 ops: every append is one
+//!   actor does) with batches of 1, 16, 256 and 512 ops (the actor's
+//!   largest): every append is one
 //!   conditional write (a Paxos round) and one commit-log sync;
 //! - 1,000 rooms, one task each, appending in a loop with batches of 1 and
 //!   16: many conditional writes in flight, which the server's commit log
@@ -36,7 +37,7 @@ async fn main() {
     let options = CqlOptions::from_url(&format!("cql://{target}/collab_bench")).expect("url");
     let store = Arc::new(CqlStore::connect(options).await.expect("connect"));
     let run_for = Duration::from_secs(secs);
-    for batch in [1usize, 16, 256] {
+    for batch in [1usize, 16, 256, 512] {
         run(&store, 1, batch, run_for).await;
     }
     for batch in [1usize, 16] {
