@@ -571,24 +571,35 @@ impl Live {
         user: UserInfo,
         reply: Reply,
     ) {
+        match self.admit(ctx, &room, conn, user) {
+            Ok(()) => answer(reply, RoomReply::Done),
+            Err(refusal) => answer(reply, refusal.into()),
+        }
+    }
+
+    /// Puts `conn` into the presence if `user` may be in the room, telling
+    /// the others when the user was not there yet.
+    fn admit(
+        &mut self,
+        ctx: &RoomContext,
+        room: &RoomId,
+        conn: ConnRef,
+        user: UserInfo,
+    ) -> Result<(), ProtocolError> {
         if !self.record.admits(&user.id) {
-            answer(
-                reply,
-                ProtocolError::forbidden("this room is private").into(),
-            );
-            return;
+            return Err(ProtocolError::forbidden("this room is private"));
         }
         if let Some(PresenceChange::Joined(info)) =
             self.state.presence_mut().join(conn.clone(), user)
         {
             ctx.sink.emit(RoomEvent::Presence {
-                room,
+                room: room.clone(),
                 event: PresenceEvent::Join,
                 user: info,
                 origin: Some(conn),
             });
         }
-        answer(reply, RoomReply::Done);
+        Ok(())
     }
 
     fn answer_join(&mut self, ctx: &RoomContext, request: RoomRequest, reply: Reply) {
@@ -602,22 +613,9 @@ impl Live {
         else {
             return;
         };
-        if !self.record.admits(&user.id) {
-            answer(
-                reply,
-                ProtocolError::forbidden("this room is private").into(),
-            );
+        if let Err(refusal) = self.admit(ctx, &room, conn, user) {
+            answer(reply, refusal.into());
             return;
-        }
-        if let Some(PresenceChange::Joined(info)) =
-            self.state.presence_mut().join(conn.clone(), user)
-        {
-            ctx.sink.emit(RoomEvent::Presence {
-                room: room.clone(),
-                event: PresenceEvent::Join,
-                user: info,
-                origin: Some(conn),
-            });
         }
         let head = self.committed;
         let mut body = JoinedBody {
