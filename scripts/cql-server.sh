@@ -28,9 +28,8 @@ VENV="$CACHE/cql-venv"
 log() { echo "cql-server: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+# shellcheck source=lib/server-process.sh
+source "$(dirname "$0")/lib/server-process.sh"
 
 # Exit 0 if HOST PORT answers a CQL v4 OPTIONS frame with SUPPORTED.
 cql_ping() {
@@ -166,13 +165,7 @@ EOF
   echo "$jmx_port" >"$dir/conf/jmx_port"
 }
 
-pid_of() { # DIR -> pid if alive
-  local f="$1/cassandra.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+pid_of() { pid_in "$1/cassandra.pid"; } # DIR -> pid if alive
 
 cmd_start() { # DIR [PORT]
   local dir=${1:-${COLLAB_CQL_DIR:-}} port=${2:-${COLLAB_CQL_PORT:-}}
@@ -269,24 +262,7 @@ cmd_start() { # DIR [PORT]
 }
 
 cmd_stop() { # DIR [signal]
-  local dir=${1:?usage: stop DIR} sig=${2:-TERM} pid
-  if ! pid=$(pid_of "$dir"); then
-    log "no running server in $dir"
-    rm -f "$dir/cassandra.pid"
-    return 0
-  fi
-  log "sending SIG$sig to $pid"
-  kill "-$sig" "$pid" 2>/dev/null || true
-  local deadline=$(( SECONDS + 30 ))
-  while kill -0 "$pid" 2>/dev/null; do
-    if (( SECONDS >= deadline )); then
-      log "still alive after 30s; SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    sleep 0.2
-  done
-  rm -f "$dir/cassandra.pid"
-  log "stopped $pid"
+  stop_pidfile "${1:?usage: stop DIR}/cassandra.pid" "${2:-TERM}" 30
 }
 
 cmd_status() {

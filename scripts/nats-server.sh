@@ -33,9 +33,8 @@ BIN="$VENV/bin/nats-server"
 log() { echo "nats-server: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+# shellcheck source=lib/server-process.sh
+source "$(dirname "$0")/lib/server-process.sh"
 
 # Exit 0 if HOST PORT greets with a NATS INFO line.
 nats_ping() {
@@ -75,13 +74,7 @@ cmd_path() {
   echo "$BIN"
 }
 
-pid_of() { # DIR -> pid if alive
-  local f="$1/nats-server.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+pid_of() { pid_in "$1/nats-server.pid"; } # DIR -> pid if alive
 
 cmd_start() { # DIR [PORT]
   local dir=${1:-} port=${2:-}
@@ -116,24 +109,7 @@ cmd_start() { # DIR [PORT]
 }
 
 cmd_stop() { # DIR [signal]
-  local dir=${1:?usage: stop DIR} sig=${2:-TERM} pid
-  if ! pid=$(pid_of "$dir"); then
-    log "no running server in $dir"
-    rm -f "$dir/nats-server.pid"
-    return 0
-  fi
-  log "sending SIG$sig to $pid"
-  kill "-$sig" "$pid" 2>/dev/null || true
-  local deadline=$(( SECONDS + 10 ))
-  while kill -0 "$pid" 2>/dev/null; do
-    if (( SECONDS >= deadline )); then
-      log "still alive after 10s; SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    sleep 0.1
-  done
-  rm -f "$dir/nats-server.pid"
-  log "stopped $pid"
+  stop_pidfile "${1:?usage: stop DIR}/nats-server.pid" "${2:-TERM}" 10
 }
 
 cmd_status() {

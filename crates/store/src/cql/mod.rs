@@ -703,14 +703,13 @@ impl Store for CqlStore {
         if limit == 0 || before.get() <= 1 {
             return Ok(Vec::new());
         }
-        let top = (before.get() - 1).min(self.head(room).await?.get());
-        if top == 0 {
-            return Ok(Vec::new());
-        }
         let mut out: Vec<OpEvent> = Vec::new();
-        let mut bucket = bucket_of(top);
+        // Start in the bucket of `before - 1`: a page inside the log needs
+        // no head lookup (callers usually know the head already).
+        let mut bucket = bucket_of(before.get() - 1);
         // Exclusive upper bound of the next page within `bucket`.
-        let mut below = top + 1;
+        let mut below = before.get();
+        let mut head_checked = false;
         while out.len() < limit {
             let page = (limit - out.len()).min(READ_PAGE);
             let found = match kinds {
@@ -731,6 +730,21 @@ impl Store for CqlStore {
                     }
                 }
             };
+            if found.is_empty() && !head_checked {
+                // Nothing below `below` here: either `before` lies past the
+                // end of the log (go to the head's bucket) or this bucket
+                // has none of these kinds (carry on down).
+                head_checked = true;
+                let head = self.head(room).await?.get();
+                if head == 0 {
+                    break;
+                }
+                if bucket_of(head) < bucket {
+                    bucket = bucket_of(head);
+                    below = head + 1;
+                    continue;
+                }
+            }
             let full = found.len() == page;
             if let Some(oldest) = found.last() {
                 below = oldest.seq.get();

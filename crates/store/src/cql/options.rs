@@ -181,8 +181,8 @@ fn parse_replication(value: &str) -> Result<Replication, String> {
             "replication `{value}`: factors are positive integers"
         )),
     };
-    if let Ok(n) = value.parse::<u32>() {
-        return Ok(Replication::Simple(factor(&n.to_string())?));
+    if value.parse::<u32>().is_ok() {
+        return Ok(Replication::Simple(factor(value)?));
     }
     if let Some(n) = value.strip_prefix("simple:") {
         return Ok(Replication::Simple(factor(n)?));

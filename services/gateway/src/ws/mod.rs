@@ -340,12 +340,17 @@ impl Connection {
         self.tell_room_left(room);
     }
 
-    /// Tells the room this connection left; nothing waits for the answer.
+    /// Tells the room this connection left.
     fn tell_room_left(&self, room: RoomId) {
-        let request = RoomRequest::Leave {
+        self.tell(RoomRequest::Leave {
             room,
             conn: self.conn.clone(),
-        };
+        });
+    }
+
+    /// Sends `request` now (so it is ordered before anything this
+    /// connection sends later); nothing waits for the answer.
+    fn tell(&self, request: RoomRequest) {
         let reply = self.shared.bus.request(request, self.request_timeout());
         tokio::spawn(async move {
             let _ = reply.await;
@@ -437,17 +442,12 @@ impl Connection {
     }
 
     /// Puts this connection back into a room's presence (see
-    /// `RoomRequest::Attach`). Sent now, so it is ordered before anything
-    /// this connection sends later; nothing waits for the answer.
+    /// `RoomRequest::Attach`).
     fn reattach(&self, room: RoomId) {
-        let request = RoomRequest::Attach {
+        self.tell(RoomRequest::Attach {
             room,
             conn: self.conn.clone(),
             user: self.user.clone(),
-        };
-        let reply = self.shared.bus.request(request, self.request_timeout());
-        tokio::spawn(async move {
-            let _ = reply.await;
         });
     }
 
