@@ -375,13 +375,10 @@ impl Bus for NatsBus {
         };
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            token,
-            Waiting {
-                owner,
-                reply: tx,
-            },
-        );
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, Waiting { owner, reply: tx });
         let slot = PendingSlot {
             pending: self.pending.clone(),
             token,
