@@ -7,6 +7,7 @@
 //! the order they were read (the bus keeps call order), and their acks come
 //! back whenever the room confirms them, so a client can pipeline.
 
+mod idle;
 pub(crate) mod outbound;
 mod writer;
 
@@ -33,6 +34,7 @@ use tracing::{debug, info};
 use crate::Shared;
 use crate::auth::request_token;
 use crate::error::ApiError;
+use idle::IdleTimer;
 use outbound::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbound};
 
 /// Initial read and write buffer of a socket.
@@ -161,11 +163,14 @@ impl Connection {
             self.outbound.close(CLOSE_GOING_AWAY, "server going away");
             return;
         }
-        let mut deadline = Instant::now() + idle;
         // The token's expiry ends the connection (4001), like a revocation.
         let expires_in = self.claims.exp.saturating_sub(crate::auth::now_secs());
         let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
-        tokio::pin!(expiry);
+        let mut idle = IdleTimer::new(idle);
+        // Built once: each `closing()` call subscribes anew.
+        let server_closing = closing.wait_for(|c| *c);
+        let outbound_closing = self.outbound.closing();
+        tokio::pin!(expiry, server_closing, outbound_closing);
         loop {
             let message = tokio::select! {
                 _ = &mut expiry => {
@@ -173,18 +178,18 @@ impl Connection {
                     return;
                 }
                 message = stream.next() => message,
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                () = idle.expired() => {
                     info!(conn = %self.conn.conn, "peer silent; closing");
                     self.outbound.close(CLOSE_GOING_AWAY, "idle");
                     return;
                 }
-                _ = closing.wait_for(|c| *c) => {
+                _ = &mut server_closing => {
                     self.outbound.close(CLOSE_GOING_AWAY, "server going away");
                     return;
                 }
-                _ = self.outbound.closing() => return,
+                _ = &mut outbound_closing => return,
             };
-            deadline = Instant::now() + idle;
+            idle.touch();
             match message {
                 None | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
