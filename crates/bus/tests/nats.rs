@@ -217,6 +217,7 @@ async fn a_request_to_an_owner_that_does_not_listen_has_no_owner() {
         gateway: false,
         ttl_ms: 60_000,
         wire: WIRE_VERSION,
+        instance: String::new(),
     };
     kv.put("ghost", serde_json::to_vec(&record).expect("json").into())
         .await
@@ -561,6 +562,7 @@ async fn the_server_expires_a_record_and_every_watcher_hears_of_it() {
         gateway: false,
         ttl_ms: 3_600_000,
         wire: WIRE_VERSION,
+        instance: String::new(),
     };
     let client = async_nats::connect(server.url()).await.expect("connects");
     let js = async_nats::jetstream::new(client);
