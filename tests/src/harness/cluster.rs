@@ -1063,6 +1063,9 @@ pub struct Progress {
     /// Ops sent again (after `unavailable`, a timeout or a reconnect).
     pub resent: usize,
     pub reconnects: usize,
+    /// `unavailable` errors about the room rather than an op, while joined
+    /// (the client then resumes on a new connection).
+    pub room_errors: usize,
     /// The gateway it is connected to.
     pub gateway: Option<String>,
     pub presence: Vec<PresenceRecord>,
@@ -1647,15 +1650,22 @@ impl DrawClient {
     fn on_error(&mut self, frame: &Value) {
         let code = text(&frame["code"]);
         let Some(cid) = frame["cid"].as_str().map(str::to_owned) else {
-            // An error about the join (the room is moving): join again.
-            if self.join_sent_at.is_some()
-                && matches!(code.as_str(), "unavailable" | "rate_limited")
-            {
-                self.join_sent_at = None;
-                self.rejoin_at = Some(Instant::now() + RETRY_BACKOFF);
-                return;
+            match code.as_str() {
+                // An error about the join (the room is moving): join again.
+                "unavailable" | "rate_limited" if self.join_sent_at.is_some() => {
+                    self.join_sent_at = None;
+                    self.rejoin_at = Some(Instant::now() + RETRY_BACKOFF);
+                }
+                // The room dropped this member without closing the socket:
+                // resume on a fresh connection, where `since` is exact (a
+                // second join on this one could race the ops still coming).
+                "unavailable" => {
+                    lock(&self.progress).room_errors += 1;
+                    self.lost_connection();
+                }
+                _ => self.fail(format!("unexpected error: {frame}")),
             }
-            self.fail(format!("unexpected error: {frame}"));
+            return;
         };
         let in_outbox = self.outbox.iter().position(|p| p.cid == cid);
         match code.as_str() {
