@@ -43,7 +43,7 @@ pub enum RoomMsg {
     /// A request from a gateway, answered on the port.
     Request(RoomRequest, Reply),
     /// The room came back from the store (`None`: no such room).
-    Loaded(Box<Result<Option<(RoomRecord, RoomState)>, String>>),
+    Loaded(Box<Result<Option<LoadedRoom>, String>>),
     /// The store answered the batch in flight.
     Committed(Vec<OpEvent>, Result<(), StoreError>),
     SnapshotWritten(Seq, Result<(), StoreError>),
@@ -104,6 +104,9 @@ struct InFlight {
 struct Live {
     record: RoomRecord,
     state: RoomState,
+    /// This actor's ownership term for the room, stamped on its events and
+    /// written with its batches.
+    term: u64,
     /// The last durable seq. Equals `state.head()` whenever no batch is in
     /// flight.
     committed: Seq,
@@ -121,6 +124,13 @@ struct Live {
     last_activity: Instant,
     orphan_check_at: Option<Instant>,
     drain: Option<Vec<RpcReplyPort<()>>>,
+}
+
+/// A room as read from the store, with the term of the last batch's writer.
+pub struct LoadedRoom {
+    pub record: RoomRecord,
+    pub state: RoomState,
+    pub last_term: u64,
 }
 
 fn now_ms() -> i64 {
@@ -213,7 +223,19 @@ impl RoomActorState {
         let room = self.room.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
-            let result = load_room(store.as_ref(), &room).await;
+            let result = match load_room(store.as_ref(), &room).await {
+                Ok(Some((record, state))) => last_writer_term(store.as_ref(), &room, state.head())
+                    .await
+                    .map(|last_term| {
+                        Some(LoadedRoom {
+                            record,
+                            state,
+                            last_term,
+                        })
+                    }),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             let _ = myself.send_message(RoomMsg::Loaded(Box::new(result)));
         });
     }
@@ -221,7 +243,7 @@ impl RoomActorState {
     fn on_loaded(
         &mut self,
         myself: &ActorRef<RoomMsg>,
-        result: Result<Option<(RoomRecord, RoomState)>, String>,
+        result: Result<Option<LoadedRoom>, String>,
     ) {
         let placeholder = Phase::Closed(unavailable("the room is loading; retry"));
         let Phase::Loading { parked, presence } = std::mem::replace(&mut self.phase, placeholder)
@@ -229,17 +251,32 @@ impl RoomActorState {
             return;
         };
         match result {
-            Ok(Some((record, mut state))) => {
+            Ok(Some(LoadedRoom {
+                record,
+                mut state,
+                last_term,
+            })) => {
                 let config = &self.ctx.config;
                 let orphans_possible = !state.users_with_open_strokes().is_empty();
+                let fresh = presence.is_none();
                 if let Some(presence) = presence {
                     *state.presence_mut() = presence;
                 }
                 let head = state.head();
-                debug!(room = %self.room, head = %head, "room loaded");
+                let term = next_term(last_term);
+                debug!(room = %self.room, head = %head, term, "room loaded");
+                if fresh {
+                    // Connections that were in the room under a previous
+                    // owner come back (their gateways re-attach them).
+                    let loaded = RoomEvent::Loaded {
+                        room: self.room.clone(),
+                    };
+                    self.ctx.sink.emit(loaded, term);
+                }
                 self.phase = Phase::Live(Box::new(Live {
                     record,
                     state,
+                    term,
                     committed: head,
                     tail: VecDeque::new(),
                     in_flight: None,
@@ -269,6 +306,26 @@ impl RoomActorState {
             }
         }
     }
+}
+
+/// The term of a new owner of a room whose last batch was written in
+/// `last_term`: above it, and above every term handed out before on this
+/// clock (milliseconds since the Unix epoch), so a later owner always has a
+/// higher term even when the previous one never wrote.
+fn next_term(last_term: u64) -> u64 {
+    u64::try_from(now_ms()).unwrap_or(0).max(last_term + 1)
+}
+
+/// The term the last op up to `head` was written in (0 for an empty log).
+async fn last_writer_term(store: &dyn Store, room: &RoomId, head: Seq) -> Result<u64, String> {
+    if head == Seq::ZERO {
+        return Ok(0);
+    }
+    let last = store
+        .read_log(room, Seq(head.get() - 1), 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(last.first().map_or(0, |logged| logged.writer.term))
 }
 
 /// Reads a room: its record, its latest snapshot and every op after it,
@@ -438,7 +495,7 @@ impl RoomActorState {
         let room = self.room.clone();
         let writer = Writer {
             node: config.node.clone(),
-            term: config.term,
+            term: live.term,
         };
         let timeout = config.commit_timeout;
         let myself = myself.clone();
@@ -482,7 +539,7 @@ impl RoomActorState {
                     if live.tail.len() > config.tail_len {
                         live.tail.pop_front();
                     }
-                    self.ctx.sink.emit(RoomEvent::Op(event));
+                    self.ctx.sink.emit(RoomEvent::Op(event), live.term);
                 }
                 for (seq, reply) in in_flight.acks {
                     if let Some(reply) = reply {
@@ -592,12 +649,13 @@ impl Live {
         if let Some(PresenceChange::Joined(info)) =
             self.state.presence_mut().join(conn.clone(), user)
         {
-            ctx.sink.emit(RoomEvent::Presence {
+            let joined = RoomEvent::Presence {
                 room: room.clone(),
                 event: PresenceEvent::Join,
                 user: info,
                 origin: Some(conn),
-            });
+            };
+            ctx.sink.emit(joined, self.term);
         }
         Ok(())
     }
@@ -702,12 +760,13 @@ impl Live {
     fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
         if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
             self.end_orphans_of(&info.id, ts);
-            ctx.sink.emit(RoomEvent::Presence {
+            let left = RoomEvent::Presence {
                 room: self.record.id.clone(),
                 event: PresenceEvent::Leave,
                 user: info,
                 origin: Some(conn.clone()),
-            });
+            };
+            ctx.sink.emit(left, self.term);
         }
     }
 
@@ -871,12 +930,13 @@ impl RoomActorState {
         for change in live.state.presence_mut().leave_gateway(gateway) {
             if let PresenceChange::Left(info) = change {
                 live.end_orphans_of(&info.id, ts);
-                self.ctx.sink.emit(RoomEvent::Presence {
+                let left = RoomEvent::Presence {
                     room: self.room.clone(),
                     event: PresenceEvent::Leave,
                     user: info,
                     origin: None,
-                });
+                };
+                self.ctx.sink.emit(left, live.term);
             }
         }
         self.pump(myself);

@@ -7,10 +7,9 @@ use collab_protocol::{Limits, NodeId};
 /// How room actors batch, snapshot, idle and push back.
 #[derive(Debug, Clone)]
 pub struct RoomConfig {
-    /// This node: written with every batch, with `term`, as the fence.
+    /// This node: written with every batch, with the actor's ownership
+    /// term for the room, as the fence.
     pub node: NodeId,
-    /// The ownership term of this node's actors.
-    pub term: u64,
     pub limits: Limits,
     /// Most ops in one commit batch.
     pub max_batch: usize,
@@ -39,7 +38,6 @@ impl RoomConfig {
     pub fn new(node: NodeId) -> Self {
         RoomConfig {
             node,
-            term: 1,
             limits: Limits::default(),
             max_batch: 512,
             snapshot_every_ops: 2000,

@@ -8,8 +8,8 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
-pub use actor::{RoomActor, RoomArgs, RoomContext, RoomMsg, load_room};
+pub use actor::{LoadedRoom, RoomActor, RoomArgs, RoomContext, RoomMsg, load_room};
 pub use config::RoomConfig;
 pub use metrics::RoomMetrics;
 pub use sink::EventSink;
-pub use supervisor::{RoomSupervisor, SupervisorMsg};
+pub use supervisor::{Ownership, RoomSupervisor, SupervisorMsg};

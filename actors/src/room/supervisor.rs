@@ -3,6 +3,12 @@
 //! one from the store (on its next request), and stops idle rooms after
 //! they snapshot. Requests for a room that is stopping wait for it to stop
 //! and then go to its successor, so two actors never hold one room.
+//!
+//! In a cluster the supervisor is told which rooms this node owns
+//! ([`SupervisorMsg::Placement`]): it hands off every room it no longer owns
+//! (the actor finishes its batch, snapshots and stops) and answers requests
+//! for rooms it does not own with `unavailable`, so a gateway with an older
+//! view of the cluster retries and reaches the new owner.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +22,9 @@ use tracing::{info, warn};
 
 use super::actor::{Reply, RoomActor, RoomArgs, RoomContext, RoomMsg};
 
+/// Which rooms this node owns.
+pub type Ownership = Arc<dyn Fn(&RoomId) -> bool + Send + Sync>;
+
 pub enum SupervisorMsg {
     /// Send a request to its room, starting the room if needed.
     Route(RoomRequest, Reply),
@@ -25,8 +34,12 @@ pub enum SupervisorMsg {
     Retire(RoomId, ActorId),
     /// A gateway died: its connections leave every room.
     GatewayGone(String),
-    /// Drain every room (snapshot and stop); answer when all have.
+    /// Drain every room (snapshot and stop); answer when all have. Later
+    /// requests get `unavailable`: the node is going away.
     DrainAll(Duration, RpcReplyPort<()>),
+    /// The cluster changed: from now on this node serves only the rooms
+    /// `owns` accepts, and hands off the others.
+    Placement(Ownership),
     /// How many rooms are live.
     ActiveRooms(RpcReplyPort<usize>),
 }
@@ -44,6 +57,9 @@ pub struct SupervisorState {
     /// Rooms whose actor is stopping, with the requests that wait for it.
     stopping: HashMap<RoomId, Vec<(RoomRequest, Reply)>>,
     names: HashMap<ActorId, RoomId>,
+    /// `None`: every room is this node's (a single-process server).
+    owns: Option<Ownership>,
+    draining: bool,
 }
 
 impl Actor for RoomSupervisor {
@@ -61,6 +77,8 @@ impl Actor for RoomSupervisor {
             rooms: HashMap::new(),
             stopping: HashMap::new(),
             names: HashMap::new(),
+            owns: None,
+            draining: false,
         })
     }
 
@@ -74,13 +92,27 @@ impl Actor for RoomSupervisor {
             SupervisorMsg::Route(request, reply) => state.route(&myself, request, reply).await,
             SupervisorMsg::Retire(room, id) => {
                 let current = state.rooms.get(&room).map(|r| r.actor.get_id());
-                if current == Some(id)
-                    && !state.stopping.contains_key(&room)
-                    && let Some(live) = state.rooms.remove(&room)
-                {
-                    state.stopping.insert(room, Vec::new());
-                    let _ = live.actor.send_message(RoomMsg::Drain(None));
+                if current == Some(id) {
+                    state.retire(room);
                 }
+            }
+            SupervisorMsg::Placement(owns) => {
+                let moved: Vec<RoomId> = state
+                    .rooms
+                    .keys()
+                    .filter(|room| !owns(room))
+                    .cloned()
+                    .collect();
+                if !moved.is_empty() {
+                    info!(
+                        rooms = moved.len(),
+                        "handing off rooms this node no longer owns"
+                    );
+                }
+                for room in moved {
+                    state.retire(room);
+                }
+                state.owns = Some(owns);
             }
             SupervisorMsg::GatewayGone(gateway) => {
                 for live in state.rooms.values() {
@@ -93,6 +125,7 @@ impl Actor for RoomSupervisor {
                 let actors: Vec<ActorRef<RoomMsg>> =
                     state.rooms.values().map(|r| r.actor.clone()).collect();
                 info!(rooms = actors.len(), "draining rooms");
+                state.draining = true;
                 for (room, live) in state.rooms.drain() {
                     state.stopping.entry(room).or_default();
                     drop(live);
@@ -157,6 +190,18 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 }
 
 impl SupervisorState {
+    /// Takes a room out of the map and drains it; requests for it wait
+    /// until it has stopped.
+    fn retire(&mut self, room: RoomId) {
+        if self.stopping.contains_key(&room) {
+            return;
+        }
+        if let Some(live) = self.rooms.remove(&room) {
+            self.stopping.insert(room, Vec::new());
+            let _ = live.actor.send_message(RoomMsg::Drain(None));
+        }
+    }
+
     async fn route(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -166,6 +211,14 @@ impl SupervisorState {
         let room = request.room().clone();
         if let Some(parked) = self.stopping.get_mut(&room) {
             parked.push((request, reply));
+            return;
+        }
+        let elsewhere = self.draining || self.owns.as_ref().is_some_and(|owns| !owns(&room));
+        if elsewhere && !self.rooms.contains_key(&room) {
+            let _ = reply.send(RoomReply::Error {
+                code: ErrorCode::Unavailable,
+                message: "the room is moving to another node; retry".into(),
+            });
             return;
         }
         if !self.rooms.contains_key(&room) {

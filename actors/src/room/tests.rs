@@ -24,7 +24,7 @@ struct RecordingSink {
 }
 
 impl EventSink for RecordingSink {
-    fn emit(&self, event: RoomEvent) {
+    fn emit(&self, event: RoomEvent, _term: u64) {
         self.events.lock().expect("lock").push(event);
     }
 }

@@ -133,4 +133,9 @@ pub trait Bus: Send + Sync + 'static {
     fn members(&self) -> Option<watch::Receiver<Members>> {
         None
     }
+
+    /// Leaves the cluster at once (rather than when its membership record
+    /// expires): stops announcing and serving this node. Nothing to do for
+    /// a single-process bus.
+    async fn leave(&self) {}
 }

@@ -273,7 +273,7 @@ impl NatsBus {
     /// Leaves the cluster: stops heartbeating and serving, removes this
     /// node's membership record at once (instead of letting it expire),
     /// and flushes what is queued.
-    pub async fn leave(&self) {
+    async fn leave_cluster(&self) {
         self.roles.send_replace(Roles::default());
         {
             let mut tasks = self.tasks();
@@ -443,6 +443,10 @@ impl Bus for NatsBus {
 
     fn members(&self) -> Option<watch::Receiver<Members>> {
         Some(self.members.clone())
+    }
+
+    async fn leave(&self) {
+        self.leave_cluster().await;
     }
 }
 

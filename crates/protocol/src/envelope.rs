@@ -132,6 +132,10 @@ pub enum RoomEvent {
         user: UserId,
         origin: ConnRef,
     },
+    /// An owner loaded the room afresh (it started, or the room moved to
+    /// it) and knows none of its members: every gateway re-attaches its
+    /// members of the room. Not shown to clients.
+    Loaded { room: RoomId },
 }
 
 impl RoomEvent {
@@ -140,7 +144,8 @@ impl RoomEvent {
             RoomEvent::Op(op) => &op.room,
             RoomEvent::Presence { room, .. }
             | RoomEvent::Cursor { room, .. }
-            | RoomEvent::CursorLeave { room, .. } => room,
+            | RoomEvent::CursorLeave { room, .. }
+            | RoomEvent::Loaded { room } => room,
         }
     }
 }

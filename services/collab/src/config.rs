@@ -54,6 +54,8 @@ pub struct CollabConfig {
     pub drain_grace_secs: u64,
     pub gateway: GatewayConfig,
     pub rooms: RoomSettings,
+    /// How `collab gateway` and `collab room-node` find each other.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for CollabConfig {
@@ -67,6 +69,7 @@ impl Default for CollabConfig {
             drain_grace_secs: 10,
             gateway: GatewayConfig::default(),
             rooms: RoomSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -198,6 +201,66 @@ impl RoomSettings {
     }
 }
 
+/// The settings of a cluster member (`collab gateway`, `collab room-node`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// NATS server URLs, comma-separated.
+    pub nats_url: String,
+    /// This process's id in the cluster: unique among the live members
+    /// (a pod name is a good one), `[A-Za-z0-9_-]`. Empty: one is made up
+    /// from the role and the process. A gateway's connections are named
+    /// after it.
+    pub node_id: String,
+    /// Prefix of every NATS subject (and of the members bucket); clusters
+    /// sharing one NATS account need different ones.
+    pub subject_prefix: String,
+    /// How often a member renews its membership record.
+    pub heartbeat_interval_ms: u64,
+    /// How long a record stands without renewal: a member that stopped
+    /// (crashed, frozen, cut off) is out after this long, and its rooms
+    /// move. At least 1000.
+    pub member_ttl_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            node_id: String::new(),
+            subject_prefix: collab_protocol::subjects::DEFAULT_PREFIX.into(),
+            heartbeat_interval_ms: 1000,
+            member_ttl_ms: 3000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The configured node id, or one made up from `role` and this
+    /// process (the time it started, which also tells restarts apart).
+    pub fn node_id(&self, role: &str) -> Result<NodeId, String> {
+        let id = if self.node_id.is_empty() {
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            format!("{role}-{}-{started:x}", std::process::id())
+        } else {
+            self.node_id.clone()
+        };
+        let node = NodeId::parse(&id).map_err(|e| e.to_string())?;
+        collab_protocol::subjects::check_node_id(&node).map_err(|e| e.to_string())?;
+        Ok(node)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn member_ttl(&self) -> Duration {
+        Duration::from_millis(self.member_ttl_ms)
+    }
+}
+
 // === loading ===
 
 /// The settings the command line can give (the highest layer). Values stay
@@ -211,16 +274,22 @@ pub struct Flags {
     pub store: Option<String>,
     pub jwt_secret: Option<String>,
     pub log_format: Option<String>,
+    /// `--nats`: `cluster.nats_url`.
+    pub nats_url: Option<String>,
+    /// `--node-id`: `cluster.node_id`.
+    pub node_id: Option<String>,
 }
 
 impl Flags {
-    fn settings(&self) -> Vec<(&'static str, &'static str, &String)> {
+    fn settings(&self) -> Vec<(&'static [&'static str], &'static str, &String)> {
         [
-            ("listen", "--listen", &self.listen),
-            ("data_dir", "--data-dir", &self.data_dir),
-            ("store", "--store", &self.store),
-            ("jwt_secret", "--jwt-secret", &self.jwt_secret),
-            ("log_format", "--log-format", &self.log_format),
+            (&["listen"][..], "--listen", &self.listen),
+            (&["data_dir"], "--data-dir", &self.data_dir),
+            (&["store"], "--store", &self.store),
+            (&["jwt_secret"], "--jwt-secret", &self.jwt_secret),
+            (&["log_format"], "--log-format", &self.log_format),
+            (&["cluster", "nats_url"], "--nats", &self.nats_url),
+            (&["cluster", "node_id"], "--node-id", &self.node_id),
         ]
         .into_iter()
         .filter_map(|(key, flag, value)| value.as_ref().map(|v| (key, flag, v)))
@@ -330,7 +399,7 @@ pub fn load(flags: &Flags, env: &HashMap<String, String>) -> Result<CollabConfig
 
     for (key, flag, value) in flags.settings() {
         settings.insert(
-            vec![key.to_owned()],
+            key.iter().map(|k| (*k).to_owned()).collect(),
             (toml::Value::String(value.clone()), Origin::Flag(flag)),
         );
     }
@@ -596,6 +665,30 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     }
     if let Err(e) = config.store_location() {
         issues.push(("store", e));
+    }
+    let c = &config.cluster;
+    if c.nats_url.trim().is_empty() {
+        issues.push(("cluster.nats_url", "must not be empty".to_owned()));
+    }
+    if !c.node_id.is_empty()
+        && let Err(e) = c.node_id("node")
+    {
+        issues.push(("cluster.node_id", e));
+    }
+    if let Err(e) = collab_protocol::subjects::Subjects::new(c.subject_prefix.clone()) {
+        issues.push(("cluster.subject_prefix", e.to_string()));
+    }
+    if c.member_ttl_ms < 1000 {
+        issues.push((
+            "cluster.member_ttl_ms",
+            "must be at least 1000 (the server counts TTLs in seconds)".to_owned(),
+        ));
+    }
+    if c.heartbeat_interval_ms == 0 || c.heartbeat_interval_ms >= c.member_ttl_ms {
+        issues.push((
+            "cluster.heartbeat_interval_ms",
+            "must be above 0 and below cluster.member_ttl_ms".to_owned(),
+        ));
     }
     if config.jwt_secret.as_ref().is_some_and(|s| s.0.is_empty()) {
         issues.push((

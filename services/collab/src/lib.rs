@@ -3,11 +3,14 @@
 //!
 //! - [`config`] — the one typed configuration and its layered loader;
 //! - [`serve`] — `collab serve`, gateway and room node in one process;
+//! - [`cluster`] — `collab gateway` and `collab room-node`, the same two
+//!   over NATS and a CQL store;
 //! - [`token`] — `collab token`, minting JWTs;
 //! - [`secret`] — the configured or generated (dev mode) signing secret;
 //! - [`signals`] — SIGTERM/SIGINT handling (drain, then exit at once);
 //! - [`telemetry`] — logging.
 
+pub mod cluster;
 pub mod config;
 pub mod secret;
 pub mod serve;

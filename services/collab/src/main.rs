@@ -1,7 +1,8 @@
 //! `collab`: the real-time room server.
 //!
 //! A thin shell: parse the command line, load the configuration, start
-//! logging, and hand over to the library (`collab::serve`, `collab::token`).
+//! logging, and hand over to the library (`collab::serve`,
+//! `collab::cluster`, `collab::token`).
 //! Bad usage or configuration exits with 64.
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use collab::config::{self, CollabConfig, Flags};
 use collab::secret::SecretError;
 use collab::serve::ServeError;
 use collab::token::{RoomGrant, TokenRequest};
-use collab::{EXIT_USAGE, secret, serve, signals, telemetry, token};
+use collab::{EXIT_USAGE, cluster, secret, serve, signals, telemetry, token};
 
 /// A self-hostable real-time room server for collaborative whiteboards and
 /// chat.
@@ -34,6 +35,13 @@ enum Command {
     /// and the store (embedded in the data dir, or a CQL cluster with
     /// --store). Without a secret it runs in dev mode (loopback only).
     Serve(ServeArgs),
+    /// Run a gateway of a cluster: the WebSocket and HTTP API, forwarding
+    /// to the room nodes over NATS. Needs a secret and a CQL store.
+    Gateway(ClusterArgs),
+    /// Run a room node of a cluster: hosts the rooms placement gives it,
+    /// found over NATS; serves /healthz, /readyz and /metrics. Needs a CQL
+    /// store.
+    RoomNode(ClusterArgs),
     /// Mint a JWT signed with the configured secret (or a dev server's
     /// secret from --data-dir) and print it.
     Token(TokenArgs),
@@ -74,6 +82,21 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+struct ClusterArgs {
+    #[command(flatten)]
+    server: ServeArgs,
+    /// NATS server URLs, comma-separated [env: COLLAB_CLUSTER__NATS_URL]
+    /// [default: nats://127.0.0.1:4222]
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// This process's id in the cluster, unique among live members [env:
+    /// COLLAB_CLUSTER__NODE_ID] [default: made up from the role and the
+    /// process]
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct TokenArgs {
     #[command(flatten)]
     config: ConfigArgs,
@@ -105,16 +128,14 @@ fn main() -> ExitCode {
             };
         }
     };
-    let (flags, command) = match cli.command {
-        Command::Serve(args) => (
-            Flags {
-                listen: args.listen.clone(),
-                log_format: args.log_format.clone(),
-                ..flags(&args.config)
-            },
-            Command::Serve(args),
-        ),
-        Command::Token(args) => (flags(&args.config), Command::Token(args)),
+    let flags = match &cli.command {
+        Command::Serve(args) => server_flags(args),
+        Command::Gateway(args) | Command::RoomNode(args) => Flags {
+            nats_url: args.nats.clone(),
+            node_id: args.node_id.clone(),
+            ..server_flags(&args.server)
+        },
+        Command::Token(args) => flags(&args.config),
     };
     let env = config::process_env();
     let config = match config::load(&flags, &env) {
@@ -124,10 +145,29 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match command {
-        Command::Serve(_) => run_serve(config, config::unknown_env(&env)),
+    let unknown_env = config::unknown_env(&env);
+    match cli.command {
+        Command::Serve(_) => run_server(Server::Serve, config, unknown_env),
+        Command::Gateway(_) => run_server(Server::Gateway, config, unknown_env),
+        Command::RoomNode(_) => run_server(Server::RoomNode, config, unknown_env),
         Command::Token(args) => run_token(&config, args),
     }
+}
+
+fn server_flags(args: &ServeArgs) -> Flags {
+    Flags {
+        listen: args.listen.clone(),
+        log_format: args.log_format.clone(),
+        ..flags(&args.config)
+    }
+}
+
+/// The long-running commands.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    Serve,
+    Gateway,
+    RoomNode,
 }
 
 fn flags(args: &ConfigArgs) -> Flags {
@@ -140,7 +180,7 @@ fn flags(args: &ConfigArgs) -> Flags {
     }
 }
 
-fn run_serve(config: CollabConfig, unknown_env: Vec<String>) -> ExitCode {
+fn run_server(server: Server, config: CollabConfig, unknown_env: Vec<String>) -> ExitCode {
     if let Err(e) = telemetry::init(config.log_format) {
         eprintln!("collab: {e}");
         return ExitCode::from(EXIT_USAGE);
@@ -151,11 +191,11 @@ fn run_serve(config: CollabConfig, unknown_env: Vec<String>) -> ExitCode {
             "ignoring COLLAB_* environment variables that name no setting"
         );
     }
-    match serve_until_signalled(config) {
+    match run_until_signalled(server, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Through the log, so a JSON log pipeline sees it too.
-            tracing::error!(error = format!("{e:#}"), "collab serve failed");
+            tracing::error!(error = format!("{e:#}"), command = ?server, "collab failed");
             let usage = e
                 .downcast_ref::<ServeError>()
                 .is_some_and(ServeError::is_usage);
@@ -164,7 +204,7 @@ fn run_serve(config: CollabConfig, unknown_env: Vec<String>) -> ExitCode {
     }
 }
 
-fn serve_until_signalled(config: CollabConfig) -> anyhow::Result<()> {
+fn run_until_signalled(server: Server, config: CollabConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("collab")
@@ -172,7 +212,11 @@ fn serve_until_signalled(config: CollabConfig) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = signals::install().context("cannot install signal handlers")?;
-        serve::run(config, shutdown).await?;
+        match server {
+            Server::Serve => serve::run(config, shutdown).await?,
+            Server::Gateway => cluster::run_gateway(config, shutdown).await?,
+            Server::RoomNode => cluster::run_room_node(config, shutdown).await?,
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     // Tasks still running (a socket that ignored the close) must not hold

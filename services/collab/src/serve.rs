@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use collab_bus::{Bus, InProcessBus};
@@ -57,6 +57,16 @@ pub enum ServeError {
     },
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error(
+        "a cluster has no dev mode: configure the secret every gateway shares (COLLAB_JWT_SECRET)"
+    )]
+    ClusterWithoutSecret,
+    #[error(
+        "a cluster keeps its rooms in a store every node reaches: set store = cql://host:port/keyspace (COLLAB_STORE or --store)"
+    )]
+    ClusterWithoutSharedStore,
+    #[error("cannot join the cluster: {0}")]
+    Bus(#[from] collab_bus::NatsBusError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -65,7 +75,12 @@ impl ServeError {
     /// Whether the configuration itself is at fault (exit code 64), rather
     /// than the environment.
     pub fn is_usage(&self) -> bool {
-        matches!(self, ServeError::DevModeNotLoopback(_))
+        matches!(
+            self,
+            ServeError::DevModeNotLoopback(_)
+                | ServeError::ClusterWithoutSecret
+                | ServeError::ClusterWithoutSharedStore
+        )
     }
 }
 
@@ -113,13 +128,7 @@ pub async fn run(
     let metrics = GatewayMetrics::register(&mut registry);
 
     let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
-    let mut room_config = config.room_node_config(node);
-    // A term of its own for every run of the process: a store that settles
-    // an append with an unknown outcome by reading who wrote the rows must
-    // never take a previous run's rows for this run's.
-    room_config.term = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let room_config = config.room_node_config(node);
     let room_node = Arc::new(
         RoomNode::start_with_metrics(room_config, store.clone(), bus.clone(), room_metrics).await?,
     );
@@ -137,19 +146,10 @@ pub async fn run(
         Arc::new(registry),
     );
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let listener = bind(config.listen).await?;
+    let addr = local_addr(&listener, config.listen)?;
     info!(%addr, store = %store_name, dev_mode = signing.dev_mode, "listening");
-    // Stdout is line-buffered: the line is out as soon as this returns.
-    println!("{LISTENING_PREFIX}{addr}");
+    announce(addr);
 
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn({
@@ -199,9 +199,33 @@ pub async fn run(
     Ok(())
 }
 
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+pub(crate) fn local_addr(
+    listener: &TcpListener,
+    configured: SocketAddr,
+) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: configured,
+        source,
+    })
+}
+
+/// Tells scripts and tests where the server listens.
+pub(crate) fn announce(addr: SocketAddr) {
+    // Stdout is line-buffered: the line is out as soon as this returns.
+    println!("{LISTENING_PREFIX}{addr}");
+}
+
 /// Opens the store the configuration names; returns it with a name for
 /// the logs.
-async fn open_store(config: &CollabConfig) -> Result<(Arc<dyn Store>, String), ServeError> {
+pub(crate) async fn open_store(
+    config: &CollabConfig,
+) -> Result<(Arc<dyn Store>, String), ServeError> {
     let location = config.store_location().map_err(ServeError::Internal)?;
     match location {
         StoreLocation::Embedded => {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// This gateway's id, unique in a cluster; it names its connections.
+    /// This gateway's id; it names its connections. A cluster gateway uses
+    /// its node id.
     pub gateway_id: String,
     pub limits: Limits,
     /// Ops a connection may have sent and not yet seen acked; past it the

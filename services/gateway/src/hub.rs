@@ -11,7 +11,12 @@
 //!   duplicate (`seq ≤` the last one) is dropped, and a gap — the stream
 //!   lagged, or NATS dropped a message — is filled by fetching the missing
 //!   ops from the room's owner before anything newer is delivered;
-//! - cursors and presence never go back to the connection that caused them.
+//! - cursors and presence never go back to the connection that caused them;
+//! - when the room's owner changed — it loaded the room afresh (it says so
+//!   with `Loaded`), or the stream lagged, which includes a new owner's
+//!   first event and every reconnect to the cluster — the members that have
+//!   joined are re-attached to the owner, so the room's presence lists them
+//!   again without their clients doing anything.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,9 +25,10 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use collab_bus::{Bus, Delivery, Subscription};
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
-use collab_protocol::frames::JoinedBody;
+use collab_protocol::frames::{JoinedBody, UserInfo};
 use collab_protocol::{ConnId, OpEvent, RoomId, Seq, ServerFrame};
 use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::config::GatewayConfig;
@@ -31,10 +37,14 @@ use crate::ws::outbound::Outbound;
 
 /// Ops fetched per request when filling a gap.
 const FETCH_PAGE: u32 = 1000;
+/// How long after a failed gap fetch (the owner moving or unreachable) the
+/// next try starts, when no newer event triggers one first.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 
 enum Control {
     Attach {
         conn: ConnRef,
+        user: UserInfo,
         outbound: Arc<Outbound>,
     },
     Joined {
@@ -75,6 +85,7 @@ impl Hub {
         &self,
         room: &RoomId,
         conn: ConnRef,
+        user: UserInfo,
         outbound: Arc<Outbound>,
     ) -> Result<(), collab_bus::BusError> {
         let mut rooms = self.rooms.lock().await;
@@ -88,6 +99,7 @@ impl Hub {
                 timeout: Duration::from_secs(self.config.request_timeout_secs),
                 members: HashMap::new(),
                 last_seq: None,
+                retry_at: None,
             };
             tokio::spawn(fanout.run(subscription, rx));
             rooms.insert(
@@ -100,7 +112,11 @@ impl Hub {
         }
         if let Some(handle) = rooms.get_mut(room) {
             handle.members += 1;
-            let _ = handle.control.send(Control::Attach { conn, outbound });
+            let _ = handle.control.send(Control::Attach {
+                conn,
+                user,
+                outbound,
+            });
         }
         Ok(())
     }
@@ -139,6 +155,7 @@ enum Phase {
 
 struct Member {
     conn: ConnRef,
+    user: UserInfo,
     outbound: Arc<Outbound>,
     phase: Phase,
 }
@@ -151,6 +168,8 @@ struct Fanout {
     members: HashMap<ConnId, Member>,
     /// The newest op seen on the stream (after gap filling).
     last_seq: Option<Seq>,
+    /// When to try again to catch up, after a fetch failed.
+    retry_at: Option<Instant>,
 }
 
 impl Fanout {
@@ -160,6 +179,7 @@ impl Fanout {
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         loop {
+            let retry_at = self.retry_at;
             tokio::select! {
                 // Control first: an attach must take effect before events
                 // that follow it.
@@ -172,21 +192,31 @@ impl Fanout {
                     Some(Delivery::Event(event)) => self.on_event(event).await,
                     Some(Delivery::Lagged) => {
                         debug!(room = %self.room, "room stream lagged; catching up");
+                        self.reattach_members();
                         self.catch_up(None).await;
                     }
                     None => break,
                 },
+                () = sleep_until(retry_at) => {
+                    self.retry_at = None;
+                    self.catch_up(None).await;
+                }
             }
         }
     }
 
     async fn on_control(&mut self, message: Control) {
         match message {
-            Control::Attach { conn, outbound } => {
+            Control::Attach {
+                conn,
+                user,
+                outbound,
+            } => {
                 self.members.insert(
                     conn.conn.clone(),
                     Member {
                         conn,
+                        user,
                         outbound,
                         phase: Phase::Pending(Vec::new()),
                     },
@@ -233,7 +263,30 @@ impl Fanout {
         }
     }
 
+    /// Puts every member that has joined back into the owner's presence
+    /// (a no-op for those it still lists). Members still joining are left
+    /// to their `join`.
+    fn reattach_members(&self) {
+        for member in self.members.values() {
+            if matches!(member.phase, Phase::Live { .. }) {
+                let request = RoomRequest::Attach {
+                    room: self.room.clone(),
+                    conn: member.conn.clone(),
+                    user: member.user.clone(),
+                };
+                let reply = self.bus.request(request, self.timeout);
+                tokio::spawn(async move {
+                    let _ = reply.await;
+                });
+            }
+        }
+    }
+
     async fn on_event(&mut self, event: Arc<RoomEvent>) {
+        if matches!(event.as_ref(), RoomEvent::Loaded { .. }) {
+            self.reattach_members();
+            return;
+        }
         if let RoomEvent::Op(op) = event.as_ref() {
             match self.last_seq {
                 Some(last) if op.seq <= last => return, // duplicate
@@ -263,7 +316,13 @@ impl Fanout {
             }
             let ops = match self.fetch(after).await {
                 Some(ops) if !ops.is_empty() => ops,
-                _ => break,
+                Some(_) => break,
+                None => {
+                    // Members may be missing ops: try again soon even if
+                    // the room stays quiet.
+                    self.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
+                    break;
+                }
             };
             for op in ops {
                 if until.is_some_and(|u| op.seq > u) || op.seq <= after {
@@ -309,7 +368,9 @@ impl Fanout {
     }
 
     async fn deliver_all(&mut self, event: &Arc<RoomEvent>) {
-        let frame = frame_of(event);
+        let Some(frame) = frame_of(event) else {
+            return;
+        };
         let conns: Vec<ConnId> = self.members.keys().cloned().collect();
         for conn in conns {
             self.deliver_frame(&conn, event, &frame).await;
@@ -317,7 +378,9 @@ impl Fanout {
     }
 
     async fn deliver_to(&mut self, conn: &ConnId, event: &Arc<RoomEvent>) {
-        let frame = frame_of(event);
+        let Some(frame) = frame_of(event) else {
+            return;
+        };
         self.deliver_frame(conn, event, &frame).await;
     }
 
@@ -373,12 +436,22 @@ impl Fanout {
                         .push_cursor(format!("{}/{user}", self.room), frame.clone());
                 }
             }
+            RoomEvent::Loaded { .. } => {}
         }
     }
 }
 
-/// The client frame for a room event, serialized once for every member.
-fn frame_of(event: &RoomEvent) -> Utf8Bytes {
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The client frame for a room event, serialized once for every member;
+/// `None` for events clients never see.
+fn frame_of(event: &RoomEvent) -> Option<Utf8Bytes> {
     let frame = match event {
         RoomEvent::Op(op) => ServerFrame::Op(op.clone()),
         RoomEvent::Presence {
@@ -400,6 +473,7 @@ fn frame_of(event: &RoomEvent) -> Utf8Bytes {
             room: room.clone(),
             user: user.clone(),
         },
+        RoomEvent::Loaded { .. } => return None,
     };
-    Utf8Bytes::from(frame.to_json())
+    Some(Utf8Bytes::from(frame.to_json()))
 }

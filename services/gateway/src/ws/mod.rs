@@ -284,7 +284,12 @@ impl Connection {
             let attached = self
                 .shared
                 .hub
-                .attach(&room, self.conn.clone(), self.outbound.clone())
+                .attach(
+                    &room,
+                    self.conn.clone(),
+                    self.user.clone(),
+                    self.outbound.clone(),
+                )
                 .await;
             if attached.is_err() {
                 self.forget_room(&room).await;
