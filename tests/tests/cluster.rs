@@ -166,15 +166,13 @@ async fn sigkill_of_a_busy_rooms_owner_loses_nothing_acked() {
 
     let log = verify_room(&cluster, &room, &mut clients).await;
     let runs = writer_runs(&log);
-    assert!(
-        log[moved_at as usize - 1].writer.node.as_str() != owner,
-        "the new owner wrote seq {moved_at}"
-    );
+    // A batch the owner sent before it died may still land (the store got
+    // the write); nothing of it may come after the new owner's first op.
     assert!(
         log.iter()
-            .filter(|op| op.event.seq.get() > head_at_kill)
+            .filter(|op| op.event.seq.get() >= moved_at)
             .all(|op| op.writer.node.as_str() != owner),
-        "the killed {owner} wrote after its death: {}",
+        "the killed {owner} has ops after seq {moved_at}, the new owner's first: {}",
         describe_runs(&runs)
     );
     println!(

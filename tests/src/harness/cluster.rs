@@ -26,7 +26,7 @@
 //! Waiting is always polling with a deadline; a deadline that passes fails
 //! the test with what it waited for.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::future::Future;
@@ -40,7 +40,7 @@ use std::time::Duration;
 use collab_actors::state::{RoomMeta, RoomState};
 use collab_bus::testsuite::NatsServer;
 use collab_bus::{Bus, Members, NatsBus, NatsBusConfig, placement};
-use collab_protocol::{Epoch, NodeId, OpEvent, RoomId, RoomKind, Seq};
+use collab_protocol::{Epoch, NodeId, Op, OpEvent, RoomId, RoomKind, Seq};
 use collab_store::{CqlOptions, CqlStore, LoggedOp, Store};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::{Value, json};
@@ -65,6 +65,9 @@ pub const TEST_MEMBER_TTL: Duration = Duration::from_millis(1500);
 /// The id of the harness's own (role-less) membership watcher.
 const OBSERVER_ID: &str = "test-observer";
 const ENV_PREFIX: &str = "COLLAB_";
+/// Set (to anything) to keep the cluster's directory, with every process's
+/// whole log, after the test.
+pub const KEEP_LOGS_ENV: &str = "COLLAB_TEST_KEEP_CLUSTER_LOGS";
 
 // === options ===
 
@@ -850,9 +853,17 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        if std::env::var_os(KEEP_LOGS_ENV).is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "cluster logs kept in {} ({KEEP_LOGS_ENV} is set)",
+                self.dir.path().display()
+            );
+        }
         if failing {
             // What every process said last is usually what explains the
-            // failure; the whole logs are gone with the temporary dir.
+            // failure; the whole logs go with the temporary dir unless
+            // KEEP_LOGS_ENV is set.
             for node in &self.nodes {
                 eprintln!(
                     "--- last {LOG_TAIL_ON_FAILURE} log lines of {} ({:?}, {:?}) ---\n{}",
@@ -1063,6 +1074,9 @@ pub struct Progress {
     /// Ops sent again (after `unavailable`, a timeout or a reconnect).
     pub resent: usize,
     pub reconnects: usize,
+    /// Strokes of this client the room ended because its connection left
+    /// with them open (a server-made `stroke_end`).
+    pub strokes_ended_for_us: usize,
     /// `unavailable` errors about the room rather than an op, while joined
     /// (the client then resumes on a new connection).
     pub room_errors: usize,
@@ -1109,6 +1123,9 @@ pub struct DrawClient {
     acked: HashMap<String, u64>,
     acks: Vec<AckRecord>,
     refused: Vec<(String, String)>,
+    /// Strokes of this client that the room ended for it (its connection
+    /// left with the stroke open).
+    ended_for_us: HashSet<String>,
     next_cid: u64,
     strokes: u64,
     last_new_op: Option<Instant>,
@@ -1144,6 +1161,7 @@ impl DrawClient {
             acked: HashMap::new(),
             acks: Vec::new(),
             refused: Vec::new(),
+            ended_for_us: HashSet::new(),
             next_cid: 0,
             strokes: 0,
             last_new_op: None,
@@ -1207,6 +1225,7 @@ impl DrawClient {
         let (stop, mut stopped) = watch::channel(false);
         let progress = self.progress.clone();
         let user = self.user.clone();
+        let room = self.room.id.clone();
         let handle = tokio::spawn(async move {
             while !*stopped.borrow_and_update() {
                 self.step(true).await;
@@ -1216,6 +1235,7 @@ impl DrawClient {
         });
         RunningClient {
             user,
+            room,
             stop,
             handle,
             progress,
@@ -1618,6 +1638,12 @@ impl DrawClient {
         if let Err(e) = self.state.replay(&event) {
             self.fail(format!("the op does not apply: {e}: {frame}"));
         }
+        if let (None, Op::StrokeEnd { stroke }) = (&event.cid, &event.op)
+            && event.user.as_str() == self.user
+        {
+            self.ended_for_us.insert(stroke.as_str().to_owned());
+            lock(&self.progress).strokes_ended_for_us += 1;
+        }
         self.received.push(op);
         lock(&self.progress).head = seq;
     }
@@ -1689,8 +1715,28 @@ impl DrawClient {
                 self.refused.push((cid.clone(), code));
                 self.outbox.retain(|p| p.cid != cid);
             }
+            // The connection this client drew on left the room with the
+            // stroke open, so the room ended the stroke (an op without
+            // cid, received before the retry); its remaining ops are
+            // refused, as the protocol says.
+            "bad_request" if self.stroke_ended_for_us(&cid) => {
+                self.refused.push((cid.clone(), code));
+                self.outbox.retain(|p| p.cid != cid);
+            }
             _ => self.fail(format!("op {cid} refused: {frame}")),
         }
+    }
+
+    /// Whether `cid` is a `stroke_points` or `stroke_end` of a stroke of
+    /// this client that the room ended for it.
+    fn stroke_ended_for_us(&self, cid: &str) -> bool {
+        let Some(op) = self.sent.get(cid) else {
+            return false;
+        };
+        matches!(op["kind"].as_str(), Some("stroke_points" | "stroke_end"))
+            && op["stroke"]
+                .as_str()
+                .is_some_and(|s| self.ended_for_us.contains(s))
     }
 
     /// Records why the client gives up, then panics (failing its task, and
@@ -1708,6 +1754,7 @@ impl DrawClient {
 /// A client drawing in a task of its own.
 pub struct RunningClient {
     user: String,
+    room: String,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<DrawClient>,
     progress: Arc<Mutex<Progress>>,
@@ -1716,6 +1763,11 @@ pub struct RunningClient {
 impl RunningClient {
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The id of its room.
+    pub fn room(&self) -> &str {
+        &self.room
     }
 
     /// What it has done so far. Panics if the client failed, so a test

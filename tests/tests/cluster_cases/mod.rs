@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use collab_actors::state::{Applied, OpRequest, RoomState};
 use collab_protocol::{Access, Limits, OpEvent};
 use collab_store::{LoggedOp, Writer};
@@ -250,16 +252,47 @@ pub async fn probe(cluster: &Cluster, client: &mut DrawClient, op: Value) {
 }
 
 /// Waits until every client has acked `more` ops beyond `from` (its count
-/// when `from` was taken; see [`acked_counts`]).
+/// when `from` was taken; see [`acked_counts`]). On a timeout, the message
+/// has every client's progress.
 pub async fn wait_acked_more(clients: &[RunningClient], from: &[usize], more: usize, what: &str) {
-    wait_for(what, DEADLINE, || {
-        let done = clients
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let progress: Vec<_> = clients.iter().map(RunningClient::progress).collect();
+        if progress
             .iter()
             .zip(from)
-            .all(|(c, before)| c.progress().acked >= before + more);
-        async move { done.then_some(()) }
-    })
-    .await;
+            .all(|(p, before)| p.acked >= before + more)
+        {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let report: Vec<String> = clients
+                .iter()
+                .zip(&progress)
+                .zip(from)
+                .map(|((c, p), before)| {
+                    format!(
+                        "{} in {}: acked {} (from {before}), head {}, resent {}, reconnects {}, \
+                         room errors {}, on {:?}, last ack {:?} ago",
+                        c.user(),
+                        c.room(),
+                        p.acked,
+                        p.head,
+                        p.resent,
+                        p.reconnects,
+                        p.room_errors,
+                        p.gateway,
+                        p.last_ack.map(|t| t.elapsed())
+                    )
+                })
+                .collect();
+            panic!(
+                "gave up after {DEADLINE:?} waiting for {what}:\n{}",
+                report.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
 }
 
 /// Every client's acked count now.
