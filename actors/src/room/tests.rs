@@ -21,15 +21,30 @@ use super::*;
 #[derive(Default)]
 struct RecordingSink {
     events: Mutex<Vec<RoomEvent>>,
+    terms: Mutex<Vec<u64>>,
 }
 
 impl EventSink for RecordingSink {
-    fn emit(&self, event: RoomEvent, _term: u64) {
+    fn emit(&self, event: RoomEvent, term: u64) {
         self.events.lock().expect("lock").push(event);
+        self.terms.lock().expect("lock").push(term);
     }
 }
 
 impl RecordingSink {
+    fn terms(&self) -> Vec<u64> {
+        self.terms.lock().expect("lock").clone()
+    }
+
+    fn loaded(&self) -> usize {
+        self.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|e| matches!(e, RoomEvent::Loaded { .. }))
+            .count()
+    }
+
     fn ops(&self) -> Vec<OpEvent> {
         self.events
             .lock()
@@ -627,4 +642,72 @@ async fn a_busy_room_pushes_back() {
     let reply = node.op("ann", "c1", message("x")).await;
     assert_eq!(error_code(&reply), ErrorCode::RateLimited);
     assert_eq!(node.store.head(&room_id(ROOM)).await, Ok(Seq::ZERO));
+}
+
+#[tokio::test]
+async fn each_owner_of_a_room_writes_and_publishes_with_a_higher_term() {
+    let node = node().await;
+    let room = room_id(ROOM);
+    // A previous owner wrote with a term far above this clock's
+    // milliseconds.
+    let previous = collab_store::Writer {
+        node: NodeId::parse("n0").expect("id"),
+        term: 1 << 60,
+    };
+    let first = OpEvent {
+        room: room.clone(),
+        seq: Seq(1),
+        user: UserId::parse("ann").expect("id"),
+        ts: 1,
+        cid: Some(Cid::parse("c0").expect("id")),
+        op: message("from the previous owner"),
+    };
+    node.store
+        .append(&room, Seq(1), &[first], &previous)
+        .await
+        .expect("appended");
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("mine")).await), 2);
+    let log = node.store.read_log(&room, Seq(1), 10).await.expect("log");
+    let term = log[0].writer.term;
+    assert_eq!(term, (1 << 60) + 1, "above the previous owner's term");
+    assert_eq!(log[0].writer.node.as_str(), "n1");
+    // Everything the actor published carries its term, and it announced
+    // that it loaded the room, so gateways re-attach their members.
+    assert!(node.sink.terms().iter().all(|t| *t == term));
+    assert_eq!(node.sink.loaded(), 1);
+}
+
+#[tokio::test]
+async fn a_room_placed_elsewhere_is_handed_off_and_refused() {
+    let node = node().await;
+    node.create("room2", RoomKind::Board, None).await;
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    node.enter("room2", "ann").await;
+    // The cluster changed: room1 now belongs to another node.
+    let owns: Ownership = Arc::new(|room: &RoomId| room.as_str() != ROOM);
+    node.supervisor
+        .send_message(SupervisorMsg::Placement(owns))
+        .unwrap_or_else(|_| panic!("supervisor is gone"));
+    // It snapshots before it stops, so the next owner loads little.
+    let room = room_id(ROOM);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = node.store.latest_snapshot(&room).await.expect("read");
+        if snapshot.is_some_and(|s| s.seq == Seq(1)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no hand-off snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
+    }
+    let refused = node.op("ann", "c2", message("two")).await;
+    assert_eq!(error_code(&refused), ErrorCode::Unavailable);
+    assert_eq!(node.store.head(&room).await, Ok(Seq(1)), "nothing written");
+    // The room it still owns is served as before.
+    let kept = node
+        .ask(node.op_request("room2", "ann", "c3", message("kept")))
+        .await;
+    assert_eq!(ack_seq(&kept), 1);
 }

@@ -45,6 +45,9 @@ pub struct NatsBusConfig {
     pub url: String,
     /// This process's id in the cluster: a subject token and a KV key.
     pub node: NodeId,
+    /// This run of the process, announced in its membership record;
+    /// defaults to the node id and the time the config was made.
+    pub instance: String,
     /// Subject prefix of the cluster.
     pub subjects: Subjects,
     /// Announce this process as a gateway. It is announced as a room node
@@ -69,8 +72,12 @@ pub struct NatsBusConfig {
 
 impl NatsBusConfig {
     pub fn new(url: impl Into<String>, node: NodeId) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         NatsBusConfig {
             url: url.into(),
+            instance: format!("{node}-{started:x}"),
             node,
             subjects: Subjects::default(),
             gateway: false,
@@ -145,7 +152,13 @@ impl Tasks {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<RoomReply, BusError>>>>>;
+/// Requests waiting for their reply, by token, with the node each went to.
+type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
+
+struct Waiting {
+    owner: NodeId,
+    reply: oneshot::Sender<Result<RoomReply, BusError>>,
+}
 
 enum Outbound {
     Publish {
@@ -210,6 +223,7 @@ impl NatsBus {
         let registry = RegistryConfig {
             bucket: config.subjects.members_bucket(),
             node: config.node.clone(),
+            instance: config.instance.clone(),
             heartbeat_interval: config.heartbeat_interval,
             ttl: config.member_ttl,
             replicas: config.bucket_replicas,
@@ -233,6 +247,10 @@ impl NatsBus {
             js.clone(),
             registry.clone(),
             members_tx,
+        )));
+        tasks.others.push(tokio::spawn(abandon_requests_to_departed(
+            members.clone(),
+            pending.clone(),
         )));
 
         let (roles, roles_rx) = watch::channel(Roles {
@@ -263,6 +281,11 @@ impl NatsBus {
 
     pub fn node(&self) -> &NodeId {
         &self.config.node
+    }
+
+    /// This run of the process, as its membership record announces it.
+    pub fn instance(&self) -> &str {
+        &self.config.instance
     }
 
     /// The owner of `room` as this process sees the cluster now.
@@ -368,7 +391,7 @@ impl Bus for NatsBus {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(token, tx);
+            .insert(token, Waiting { owner, reply: tx });
         let slot = PendingSlot {
             pending: self.pending.clone(),
             token,
@@ -516,7 +539,29 @@ async fn route_replies(mut replies: Subscriber, pending: Pending) {
                 BusError::Timeout
             })
         };
-        let _ = waiting.send(reply);
+        let _ = waiting.reply.send(reply);
+    }
+}
+
+/// Fails the requests waiting on a room node that left the cluster (it
+/// crashed, froze past its TTL or left), instead of letting them run to
+/// their timeout: their rooms have moved, and the callers can retry with
+/// the new owner at once. Whether such a request was carried out is
+/// unknown, hence [`BusError::Timeout`].
+async fn abandon_requests_to_departed(mut members: watch::Receiver<Members>, pending: Pending) {
+    while members.changed().await.is_ok() {
+        let current = members.borrow_and_update().clone();
+        let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let departed: Vec<u64> = pending
+            .iter()
+            .filter(|(_, waiting)| !current.get(&waiting.owner).is_some_and(|r| r.room_node))
+            .map(|(token, _)| *token)
+            .collect();
+        for token in departed {
+            if let Some(waiting) = pending.remove(&token) {
+                let _ = waiting.reply.send(Err(BusError::Timeout));
+            }
+        }
     }
 }
 
@@ -595,7 +640,14 @@ impl EventStream for NatsEventStream {
                 .and_then(|h| h.get(header::TERM))
                 .and_then(|v| subjects::parse_term(v.as_str()));
             match (term, self.term) {
-                (Some(term), Some(seen)) if term < seen => {
+                // An op is published only once committed, and the store
+                // lets one writer commit each seq, so an op is true whoever
+                // sends it: it goes on, and the gateway drops it if it is a
+                // duplicate. Dropping it could leave a gap until the room's
+                // next op.
+                (Some(term), Some(seen))
+                    if term < seen && !matches!(event.as_ref(), RoomEvent::Op(_)) =>
+                {
                     debug!(room = %self.room, term, seen, "event from a replaced owner dropped");
                     continue;
                 }

@@ -217,6 +217,7 @@ async fn a_request_to_an_owner_that_does_not_listen_has_no_owner() {
         gateway: false,
         ttl_ms: 60_000,
         wire: WIRE_VERSION,
+        instance: String::new(),
     };
     kv.put("ghost", serde_json::to_vec(&record).expect("json").into())
         .await
@@ -485,6 +486,66 @@ async fn a_node_that_stops_heartbeating_drops_out_after_its_ttl() {
     drop(gateway);
 }
 
+/// Answers nothing, ever: an owner that froze after taking requests in.
+struct Silent;
+
+impl RequestHandler for Silent {
+    fn handle(&self, _request: RoomRequest) -> ReplyFuture<RoomReply> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_an_owner_that_leaves_fail_at_once() {
+    let server = NatsServer::start();
+    let gateway = bus(&server, "gw-1").await;
+    let owner = bus(&server, "rn-silent").await;
+    owner.serve(Arc::new(Silent)).await.expect("serves");
+    until_members(&gateway, "the owner is seen", |m| {
+        room_nodes(m) == ["rn-silent"]
+    })
+    .await;
+    // Far longer than the test may take: only the owner's departure can
+    // end the wait.
+    let waiting = gateway.request(fetch("a", 1), Duration::from_secs(3600));
+    let waiting = tokio::spawn(waiting);
+    owner.leave().await;
+    let outcome = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the request ends once its owner is gone")
+        .expect("the request task ends");
+    // Taken in and never answered: its outcome is unknown.
+    assert_eq!(outcome, Err(BusError::Timeout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_of_a_replaced_owner_still_goes_through() {
+    let server = NatsServer::start();
+    let old_owner = bus(&server, "rn-old").await;
+    let new_owner = bus(&server, "rn-new").await;
+    let gateway = bus(&server, "gw-1").await;
+    let mut sub = gateway.subscribe(&room("a")).await.expect("subscribes");
+    let _ = gateway
+        .request(fetch("none", 0), Duration::from_millis(1))
+        .await;
+    eventually("connected", || gateway.is_ready() && old_owner.is_ready()).await;
+    new_owner.publish_owned(cursor_leave("a", 1), 5);
+    assert_eq!(user_of(&*next_event(&mut sub).await), "u1");
+    // A committed op is true whoever publishes it (the store fences
+    // writers); the gateway sorts duplicates out by seq.
+    let op = RoomEvent::Op(collab_protocol::OpEvent {
+        room: room("a"),
+        seq: Seq(7),
+        user: collab_protocol::UserId::parse("u1").expect("id"),
+        ts: 1,
+        cid: None,
+        op: collab_protocol::Op::Undo { stroke: None },
+    });
+    old_owner.publish_owned(cursor_leave("a", 2), 4);
+    old_owner.publish_owned(op.clone(), 4);
+    assert_eq!(*next_event(&mut sub).await, op);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_expires_a_record_and_every_watcher_hears_of_it() {
     let server = NatsServer::start();
@@ -501,6 +562,7 @@ async fn the_server_expires_a_record_and_every_watcher_hears_of_it() {
         gateway: false,
         ttl_ms: 3_600_000,
         wire: WIRE_VERSION,
+        instance: String::new(),
     };
     let client = async_nats::connect(server.url()).await.expect("connects");
     let js = async_nats::jetstream::new(client);
