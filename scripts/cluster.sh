@@ -14,8 +14,8 @@
 #
 # Node ids are g1, g2 (gateways) and r1, r2, r3 (room nodes); each keeps its
 # port across restarts. DIR holds DIR/NODE.{pid,port,log}, DIR/jwt-secret,
-# DIR/nats (the NATS server) and DIR/cql (Cassandra, unless
-# COLLAB_CLUSTER_CQL names one).
+# DIR/nats (the NATS server), DIR/cql (Cassandra, unless COLLAB_CLUSTER_CQL
+# names one) and DIR/cql-addr (the CQL server in use).
 #
 # Environment:
 #   COLLAB_CLUSTER_CQL        host:port of a running ScyllaDB/Cassandra to use instead of
@@ -74,12 +74,8 @@ except Exception:
 EOF
 }
 
-cql_addr() { # DIR -> host:port of the CQL server to use
-  if [[ -n "${COLLAB_CLUSTER_CQL:-}" ]]; then
-    echo "$COLLAB_CLUSTER_CQL"
-  else
-    echo "127.0.0.1:$(cat "$1/cql/port")"
-  fi
+cql_addr() { # DIR -> host:port of the CQL server in use (recorded by start)
+  cat "$1/cql-addr"
 }
 
 build() { # -> path of the collab binary
@@ -137,8 +133,13 @@ cmd_start() { # DIR
   bash "$ROOT/scripts/nats-server.sh" start "$dir/nats" >&2
   if [[ -n "${COLLAB_CLUSTER_CQL:-}" ]]; then
     log "using the CQL server at $COLLAB_CLUSTER_CQL (COLLAB_CLUSTER_CQL)"
+    echo "$COLLAB_CLUSTER_CQL" >"$dir/cql-addr"
+  elif [[ -f "$dir/cql-addr" && ! -d "$dir/cql" ]]; then
+    # Started with COLLAB_CLUSTER_CQL before: the rooms are there.
+    log "using the CQL server at $(cql_addr "$dir") (from $dir/cql-addr)"
   else
     bash "$ROOT/scripts/cql-server.sh" start "$dir/cql" >&2
+    echo "127.0.0.1:$(cat "$dir/cql/port")" >"$dir/cql-addr"
   fi
   local bin; bin=$(build)
 
@@ -178,7 +179,7 @@ cmd_stop() { # DIR
   # rooms and leaves), then what they depend on.
   for node in $(node_ids); do
     [[ -f "$dir/$node.pid" ]] || continue
-    log "$node:"
+    log "stopping $node"
     stop_pidfile "$dir/$node.pid" TERM 30
   done
   if [[ -d "$dir/nats" ]]; then bash "$ROOT/scripts/nats-server.sh" stop "$dir/nats"; fi
@@ -189,11 +190,12 @@ cmd_status() { # DIR
   local dir=${1:-} node pid port state all_ready=0
   [[ -n "$dir" && -d "$dir" ]] || die "usage: status DIR (an existing cluster dir)"
   dir=$(cd "$dir" && pwd)
-  echo "nats: $(bash "$ROOT/scripts/nats-server.sh" status "$dir/nats" 2>/dev/null || echo 'not running')"
-  if [[ -n "${COLLAB_CLUSTER_CQL:-}" ]]; then
-    echo "cql:  $COLLAB_CLUSTER_CQL (COLLAB_CLUSTER_CQL)"
-  else
-    echo "cql:  $(bash "$ROOT/scripts/cql-server.sh" status "$dir/cql" 2>/dev/null || echo 'not running')"
+  # The status commands print "not running" themselves.
+  echo "nats: $(bash "$ROOT/scripts/nats-server.sh" status "$dir/nats" 2>/dev/null || true)"
+  if [[ -d "$dir/cql" ]]; then
+    echo "cql:  $(bash "$ROOT/scripts/cql-server.sh" status "$dir/cql" 2>/dev/null || true)"
+  elif [[ -f "$dir/cql-addr" ]]; then
+    echo "cql:  $(cql_addr "$dir") (not started here)"
   fi
   for node in $(node_ids); do
     if pid=$(pid_in "$dir/$node.pid"); then
