@@ -21,7 +21,12 @@
 //! a reconnect); it reconnects to any live gateway when its socket closes
 //! and resumes with `since` and `epoch`; and it checks, as it goes, that
 //! the ops it receives are gapless, in order and never duplicated, keeping
-//! every one of them so a test can compare them with the stored log.
+//! every one of them so a test can compare them with the stored log. It
+//! accepts no refusal but the ones the protocol gives a correct client:
+//! `nothing_to_undo` / `nothing_to_redo`, and `bad_request` for the rest of
+//! a stroke the room ended because the client's connection left mid-stroke.
+//! A drawing client has one op in flight, so its retried ops never overtake
+//! one another and every op means what the user meant.
 //!
 //! Waiting is always polling with a deadline; a deadline that passes fails
 //! the test with what it waited for.
@@ -65,6 +70,8 @@ pub const TEST_MEMBER_TTL: Duration = Duration::from_millis(1500);
 /// The id of the harness's own (role-less) membership watcher.
 const OBSERVER_ID: &str = "test-observer";
 const ENV_PREFIX: &str = "COLLAB_";
+/// The processes' log filter unless the test runs with `RUST_LOG`.
+const CHILD_LOG_FILTER: &str = "info,scylla=warn,async_nats=warn";
 /// Set (to anything) to keep the cluster's directory, with every process's
 /// whole log, after the test.
 pub const KEEP_LOGS_ENV: &str = "COLLAB_TEST_KEEP_CLUSTER_LOGS";
@@ -754,6 +761,11 @@ impl Cluster {
             .args(["--node-id", &id, "--store", &self.store_url]);
         clear_collab_env(&mut cmd);
         cmd.env("COLLAB_JWT_SECRET", &self.secret);
+        if std::env::var_os("RUST_LOG").is_none() {
+            // The CQL and NATS drivers' connection chatter would fill the
+            // log tail a failing test prints.
+            cmd.env("RUST_LOG", CHILD_LOG_FILTER);
+        }
         if let Some((heartbeat, ttl)) = self.options.membership {
             cmd.env(
                 "COLLAB_CLUSTER__HEARTBEAT_INTERVAL_MS",
