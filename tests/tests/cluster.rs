@@ -365,23 +365,19 @@ async fn scaling_three_four_three_moves_the_placed_rooms_and_loses_nothing() {
 
     // 3 → 4: a new node takes the rooms it now wins, only those.
     let three = cluster.room_node_ids();
-    let owners_3: Vec<String> = ids.iter().map(|r| owner_among(r, &three)).collect();
+    let owners_3 = owners(&ids, &three);
     let heads_1 = heads(&cluster, &ids).await;
     let added = cluster.add_room_node().await.expect("a fourth room node");
     let four = cluster.room_node_ids();
-    let owners_4: Vec<String> = ids.iter().map(|r| owner_among(r, &four)).collect();
-    let moved_1: Vec<usize> = (0..ROOMS).filter(|&i| owners_3[i] != owners_4[i]).collect();
+    let owners_4 = owners(&ids, &four);
+    let moved_1 = moved(&owners_3, &owners_4);
     assert!(!moved_1.is_empty(), "placement moves no room to {added}");
     assert!(moved_1.iter().all(|&i| owners_4[i] == added));
     println!(
         "scale 3 → 4: {} of {ROOMS} rooms move to {added}",
         moved_1.len()
     );
-    for &i in &moved_1 {
-        wait_written_by(&cluster, &ids[i], heads_1[i], Some(&added), "").await;
-    }
-    let before = acked_counts(&clients);
-    wait_acked_more(&clients, &before, 3, "3 more acked ops in every room").await;
+    wait_moved(&cluster, &ids, &moved_1, &heads_1, &owners_4, &clients).await;
 
     // 4 → 3: a drained node's rooms go to their runners-up.
     let leaving = three[0].clone();
@@ -390,19 +386,15 @@ async fn scaling_three_four_three_moves_the_placed_rooms_and_loses_nothing() {
     assert!(status.success(), "{leaving} exited with {status}");
     cluster.wait_membership().await;
     let rest = cluster.room_node_ids();
-    let owners_5: Vec<String> = ids.iter().map(|r| owner_among(r, &rest)).collect();
-    let moved_2: Vec<usize> = (0..ROOMS).filter(|&i| owners_4[i] != owners_5[i]).collect();
+    let owners_5 = owners(&ids, &rest);
+    let moved_2 = moved(&owners_4, &owners_5);
     assert!(!moved_2.is_empty(), "{leaving} owned no room");
     assert!(moved_2.iter().all(|&i| owners_4[i] == leaving));
     println!(
         "scale 4 → 3: {} of {ROOMS} rooms move off {leaving}",
         moved_2.len()
     );
-    for &i in &moved_2 {
-        wait_written_by(&cluster, &ids[i], heads_2[i], Some(&owners_5[i]), "").await;
-    }
-    let before = acked_counts(&clients);
-    wait_acked_more(&clients, &before, 3, "3 more acked ops in every room").await;
+    wait_moved(&cluster, &ids, &moved_2, &heads_2, &owners_5, &clients).await;
 
     let stopped = stop_all(clients).await;
     for (i, client) in stopped.into_iter().enumerate() {
@@ -421,6 +413,35 @@ async fn scaling_three_four_three_moves_the_placed_rooms_and_loses_nothing() {
         check_phase(&ids[i], &phase_1, &owners_3[i], &owners_4[i]);
         check_phase(&ids[i], &phase_2, &owners_4[i], &owners_5[i]);
     }
+}
+
+/// The owner of each room among `nodes`.
+fn owners(rooms: &[String], nodes: &[String]) -> Vec<String> {
+    rooms.iter().map(|r| owner_among(r, nodes)).collect()
+}
+
+/// The indices of the rooms whose owner differs.
+fn moved(before: &[String], after: &[String]) -> Vec<usize> {
+    (0..before.len())
+        .filter(|&i| before[i] != after[i])
+        .collect()
+}
+
+/// Waits until each moved room has an op after its head at the change
+/// written by its new owner, then until every room got 3 more ops acked.
+async fn wait_moved(
+    cluster: &Cluster,
+    rooms: &[String],
+    moved: &[usize],
+    heads: &[u64],
+    owners: &[String],
+    clients: &[RunningClient],
+) {
+    for &i in moved {
+        wait_written_by(cluster, &rooms[i], heads[i], Some(&owners[i]), "").await;
+    }
+    let before = acked_counts(clients);
+    wait_acked_more(clients, &before, 3, "3 more acked ops in every room").await;
 }
 
 async fn heads(cluster: &Cluster, rooms: &[String]) -> Vec<u64> {
@@ -447,42 +468,7 @@ fn check_phase(room: &str, writers: &[String], old: &str, new: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarting_nats_under_load_loses_nothing() {
     let mut cluster = start(ClusterOptions::new()).await;
-    let mut rooms = Vec::new();
-    let mut clients = Vec::new();
-    // Channels with one member on each gateway, so every op crosses NATS,
-    // and a board with two drawers.
-    for i in 0..6 {
-        let room = cluster
-            .create_channel(&format!("natsrestart-{i}"))
-            .await
-            .expect("room");
-        for (user, gateway) in [("ann", 0), ("bob", 1)] {
-            let client = cluster
-                .client(
-                    user,
-                    &room,
-                    gateway,
-                    ClientOptions::chat(4, Duration::from_millis(100)),
-                )
-                .await
-                .expect("client");
-            clients.push(client.spawn());
-        }
-        rooms.push(room);
-    }
-    let board = cluster
-        .create_board("natsrestart-board")
-        .await
-        .expect("board");
-    clients.extend(drawers(&mut cluster, &board, &["cat", "dan"]).await);
-    rooms.push(board);
-    wait_acked_more(
-        &clients,
-        &vec![0; clients.len()],
-        10,
-        "10 acked ops per client",
-    )
-    .await;
+    let (rooms, clients) = mixed_load(&mut cluster, "natsrestart", 6, 1).await;
 
     let before = acked_counts(&clients);
     cluster.restart_nats().await;
@@ -497,6 +483,45 @@ async fn restarting_nats_under_load_loses_nothing() {
     .await;
     let stopped = stop_all(clients).await;
     verify_rooms(&cluster, &rooms, stopped).await;
+}
+
+/// `channels` channels with one chatting member on each gateway (so every
+/// op crosses NATS to reach the other) and `boards` boards with two
+/// drawers; returns once every client has 10 ops acked.
+async fn mixed_load(
+    cluster: &mut Cluster,
+    prefix: &str,
+    channels: usize,
+    boards: usize,
+) -> (Vec<RoomInfo>, Vec<RunningClient>) {
+    let mut rooms = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..channels {
+        let room = cluster
+            .create_channel(&format!("{prefix}-{i}"))
+            .await
+            .expect("room");
+        for (user, gateway) in [("ann", 0), ("bob", 1)] {
+            let chat = ClientOptions::chat(4, Duration::from_millis(100));
+            let client = cluster
+                .client(user, &room, gateway, chat)
+                .await
+                .expect("client");
+            clients.push(client.spawn());
+        }
+        rooms.push(room);
+    }
+    for i in 0..boards {
+        let board = cluster
+            .create_board(&format!("{prefix}-board-{i}"))
+            .await
+            .expect("board");
+        clients.extend(drawers(cluster, &board, &["cat", "dan"]).await);
+        rooms.push(board);
+    }
+    let zero = vec![0; clients.len()];
+    wait_acked_more(&clients, &zero, 10, "10 acked ops per client").await;
+    (rooms, clients)
 }
 
 /// [`verify_room`] for every room, with the clients of each.
@@ -525,42 +550,7 @@ async fn verify_rooms(cluster: &Cluster, rooms: &[RoomInfo], clients: Vec<DrawCl
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_of_every_process_loses_nothing() {
     let mut cluster = start(ClusterOptions::new()).await;
-    let mut rooms = Vec::new();
-    let mut clients = Vec::new();
-    for i in 0..4 {
-        let room = cluster
-            .create_channel(&format!("rolling-{i}"))
-            .await
-            .expect("room");
-        for (user, gateway) in [("ann", 0), ("bob", 1)] {
-            let client = cluster
-                .client(
-                    user,
-                    &room,
-                    gateway,
-                    ClientOptions::chat(4, Duration::from_millis(100)),
-                )
-                .await
-                .expect("client");
-            clients.push(client.spawn());
-        }
-        rooms.push(room);
-    }
-    for i in 0..2 {
-        let board = cluster
-            .create_board(&format!("rolling-board-{i}"))
-            .await
-            .expect("board");
-        clients.extend(drawers(&mut cluster, &board, &["cat", "dan"]).await);
-        rooms.push(board);
-    }
-    wait_acked_more(
-        &clients,
-        &vec![0; clients.len()],
-        10,
-        "10 acked ops per client",
-    )
-    .await;
+    let (rooms, clients) = mixed_load(&mut cluster, "rolling", 4, 2).await;
 
     let originals: Vec<String> = cluster
         .gateway_ids()
