@@ -93,6 +93,17 @@ async fn sigkill_of_a_busy_rooms_owner_loses_nothing_acked() {
     let mut cluster =
         start(ClusterOptions::new().env("COLLAB_ROOMS__SNAPSHOT_EVERY_OPS", "25")).await;
     let room = cluster.create_board("busy").await.expect("room");
+    // wat only watches: no op of hers will tell the new owner she is there,
+    // so her gateway must re-attach her.
+    let wat_token = cluster.token("wat").await.expect("token");
+    let mut wat = WsClient::connect(&cluster.gateway_ws_url(1), &wat_token)
+        .await
+        .expect("wat connects");
+    wat.recv_type("welcome", DEADLINE).await.expect("welcome");
+    wat.send_json(&json!({"type": "join", "room": room.id}))
+        .await
+        .expect("join");
+    wat.recv_type("joined", DEADLINE).await.expect("joined");
     let clients = drawers(&mut cluster, &room, &["ann", "bob", "cat"]).await;
     wait_total_acked(&clients, 120, "120 acked ops before the kill").await;
 
@@ -180,6 +191,29 @@ async fn sigkill_of_a_busy_rooms_owner_loses_nothing_acked() {
         log.len(),
         describe_runs(&runs)
     );
+
+    // The new owner knows the watcher, who never sent anything.
+    let eve_token = cluster.token("eve").await.expect("token");
+    let mut eve = WsClient::connect(&cluster.gateway_ws_url(0), &eve_token)
+        .await
+        .expect("eve connects");
+    eve.recv_type("welcome", DEADLINE).await.expect("welcome");
+    eve.send_json(&json!({"type": "join", "room": room.id}))
+        .await
+        .expect("join");
+    let joined = eve.recv_type("joined", DEADLINE).await.expect("joined");
+    let present: Vec<&str> = joined["presence"]
+        .as_array()
+        .expect("presence")
+        .iter()
+        .filter_map(|u| u["id"].as_str())
+        .collect();
+    assert!(
+        present.contains(&"wat"),
+        "the watcher is gone: {:?}",
+        joined["presence"]
+    );
+    drop(wat);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
