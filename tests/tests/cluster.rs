@@ -27,6 +27,26 @@ use collab_tests::harness::cluster::{
 use serde_json::json;
 use tokio::time::Instant;
 
+/// Connects `user` through gateway `gateway` and joins `room`; returns the
+/// socket and the `joined` frame.
+async fn join_as(
+    cluster: &mut Cluster,
+    user: &str,
+    gateway: usize,
+    room: &RoomInfo,
+) -> (WsClient, serde_json::Value) {
+    let token = cluster.token(user).await.expect("token");
+    let mut ws = WsClient::connect(&cluster.gateway_ws_url(gateway), &token)
+        .await
+        .unwrap_or_else(|e| panic!("{user} cannot connect: {e}"));
+    ws.recv_type("welcome", DEADLINE).await.expect("welcome");
+    ws.send_json(&json!({"type": "join", "room": room.id}))
+        .await
+        .expect("join");
+    let joined = ws.recv_type("joined", DEADLINE).await.expect("joined");
+    (ws, joined)
+}
+
 /// Starts the processes of a test's cluster, or fails the test saying why.
 async fn start(options: ClusterOptions) -> Cluster {
     Cluster::start(options)
@@ -95,15 +115,7 @@ async fn sigkill_of_a_busy_rooms_owner_loses_nothing_acked() {
     let room = cluster.create_board("busy").await.expect("room");
     // wat only watches: no op of hers will tell the new owner she is there,
     // so her gateway must re-attach her.
-    let wat_token = cluster.token("wat").await.expect("token");
-    let mut wat = WsClient::connect(&cluster.gateway_ws_url(1), &wat_token)
-        .await
-        .expect("wat connects");
-    wat.recv_type("welcome", DEADLINE).await.expect("welcome");
-    wat.send_json(&json!({"type": "join", "room": room.id}))
-        .await
-        .expect("join");
-    wat.recv_type("joined", DEADLINE).await.expect("joined");
+    let (wat, _) = join_as(&mut cluster, "wat", 1, &room).await;
     let clients = drawers(&mut cluster, &room, &["ann", "bob", "cat"]).await;
     wait_total_acked(&clients, 120, "120 acked ops before the kill").await;
 
@@ -193,15 +205,7 @@ async fn sigkill_of_a_busy_rooms_owner_loses_nothing_acked() {
     );
 
     // The new owner knows the watcher, who never sent anything.
-    let eve_token = cluster.token("eve").await.expect("token");
-    let mut eve = WsClient::connect(&cluster.gateway_ws_url(0), &eve_token)
-        .await
-        .expect("eve connects");
-    eve.recv_type("welcome", DEADLINE).await.expect("welcome");
-    eve.send_json(&json!({"type": "join", "room": room.id}))
-        .await
-        .expect("join");
-    let joined = eve.recv_type("joined", DEADLINE).await.expect("joined");
+    let (_eve, joined) = join_as(&mut cluster, "eve", 0, &room).await;
     let present: Vec<&str> = joined["presence"]
         .as_array()
         .expect("presence")
@@ -296,15 +300,7 @@ async fn sigkill_of_a_gateway_moves_its_clients_and_their_presence_leaves() {
     };
     // dan only watches, through the gateway that dies, and never comes
     // back: everyone else must hear that he left.
-    let dan_token = cluster.token("dan").await.expect("token");
-    let mut dan = WsClient::connect(&cluster.gateway_ws_url(0), &dan_token)
-        .await
-        .expect("dan connects");
-    dan.recv_type("welcome", DEADLINE).await.expect("welcome");
-    dan.send_json(&json!({"type": "join", "room": room.id}))
-        .await
-        .expect("join");
-    dan.recv_type("joined", DEADLINE).await.expect("joined");
+    let (dan, _) = join_as(&mut cluster, "dan", 0, &room).await;
 
     // ann and cat on the doomed gateway, bob on the other.
     let mut clients = Vec::new();
@@ -347,15 +343,7 @@ async fn sigkill_of_a_gateway_moves_its_clients_and_their_presence_leaves() {
 
     // A newcomer sees ann, bob and cat (connected through the survivor) and
     // not dan.
-    let eve_token = cluster.token("eve").await.expect("token");
-    let mut eve = WsClient::connect(&cluster.gateway_ws_url(0), &eve_token)
-        .await
-        .expect("eve connects");
-    eve.recv_type("welcome", DEADLINE).await.expect("welcome");
-    eve.send_json(&json!({"type": "join", "room": room.id}))
-        .await
-        .expect("join");
-    let joined = eve.recv_type("joined", DEADLINE).await.expect("joined");
+    let (_eve, joined) = join_as(&mut cluster, "eve", 0, &room).await;
     let mut present: Vec<String> = joined["presence"]
         .as_array()
         .expect("presence")
@@ -619,15 +607,7 @@ async fn a_rolling_restart_of_every_process_loses_nothing() {
 /// op goes out every 50 ms, so the measure is within that of the truth.
 async fn measure_failover(cluster: &mut Cluster, label: &str) -> Duration {
     let room = cluster.create_channel("failover").await.expect("room");
-    let token = cluster.token("ann").await.expect("token");
-    let mut ws = WsClient::connect(&cluster.gateway_ws_url(0), &token)
-        .await
-        .expect("connects");
-    ws.recv_type("welcome", DEADLINE).await.expect("welcome");
-    ws.send_json(&json!({"type": "join", "room": room.id}))
-        .await
-        .expect("join");
-    ws.recv_type("joined", DEADLINE).await.expect("joined");
+    let (mut ws, _) = join_as(cluster, "ann", 0, &room).await;
     // The room is loaded on its owner and serving.
     let mut sent = 1;
     send_probe(&mut ws, &room.id, sent).await;

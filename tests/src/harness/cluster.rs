@@ -32,7 +32,6 @@
 //! the test with what it waited for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsString;
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -52,6 +51,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::time::Instant;
 
+use super::server::clear_collab_env;
 use super::{HarnessError, WsClient, WsError, collab_binary, shared_cql_store_url};
 
 /// What `collab gateway` and `collab room-node` print once they listen.
@@ -69,7 +69,6 @@ pub const TEST_HEARTBEAT: Duration = Duration::from_millis(250);
 pub const TEST_MEMBER_TTL: Duration = Duration::from_millis(1500);
 /// The id of the harness's own (role-less) membership watcher.
 const OBSERVER_ID: &str = "test-observer";
-const ENV_PREFIX: &str = "COLLAB_";
 /// The processes' log filter unless the test runs with `RUST_LOG`.
 const CHILD_LOG_FILTER: &str = "info,scylla=warn,async_nats=warn";
 /// Set (to anything) to keep the cluster's directory, with every process's
@@ -927,18 +926,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
-    }
-}
-
-/// A developer's or CI's own `COLLAB_*` settings must not change a test's
-/// processes.
-fn clear_collab_env(cmd: &mut Command) {
-    let ours: Vec<OsString> = std::env::vars_os()
-        .map(|(name, _)| name)
-        .filter(|name| name.to_str().is_some_and(|n| n.starts_with(ENV_PREFIX)))
-        .collect();
-    for name in ours {
-        cmd.env_remove(name);
     }
 }
 

@@ -400,7 +400,7 @@ fn spawn(
 
 /// A developer's or CI's own `COLLAB_*` settings must not change a test's
 /// server (the server refuses unknown ones, too).
-fn clear_collab_env(cmd: &mut Command) {
+pub(super) fn clear_collab_env(cmd: &mut Command) {
     let ours: Vec<OsString> = std::env::vars_os()
         .map(|(name, _)| name)
         .filter(|name| name.to_str().is_some_and(|n| n.starts_with(ENV_PREFIX)))
