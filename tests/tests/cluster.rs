@@ -104,6 +104,42 @@ async fn users_on_different_gateways_see_one_gapless_order() {
         assert_eq!(pair[0].received(), pair[1].received());
     }
     assert!(log.len() >= 200, "only {} ops stored", log.len());
+
+    // Every gateway serves the room's metadata and history from the store.
+    let token = cluster.token("ann").await.expect("token");
+    let http = reqwest::Client::new();
+    for gateway in cluster.gateway_ids() {
+        let base = cluster.http_url(&gateway);
+        let mut answers = Vec::new();
+        for path in [
+            format!("/v1/rooms/{}", room.id),
+            format!("/v1/rooms/{}/history?limit=50", room.id),
+        ] {
+            let response = http
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("answered");
+            assert_eq!(response.status().as_u16(), 200, "{path} on {gateway}");
+            answers.push(response.json::<serde_json::Value>().await.expect("json"));
+        }
+        let (info, page) = (&answers[0], &answers[1]);
+        assert_eq!(info["head"].as_u64(), Some(log.len() as u64), "{info}");
+        let seqs: Vec<u64> = page["ops"]
+            .as_array()
+            .expect("ops")
+            .iter()
+            .filter_map(|op| op["seq"].as_u64())
+            .collect();
+        let newest: Vec<u64> = log
+            .iter()
+            .rev()
+            .take(50)
+            .map(|op| op.event.seq.get())
+            .collect();
+        assert_eq!(seqs, newest, "history on {gateway}, newest first");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
