@@ -563,12 +563,20 @@ impl RoomActorState {
                 self.ctx.metrics.fenced.inc();
                 error!(room = %self.room, %reason, "another owner wrote this room; stopping");
                 let moved = unavailable("the room moved to another node; retry");
-                let live = match std::mem::replace(&mut self.phase, Phase::Closed(moved.clone())) {
-                    Phase::Live(live) => live,
-                    _ => return,
-                };
+                let mut live =
+                    match std::mem::replace(&mut self.phase, Phase::Closed(moved.clone())) {
+                        Phase::Live(live) => live,
+                        _ => return,
+                    };
+                let drains = live.drain.take();
                 fail_all(*live, in_flight, "the room moved to another node; retry");
-                self.close(myself, moved, Vec::new());
+                match drains {
+                    // The supervisor has taken this actor out of its map
+                    // already and waits for it to stop: asking it to retire
+                    // again would go unheard.
+                    Some(drains) => stop_drained(myself, drains, "fenced"),
+                    None => self.close(myself, moved, Vec::new()),
+                }
             }
             Err(e) => {
                 self.ctx.metrics.commits_failed.inc();
@@ -587,19 +595,31 @@ impl RoomActorState {
                     in_flight,
                     "the store did not confirm; retry with the same cid",
                 );
+                if let Some(drains) = drains {
+                    // Stopping was asked for: the log holds whatever did
+                    // commit, and the room's next actor loads it.
+                    for (_, reply) in joins {
+                        answer(reply, unavailable("the room is moving; retry"));
+                    }
+                    stop_drained(myself, drains, "drained after a failed commit");
+                    return;
+                }
                 self.phase = Phase::Loading {
                     parked: joins,
                     presence: Some(presence),
                 };
-                if let Some(drains) = drains {
-                    for port in drains {
-                        let _ = port.send(());
-                    }
-                }
                 self.start_load(myself);
             }
         }
     }
+}
+
+/// Tells whoever asked for the drain that it is done, and stops.
+fn stop_drained(myself: &ActorRef<RoomMsg>, drains: Vec<RpcReplyPort<()>>, reason: &str) {
+    for port in drains {
+        let _ = port.send(());
+    }
+    myself.stop(Some(reason.into()));
 }
 
 /// Answers `unavailable` to every op the room was holding.

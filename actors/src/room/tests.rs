@@ -711,3 +711,58 @@ async fn a_room_placed_elsewhere_is_handed_off_and_refused() {
         .await;
     assert_eq!(ack_seq(&kept), 1);
 }
+
+/// A room handed off while its batch is in flight, whose batch then fails
+/// (fenced, or an unknown outcome), must still stop: the supervisor holds
+/// its requests until it does, and the node gets the room back later.
+async fn handed_off_mid_batch_then(outcome: fn(&GatedStore)) {
+    let node = node().await;
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    node.store.hold(true);
+    let in_flight = node.send(node.op_request(ROOM, "ann", "c2", message("two")));
+    eventually("the batch to reach the store", || node.store.waiting() == 1).await;
+    let elsewhere: Ownership = Arc::new(|_: &RoomId| false);
+    node.supervisor
+        .send_message(SupervisorMsg::Placement(elsewhere))
+        .unwrap_or_else(|_| panic!("supervisor is gone"));
+    // The hand-off is under way once the supervisor refuses new requests.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = node.send(RoomRequest::Fetch {
+            room: room_id("elsewhere"),
+            after: Seq::ZERO,
+            limit: 1,
+        });
+        if error_code(&probe.await.expect("probe")) == ErrorCode::Unavailable {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never handed off");
+    }
+    outcome(&node.store);
+    node.store.hold(false);
+    node.store.release(1);
+    let reply = in_flight.await.expect("reply");
+    assert_eq!(error_code(&reply), ErrorCode::Unavailable);
+    // The room comes back to this node: it must be served again, by a
+    // fresh actor, rather than wait for one that never stops.
+    let mine: Ownership = Arc::new(|_: &RoomId| true);
+    node.supervisor
+        .send_message(SupervisorMsg::Placement(mine))
+        .unwrap_or_else(|_| panic!("supervisor is gone"));
+    node.joined.lock().expect("lock").clear();
+    let again = node.op("ann", "c3", message("three")).await;
+    assert!(
+        matches!(again, RoomReply::Ack { .. }),
+        "the room was never served again: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_room_fenced_while_handing_off_stops() {
+    handed_off_mid_batch_then(GatedStore::conflict_next).await;
+}
+
+#[tokio::test]
+async fn a_room_whose_commit_fails_while_handing_off_stops() {
+    handed_off_mid_batch_then(GatedStore::fail_next).await;
+}

@@ -49,6 +49,22 @@ impl Members {
             .map(|(node, _)| node)
     }
 
+    /// The instances of the live gateways: what they name their
+    /// connections' gateway after (the node id for a member that does not
+    /// say).
+    pub fn gateway_instances(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, record)| record.gateway)
+            .map(|(node, record)| {
+                if record.instance.is_empty() {
+                    node.as_str()
+                } else {
+                    record.instance.as_str()
+                }
+            })
+    }
+
     pub fn get(&self, node: &NodeId) -> Option<&MemberRecord> {
         self.members.get(node)
     }
@@ -70,7 +86,9 @@ impl Members {
         placement::owner(room, self.room_nodes())
     }
 
-    fn from_records(records: impl IntoIterator<Item = (NodeId, MemberRecord)>) -> Self {
+    /// A member list made of `records` (how the registry builds it; tests
+    /// build their own).
+    pub fn from_records(records: impl IntoIterator<Item = (NodeId, MemberRecord)>) -> Self {
         Members {
             members: records.into_iter().collect(),
         }
@@ -95,6 +113,7 @@ impl Roles {
 pub(crate) struct RegistryConfig {
     pub bucket: String,
     pub node: NodeId,
+    pub instance: String,
     pub heartbeat_interval: Duration,
     pub ttl: Duration,
     pub replicas: usize,
@@ -169,6 +188,7 @@ pub(crate) async fn heartbeat(
             gateway: current.gateway,
             ttl_ms: u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX),
             wire: WIRE_VERSION,
+            instance: config.instance.clone(),
         };
         let Ok(payload) = subjects::encode(&record) else {
             continue;
@@ -339,6 +359,7 @@ mod tests {
             gateway,
             ttl_ms: 1000,
             wire: WIRE_VERSION,
+            instance: String::new(),
         }
     }
 

@@ -45,6 +45,9 @@ pub struct NatsBusConfig {
     pub url: String,
     /// This process's id in the cluster: a subject token and a KV key.
     pub node: NodeId,
+    /// This run of the process, announced in its membership record;
+    /// defaults to the node id and the time the config was made.
+    pub instance: String,
     /// Subject prefix of the cluster.
     pub subjects: Subjects,
     /// Announce this process as a gateway. It is announced as a room node
@@ -69,8 +72,12 @@ pub struct NatsBusConfig {
 
 impl NatsBusConfig {
     pub fn new(url: impl Into<String>, node: NodeId) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         NatsBusConfig {
             url: url.into(),
+            instance: format!("{node}-{started:x}"),
             node,
             subjects: Subjects::default(),
             gateway: false,
@@ -216,6 +223,7 @@ impl NatsBus {
         let registry = RegistryConfig {
             bucket: config.subjects.members_bucket(),
             node: config.node.clone(),
+            instance: config.instance.clone(),
             heartbeat_interval: config.heartbeat_interval,
             ttl: config.member_ttl,
             replicas: config.bucket_replicas,
@@ -273,6 +281,11 @@ impl NatsBus {
 
     pub fn node(&self) -> &NodeId {
         &self.config.node
+    }
+
+    /// This run of the process, as its membership record announces it.
+    pub fn instance(&self) -> &str {
+        &self.config.instance
     }
 
     /// The owner of `room` as this process sees the cluster now.

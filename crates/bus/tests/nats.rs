@@ -217,6 +217,7 @@ async fn a_request_to_an_owner_that_does_not_listen_has_no_owner() {
         gateway: false,
         ttl_ms: 60_000,
         wire: WIRE_VERSION,
+        instance: String::new(),
     };
     kv.put("ghost", serde_json::to_vec(&record).expect("json").into())
         .await
@@ -486,10 +487,14 @@ async fn a_node_that_stops_heartbeating_drops_out_after_its_ttl() {
 }
 
 /// Answers nothing, ever: an owner that froze after taking requests in.
-struct Silent;
+#[derive(Default)]
+struct Silent {
+    taken: std::sync::atomic::AtomicUsize,
+}
 
 impl RequestHandler for Silent {
     fn handle(&self, _request: RoomRequest) -> ReplyFuture<RoomReply> {
+        self.taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(std::future::pending())
     }
 }
@@ -499,7 +504,8 @@ async fn requests_waiting_on_an_owner_that_leaves_fail_at_once() {
     let server = NatsServer::start();
     let gateway = bus(&server, "gw-1").await;
     let owner = bus(&server, "rn-silent").await;
-    owner.serve(Arc::new(Silent)).await.expect("serves");
+    let silent = Arc::new(Silent::default());
+    owner.serve(silent.clone()).await.expect("serves");
     until_members(&gateway, "the owner is seen", |m| {
         room_nodes(m) == ["rn-silent"]
     })
@@ -508,6 +514,10 @@ async fn requests_waiting_on_an_owner_that_leaves_fail_at_once() {
     // end the wait.
     let waiting = gateway.request(fetch("a", 1), Duration::from_secs(3600));
     let waiting = tokio::spawn(waiting);
+    eventually("the owner takes the request in", || {
+        silent.taken.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
     owner.leave().await;
     let outcome = tokio::time::timeout(DEADLINE, waiting)
         .await
@@ -561,6 +571,7 @@ async fn the_server_expires_a_record_and_every_watcher_hears_of_it() {
         gateway: false,
         ttl_ms: 3_600_000,
         wire: WIRE_VERSION,
+        instance: String::new(),
     };
     let client = async_nats::connect(server.url()).await.expect("connects");
     let js = async_nats::jetstream::new(client);

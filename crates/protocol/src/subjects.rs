@@ -151,6 +151,12 @@ pub struct MemberRecord {
     pub ttl_ms: u64,
     /// The sender's [`WIRE_VERSION`].
     pub wire: u32,
+    /// This run of the member (its node id and start time). A gateway
+    /// names its connections after it, so when a gateway restarts under
+    /// the same node id, room nodes see the old instance go and drop
+    /// exactly its connections.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 /// Encodes an envelope (or member record) as its payload.

@@ -54,9 +54,10 @@ pub async fn run_gateway(
     let mut registry = Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
     let mut gateway_config = config.gateway.clone();
-    // Connections are named after their gateway, so a room node that sees
-    // this node leave the cluster can drop exactly its connections.
-    gateway_config.gateway_id = node.to_string();
+    // Connections are named after this run of the gateway, so a room node
+    // that sees it leave the cluster (or restart under the same node id)
+    // drops exactly its connections.
+    gateway_config.gateway_id = bus.instance().to_owned();
     let readiness = Arc::new(GatewayReadiness { bus: bus.clone() });
     let gateway = Gateway::new(
         gateway_config,

@@ -200,6 +200,7 @@ impl Fanout {
                 () = sleep_until(retry_at) => {
                     self.retry_at = None;
                     self.catch_up(None).await;
+                    self.fill_members().await;
                 }
             }
         }
@@ -292,8 +293,16 @@ impl Fanout {
                 Some(last) if op.seq <= last => return, // duplicate
                 Some(last) if op.seq.get() > last.get() + 1 => {
                     self.catch_up(Some(Seq(op.seq.get() - 1))).await;
-                    if self.last_seq.is_some_and(|l| op.seq <= l) {
-                        return;
+                    match self.last_seq {
+                        Some(l) if op.seq <= l => return, // the fetch brought it
+                        Some(l) if l.get() + 1 < op.seq.get() => {
+                            // Still a gap (the owner could not be reached):
+                            // delivering this op would skip seqs. The retry
+                            // fetches it with the ones before it.
+                            self.schedule_retry();
+                            return;
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -320,7 +329,7 @@ impl Fanout {
                 None => {
                     // Members may be missing ops: try again soon even if
                     // the room stays quiet.
-                    self.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
+                    self.schedule_retry();
                     break;
                 }
             };
@@ -350,11 +359,35 @@ impl Fanout {
         }
     }
 
+    fn schedule_retry(&mut self) {
+        self.retry_at
+            .get_or_insert_with(|| Instant::now() + CATCH_UP_RETRY);
+    }
+
+    /// Brings every member that is behind the stream up to it.
+    async fn fill_members(&mut self) {
+        let Some(last) = self.last_seq else {
+            return;
+        };
+        let behind: Vec<(ConnId, Seq)> = self
+            .members
+            .iter()
+            .filter_map(|(conn, member)| match member.phase {
+                Phase::Live { head } if head < last => Some((conn.clone(), head)),
+                _ => None,
+            })
+            .collect();
+        for (conn, head) in behind {
+            self.fill_member(&conn, head, last).await;
+        }
+    }
+
     /// Brings one member from `head` up to `last`.
     async fn fill_member(&mut self, conn: &ConnId, head: Seq, last: Seq) {
         let mut after = head;
         while after < last {
             let Some(ops) = self.fetch(after).await else {
+                self.schedule_retry();
                 return;
             };
             let Some(end) = ops.last().map(|op| op.seq) else {
@@ -409,6 +442,14 @@ impl Fanout {
                     let Some(member) = self.members.get_mut(&conn) else {
                         return;
                     };
+                    let filled = matches!(member.phase,
+                        Phase::Live { head } if head.get() + 1 >= seq.get());
+                    if !filled {
+                        // The owner could not be reached: this member
+                        // catches up on the retry, never past a gap.
+                        self.schedule_retry();
+                        return;
+                    }
                     member.outbound.push(frame.clone());
                     member.phase = Phase::Live { head: seq };
                     return;
@@ -476,4 +517,163 @@ fn frame_of(event: &RoomEvent) -> Option<Utf8Bytes> {
         RoomEvent::Loaded { .. } => return None,
     };
     Some(Utf8Bytes::from(frame.to_json()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use collab_bus::{BusError, EventStream, ReplyFuture, RequestHandler};
+    use collab_protocol::{Epoch, Op, RoomKind, UserId};
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::ws::outbound::Next;
+
+    fn room() -> RoomId {
+        RoomId::parse("room1").expect("id")
+    }
+
+    fn op(seq: u64) -> OpEvent {
+        OpEvent {
+            room: room(),
+            seq: Seq(seq),
+            user: UserId::parse("ann").expect("id"),
+            ts: 1,
+            cid: None,
+            op: Op::Message {
+                text: format!("m{seq}"),
+            },
+        }
+    }
+
+    /// A room stream the test feeds, and an owner whose fetches fail while
+    /// `failing_fetches` lasts and then answer from a log of ops 1..=10.
+    struct ScriptedBus {
+        stream: StdMutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+        failing_fetches: AtomicUsize,
+    }
+
+    struct ChannelStream(mpsc::UnboundedReceiver<Delivery>);
+
+    #[async_trait]
+    impl EventStream for ChannelStream {
+        async fn next(&mut self) -> Option<Delivery> {
+            self.0.recv().await
+        }
+    }
+
+    #[async_trait]
+    impl Bus for ScriptedBus {
+        fn request(
+            &self,
+            request: RoomRequest,
+            _timeout: Duration,
+        ) -> ReplyFuture<Result<RoomReply, BusError>> {
+            let reply = match request {
+                RoomRequest::Fetch { after, .. } => {
+                    let failing = self
+                        .failing_fetches
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if failing {
+                        Err(BusError::NoOwner)
+                    } else {
+                        let ops = (after.get() + 1..=10).map(op).collect();
+                        Ok(RoomReply::Ops { ops })
+                    }
+                }
+                _ => Ok(RoomReply::Done),
+            };
+            Box::pin(async move { reply })
+        }
+        fn publish(&self, _event: RoomEvent) {}
+        async fn subscribe(&self, _room: &RoomId) -> Result<Subscription, BusError> {
+            let stream = self
+                .stream
+                .lock()
+                .expect("lock")
+                .take()
+                .ok_or(BusError::Closed)?;
+            Ok(Subscription::new(Box::new(ChannelStream(stream))))
+        }
+        async fn serve(&self, _handler: Arc<dyn RequestHandler>) -> Result<(), BusError> {
+            Ok(())
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    async fn next_seq(outbound: &Outbound) -> Option<u64> {
+        let next = tokio::time::timeout(Duration::from_secs(30), outbound.next())
+            .await
+            .expect("a frame");
+        let Next::Frame(frame) = next else {
+            panic!("closed");
+        };
+        let value: serde_json::Value = serde_json::from_str(frame.as_str()).expect("json");
+        value["seq"].as_u64()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_op_after_a_gap_that_cannot_be_filled_yet_waits_for_the_ops_before_it() {
+        let (events, stream) = mpsc::unbounded_channel();
+        let bus = Arc::new(ScriptedBus {
+            stream: StdMutex::new(Some(stream)),
+            failing_fetches: AtomicUsize::new(0),
+        });
+        let hub = Hub::new(
+            bus.clone(),
+            GatewayConfig::default(),
+            GatewayMetrics::register(&mut Registry::default()),
+        );
+        let outbound = Arc::new(Outbound::new(100));
+        let conn = ConnRef {
+            gateway: "g1".into(),
+            conn: ConnId::parse("g1-1").expect("id"),
+        };
+        let user = UserInfo {
+            id: UserId::parse("ann").expect("id"),
+            name: "ann".into(),
+            color: "#123456".into(),
+        };
+        hub.attach(&room(), conn.clone(), user, outbound.clone())
+            .await
+            .expect("attached");
+        let body = JoinedBody {
+            room: room(),
+            kind: RoomKind::Channel,
+            epoch: Epoch::parse("ep1").expect("id"),
+            head: Seq(1),
+            presence: Vec::new(),
+            reset: false,
+            state: None,
+            ops: Some(Vec::new()),
+        };
+        hub.joined(&room(), &conn.conn, body).await;
+        assert_eq!(next_seq(&outbound).await, None, "the joined frame");
+        let send = |seq| {
+            events
+                .send(Delivery::Event(Arc::new(RoomEvent::Op(op(seq)))))
+                .expect("stream open");
+        };
+        send(2);
+        assert_eq!(next_seq(&outbound).await, Some(2));
+        // 3 and 4 were lost, and the owner cannot be reached for a while
+        // (the room is moving): 5 must not go out before them.
+        bus.failing_fetches.store(3, Ordering::SeqCst);
+        send(5);
+        // Each retry comes half a second later; time is paused, so the
+        // runtime skips ahead when nothing else is left to do.
+        let got = [
+            next_seq(&outbound).await,
+            next_seq(&outbound).await,
+            next_seq(&outbound).await,
+        ];
+        assert_eq!(got, [Some(3), Some(4), Some(5)]);
+        assert_eq!(bus.failing_fetches.load(Ordering::SeqCst), 0);
+    }
 }

@@ -195,13 +195,15 @@ async fn follow_members(
     node: NodeId,
     supervisor: ActorRef<SupervisorMsg>,
 ) {
-    let mut gateways: BTreeSet<NodeId> = BTreeSet::new();
+    // Gateway instances: a gateway restarted under its old node id is a
+    // new instance, and the old one's connections must go.
+    let mut gateways: BTreeSet<String> = BTreeSet::new();
     loop {
         let current = members.borrow_and_update().clone();
-        let live: BTreeSet<NodeId> = current.gateways().cloned().collect();
+        let live: BTreeSet<String> = current.gateway_instances().map(str::to_owned).collect();
         for gone in gateways.difference(&live) {
             info!(gateway = %gone, "gateway left the cluster; its connections leave their rooms");
-            let _ = supervisor.send_message(SupervisorMsg::GatewayGone(gone.to_string()));
+            let _ = supervisor.send_message(SupervisorMsg::GatewayGone(gone.clone()));
         }
         gateways = live;
         let me = node.clone();
@@ -222,4 +224,150 @@ pub enum StartError {
     Supervisor(String),
     #[error("cannot serve on the bus: {0}")]
     Bus(BusError),
+}
+
+#[cfg(test)]
+mod tests {
+    use collab_bus::{Delivery, InProcessBus, Subscription};
+    use collab_protocol::envelope::ConnRef;
+    use collab_protocol::frames::PresenceEvent;
+    use collab_protocol::subjects::{MemberRecord, WIRE_VERSION};
+    use collab_protocol::{ConnId, Epoch, RoomId, RoomKind, UserId, UserInfo};
+    use collab_store::{MemoryStore, RoomRecord};
+
+    use super::*;
+
+    /// The in-process bus with a member list the test controls.
+    struct ClusterView {
+        inner: InProcessBus,
+        members: watch::Receiver<Members>,
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for ClusterView {
+        fn request(
+            &self,
+            request: RoomRequest,
+            timeout: Duration,
+        ) -> ReplyFuture<Result<RoomReply, BusError>> {
+            self.inner.request(request, timeout)
+        }
+        fn publish(&self, event: RoomEvent) {
+            self.inner.publish(event);
+        }
+        async fn subscribe(
+            &self,
+            room: &collab_protocol::RoomId,
+        ) -> Result<Subscription, BusError> {
+            self.inner.subscribe(room).await
+        }
+        async fn serve(&self, handler: Arc<dyn RequestHandler>) -> Result<(), BusError> {
+            self.inner.serve(handler).await
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+        fn members(&self) -> Option<watch::Receiver<Members>> {
+            Some(self.members.clone())
+        }
+    }
+
+    fn members(gateway_instance: &str) -> Members {
+        let record = |room_node, gateway, instance: &str| MemberRecord {
+            room_node,
+            gateway,
+            ttl_ms: 1000,
+            wire: WIRE_VERSION,
+            instance: instance.to_owned(),
+        };
+        Members::from_records([
+            (node("n1"), record(true, false, "n1-1")),
+            (node("g1"), record(false, true, gateway_instance)),
+        ])
+    }
+
+    fn node(id: &str) -> NodeId {
+        NodeId::parse(id).expect("id")
+    }
+
+    async fn next_presence(subscription: &mut Subscription) -> (PresenceEvent, String) {
+        loop {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+                .await
+                .expect("an event within 10 s");
+            if let Some(Delivery::Event(event)) = delivery
+                && let RoomEvent::Presence { event, user, .. } = event.as_ref()
+            {
+                return (*event, user.id.to_string());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gateway_restarted_under_its_node_id_loses_its_old_connections() {
+        let (view, members_rx) = watch::channel(members("g1-old"));
+        let bus = Arc::new(ClusterView {
+            inner: InProcessBus::new(),
+            members: members_rx,
+        });
+        let store = Arc::new(MemoryStore::new());
+        let room = RoomId::parse("room1").expect("id");
+        store
+            .create_room(&RoomRecord {
+                id: room.clone(),
+                kind: RoomKind::Board,
+                name: "room1".into(),
+                epoch: Epoch::parse("ep1").expect("id"),
+                created_by: UserId::parse("ann").expect("id"),
+                members: None,
+                created_at: 0,
+            })
+            .await
+            .expect("room created");
+        let _node = RoomNode::start(RoomConfig::new(node("n1")), store, bus.clone())
+            .await
+            .expect("starts");
+        let mut events = bus.subscribe(&room).await.expect("subscribes");
+        let join = |gateway: &str, user: &str| RoomRequest::Join {
+            room: room.clone(),
+            conn: ConnRef {
+                gateway: gateway.into(),
+                conn: ConnId::parse(format!("{gateway}-1")).expect("id"),
+            },
+            user: UserInfo {
+                id: UserId::parse(user).expect("id"),
+                name: user.into(),
+                color: "#123456".into(),
+            },
+            since: None,
+            epoch: None,
+        };
+        // The room is this node's once it sees itself in the members.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = bus
+                .request(join("g1-old", "ann"), Duration::from_secs(10))
+                .await;
+            if matches!(reply, Ok(RoomReply::Joined(_))) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never joined: {reply:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
+        }
+        assert_eq!(
+            next_presence(&mut events).await,
+            (PresenceEvent::Join, "ann".into())
+        );
+
+        // g1 restarts: same node id, new instance. Its old connection is
+        // gone for good; nobody else's is touched.
+        view.send_replace(members("g1-new"));
+        assert_eq!(
+            next_presence(&mut events).await,
+            (PresenceEvent::Leave, "ann".into())
+        );
+    }
 }

@@ -13,6 +13,7 @@
 //! only exists inside `collab`), and building it here means a test never
 //! runs a stale binary after a change to the server.
 
+pub mod cluster;
 mod cql;
 mod server;
 mod ws;

@@ -400,7 +400,7 @@ fn spawn(
 
 /// A developer's or CI's own `COLLAB_*` settings must not change a test's
 /// server (the server refuses unknown ones, too).
-fn clear_collab_env(cmd: &mut Command) {
+pub(super) fn clear_collab_env(cmd: &mut Command) {
     let ours: Vec<OsString> = std::env::vars_os()
         .map(|(name, _)| name)
         .filter(|name| name.to_str().is_some_and(|n| n.starts_with(ENV_PREFIX)))
@@ -516,6 +516,25 @@ fn build_collab() -> Result<PathBuf, String> {
         }
         other => {
             cmd.args(["--profile", other]);
+        }
+    }
+    // Cargo describes this test's own package in the environment; build
+    // scripts that watch those variables (ring's does) would rebuild their
+    // crates, and everything above them, for no reason.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let package_var = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            );
+        if package_var {
+            cmd.env_remove(name.as_ref());
         }
     }
     let output = cmd

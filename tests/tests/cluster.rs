@@ -1,0 +1,720 @@
+//! The cluster on real processes: a private nats-server, a keyspace of its
+//! own on the run's CQL server (`COLLAB_TEST_CQL`), two `collab gateway`
+//! and three `collab room-node` processes per test. Clients keep drawing
+//! while room nodes are SIGKILLed, SIGSTOPped past their membership TTL,
+//! drained, added and removed, while a gateway is SIGKILLed and while NATS
+//! restarts; then the stored log (with the writer of every batch) and every
+//! client's stream are checked op by op (`cluster_cases::verify_room`).
+//!
+//! Needs `COLLAB_NATS_SERVER` (`scripts/nats-server.sh install`) and
+//! `COLLAB_TEST_CQL`; `scripts/test.sh` provides both. Each test has its own
+//! NATS and keyspace, so they run in parallel.
+
+#[path = "cluster_cases/mod.rs"]
+mod cases;
+
+use std::time::Duration;
+
+use cases::{
+    DEADLINE, acked_counts, describe_runs, probe, verify_room, wait_acked_more, wait_written_by,
+    writer_runs,
+};
+use collab_tests::harness::WsClient;
+use collab_tests::harness::cluster::{
+    Answer, ClientOptions, Cluster, ClusterOptions, DrawClient, RoomInfo, RunningClient,
+    owner_among, total_acked, wait_for,
+};
+use serde_json::json;
+use tokio::time::Instant;
+
+/// Connects `user` through gateway `gateway` and joins `room`; returns the
+/// socket and the `joined` frame.
+async fn join_as(
+    cluster: &mut Cluster,
+    user: &str,
+    gateway: usize,
+    room: &RoomInfo,
+) -> (WsClient, serde_json::Value) {
+    let token = cluster.token(user).await.expect("token");
+    let mut ws = WsClient::connect(&cluster.gateway_ws_url(gateway), &token)
+        .await
+        .unwrap_or_else(|e| panic!("{user} cannot connect: {e}"));
+    ws.recv_type("welcome", DEADLINE).await.expect("welcome");
+    ws.send_json(&json!({"type": "join", "room": room.id}))
+        .await
+        .expect("join");
+    let joined = ws.recv_type("joined", DEADLINE).await.expect("joined");
+    (ws, joined)
+}
+
+/// Starts the processes of a test's cluster, or fails the test saying why.
+async fn start(options: ClusterOptions) -> Cluster {
+    Cluster::start(options)
+        .await
+        .expect("the cluster starts (nats-server, CQL keyspace, gateways, room nodes)")
+}
+
+/// Drawing clients of `room`, `users[i]` first on gateway `i % 2`.
+async fn drawers(cluster: &mut Cluster, room: &RoomInfo, users: &[&str]) -> Vec<RunningClient> {
+    let mut running = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let client = cluster
+            .client(user, room, i, ClientOptions::drawing())
+            .await
+            .expect("a client");
+        running.push(client.spawn());
+    }
+    running
+}
+
+async fn stop_all(clients: Vec<RunningClient>) -> Vec<DrawClient> {
+    let mut stopped = Vec::new();
+    for client in clients {
+        stopped.push(client.stop().await);
+    }
+    stopped
+}
+
+async fn wait_total_acked(clients: &[RunningClient], at_least: usize, what: &str) {
+    wait_for(what, DEADLINE, || {
+        let done = total_acked(clients) >= at_least;
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_on_different_gateways_see_one_gapless_order() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let room = cluster.create_board("order").await.expect("room");
+    let clients = drawers(&mut cluster, &room, &["ann", "bob", "cat", "dan"]).await;
+    wait_total_acked(&clients, 200, "200 acked ops").await;
+    let mut on: Vec<String> = clients
+        .iter()
+        .filter_map(|c| c.progress().gateway)
+        .collect();
+    on.sort();
+    on.dedup();
+    assert_eq!(on, cluster.gateway_ids(), "clients on both gateways");
+    let mut clients = stop_all(clients).await;
+    let log = verify_room(&cluster, &room, &mut clients).await;
+    // Each client's stream is the log, so all four saw the same ops in the
+    // same order.
+    for pair in clients.windows(2) {
+        assert_eq!(pair[0].received(), pair[1].received());
+    }
+    assert!(log.len() >= 200, "only {} ops stored", log.len());
+
+    // Every gateway serves the room's metadata and history from the store.
+    let token = cluster.token("ann").await.expect("token");
+    let http = reqwest::Client::new();
+    for gateway in cluster.gateway_ids() {
+        let base = cluster.http_url(&gateway);
+        let mut answers = Vec::new();
+        for path in [
+            format!("/v1/rooms/{}", room.id),
+            format!("/v1/rooms/{}/history?limit=50", room.id),
+        ] {
+            let response = http
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("answered");
+            assert_eq!(response.status().as_u16(), 200, "{path} on {gateway}");
+            answers.push(response.json::<serde_json::Value>().await.expect("json"));
+        }
+        let (info, page) = (&answers[0], &answers[1]);
+        assert_eq!(info["head"].as_u64(), Some(log.len() as u64), "{info}");
+        let seqs: Vec<u64> = page["ops"]
+            .as_array()
+            .expect("ops")
+            .iter()
+            .filter_map(|op| op["seq"].as_u64())
+            .collect();
+        let newest: Vec<u64> = log
+            .iter()
+            .rev()
+            .take(50)
+            .map(|op| op.event.seq.get())
+            .collect();
+        assert_eq!(seqs, newest, "history on {gateway}, newest first");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_busy_rooms_owner_loses_nothing_acked() {
+    // Snapshots every 25 ops: the next owner loads a snapshot plus a tail,
+    // so undo stacks and cid windows must come through the snapshot.
+    let mut cluster =
+        start(ClusterOptions::new().env("COLLAB_ROOMS__SNAPSHOT_EVERY_OPS", "25")).await;
+    let room = cluster.create_board("busy").await.expect("room");
+    // wat only watches: no op of hers will tell the new owner she is there,
+    // so her gateway must re-attach her.
+    let (wat, _) = join_as(&mut cluster, "wat", 1, &room).await;
+    let clients = drawers(&mut cluster, &room, &["ann", "bob", "cat"]).await;
+    wait_total_acked(&clients, 120, "120 acked ops before the kill").await;
+
+    let owner = cluster.owner_of(&room.id);
+    let log = cluster.read_log(&room.id).await;
+    let last_writer = log.last().map(|op| op.writer.node.to_string());
+    assert_eq!(
+        last_writer.as_deref(),
+        Some(owner.as_str()),
+        "placement picks the writer"
+    );
+    let before = acked_counts(&clients);
+    let killed_at = Instant::now();
+    cluster.kill(&owner).expect("SIGKILL the owner");
+    let head_at_kill = cluster.head(&room.id).await;
+
+    let moved_at = wait_written_by(&cluster, &room.id, head_at_kill, None, &owner).await;
+    wait_acked_more(
+        &clients,
+        &before,
+        40,
+        "every client to get 40 more ops acked",
+    )
+    .await;
+    let mut clients = stop_all(clients).await;
+
+    // Retries of ops acked before the crash are re-acked with their seqs
+    // and apply nothing.
+    let head = cluster.head(&room.id).await;
+    for client in clients.iter_mut() {
+        // The oldest come from a snapshot's cid window, the newest from
+        // the log's tail after it.
+        let before_kill: Vec<(String, u64)> = client
+            .acks()
+            .iter()
+            .filter(|a| a.at < killed_at)
+            .map(|a| (a.cid.clone(), a.seq))
+            .collect();
+        let mut old = before_kill.iter().take(2).cloned().collect::<Vec<_>>();
+        old.extend(before_kill.iter().rev().take(2).cloned());
+        assert!(
+            !old.is_empty(),
+            "{} had nothing acked before the kill",
+            client.user()
+        );
+        for (cid, seq) in old {
+            assert_eq!(
+                client.resend_and_wait(&cid).await,
+                Answer::Acked(seq),
+                "{}: retry of {cid}",
+                client.user()
+            );
+        }
+    }
+    assert_eq!(
+        cluster.head(&room.id).await,
+        head,
+        "a retry applied something"
+    );
+
+    // Undo and redo on the new owner resolve as the log says.
+    for client in clients.iter_mut() {
+        for op in [
+            json!({"kind": "undo"}),
+            json!({"kind": "undo"}),
+            json!({"kind": "redo"}),
+        ] {
+            probe(&cluster, client, op).await;
+        }
+    }
+
+    let log = verify_room(&cluster, &room, &mut clients).await;
+    let runs = writer_runs(&log);
+    // A batch the owner sent before it died may still land (the store got
+    // the write); nothing of it may come after the new owner's first op.
+    assert!(
+        log.iter()
+            .filter(|op| op.event.seq.get() >= moved_at)
+            .all(|op| op.writer.node.as_str() != owner),
+        "the killed {owner} has ops after seq {moved_at}, the new owner's first: {}",
+        describe_runs(&runs)
+    );
+    println!(
+        "sigkill of {owner}: {} ops stored, writers {}",
+        log.len(),
+        describe_runs(&runs)
+    );
+
+    // The new owner knows the watcher, who never sent anything.
+    let (_eve, joined) = join_as(&mut cluster, "eve", 0, &room).await;
+    let present: Vec<&str> = joined["presence"]
+        .as_array()
+        .expect("presence")
+        .iter()
+        .filter_map(|u| u["id"].as_str())
+        .collect();
+    assert!(
+        present.contains(&"wat"),
+        "the watcher is gone: {:?}",
+        joined["presence"]
+    );
+    drop(wat);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_owner_commits_and_publishes_nothing_after_its_room_moved() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let room = cluster.create_board("frozen").await.expect("room");
+    let clients = drawers(&mut cluster, &room, &["ann", "bob", "cat"]).await;
+    wait_total_acked(&clients, 90, "90 acked ops before the freeze").await;
+
+    let owner = cluster.owner_of(&room.id);
+    cluster.stop(&owner).expect("SIGSTOP the owner");
+    let head_at_stop = cluster.head(&room.id).await;
+    let old_writer = cluster
+        .read_log(&room.id)
+        .await
+        .last()
+        .map(|op| op.writer.clone())
+        .expect("ops before the freeze");
+    assert_eq!(
+        old_writer.node.as_str(),
+        owner,
+        "placement picks the writer"
+    );
+
+    // The owner drops out of the membership and the room moves.
+    cluster.wait_membership().await;
+    let moved_at = wait_written_by(&cluster, &room.id, head_at_stop, None, &owner).await;
+    let before = acked_counts(&clients);
+    wait_acked_more(
+        &clients,
+        &before,
+        30,
+        "30 more acked ops per client after the move",
+    )
+    .await;
+
+    // The old owner wakes up, with whatever it had in flight.
+    cluster.cont(&owner).expect("SIGCONT");
+    cluster.wait_membership().await;
+    let before = acked_counts(&clients);
+    wait_acked_more(
+        &clients,
+        &before,
+        30,
+        "30 more acked ops per client after SIGCONT",
+    )
+    .await;
+    let mut clients = stop_all(clients).await;
+
+    let log = verify_room(&cluster, &room, &mut clients).await;
+    let runs = writer_runs(&log);
+    let late: Vec<u64> = log
+        .iter()
+        .filter(|op| op.writer == old_writer && op.event.seq.get() > moved_at)
+        .map(|op| op.event.seq.get())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{}/{} committed seqs {late:?} after the room moved at seq {moved_at}: {}",
+        old_writer.node,
+        old_writer.term,
+        describe_runs(&runs)
+    );
+    // (verify_room has checked that every op each client received is the
+    // stored op of that seq: nothing the frozen owner published reached a
+    // client unless it is in the log before the move.)
+    println!(
+        "sigstop of {owner} at seq {head_at_stop}, moved at seq {moved_at}; writers {}",
+        describe_runs(&runs)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_gateway_moves_its_clients_and_their_presence_leaves() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let room = cluster.create_board("gatewaykill").await.expect("room");
+    let (doomed, survivor) = {
+        let ids = cluster.gateway_ids();
+        (ids[0].clone(), ids[1].clone())
+    };
+    // dan only watches, through the gateway that dies, and never comes
+    // back: everyone else must hear that he left.
+    let (dan, _) = join_as(&mut cluster, "dan", 0, &room).await;
+
+    // ann and cat on the doomed gateway, bob on the other.
+    let mut clients = Vec::new();
+    for (user, gateway) in [("ann", 0), ("bob", 1), ("cat", 0)] {
+        let client = cluster
+            .client(user, &room, gateway, ClientOptions::drawing())
+            .await
+            .expect("client");
+        clients.push(client.spawn());
+    }
+    wait_total_acked(&clients, 60, "60 acked ops").await;
+    assert_eq!(
+        clients[0].progress().gateway.as_deref(),
+        Some(doomed.as_str())
+    );
+    assert_eq!(
+        clients[1].progress().gateway.as_deref(),
+        Some(survivor.as_str())
+    );
+
+    let before = acked_counts(&clients);
+    let killed_at = Instant::now();
+    cluster.kill(&doomed).expect("SIGKILL the gateway");
+    wait_acked_more(&clients, &before, 30, "30 more acked ops per client").await;
+    for client in [&clients[0], &clients[2]] {
+        let progress = client.progress();
+        assert_eq!(progress.gateway.as_deref(), Some(survivor.as_str()));
+        assert!(progress.reconnects >= 1);
+    }
+    wait_for("bob to hear that dan left", DEADLINE, || {
+        let left = clients[1]
+            .progress()
+            .presence
+            .iter()
+            .any(|p| p.user == "dan" && p.event == "leave" && p.at > killed_at);
+        async move { left.then_some(()) }
+    })
+    .await;
+    let mut stopped = stop_all(clients).await;
+
+    // A newcomer sees ann, bob and cat (connected through the survivor) and
+    // not dan.
+    let (_eve, joined) = join_as(&mut cluster, "eve", 0, &room).await;
+    let mut present: Vec<String> = joined["presence"]
+        .as_array()
+        .expect("presence")
+        .iter()
+        .filter_map(|u| u["id"].as_str().map(str::to_owned))
+        .collect();
+    present.sort();
+    assert_eq!(present, ["ann", "bob", "cat", "eve"], "{joined}");
+
+    verify_room(&cluster, &room, &mut stopped).await;
+    drop(dan);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scaling_three_four_three_moves_the_placed_rooms_and_loses_nothing() {
+    const ROOMS: usize = 40;
+    let mut cluster = start(ClusterOptions::new()).await;
+    let mut rooms = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..ROOMS {
+        let room = cluster
+            .create_channel(&format!("scale-{i:02}"))
+            .await
+            .expect("room");
+        // Four users, each in ten rooms (cids are per user and room).
+        let user = format!("u{}", i % 4);
+        let client = cluster
+            .client(
+                &user,
+                &room,
+                i,
+                ClientOptions::chat(2, Duration::from_millis(250)),
+            )
+            .await
+            .expect("client");
+        clients.push(client.spawn());
+        rooms.push(room);
+    }
+    let ids: Vec<String> = rooms.iter().map(|r| r.id.clone()).collect();
+    wait_acked_more(&clients, &vec![0; ROOMS], 5, "5 acked ops in every room").await;
+
+    // 3 → 4: a new node takes the rooms it now wins, only those.
+    let three = cluster.room_node_ids();
+    let owners_3 = owners(&ids, &three);
+    let heads_1 = heads(&cluster, &ids).await;
+    let added = cluster.add_room_node().await.expect("a fourth room node");
+    let four = cluster.room_node_ids();
+    let owners_4 = owners(&ids, &four);
+    let moved_1 = moved(&owners_3, &owners_4);
+    assert!(!moved_1.is_empty(), "placement moves no room to {added}");
+    assert!(moved_1.iter().all(|&i| owners_4[i] == added));
+    println!(
+        "scale 3 → 4: {} of {ROOMS} rooms move to {added}",
+        moved_1.len()
+    );
+    wait_moved(&cluster, &ids, &moved_1, &heads_1, &owners_4, &clients).await;
+
+    // 4 → 3: a drained node's rooms go to their runners-up.
+    let leaving = three[0].clone();
+    let heads_2 = heads(&cluster, &ids).await;
+    let status = cluster.terminate(&leaving).await.expect("SIGTERM");
+    assert!(status.success(), "{leaving} exited with {status}");
+    cluster.wait_membership().await;
+    let rest = cluster.room_node_ids();
+    let owners_5 = owners(&ids, &rest);
+    let moved_2 = moved(&owners_4, &owners_5);
+    assert!(!moved_2.is_empty(), "{leaving} owned no room");
+    assert!(moved_2.iter().all(|&i| owners_4[i] == leaving));
+    println!(
+        "scale 4 → 3: {} of {ROOMS} rooms move off {leaving}",
+        moved_2.len()
+    );
+    wait_moved(&cluster, &ids, &moved_2, &heads_2, &owners_5, &clients).await;
+
+    let stopped = stop_all(clients).await;
+    for (i, client) in stopped.into_iter().enumerate() {
+        let log = verify_room(&cluster, &rooms[i], &mut [client]).await;
+        // Who wrote what, phase by phase: a room that placement did not
+        // move kept its writer; a moved one went from its old owner to its
+        // new one and never back.
+        let phase = |from: u64, to: u64| -> Vec<String> {
+            log.iter()
+                .filter(|op| op.event.seq.get() > from && op.event.seq.get() <= to)
+                .map(|op| op.writer.node.to_string())
+                .collect()
+        };
+        let phase_1 = phase(heads_1[i], heads_2[i]);
+        let phase_2 = phase(heads_2[i], u64::MAX);
+        check_phase(&ids[i], &phase_1, &owners_3[i], &owners_4[i]);
+        check_phase(&ids[i], &phase_2, &owners_4[i], &owners_5[i]);
+    }
+}
+
+/// The owner of each room among `nodes`.
+fn owners(rooms: &[String], nodes: &[String]) -> Vec<String> {
+    rooms.iter().map(|r| owner_among(r, nodes)).collect()
+}
+
+/// The indices of the rooms whose owner differs.
+fn moved(before: &[String], after: &[String]) -> Vec<usize> {
+    (0..before.len())
+        .filter(|&i| before[i] != after[i])
+        .collect()
+}
+
+/// Waits until each moved room has an op after its head at the change
+/// written by its new owner, then until every room got 3 more ops acked.
+async fn wait_moved(
+    cluster: &Cluster,
+    rooms: &[String],
+    moved: &[usize],
+    heads: &[u64],
+    owners: &[String],
+    clients: &[RunningClient],
+) {
+    for &i in moved {
+        wait_written_by(cluster, &rooms[i], heads[i], Some(&owners[i]), "").await;
+    }
+    let before = acked_counts(clients);
+    wait_acked_more(clients, &before, 3, "3 more acked ops in every room").await;
+}
+
+async fn heads(cluster: &Cluster, rooms: &[String]) -> Vec<u64> {
+    let mut heads = Vec::new();
+    for room in rooms {
+        heads.push(cluster.head(room).await);
+    }
+    heads
+}
+
+/// The writers of one phase: `old` then `new` (the same node if the room
+/// did not move), never back.
+fn check_phase(room: &str, writers: &[String], old: &str, new: &str) {
+    let switch = writers
+        .iter()
+        .position(|w| w != old)
+        .unwrap_or(writers.len());
+    assert!(
+        writers[switch..].iter().all(|w| w == new),
+        "room {room}: writers {writers:?}, expected {old} then {new}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_nats_under_load_loses_nothing() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let (rooms, clients) = mixed_load(&mut cluster, "natsrestart", 6, 1).await;
+
+    let before = acked_counts(&clients);
+    cluster.restart_nats().await;
+    cluster.wait_all_ready().await;
+    cluster.wait_membership().await;
+    wait_acked_more(
+        &clients,
+        &before,
+        20,
+        "20 more acked ops per client after the restart",
+    )
+    .await;
+    let stopped = stop_all(clients).await;
+    verify_rooms(&cluster, &rooms, stopped).await;
+}
+
+/// `channels` channels with one chatting member on each gateway (so every
+/// op crosses NATS to reach the other) and `boards` boards with two
+/// drawers; returns once every client has 10 ops acked.
+async fn mixed_load(
+    cluster: &mut Cluster,
+    prefix: &str,
+    channels: usize,
+    boards: usize,
+) -> (Vec<RoomInfo>, Vec<RunningClient>) {
+    let mut rooms = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..channels {
+        let room = cluster
+            .create_channel(&format!("{prefix}-{i}"))
+            .await
+            .expect("room");
+        for (user, gateway) in [("ann", 0), ("bob", 1)] {
+            let chat = ClientOptions::chat(4, Duration::from_millis(100));
+            let client = cluster
+                .client(user, &room, gateway, chat)
+                .await
+                .expect("client");
+            clients.push(client.spawn());
+        }
+        rooms.push(room);
+    }
+    for i in 0..boards {
+        let board = cluster
+            .create_board(&format!("{prefix}-board-{i}"))
+            .await
+            .expect("board");
+        clients.extend(drawers(cluster, &board, &["cat", "dan"]).await);
+        rooms.push(board);
+    }
+    let zero = vec![0; clients.len()];
+    wait_acked_more(&clients, &zero, 10, "10 acked ops per client").await;
+    (rooms, clients)
+}
+
+/// [`verify_room`] for every room, with the clients of each.
+async fn verify_rooms(cluster: &Cluster, rooms: &[RoomInfo], clients: Vec<DrawClient>) {
+    let mut clients = clients;
+    for room in rooms {
+        let (mut mine, rest): (Vec<DrawClient>, Vec<DrawClient>) =
+            clients.into_iter().partition(|c| c.room().id == room.id);
+        assert!(!mine.is_empty(), "no client in {}", room.id);
+        let log = verify_room(cluster, room, &mut mine).await;
+        assert!(
+            mine.iter().all(|c| !c.acked().is_empty()),
+            "room {}: a client got nothing acked",
+            room.id
+        );
+        println!(
+            "room {}: {} ops, writers {}",
+            room.id,
+            log.len(),
+            describe_runs(&writer_runs(&log))
+        );
+        clients = rest;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_process_loses_nothing() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let (rooms, clients) = mixed_load(&mut cluster, "rolling", 4, 2).await;
+
+    let originals: Vec<String> = cluster
+        .gateway_ids()
+        .into_iter()
+        .chain(cluster.room_node_ids())
+        .collect();
+    for old in originals {
+        let status = cluster.terminate(&old).await.expect("SIGTERM");
+        assert!(status.success(), "{old} exited with {status}");
+        let new = if old.starts_with('g') {
+            cluster.add_gateway().await
+        } else {
+            cluster.add_room_node().await
+        }
+        .expect("a replacement");
+        println!("rolling restart: {old} → {new}");
+        let before = acked_counts(&clients);
+        wait_acked_more(
+            &clients,
+            &before,
+            5,
+            &format!("5 more acked ops per client after {old} → {new}"),
+        )
+        .await;
+    }
+    let stopped = stop_all(clients).await;
+    verify_rooms(&cluster, &rooms, stopped).await;
+}
+
+/// SIGKILLs the owner of a room and measures how long until the room
+/// serves an op again: the first ack of an op sent after the kill. A fresh
+/// op goes out every 50 ms, so the measure is within that of the truth.
+async fn measure_failover(cluster: &mut Cluster, label: &str) -> Duration {
+    let room = cluster.create_channel("failover").await.expect("room");
+    let (mut ws, _) = join_as(cluster, "ann", 0, &room).await;
+    // The room is loaded on its owner and serving.
+    let mut sent = 1;
+    send_probe(&mut ws, &room.id, sent).await;
+    ws.recv_until(DEADLINE, |f| f["type"] == "ack" && f["cid"] == "probe-1")
+        .await
+        .expect("an ack before the kill");
+
+    let owner = cluster.owner_of(&room.id);
+    let killed_at = Instant::now();
+    cluster.kill(&owner).expect("SIGKILL the owner");
+    let first_after = sent + 1;
+    let mut next_send = Instant::now();
+    let failover = loop {
+        if Instant::now() >= next_send {
+            sent += 1;
+            send_probe(&mut ws, &room.id, sent).await;
+            next_send += Duration::from_millis(50);
+        }
+        assert!(
+            killed_at.elapsed() < DEADLINE,
+            "{label}: no ack {DEADLINE:?} after the kill"
+        );
+        let frame = match ws.recv_json(Duration::from_millis(10)).await {
+            Ok(frame) => frame,
+            Err(collab_tests::harness::WsError::Timeout(_)) => continue,
+            Err(e) => panic!("{label}: {e}"),
+        };
+        if frame["type"] == "ack" {
+            let k: u64 = frame["cid"]
+                .as_str()
+                .and_then(|c| c.strip_prefix("probe-"))
+                .and_then(|k| k.parse().ok())
+                .expect("a probe cid");
+            if k >= first_after {
+                break killed_at.elapsed();
+            }
+        } else if frame["type"] == "error" {
+            let code = frame["code"].as_str().unwrap_or_default();
+            assert!(
+                matches!(code, "unavailable" | "rate_limited"),
+                "{label}: {frame}"
+            );
+        }
+    };
+    println!(
+        "failover: {:.2} s ({label}; SIGKILL of {owner} → first ack of an op sent after it)",
+        failover.as_secs_f64()
+    );
+    failover
+}
+
+async fn send_probe(ws: &mut WsClient, room: &str, n: u64) {
+    let cid = format!("probe-{n}");
+    ws.send_json(&json!({"type": "op", "room": room, "cid": cid,
+        "op": {"kind": "message", "text": cid}}))
+        .await
+        .expect("send a probe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_time_with_the_test_membership_ttl() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    measure_failover(&mut cluster, "heartbeat 250 ms, member TTL 1500 ms").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_time_with_the_default_membership_ttl() {
+    let mut cluster = start(ClusterOptions::new().default_membership()).await;
+    measure_failover(
+        &mut cluster,
+        "the product's default heartbeat and member TTL",
+    )
+    .await;
+}
