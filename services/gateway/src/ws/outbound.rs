@@ -21,7 +21,7 @@ pub(crate) const CLOSE_TOO_SLOW: u16 = 4008;
 
 /// What the writer does next.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Next {
+pub(crate) enum Batch {
     /// Write the frames just taken, in order, then flush. `counted` of them
     /// still count against the bound until [`Outbound::sent`] says they
     /// reached the socket.
@@ -29,6 +29,14 @@ pub(crate) enum Next {
         counted: usize,
     },
     Close(u16, &'static str),
+}
+
+/// One frame at a time, for tests that read what a connection was sent.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) enum Next {
+    Frame(Utf8Bytes),
+    Close(u16),
 }
 
 pub(crate) struct Outbound {
@@ -156,19 +164,19 @@ impl Outbound {
     /// appends the queued frames and then the pending cursors to `batch`
     /// (which the writer reuses, so its buffer is allocated once), or says
     /// to close.
-    pub async fn next(&self, batch: &mut Vec<Utf8Bytes>) -> Next {
+    pub async fn take(&self, batch: &mut Vec<Utf8Bytes>) -> Batch {
         loop {
-            if let Some(next) = self.try_next(batch) {
+            if let Some(next) = self.try_take(batch) {
                 return next;
             }
             self.ready.notified().await;
         }
     }
 
-    fn try_next(&self, batch: &mut Vec<Utf8Bytes>) -> Option<Next> {
+    fn try_take(&self, batch: &mut Vec<Utf8Bytes>) -> Option<Batch> {
         let mut state = self.state();
         if let Some((code, reason)) = state.close {
-            return Some(Next::Close(code, reason));
+            return Some(Batch::Close(code, reason));
         }
         if state.queue.is_empty() && state.cursor_frames.is_empty() {
             return None;
@@ -181,7 +189,34 @@ impl Outbound {
         }
         batch.append(&mut state.cursor_frames);
         state.cursors.clear();
-        Some(Next::Frames { counted })
+        Some(Batch::Frames { counted })
+    }
+
+    /// The next frame alone (tests only; the writer takes batches), in the
+    /// order a batch would have it.
+    #[cfg(test)]
+    pub async fn next(&self) -> Next {
+        loop {
+            {
+                let mut state = self.state();
+                if let Some((code, _)) = state.close {
+                    return Next::Close(code);
+                }
+                if let Some((frame, counted)) = state.queue.pop_front() {
+                    state.counted -= usize::from(counted);
+                    return Next::Frame(frame);
+                }
+                if !state.cursor_frames.is_empty() {
+                    let frame = state.cursor_frames.remove(0);
+                    state.cursors.retain(|_, slot| {
+                        *slot = slot.wrapping_sub(1);
+                        *slot != usize::MAX
+                    });
+                    return Next::Frame(frame);
+                }
+            }
+            self.ready.notified().await;
+        }
     }
 
     /// The writer handed `counted` counted frames of its batch to the
@@ -202,9 +237,9 @@ mod tests {
     }
 
     /// Takes what the writer would take now.
-    fn take(out: &Outbound) -> (Option<Next>, Vec<String>) {
+    fn take(out: &Outbound) -> (Option<Batch>, Vec<String>) {
         let mut batch = Vec::new();
-        let next = out.try_next(&mut batch);
+        let next = out.try_take(&mut batch);
         (next, batch.iter().map(|f| f.as_str().to_owned()).collect())
     }
 
@@ -218,7 +253,7 @@ mod tests {
         out.push_uncounted(Utf8Bytes::from("joined"));
         out.push(text(2));
         let (next, got) = take(&out);
-        assert_eq!(next, Some(Next::Frames { counted: 2 }));
+        assert_eq!(next, Some(Batch::Frames { counted: 2 }));
         assert_eq!(got, ["f1", "joined", "f2", "cursor-a2", "cursor-b1"]);
         assert_eq!(take(&out), (None, vec![]));
 
@@ -227,7 +262,7 @@ mod tests {
         out.push_cursor("a".into(), Utf8Bytes::from("cursor-a3"));
         out.push_cursor("b".into(), Utf8Bytes::from("cursor-b3"));
         let (next, got) = take(&out);
-        assert_eq!(next, Some(Next::Frames { counted: 0 }));
+        assert_eq!(next, Some(Batch::Frames { counted: 0 }));
         assert_eq!(got, ["cursor-b3", "cursor-a3"]);
     }
 
@@ -238,16 +273,36 @@ mod tests {
             let out = out.clone();
             tokio::spawn(async move {
                 let mut batch = Vec::new();
-                let next = out.next(&mut batch).await;
+                let next = out.take(&mut batch).await;
                 (next, batch.len())
             })
         };
         out.push(text(1));
         let taken = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
         assert!(
-            matches!(taken, Ok(Ok((Next::Frames { counted: 1 }, 1)))),
+            matches!(taken, Ok(Ok((Batch::Frames { counted: 1 }, 1)))),
             "{taken:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn frames_one_at_a_time_come_in_batch_order() {
+        let out = Outbound::new(10);
+        out.push_cursor("a".into(), Utf8Bytes::from("cursor-a1"));
+        out.push_cursor("b".into(), Utf8Bytes::from("cursor-b1"));
+        out.push(text(1));
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            match out.next().await {
+                Next::Frame(f) => got.push(f.as_str().to_owned()),
+                Next::Close(code) => panic!("closed {code}"),
+            }
+        }
+        assert_eq!(got, ["f1", "cursor-a1", "cursor-b1"]);
+        // The slots moved down with the frames taken: b still coalesces.
+        out.push_cursor("b".into(), Utf8Bytes::from("cursor-b2"));
+        out.push_cursor("b".into(), Utf8Bytes::from("cursor-b3"));
+        assert_eq!(take(&out).1, ["cursor-b3"]);
     }
 
     #[tokio::test]
@@ -264,15 +319,15 @@ mod tests {
         assert_eq!(out.close_code(), Some(CLOSE_TOO_SLOW));
         let mut batch = Vec::new();
         assert_eq!(
-            out.next(&mut batch).await,
-            Next::Close(CLOSE_TOO_SLOW, "too slow")
+            out.take(&mut batch).await,
+            Batch::Close(CLOSE_TOO_SLOW, "too slow")
         );
         assert!(batch.is_empty());
         assert!(!out.push(text(4)));
         out.push_cursor("a".into(), Utf8Bytes::from("cursor-a"));
         assert_eq!(
             take(&out),
-            (Some(Next::Close(CLOSE_TOO_SLOW, "too slow")), vec![])
+            (Some(Batch::Close(CLOSE_TOO_SLOW, "too slow")), vec![])
         );
     }
 
@@ -281,7 +336,7 @@ mod tests {
         let out = Outbound::new(2);
         assert!(out.push(text(1)));
         assert!(out.push(text(2)));
-        assert_eq!(take(&out).0, Some(Next::Frames { counted: 2 }));
+        assert_eq!(take(&out).0, Some(Batch::Frames { counted: 2 }));
         // Taken by the writer, not yet in the socket: the bound still holds.
         assert!(!out.push(text(3)));
         assert_eq!(out.close_code(), Some(CLOSE_TOO_SLOW));
@@ -289,7 +344,7 @@ mod tests {
         let out = Outbound::new(2);
         assert!(out.push(text(1)));
         assert!(out.push(text(2)));
-        assert_eq!(take(&out).0, Some(Next::Frames { counted: 2 }));
+        assert_eq!(take(&out).0, Some(Batch::Frames { counted: 2 }));
         out.sent(2);
         assert!(out.push(text(3)));
         assert!(out.push(text(4)));
@@ -304,7 +359,7 @@ mod tests {
         }
         assert!(out.push(text(0)));
         assert!(!out.is_closing());
-        assert_eq!(take(&out).0, Some(Next::Frames { counted: 1 }));
+        assert_eq!(take(&out).0, Some(Batch::Frames { counted: 1 }));
     }
 
     #[tokio::test]

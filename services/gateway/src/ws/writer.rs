@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt};
 
-use super::outbound::{CLOSE_GOING_AWAY, Next, Outbound};
+use super::outbound::{Batch, CLOSE_GOING_AWAY, Outbound};
 
 /// Writes what the connection's queue holds, pings, and closes.
 ///
@@ -23,10 +23,10 @@ where
     // Reused across wake-ups: its buffer is allocated once per connection.
     let mut batch = Vec::new();
     loop {
-        // `next` fills `batch` and returns in the same poll, so a ping
+        // `take` fills `batch` and returns in the same poll, so a ping
         // winning the race never leaves frames half taken.
         let next = tokio::select! {
-            next = outbound.next(&mut batch) => next,
+            next = outbound.take(&mut batch) => next,
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     outbound.close(CLOSE_GOING_AWAY, "write failed");
@@ -36,14 +36,14 @@ where
             }
         };
         match next {
-            Next::Frames { counted } => {
+            Batch::Frames { counted } => {
                 if write_batch(&mut sink, &outbound, &mut batch).await.is_err() {
                     outbound.close(CLOSE_GOING_AWAY, "write failed");
                     return;
                 }
                 outbound.sent(counted);
             }
-            Next::Close(code, reason) => {
+            Batch::Close(code, reason) => {
                 let _ = sink
                     .send(Message::Close(Some(CloseFrame {
                         code,
