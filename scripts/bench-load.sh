@@ -17,6 +17,12 @@
 #   profile     boards at ACK_BOARDS boards on collab serve under `perf record`;
 #               writes profile-collab.txt (needs perf) and, with inferno
 #               installed (cargo install inferno), flamegraph-collab.svg
+#   cluster     boards over CLUSTER_STEPS on a local cluster started with
+#               scripts/cluster.sh (NATS, Cassandra, CLUSTER_GATEWAYS gateways,
+#               CLUSTER_ROOM_NODES room nodes, release build), clients spread over
+#               the gateways, p99 bound CLUSTER_P99_MS; nothing pinned: the cluster
+#               and the generator share both cores. Not in the default list (it
+#               starts Cassandra, a minute or more)
 #
 # Environment (defaults):
 #   BENCH_OUT         results directory (target dir/bench-load/DATE-TIME)
@@ -31,6 +37,10 @@
 #   IDLE_CONNECTIONS  (19000)
 #   LATE_JOIN_OPS     (100000)
 #   ACK_BOARDS        (500)
+#   CLUSTER_STEPS     (50,100,150,200)
+#   CLUSTER_GATEWAYS  (2)
+#   CLUSTER_ROOM_NODES (2)
+#   CLUSTER_P99_MS    (100)
 #   CARGO_TARGET_DIR  build cache ($HOME/.cache/collab/target)
 #   BENCH_NO_BUILD    set: use the binaries already built there
 #   PERF_CALL_GRAPH   perf's call-graph mode for `profile` (fp; "dwarf" resolves
@@ -57,6 +67,11 @@ CHAT_CHANNELS="${CHAT_CHANNELS:-900}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-19000}"
 LATE_JOIN_OPS="${LATE_JOIN_OPS:-100000}"
 ACK_BOARDS="${ACK_BOARDS:-500}"
+CLUSTER_STEPS="${CLUSTER_STEPS:-50,100,150,200}"
+CLUSTER_GATEWAYS="${CLUSTER_GATEWAYS:-2}"
+CLUSTER_ROOM_NODES="${CLUSTER_ROOM_NODES:-2}"
+CLUSTER_P99_MS="${CLUSTER_P99_MS:-100}"
+CLUSTER_DIR=""
 SECRET="bench-load-secret-$(date +%s)"
 # The Centrifugo-protocol server's secret is in its committed config.
 CENT_SECRET="collab-load-bench-secret"
@@ -131,7 +146,13 @@ stop_server() {
   [[ -n "$SERVER_DATA" ]] && rm -rf "$SERVER_DATA"
   SERVER_DATA=""
 }
-trap stop_server EXIT
+stop_cluster() {
+  [[ -n "$CLUSTER_DIR" ]] || return 0
+  bash "$ROOT/scripts/cluster.sh" stop "$CLUSTER_DIR" >>"$OUT/cluster.log" 2>&1 || true
+  rm -rf "$CLUSTER_DIR"
+  CLUSTER_DIR=""
+}
+trap 'stop_server; stop_cluster' EXIT
 
 secret_for() {
   case "$1" in
@@ -235,12 +256,45 @@ bench_profile() {
   log "profile in $OUT/profile-collab.txt"
 }
 
+# boards on a local cluster: every process of it (gateways, room nodes, NATS,
+# Cassandra) is sampled with --watch, and the clients of each board are spread
+# over the gateways (client i connects to gateway i mod N).
+bench_cluster() {
+  CLUSTER_DIR="$(mktemp -d "$CACHE/bench-cluster-XXXXXX")"
+  local dir="$CLUSTER_DIR"
+  log "cluster: $CLUSTER_GATEWAYS gateways, $CLUSTER_ROOM_NODES room nodes in $dir (log $OUT/cluster.log)"
+  if ! COLLAB_CLUSTER_GATEWAYS="$CLUSTER_GATEWAYS" COLLAB_CLUSTER_ROOM_NODES="$CLUSTER_ROOM_NODES" \
+    COLLAB_CLUSTER_PROFILE=release RUST_LOG=warn \
+    bash "$ROOT/scripts/cluster.sh" start "$dir" >>"$OUT/cluster.log" 2>&1; then
+    tail -20 "$OUT/cluster.log" >&2
+    die "the cluster did not start"
+  fi
+  local args=() i
+  for ((i = 1; i <= CLUSTER_GATEWAYS; i++)); do
+    args+=(--url "http://127.0.0.1:$(cat "$dir/g$i.port")" --watch "g$i=$(cat "$dir/g$i.pid")")
+  done
+  for ((i = 1; i <= CLUSTER_ROOM_NODES; i++)); do
+    args+=(--watch "r$i=$(cat "$dir/r$i.pid")")
+  done
+  args+=(--watch "nats=$(cat "$dir/nats/nats-server.pid")")
+  [[ -f "$dir/cql/cassandra.pid" ]] && args+=(--watch "cassandra=$(cat "$dir/cql/cassandra.pid")")
+  log "run cluster-boards: steps $CLUSTER_STEPS, p99 bound $CLUSTER_P99_MS ms"
+  COLLAB_LOAD_SECRET="$(cat "$dir/jwt-secret")" "$LOAD" boards --seconds "$SECS" \
+    --steps "$CLUSTER_STEPS" --p99-bound-ms "$CLUSTER_P99_MS" --target collab "${args[@]}" \
+    --json "$OUT/cluster-boards.json" --markdown "$OUT/cluster-boards.md" \
+    --plots "$OUT/cluster-boards" || log "run cluster-boards failed"
+  stop_cluster
+}
+
 main() {
   command -v taskset >/dev/null || die "taskset (util-linux) not found"
   mkdir -p "$OUT" "$CACHE"
   if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
     log "building (release)"
-    (cd "$ROOT" && cargo build --release --quiet -p collab -p collab-load)
+    # One package per build: built together, cargo would unify their
+    # dependencies' features and give collab a different build than
+    # scripts/cluster.sh's `cargo build -p collab` (which would then rebuild).
+    (cd "$ROOT" && cargo build --release --quiet -p collab && cargo build --release --quiet -p collab-load)
   fi
   [[ -x "$COLLAB" && -x "$LOAD" ]] || die "no release build in $CARGO_TARGET_DIR"
   if [[ " $TARGETS " == *" centrifugo "* ]]; then
@@ -258,6 +312,7 @@ main() {
       late-join) bench_late_join ;;
       ack) bench_ack ;;
       profile) bench_profile ;;
+      cluster) bench_cluster ;;
       *) die "unknown scenario $s" ;;
     esac
   done

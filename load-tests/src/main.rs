@@ -61,6 +61,10 @@ struct Common {
     /// The server's process id: its CPU and memory are sampled.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// NAME=PID: another process to sample (repeatable), e.g. each
+    /// gateway, room node, NATS and CQL server of a cluster.
+    #[arg(long = "watch", value_parser = run::parse_watch)]
+    watch: Vec<(String, u32)>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -238,6 +242,7 @@ async fn scenario(scenario: Scenario, c: Common) -> Result<()> {
         source_ips: c.source_ips,
         connect_concurrency: c.connect_concurrency,
         server_pid: c.server_pid,
+        watch: c.watch.clone(),
         progress: !c.quiet,
     };
     if c.steps.is_empty() {

@@ -110,6 +110,25 @@ pub fn run_markdown(r: &RunResult) -> String {
             s.rss_max_bytes as f64 / 1048576.0
         );
     }
+    for w in &r.watched {
+        let s = &w.stats;
+        let _ = writeln!(
+            out,
+            "| {} | CPU {:.0}% mean, {:.0}% max (of one core); RSS {:.1} → {:.1} MiB |",
+            w.name,
+            s.cpu_pct_mean,
+            s.cpu_pct_max,
+            s.rss_start_bytes as f64 / 1048576.0,
+            s.rss_end_bytes as f64 / 1048576.0,
+        );
+    }
+    if r.watched.len() > 1 {
+        let cpu: f64 = r.watched.iter().map(|w| w.stats.cpu_pct_mean).sum();
+        let _ = writeln!(
+            out,
+            "| watched processes together | CPU {cpu:.0}% of one core |"
+        );
+    }
     if let (Some(before), Some(per)) = (r.server_rss_before_bytes, r.server_rss_per_client_bytes) {
         let _ = writeln!(
             out,

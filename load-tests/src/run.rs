@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub connect_concurrency: usize,
     /// The server process to sample from `/proc`.
     pub server_pid: Option<u32>,
+    /// More processes to sample, by name: a cluster's gateways, room
+    /// nodes, NATS and CQL server, which together are the server.
+    pub watch: Vec<(String, u32)>,
     /// Print a progress line (to stderr) every second.
     pub progress: bool,
 }
@@ -104,16 +107,38 @@ pub struct RunResult {
     pub server_rss_before_bytes: Option<u64>,
     /// (RSS at the end − RSS before) / clients connected.
     pub server_rss_per_client_bytes: Option<f64>,
+    /// The processes of `--watch`, in the order given.
+    #[serde(default)]
+    pub watched: Vec<Watched>,
     /// The generator's CPU use, all its processes, % of one core.
     pub generator_cpu_pct: f64,
     /// Nothing lost, duplicated, reordered or refused; all connected.
     pub clean: bool,
 }
 
+/// One more process sampled over a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Watched {
+    pub name: String,
+    pub stats: ProcStats,
+}
+
 struct WorkerHandle {
     rx: mpsc::UnboundedReceiver<WorkerMsg>,
     start: oneshot::Sender<u64>,
     process: Option<tokio::process::Child>,
+}
+
+/// Parses `NAME=PID` (`--watch`).
+pub fn parse_watch(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected NAME=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{pid:?} is not a process id"))?;
+    Ok((name.to_owned(), pid))
 }
 
 /// Splits `rooms` into `workers` contiguous shares.
@@ -314,10 +339,18 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
 
     let mut server = ProcWatch::new(opts.server_pid);
     let mut own = ProcWatch::new(None);
+    let mut watched: Vec<(String, ProcWatch)> = opts
+        .watch
+        .iter()
+        .map(|(name, pid)| (name.clone(), ProcWatch::new(Some(*pid))))
+        .collect();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_micros(start_us.saturating_sub(now_us()))).await;
     server.sample(0.0);
     own.sample(0.0);
+    for (_, w) in &mut watched {
+        w.sample(0.0);
+    }
     let (merged_tx, mut merged) = mpsc::unbounded_channel::<(usize, WorkerMsg)>();
     let mut processes = Vec::new();
     for (i, mut h) in handles.drain(..).enumerate() {
@@ -388,6 +421,9 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
                 if at <= duration_s + 0.5 {
                     server.sample(at);
                     own.sample(at);
+                    for (_, w) in &mut watched {
+                        w.sample(at);
+                    }
                 }
             }
         }
@@ -440,6 +476,13 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
         },
         server_rss_before_bytes: rss_before,
         server,
+        watched: watched
+            .into_iter()
+            .map(|(name, w)| Watched {
+                name,
+                stats: w.finish(),
+            })
+            .collect(),
         generator_cpu_pct,
     })
 }

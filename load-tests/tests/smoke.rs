@@ -33,6 +33,7 @@ fn options(target: Target, scenario: Scenario, server_pid: Option<u32>) -> RunOp
         source_ips: 4,
         connect_concurrency: 16,
         server_pid,
+        watch: Vec::new(),
         progress: false,
     }
 }

@@ -109,3 +109,13 @@ fn rate_percent_scales_every_rate() {
         other => panic!("not a classroom: {other:?}"),
     }
 }
+
+#[test]
+fn watch_takes_name_equals_pid() {
+    use crate::run::parse_watch;
+    assert_eq!(parse_watch("g1=4242"), Ok(("g1".to_owned(), 4242)));
+    assert_eq!(parse_watch("cql=1"), Ok(("cql".to_owned(), 1)));
+    for bad in ["g1", "=42", "g1=", "g1=x", "g1=-3"] {
+        assert!(parse_watch(bad).is_err(), "{bad} parsed");
+    }
+}

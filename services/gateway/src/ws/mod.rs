@@ -7,7 +7,9 @@
 //! the order they were read (the bus keeps call order), and their acks come
 //! back whenever the room confirms them, so a client can pipeline.
 
+mod idle;
 pub(crate) mod outbound;
+mod writer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -26,13 +28,14 @@ use collab_protocol::validate::check_cursor;
 use collab_protocol::{
     Access, Claims, ConnId, ErrorCode, ProtocolError, RoomId, ServerFrame, UserId, UserInfo,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tracing::{debug, info};
 
 use crate::Shared;
 use crate::auth::request_token;
 use crate::error::ApiError;
-use outbound::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Next, Outbound};
+use idle::IdleTimer;
+use outbound::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbound};
 
 /// Initial read and write buffer of a socket.
 const SOCKET_BUFFER: usize = 4 * 1024;
@@ -129,7 +132,7 @@ impl Connection {
 
         let (sink, stream) = socket.split();
         let ping_every = Duration::from_secs(shared.config.ping_interval_secs.max(1));
-        let writer = tokio::spawn(write_loop(sink, outbound.clone(), ping_every));
+        let writer = tokio::spawn(writer::write_loop(sink, outbound.clone(), ping_every));
         conn.clone().read_loop(stream).await;
 
         // The peer is gone or being closed: leave its rooms now, whatever
@@ -160,11 +163,14 @@ impl Connection {
             self.outbound.close(CLOSE_GOING_AWAY, "server going away");
             return;
         }
-        let mut deadline = Instant::now() + idle;
         // The token's expiry ends the connection (4001), like a revocation.
         let expires_in = self.claims.exp.saturating_sub(crate::auth::now_secs());
         let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
-        tokio::pin!(expiry);
+        let mut idle = IdleTimer::new(idle);
+        // Built once: each `closing()` call subscribes anew.
+        let server_closing = closing.wait_for(|c| *c);
+        let outbound_closing = self.outbound.closing();
+        tokio::pin!(expiry, server_closing, outbound_closing);
         loop {
             let message = tokio::select! {
                 _ = &mut expiry => {
@@ -172,18 +178,18 @@ impl Connection {
                     return;
                 }
                 message = stream.next() => message,
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                () = idle.expired() => {
                     info!(conn = %self.conn.conn, "peer silent; closing");
                     self.outbound.close(CLOSE_GOING_AWAY, "idle");
                     return;
                 }
-                _ = closing.wait_for(|c| *c) => {
+                _ = &mut server_closing => {
                     self.outbound.close(CLOSE_GOING_AWAY, "server going away");
                     return;
                 }
-                _ = self.outbound.closing() => return,
+                _ = &mut outbound_closing => return,
             };
-            deadline = Instant::now() + idle;
+            idle.touch();
             match message {
                 None | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -496,44 +502,5 @@ fn reply_error(reply: Result<RoomReply, BusError>) -> ProtocolError {
             "the room did not answer in time; retry with the same cid",
         ),
         Err(e) => ProtocolError::new(ErrorCode::Unavailable, format!("{e}; retry")),
-    }
-}
-
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    outbound: Arc<Outbound>,
-    ping_every: Duration,
-) {
-    let mut ping = tokio::time::interval(ping_every);
-    ping.tick().await;
-    loop {
-        let next = tokio::select! {
-            next = outbound.next() => next,
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    outbound.close(CLOSE_GOING_AWAY, "write failed");
-                    return;
-                }
-                continue;
-            }
-        };
-        match next {
-            Next::Frame(frame) => {
-                if sink.send(Message::Text(frame)).await.is_err() {
-                    outbound.close(CLOSE_GOING_AWAY, "write failed");
-                    return;
-                }
-            }
-            Next::Close(code, reason) => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from_static(reason),
-                    })))
-                    .await;
-                let _ = sink.close().await;
-                return;
-            }
-        }
     }
 }
