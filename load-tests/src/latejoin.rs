@@ -212,7 +212,16 @@ async fn fill(
             }
             message = ws.next() => {
                 let Some(message) = message else { bail!("closed while filling") };
-                let Message::Text(text) = message? else { continue };
+                let text = match message? {
+                    Message::Text(text) => text,
+                    Message::Close(frame) => {
+                        let (code, reason) = frame
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or_default();
+                        bail!("closed while filling: {code} {reason}")
+                    }
+                    _ => continue,
+                };
                 events.clear();
                 codec.decode(text.as_str(), &mut events);
                 for event in events.drain(..) {
