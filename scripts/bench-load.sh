@@ -47,6 +47,10 @@
 #                     the Rust frames of a binary built without frame pointers)
 #   BENCH_DATA_ROOT   where collab's data dirs are made ($COLLAB_CACHE); a tmpfs
 #                     such as /dev/shm takes the disk out of the figures
+#   BENCH_QUIET_PCT   before each run, wait until the machine (both cores, nothing
+#                     of ours running) was under this % busy over 5 s (20; 100: never wait)
+#   BENCH_QUIET_WAIT  wait at most this many seconds for that (1200), polling every 30 s;
+#                     each run's starting load goes to machine.log either way
 #
 # Every run writes NAME.json (all figures), NAME.md (a summary) and NAME-*.svg
 # (latency over time, capacity curve) into BENCH_OUT.
@@ -81,6 +85,9 @@ SERVER_PID=""
 SERVER_URL=""
 SERVER_DATA=""
 
+QUIET_PCT="${BENCH_QUIET_PCT:-20}"
+QUIET_WAIT="${BENCH_QUIET_WAIT:-1200}"
+
 log() { echo "bench-load: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -99,6 +106,35 @@ wait_http() {
     ((SECONDS < deadline)) || die "no answer from $url"
     sleep 0.2 # poll interval
   done
+}
+
+# CPU busy % of the whole machine over 5 s, from /proc/stat.
+machine_busy() {
+  local a b
+  a=($(head -1 /proc/stat))
+  sleep 5 # the sampling interval
+  b=($(head -1 /proc/stat))
+  local idle=$(((b[4] + b[5]) - (a[4] + a[5]))) total=0 i
+  for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+  echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
+}
+
+# wait_quiet NAME: benchmarks need a quiet machine. Polls until other work
+# uses less than QUIET_PCT of it, at most QUIET_WAIT s, and records the
+# load the run starts with.
+wait_quiet() {
+  local name="$1" busy deadline=$((SECONDS + QUIET_WAIT))
+  while :; do
+    busy="$(machine_busy)"
+    ((busy < QUIET_PCT)) && break
+    if ((SECONDS >= deadline)); then
+      log "machine still ${busy}% busy after ${QUIET_WAIT}s; running $name anyway"
+      break
+    fi
+    log "machine ${busy}% busy (others: $(ps -eo pcpu,comm --sort=-pcpu | sed -n 2,4p | tr -s ' ' | tr '\n' ',')); waiting"
+    sleep 30 # poll interval
+  done
+  echo "$(date -u +%FT%TZ) $name: ${busy}% busy before the run, load average $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.log"
 }
 
 start_server() {
@@ -166,6 +202,7 @@ secret_for() {
 load() {
   local name="$1" kind="$2"
   shift 2
+  wait_quiet "$name"
   start_server "$kind"
   local secret
   secret="$(secret_for "$kind")"
@@ -230,6 +267,7 @@ bench_ack() {
 
 bench_profile() {
   command -v perf >/dev/null || die "perf not found (Debian: linux-perf)"
+  wait_quiet profile
   start_server collab
   log "profile: boards --boards $ACK_BOARDS under perf"
   perf record -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -o "$OUT/perf-collab.data" -p "$SERVER_PID" -- sleep $((SECS + 2)) \
@@ -245,7 +283,7 @@ bench_profile() {
     perf report -i "$OUT/perf-collab.data" --no-children -g none --sort dso --stdio 2>/dev/null
     perf report -i "$OUT/perf-collab.data" --no-children -g none --sort comm --stdio 2>/dev/null
     perf report -i "$OUT/perf-collab.data" --no-children -g none --sort symbol --stdio 2>/dev/null \
-      | head -80
+      | sed -n 1,80p # reads all its input: head would SIGPIPE perf under pipefail
   } | grep -v '^#' | grep -v '^$' >"$OUT/profile-collab.txt"
   # A flamegraph when inferno is installed (cargo install inferno).
   if command -v inferno-collapse-perf >/dev/null && command -v inferno-flamegraph >/dev/null; then
@@ -278,6 +316,8 @@ bench_cluster() {
   done
   args+=(--watch "nats=$(cat "$dir/nats/nats-server.pid")")
   [[ -f "$dir/cql/cassandra.pid" ]] && args+=(--watch "cassandra=$(cat "$dir/cql/cassandra.pid")")
+  # The cluster itself idles at a few % (heartbeats, Cassandra): allow it.
+  QUIET_PCT=$((QUIET_PCT + 15)) wait_quiet cluster-boards
   log "run cluster-boards: steps $CLUSTER_STEPS, p99 bound $CLUSTER_P99_MS ms"
   COLLAB_LOAD_SECRET="$(cat "$dir/jwt-secret")" "$LOAD" boards --seconds "$SECS" \
     --steps "$CLUSTER_STEPS" --p99-bound-ms "$CLUSTER_P99_MS" --target collab "${args[@]}" \
