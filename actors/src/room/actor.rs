@@ -11,14 +11,14 @@
 //! without a word more. Store I/O runs in spawned tasks that report back as
 //! messages, so no handler waits on the store.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
-use collab_protocol::{Cid, ErrorCode, OpEvent, ProtocolError, RoomId, Seq};
+use collab_protocol::{Cid, ErrorCode, OpEvent, ProtocolError, RoomId, Seq, UserId};
 use collab_store::{RoomRecord, Store, StoreError, Writer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, info, warn};
@@ -118,6 +118,10 @@ struct Live {
     joins: Vec<(RoomRequest, Reply)>,
     /// Retries of ops still in flight: acked when their seq commits.
     duplicates: Vec<(Seq, Reply)>,
+    /// Users the others were told had left because their gateway was
+    /// declared dead: if the gateway was alive after all and puts them
+    /// back, the others hear they are back.
+    left_with_gateway: HashSet<UserId>,
     snapshot_seq: Seq,
     snapshot_running: bool,
     snapshot_at: Instant,
@@ -283,6 +287,7 @@ impl RoomActorState {
                     next: VecDeque::new(),
                     joins: Vec::new(),
                     duplicates: Vec::new(),
+                    left_with_gateway: HashSet::new(),
                     snapshot_seq: head,
                     snapshot_running: false,
                     snapshot_at: Instant::now(),
@@ -648,20 +653,25 @@ impl Live {
         user: UserInfo,
         reply: Reply,
     ) {
-        match self.admit(ctx, &room, conn, user) {
+        // The connection was in the room before it moved or restarted, and
+        // nobody was told it left: putting it back tells nobody either,
+        // unless its gateway had been declared dead.
+        let announce = self.left_with_gateway.contains(&user.id);
+        match self.admit(ctx, &room, conn, user, announce) {
             Ok(()) => answer(reply, RoomReply::Done),
             Err(refusal) => answer(reply, refusal.into()),
         }
     }
 
     /// Puts `conn` into the presence if `user` may be in the room, telling
-    /// the others when the user was not there yet.
+    /// the others (if `announce`) when the user was not there yet.
     fn admit(
         &mut self,
         ctx: &RoomContext,
         room: &RoomId,
         conn: ConnRef,
         user: UserInfo,
+        announce: bool,
     ) -> Result<(), ProtocolError> {
         if !self.record.admits(&user.id) {
             return Err(ProtocolError::forbidden("this room is private"));
@@ -669,6 +679,10 @@ impl Live {
         if let Some(PresenceChange::Joined(info)) =
             self.state.presence_mut().join(conn.clone(), user)
         {
+            self.left_with_gateway.remove(&info.id);
+            if !announce {
+                return Ok(());
+            }
             let joined = RoomEvent::Presence {
                 room: room.clone(),
                 event: PresenceEvent::Join,
@@ -691,7 +705,7 @@ impl Live {
         else {
             return;
         };
-        if let Err(refusal) = self.admit(ctx, &room, conn, user) {
+        if let Err(refusal) = self.admit(ctx, &room, conn, user, true) {
             answer(reply, refusal.into());
             return;
         }
@@ -950,6 +964,7 @@ impl RoomActorState {
         for change in live.state.presence_mut().leave_gateway(gateway) {
             if let PresenceChange::Left(info) = change {
                 live.end_orphans_of(&info.id, ts);
+                live.left_with_gateway.insert(info.id.clone());
                 let left = RoomEvent::Presence {
                     room: self.room.clone(),
                     event: PresenceEvent::Leave,

@@ -766,3 +766,34 @@ async fn a_room_fenced_while_handing_off_stops() {
 async fn a_room_whose_commit_fails_while_handing_off_stops() {
     handed_off_mid_batch_then(GatedStore::fail_next).await;
 }
+
+#[tokio::test]
+async fn putting_a_member_back_is_silent_unless_it_was_announced_gone() {
+    let node = node().await;
+    node.enter(ROOM, "bob").await;
+    let attach = |who: &str| RoomRequest::Attach {
+        room: room_id(ROOM),
+        conn: conn(who),
+        user: user_info(who),
+    };
+    // ann was in the room before it moved here: the others never heard
+    // she left, so they hear nothing now.
+    assert_eq!(node.ask(attach("ann")).await, RoomReply::Done);
+    assert_eq!(node.sink.presence(), [(PresenceEvent::Join, "bob".into())]);
+    // Her gateway is declared dead: the others hear she left. It was only
+    // cut off, and puts her back: they hear she is back.
+    node.supervisor
+        .send_message(SupervisorMsg::GatewayGone("g1".into()))
+        .unwrap_or_else(|_| panic!("supervisor is gone"));
+    eventually("the leaves", || node.sink.presence().len() == 3).await;
+    assert_eq!(node.ask(attach("ann")).await, RoomReply::Done);
+    assert_eq!(
+        node.sink.presence(),
+        [
+            (PresenceEvent::Join, "bob".into()),
+            (PresenceEvent::Leave, "ann".into()),
+            (PresenceEvent::Leave, "bob".into()),
+            (PresenceEvent::Join, "ann".into()),
+        ]
+    );
+}

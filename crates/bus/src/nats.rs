@@ -283,6 +283,13 @@ impl NatsBus {
         &self.config.node
     }
 
+    /// Waits until the server has processed everything this bus sent it so
+    /// far — subscriptions included — so that what anyone publishes from
+    /// now on reaches them.
+    pub async fn flush(&self) {
+        let _ = self.client.flush().await;
+    }
+
     /// This run of the process, as its membership record announces it.
     pub fn instance(&self) -> &str {
         &self.config.instance
