@@ -213,8 +213,11 @@ impl SupervisorState {
             parked.push((request, reply));
             return;
         }
-        let elsewhere = self.draining || self.owns.as_ref().is_some_and(|owns| !owns(&room));
-        if elsewhere && !self.rooms.contains_key(&room) {
+        // Placement is only asked for rooms not live here (a live room is
+        // handed off as soon as the placement changes), so an op to a
+        // live room costs no hashing.
+        let elsewhere = || self.draining || self.owns.as_ref().is_some_and(|owns| !owns(&room));
+        if !self.rooms.contains_key(&room) && elsewhere() {
             let _ = reply.send(RoomReply::Error {
                 code: ErrorCode::Unavailable,
                 message: "the room is moving to another node; retry".into(),

@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{CollabConfig, StoreLocation};
-use crate::serve::{ServeError, announce, bind, local_addr, open_store};
+use crate::serve::{ServeError, announce, bind, local_addr, open_store, spawn_server};
 
 /// Runs a gateway until `shutdown` resolves, then drains and returns.
 pub async fn run_gateway(
@@ -74,17 +74,7 @@ pub async fn run_gateway(
     info!(%addr, %node, nats = %config.cluster.nats_url, "gateway listening");
     announce(addr);
 
-    let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let gateway = gateway.clone();
-        async move {
-            gateway
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let (server, stop_accepting) = spawn_server(&gateway, listener);
     shutdown.await;
 
     let grace = config.drain_grace();

@@ -151,17 +151,7 @@ pub async fn run(
     info!(%addr, store = %store_name, dev_mode = signing.dev_mode, "listening");
     announce(addr);
 
-    let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn({
-        let gateway = gateway.clone();
-        async move {
-            gateway
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let (mut server, stop_accepting) = spawn_server(&gateway, listener);
 
     tokio::select! {
         () = shutdown => {}
@@ -197,6 +187,28 @@ pub async fn run(
     }
     info!("drained; bye");
     Ok(())
+}
+
+/// Serves the gateway on `listener` in a task, until the returned sender
+/// is used (or dropped): then it stops accepting and the task ends once
+/// every connection has closed.
+pub(crate) fn spawn_server(
+    gateway: &Gateway,
+    listener: TcpListener,
+) -> (
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    oneshot::Sender<()>,
+) {
+    let (stop_accepting, stopped) = oneshot::channel::<()>();
+    let gateway = gateway.clone();
+    let server = tokio::spawn(async move {
+        gateway
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (server, stop_accepting)
 }
 
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
