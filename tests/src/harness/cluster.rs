@@ -1125,6 +1125,11 @@ pub struct DrawClient {
     /// Strokes of this client that the room ended for it (its connection
     /// left with the stroke open).
     ended_for_us: HashSet<String>,
+    /// Strokes of this client whose ops were refused as "ended" before the
+    /// room's `stroke_end` for them arrived. The protocol does not order an
+    /// `error` against op events, so the end may still be on its way; the
+    /// client waits for it (`settle`) and fails if it never comes.
+    end_expected: HashSet<String>,
     next_cid: u64,
     strokes: u64,
     last_new_op: Option<Instant>,
@@ -1161,6 +1166,7 @@ impl DrawClient {
             acks: Vec::new(),
             refused: Vec::new(),
             ended_for_us: HashSet::new(),
+            end_expected: HashSet::new(),
             next_cid: 0,
             strokes: 0,
             last_new_op: None,
@@ -1301,12 +1307,14 @@ impl DrawClient {
     /// Reads until every op of the outbox has its final answer.
     pub async fn settle(&mut self) {
         let deadline = Instant::now() + CLIENT_DEADLINE;
-        while !self.outbox.is_empty() {
+        while !self.outbox.is_empty() || !self.end_expected.is_empty() {
             self.step(false).await;
             if Instant::now() >= deadline {
                 let left: Vec<&str> = self.outbox.iter().map(|p| p.cid.as_str()).collect();
                 self.fail(format!(
-                    "ops still unanswered after {CLIENT_DEADLINE:?}: {left:?}"
+                    "after {CLIENT_DEADLINE:?}, ops still unanswered: {left:?}; \
+                     strokes refused as ended whose end never came: {:?}",
+                    self.end_expected
                 ));
             }
         }
@@ -1641,6 +1649,7 @@ impl DrawClient {
             && event.user.as_str() == self.user
         {
             self.ended_for_us.insert(stroke.as_str().to_owned());
+            self.end_expected.remove(stroke.as_str());
             lock(&self.progress).strokes_ended_for_us += 1;
         }
         self.received.push(op);
@@ -1722,8 +1731,36 @@ impl DrawClient {
                 self.refused.push((cid.clone(), code));
                 self.outbox.retain(|p| p.cid != cid);
             }
+            // The same, with the room's end of the stroke not received
+            // yet: an error may overtake op events (they travel apart).
+            "bad_request"
+                if frame["message"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("has ended")) =>
+            {
+                let Some(stroke) = self.own_open_stroke_of(&cid) else {
+                    self.fail(format!("op {cid} refused: {frame}"));
+                };
+                self.end_expected.insert(stroke);
+                self.refused.push((cid.clone(), code));
+                self.outbox.retain(|p| p.cid != cid);
+            }
             _ => self.fail(format!("op {cid} refused: {frame}")),
         }
+    }
+
+    /// The stroke of `cid` when it is a `stroke_points` or `stroke_end`
+    /// this client sent and no `stroke_end` of its own was acked for.
+    fn own_open_stroke_of(&self, cid: &str) -> Option<String> {
+        let op = self.sent.get(cid)?;
+        if !matches!(op["kind"].as_str(), Some("stroke_points" | "stroke_end")) {
+            return None;
+        }
+        let stroke = op["stroke"].as_str()?;
+        let ended_by_us = self.sent.iter().any(|(c, o)| {
+            o["kind"] == "stroke_end" && o["stroke"] == stroke && self.acked.contains_key(c)
+        });
+        (!ended_by_us).then(|| stroke.to_owned())
     }
 
     /// Whether `cid` is a `stroke_points` or `stroke_end` of a stroke of
