@@ -1,16 +1,21 @@
 //! The bus inside one process: requests are direct calls to the one room
-//! node's handler; each room's events go through a bounded broadcast
-//! channel, and a subscriber that falls behind by more than its capacity
-//! gets [`Delivery::Lagged`] instead of stalling the publisher.
+//! node's handler; each room's events go to its subscribers' queues, and a
+//! subscriber that falls behind by more than the capacity gets
+//! [`Delivery::Lagged`] instead of stalling the publisher.
+//!
+//! A queue holds only what is waiting, unlike a broadcast channel's ring,
+//! which allocates all of its capacity up front: 4,096 slots were 128 KiB
+//! per live room, most of an idle connection's memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use collab_protocol::RoomId;
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::{Bus, BusError, Delivery, EventStream, ReplyFuture, RequestHandler, Subscription};
 
@@ -19,8 +24,45 @@ pub const DEFAULT_ROOM_CAPACITY: usize = 4096;
 
 pub struct InProcessBus {
     handler: RwLock<Option<Arc<dyn RequestHandler>>>,
-    rooms: Mutex<HashMap<RoomId, broadcast::Sender<Arc<RoomEvent>>>>,
+    rooms: Mutex<HashMap<RoomId, Vec<Subscriber>>>,
     capacity: usize,
+}
+
+/// The publishing side of one subscription.
+struct Subscriber {
+    queue: mpsc::UnboundedSender<Delivery>,
+    state: Arc<QueueState>,
+}
+
+/// What a subscription's two ends share.
+#[derive(Default)]
+struct QueueState {
+    /// Events in the queue.
+    queued: AtomicUsize,
+    /// A `Lagged` is in the queue: events are dropped until the subscriber
+    /// has read it (it will catch up from the room anyway).
+    lagged: AtomicBool,
+}
+
+impl Subscriber {
+    /// Queues `event`, or the one `Lagged` that stands for it and what
+    /// follows while the subscriber is `capacity` behind. `false` once the
+    /// subscription is gone.
+    fn offer(&self, event: &Arc<RoomEvent>, capacity: usize) -> bool {
+        // Publishes are serialized by the rooms lock, so this
+        // check-then-act cannot race another publisher.
+        if self.state.lagged.load(Ordering::Acquire) {
+            return !self.queue.is_closed();
+        }
+        let delivery = if self.state.queued.load(Ordering::Acquire) >= capacity {
+            self.state.lagged.store(true, Ordering::Release);
+            Delivery::Lagged
+        } else {
+            self.state.queued.fetch_add(1, Ordering::AcqRel);
+            Delivery::Event(event.clone())
+        };
+        self.queue.send(delivery).is_ok()
+    }
 }
 
 impl InProcessBus {
@@ -36,9 +78,7 @@ impl InProcessBus {
         }
     }
 
-    fn rooms(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<RoomId, broadcast::Sender<Arc<RoomEvent>>>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Vec<Subscriber>>> {
         // The map holds no invariant a panic could break mid-update.
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -47,7 +87,7 @@ impl InProcessBus {
     pub fn subscribed_rooms(&self) -> usize {
         self.rooms()
             .values()
-            .filter(|tx| tx.receiver_count() > 0)
+            .filter(|subscribers| subscribers.iter().any(|s| !s.queue.is_closed()))
             .count()
     }
 }
@@ -84,22 +124,28 @@ impl Bus for InProcessBus {
     fn publish(&self, event: RoomEvent) {
         let room = event.room().clone();
         let mut rooms = self.rooms();
-        let Some(tx) = rooms.get(&room) else {
+        let Some(subscribers) = rooms.get_mut(&room) else {
             return;
         };
-        if tx.send(Arc::new(event)).is_err() {
+        let event = Arc::new(event);
+        subscribers.retain(|subscriber| subscriber.offer(&event, self.capacity));
+        if subscribers.is_empty() {
             // Nobody listens any more: forget the room.
             rooms.remove(&room);
         }
     }
 
     async fn subscribe(&self, room: &RoomId) -> Result<Subscription, BusError> {
-        let rx = self
-            .rooms()
+        let (queue, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(QueueState::default());
+        self.rooms()
             .entry(room.clone())
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
-            .subscribe();
-        Ok(Subscription::new(Box::new(BroadcastStream { rx })))
+            .or_default()
+            .push(Subscriber {
+                queue,
+                state: state.clone(),
+            });
+        Ok(Subscription::new(Box::new(QueueStream { rx, state })))
     }
 
     async fn serve(&self, handler: Arc<dyn RequestHandler>) -> Result<(), BusError> {
@@ -112,18 +158,24 @@ impl Bus for InProcessBus {
     }
 }
 
-struct BroadcastStream {
-    rx: broadcast::Receiver<Arc<RoomEvent>>,
+struct QueueStream {
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    state: Arc<QueueState>,
 }
 
 #[async_trait]
-impl EventStream for BroadcastStream {
+impl EventStream for QueueStream {
     async fn next(&mut self) -> Option<Delivery> {
-        match self.rx.recv().await {
-            Ok(event) => Some(Delivery::Event(event)),
-            Err(broadcast::error::RecvError::Lagged(_)) => Some(Delivery::Lagged),
-            Err(broadcast::error::RecvError::Closed) => None,
+        let delivery = self.rx.recv().await?;
+        match &delivery {
+            Delivery::Event(_) => {
+                self.state.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            // Every event before it was read: the publisher may queue
+            // again.
+            Delivery::Lagged => self.state.lagged.store(false, Ordering::Release),
         }
+        Some(delivery)
     }
 }
 
@@ -131,6 +183,7 @@ impl EventStream for BroadcastStream {
 mod tests {
     use collab_protocol::envelope::ConnRef;
     use collab_protocol::{ConnId, Seq, UserId};
+    use futures_util::FutureExt;
 
     use super::*;
 
@@ -190,9 +243,40 @@ mod tests {
         for i in 0..5 {
             bus.publish(cursor("a", f64::from(i)));
         }
+        // What fitted, then the lag standing for the rest.
+        for i in 0..2 {
+            match slow.next().await {
+                Some(Delivery::Event(event)) => assert_eq!(*event, cursor("a", f64::from(i))),
+                other => panic!("{other:?}"),
+            }
+        }
         assert!(matches!(slow.next().await, Some(Delivery::Lagged)));
-        // After the lag it continues with what is still buffered.
-        assert!(matches!(slow.next().await, Some(Delivery::Event(_))));
+        // Once it has read the lag it gets new events again.
+        bus.publish(cursor("a", 7.0));
+        match slow.next().await {
+            Some(Delivery::Event(event)) => assert_eq!(*event, cursor("a", 7.0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_does_not_hold_back_the_others() {
+        let bus = InProcessBus::with_capacity(2);
+        let mut slow = bus.subscribe(&room("a")).await.expect("subscribes");
+        let mut fast = bus.subscribe(&room("a")).await.expect("subscribes");
+        for i in 0..5 {
+            bus.publish(cursor("a", f64::from(i)));
+            match fast.next().await {
+                Some(Delivery::Event(event)) => assert_eq!(*event, cursor("a", f64::from(i))),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Publishing is synchronous: everything it queued is there now.
+        let mut got = Vec::new();
+        while let Some(Some(delivery)) = slow.next().now_or_never() {
+            got.push(matches!(delivery, Delivery::Lagged));
+        }
+        assert_eq!(got, [false, false, true]);
     }
 
     #[tokio::test]

@@ -37,8 +37,12 @@ use crate::error::ApiError;
 use idle::IdleTimer;
 use outbound::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbound};
 
-/// Initial read and write buffer of a socket.
-const SOCKET_BUFFER: usize = 4 * 1024;
+/// Read buffer of a socket, allocated for its whole life: client frames
+/// are a few hundred bytes (a larger one grows the buffer while it is
+/// read, in reads of this size).
+const READ_BUFFER: usize = 2 * 1024;
+/// Frames are written once this much is buffered (and at every flush).
+const WRITE_BUFFER: usize = 4 * 1024;
 
 /// How long a closing connection's writer may take to deliver its close
 /// frame to a peer that is not reading.
@@ -76,8 +80,8 @@ pub(crate) async fn upgrade(
         // The library's 128 KiB default read buffer per connection would
         // dominate the memory of many mostly idle connections; frames are
         // small and the buffer grows for a large one.
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             Connection::run(shared, claims, peer, socket).await;
         })
@@ -242,8 +246,10 @@ impl Connection {
         use collab_protocol::ClientFrame as F;
         match frame {
             F::Ping { id } => self.send(&ServerFrame::Pong { id }),
-            F::Join { room, since, epoch } => self.join(room, since, epoch).await,
-            F::Leave { room } => self.leave(room).await,
+            // Boxed: joins and leaves are rare, and their futures inline
+            // would make every idle connection's task that much larger.
+            F::Join { room, since, epoch } => Box::pin(self.join(room, since, epoch)).await,
+            F::Leave { room } => Box::pin(self.leave(room)).await,
             F::Op { room, cid, op } => self.op(room, cid, op),
             F::Cursor { room, x, y } => self.cursor(room, x, y),
             F::CursorLeave { room } => {
