@@ -29,7 +29,7 @@
 //!   rooms in id order, in one transaction; after its commit the writer
 //!   removes exactly the moved ops from [`Pending`], then serves whatever
 //!   groups queued meanwhile before it does the next slice. A group waits
-//!   for at most one slice.
+//!   for at most one slice (10-20 ms at the default size).
 //! - The last slice's transaction also deletes the journal rows below `J`.
 //!   Until then they stay: a crash mid-cycle replays them at open, and the
 //!   ops that were already moved are inserted again with the same keys and
@@ -37,6 +37,9 @@
 //! - Ops appended during a cycle stay journaled for the next one (or, if a
 //!   room writes into a gap inside the extent, may be moved early; their
 //!   row stays until a later cycle, which is as harmless as a replay).
+//! - If appends outpace the slices (the journal twice over a threshold),
+//!   the writer runs slices back to back until it is not: groups then wait
+//!   for about as many slices as they brought ops, which bounds the journal.
 //!
 //! Since rooms are moved in id order and a room's ops are contiguous in the
 //! log tables, slicing costs little: each leaf is still dirtied about once
