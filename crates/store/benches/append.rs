@@ -10,11 +10,15 @@
 //! Ops are `stroke_points` with 16 points, the bulk of a whiteboard's log.
 //! Criterion reports appends (or ops) per second; after each benchmark a
 //! line on stderr gives what the writer's counters saw over the whole run:
-//! appends/s, fsyncs (transactions)/s, appends per fsync, and the share of
-//! the writer's time spent applying vs committing.
+//! appends/s, fsyncs (transactions)/s, appends per fsync, the share of
+//! the writer's time spent applying vs committing vs checkpointing, and the
+//! longest checkpoint slice and the longest checkpoint pause (the longest
+//! an append waited for a checkpoint: one slice, or several back to back
+//! when the journal is twice over its thresholds).
 //!
 //! Run: `cargo bench -p collab-store --bench append`. To try other
-//! checkpoint thresholds, set `COLLAB_STORE_CHECKPOINT_OPS`.
+//! checkpoint thresholds, set `COLLAB_STORE_CHECKPOINT_OPS`; other slice
+//! sizes, `COLLAB_STORE_CHECKPOINT_SLICE_OPS`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +49,12 @@ fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
         options.checkpoint_ops = ops;
         options.checkpoint_bytes = usize::MAX;
     }
+    if let Some(ops) = std::env::var("COLLAB_STORE_CHECKPOINT_SLICE_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.checkpoint_slice_ops = ops;
+    }
     EmbeddedStore::open_with(dir.path().join(EmbeddedStore::FILE_NAME), options).expect("open")
 }
 
@@ -59,9 +69,10 @@ fn report(name: &str, store: &EmbeddedStore, before: &EmbeddedStoreStats, elapse
     let pct = |d: Duration| 100.0 * d.as_secs_f64() / secs;
     eprintln!(
         "{name}: {} appends ({} ops) in {:.2}s = {:.0} appends/s, {:.0} ops/s; \
-         {} fsyncs ({} groups + {} checkpoints) = {:.0} fsyncs/s, {:.1} appends/group \
-         (largest {}); writer thread: apply {:.0}%, group commit {:.0}%, checkpoint {:.0}% \
-         of wall time",
+         {} fsyncs ({} groups + {} checkpoint slices in {} cycles) = {:.0} fsyncs/s, \
+         {:.1} appends/group (largest {}); writer thread: apply {:.0}%, group commit {:.0}%, \
+         checkpoint {:.0}% of wall time; longest checkpoint slice {:.1} ms, \
+         longest checkpoint pause {:.1} ms",
         s.appends,
         s.ops,
         secs,
@@ -69,6 +80,7 @@ fn report(name: &str, store: &EmbeddedStore, before: &EmbeddedStoreStats, elapse
         s.ops as f64 / secs,
         s.fsyncs(),
         s.transactions,
+        s.checkpoint_slices,
         s.checkpoints,
         s.fsyncs() as f64 / secs,
         s.appends as f64 / s.transactions.max(1) as f64,
@@ -76,6 +88,8 @@ fn report(name: &str, store: &EmbeddedStore, before: &EmbeddedStoreStats, elapse
         pct(s.apply_time),
         pct(s.commit_time),
         pct(s.checkpoint_time),
+        s.longest_checkpoint_slice.as_secs_f64() * 1e3,
+        s.longest_checkpoint_pause.as_secs_f64() * 1e3,
     );
 }
 

@@ -3,6 +3,7 @@
 //! survives closing and reopening the file.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use collab_protocol::{OpKind, RoomKind, Seq};
 use collab_store::testsuite::{
@@ -269,4 +270,86 @@ async fn reads_racing_checkpoints_see_every_acknowledged_op_once() {
     let stats = store.stats();
     println!("{reads} reads raced {} checkpoints", stats.checkpoints);
     assert!(stats.checkpoints > 10);
+}
+
+/// A checkpoint moves its ops in slices and serves the queued appends
+/// between them: an append made while a long cycle runs is answered before
+/// the cycle ends, and reads in the middle of the cycle (each room's ops
+/// partly in the log tables, partly journaled) see every op once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_served_between_checkpoint_slices() {
+    const ROOMS: usize = 30;
+    const OPS_PER_ROOM: u64 = 20;
+    const TOTAL: u64 = ROOMS as u64 * OPS_PER_ROOM;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(
+        EmbeddedStore::open_with(
+            dir.path().join("s.redb"),
+            EmbeddedStoreOptions {
+                // One op per slice: the cycle below takes 600 slices.
+                checkpoint_slice_ops: 1,
+                ..Default::default()
+            },
+        )
+        .expect("open"),
+    );
+    let w = writer("node-a", 1);
+    let rooms: Vec<_> = (0..ROOMS)
+        .map(|i| unique_room(&format!("slices-{i}")))
+        .collect();
+    for room in &rooms {
+        let batch = points_batch(room, 1, OPS_PER_ROOM as usize);
+        store
+            .append(room, Seq(1), &batch, &w)
+            .await
+            .expect("append");
+    }
+    assert_eq!(store.stats().checkpoint_slices, 0, "below the thresholds");
+
+    let checkpoint = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.checkpoint().await }
+    });
+    // The cycle runs once its first slice committed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.stats().checkpoint_slices == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint slice in 60 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let late = unique_room("slices-late");
+    store
+        .append(&late, Seq(1), &points_batch(&late, 1, 1), &w)
+        .await
+        .expect("append during the cycle");
+    let during = store.stats();
+    assert_eq!(
+        during.checkpoints, 0,
+        "the append was answered only after the whole cycle: {during:?}"
+    );
+    assert!(during.checkpointed_ops < TOTAL, "{during:?}");
+    assert!(!checkpoint.is_finished());
+    assert_eq!(store.head(&late).await.expect("head"), Seq(1));
+    for room in &rooms {
+        let seqs: Vec<u64> = store
+            .read_ops(room, Seq::ZERO, usize::MAX)
+            .await
+            .expect("read_ops")
+            .iter()
+            .map(|e| e.seq.get())
+            .collect();
+        assert_eq!(seqs, (1..=OPS_PER_ROOM).collect::<Vec<_>>());
+    }
+
+    checkpoint.await.expect("task").expect("checkpoint");
+    let after = store.stats();
+    println!("a cycle of {TOTAL} ops in single-op slices: {after:?}");
+    assert_eq!(after.checkpoints, 1);
+    // The late op was appended after the cycle started: not part of it.
+    assert_eq!(after.checkpointed_ops, TOTAL);
+    assert_eq!(after.checkpoint_slices, TOTAL);
+    assert!(after.longest_checkpoint_slice > Duration::ZERO);
+    store.checkpoint().await.expect("checkpoint");
+    assert_eq!(store.stats().checkpointed_ops, TOTAL + 1);
+    assert_eq!(store.head(&late).await.expect("head"), Seq(1));
 }

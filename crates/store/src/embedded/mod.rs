@@ -4,7 +4,7 @@
 //! Writes go to one writer thread that commits the queued writes of all
 //! rooms together, one fsync per group (see [`writer`]); appends go through
 //! a journal that the writer periodically checkpoints into the log tables
-//! (see [`pending`]). Reads run on tokio's blocking pool, each in its own
+//! (see [`pending`]), in small slices between groups. Reads run on tokio's blocking pool, each in its own
 //! redb read transaction merged with the journaled ops of its room: redb's
 //! MVCC readers never wait for the writer, and a read sees one consistent
 //! committed state (a snapshot's header and chunks, a page of history). No
@@ -55,6 +55,13 @@ pub struct EmbeddedStoreOptions {
     pub checkpoint_ops: usize,
     /// Checkpoint once the journaled ops take this many bytes.
     pub checkpoint_bytes: usize,
+    /// A checkpoint moves at most this many ops per transaction (a slice),
+    /// and serves the queued writes between slices: appends wait for at
+    /// most one slice. Smaller: shorter waits, but each slice costs an
+    /// fsync and a walk from the B-trees' roots (about 1 ms), so more of
+    /// them cost throughput. The default, 1,024, takes 10–20 ms on the
+    /// reference machine (see `docs/BENCHMARKS.md`).
+    pub checkpoint_slice_ops: usize,
 }
 
 impl Default for EmbeddedStoreOptions {
@@ -62,6 +69,7 @@ impl Default for EmbeddedStoreOptions {
         EmbeddedStoreOptions {
             checkpoint_ops: 32_768,
             checkpoint_bytes: 32 << 20,
+            checkpoint_slice_ops: 1024,
         }
     }
 }
@@ -92,22 +100,38 @@ pub struct EmbeddedStoreStats {
     pub apply_time: Duration,
     /// Time the writer spent in the groups' `commit` (mostly fsync).
     pub commit_time: Duration,
-    /// Checkpoints committed, each one fsync.
+    /// Checkpoint cycles completed (each one or more slices).
     pub checkpoints: u64,
+    /// Checkpoint slices committed, each one fsync.
+    pub checkpoint_slices: u64,
     /// Ops moved from the journal into the log tables.
     pub checkpointed_ops: u64,
     /// Time the writer spent checkpointing.
     pub checkpoint_time: Duration,
+    /// The longest checkpoint slice.
+    pub longest_checkpoint_slice: Duration,
+    /// The longest the writer checkpointed between two groups: the longest
+    /// a write waited for a checkpoint (beyond its own group's commit). One
+    /// slice, unless the journal was twice over its thresholds.
+    pub longest_checkpoint_pause: Duration,
+    /// Ops replayed from the journal at open (appended by the previous
+    /// process but not yet checkpointed when it stopped).
+    pub replayed_ops: u64,
+    /// Of those, the ones the log tables already held, identical (the
+    /// previous process stopped in the middle of a checkpoint cycle).
+    pub replayed_logged_ops: u64,
 }
 
 impl EmbeddedStoreStats {
-    /// Durable commits of any kind: group transactions and checkpoints.
+    /// Durable commits of any kind: group transactions and checkpoint
+    /// slices.
     pub fn fsyncs(&self) -> u64 {
-        self.transactions + self.checkpoints
+        self.transactions + self.checkpoint_slices
     }
 
     /// The change from `earlier` to `self` (for measuring one phase);
-    /// `largest_group` stays the overall maximum.
+    /// `largest_group`, the longest slice and pause, and the replay counts
+    /// stay as they are.
     pub fn since(&self, earlier: &EmbeddedStoreStats) -> EmbeddedStoreStats {
         EmbeddedStoreStats {
             transactions: self.transactions - earlier.transactions,
@@ -122,8 +146,13 @@ impl EmbeddedStoreStats {
             apply_time: self.apply_time.saturating_sub(earlier.apply_time),
             commit_time: self.commit_time.saturating_sub(earlier.commit_time),
             checkpoints: self.checkpoints - earlier.checkpoints,
+            checkpoint_slices: self.checkpoint_slices - earlier.checkpoint_slices,
             checkpointed_ops: self.checkpointed_ops - earlier.checkpointed_ops,
             checkpoint_time: self.checkpoint_time.saturating_sub(earlier.checkpoint_time),
+            longest_checkpoint_slice: self.longest_checkpoint_slice,
+            longest_checkpoint_pause: self.longest_checkpoint_pause,
+            replayed_ops: self.replayed_ops,
+            replayed_logged_ops: self.replayed_logged_ops,
         }
     }
 }
@@ -151,10 +180,15 @@ impl EmbeddedStore {
         let db = Database::create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         let replayed = init(&db)?;
+        let counters = Counters::default();
+        counters.replayed_ops.store(replayed.ops, Ordering::Relaxed);
+        counters
+            .replayed_logged_ops
+            .store(replayed.logged, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             db,
             pending: RwLock::new(Pending::default()),
-            counters: Counters::default(),
+            counters,
             options,
         });
         let (queue, requests) = mpsc::channel();
@@ -165,7 +199,12 @@ impl EmbeddedStore {
                 move || writer::run(&shared, requests)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
-        tracing::info!(path = %path.display(), replayed, "embedded store open");
+        tracing::info!(
+            path = %path.display(),
+            replayed = replayed.ops,
+            already_logged = replayed.logged,
+            "embedded store open"
+        );
         Ok(EmbeddedStore {
             shared,
             path,
@@ -208,8 +247,13 @@ impl EmbeddedStore {
             apply_time: Duration::from_nanos(get(&c.apply_nanos)),
             commit_time: Duration::from_nanos(get(&c.commit_nanos)),
             checkpoints: get(&c.checkpoints),
+            checkpoint_slices: get(&c.checkpoint_slices),
             checkpointed_ops: get(&c.checkpointed_ops),
             checkpoint_time: Duration::from_nanos(get(&c.checkpoint_nanos)),
+            longest_checkpoint_slice: Duration::from_nanos(get(&c.longest_slice_nanos)),
+            longest_checkpoint_pause: Duration::from_nanos(get(&c.longest_pause_nanos)),
+            replayed_ops: get(&c.replayed_ops),
+            replayed_logged_ops: get(&c.replayed_logged_ops),
         }
     }
 
@@ -251,10 +295,12 @@ impl EmbeddedStore {
     /// The read transaction is opened while the journal index is read
     /// locked, and the writer changes that index only under its write lock
     /// after a commit. So an op is never missed: an appended op enters the
-    /// index before its caller is answered, and a checkpoint removes ops
-    /// from the index only after its commit, which a transaction opened
-    /// after the removal sees. An op may be seen twice (in a checkpoint's
-    /// window); merging keeps it once.
+    /// index before its caller is answered, and a checkpoint slice removes
+    /// from the index only the ops it moved, only after its commit, which a
+    /// transaction opened after the removal sees. Mid-cycle a room's ops
+    /// are split: the older ones in the log tables, the rest in the index;
+    /// each op is in one or the other (or both). An op may be seen twice
+    /// (between a slice's commit and its removal); merging keeps it once.
     async fn read_room<P, T, F, R>(&self, room: &RoomId, pick: F, read: R) -> StoreResult<T>
     where
         P: Send + 'static,
@@ -300,13 +346,23 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// What `init` replayed from the journal.
+struct Replayed {
+    ops: u64,
+    /// Ops the log tables already held: moved by a checkpoint cycle that
+    /// did not finish (its journal rows are deleted only at its end).
+    logged: u64,
+}
+
 /// Creates every table (so that read transactions can always open them),
 /// checks the file's format version, and checkpoints what the journal
 /// holds (the ops a previous process committed but did not checkpoint
-/// before it stopped). Returns how many ops it moved.
-fn init(db: &Database) -> StoreResult<usize> {
+/// before it stopped, some of them perhaps already moved by a cycle it did
+/// not finish: inserting those again with the same key and value is a
+/// no-op). Returns how many ops it replayed.
+fn init(db: &Database) -> StoreResult<Replayed> {
     let txn = db.begin_write().map_err(unavailable)?;
-    let mut replayed = 0;
+    let mut replayed = Replayed { ops: 0, logged: 0 };
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let stored = meta.get("format").map_err(unavailable)?.map(|v| v.value());
@@ -332,9 +388,19 @@ fn init(db: &Database) -> StoreResult<usize> {
             let (_, record) = entry.map_err(unavailable)?;
             for (room, rows) in codec::decode_journal(record.value())? {
                 for (seq, kind, value) in rows {
-                    ops.insert((room, seq), value).map_err(unavailable)?;
+                    let old = ops.insert((room, seq), value).map_err(unavailable)?;
+                    if let Some(old) = old {
+                        // The fence never lets two ops share a seq, so a
+                        // logged op is the journaled one, moved already.
+                        if old.value() != value {
+                            return Err(StoreError::Corrupt(format!(
+                                "room {room} seq {seq}: the journal and the log disagree"
+                            )));
+                        }
+                        replayed.logged += 1;
+                    }
                     kinds.insert((room, kind, seq), ()).map_err(unavailable)?;
-                    replayed += 1;
+                    replayed.ops += 1;
                 }
             }
         }

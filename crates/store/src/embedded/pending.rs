@@ -10,6 +10,12 @@
 //! pages; the writer later moves many ops per room into the log tables in
 //! one checkpoint, where each dirtied leaf takes dozens of ops instead of
 //! one. Readers merge these in-memory ops with the log tables.
+//!
+//! A checkpoint runs in slices (see [`super::writer`]): each slice's
+//! transaction moves a run of ops per room, and only once it committed are
+//! exactly those ops removed from here ([`Pending::remove`]). An op is
+//! therefore always in this index, in the committed log tables, or (for a
+//! moment) in both; never in neither.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +37,7 @@ pub(crate) struct RoomLog {
 
 impl RoomLog {
     /// All ops, oldest first.
+    #[cfg(test)]
     pub(crate) fn all(&self) -> &[(u64, PendingOp)] {
         &self.ops
     }
@@ -38,6 +45,13 @@ impl RoomLog {
     /// The ops with `seq >= from`, oldest first.
     pub(crate) fn from(&self, from: u64) -> &[(u64, PendingOp)] {
         &self.ops[self.ops.partition_point(|(seq, _)| *seq < from)..]
+    }
+
+    /// The ops with `from <= seq <= to`, oldest first.
+    pub(crate) fn range(&self, from: u64, to: u64) -> &[(u64, PendingOp)] {
+        let start = self.ops.partition_point(|(seq, _)| *seq < from);
+        let end = self.ops.partition_point(|(seq, _)| *seq <= to);
+        &self.ops[start..end.max(start)]
     }
 
     /// The ops with `seq < before`, oldest first.
@@ -56,20 +70,17 @@ impl RoomLog {
             .filter(|seq| *seq <= last)
     }
 
-    /// Inserts one op; returns whether its seq was new.
-    fn insert(&mut self, seq: u64, op: PendingOp) -> bool {
+    /// Inserts one op; returns the op it replaced (the same seq), if any.
+    fn insert(&mut self, seq: u64, op: PendingOp) -> Option<PendingOp> {
         if self.last_seq().is_none_or(|last| seq > last) {
             self.ops.push((seq, op));
-            return true;
+            return None;
         }
         match self.ops.binary_search_by_key(&seq, |(s, _)| *s) {
-            Ok(i) => {
-                self.ops[i].1 = op;
-                false
-            }
+            Ok(i) => Some(std::mem::replace(&mut self.ops[i].1, op)),
             Err(i) => {
                 self.ops.insert(i, (seq, op));
-                true
+                None
             }
         }
     }
@@ -96,10 +107,31 @@ impl Pending {
         };
         for (seq, op) in rows {
             self.bytes += op.value.len();
-            if log.insert(seq, op) {
-                self.ops += 1;
+            match log.insert(seq, op) {
+                // The fence keeps seqs unique, so this does not happen;
+                // the counts stay right if it does.
+                Some(old) => self.bytes -= old.value.len(),
+                None => self.ops += 1,
             }
         }
+    }
+
+    /// Removes and returns `room`'s ops with `first <= seq <= last` (a
+    /// checkpoint slice's run, once it is in the log tables). A room left
+    /// without ops is forgotten.
+    pub(crate) fn remove(&mut self, room: &str, first: u64, last: u64) -> Vec<(u64, PendingOp)> {
+        let Some(log) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        let start = log.ops.partition_point(|(seq, _)| *seq < first);
+        let end = log.ops.partition_point(|(seq, _)| *seq <= last).max(start);
+        let removed: Vec<_> = log.ops.drain(start..end).collect();
+        if log.ops.is_empty() {
+            self.rooms.remove(room);
+        }
+        self.ops -= removed.len();
+        self.bytes -= removed.iter().map(|(_, op)| op.value.len()).sum::<usize>();
+        removed
     }
 
     /// Moves everything of `other` into `self`.
@@ -123,7 +155,7 @@ impl Pending {
     }
 
     /// Every room's ops, rooms in id order (so that a checkpoint walks the
-    /// log tables front to back).
+    /// log tables front to back, and a slice's rooms share leaf pages).
     pub(crate) fn sorted(&self) -> Vec<(&str, &RoomLog)> {
         let mut rooms: Vec<_> = self
             .rooms
@@ -149,7 +181,8 @@ impl Pending {
 
 /// Merges two runs sorted by seq in the same direction (`descending` or
 /// not) into one of at most `limit` items; a seq present in both (an op
-/// caught in the middle of a checkpoint) is kept once.
+/// caught between a checkpoint slice's commit and its removal from
+/// [`Pending`]) is kept once.
 pub(crate) fn merge_by_seq<T>(
     a: Vec<(u64, T)>,
     b: Vec<(u64, T)>,
@@ -240,6 +273,27 @@ mod tests {
         assert_eq!(seqs(s.below(9)), [3, 7]);
         assert_eq!(s.last_seq(), Some(9));
         assert_eq!(p.ops(), 8);
+        assert_eq!(
+            (p.ops(), p.bytes()),
+            (8, 80),
+            "a replaced op is counted once"
+        );
         assert!(!p.is_empty());
+        assert_eq!(seqs(p.room("s").expect("room s").range(4, 9)), [7, 9]);
+        assert!(p.room("s").expect("room s").range(10, 20).is_empty());
+
+        // A slice's run leaves, and only it; an emptied room is forgotten.
+        assert_eq!(seqs(&p.remove("s", 3, 7)), [3, 7]);
+        assert_eq!(seqs(p.room("s").expect("room s").all()), [9]);
+        assert_eq!((p.ops(), p.bytes()), (6, 60));
+        assert!(p.remove("s", 10, 12).is_empty());
+        assert!(p.remove("nowhere", 1, 9).is_empty());
+        assert_eq!(seqs(&p.remove("s", 0, u64::MAX)), [9]);
+        assert!(p.room("s").is_none());
+        for (room, first, last) in [("r", 1, 3), ("t", 1, 2)] {
+            p.remove(room, first, last);
+        }
+        assert!(p.is_empty());
+        assert_eq!((p.ops(), p.bytes()), (0, 0));
     }
 }

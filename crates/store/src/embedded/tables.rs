@@ -17,9 +17,9 @@ pub(crate) const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("roo
 /// (user, room id) → (): the index behind `rooms_of_user`.
 pub(crate) const MEMBERSHIPS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("rooms_by_user");
-/// journal position → one append batch (see `codec`): appends land here
-/// first, adjacent whatever their room; checkpoints move them to `OPS` and
-/// `KINDS` and empty it.
+/// journal position → one group's append batches (see `codec`): appends
+/// land here first, adjacent whatever their room; checkpoint cycles move
+/// them to `OPS` and `KINDS` and then delete the rows they covered.
 pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 /// (room id, seq) → logged op (see `codec`).
 pub(crate) const OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ops");

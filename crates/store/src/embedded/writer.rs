@@ -14,8 +14,36 @@
 //! accepted batches become one journal row, keyed by a counter; once the
 //! transaction committed, their ops join the in-memory [`Pending`] index
 //! that readers merge. When that index grows past a threshold, the writer
-//! checkpoints: one transaction moves every journaled op into the log and
-//! kind-index tables, room by room, and empties the journal.
+//! checkpoints: it moves the journaled ops into the log and kind-index
+//! tables and deletes the journal rows they came from.
+//!
+//! A checkpoint runs as a *cycle* of small *slices*, interleaved with group
+//! commits. Moving an op costs about 11 µs (two B-tree inserts), so one
+//! transaction for a full journal (32,768 ops) held every room's appends,
+//! and so every client's ack, for about 350 ms. Instead:
+//!
+//! - A cycle starts by fixing its extent: the journal key `J` of the next
+//!   group (the cycle covers the rows below it) and, per room, the highest
+//!   journaled seq: everything committed before the cycle started.
+//! - Each slice moves the next at most `checkpoint_slice_ops` of those ops,
+//!   rooms in id order, in one transaction; after its commit the writer
+//!   removes exactly the moved ops from [`Pending`], then serves whatever
+//!   groups queued meanwhile before it does the next slice. A group waits
+//!   for at most one slice (10-20 ms at the default size).
+//! - The last slice's transaction also deletes the journal rows below `J`.
+//!   Until then they stay: a crash mid-cycle replays them at open, and the
+//!   ops that were already moved are inserted again with the same keys and
+//!   values (see `init`), which changes nothing.
+//! - Ops appended during a cycle stay journaled for the next one (or, if a
+//!   room writes into a gap inside the extent, may be moved early; their
+//!   row stays until a later cycle, which is as harmless as a replay).
+//! - If appends outpace the slices (the journal twice over a threshold),
+//!   the writer runs slices back to back until it is not: groups then wait
+//!   for about as many slices as they brought ops, which bounds the journal.
+//!
+//! Since rooms are moved in id order and a room's ops are contiguous in the
+//! log tables, slicing costs little: each leaf is still dirtied about once
+//! per cycle, and a slice adds one fsync and the walk from the root.
 //!
 //! Each request is checked against everything already written, including
 //! earlier requests of its own group, before it writes anything, so a
@@ -53,7 +81,8 @@ const MAX_CACHED_HEADS: usize = 100_000;
 pub(crate) struct Shared {
     pub(crate) db: Database,
     /// Journaled ops not yet in the log tables. The writer changes it only
-    /// right after a commit; readers take the read lock while they open
+    /// right after a commit (a group's adds its ops, a checkpoint slice's
+    /// removes the ops it moved); readers take the read lock while they open
     /// their read transaction, which makes the pair consistent (see
     /// `EmbeddedStore::read_room`).
     pub(crate) pending: RwLock<Pending>,
@@ -63,8 +92,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn pending(&self) -> RwLockReadGuard<'_, Pending> {
-        // The writer's changes to `Pending` are plain map inserts and a
-        // clear, which leave it whole even if a panic interrupts them.
+        // The writer's changes to `Pending` are plain map and vector
+        // inserts and drains, which leave it whole even if a panic
+        // interrupts them.
         self.pending.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -105,7 +135,8 @@ pub(crate) enum Write {
         count: u32,
         chunks: Vec<Vec<u8>>,
     },
-    /// Checkpoint now, whatever the thresholds; answered once it is done.
+    /// Checkpoint now, whatever the thresholds; answered once everything
+    /// journaled before it is in the log tables.
     Checkpoint,
 }
 
@@ -137,8 +168,13 @@ pub(crate) struct Counters {
     pub(crate) apply_nanos: AtomicU64,
     pub(crate) commit_nanos: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) checkpoint_slices: AtomicU64,
     pub(crate) checkpointed_ops: AtomicU64,
     pub(crate) checkpoint_nanos: AtomicU64,
+    pub(crate) longest_slice_nanos: AtomicU64,
+    pub(crate) longest_pause_nanos: AtomicU64,
+    pub(crate) replayed_ops: AtomicU64,
+    pub(crate) replayed_logged_ops: AtomicU64,
 }
 
 /// What one applied request changed, counted once its group committed.
@@ -152,14 +188,35 @@ struct Tally {
 }
 
 /// The writer thread's body: runs until every sender is gone and the queue
-/// is drained, so dropping the store finishes the writes already queued.
+/// is drained, so dropping the store finishes the writes already queued (a
+/// checkpoint cycle then running is left for the next open to finish).
+///
+/// Each turn commits the queued requests as one group, then does one
+/// checkpoint slice if a cycle runs: groups wait for at most one slice
+/// (unless the journal is twice over its thresholds, see below).
 pub(crate) fn run(shared: &Shared, queue: Receiver<Request>) {
     let mut writer = Writer::new(shared);
     let mut group: Vec<Request> = Vec::new();
     let mut checkpoint_requests = Vec::new();
-    while let Ok(first) = queue.recv() {
+    // Explicit checkpoints, each with the journal key below which it needs
+    // every row moved: answered by the first cycle covering that much.
+    let mut waiting: Vec<(u64, oneshot::Sender<StoreResult<()>>)> = Vec::new();
+    loop {
+        // With checkpoint work to do, look at the queue without blocking.
+        let first = if writer.cycle.is_some() || !waiting.is_empty() {
+            match queue.try_recv() {
+                Ok(request) => Some(request),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match queue.recv() {
+                Ok(request) => Some(request),
+                Err(_) => break,
+            }
+        };
         let mut bytes = 0usize;
-        let mut next = Some(first);
+        let mut next = first;
         while let Some(request) = next.take() {
             if matches!(request.write, Write::Checkpoint) {
                 checkpoint_requests.push(request.reply);
@@ -178,32 +235,95 @@ pub(crate) fn run(shared: &Shared, queue: Receiver<Request>) {
             writer.commit_group(&mut group);
             group.clear();
         }
-        let pending = shared.pending();
-        let due = pending.ops() >= shared.options.checkpoint_ops
-            || pending.bytes() >= shared.options.checkpoint_bytes;
-        drop(pending);
-        if due || !checkpoint_requests.is_empty() {
-            let result = writer.checkpoint();
-            for reply in checkpoint_requests.drain(..) {
-                let _ = reply.send(result.clone());
+        // After the group: a checkpoint asked for with appends queued
+        // before it also covers them.
+        waiting.extend(
+            checkpoint_requests
+                .drain(..)
+                .map(|reply| (writer.journal_next, reply)),
+        );
+        // One slice per turn; more, back to back, only while the journal
+        // holds over twice its thresholds: appends outpace the slices, and
+        // waiting for the log tables is the backpressure that bounds the
+        // journal (and the memory of `Pending`, and the replay at open).
+        let paused = Instant::now();
+        loop {
+            if writer.cycle.is_none() && (!waiting.is_empty() || writer.checkpoint_due()) {
+                writer.start_cycle();
             }
+            match writer.slice() {
+                Ok(None) => {}
+                Ok(Some(covered)) => {
+                    let (done, left): (Vec<_>, Vec<_>) =
+                        waiting.drain(..).partition(|(upto, _)| *upto <= covered);
+                    answer(done, &Ok(()));
+                    waiting = left;
+                }
+                Err(e) => {
+                    answer(std::mem::take(&mut waiting), &Err(e));
+                    break;
+                }
+            }
+            if !writer.backlogged() {
+                break;
+            }
+        }
+        // What the groups queued meanwhile waited for.
+        shared
+            .counters
+            .longest_pause_nanos
+            .fetch_max(nanos(paused.elapsed()), Ordering::Relaxed);
+        // Nothing journaled waits (`start_cycle` found nothing to move):
+        // every explicit checkpoint is done.
+        if writer.cycle.is_none() && shared.pending().is_empty() {
+            answer(std::mem::take(&mut waiting), &Ok(()));
         }
     }
     tracing::debug!("store writer thread stopped");
 }
 
+fn answer(waiting: Vec<(u64, oneshot::Sender<StoreResult<()>>)>, result: &StoreResult<()>) {
+    for (_, reply) in waiting {
+        // The caller may have stopped waiting.
+        let _ = reply.send(result.clone());
+    }
+}
+
+/// A checkpoint in progress: its extent, fixed when it started, and how
+/// far its slices got.
+struct Cycle {
+    /// The cycle moves the ops of the journal rows below this key, and
+    /// deletes those rows in its last slice.
+    journal_end: u64,
+    /// Every room that had journaled ops when the cycle started, in id
+    /// order, with its highest journaled seq then.
+    rooms: Vec<(String, u64)>,
+    /// The room of `rooms` the next slice starts in...
+    room: usize,
+    /// ...and the lowest seq of it not moved yet.
+    from: u64,
+    /// Ops moved and slices committed so far.
+    moved: u64,
+    slices: u64,
+    started: Instant,
+}
+
 struct Writer<'a> {
     shared: &'a Shared,
-    /// The journal key of the next group. The journal is emptied by every
-    /// checkpoint (and at open), so this restarts at 0 then.
+    /// The journal key of the next group. Cycles delete the rows below
+    /// their start's key, open deletes them all (and this restarts at 0).
     journal_next: u64,
     /// The group's journal row being built.
     journal_row: Vec<u8>,
     /// room → the highest seq in the log table, for the rooms seen since
-    /// open. Only checkpoints change the log table, so a batch starting
-    /// above this cannot clash there and the fence needs no B-tree probe
-    /// (the common case: rooms append at their head).
+    /// open. Only checkpoint slices change the log table, and each slice
+    /// raises the heads of the rooms it moved ops of right after its
+    /// commit, so a batch starting above this cannot clash there and the
+    /// fence needs no B-tree probe (the common case: rooms append at their
+    /// head).
     logged_heads: HashMap<String, u64>,
+    /// The checkpoint cycle in progress.
+    cycle: Option<Cycle>,
 }
 
 impl<'a> Writer<'a> {
@@ -213,6 +333,7 @@ impl<'a> Writer<'a> {
             journal_next: 0,
             journal_row: Vec::new(),
             logged_heads: HashMap::new(),
+            cycle: None,
         }
     }
 
@@ -430,77 +551,164 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Moves every journaled op into the log tables in one durable
-    /// transaction and empties the journal.
-    fn checkpoint(&mut self) -> StoreResult<()> {
-        let shared = self.shared;
-        if shared.pending().is_empty() {
-            return Ok(());
+    /// Whether the journaled ops passed a threshold.
+    fn checkpoint_due(&self) -> bool {
+        let pending = self.shared.pending();
+        let options = &self.shared.options;
+        pending.ops() >= options.checkpoint_ops || pending.bytes() >= options.checkpoint_bytes
+    }
+
+    /// Whether the journaled ops passed twice a threshold.
+    fn backlogged(&self) -> bool {
+        let pending = self.shared.pending();
+        let options = &self.shared.options;
+        pending.ops() >= options.checkpoint_ops.saturating_mul(2)
+            || pending.bytes() >= options.checkpoint_bytes.saturating_mul(2)
+    }
+
+    /// Starts a cycle over everything journaled so far; none if nothing is.
+    fn start_cycle(&mut self) {
+        let pending = self.shared.pending();
+        if pending.is_empty() {
+            return;
         }
+        let rooms = pending
+            .sorted()
+            .into_iter()
+            .filter_map(|(room, log)| Some((room.to_owned(), log.last_seq()?)))
+            .collect();
+        self.cycle = Some(Cycle {
+            journal_end: self.journal_next,
+            rooms,
+            room: 0,
+            from: 0,
+            moved: 0,
+            slices: 0,
+            started: Instant::now(),
+        });
+    }
+
+    /// Moves the running cycle's next slice into the log tables in one
+    /// durable transaction. Returns the cycle's `journal_end` once its last
+    /// slice committed (everything journaled below it is now in the log
+    /// tables), `None` while there is more to do or no cycle runs. A
+    /// failure ends the cycle: nothing of the failed slice is lost (it is
+    /// still journaled and pending), and the next cycle starts over.
+    fn slice(&mut self) -> StoreResult<Option<u64>> {
+        let shared = self.shared;
+        let Some(cycle) = self.cycle.as_mut() else {
+            return Ok(None);
+        };
         let started = Instant::now();
-        let mut new_heads = Vec::new();
-        let result = (|| -> Result<usize, redb::Error> {
+        let limit = shared.options.checkpoint_slice_ops.max(1);
+        // (index in `cycle.rooms`, first seq, last seq) of each room's run.
+        let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+        let result = (|| -> Result<(usize, bool), redb::Error> {
             let txn = begin(&shared.db)?;
-            let moved = {
+            let mut moved = 0;
+            {
                 let pending = shared.pending();
                 let mut ops = txn.open_table(OPS)?;
                 let mut kinds = txn.open_table(KINDS)?;
-                for (room, log) in pending.sorted() {
-                    for (seq, op) in log.all() {
-                        ops.insert((room, *seq), &*op.value)?;
-                        kinds.insert((room, op.kind, *seq), ())?;
+                while moved < limit && cycle.room < cycle.rooms.len() {
+                    let (room, last) = &cycle.rooms[cycle.room];
+                    let run = pending
+                        .room(room)
+                        .map_or(&[][..], |log| log.range(cycle.from, *last));
+                    let take = &run[..run.len().min(limit - moved)];
+                    for (seq, op) in take {
+                        ops.insert((room.as_str(), *seq), &*op.value)?;
+                        kinds.insert((room.as_str(), op.kind, *seq), ())?;
                     }
-                    if let Some(last) = log.last_seq()
-                        && self.logged_heads.contains_key(room)
-                    {
-                        new_heads.push((room.to_owned(), last));
+                    moved += take.len();
+                    if let (Some((first, _)), Some((last, _))) = (take.first(), take.last()) {
+                        runs.push((cycle.room, *first, *last));
+                        cycle.from = last.saturating_add(1);
+                    }
+                    if take.len() == run.len() {
+                        // This room's part of the cycle is all moved.
+                        cycle.room += 1;
+                        cycle.from = 0;
                     }
                 }
-                pending.ops()
-            };
-            // Dropping the whole tree is cheaper than deleting its rows.
-            txn.delete_table(JOURNAL)?;
-            txn.open_table(JOURNAL)?;
+            }
+            let done = cycle.room == cycle.rooms.len();
+            if done {
+                // Every op of these rows is in the log tables now (moved
+                // by this cycle or an earlier one).
+                let mut journal = txn.open_table(JOURNAL)?;
+                journal.retain_in(..cycle.journal_end, |_, _| false)?;
+            }
             txn.commit()?;
-            Ok(moved)
+            Ok((moved, done))
         })();
         let counters = &shared.counters;
-        match result {
-            Ok(moved) => {
-                // Only now: a reader that opened its transaction before the
-                // commit still finds these ops in `Pending`.
-                let moved_out = std::mem::take(&mut *shared.pending_mut());
-                // Freeing tens of thousands of buffers is the writer's
-                // time better spent committing: let another thread do it.
-                if let Err(e) = std::thread::Builder::new()
-                    .name("collab-store-free".into())
-                    .spawn(move || drop(moved_out))
-                {
-                    tracing::debug!(error = %e, "freeing checkpointed ops inline");
-                }
-                self.journal_next = 0;
-                for (room, last) in new_heads {
-                    if let Some(head) = self.logged_heads.get_mut(&room) {
-                        *head = (*head).max(last);
-                    }
-                }
-                counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .checkpointed_ops
-                    .fetch_add(moved as u64, Ordering::Relaxed);
-                counters
-                    .checkpoint_nanos
-                    .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
-                tracing::debug!(ops = moved, elapsed = ?started.elapsed(), "store checkpoint");
-                Ok(())
-            }
+        let (moved, done) = match result {
+            Ok(outcome) => outcome,
             Err(e) => {
-                // Nothing is lost: the journal and `Pending` still hold
-                // every op, and the next checkpoint retries.
+                self.cycle = None;
                 counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "store checkpoint failed");
-                Err(StoreError::Unavailable(format!("checkpoint failed: {e}")))
+                tracing::error!(error = %e, "store checkpoint slice failed");
+                return Err(StoreError::Unavailable(format!("checkpoint failed: {e}")));
             }
+        };
+        // Only now, and only the moved ops: a reader that opened its
+        // transaction before the commit still finds them in `Pending`.
+        // Nothing else changed `Pending` since the slice read it (only this
+        // thread writes it), so the runs name exactly the moved ops.
+        let removed: Vec<_> = {
+            let mut pending = shared.pending_mut();
+            runs.iter()
+                .map(|(i, first, last)| pending.remove(&cycle.rooms[*i].0, *first, *last))
+                .collect()
+        };
+        // Freed outside the lock.
+        drop(removed);
+        for (i, _, last) in &runs {
+            if let Some(head) = self.logged_heads.get_mut(&cycle.rooms[*i].0) {
+                *head = (*head).max(*last);
+            }
+        }
+        let elapsed = started.elapsed();
+        cycle.moved += moved as u64;
+        cycle.slices += 1;
+        counters.checkpoint_slices.fetch_add(1, Ordering::Relaxed);
+        counters
+            .checkpointed_ops
+            .fetch_add(moved as u64, Ordering::Relaxed);
+        counters
+            .checkpoint_nanos
+            .fetch_add(nanos(elapsed), Ordering::Relaxed);
+        counters
+            .longest_slice_nanos
+            .fetch_max(nanos(elapsed), Ordering::Relaxed);
+        if !done {
+            return Ok(None);
+        }
+        let covered = cycle.journal_end;
+        tracing::debug!(
+            ops = cycle.moved,
+            slices = cycle.slices,
+            elapsed = ?cycle.started.elapsed(),
+            "store checkpoint"
+        );
+        self.cycle = None;
+        counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(covered))
+    }
+
+    /// Runs checkpoint cycles until nothing journaled is left outside the
+    /// log tables, without serving groups in between (tests only).
+    #[cfg(test)]
+    fn checkpoint(&mut self) -> StoreResult<()> {
+        loop {
+            if self.cycle.is_none() {
+                self.start_cycle();
+                if self.cycle.is_none() {
+                    return Ok(());
+                }
+            }
+            self.slice()?;
         }
     }
 }
@@ -561,6 +769,10 @@ mod tests {
     }
 
     fn shared() -> (tempfile::TempDir, Shared) {
+        shared_with(EmbeddedStoreOptions::default())
+    }
+
+    fn shared_with(options: EmbeddedStoreOptions) -> (tempfile::TempDir, Shared) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::create(dir.path().join("t.redb")).expect("create");
         crate::embedded::init(&db).expect("init");
@@ -568,7 +780,7 @@ mod tests {
             db,
             pending: RwLock::new(Pending::default()),
             counters: Counters::default(),
-            options: EmbeddedStoreOptions::default(),
+            options,
         };
         (dir, shared)
     }
@@ -589,6 +801,22 @@ mod tests {
             .into_iter()
             .map(|a| a.blocking_recv().expect("an answer"))
             .collect()
+    }
+
+    fn journal_keys(shared: &Shared) -> Vec<u64> {
+        let txn = shared.db.begin_read().expect("read");
+        let journal = txn.open_table(JOURNAL).expect("journal");
+        journal
+            .iter()
+            .expect("iter")
+            .map(|e| e.expect("row").0.value())
+            .collect()
+    }
+
+    fn pending_seqs(shared: &Shared, room: &str) -> Vec<u64> {
+        shared.pending().room(room).map_or(Vec::new(), |log| {
+            log.all().iter().map(|(seq, _)| *seq).collect()
+        })
     }
 
     fn log_rows(shared: &Shared) -> Vec<(String, u64, Vec<u8>)> {
@@ -681,5 +909,103 @@ mod tests {
         let outcomes = one_group(&mut writer, vec![append("b", 1, 1), append("b", 2, 1)]);
         assert!(matches!(outcomes[0], Err(StoreError::Conflict(_))));
         assert!(outcomes[1].is_ok());
+    }
+
+    fn logged(shared: &Shared) -> Vec<(String, u64)> {
+        log_rows(shared)
+            .into_iter()
+            .map(|(room, seq, _)| (room, seq))
+            .collect()
+    }
+
+    fn keys(rows: &[(&str, u64)]) -> Vec<(String, u64)> {
+        rows.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect()
+    }
+
+    /// A cycle moves exactly the ops journaled before it started, a slice
+    /// at a time, with groups in between: the fence finds the moved ops in
+    /// the log table (the cached log heads follow each slice), ops appended
+    /// meanwhile stay journaled, and only the cycle's journal rows go, at
+    /// its end. Replaying what is left is idempotent.
+    #[test]
+    fn a_cycle_moves_its_extent_slice_by_slice_between_groups() {
+        let (_dir, shared) = shared_with(EmbeddedStoreOptions {
+            checkpoint_slice_ops: 2,
+            ..Default::default()
+        });
+        let mut writer = Writer::new(&shared);
+        // Journal rows 0 and 1; room b has a gap at seq 2.
+        let outcomes = one_group(&mut writer, vec![append("a", 1, 4), append("b", 1, 1)]);
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert!(one_group(&mut writer, vec![append("b", 3, 1)])[0].is_ok());
+
+        writer.start_cycle();
+        assert_eq!(writer.slice().expect("slice 1"), None);
+        assert_eq!(logged(&shared), keys(&[("a", 1), ("a", 2)]));
+        assert_eq!(
+            pending_seqs(&shared, "a"),
+            [3, 4],
+            "exactly the moved ops left"
+        );
+
+        // A group between slices (journal row 2): seq 2 of a is only in the
+        // log table now, and the fence still sees it.
+        let outcomes = one_group(
+            &mut writer,
+            vec![append("a", 2, 1), append("a", 5, 1), append("b", 2, 1)],
+        );
+        assert!(matches!(outcomes[0], Err(StoreError::Conflict(_))));
+        assert!(outcomes[1].is_ok() && outcomes[2].is_ok());
+
+        assert_eq!(writer.slice().expect("slice 2"), None);
+        // b's run: 1, then the gap write 2 (inside the extent, so moved
+        // early), then 3 in the last slice, which also ends the cycle.
+        assert_eq!(writer.slice().expect("slice 3"), None);
+        assert_eq!(journal_keys(&shared), [0, 1, 2], "rows stay until the end");
+        assert_eq!(writer.slice().expect("slice 4"), Some(2));
+        assert!(writer.cycle.is_none());
+        assert_eq!(
+            logged(&shared),
+            keys(&[
+                ("a", 1),
+                ("a", 2),
+                ("a", 3),
+                ("a", 4),
+                ("b", 1),
+                ("b", 2),
+                ("b", 3)
+            ])
+        );
+        assert_eq!(pending_seqs(&shared, "a"), [5], "appended during the cycle");
+        assert!(shared.pending().room("b").is_none());
+        assert_eq!(journal_keys(&shared), [2], "only the cycle's rows deleted");
+        let c = &shared.counters;
+        assert_eq!(c.checkpoints.load(Ordering::Relaxed), 1);
+        assert_eq!(c.checkpoint_slices.load(Ordering::Relaxed), 4);
+        assert_eq!(c.checkpointed_ops.load(Ordering::Relaxed), 7);
+        assert!(c.longest_slice_nanos.load(Ordering::Relaxed) > 0);
+
+        // The log table fences what left `Pending` in any slice.
+        let outcomes = one_group(&mut writer, vec![append("b", 3, 1), append("a", 4, 2)]);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Err(StoreError::Conflict(_))))
+        );
+
+        // As if the process died now: the replay inserts b's 2 again (the
+        // same bytes) and a's 5, and empties the journal.
+        drop(writer);
+        let replayed = crate::embedded::init(&shared.db).expect("replay");
+        assert_eq!((replayed.ops, replayed.logged), (2, 1));
+        assert!(journal_keys(&shared).is_empty());
+        let rows = log_rows(&shared);
+        assert_eq!(rows.len(), 8);
+        assert!(
+            rows.iter()
+                .all(|(room, seq, value)| *value == format!("{room}/{seq}").into_bytes())
+        );
+        let txn = shared.db.begin_read().expect("read");
+        assert_eq!(txn.open_table(KINDS).expect("kinds").len().expect("len"), 8);
     }
 }
