@@ -19,6 +19,8 @@
 //! had already moved.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,6 +109,46 @@ fn record(acked: &mut BTreeMap<String, u64>, line: &str) -> bool {
     true
 }
 
+/// Runs the child test `child` with `envs` until it printed `target` acks
+/// (or a minute passed), SIGKILLs it, and records every ack it printed, up
+/// to its death, into `acked`. Returns how many acks it printed, and how
+/// it ended.
+async fn kill_after_acks(
+    child: &'static str,
+    envs: [(&'static str, OsString); 2],
+    target: usize,
+    acked: &mut BTreeMap<String, u64>,
+) -> (usize, ExitStatus) {
+    let child = tokio::task::spawn_blocking(move || SelfChild::spawn(child, envs))
+        .await
+        .expect("spawn task")
+        .expect("spawn the child");
+    let (seen, child) = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut lines = Vec::new();
+        let mut acks = 0;
+        while acks < target {
+            let Some(line) = child.next_line(deadline) else {
+                break;
+            };
+            acks += usize::from(parse_ack(&line).is_some());
+            lines.push(line);
+        }
+        (lines, child)
+    })
+    .await
+    .expect("reader task");
+    let (status, rest) = tokio::task::spawn_blocking(move || child.kill())
+        .await
+        .expect("kill task")
+        .expect("kill the child");
+    let mut acks = 0;
+    for line in seen.iter().chain(&rest) {
+        acks += usize::from(record(acked, line));
+    }
+    (acks, status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_appends_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -116,42 +158,16 @@ async fn acknowledged_appends_survive_sigkill() {
     for generation in 1..=KILLS as u64 {
         // A random moment: after 1 to 400 acks of this run.
         let target = 1 + (random_u64() % 400) as usize;
-        let path_env = path.clone();
-        let child = tokio::task::spawn_blocking(move || {
-            SelfChild::spawn(
-                "store_crash_child",
-                [
-                    (CHILD_DB, path_env.into_os_string()),
-                    (CHILD_TERM, generation.to_string().into()),
-                ],
-            )
-        })
-        .await
-        .expect("spawn task")
-        .expect("spawn the child");
-        let (seen, child) = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut lines = Vec::new();
-            let mut acks = 0;
-            while acks < target {
-                let Some(line) = child.next_line(deadline) else {
-                    break;
-                };
-                acks += usize::from(parse_ack(&line).is_some());
-                lines.push(line);
-            }
-            (lines, child)
-        })
-        .await
-        .expect("reader task");
-        let (status, rest) = tokio::task::spawn_blocking(move || child.kill())
-            .await
-            .expect("kill task")
-            .expect("kill the child");
-        let mut acks = 0;
-        for line in seen.iter().chain(&rest) {
-            acks += usize::from(record(&mut acked, line));
-        }
+        let (acks, status) = kill_after_acks(
+            "store_crash_child",
+            [
+                (CHILD_DB, path.clone().into()),
+                (CHILD_TERM, generation.to_string().into()),
+            ],
+            target,
+            &mut acked,
+        )
+        .await;
         assert!(
             acks >= target,
             "generation {generation}: the child printed {acks} acks of {target} and exited with {status}"
@@ -359,42 +375,16 @@ async fn acknowledged_appends_survive_sigkill_mid_checkpoint_cycle() {
         );
         // After 100 to 400 acks: a few cycles in.
         let target = 100 + (random_u64() % 300) as usize;
-        let path_env = path.clone();
-        let child = tokio::task::spawn_blocking(move || {
-            SelfChild::spawn(
-                "store_cycle_child",
-                [
-                    (CYCLE_CHILD_DB, path_env.into_os_string()),
-                    (CYCLE_CHILD_TERM, generation.to_string().into()),
-                ],
-            )
-        })
-        .await
-        .expect("spawn task")
-        .expect("spawn the child");
-        let (seen, child) = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut lines = Vec::new();
-            let mut acks = 0;
-            while acks < target {
-                let Some(line) = child.next_line(deadline) else {
-                    break;
-                };
-                acks += usize::from(parse_ack(&line).is_some());
-                lines.push(line);
-            }
-            (lines, child)
-        })
-        .await
-        .expect("reader task");
-        let (status, rest) = tokio::task::spawn_blocking(move || child.kill())
-            .await
-            .expect("kill task")
-            .expect("kill the child");
-        let mut acks = 0;
-        for line in seen.iter().chain(&rest) {
-            acks += usize::from(record(&mut acked, line));
-        }
+        let (acks, status) = kill_after_acks(
+            "store_cycle_child",
+            [
+                (CYCLE_CHILD_DB, path.clone().into()),
+                (CYCLE_CHILD_TERM, generation.to_string().into()),
+            ],
+            target,
+            &mut acked,
+        )
+        .await;
         assert!(
             acks >= target,
             "generation {generation}: the child printed {acks} acks of {target} and exited with {status}"
