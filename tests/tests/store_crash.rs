@@ -57,6 +57,21 @@ async fn store_crash_child() {
         checkpoint_ops: 50,
         ..Default::default()
     };
+    append_until_killed(path, options, term, room, points_batch).await;
+}
+
+/// The children's work: open the store at `path` with `options`, append
+/// batches of 1 to 3 ops made by `batch` to the `ROOMS` rooms named by
+/// `room`, concurrently (so the writer groups them), each from its stored
+/// head on, and print `ack <room> <seq>` after each append returned; until
+/// killed, or until a safety deadline so an orphan cannot run forever.
+async fn append_until_killed(
+    path: OsString,
+    options: EmbeddedStoreOptions,
+    term: u64,
+    room: fn(usize) -> RoomId,
+    batch: fn(&RoomId, u64, usize) -> Vec<OpEvent>,
+) {
     let store = Arc::new(EmbeddedStore::open_with(path, options).expect("open the store"));
     let deadline = Instant::now() + Duration::from_secs(120);
     let tasks: Vec<_> = (0..ROOMS)
@@ -68,9 +83,8 @@ async fn store_crash_child() {
                 let mut next = store.head(&room).await.expect("head").get() + 1;
                 while Instant::now() < deadline {
                     let len = 1 + (next % 3) as usize;
-                    let batch = points_batch(&room, next, len);
                     store
-                        .append(&room, Seq(next), &batch, &w)
+                        .append(&room, Seq(next), &batch(&room, next, len), &w)
                         .await
                         .expect("append");
                     next += len as u64;
@@ -269,30 +283,7 @@ async fn store_cycle_child() {
         checkpoint_slice_ops: 4,
         ..Default::default()
     };
-    let store = Arc::new(EmbeddedStore::open_with(path, options).expect("open the store"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let tasks: Vec<_> = (0..ROOMS)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let room = cycle_room(i);
-                let w = writer("cycle-child", term);
-                let mut next = store.head(&room).await.expect("head").get() + 1;
-                while Instant::now() < deadline {
-                    let len = 1 + (next % 3) as usize;
-                    store
-                        .append(&room, Seq(next), &cycle_batch(&room, next, len), &w)
-                        .await
-                        .expect("append");
-                    next += len as u64;
-                    println!("ack {room} {}", next - 1);
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("append task");
-    }
+    append_until_killed(path, options, term, cycle_room, cycle_batch).await;
 }
 
 /// Checks `room` in `store` after a kill: every acknowledged op is there
