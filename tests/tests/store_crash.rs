@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,16 +124,23 @@ fn record(acked: &mut BTreeMap<String, u64>, line: &str) -> bool {
     true
 }
 
-/// Runs the child test `child` with `envs` until it printed `target` acks
-/// (or a minute passed), SIGKILLs it, and records every ack it printed, up
-/// to its death, into `acked`. Returns how many acks it printed, and how
-/// it ended.
+/// Runs the child test `child` on the store at `path` as writer term
+/// `generation` (the two environment variables it reads are `env`) until
+/// it printed `target` acks, SIGKILLs it, and records every ack it
+/// printed, up to its death, into `acked`. Returns how many acks it
+/// printed (at least `target`), and how it ended.
 async fn kill_after_acks(
     child: &'static str,
-    envs: [(&'static str, OsString); 2],
+    env: [&'static str; 2],
+    path: &Path,
+    generation: u64,
     target: usize,
     acked: &mut BTreeMap<String, u64>,
 ) -> (usize, ExitStatus) {
+    let envs: [(&str, OsString); 2] = [
+        (env[0], path.as_os_str().to_owned()),
+        (env[1], generation.to_string().into()),
+    ];
     let child = tokio::task::spawn_blocking(move || SelfChild::spawn(child, envs))
         .await
         .expect("spawn task")
@@ -160,6 +168,10 @@ async fn kill_after_acks(
     for line in seen.iter().chain(&rest) {
         acks += usize::from(record(acked, line));
     }
+    assert!(
+        acks >= target,
+        "generation {generation}: the child printed {acks} acks of {target} and exited with {status}"
+    );
     (acks, status)
 }
 
@@ -174,18 +186,13 @@ async fn acknowledged_appends_survive_sigkill() {
         let target = 1 + (random_u64() % 400) as usize;
         let (acks, status) = kill_after_acks(
             "store_crash_child",
-            [
-                (CHILD_DB, path.clone().into()),
-                (CHILD_TERM, generation.to_string().into()),
-            ],
+            [CHILD_DB, CHILD_TERM],
+            &path,
+            generation,
             target,
             &mut acked,
         )
         .await;
-        assert!(
-            acks >= target,
-            "generation {generation}: the child printed {acks} acks of {target} and exited with {status}"
-        );
         total_acks += acks;
         println!("generation {generation}: killed after {acks} acks (target {target}): {status}");
     }
@@ -368,18 +375,13 @@ async fn acknowledged_appends_survive_sigkill_mid_checkpoint_cycle() {
         let target = 100 + (random_u64() % 300) as usize;
         let (acks, status) = kill_after_acks(
             "store_cycle_child",
-            [
-                (CYCLE_CHILD_DB, path.clone().into()),
-                (CYCLE_CHILD_TERM, generation.to_string().into()),
-            ],
+            [CYCLE_CHILD_DB, CYCLE_CHILD_TERM],
+            &path,
+            generation,
             target,
             &mut acked,
         )
         .await;
-        assert!(
-            acks >= target,
-            "generation {generation}: the child printed {acks} acks of {target} and exited with {status}"
-        );
 
         let store = EmbeddedStore::open(&path).expect("reopen after the kill");
         let stats = store.stats();
