@@ -99,6 +99,13 @@ struct PendingOp {
 struct InFlight {
     /// The seq of each new op, with the reply waiting for its ack.
     acks: Vec<(Seq, Option<Reply>)>,
+    /// Ops refused by the room's rules (`not_found`, a stroke that has
+    /// ended, nothing to undo...), answered only once the store confirmed
+    /// that this actor's state was current: with the batch's commit, or
+    /// with a look at the log's head when there is nothing to commit. A
+    /// node that loaded the room while its previous owner still committed
+    /// would otherwise refuse for good an op that the true state accepts.
+    refusals: Vec<(Reply, RoomReply)>,
 }
 
 struct Live {
@@ -449,6 +456,7 @@ impl RoomActorState {
         let config = &self.ctx.config;
         let mut events = Vec::new();
         let mut acks = Vec::new();
+        let mut refusals = Vec::new();
         while events.len() < config.max_batch {
             let Some(pending) = live.next.pop_front() else {
                 break;
@@ -484,18 +492,37 @@ impl RoomActorState {
                 Err(error) => {
                     debug!(room = %self.room, code = %error.code, cid = ?cid.as_ref().map(Cid::as_str), "op refused");
                     if let Some(reply) = pending.reply {
-                        answer(reply, error.into());
+                        refusals.push((reply, error.into()));
                     }
                 }
             }
         }
-        if events.is_empty() {
+        if events.is_empty() && refusals.is_empty() {
             if live.drain.is_some() {
                 self.finish_drain(myself);
             }
             return;
         }
-        live.in_flight = Some(InFlight { acks });
+        live.in_flight = Some(InFlight { acks, refusals });
+        if events.is_empty() {
+            // Only refusals: confirm that nobody else has written the room
+            // since this actor's last commit before answering them.
+            let store = self.ctx.store.clone();
+            let room = self.room.clone();
+            let committed = live.committed;
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                let result = match store.head(&room).await {
+                    Ok(head) if head == committed => Ok(()),
+                    Ok(head) => Err(StoreError::Conflict(format!(
+                        "the log's head is {head}, this owner's {committed}"
+                    ))),
+                    Err(e) => Err(e),
+                };
+                let _ = myself.send_message(RoomMsg::Committed(Vec::new(), result));
+            });
+            return;
+        }
         let store = self.ctx.store.clone();
         let room = self.room.clone();
         let writer = Writer {
@@ -550,6 +577,9 @@ impl RoomActorState {
                     if let Some(reply) = reply {
                         answer(reply, RoomReply::Ack { seq });
                     }
+                }
+                for (reply, refusal) in in_flight.refusals {
+                    answer(reply, refusal);
                 }
                 let committed = live.committed;
                 let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut live.duplicates)
@@ -633,6 +663,7 @@ fn fail_all(live: Live, in_flight: InFlight, reason: &str) {
         .acks
         .into_iter()
         .filter_map(|(_, reply)| reply)
+        .chain(in_flight.refusals.into_iter().map(|(reply, _)| reply))
         .chain(live.next.into_iter().filter_map(|p| p.reply))
         .chain(live.duplicates.into_iter().map(|(_, reply)| reply))
         .chain(live.joins.into_iter().map(|(_, reply)| reply));

@@ -11,7 +11,7 @@ use collab_protocol::{
     UserId, UserInfo,
 };
 use collab_store::testsuite::GatedStore;
-use collab_store::{RoomRecord, Store};
+use collab_store::{RoomRecord, Store, Writer};
 use ractor::{Actor, ActorRef};
 
 use super::*;
@@ -796,4 +796,56 @@ async fn putting_a_member_back_is_silent_unless_it_was_announced_gone() {
             (PresenceEvent::Join, "ann".into()),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_refusal_is_final_only_once_the_store_confirms_the_room_was_current() {
+    let node = node().await;
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    // A node that still took the room for its own commits seq 2: ann's
+    // stroke begins there, and this actor's state does not know it.
+    let begin = OpEvent {
+        room: room_id(ROOM),
+        seq: Seq(2),
+        user: UserId::parse("ann").expect("id"),
+        ts: 1,
+        cid: Some(Cid::parse("c2").expect("cid")),
+        op: Op::StrokeBegin {
+            stroke: sid("s1"),
+            color: "#000000".into(),
+            width: 2.0,
+            points: vec![[1.0, 1.0]],
+        },
+    };
+    let other = Writer {
+        node: NodeId::parse("n2").expect("id"),
+        term: 1,
+    };
+    node.store
+        .append(&room_id(ROOM), Seq(2), &[begin], &other)
+        .await
+        .expect("the other node commits");
+    // Points for that stroke: this state would say `not_found`, which is
+    // wrong; the look at the log's head shows the state is behind.
+    let points = || Op::StrokePoints {
+        stroke: sid("s1"),
+        points: vec![[2.0, 2.0]],
+    };
+    let stale = node.op("ann", "c3", points()).await;
+    assert_eq!(error_code(&stale), ErrorCode::Unavailable, "{stale:?}");
+    // The retry reaches an actor loaded from the store, which has seq 2.
+    node.joined.lock().expect("lock").clear();
+    assert_eq!(ack_seq(&node.op("ann", "c3", points()).await), 3);
+    // A refusal from a current state still comes, after the same look.
+    let missing = node
+        .op(
+            "ann",
+            "c4",
+            Op::StrokePoints {
+                stroke: sid("nope"),
+                points: vec![[2.0, 2.0]],
+            },
+        )
+        .await;
+    assert_eq!(error_code(&missing), ErrorCode::NotFound, "{missing:?}");
 }
