@@ -18,15 +18,15 @@
 //!   joined are re-attached to the owner, so the room's presence lists them
 //!   again without their clients doing anything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use collab_bus::{Bus, Delivery, Subscription};
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
-use collab_protocol::frames::{JoinedBody, UserInfo};
-use collab_protocol::{ConnId, OpEvent, RoomId, Seq, ServerFrame};
+use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
+use collab_protocol::{ConnId, OpEvent, RoomId, Seq, ServerFrame, UserId};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -243,6 +243,9 @@ impl Fanout {
         let Some(member) = self.members.get_mut(&conn) else {
             return;
         };
+        // Who the member now knows is here: the snapshot, then each
+        // buffered presence event that changes it.
+        let mut present: HashSet<UserId> = body.presence.iter().map(|u| u.id.clone()).collect();
         let frame = Utf8Bytes::from(ServerFrame::Joined(body).to_json());
         member.outbound.push_uncounted(frame);
         let buffered = match std::mem::replace(&mut member.phase, Phase::Live { head }) {
@@ -252,6 +255,25 @@ impl Fanout {
         };
         let last = self.last_seq;
         for event in buffered {
+            // A presence event buffered while the join was on its way may
+            // be older than the snapshot in `joined` (the room answered the
+            // join after publishing it, and this task read the reply
+            // first): one that does not change what the member knows is
+            // already in the snapshot, and would show a user arriving twice.
+            if let RoomEvent::Presence {
+                event: change,
+                user,
+                ..
+            } = event.as_ref()
+            {
+                let changes = match change {
+                    PresenceEvent::Join => present.insert(user.id.clone()),
+                    PresenceEvent::Leave => present.remove(&user.id),
+                };
+                if !changes {
+                    continue;
+                }
+            }
             self.deliver_to(&conn, &event).await;
         }
         // Ops the stream showed before this member was attached.
@@ -675,5 +697,91 @@ mod tests {
         ];
         assert_eq!(got, [Some(3), Some(4), Some(5)]);
         assert_eq!(bus.failing_fetches.load(Ordering::SeqCst), 0);
+    }
+
+    fn user(id: &str) -> UserInfo {
+        UserInfo {
+            id: UserId::parse(id).expect("id"),
+            name: id.into(),
+            color: "#123456".into(),
+        }
+    }
+
+    async fn next_frame(outbound: &Outbound) -> serde_json::Value {
+        let next = tokio::time::timeout(Duration::from_secs(30), outbound.next())
+            .await
+            .expect("a frame");
+        let Next::Frame(frame) = next else {
+            panic!("closed");
+        };
+        serde_json::from_str(frame.as_str()).expect("json")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_buffered_during_a_join_is_not_repeated_after_the_snapshot() {
+        let (events, stream) = mpsc::unbounded_channel();
+        let bus = Arc::new(ScriptedBus {
+            stream: StdMutex::new(Some(stream)),
+            failing_fetches: AtomicUsize::new(0),
+        });
+        let hub = Hub::new(
+            bus.clone(),
+            GatewayConfig::default(),
+            GatewayMetrics::register(&mut Registry::default()),
+        );
+        let outbound = Arc::new(Outbound::new(100));
+        let conn = ConnRef {
+            gateway: "g1".into(),
+            conn: ConnId::parse("g1-1").expect("id"),
+        };
+        hub.attach(&room(), conn.clone(), user("ann"), outbound.clone())
+            .await
+            .expect("attached");
+        // While ann's join is on its way: bob arrives (the room answers the
+        // join after that, so bob is in its snapshot), dan leaves (not in
+        // the snapshot either way), then cat arrives after the snapshot.
+        let presence = |event, id| {
+            let event = RoomEvent::Presence {
+                room: room(),
+                event,
+                user: user(id),
+                origin: None,
+            };
+            events
+                .send(Delivery::Event(Arc::new(event)))
+                .expect("stream open");
+        };
+        presence(PresenceEvent::Join, "bob");
+        presence(PresenceEvent::Leave, "dan");
+        presence(PresenceEvent::Join, "cat");
+        // Time is paused: this returns once every task is idle, that is
+        // once the hub has buffered all three.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let body = JoinedBody {
+            room: room(),
+            kind: RoomKind::Board,
+            epoch: Epoch::parse("ep1").expect("id"),
+            head: Seq(0),
+            presence: vec![user("ann"), user("bob")],
+            reset: false,
+            state: None,
+            ops: Some(Vec::new()),
+        };
+        hub.joined(&room(), &conn.conn, body).await;
+        assert_eq!(next_frame(&outbound).await["type"], "joined");
+        let frame = next_frame(&outbound).await;
+        assert_eq!(
+            (
+                frame["type"].as_str(),
+                frame["event"].as_str(),
+                frame["user"]["id"].as_str()
+            ),
+            (Some("presence"), Some("join"), Some("cat")),
+            "only the change the snapshot lacks: {frame}"
+        );
+        assert!(
+            futures_util::FutureExt::now_or_never(outbound.next()).is_none(),
+            "nothing else"
+        );
     }
 }
