@@ -1076,6 +1076,9 @@ pub struct Progress {
     /// Strokes of this client the room ended because its connection left
     /// with them open (a server-made `stroke_end`).
     pub strokes_ended_for_us: usize,
+    /// Refusals taken back for a retry because an op sent before was
+    /// still unanswered.
+    pub deferred_refusals: usize,
     /// `unavailable` errors about the room rather than an op, while joined
     /// (the client then resumes on a new connection).
     pub room_errors: usize,
@@ -1702,6 +1705,24 @@ impl DrawClient {
             return;
         };
         let in_outbox = self.outbox.iter().position(|p| p.cid == cid);
+        // Refused while an op sent before it is still unanswered: the
+        // refusal may only follow from that op not being applied yet (the
+        // points of a stroke whose begin got `unavailable` from a room's
+        // old owner, while they reached the new one). Retry it after the
+        // ops before it, as the web client's outbox does; it is final only
+        // once nothing before it is pending.
+        if !matches!(code.as_str(), "unavailable" | "rate_limited")
+            && let Some(i) = in_outbox.filter(|i| *i > 0)
+        {
+            if self.acked.contains_key(&cid) {
+                self.fail(format!("{cid} was acked, and now refused: {frame}"));
+            }
+            lock(&self.progress).deferred_refusals += 1;
+            let pending = &mut self.outbox[i];
+            pending.sent_at = None;
+            pending.retry_at = Some(Instant::now() + RETRY_BACKOFF);
+            return;
+        }
         match code.as_str() {
             // The outcome is unknown (or the op was not taken): retry with
             // the same cid.
@@ -1745,8 +1766,45 @@ impl DrawClient {
                 self.refused.push((cid.clone(), code));
                 self.outbox.retain(|p| p.cid != cid);
             }
-            _ => self.fail(format!("op {cid} refused: {frame}")),
+            _ => {
+                let history = self.history_of(&cid);
+                self.fail(format!("op {cid} refused: {frame}; {history}"))
+            }
         }
+    }
+
+    /// What this client knows of the stroke of `cid`'s op: each of its ops
+    /// sent, and what became of it (for a refusal's failure message).
+    fn history_of(&self, cid: &str) -> String {
+        let Some(stroke) = self.sent.get(cid).and_then(|op| op["stroke"].as_str()) else {
+            return format!("head {}", self.head());
+        };
+        let mut ops: Vec<(u64, String)> = self
+            .sent
+            .iter()
+            .filter(|(_, op)| op["stroke"].as_str() == Some(stroke))
+            .map(|(c, op)| {
+                let n = c
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let fate = match (
+                    self.acked.get(c),
+                    self.outbox.iter().position(|p| &p.cid == c),
+                ) {
+                    (Some(seq), _) => format!("acked at {seq}"),
+                    (None, Some(i)) => format!("pending at {i} of the outbox"),
+                    (None, None) => {
+                        format!("refused {:?}", self.refused.iter().find(|(r, _)| r == c))
+                    }
+                };
+                (n, format!("{c} {} {fate}", op["kind"]))
+            })
+            .collect();
+        ops.sort();
+        let ops: Vec<String> = ops.into_iter().map(|(_, o)| o).collect();
+        format!("head {}, stroke {stroke}: {}", self.head(), ops.join("; "))
     }
 
     /// The stroke of `cid` when it is a `stroke_points` or `stroke_end`
