@@ -45,34 +45,36 @@ fn room(i: usize) -> RoomId {
 /// orphan cannot run forever). Does nothing in a normal test run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_crash_child() {
-    let Some(path) = std::env::var_os(CHILD_DB) else {
-        return;
-    };
-    let term: u64 = std::env::var(CHILD_TERM)
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
     // Checkpoint often, so that kills land before, during and after
     // checkpoints, and every reopen replays a journal.
     let options = EmbeddedStoreOptions {
         checkpoint_ops: 50,
         ..Default::default()
     };
-    append_until_killed(path, options, term, room, points_batch).await;
+    append_until_killed([CHILD_DB, CHILD_TERM], options, room, points_batch).await;
 }
 
-/// The children's work: open the store at `path` with `options`, append
-/// batches of 1 to 3 ops made by `batch` to the `ROOMS` rooms named by
-/// `room`, concurrently (so the writer groups them), each from its stored
-/// head on, and print `ack <room> <seq>` after each append returned; until
-/// killed, or until a safety deadline so an orphan cannot run forever.
+/// The children's work: open the store named by the first variable of
+/// `env` with `options`, as the writer term in the second (what
+/// [`kill_after_acks`] sets; in a normal test run they are unset and this
+/// does nothing), append batches of 1 to 3 ops made by `batch` to the
+/// `ROOMS` rooms named by `room`, concurrently (so the writer groups them),
+/// each from its stored head on, and print `ack <room> <seq>` after each
+/// append returned; until killed, or until a safety deadline so an orphan
+/// cannot run forever.
 async fn append_until_killed(
-    path: OsString,
+    env: [&str; 2],
     options: EmbeddedStoreOptions,
-    term: u64,
     room: fn(usize) -> RoomId,
     batch: fn(&RoomId, u64, usize) -> Vec<OpEvent>,
 ) {
+    let Some(path) = std::env::var_os(env[0]) else {
+        return;
+    };
+    let term: u64 = std::env::var(env[1])
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
     let store = Arc::new(EmbeddedStore::open_with(path, options).expect("open the store"));
     let deadline = Instant::now() + Duration::from_secs(120);
     let tasks: Vec<_> = (0..ROOMS)
@@ -278,19 +280,18 @@ fn cycle_batch(room: &RoomId, first: u64, len: usize) -> Vec<OpEvent> {
 /// spans many slices while the appends go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_cycle_child() {
-    let Some(path) = std::env::var_os(CYCLE_CHILD_DB) else {
-        return;
-    };
-    let term: u64 = std::env::var(CYCLE_CHILD_TERM)
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
     let options = EmbeddedStoreOptions {
         checkpoint_ops: 64,
         checkpoint_slice_ops: 4,
         ..Default::default()
     };
-    append_until_killed(path, options, term, cycle_room, cycle_batch).await;
+    append_until_killed(
+        [CYCLE_CHILD_DB, CYCLE_CHILD_TERM],
+        options,
+        cycle_room,
+        cycle_batch,
+    )
+    .await;
 }
 
 /// Checks `room` in `store` after a kill: every acknowledged op is there

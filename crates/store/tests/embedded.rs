@@ -314,7 +314,7 @@ async fn appends_are_served_between_checkpoint_slices() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while store.stats().checkpoint_slices == 0 {
         assert!(Instant::now() < deadline, "no checkpoint slice in 60 s");
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await; // poll interval
     }
 
     let late = unique_room("slices-late");

@@ -629,19 +629,26 @@ mod tests {
         }
     }
 
-    async fn next_seq(outbound: &Outbound) -> Option<u64> {
-        let next = tokio::time::timeout(Duration::from_secs(30), outbound.next())
-            .await
-            .expect("a frame");
-        let Next::Frame(frame) = next else {
-            panic!("closed");
-        };
-        let value: serde_json::Value = serde_json::from_str(frame.as_str()).expect("json");
-        value["seq"].as_u64()
+    fn user(id: &str) -> UserInfo {
+        UserInfo {
+            id: UserId::parse(id).expect("id"),
+            name: id.into(),
+            color: "#123456".into(),
+        }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_op_after_a_gap_that_cannot_be_filled_yet_waits_for_the_ops_before_it() {
+    /// A hub on a scripted bus with `user_id` attached (its join on its way)
+    /// as connection `g1-1`: the room stream to feed, the bus, the hub, the
+    /// member's queue and its connection.
+    async fn attached(
+        user_id: &str,
+    ) -> (
+        mpsc::UnboundedSender<Delivery>,
+        Arc<ScriptedBus>,
+        Hub,
+        Arc<Outbound>,
+        ConnRef,
+    ) {
         let (events, stream) = mpsc::unbounded_channel();
         let bus = Arc::new(ScriptedBus {
             stream: StdMutex::new(Some(stream)),
@@ -657,14 +664,29 @@ mod tests {
             gateway: "g1".into(),
             conn: ConnId::parse("g1-1").expect("id"),
         };
-        let user = UserInfo {
-            id: UserId::parse("ann").expect("id"),
-            name: "ann".into(),
-            color: "#123456".into(),
-        };
-        hub.attach(&room(), conn.clone(), user, outbound.clone())
+        hub.attach(&room(), conn.clone(), user(user_id), outbound.clone())
             .await
             .expect("attached");
+        (events, bus, hub, outbound, conn)
+    }
+
+    async fn next_frame(outbound: &Outbound) -> serde_json::Value {
+        let next = tokio::time::timeout(Duration::from_secs(30), outbound.next())
+            .await
+            .expect("a frame");
+        let Next::Frame(frame) = next else {
+            panic!("closed");
+        };
+        serde_json::from_str(frame.as_str()).expect("json")
+    }
+
+    async fn next_seq(outbound: &Outbound) -> Option<u64> {
+        next_frame(outbound).await["seq"].as_u64()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_op_after_a_gap_that_cannot_be_filled_yet_waits_for_the_ops_before_it() {
+        let (events, bus, hub, outbound, conn) = attached("ann").await;
         let body = JoinedBody {
             room: room(),
             kind: RoomKind::Channel,
@@ -699,44 +721,9 @@ mod tests {
         assert_eq!(bus.failing_fetches.load(Ordering::SeqCst), 0);
     }
 
-    fn user(id: &str) -> UserInfo {
-        UserInfo {
-            id: UserId::parse(id).expect("id"),
-            name: id.into(),
-            color: "#123456".into(),
-        }
-    }
-
-    async fn next_frame(outbound: &Outbound) -> serde_json::Value {
-        let next = tokio::time::timeout(Duration::from_secs(30), outbound.next())
-            .await
-            .expect("a frame");
-        let Next::Frame(frame) = next else {
-            panic!("closed");
-        };
-        serde_json::from_str(frame.as_str()).expect("json")
-    }
-
     #[tokio::test(start_paused = true)]
     async fn presence_buffered_during_a_join_is_not_repeated_after_the_snapshot() {
-        let (events, stream) = mpsc::unbounded_channel();
-        let bus = Arc::new(ScriptedBus {
-            stream: StdMutex::new(Some(stream)),
-            failing_fetches: AtomicUsize::new(0),
-        });
-        let hub = Hub::new(
-            bus.clone(),
-            GatewayConfig::default(),
-            GatewayMetrics::register(&mut Registry::default()),
-        );
-        let outbound = Arc::new(Outbound::new(100));
-        let conn = ConnRef {
-            gateway: "g1".into(),
-            conn: ConnId::parse("g1-1").expect("id"),
-        };
-        hub.attach(&room(), conn.clone(), user("ann"), outbound.clone())
-            .await
-            .expect("attached");
+        let (events, _bus, hub, outbound, conn) = attached("ann").await;
         // While ann's join is on its way: bob arrives (the room answers the
         // join after that, so bob is in its snapshot), dan leaves (not in
         // the snapshot either way), then cat arrives after the snapshot.

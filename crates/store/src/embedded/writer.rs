@@ -551,19 +551,23 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Whether the journaled ops passed a threshold.
+    /// Whether the journaled ops passed a threshold: a checkpoint is due.
     fn checkpoint_due(&self) -> bool {
-        let pending = self.shared.pending();
-        let options = &self.shared.options;
-        pending.ops() >= options.checkpoint_ops || pending.bytes() >= options.checkpoint_bytes
+        self.journal_over(1)
     }
 
-    /// Whether the journaled ops passed twice a threshold.
+    /// Whether the journaled ops passed twice a threshold: appends outpace
+    /// the slices.
     fn backlogged(&self) -> bool {
+        self.journal_over(2)
+    }
+
+    /// Whether the journaled ops passed `factor` times a threshold.
+    fn journal_over(&self, factor: usize) -> bool {
         let pending = self.shared.pending();
         let options = &self.shared.options;
-        pending.ops() >= options.checkpoint_ops.saturating_mul(2)
-            || pending.bytes() >= options.checkpoint_bytes.saturating_mul(2)
+        pending.ops() >= options.checkpoint_ops.saturating_mul(factor)
+            || pending.bytes() >= options.checkpoint_bytes.saturating_mul(factor)
     }
 
     /// Starts a cycle over everything journaled so far; none if nothing is.
