@@ -2,9 +2,10 @@
 //! data dir.
 //!
 //! Writes go to one writer thread that commits the queued writes of all
-//! rooms together, one fsync per group (see [`writer`]); appends go through
-//! a journal that the writer periodically checkpoints into the log tables
-//! (see [`pending`]), in small slices between groups. Reads run on tokio's blocking pool, each in its own
+//! rooms together, one fsync per group (see [`writer`]); appends go to a
+//! journal, an append-only log in segment files beside the redb file (see
+//! [`journal`]), which the writer periodically checkpoints into the log
+//! tables (see [`pending`]), in small slices between groups. Reads run on tokio's blocking pool, each in its own
 //! redb read transaction merged with the journaled ops of its room: redb's
 //! MVCC readers never wait for the writer, and a read sees one consistent
 //! committed state (a snapshot's header and chunks, a page of history). No
@@ -12,6 +13,7 @@
 //! and dropping the store, which waits for the writes already queued.
 
 mod codec;
+mod journal;
 mod pending;
 mod tables;
 mod writer;
@@ -77,7 +79,9 @@ impl Default for EmbeddedStoreOptions {
 /// What the writer thread has done since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EmbeddedStoreStats {
-    /// Committed group transactions, each one fsync.
+    /// Committed groups, each one journal fsync (appends only), or one
+    /// redb commit (room creations, snapshots) plus the journal's fsync if
+    /// it also had appends.
     pub transactions: u64,
     /// Group transactions and checkpoints that failed (all requests of a
     /// failed group got `Unavailable`).
@@ -98,7 +102,8 @@ pub struct EmbeddedStoreStats {
     pub largest_group: u64,
     /// Time the writer spent applying requests to its transactions.
     pub apply_time: Duration,
-    /// Time the writer spent in the groups' `commit` (mostly fsync).
+    /// Time the writer spent making the groups durable: the redb commit if
+    /// any, and the journal's write and fsync.
     pub commit_time: Duration,
     /// Checkpoint cycles completed (each one or more slices).
     pub checkpoints: u64,
@@ -123,8 +128,7 @@ pub struct EmbeddedStoreStats {
 }
 
 impl EmbeddedStoreStats {
-    /// Durable commits of any kind: group transactions and checkpoint
-    /// slices.
+    /// Durable commits of any kind: groups and checkpoint slices.
     pub fn fsyncs(&self) -> u64 {
         self.transactions + self.checkpoint_slices
     }
@@ -179,7 +183,7 @@ impl EmbeddedStore {
         }
         let db = Database::create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        let replayed = init(&db)?;
+        let (replayed, journal) = init(&db, &path)?;
         let counters = Counters::default();
         counters.replayed_ops.store(replayed.ops, Ordering::Relaxed);
         counters
@@ -196,7 +200,7 @@ impl EmbeddedStore {
             .name("collab-store-writer".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || writer::run(&shared, requests)
+                move || writer::run(&shared, journal, requests)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
         tracing::info!(
@@ -356,14 +360,18 @@ struct Replayed {
 
 /// Creates every table (so that read transactions can always open them),
 /// checks the file's format version, and checkpoints what the journal
-/// holds (the ops a previous process committed but did not checkpoint
+/// holds (the ops a previous process made durable but did not checkpoint
 /// before it stopped, some of them perhaps already moved by a cycle it did
 /// not finish: inserting those again with the same key and value is a
-/// no-op). Returns how many ops it replayed.
-fn init(db: &Database) -> StoreResult<Replayed> {
+/// no-op). The journal is the legacy `JOURNAL` table (written by earlier
+/// versions; emptied here) and then every segment file in key order. Once
+/// that transaction committed, the replayed segments are deleted and a
+/// fresh one is started. Returns how many ops it replayed and the journal
+/// to append to.
+fn init(db: &Database, path: &Path) -> StoreResult<(Replayed, journal::Journal)> {
     let txn = db.begin_write().map_err(unavailable)?;
     let mut replayed = Replayed { ops: 0, logged: 0 };
-    {
+    let segments = {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let stored = meta.get("format").map_err(unavailable)?.map(|v| v.value());
         match stored {
@@ -383,10 +391,8 @@ fn init(db: &Database) -> StoreResult<Replayed> {
         txn.open_table(SNAPSHOT_CHUNKS).map_err(unavailable)?;
         let mut ops = txn.open_table(OPS).map_err(unavailable)?;
         let mut kinds = txn.open_table(KINDS).map_err(unavailable)?;
-        let journal = txn.open_table(JOURNAL).map_err(unavailable)?;
-        for entry in journal.iter().map_err(unavailable)? {
-            let (_, record) = entry.map_err(unavailable)?;
-            for (room, rows) in codec::decode_journal(record.value())? {
+        let mut apply = |record: &[u8]| -> StoreResult<()> {
+            for (room, rows) in codec::decode_journal(record)? {
                 for (seq, kind, value) in rows {
                     let old = ops.insert((room, seq), value).map_err(unavailable)?;
                     if let Some(old) = old {
@@ -403,12 +409,30 @@ fn init(db: &Database) -> StoreResult<Replayed> {
                     replayed.ops += 1;
                 }
             }
+            Ok(())
+        };
+        // Written by versions that kept the journal in redb.
+        let legacy = txn.open_table(JOURNAL).map_err(unavailable)?;
+        for entry in legacy.iter().map_err(unavailable)? {
+            let (_, record) = entry.map_err(unavailable)?;
+            apply(record.value())?;
         }
-    }
+        journal::replay(path, &mut apply)?
+    };
     txn.delete_table(JOURNAL).map_err(unavailable)?;
     txn.open_table(JOURNAL).map_err(unavailable)?;
     txn.commit().map_err(unavailable)?;
-    Ok(replayed)
+    // Only now are the segments' ops durable elsewhere. A segment that
+    // cannot be deleted is replayed again next time, which is harmless; but
+    // the fresh segment must not share its name with an old one.
+    journal::delete(path, &segments.segments);
+    let journal = journal::Journal::create(path, segments.next_key).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot start the journal of {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((replayed, journal))
 }
 
 /// A redb failure: the store could not do what was asked, and for writes
@@ -757,4 +781,81 @@ fn newest_of_kinds(
         heads[i] = next_seq(&mut runs[i])?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use collab_protocol::Seq;
+    use redb::ReadableTableMetadata;
+
+    use super::*;
+    use crate::testsuite::{points_batch, unique_room, writer};
+
+    /// A data dir written by the versions that kept the journal in the
+    /// redb `JOURNAL` table still opens: its rows are replayed into the log
+    /// tables and the table is emptied.
+    #[test]
+    fn a_table_journal_of_an_earlier_version_is_replayed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.redb");
+        let room = unique_room("legacy");
+        let w = writer("node-a", 3);
+        {
+            let db = Database::create(&path).expect("create");
+            // What the table-journal version left: the tables, and two
+            // group rows (keys from 0) never checkpointed.
+            init(&db, &path).expect("init");
+            journal::delete(
+                &path,
+                &journal::segments(&path)
+                    .expect("list")
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect::<Vec<_>>(),
+            );
+            let txn = db.begin_write().expect("write");
+            {
+                let mut table = txn.open_table(JOURNAL).expect("journal");
+                for (key, first) in [(0u64, 1u64), (1, 3)] {
+                    let batch = points_batch(&room, first, 2);
+                    let values: Vec<Vec<u8>> = batch
+                        .iter()
+                        .map(|event| codec::encode_op(event, &w).expect("op"))
+                        .collect();
+                    let rows: Vec<(u8, &[u8])> = batch
+                        .iter()
+                        .zip(&values)
+                        .map(|(event, value)| (event.op.kind().code(), value.as_slice()))
+                        .collect();
+                    let record = codec::encode_journal(room.as_str(), first, &rows).expect("row");
+                    table.insert(key, record.as_slice()).expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let store = EmbeddedStore::open(&path).expect("open");
+        let stats = store.stats();
+        assert_eq!((stats.replayed_ops, stats.replayed_logged_ops), (4, 0));
+        let log = rt
+            .block_on(store.read_log(&room, Seq(0), 10))
+            .expect("read");
+        let seqs: Vec<u64> = log.iter().map(|op| op.event.seq.get()).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert!(log.iter().all(|op| op.writer == w));
+        {
+            let txn = store.shared.db.begin_read().expect("read");
+            let table = txn.open_table(JOURNAL).expect("journal");
+            assert_eq!(table.len().expect("len"), 0, "the legacy journal emptied");
+        }
+        // Appends continue, into a segment file.
+        rt.block_on(store.append(&room, Seq(5), &points_batch(&room, 5, 1), &w))
+            .expect("append");
+        drop(store);
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.stats().replayed_ops, 1);
+        assert_eq!(rt.block_on(store.head(&room)).expect("head"), Seq(5));
+    }
 }

@@ -17,9 +17,9 @@ pub(crate) const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("roo
 /// (user, room id) → (): the index behind `rooms_of_user`.
 pub(crate) const MEMBERSHIPS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("rooms_by_user");
-/// journal position → one group's append batches (see `codec`): appends
-/// land here first, adjacent whatever their room; checkpoint cycles move
-/// them to `OPS` and `KINDS` and then delete the rows they covered.
+/// journal position → one group's append batches (see `codec`). The
+/// journal of earlier versions; appends now go to segment files (see
+/// `journal`). Open still replays and empties it, so their data dirs open.
 pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 /// (room id, seq) → logged op (see `codec`).
 pub(crate) const OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ops");

@@ -1,42 +1,50 @@
 //! The writer thread: group commit across rooms, and checkpoints.
 //!
-//! redb admits one write transaction at a time and each durable commit costs
-//! an fsync, so committing every room's batch on its own would cap the node
-//! at one batch per fsync. Instead one dedicated thread owns every write:
-//! it takes a request, drains whatever else is already queued (bounded by
-//! [`MAX_GROUP_REQUESTS`] and [`MAX_GROUP_BYTES`]), applies them all in one
-//! transaction with `Durability::Immediate`, commits once, and only then
-//! answers every caller. Under load the group grows by itself (requests
-//! queue while the previous fsync runs), so 1,000 busy rooms cost one fsync
-//! per group, not 1,000.
+//! Every durable write costs an fsync, so committing every room's batch on
+//! its own would cap the node at one batch per fsync. Instead one dedicated
+//! thread owns every write: it takes a request, drains whatever else is
+//! already queued (bounded by [`MAX_GROUP_REQUESTS`] and
+//! [`MAX_GROUP_BYTES`]), applies them all together, makes them durable
+//! once, and only then answers every caller. Under load the group grows by
+//! itself (requests queue while the previous fsync runs), so 1,000 busy
+//! rooms cost one fsync per group, not 1,000.
 //!
-//! Appends go to the journal (see [`super::pending`] for why): a group's
-//! accepted batches become one journal row, keyed by a counter; once the
-//! transaction committed, their ops join the in-memory [`Pending`] index
-//! that readers merge. When that index grows past a threshold, the writer
-//! checkpoints: it moves the journaled ops into the log and kind-index
-//! tables and deletes the journal rows they came from.
+//! Appends go to the journal (see [`super::pending`] for why, and
+//! [`super::journal`] for the file): a group's accepted batches become one
+//! journal record, keyed by a counter, written and `fdatasync`ed; then
+//! their ops join the in-memory [`Pending`] index that readers merge. A
+//! group of appends only (the common case) opens no redb write transaction
+//! at all; the fence reads the log table through a read transaction, and
+//! only when a room's cached log head is missing. A group that also
+//! creates rooms or writes snapshots commits those in one redb transaction
+//! with `Durability::Immediate` first, then writes its journal record. When
+//! the index grows past a threshold, the writer checkpoints: it moves the
+//! journaled ops into the log and kind-index tables and deletes the journal
+//! segments they came from.
 //!
 //! A checkpoint runs as a *cycle* of small *slices*, interleaved with group
 //! commits. Moving an op costs about 11 µs (two B-tree inserts), so one
 //! transaction for a full journal (32,768 ops) held every room's appends,
 //! and so every client's ack, for about 350 ms. Instead:
 //!
-//! - A cycle starts by fixing its extent: the journal key `J` of the next
-//!   group (the cycle covers the rows below it) and, per room, the highest
-//!   journaled seq: everything committed before the cycle started.
+//! - A cycle starts by sealing the journal's segment (later groups append
+//!   to a fresh one, named by their key `J`) and fixing its extent: the
+//!   records below `J`, that is the sealed segments, and per room the
+//!   highest journaled seq: everything made durable before the cycle
+//!   started.
 //! - Each slice moves the next at most `checkpoint_slice_ops` of those ops,
 //!   rooms in id order, in one transaction; after its commit the writer
 //!   removes exactly the moved ops from [`Pending`], then serves whatever
 //!   groups queued meanwhile before it does the next slice. A group waits
 //!   for at most one slice (10-20 ms at the default size).
-//! - The last slice's transaction also deletes the journal rows below `J`.
-//!   Until then they stay: a crash mid-cycle replays them at open, and the
-//!   ops that were already moved are inserted again with the same keys and
+//! - Once the last slice's transaction committed, the sealed segments are
+//!   deleted (and the directory synced). Until then they stay: a crash
+//!   mid-cycle, or before the deletion, replays them at open, and the ops
+//!   that were already moved are inserted again with the same keys and
 //!   values (see `init`), which changes nothing.
 //! - Ops appended during a cycle stay journaled for the next one (or, if a
 //!   room writes into a gap inside the extent, may be moved early; their
-//!   row stays until a later cycle, which is as harmless as a replay).
+//!   record stays until a later cycle, which is as harmless as a replay).
 //! - If appends outpace the slices (the journal twice over a threshold),
 //!   the writer runs slices back to back until it is not: groups then wait
 //!   for about as many slices as they brought ops, which bounds the journal.
@@ -48,9 +56,11 @@
 //! Each request is checked against everything already written, including
 //! earlier requests of its own group, before it writes anything, so a
 //! rejected request (a fencing conflict, a duplicate room) leaves no trace
-//! and does not affect the others. A storage error while applying or
-//! committing aborts the whole transaction, and every request of the group
-//! gets `Unavailable`: none of them is durable.
+//! and does not affect the others. A storage error while applying, in the
+//! redb commit, or in the journal's write or fsync fails the whole group:
+//! every request of it gets `Unavailable` (its outcome unknown; the
+//! journal cuts a failed record off before it takes another, see
+//! [`super::journal`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,12 +68,15 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, WriteTransaction,
+};
 use tokio::sync::oneshot;
 
 use super::EmbeddedStoreOptions;
+use super::journal::Journal;
 use super::pending::{Pending, PendingOp};
-use super::tables::{JOURNAL, KINDS, MEMBERSHIPS, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS};
+use super::tables::{KINDS, MEMBERSHIPS, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS};
 use crate::{StoreError, StoreResult};
 
 /// At most this many requests share one transaction, so that one group's
@@ -194,8 +207,8 @@ struct Tally {
 /// Each turn commits the queued requests as one group, then does one
 /// checkpoint slice if a cycle runs: groups wait for at most one slice
 /// (unless the journal is twice over its thresholds, see below).
-pub(crate) fn run(shared: &Shared, queue: Receiver<Request>) {
-    let mut writer = Writer::new(shared);
+pub(crate) fn run(shared: &Shared, journal: Journal, queue: Receiver<Request>) {
+    let mut writer = Writer::new(shared, journal);
     let mut group: Vec<Request> = Vec::new();
     let mut checkpoint_requests = Vec::new();
     // Explicit checkpoints, each with the journal key below which it needs
@@ -248,8 +261,12 @@ pub(crate) fn run(shared: &Shared, queue: Receiver<Request>) {
         // journal (and the memory of `Pending`, and the replay at open).
         let paused = Instant::now();
         loop {
-            if writer.cycle.is_none() && (!waiting.is_empty() || writer.checkpoint_due()) {
-                writer.start_cycle();
+            if writer.cycle.is_none()
+                && (!waiting.is_empty() || writer.checkpoint_due())
+                && let Err(e) = writer.start_cycle()
+            {
+                answer(std::mem::take(&mut waiting), &Err(e));
+                break;
             }
             match writer.slice() {
                 Ok(None) => {}
@@ -292,8 +309,8 @@ fn answer(waiting: Vec<(u64, oneshot::Sender<StoreResult<()>>)>, result: &StoreR
 /// A checkpoint in progress: its extent, fixed when it started, and how
 /// far its slices got.
 struct Cycle {
-    /// The cycle moves the ops of the journal rows below this key, and
-    /// deletes those rows in its last slice.
+    /// The cycle moves the ops of the journal records below this key (the
+    /// sealed segments), and deletes those segments after its last slice.
     journal_end: u64,
     /// Every room that had journaled ops when the cycle started, in id
     /// order, with its highest journaled seq then.
@@ -310,8 +327,11 @@ struct Cycle {
 
 struct Writer<'a> {
     shared: &'a Shared,
-    /// The journal key of the next group. Cycles delete the rows below
-    /// their start's key, open deletes them all (and this restarts at 0).
+    /// The segment file groups append to.
+    journal: Journal,
+    /// The journal key of the next group's record. Cycles delete the
+    /// segments below their start's key; open continues after the highest
+    /// key it replayed.
     journal_next: u64,
     /// The group's journal row being built.
     journal_row: Vec<u8>,
@@ -327,10 +347,11 @@ struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    fn new(shared: &'a Shared, journal: Journal) -> Self {
         Writer {
             shared,
-            journal_next: 0,
+            journal_next: journal.first(),
+            journal,
             journal_row: Vec::new(),
             logged_heads: HashMap::new(),
             cycle: None,
@@ -341,7 +362,7 @@ impl<'a> Writer<'a> {
     /// (the lowest one found).
     fn logged_clash(
         &mut self,
-        ops: &Table<'_, (&'static str, u64), &'static [u8]>,
+        ops: &mut LogTable<'_>,
         room: &str,
         first: u64,
         last: u64,
@@ -349,11 +370,13 @@ impl<'a> Writer<'a> {
         let head = match self.logged_heads.get(room) {
             Some(head) => *head,
             None => {
-                let head = ops
-                    .range((room, 0u64)..=(room, u64::MAX))?
-                    .next_back()
-                    .transpose()?
-                    .map_or(0, |(key, _)| key.value().1);
+                let head = ops.with(&self.shared.db, |ops| {
+                    Ok(ops
+                        .range((room, 0u64)..=(room, u64::MAX))?
+                        .next_back()
+                        .transpose()?
+                        .map_or(0, |(key, _)| key.value().1))
+                })?;
                 if self.logged_heads.len() >= MAX_CACHED_HEADS {
                     self.logged_heads.clear();
                 }
@@ -365,11 +388,13 @@ impl<'a> Writer<'a> {
             return Ok(None);
         }
         // Below the head: a re-append or a write into a gap. Rare; look.
-        Ok(ops
-            .range((room, first)..=(room, last))?
-            .next()
-            .transpose()?
-            .map(|(key, _)| key.value().1))
+        ops.with(&self.shared.db, |ops| {
+            Ok(ops
+                .range((room, first)..=(room, last))?
+                .next()
+                .transpose()?
+                .map(|(key, _)| key.value().1))
+        })
     }
 
     fn commit_group(&mut self, group: &mut Vec<Request>) {
@@ -377,15 +402,33 @@ impl<'a> Writer<'a> {
         let started = Instant::now();
         let mut tally = Tally::default();
         let mut staged = Pending::default();
-        let applied = begin(&self.shared.db).and_then(|txn| {
-            let outcomes = self.apply_all(&txn, group, &mut tally, &mut staged)?;
-            Ok((txn, outcomes))
-        });
+        // Appends only (the hot path): no redb transaction at all, just
+        // the journal record.
+        let needs_txn = group
+            .iter()
+            .any(|request| !matches!(request.write, Write::Append { .. }));
+        let applied = (|| {
+            let txn = needs_txn.then(|| begin(&self.shared.db)).transpose()?;
+            let outcomes = self.apply_all(txn.as_ref(), group, &mut tally, &mut staged)?;
+            Ok::<_, redb::Error>((txn, outcomes))
+        })()
+        .map_err(|e| format!("write transaction failed: {e}"));
         let applied_at = Instant::now();
-        // The commit is the fsync: only after it returned may anyone hear
-        // that their write is durable.
+        // The redb commit and the journal's fsync: only after both returned
+        // may anyone hear that their write is durable. Room creations and
+        // snapshots commit first; if the journal then fails, every request
+        // is told `Unavailable` (their outcome is unknown to them anyway).
         let result = applied.and_then(|(txn, outcomes)| {
-            txn.commit()?;
+            if let Some(txn) = txn {
+                txn.commit()
+                    .map_err(|e| format!("write transaction failed: {e}"))?;
+            }
+            if !self.journal_row.is_empty() {
+                self.journal
+                    .append(self.journal_next, &self.journal_row)
+                    .map_err(|e| format!("journal write failed: {e}"))?;
+                self.journal_next += 1;
+            }
             Ok(outcomes)
         });
         let committed_at = Instant::now();
@@ -422,12 +465,9 @@ impl<'a> Writer<'a> {
             }
             Err(e) => {
                 counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, requests = n, "store write transaction failed");
-                let message = format!("write transaction failed: {e}");
+                tracing::error!(error = %e, requests = n, "store group commit failed");
                 for request in group.drain(..) {
-                    let _ = request
-                        .reply
-                        .send(Err(StoreError::Unavailable(message.clone())));
+                    let _ = request.reply.send(Err(StoreError::Unavailable(e.clone())));
                 }
             }
         }
@@ -436,41 +476,50 @@ impl<'a> Writer<'a> {
     /// Applies every request of the group; `Err` only for storage errors,
     /// which doom the whole transaction. Per-request rejections are
     /// `Ok(Err)`.
+    /// `txn` is the group's write transaction if it has anything but
+    /// appends (an append in a group without one cannot reach `Tables`).
+    /// The group's accepted appends are left in `journal_row`.
     fn apply_all(
         &mut self,
-        txn: &WriteTransaction,
+        txn: Option<&WriteTransaction>,
         group: &[Request],
         tally: &mut Tally,
         staged: &mut Pending,
     ) -> Result<Vec<StoreResult<()>>, redb::Error> {
-        let mut tables = Tables {
-            rooms: txn.open_table(ROOMS)?,
-            memberships: txn.open_table(MEMBERSHIPS)?,
-            ops: txn.open_table(OPS)?,
-            journal: txn.open_table(JOURNAL)?,
-            snapshots: txn.open_table(SNAPSHOTS)?,
-            chunks: txn.open_table(SNAPSHOT_CHUNKS)?,
+        let (mut tables, mut ops) = match txn {
+            Some(txn) => (
+                Some(Tables {
+                    rooms: txn.open_table(ROOMS)?,
+                    memberships: txn.open_table(MEMBERSHIPS)?,
+                    snapshots: txn.open_table(SNAPSHOTS)?,
+                    chunks: txn.open_table(SNAPSHOT_CHUNKS)?,
+                }),
+                LogTable::Write(txn.open_table(OPS)?),
+            ),
+            None => (None, LogTable::Read(None)),
         };
         let pending = self.shared.pending();
         self.journal_row.clear();
         let outcomes = group
             .iter()
-            .map(|request| self.apply(&mut tables, &pending, staged, &request.write, tally))
+            .map(|request| {
+                self.apply(
+                    tables.as_mut(),
+                    &mut ops,
+                    &pending,
+                    staged,
+                    &request.write,
+                    tally,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        // One journal row for the whole group: one insert at the tree's
-        // right edge, however many rooms wrote.
-        if !self.journal_row.is_empty() {
-            tables
-                .journal
-                .insert(self.journal_next, self.journal_row.as_slice())?;
-            self.journal_next += 1;
-        }
         Ok(outcomes)
     }
 
     fn apply(
         &mut self,
-        t: &mut Tables<'_>,
+        t: Option<&mut Tables<'_>>,
+        ops: &mut LogTable<'_>,
         pending: &Pending,
         staged: &mut Pending,
         write: &Write,
@@ -490,7 +539,7 @@ impl<'a> Writer<'a> {
                     .overlap(room, *first, last)
                     .or_else(|| pending.overlap(room, *first, last));
                 if clash.is_none() {
-                    clash = self.logged_clash(&t.ops, room, *first, last)?;
+                    clash = self.logged_clash(ops, room, *first, last)?;
                 }
                 if let Some(seq) = clash {
                     tally.conflicts += 1;
@@ -505,6 +554,7 @@ impl<'a> Writer<'a> {
                 Ok(Ok(()))
             }
             Write::CreateRoom { id, record, users } => {
+                let t = t.expect("a group with a room creation has a transaction");
                 if t.rooms.get(id.as_str())?.is_some() {
                     tally.conflicts += 1;
                     return Ok(Err(StoreError::Conflict(format!("room {id} exists"))));
@@ -523,6 +573,7 @@ impl<'a> Writer<'a> {
                 count,
                 chunks,
             } => {
+                let t = t.expect("a group with a snapshot has a transaction");
                 let stored = t.snapshots.get(room.as_str())?.map(|h| h.value().0);
                 if stored.is_some_and(|stored| stored > *seq) {
                     tracing::debug!(%room, ?stored, offered = seq, "older snapshot ignored");
@@ -571,10 +622,22 @@ impl<'a> Writer<'a> {
     }
 
     /// Starts a cycle over everything journaled so far; none if nothing is.
-    fn start_cycle(&mut self) {
+    /// Seals the current journal segment first, so that the cycle's extent
+    /// is whole segment files (an error if that fails: no cycle starts).
+    fn start_cycle(&mut self) -> StoreResult<()> {
         let pending = self.shared.pending();
         if pending.is_empty() {
-            return;
+            return Ok(());
+        }
+        if let Err(e) = self.journal.rotate(self.journal_next) {
+            self.shared
+                .counters
+                .failed_transactions
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "store journal rotation failed");
+            return Err(StoreError::Unavailable(format!(
+                "checkpoint failed: journal rotation: {e}"
+            )));
         }
         let rooms = pending
             .sorted()
@@ -590,6 +653,7 @@ impl<'a> Writer<'a> {
             slices: 0,
             started: Instant::now(),
         });
+        Ok(())
     }
 
     /// Moves the running cycle's next slice into the log tables in one
@@ -637,12 +701,6 @@ impl<'a> Writer<'a> {
                 }
             }
             let done = cycle.room == cycle.rooms.len();
-            if done {
-                // Every op of these rows is in the log tables now (moved
-                // by this cycle or an earlier one).
-                let mut journal = txn.open_table(JOURNAL)?;
-                journal.retain_in(..cycle.journal_end, |_, _| false)?;
-            }
             txn.commit()?;
             Ok((moved, done))
         })();
@@ -690,6 +748,10 @@ impl<'a> Writer<'a> {
             return Ok(None);
         }
         let covered = cycle.journal_end;
+        // Every op of the sealed segments is in the committed log tables
+        // now (moved by this cycle or an earlier one): only now may they go.
+        // A crash before this replays them at open, which changes nothing.
+        self.journal.delete_below(covered);
         tracing::debug!(
             ops = cycle.moved,
             slices = cycle.slices,
@@ -707,7 +769,7 @@ impl<'a> Writer<'a> {
     fn checkpoint(&mut self) -> StoreResult<()> {
         loop {
             if self.cycle.is_none() {
-                self.start_cycle();
+                self.start_cycle()?;
                 if self.cycle.is_none() {
                     return Ok(());
                 }
@@ -728,15 +790,57 @@ fn begin(db: &Database) -> Result<WriteTransaction, redb::Error> {
     Ok(txn)
 }
 
-/// The tables one group writes, opened once per transaction.
+/// The tables a group with room creations or snapshots writes, opened
+/// once per transaction.
 struct Tables<'txn> {
     rooms: Table<'txn, &'static str, &'static [u8]>,
     memberships: Table<'txn, (&'static str, &'static str), ()>,
-    /// Read only by a group, for the fence.
-    ops: Table<'txn, (&'static str, u64), &'static [u8]>,
-    journal: Table<'txn, u64, &'static [u8]>,
     snapshots: Table<'txn, &'static str, (u64, u32, u64)>,
     chunks: Table<'txn, (&'static str, u64, u32), &'static [u8]>,
+}
+
+/// The log table as the fence reads it: through the group's write
+/// transaction if it has one, else through a read transaction opened on
+/// the first cached-head miss (most groups of appends open none). Only
+/// this thread changes `OPS`, and only in slices that committed before
+/// the group began, so either view holds every logged op.
+enum LogTable<'txn> {
+    Write(Table<'txn, (&'static str, u64), &'static [u8]>),
+    Read(Option<ReadOnlyTable<(&'static str, u64), &'static [u8]>>),
+}
+
+impl LogTable<'_> {
+    fn with<T>(
+        &mut self,
+        db: &Database,
+        read: impl FnOnce(&dyn LogRead) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        match self {
+            LogTable::Write(table) => read(table),
+            LogTable::Read(Some(table)) => read(table),
+            LogTable::Read(slot) => {
+                let table = db.begin_read()?.open_table(OPS)?;
+                read(slot.insert(table))
+            }
+        }
+    }
+}
+
+/// The one query the fence makes, over either kind of table.
+trait LogRead {
+    fn range(
+        &self,
+        range: std::ops::RangeInclusive<(&str, u64)>,
+    ) -> Result<redb::Range<'_, (&'static str, u64), &'static [u8]>, redb::StorageError>;
+}
+
+impl<T: ReadableTable<(&'static str, u64), &'static [u8]>> LogRead for T {
+    fn range(
+        &self,
+        range: std::ops::RangeInclusive<(&str, u64)>,
+    ) -> Result<redb::Range<'_, (&'static str, u64), &'static [u8]>, redb::StorageError> {
+        ReadableTable::range(self, range)
+    }
 }
 
 #[cfg(test)]
@@ -772,21 +876,25 @@ mod tests {
         }
     }
 
-    fn shared() -> (tempfile::TempDir, Shared) {
+    fn shared() -> (tempfile::TempDir, Shared, Journal) {
         shared_with(EmbeddedStoreOptions::default())
     }
 
-    fn shared_with(options: EmbeddedStoreOptions) -> (tempfile::TempDir, Shared) {
+    fn db_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        dir.path().join("t.redb")
+    }
+
+    fn shared_with(options: EmbeddedStoreOptions) -> (tempfile::TempDir, Shared, Journal) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Database::create(dir.path().join("t.redb")).expect("create");
-        crate::embedded::init(&db).expect("init");
+        let db = Database::create(db_path(&dir)).expect("create");
+        let (_, journal) = crate::embedded::init(&db, &db_path(&dir)).expect("init");
         let shared = Shared {
             db,
             pending: RwLock::new(Pending::default()),
             counters: Counters::default(),
             options,
         };
-        (dir, shared)
+        (dir, shared, journal)
     }
 
     /// Runs `writes` as one group; returns each request's answer.
@@ -807,14 +915,24 @@ mod tests {
             .collect()
     }
 
-    fn journal_keys(shared: &Shared) -> Vec<u64> {
-        let txn = shared.db.begin_read().expect("read");
-        let journal = txn.open_table(JOURNAL).expect("journal");
-        journal
-            .iter()
-            .expect("iter")
-            .map(|e| e.expect("row").0.value())
+    /// Every journal record's key, over all segments.
+    fn journal_keys(dir: &tempfile::TempDir) -> Vec<u64> {
+        journal_records(dir)
+            .into_iter()
+            .map(|(key, _)| key)
             .collect()
+    }
+
+    fn segment_firsts(dir: &tempfile::TempDir) -> Vec<u64> {
+        crate::embedded::journal::segments(&db_path(dir))
+            .expect("segments")
+            .into_iter()
+            .map(|(first, _)| first)
+            .collect()
+    }
+
+    fn journal_records(dir: &tempfile::TempDir) -> Vec<(u64, Vec<u8>)> {
+        crate::embedded::journal::records(&db_path(dir)).expect("journal")
     }
 
     fn pending_seqs(shared: &Shared, room: &str) -> Vec<u64> {
@@ -842,8 +960,8 @@ mod tests {
     /// moves exactly the accepted ops into the log tables.
     #[test]
     fn one_group_checks_each_request_against_the_earlier_ones() {
-        let (_dir, shared) = shared();
-        let mut writer = Writer::new(&shared);
+        let (dir, shared, journal) = shared();
+        let mut writer = Writer::new(&shared, journal);
         let outcomes = one_group(
             &mut writer,
             vec![
@@ -867,11 +985,10 @@ mod tests {
         assert_eq!(c.ops.load(Ordering::Relaxed), 4);
         assert_eq!(c.conflicts.load(Ordering::Relaxed), 3);
         {
-            let txn = shared.db.begin_read().expect("read");
-            let journal = txn.open_table(JOURNAL).expect("journal");
-            assert_eq!(journal.len().expect("len"), 1, "one row per group");
-            let row = journal.get(0).expect("get").expect("row 0");
-            let batches = crate::embedded::codec::decode_journal(row.value()).expect("decode");
+            let records = journal_records(&dir);
+            assert_eq!(records.len(), 1, "one record per group");
+            assert_eq!(records[0].0, 0);
+            let batches = crate::embedded::codec::decode_journal(&records[0].1).expect("decode");
             let firsts: Vec<(&str, u64)> =
                 batches.iter().map(|(r, rows)| (*r, rows[0].0)).collect();
             assert_eq!(
@@ -879,6 +996,7 @@ mod tests {
                 [("a", 1), ("b", 1), ("a", 3)],
                 "the accepted batches only"
             );
+            let txn = shared.db.begin_read().expect("read");
             assert_eq!(txn.open_table(ROOMS).expect("rooms").len().expect("len"), 1);
         }
         assert_eq!(shared.pending().ops(), 4);
@@ -898,13 +1016,7 @@ mod tests {
         assert_eq!(log_rows(&shared), expected, "only the accepted appends");
         let txn = shared.db.begin_read().expect("read");
         assert_eq!(txn.open_table(KINDS).expect("kinds").len().expect("len"), 5);
-        assert_eq!(
-            txn.open_table(JOURNAL)
-                .expect("journal")
-                .len()
-                .expect("len"),
-            0
-        );
+        assert!(journal_keys(&dir).is_empty(), "the sealed segment deleted");
         assert!(shared.pending().is_empty());
         assert_eq!(c.checkpointed_ops.load(Ordering::Relaxed), 5);
 
@@ -933,17 +1045,17 @@ mod tests {
     /// its end. Replaying what is left is idempotent.
     #[test]
     fn a_cycle_moves_its_extent_slice_by_slice_between_groups() {
-        let (_dir, shared) = shared_with(EmbeddedStoreOptions {
+        let (dir, shared, journal) = shared_with(EmbeddedStoreOptions {
             checkpoint_slice_ops: 2,
             ..Default::default()
         });
-        let mut writer = Writer::new(&shared);
+        let mut writer = Writer::new(&shared, journal);
         // Journal rows 0 and 1; room b has a gap at seq 2.
         let outcomes = one_group(&mut writer, vec![append("a", 1, 4), append("b", 1, 1)]);
         assert!(outcomes.iter().all(Result::is_ok));
         assert!(one_group(&mut writer, vec![append("b", 3, 1)])[0].is_ok());
 
-        writer.start_cycle();
+        writer.start_cycle().expect("start");
         assert_eq!(writer.slice().expect("slice 1"), None);
         assert_eq!(logged(&shared), keys(&[("a", 1), ("a", 2)]));
         assert_eq!(
@@ -965,7 +1077,12 @@ mod tests {
         // b's run: 1, then the gap write 2 (inside the extent, so moved
         // early), then 3 in the last slice, which also ends the cycle.
         assert_eq!(writer.slice().expect("slice 3"), None);
-        assert_eq!(journal_keys(&shared), [0, 1, 2], "rows stay until the end");
+        assert_eq!(journal_keys(&dir), [0, 1, 2], "rows stay until the end");
+        assert_eq!(
+            segment_firsts(&dir),
+            [0, 2],
+            "the sealed segment stays until the cycle's last slice committed"
+        );
         assert_eq!(writer.slice().expect("slice 4"), Some(2));
         assert!(writer.cycle.is_none());
         assert_eq!(
@@ -982,7 +1099,8 @@ mod tests {
         );
         assert_eq!(pending_seqs(&shared, "a"), [5], "appended during the cycle");
         assert!(shared.pending().room("b").is_none());
-        assert_eq!(journal_keys(&shared), [2], "only the cycle's rows deleted");
+        assert_eq!(journal_keys(&dir), [2], "only the cycle's rows deleted");
+        assert_eq!(segment_firsts(&dir), [2], "the sealed segment deleted");
         let c = &shared.counters;
         assert_eq!(c.checkpoints.load(Ordering::Relaxed), 1);
         assert_eq!(c.checkpoint_slices.load(Ordering::Relaxed), 4);
@@ -1000,9 +1118,11 @@ mod tests {
         // As if the process died now: the replay inserts b's 2 again (the
         // same bytes) and a's 5, and empties the journal.
         drop(writer);
-        let replayed = crate::embedded::init(&shared.db).expect("replay");
+        let replayed = crate::embedded::init(&shared.db, &db_path(&dir))
+            .expect("replay")
+            .0;
         assert_eq!((replayed.ops, replayed.logged), (2, 1));
-        assert!(journal_keys(&shared).is_empty());
+        assert!(journal_keys(&dir).is_empty());
         let rows = log_rows(&shared);
         assert_eq!(rows.len(), 8);
         assert!(
