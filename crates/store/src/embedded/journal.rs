@@ -377,4 +377,41 @@ mod tests {
         assert_eq!(decode_records(&bad).1, whole);
         assert_eq!(decode_records(&bytes).0.len(), 3);
     }
+
+    /// A write that failed part-way leaves bytes past the last durable
+    /// record; the next append cuts them off first, so the segment, once
+    /// sealed, replays as exactly the records that were acknowledged.
+    #[test]
+    fn the_append_after_a_failed_write_cuts_its_bytes_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("t.redb");
+        let mut journal = Journal::create(&db, 0).expect("create");
+        journal.append(0, b"acked").expect("append");
+        // What a failed `write_all_at` or `sync_data` may leave: part of
+        // a record, here whole enough to decode if it stayed.
+        let mut lost = Vec::new();
+        encode_record(&mut lost, 1, b"never acked").expect("encode");
+        {
+            use std::os::unix::fs::FileExt as _;
+            journal
+                .file
+                .write_all_at(&lost, journal.len)
+                .expect("write");
+        }
+        journal.torn = true;
+        journal
+            .append(1, b"retried")
+            .expect("append after the failure");
+        // Sealed, a segment with leftover bytes would refuse to open.
+        journal.rotate(2).expect("rotate");
+        journal.append(2, b"next").expect("append");
+        let mut replayed = Vec::new();
+        let found = replay(&db, |payload| {
+            replayed.push(payload.to_vec());
+            Ok(())
+        })
+        .expect("replay");
+        assert_eq!(replayed, [&b"acked"[..], b"retried", b"next"]);
+        assert_eq!(found.next_key, 3);
+    }
 }
