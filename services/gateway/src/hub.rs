@@ -426,9 +426,18 @@ impl Fanout {
         let Some(frame) = frame_of(event) else {
             return;
         };
-        let conns: Vec<ConnId> = self.members.keys().cloned().collect();
-        for conn in conns {
-            self.deliver_frame(&conn, event, &frame).await;
+        let cursor_key = self.cursor_key(event);
+        // The hot path: every member takes the frame in one pass, with no
+        // copy of its id and no future per member. Only a member that
+        // missed ops before this one waits for them (`fill_then_deliver`).
+        let mut behind = Vec::new();
+        for (conn, member) in &mut self.members {
+            if let Some(head) = offer(member, event, &frame, cursor_key.as_ref()) {
+                behind.push((conn.clone(), head));
+            }
+        }
+        for (conn, head) in behind {
+            self.fill_then_deliver(&conn, head, event, &frame).await;
         }
     }
 
@@ -436,72 +445,102 @@ impl Fanout {
         let Some(frame) = frame_of(event) else {
             return;
         };
-        self.deliver_frame(conn, event, &frame).await;
-    }
-
-    async fn deliver_frame(&mut self, conn: &ConnId, event: &Arc<RoomEvent>, frame: &Utf8Bytes) {
+        let cursor_key = self.cursor_key(event);
         let Some(member) = self.members.get_mut(conn) else {
             return;
         };
-        let head = match &mut member.phase {
-            Phase::Pending(buffer) => {
-                if !matches!(event.as_ref(), RoomEvent::Cursor { .. }) {
-                    buffer.push(event.clone());
-                }
-                return;
-            }
-            Phase::Live { head } => *head,
-        };
-        match event.as_ref() {
-            RoomEvent::Op(op) => {
-                if op.seq <= head {
-                    return;
-                }
-                if op.seq.get() > head.get() + 1 {
-                    // Only possible for a member attached mid-stream.
-                    let (conn, seq) = (conn.clone(), op.seq);
-                    Box::pin(self.fill_member(&conn, head, Seq(seq.get() - 1))).await;
-                    let Some(member) = self.members.get_mut(&conn) else {
-                        return;
-                    };
-                    let filled = matches!(member.phase,
-                        Phase::Live { head } if head.get() + 1 >= seq.get());
-                    if !filled {
-                        // The owner could not be reached: this member
-                        // catches up on the retry, never past a gap.
-                        self.schedule_retry();
-                        return;
-                    }
-                    member.outbound.push(frame.clone());
-                    member.phase = Phase::Live { head: seq };
-                    return;
-                }
-                member.outbound.push(frame.clone());
-                member.phase = Phase::Live { head: op.seq };
-            }
-            RoomEvent::Presence { origin, .. } => {
-                if origin.as_ref() != Some(&member.conn) {
-                    member.outbound.push(frame.clone());
-                }
-            }
-            RoomEvent::Cursor { origin, user, .. } => {
-                if origin != &member.conn {
-                    member
-                        .outbound
-                        .push_cursor(format!("{}/{user}", self.room), frame.clone());
-                }
-            }
-            RoomEvent::CursorLeave { origin, user, .. } => {
-                if origin != &member.conn {
-                    // Replaces a pending move: the pointer is gone.
-                    member
-                        .outbound
-                        .push_cursor(format!("{}/{user}", self.room), frame.clone());
-                }
-            }
-            RoomEvent::Loaded { .. } => {}
+        if let Some(head) = offer(member, event, &frame, cursor_key.as_ref()) {
+            self.fill_then_deliver(conn, head, event, &frame).await;
         }
     }
+
+    /// The key under which a cursor event replaces the pending one of its
+    /// user in each member's queue; made once per event, not per member.
+    fn cursor_key(&self, event: &RoomEvent) -> Option<Arc<str>> {
+        match event {
+            RoomEvent::Cursor { user, .. } | RoomEvent::CursorLeave { user, .. } => {
+                Some(format!("{}/{user}", self.room).into())
+            }
+            _ => None,
+        }
+    }
+
+    /// A live member at `head` was offered the op `event` past a gap: fills
+    /// the gap, then delivers the op, or leaves both to the retry when the
+    /// owner cannot be reached (never delivering past a gap).
+    async fn fill_then_deliver(
+        &mut self,
+        conn: &ConnId,
+        head: Seq,
+        event: &Arc<RoomEvent>,
+        frame: &Utf8Bytes,
+    ) {
+        let RoomEvent::Op(op) = event.as_ref() else {
+            return;
+        };
+        let seq = op.seq;
+        Box::pin(self.fill_member(conn, head, Seq(seq.get() - 1))).await;
+        let Some(member) = self.members.get_mut(conn) else {
+            return;
+        };
+        let filled = matches!(member.phase,
+            Phase::Live { head } if head.get() + 1 >= seq.get());
+        if !filled {
+            self.schedule_retry();
+            return;
+        }
+        member.outbound.push(frame.clone());
+        member.phase = Phase::Live { head: seq };
+    }
+}
+
+/// Hands `event` to one member: buffered while it joins (cursors are not),
+/// queued once it is live. Returns the member's head if `event` is an op
+/// past a gap after it, which must wait for the ops before it
+/// ([`Fanout::fill_then_deliver`]; only possible for a member attached
+/// mid-stream).
+fn offer(
+    member: &mut Member,
+    event: &Arc<RoomEvent>,
+    frame: &Utf8Bytes,
+    cursor_key: Option<&Arc<str>>,
+) -> Option<Seq> {
+    let head = match &mut member.phase {
+        Phase::Pending(buffer) => {
+            if !matches!(event.as_ref(), RoomEvent::Cursor { .. }) {
+                buffer.push(event.clone());
+            }
+            return None;
+        }
+        Phase::Live { head } => *head,
+    };
+    match event.as_ref() {
+        RoomEvent::Op(op) => {
+            if op.seq <= head {
+                return None;
+            }
+            if op.seq.get() > head.get() + 1 {
+                return Some(head);
+            }
+            member.outbound.push(frame.clone());
+            member.phase = Phase::Live { head: op.seq };
+        }
+        RoomEvent::Presence { origin, .. } => {
+            if origin.as_ref() != Some(&member.conn) {
+                member.outbound.push(frame.clone());
+            }
+        }
+        // A leave replaces a pending move: the pointer is gone.
+        RoomEvent::Cursor { origin, .. } | RoomEvent::CursorLeave { origin, .. } => {
+            if origin != &member.conn
+                && let Some(key) = cursor_key
+            {
+                member.outbound.push_cursor(key.clone(), frame.clone());
+            }
+        }
+        RoomEvent::Loaded { .. } => {}
+    }
+    None
 }
 
 /// Waits until `at`, or forever when there is nothing to wait for.

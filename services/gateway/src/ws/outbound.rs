@@ -8,7 +8,7 @@
 //! which can be large, is queued without counting against the bound.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, watch};
@@ -55,8 +55,8 @@ struct State {
     counted: usize,
     /// Latest cursor frame per key, sent after the queued frames, in the
     /// order the keys first appeared. The key maps to its frame's slot in
-    /// `cursor_frames`, so a key is stored once and never cloned.
-    cursors: HashMap<String, usize>,
+    /// `cursor_frames`; it is shared by every member's queue.
+    cursors: HashMap<Arc<str>, usize>,
     cursor_frames: Vec<Utf8Bytes>,
     close: Option<(u16, &'static str)>,
 }
@@ -113,7 +113,7 @@ impl Outbound {
     }
 
     /// Replaces the pending cursor frame for `key`.
-    pub fn push_cursor(&self, key: String, frame: Utf8Bytes) {
+    pub fn push_cursor(&self, key: Arc<str>, frame: Utf8Bytes) {
         let mut state = self.state();
         if state.close.is_some() {
             return;
