@@ -63,10 +63,14 @@ impl<'de> Deserialize<'de> for ClientFrame {
     }
 }
 
-/// Serde's derive reads an internal tag given as a number as the index of
-/// a variant; the protocol's tags are strings only.
+/// The protocol's tagged values are JSON objects whose tag is a string.
+/// Serde's derive would also take a sequence (its fields in order) and read
+/// a numeric tag as the index of a variant.
 pub(crate) fn require_string_tag<E: serde::de::Error>(value: &Value, tag: &str) -> Result<(), E> {
-    match value.get(tag) {
+    let Some(object) = value.as_object() else {
+        return Err(E::custom("expected a JSON object"));
+    };
+    match object.get(tag) {
         Some(Value::String(_)) | None => Ok(()),
         Some(_) => Err(E::custom(format!("\"{tag}\" must be a string"))),
     }

@@ -561,6 +561,24 @@ fn serde_json_private_keys_take_the_value_path() {
     }
 }
 
+/// A frame, and an op, are JSON objects: serde's derive alone would also
+/// read an array as the fields in order.
+#[test]
+fn arrays_are_refused_as_frames_and_as_ops() {
+    for (text, message) in [
+        (r#"["leave","r1"]"#, "frame must be a JSON object"),
+        (r#"["op","r","c",["undo"]]"#, "frame must be a JSON object"),
+        (
+            r#"{"type":"op","room":"r","cid":"c","op":["undo"]}"#,
+            "invalid frame: expected a JSON object",
+        ),
+    ] {
+        let error = decode_client_frame(text).expect_err(text);
+        assert_eq!(error.error.code, ErrorCode::BadRequest, "{text}");
+        assert_eq!(error.error.message, message, "{text}");
+    }
+}
+
 #[test]
 fn arrays_and_other_values_take_the_value_path() {
     for text in [
