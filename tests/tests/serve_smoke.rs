@@ -90,6 +90,78 @@ async fn it_is_healthy_ready_and_exports_metrics() {
     );
 }
 
+/// The value of the sample `name` (no labels) in a Prometheus text page.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_reports_its_commits_on_metrics() {
+    let server = start();
+    let token = server.dev_token("ann").await.expect("a dev token");
+    let (_, before) = get(&server, "/metrics").await;
+    let commits_before =
+        sample(&before, "collab_store_group_commits_total").expect("group commits exported");
+    assert_eq!(
+        sample(&before, "collab_store_ops_total"),
+        Some(0.0),
+        "{before}"
+    );
+    let created: Value = server
+        .http()
+        .post(format!("{}/v1/rooms", server.http_url()))
+        .bearer_auth(&token)
+        .json(&json!({"kind": "board"}))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    let room = created["id"].as_str().expect("a room id").to_owned();
+    let mut client = WsClient::connect(&server.ws_url(), &token)
+        .await
+        .expect("connects");
+    welcome(&mut client).await;
+    client
+        .send_json(&json!({"type": "join", "room": room}))
+        .await
+        .expect("sent");
+    client
+        .recv_type("joined", FRAME_TIMEOUT)
+        .await
+        .expect("joined");
+    for (cid, text) in [("c1", "one"), ("c2", "two")] {
+        let op = json!({"kind": "message", "text": text});
+        client
+            .send_json(&json!({"type": "op", "room": room, "cid": cid, "op": op}))
+            .await
+            .expect("sent");
+        client.recv_type("ack", FRAME_TIMEOUT).await.expect("acked");
+    }
+    // An ack follows the commit, so the counters already hold both ops.
+    let (_, after) = get(&server, "/metrics").await;
+    assert_eq!(
+        sample(&after, "collab_store_ops_total"),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "collab_store_journaled_ops"),
+        Some(2.0),
+        "{after}"
+    );
+    let commits = sample(&after, "collab_store_group_commits_total").expect("group commits");
+    assert!(commits >= commits_before + 2.0, "{after}");
+    assert!(
+        sample(&after, "collab_store_commit_seconds_total").is_some_and(|s| s > 0.0),
+        "{after}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dev_token_opens_a_websocket_that_is_welcomed() {
     let server = start();

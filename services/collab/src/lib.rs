@@ -7,6 +7,7 @@
 //!   over NATS and a CQL store;
 //! - [`token`] — `collab token`, minting JWTs;
 //! - [`secret`] — the configured or generated (dev mode) signing secret;
+//! - [`store_metrics`] — the embedded store's figures on `/metrics`;
 //! - [`signals`] — SIGTERM/SIGINT handling (drain, then exit at once);
 //! - [`telemetry`] — logging.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod secret;
 pub mod serve;
 pub mod signals;
+pub mod store_metrics;
 pub mod telemetry;
 pub mod token;
 

@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{CollabConfig, StoreLocation};
 use crate::secret::{self, DEV_SECRET_FILE, SecretError};
+use crate::store_metrics;
 
 /// The id of the one room node of `collab serve`.
 pub const LOCAL_NODE: &str = "local";
@@ -120,10 +121,17 @@ pub async fn run(
     }
     let auth = Auth::new(&signing.bytes, signing.dev_mode);
 
-    let (store, store_name) = open_store(&config).await?;
+    let OpenedStore {
+        store,
+        name: store_name,
+        embedded,
+    } = open_store(&config).await?;
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
 
     let mut registry = Registry::default();
+    if let Some(embedded) = &embedded {
+        store_metrics::register(&mut registry, embedded);
+    }
     let room_metrics = RoomNodeMetrics::register(&mut registry);
     let metrics = GatewayMetrics::register(&mut registry);
 
@@ -235,9 +243,16 @@ pub(crate) fn announce(addr: SocketAddr) {
 
 /// Opens the store the configuration names; returns it with a name for
 /// the logs.
-pub(crate) async fn open_store(
-    config: &CollabConfig,
-) -> Result<(Arc<dyn Store>, String), ServeError> {
+/// The store a process runs on, as configured.
+pub(crate) struct OpenedStore {
+    pub(crate) store: Arc<dyn Store>,
+    /// Where it is, for the logs.
+    pub(crate) name: String,
+    /// The same store when it is the embedded one, for its metrics.
+    pub(crate) embedded: Option<Arc<EmbeddedStore>>,
+}
+
+pub(crate) async fn open_store(config: &CollabConfig) -> Result<OpenedStore, ServeError> {
     let location = config.store_location().map_err(ServeError::Internal)?;
     match location {
         StoreLocation::Embedded => {
@@ -250,11 +265,20 @@ pub(crate) async fn open_store(
                         ServeError::Internal(format!("store opening task failed: {e}"))
                     })??;
             let name = embedded.path().display().to_string();
-            Ok((Arc::new(embedded), name))
+            let embedded = Arc::new(embedded);
+            Ok(OpenedStore {
+                store: embedded.clone(),
+                name,
+                embedded: Some(embedded),
+            })
         }
         StoreLocation::Cql(options) => {
             let name = options.to_string();
-            Ok((Arc::new(CqlStore::connect(options).await?), name))
+            Ok(OpenedStore {
+                store: Arc::new(CqlStore::connect(options).await?),
+                name,
+                embedded: None,
+            })
         }
     }
 }

@@ -261,6 +261,12 @@ impl EmbeddedStore {
         }
     }
 
+    /// Ops made durable in the journal and not yet checkpointed into the
+    /// log tables (what a restart would replay).
+    pub fn journaled_ops(&self) -> usize {
+        self.shared.pending().ops()
+    }
+
     /// Hands `write` to the writer thread and waits for its commit.
     async fn write(&self, write: Write) -> StoreResult<()> {
         let (reply, answer) = oneshot::channel();
