@@ -185,18 +185,30 @@ impl Fanout {
                 // that follow it.
                 biased;
                 message = control.recv() => match message {
-                    Some(message) => self.on_control(message).await,
-                    None => break,
-                },
-                delivery = subscription.next() => match delivery {
-                    Some(Delivery::Event(event)) => self.on_event(event).await,
-                    Some(Delivery::Lagged) => {
-                        debug!(room = %self.room, "room stream lagged; catching up");
-                        self.reattach_members();
-                        self.catch_up(None).await;
+                    Some(message) => {
+                        // The room published what happened before it
+                        // answered this join (a user arriving, say) ahead
+                        // of the answer: those events must reach the
+                        // joining member while it is still pending, where
+                        // they are checked against its snapshot, not after.
+                        if matches!(message, Control::Joined { .. }) {
+                            while let Some(delivery) =
+                                futures_util::FutureExt::now_or_never(subscription.next())
+                            {
+                                if !self.on_delivery(delivery).await {
+                                    return;
+                                }
+                            }
+                        }
+                        self.on_control(message).await;
                     }
                     None => break,
                 },
+                delivery = subscription.next() => {
+                    if !self.on_delivery(delivery).await {
+                        break;
+                    }
+                }
                 () = sleep_until(retry_at) => {
                     self.retry_at = None;
                     self.catch_up(None).await;
@@ -204,6 +216,20 @@ impl Fanout {
                 }
             }
         }
+    }
+
+    /// Handles what the room stream delivered; `false` once it ended.
+    async fn on_delivery(&mut self, delivery: Option<Delivery>) -> bool {
+        match delivery {
+            Some(Delivery::Event(event)) => self.on_event(event).await,
+            Some(Delivery::Lagged) => {
+                debug!(room = %self.room, "room stream lagged; catching up");
+                self.reattach_members();
+                self.catch_up(None).await;
+            }
+            None => return false,
+        }
+        true
     }
 
     async fn on_control(&mut self, message: Control) {
@@ -758,6 +784,47 @@ mod tests {
         ];
         assert_eq!(got, [Some(3), Some(4), Some(5)]);
         assert_eq!(bus.failing_fetches.load(Ordering::SeqCst), 0);
+    }
+
+    /// The room published bob's arrival before it answered ann's join, but
+    /// the answer reached the hub first: the event still meets ann's
+    /// snapshot, which has bob, and is not shown as a second arrival.
+    #[tokio::test(start_paused = true)]
+    async fn presence_published_before_a_join_was_answered_is_not_repeated() {
+        let (events, _bus, hub, outbound, conn) = attached("ann").await;
+        let presence = |event, id| {
+            let event = RoomEvent::Presence {
+                room: room(),
+                event,
+                user: user(id),
+                origin: None,
+            };
+            events
+                .send(Delivery::Event(Arc::new(event)))
+                .expect("stream open");
+        };
+        // Both queued before the hub runs again; it reads its control
+        // messages first.
+        presence(PresenceEvent::Join, "bob");
+        let body = JoinedBody {
+            room: room(),
+            kind: RoomKind::Board,
+            epoch: Epoch::parse("ep1").expect("id"),
+            head: Seq(0),
+            presence: vec![user("ann"), user("bob")],
+            reset: false,
+            state: None,
+            ops: Some(Vec::new()),
+        };
+        hub.joined(&room(), &conn.conn, body).await;
+        presence(PresenceEvent::Join, "cat");
+        assert_eq!(next_frame(&outbound).await["type"], "joined");
+        let frame = next_frame(&outbound).await;
+        assert_eq!(
+            (frame["event"].as_str(), frame["user"]["id"].as_str()),
+            (Some("join"), Some("cat")),
+            "{frame}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
