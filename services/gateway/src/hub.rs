@@ -6,7 +6,10 @@
 //! (attach, joined, detach). That makes the delivery rules simple to keep:
 //! - a member is attached (subscribed) before its `join` is sent, and its
 //!   events are buffered until its `joined` has been queued; then only ops
-//!   with `seq > head` follow;
+//!   with `seq > head` follow, and only presence events that change what
+//!   its snapshot said (the stream's queued events are handled before a
+//!   `joined`, so an event the room published before answering is among
+//!   the buffered ones);
 //! - op events are delivered in seq order with no gap and no duplicate: a
 //!   duplicate (`seq ≤` the last one) is dropped, and a gap — the stream
 //!   lagged, or NATS dropped a message — is filled by fetching the missing
