@@ -56,6 +56,36 @@ async fn welcome(client: &mut WsClient) -> Value {
     frame
 }
 
+/// Creates a board as the token's user, connects and joins it: the room
+/// id, the welcomed client and its `joined` frame.
+async fn join_new_board(server: &CollabServer, token: &str) -> (String, WsClient, Value) {
+    let created: Value = server
+        .http()
+        .post(format!("{}/v1/rooms", server.http_url()))
+        .bearer_auth(token)
+        .json(&json!({"kind": "board"}))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    let room = created["id"].as_str().expect("a room id").to_owned();
+    let mut client = WsClient::connect(&server.ws_url(), token)
+        .await
+        .expect("connects");
+    welcome(&mut client).await;
+    client
+        .send_json(&json!({"type": "join", "room": room}))
+        .await
+        .expect("sent");
+    let joined = client
+        .recv_type("joined", FRAME_TIMEOUT)
+        .await
+        .expect("joined");
+    (room, client, joined)
+}
+
 fn is_colour(value: &Value) -> bool {
     value.as_str().is_some_and(|s| {
         s.len() == 7 && s.starts_with('#') && s[1..].bytes().all(|b| b.is_ascii_hexdigit())
@@ -110,30 +140,7 @@ async fn the_embedded_store_reports_its_commits_on_metrics() {
         Some(0.0),
         "{before}"
     );
-    let created: Value = server
-        .http()
-        .post(format!("{}/v1/rooms", server.http_url()))
-        .bearer_auth(&token)
-        .json(&json!({"kind": "board"}))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
-    let room = created["id"].as_str().expect("a room id").to_owned();
-    let mut client = WsClient::connect(&server.ws_url(), &token)
-        .await
-        .expect("connects");
-    welcome(&mut client).await;
-    client
-        .send_json(&json!({"type": "join", "room": room}))
-        .await
-        .expect("sent");
-    client
-        .recv_type("joined", FRAME_TIMEOUT)
-        .await
-        .expect("joined");
+    let (room, mut client, _) = join_new_board(&server, &token).await;
     for (cid, text) in [("c1", "one"), ("c2", "two")] {
         let op = json!({"kind": "message", "text": text});
         client
@@ -352,31 +359,7 @@ async fn sigterm_closes_sockets_with_1001_exits_0_and_a_restart_carries_on() {
 async fn an_acked_op_survives_a_graceful_restart() {
     let mut server = start();
     let token = server.dev_token("ann").await.expect("a dev token");
-    let created: Value = server
-        .http()
-        .post(format!("{}/v1/rooms", server.http_url()))
-        .bearer_auth(&token)
-        .json(&json!({"kind": "board"}))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
-    let room = created["id"].as_str().expect("a room id").to_owned();
-
-    let mut client = WsClient::connect(&server.ws_url(), &token)
-        .await
-        .expect("connects");
-    welcome(&mut client).await;
-    client
-        .send_json(&json!({"type": "join", "room": room}))
-        .await
-        .expect("sent");
-    let joined = client
-        .recv_type("joined", FRAME_TIMEOUT)
-        .await
-        .expect("joined");
+    let (room, mut client, joined) = join_new_board(&server, &token).await;
     assert_eq!(joined["head"], 0, "{joined}");
     let epoch = joined["epoch"].clone();
     // A message, not a stroke: a stroke left open when the socket closes

@@ -32,82 +32,83 @@ impl Collector for StoreCollector {
         };
         let stats = store.stats();
         let seconds = |d: Duration| d.as_secs_f64();
-        for (name, help, value) in [
-            (
-                "collab_store_group_commits",
-                "Groups of writes made durable together (one fsync each)",
-                stats.transactions,
-            ),
-            (
-                "collab_store_failed_commits",
-                "Groups and checkpoint slices that failed (their writes were refused)",
-                stats.failed_transactions,
-            ),
-            (
-                "collab_store_appends",
-                "Append batches made durable",
-                stats.appends,
-            ),
-            ("collab_store_ops", "Ops made durable", stats.ops),
-            (
-                "collab_store_checkpoints",
-                "Checkpoint cycles completed",
-                stats.checkpoints,
-            ),
-            (
-                "collab_store_checkpoint_slices",
-                "Checkpoint slices committed (one fsync each)",
-                stats.checkpoint_slices,
-            ),
-            (
-                "collab_store_checkpointed_ops",
-                "Ops moved from the journal into the log tables",
-                stats.checkpointed_ops,
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        for (name, help, value) in [
-            (
-                "collab_store_commit_seconds",
-                "Time spent making groups durable (journal write and fsync, redb commits)",
-                seconds(stats.commit_time),
-            ),
-            (
-                "collab_store_checkpoint_seconds",
-                "Time spent in checkpoint slices",
-                seconds(stats.checkpoint_time),
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        for (name, help, value) in [
-            (
-                "collab_store_longest_checkpoint_pause_seconds",
-                "The longest writes waited for a checkpoint since the store opened",
-                seconds(stats.longest_checkpoint_pause),
-            ),
-            (
-                "collab_store_journaled_ops",
-                "Ops in the journal not yet checkpointed (what a restart replays)",
-                store.journaled_ops() as f64,
-            ),
-        ] {
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
+        let e = &mut encoder;
+        emit(
+            e,
+            "collab_store_group_commits",
+            "Groups of writes made durable together (one fsync each)",
+            ConstCounter::new(stats.transactions),
+        )?;
+        emit(
+            e,
+            "collab_store_failed_commits",
+            "Groups and checkpoint slices that failed (their writes were refused)",
+            ConstCounter::new(stats.failed_transactions),
+        )?;
+        emit(
+            e,
+            "collab_store_appends",
+            "Append batches made durable",
+            ConstCounter::new(stats.appends),
+        )?;
+        emit(
+            e,
+            "collab_store_ops",
+            "Ops made durable",
+            ConstCounter::new(stats.ops),
+        )?;
+        emit(
+            e,
+            "collab_store_checkpoints",
+            "Checkpoint cycles completed",
+            ConstCounter::new(stats.checkpoints),
+        )?;
+        emit(
+            e,
+            "collab_store_checkpoint_slices",
+            "Checkpoint slices committed (one fsync each)",
+            ConstCounter::new(stats.checkpoint_slices),
+        )?;
+        emit(
+            e,
+            "collab_store_checkpointed_ops",
+            "Ops moved from the journal into the log tables",
+            ConstCounter::new(stats.checkpointed_ops),
+        )?;
+        emit(
+            e,
+            "collab_store_commit_seconds",
+            "Time spent making groups durable (journal write and fsync, redb commits)",
+            ConstCounter::new(seconds(stats.commit_time)),
+        )?;
+        emit(
+            e,
+            "collab_store_checkpoint_seconds",
+            "Time spent in checkpoint slices",
+            ConstCounter::new(seconds(stats.checkpoint_time)),
+        )?;
+        emit(
+            e,
+            "collab_store_longest_checkpoint_pause_seconds",
+            "The longest writes waited for a checkpoint since the store opened",
+            ConstGauge::new(seconds(stats.longest_checkpoint_pause)),
+        )?;
+        emit(
+            e,
+            "collab_store_journaled_ops",
+            "Ops in the journal not yet checkpointed (what a restart replays)",
+            ConstGauge::new(store.journaled_ops() as f64),
+        )?;
         Ok(())
     }
+}
+
+/// Writes one metric with its name and help.
+fn emit(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }

@@ -789,36 +789,44 @@ mod tests {
         assert_eq!(bus.failing_fetches.load(Ordering::SeqCst), 0);
     }
 
+    /// Feeds the room stream a presence event of `id`.
+    fn send_presence(events: &mpsc::UnboundedSender<Delivery>, event: PresenceEvent, id: &str) {
+        let event = RoomEvent::Presence {
+            room: room(),
+            event,
+            user: user(id),
+            origin: None,
+        };
+        events
+            .send(Delivery::Event(Arc::new(event)))
+            .expect("stream open");
+    }
+
+    /// An empty board's `joined` whose snapshot lists `present`.
+    fn board_joined(present: &[&str]) -> JoinedBody {
+        JoinedBody {
+            room: room(),
+            kind: RoomKind::Board,
+            epoch: Epoch::parse("ep1").expect("id"),
+            head: Seq(0),
+            presence: present.iter().map(|id| user(id)).collect(),
+            reset: false,
+            state: None,
+            ops: Some(Vec::new()),
+        }
+    }
+
     /// The room published bob's arrival before it answered ann's join, but
     /// the answer reached the hub first: the event still meets ann's
     /// snapshot, which has bob, and is not shown as a second arrival.
     #[tokio::test(start_paused = true)]
     async fn presence_published_before_a_join_was_answered_is_not_repeated() {
         let (events, _bus, hub, outbound, conn) = attached("ann").await;
-        let presence = |event, id| {
-            let event = RoomEvent::Presence {
-                room: room(),
-                event,
-                user: user(id),
-                origin: None,
-            };
-            events
-                .send(Delivery::Event(Arc::new(event)))
-                .expect("stream open");
-        };
+        let presence = |event, id| send_presence(&events, event, id);
         // Both queued before the hub runs again; it reads its control
         // messages first.
         presence(PresenceEvent::Join, "bob");
-        let body = JoinedBody {
-            room: room(),
-            kind: RoomKind::Board,
-            epoch: Epoch::parse("ep1").expect("id"),
-            head: Seq(0),
-            presence: vec![user("ann"), user("bob")],
-            reset: false,
-            state: None,
-            ops: Some(Vec::new()),
-        };
+        let body = board_joined(&["ann", "bob"]);
         hub.joined(&room(), &conn.conn, body).await;
         presence(PresenceEvent::Join, "cat");
         assert_eq!(next_frame(&outbound).await["type"], "joined");
@@ -836,33 +844,14 @@ mod tests {
         // While ann's join is on its way: bob arrives (the room answers the
         // join after that, so bob is in its snapshot), dan leaves (not in
         // the snapshot either way), then cat arrives after the snapshot.
-        let presence = |event, id| {
-            let event = RoomEvent::Presence {
-                room: room(),
-                event,
-                user: user(id),
-                origin: None,
-            };
-            events
-                .send(Delivery::Event(Arc::new(event)))
-                .expect("stream open");
-        };
+        let presence = |event, id| send_presence(&events, event, id);
         presence(PresenceEvent::Join, "bob");
         presence(PresenceEvent::Leave, "dan");
         presence(PresenceEvent::Join, "cat");
         // Time is paused: this returns once every task is idle, that is
         // once the hub has buffered all three.
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let body = JoinedBody {
-            room: room(),
-            kind: RoomKind::Board,
-            epoch: Epoch::parse("ep1").expect("id"),
-            head: Seq(0),
-            presence: vec![user("ann"), user("bob")],
-            reset: false,
-            state: None,
-            ops: Some(Vec::new()),
-        };
+        let body = board_joined(&["ann", "bob"]);
         hub.joined(&room(), &conn.conn, body).await;
         assert_eq!(next_frame(&outbound).await["type"], "joined");
         let frame = next_frame(&outbound).await;
