@@ -194,6 +194,12 @@ fn target(c: &Common) -> Result<Target> {
                 .replacen("http://", "ws://", 1)
         })
         .collect();
+    for base in &bases {
+        let url = reqwest::Url::parse(base).with_context(|| format!("--url {base}"))?;
+        if !matches!(url.scheme(), "ws" | "wss") || url.host().is_none() {
+            bail!("--url {base}: not an http(s) or ws(s) URL with a host");
+        }
+    }
     let ws_urls = bases
         .iter()
         .map(|b| match c.target {

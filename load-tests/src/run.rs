@@ -236,7 +236,7 @@ pub fn worker_main() -> Result<()> {
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async {
+    let result = local.block_on(&runtime, async {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         let spec: WorkerSpec = serde_json::from_str(
             &lines
@@ -265,7 +265,14 @@ pub fn worker_main() -> Result<()> {
         let result = run_worker(spec, tx, start_rx).await;
         let _ = printer.await;
         result
-    })
+    });
+    // Stdin's reader is a blocking read the parent never ends (it keeps
+    // stdin open until the worker is done): a runtime dropped the usual
+    // way would wait for it, and a worker whose setup failed would hang
+    // with its parent.
+    drop(local);
+    runtime.shutdown_background();
+    result
 }
 
 /// Runs one scenario once.

@@ -139,3 +139,65 @@ async fn bare_relay_loses_nothing() {
     assert_eq!(r.counters.cursors_delivered, r.counters.cursors_expected);
     relay.abort();
 }
+
+/// Runs the `collab-load` binary to its end (at most `within`): its exit
+/// status and what it wrote to stderr.
+fn run_binary(args: &[&str], within: Duration) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_collab-load"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start collab-load");
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("collab-load {args:?} still ran after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50)); // poll interval
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    (status, stderr)
+}
+
+#[test]
+fn a_run_against_nothing_stops_with_an_error() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    // Its workers are processes (the default): a worker whose setup failed
+    // once hung, and its parent with it.
+    let (status, stderr) = run_binary(
+        &["boards", "--boards", "2", "--seconds", "1", "--url", &url],
+        Duration::from_secs(60),
+    );
+    assert!(!status.success(), "exited 0; stderr: {stderr}");
+    assert!(stderr.contains("creating rooms"), "stderr: {stderr}");
+
+    let (status, stderr) = run_binary(
+        &[
+            "boards",
+            "--boards",
+            "2",
+            "--url",
+            "http://127.0.0.1:180231566",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!status.success(), "exited 0; stderr: {stderr}");
+    assert!(stderr.contains("invalid port"), "stderr: {stderr}");
+}
