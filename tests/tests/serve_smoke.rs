@@ -71,19 +71,24 @@ async fn join_new_board(server: &CollabServer, token: &str) -> (String, WsClient
         .await
         .expect("json");
     let room = created["id"].as_str().expect("a room id").to_owned();
+    let (client, joined) =
+        connect_and_join(server, token, json!({"type": "join", "room": room})).await;
+    (room, client, joined)
+}
+
+/// Connects as the token's user, sends `join` once welcomed: the client
+/// and its `joined` frame.
+async fn connect_and_join(server: &CollabServer, token: &str, join: Value) -> (WsClient, Value) {
     let mut client = WsClient::connect(&server.ws_url(), token)
         .await
         .expect("connects");
     welcome(&mut client).await;
-    client
-        .send_json(&json!({"type": "join", "room": room}))
-        .await
-        .expect("sent");
+    client.send_json(&join).await.expect("sent");
     let joined = client
         .recv_type("joined", FRAME_TIMEOUT)
         .await
         .expect("joined");
-    (room, client, joined)
+    (client, joined)
 }
 
 fn is_colour(value: &Value) -> bool {
@@ -377,18 +382,8 @@ async fn an_acked_op_survives_a_graceful_restart() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     server.restart().expect("restarts");
 
-    let mut client = WsClient::connect(&server.ws_url(), &token)
-        .await
-        .expect("connects");
-    welcome(&mut client).await;
-    client
-        .send_json(&json!({"type": "join", "room": room, "since": 0, "epoch": epoch}))
-        .await
-        .expect("sent");
-    let joined = client
-        .recv_type("joined", FRAME_TIMEOUT)
-        .await
-        .expect("joined");
+    let rejoin = json!({"type": "join", "room": room, "since": 0, "epoch": epoch});
+    let (_client, joined) = connect_and_join(&server, &token, rejoin).await;
     assert_eq!(joined["head"], 1, "{joined}");
     assert_eq!(joined["epoch"], epoch, "{joined}");
     assert_eq!(joined["reset"], false, "{joined}");

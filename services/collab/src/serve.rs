@@ -241,8 +241,6 @@ pub(crate) fn announce(addr: SocketAddr) {
     println!("{LISTENING_PREFIX}{addr}");
 }
 
-/// Opens the store the configuration names; returns it with a name for
-/// the logs.
 /// The store a process runs on, as configured.
 pub(crate) struct OpenedStore {
     pub(crate) store: Arc<dyn Store>,
@@ -252,6 +250,7 @@ pub(crate) struct OpenedStore {
     pub(crate) embedded: Option<Arc<EmbeddedStore>>,
 }
 
+/// Opens the store the configuration names.
 pub(crate) async fn open_store(config: &CollabConfig) -> Result<OpenedStore, ServeError> {
     let location = config.store_location().map_err(ServeError::Internal)?;
     match location {
