@@ -17,6 +17,13 @@
 #   profile     boards at ACK_BOARDS boards on collab serve under `perf record`;
 #               writes profile-collab.txt (needs perf) and, with inferno
 #               installed (cargo install inferno), flamegraph-collab.svg
+#   rounds      ROUNDS_SCENARIO at every size of ROUNDS_STEPS on every target, each
+#               run on a fresh server, the targets back to back (their order
+#               rotating), the whole repeated ROUNDS times, so that the machine's
+#               drift falls on every target alike; `collab-load rounds` then says
+#               per size how many rounds passed (a size passes when most did) and
+#               writes rounds-SCENARIO.md, .json and -capacity.svg. Not in the
+#               default list (45 runs with the defaults, about half an hour)
 #   cluster     boards over CLUSTER_STEPS on a local cluster started with
 #               scripts/cluster.sh (NATS, Cassandra, CLUSTER_GATEWAYS gateways,
 #               CLUSTER_ROOM_NODES room nodes, release build), clients spread over
@@ -37,6 +44,9 @@
 #   IDLE_CONNECTIONS  (19000)
 #   LATE_JOIN_OPS     (100000)
 #   ACK_BOARDS        (500)
+#   ROUNDS            (3)
+#   ROUNDS_SCENARIO   boards or classroom (boards)
+#   ROUNDS_STEPS      (175,200,225,250,275)
 #   CLUSTER_STEPS     (50,100,150,200)
 #   CLUSTER_GATEWAYS  (2)
 #   CLUSTER_ROOM_NODES (2)
@@ -71,6 +81,9 @@ CHAT_CHANNELS="${CHAT_CHANNELS:-900}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-19000}"
 LATE_JOIN_OPS="${LATE_JOIN_OPS:-100000}"
 ACK_BOARDS="${ACK_BOARDS:-500}"
+ROUNDS="${ROUNDS:-3}"
+ROUNDS_SCENARIO="${ROUNDS_SCENARIO:-boards}"
+ROUNDS_STEPS="${ROUNDS_STEPS:-175,200,225,250,275}"
 CLUSTER_STEPS="${CLUSTER_STEPS:-50,100,150,200}"
 CLUSTER_GATEWAYS="${CLUSTER_GATEWAYS:-2}"
 CLUSTER_ROOM_NODES="${CLUSTER_ROOM_NODES:-2}"
@@ -236,6 +249,25 @@ bench_classroom_rate() {
   plot classroom-rate
 }
 
+# Every size on every target, ROUNDS times, interleaved (see the header).
+bench_rounds() {
+  local scenario="$ROUNDS_SCENARIO" targets=($TARGETS) r s i t
+  local n=${#targets[@]}
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for s in ${ROUNDS_STEPS//,/ }; do
+      for ((i = 0; i < n; i++)); do
+        t="${targets[$(((i + r - 1) % n))]}"
+        load "rounds-$scenario-$t-$s-r$r" "$t" "$scenario" --seconds "$SECS" --steps "$s"
+      done
+    done
+  done
+  "$LOAD" rounds --markdown "$OUT/rounds-$scenario.md" --json "$OUT/rounds-$scenario.json" \
+    --plot "$OUT/rounds-$scenario-capacity.svg" \
+    --title "$scenario: op delivery p99 by size, median of $ROUNDS rounds" \
+    "$OUT"/rounds-"$scenario"-*-r*.json
+  log "rounds: $OUT/rounds-$scenario.md"
+}
+
 # plot SCENARIO: the capacity curves of every target in one SVG.
 plot() {
   local files=()
@@ -352,6 +384,7 @@ main() {
       late-join) bench_late_join ;;
       ack) bench_ack ;;
       profile) bench_profile ;;
+      rounds) bench_rounds ;;
       cluster) bench_cluster ;;
       *) die "unknown scenario $s" ;;
     esac

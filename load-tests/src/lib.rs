@@ -25,6 +25,7 @@ pub mod capacity;
 pub mod latejoin;
 pub mod relay;
 pub mod report;
+pub mod rounds;
 pub mod run;
 pub mod scenario;
 pub mod setup;

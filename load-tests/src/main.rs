@@ -179,6 +179,25 @@ enum Command {
         /// JSON results of capacity runs, one curve each (named by target).
         results: Vec<PathBuf>,
     },
+    /// Sum up repeated, interleaved capacity runs (their JSON results, as
+    /// `scripts/bench-load.sh rounds` makes them): per target and size,
+    /// how many rounds passed; a size passes when most rounds did, and the
+    /// capacity is the largest size that passed with every size below it.
+    Rounds {
+        /// The summary as Markdown (default: standard output).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Each target's median round per size as a capacity curve (SVG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[arg(long, default_value = "op delivery p99 by size, median round")]
+        title: String,
+        /// JSON results of capacity runs, any number of rounds each.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+    },
     /// (internal) one worker process: spec and start time on stdin.
     #[command(hide = true)]
     Worker,
@@ -295,6 +314,13 @@ async fn scenario(scenario: Scenario, c: Common) -> Result<()> {
     Ok(())
 }
 
+fn read_capacity(path: &std::path::Path) -> Result<CapacityResult> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a capacity result", path.display()))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -306,10 +332,7 @@ fn main() -> Result<()> {
         } => {
             let mut curves = Vec::new();
             for path in &results {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let result: CapacityResult = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not a capacity result", path.display()))?;
+                let result = read_capacity(path)?;
                 let name = result
                     .steps
                     .first()
@@ -320,6 +343,36 @@ fn main() -> Result<()> {
             let refs: Vec<(&str, &CapacityResult)> =
                 curves.iter().map(|(n, c)| (n.as_str(), c)).collect();
             std::fs::write(&out, report::capacity_svg(&title, &refs))?;
+            Ok(())
+        }
+        Command::Rounds {
+            markdown,
+            json,
+            plot,
+            title,
+            results,
+        } => {
+            let results = results
+                .iter()
+                .map(|p| read_capacity(p))
+                .collect::<Result<Vec<_>>>()?;
+            let summary = collab_load::rounds::summarize(&results);
+            match markdown {
+                Some(path) => std::fs::write(&path, summary.markdown())
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{}", summary.markdown()),
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = plot {
+                let curves = summary.median_curves();
+                let refs: Vec<(&str, &CapacityResult)> =
+                    curves.iter().map(|(n, c)| (*n, c)).collect();
+                std::fs::write(&path, report::capacity_svg(&title, &refs))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             Ok(())
         }
         Command::Relay { listen, threads } => {
@@ -409,7 +462,10 @@ fn main() -> Result<()> {
                         write(&common.markdown, "", &md)?;
                         Ok(())
                     }
-                    Command::Relay { .. } | Command::Worker | Command::Plot { .. } => Ok(()),
+                    Command::Relay { .. }
+                    | Command::Worker
+                    | Command::Plot { .. }
+                    | Command::Rounds { .. } => Ok(()),
                 }
             })
         }
