@@ -73,28 +73,17 @@ pub fn summarize(results: &[CapacityResult]) -> RoundsSummary {
         .map(|s| s.result.scenario.name().to_owned())
         .next()
         .unwrap_or_default();
-    // Targets in the order they first appear, which is the order they ran.
-    let mut order: Vec<TargetKind> = Vec::new();
-    let mut cells: BTreeMap<(usize, u32), Vec<&Step>> = BTreeMap::new();
+    // Targets in one order whatever the files' (ours first, as in every
+    // plot of docs/BENCHMARKS.md), sizes ascending, rounds as given.
+    let mut cells: BTreeMap<(TargetKind, u32), Vec<&Step>> = BTreeMap::new();
     for step in results.iter().flat_map(|c| &c.steps) {
-        let target = step.result.target;
-        let index = order.iter().position(|t| *t == target).unwrap_or_else(|| {
-            order.push(target);
-            order.len() - 1
-        });
-        cells.entry((index, step.rooms)).or_default().push(step);
+        cells
+            .entry((step.result.target, step.rooms))
+            .or_default()
+            .push(step);
     }
-    let mut targets: Vec<TargetRounds> = order
-        .iter()
-        .map(|&target| TargetRounds {
-            target,
-            capacity: None,
-            passed_every_size: false,
-            sizes: Vec::new(),
-            median_steps: Vec::new(),
-        })
-        .collect();
-    for ((index, rooms), steps) in cells {
+    let mut targets: Vec<TargetRounds> = Vec::new();
+    for ((target, rooms), steps) in cells {
         let mut by_p99: Vec<&Step> = steps.clone();
         by_p99.sort_by(|a, b| {
             a.result
@@ -109,8 +98,7 @@ pub fn summarize(results: &[CapacityResult]) -> RoundsSummary {
             .filter_map(|s| s.result.server.as_ref().map(|p| p.cpu_pct_mean))
             .collect();
         cpus.sort_by(f64::total_cmp);
-        let target = &mut targets[index];
-        target.sizes.push(SizeRounds {
+        let size = SizeRounds {
             rooms,
             runs: steps.len() as u32,
             passed: steps.iter().filter(|s| s.passed).count() as u32,
@@ -118,8 +106,20 @@ pub fn summarize(results: &[CapacityResult]) -> RoundsSummary {
             median_op_p99_ms: median.result.latency.op.p99_ms,
             median_server_cpu_pct: cpus.get(cpus.len() / 2).copied(),
             ops_lost: steps.iter().map(|s| s.result.counters.ops_lost).sum(),
-        });
-        target.median_steps.push(median.clone());
+        };
+        match targets.last_mut() {
+            Some(last) if last.target == target => {
+                last.sizes.push(size);
+                last.median_steps.push(median.clone());
+            }
+            _ => targets.push(TargetRounds {
+                target,
+                capacity: None,
+                passed_every_size: false,
+                sizes: vec![size],
+                median_steps: vec![median.clone()],
+            }),
+        }
     }
     for target in &mut targets {
         target.capacity = target
