@@ -17,6 +17,16 @@ pub enum StepBy {
     RatePercent,
 }
 
+impl StepBy {
+    /// What a step's number counts, for table headers.
+    pub fn unit(self) -> &'static str {
+        match self {
+            StepBy::Rooms => "rooms",
+            StepBy::RatePercent => "rate %",
+        }
+    }
+}
+
 /// One step of the search.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {

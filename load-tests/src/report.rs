@@ -176,10 +176,7 @@ pub fn capacity_markdown(c: &CapacityResult) -> String {
         first.result.target.name(),
         c.p99_bound_ms
     );
-    let unit = match c.step_by {
-        StepBy::Rooms => "rooms",
-        StepBy::RatePercent => "rate %",
-    };
+    let unit = c.step_by.unit();
     let _ = writeln!(
         out,
         "| {unit} | clients | ops sent/s | deliveries/s | cursors/s | op p50 | op p99 | ack p99 | lost | errors | server CPU | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -11,7 +11,7 @@
 //! for a target when most of its rounds did; the target's capacity is the
 //! largest size that passed with every size below it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -172,22 +172,18 @@ impl RoundsSummary {
             "### {}: {rounds} interleaved rounds (p99 bound {} ms)\n",
             self.scenario, self.p99_bound_ms
         );
-        let unit = match self.step_by {
-            StepBy::Rooms => "rooms",
-            StepBy::RatePercent => "rate %",
-        };
+        let unit = self.step_by.unit();
         let _ = writeln!(
             out,
             "| {unit} | target | rounds passed | op p99 per round (ms) | median op p99 | median server CPU | ops lost |\n|---|---|---|---|---|---|---|"
         );
-        let largest = self
+        let sizes: BTreeSet<u32> = self
             .targets
             .iter()
             .flat_map(|t| &t.sizes)
             .map(|s| s.rooms)
-            .max()
-            .unwrap_or(0);
-        for rooms in 0..=largest {
+            .collect();
+        for rooms in sizes {
             for t in &self.targets {
                 let Some(s) = t.sizes.iter().find(|s| s.rooms == rooms) else {
                     continue;
