@@ -18,6 +18,7 @@
 //! - [`worker`]: one single-threaded share of the clients;
 //! - [`run`]: workers in threads or processes, started together, merged;
 //! - [`capacity`]: steps the load up until p99 passes a bound;
+//! - [`rounds`]: repeated, interleaved capacity runs summed up per size;
 //! - [`latejoin`]: time to join a board with a long history;
 //! - [`report`]: JSON, Markdown and SVG plots.
 
