@@ -287,11 +287,10 @@ impl NatsBus {
     /// far — subscriptions included — so that what anyone publishes from
     /// now on reaches them.
     pub async fn flush(&self) {
-        // The client's own flush only writes its buffer to the socket. A
-        // request nobody listens to is answered "no responders" by the
-        // server, and only after it has processed everything this
+        // Not the client's own flush: that only writes its buffer to the
+        // socket. A request nobody listens to is answered "no responders"
+        // by the server, and only after it has processed everything this
         // connection sent before it.
-        let _ = self.client.flush().await;
         let _ = self
             .client
             .request(self.client.new_inbox(), Default::default())
