@@ -25,7 +25,7 @@ pub struct SizeRounds {
     pub rooms: u32,
     pub runs: u32,
     pub passed: u32,
-    /// Op delivery p99 of each round, in the order the rounds ran.
+    /// Op delivery p99 of each round, in the order the results were given.
     pub op_p99_ms: Vec<f64>,
     pub median_op_p99_ms: f64,
     /// The server's mean CPU, median over the rounds, % of one core.
@@ -62,7 +62,8 @@ pub struct RoundsSummary {
     pub targets: Vec<TargetRounds>,
 }
 
-/// Sorts the steps of `results` by target and size.
+/// Groups the steps of `results` by target and size and sums each group
+/// up; a result may hold one step (one round at one size) or several.
 pub fn summarize(results: &[CapacityResult]) -> RoundsSummary {
     let first = results.first();
     let p99_bound_ms = first.map_or(50.0, |c| c.p99_bound_ms);
