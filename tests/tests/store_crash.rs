@@ -8,8 +8,10 @@
 //! restarts it on the same file (it continues from the stored heads), and
 //! repeats; finally it opens the file itself and checks that every
 //! acknowledged op is there, intact, in a gapless log. The child
-//! checkpoints its journal every 50 ops, so kills hit all of the store's
-//! states: journal only, mid-checkpoint, freshly checkpointed.
+//! checkpoints its journal every 50 ops and preallocates journal segments
+//! of 8 KiB, so kills hit all of the store's states: journal only,
+//! mid-checkpoint, freshly checkpointed, in a preallocated segment or
+//! moving to the next.
 //!
 //! A second pair ([`store_cycle_child`]) aims at checkpoint cycles: with
 //! tiny slices the child's writer is nearly always in the middle of a cycle
@@ -46,9 +48,12 @@ fn room(i: usize) -> RoomId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_crash_child() {
     // Checkpoint often, so that kills land before, during and after
-    // checkpoints, and every reopen replays a journal.
+    // checkpoints, and every reopen replays a journal; and preallocate
+    // small journal segments, so that they land in preallocated segments,
+    // on the moves to the next one, and while a spare is being made.
     let options = EmbeddedStoreOptions {
         checkpoint_ops: 50,
+        journal_segment_bytes: 8 << 10,
         ..Default::default()
     };
     append_until_killed([CHILD_DB, CHILD_TERM], options, room, points_batch).await;

@@ -18,7 +18,8 @@
 //!
 //! Run: `cargo bench -p collab-store --bench append`. To try other
 //! checkpoint thresholds, set `COLLAB_STORE_CHECKPOINT_OPS`; other slice
-//! sizes, `COLLAB_STORE_CHECKPOINT_SLICE_OPS`.
+//! sizes, `COLLAB_STORE_CHECKPOINT_SLICE_OPS`; other journal segment sizes
+//! (0: no preallocation), `COLLAB_STORE_JOURNAL_SEGMENT_BYTES`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,12 @@ fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
         .and_then(|v| v.parse().ok())
     {
         options.checkpoint_slice_ops = ops;
+    }
+    if let Some(bytes) = std::env::var("COLLAB_STORE_JOURNAL_SEGMENT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.journal_segment_bytes = bytes;
     }
     EmbeddedStore::open_with(dir.path().join(EmbeddedStore::FILE_NAME), options).expect("open")
 }

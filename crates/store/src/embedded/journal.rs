@@ -11,13 +11,21 @@
 //! `[payload length u32 LE][key u64 LE][payload][xxh3-64 of key and
 //! payload u64 LE]`; the payload is one group's journal row (see `codec`).
 //!
+//! With preallocation on (the default), segments are files zero-filled
+//! and synced ahead of time by a helper thread (see [`super::spare`]), so
+//! that a group's `fdatasync` writes only its record, not the file's new
+//! size. The rest of such a file is zeros, which end its records the way
+//! a file's end does. When a record would not fit, the journal continues
+//! in the next spare (or grows the file while none is ready).
+//!
 //! Checkpoint cycles [`rotate`](Journal::rotate) to a fresh segment when
 //! they start; their extent is every older (sealed) segment, which they
 //! [`delete_below`](Journal::delete_below) only after their last slice
 //! committed. At open, [`replay`] reads every segment in key order: a
 //! torn or bad record at the tail of the last segment is where the log
 //! ends (its group was never acknowledged: its fsync did not return), and
-//! is cut off; a bad record anywhere else is corruption.
+//! is cut off; a bad record anywhere else is corruption, unless nothing but
+//! zeros follows it (the unused part of a preallocated segment).
 //!
 //! After a failed write or sync the file's tail is unknown (the record
 //! may be partly or even wholly on disk while its callers were told
@@ -32,7 +40,13 @@ use std::path::{Path, PathBuf};
 
 use twox_hash::XxHash3_64;
 
+use super::spare::Spares;
 use crate::{StoreError, StoreResult};
+
+/// The journal asks for the next spare once the current segment will hold
+/// this much (or half a spare's length, if that is less), so that a store
+/// that never journals much never writes a spare at all.
+const SPARE_AFTER: u64 = 1 << 20;
 
 /// `[payload length u32][key u64]`.
 const HEADER_LEN: usize = 4 + 8;
@@ -58,6 +72,12 @@ fn dir_of(db: &Path) -> PathBuf {
 /// The segment of the redb file at `db` whose first key is `first`.
 pub(crate) fn segment_path(db: &Path, first: u64) -> PathBuf {
     dir_of(db).join(format!("{}{first:020}", prefix(db)))
+}
+
+/// Where the helper keeps the next segment's file until it is needed. Its
+/// name does not parse as a segment's.
+fn spare_path(db: &Path) -> PathBuf {
+    dir_of(db).join(format!("{}spare", prefix(db)))
 }
 
 /// Every segment of the redb file at `db`, in key order.
@@ -149,7 +169,9 @@ pub(crate) fn replay(
         next_key = next_key.max(*first);
         let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
         let (records, good) = decode_records(&bytes);
-        if good < bytes.len() {
+        // Zeros after the records: the unused part of a preallocated
+        // segment.
+        if bytes[good..].iter().any(|b| *b != 0) {
             if i + 1 < found.len() {
                 return Err(StoreError::Corrupt(format!(
                     "journal segment {} has a bad record at byte {good} and is not the last one",
@@ -161,7 +183,6 @@ pub(crate) fn replay(
             tracing::warn!(
                 segment = %path.display(),
                 at = good,
-                dropped = bytes.len() - good,
                 "journal: cutting off a torn tail"
             );
             let file = OpenOptions::new()
@@ -205,6 +226,19 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates an empty segment file at `path` (replacing an empty or stale
+/// one) and syncs it and its directory.
+fn create_file(db: &Path, path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.sync_all()?;
+    sync_dir(&dir_of(db))?;
+    Ok(file)
+}
+
 /// The writer's end of the journal: the segment it appends to, and the
 /// sealed ones a checkpoint cycle has yet to delete.
 pub(crate) struct Journal {
@@ -215,36 +249,103 @@ pub(crate) struct Journal {
     path: PathBuf,
     /// The current segment's length up to its last durable record.
     len: u64,
+    /// How much of the current segment's file is zero-filled and synced
+    /// (0 if none): records that end within it leave the file's size alone.
+    capacity: u64,
     /// A write or sync failed and the tail is not yet cut back to `len`.
     torn: bool,
     /// Older segments, oldest first, with their first keys.
     sealed: Vec<(u64, PathBuf)>,
     /// The record being written (kept to reuse its allocation).
     buf: Vec<u8>,
+    /// The helper that preallocates segments; `None`: segments grow.
+    spares: Option<Spares>,
 }
 
 impl Journal {
-    /// Starts a fresh, empty segment whose first key will be `first`
-    /// (replacing an empty or stale file of that name).
-    pub(crate) fn create(db: &Path, first: u64) -> io::Result<Journal> {
+    /// Starts the journal at a fresh, empty segment whose first key will
+    /// be `first` (replacing an empty or stale file of that name). With
+    /// `segment_bytes` above 0, later segments are preallocated to that
+    /// length.
+    pub(crate) fn start(db: &Path, first: u64, segment_bytes: u64) -> io::Result<Journal> {
         let path = segment_path(db, first);
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)?;
-        file.sync_all()?;
-        sync_dir(&dir_of(db))?;
+        let file = create_file(db, &path)?;
+        let spares = if segment_bytes > 0 {
+            Some(Spares::start(spare_path(db), segment_bytes)?)
+        } else {
+            None
+        };
         Ok(Journal {
             db: db.to_path_buf(),
             file,
             first,
             path,
             len: 0,
+            capacity: 0,
             torn: false,
             sealed: Vec::new(),
             buf: Vec::new(),
+            spares,
         })
+    }
+
+    /// The file for a new segment whose first key is `first`: the spare if
+    /// one is ready, else a fresh empty file; either way, durably named.
+    /// Returns it with its path and preallocated length.
+    fn next_file(&self, first: u64) -> io::Result<(File, PathBuf, u64)> {
+        let path = segment_path(&self.db, first);
+        if let Some(spares) = &self.spares {
+            let taken = spares.take(&path).and_then(|capacity| match capacity {
+                Some(capacity) => {
+                    let file = OpenOptions::new().write(true).open(&path)?;
+                    sync_dir(&dir_of(&self.db))?;
+                    Ok(Some((file, capacity)))
+                }
+                None => Ok(None),
+            });
+            match taken {
+                Ok(Some((file, capacity))) => return Ok((file, path, capacity)),
+                Ok(None) => {}
+                // Replaced by an empty file below, which syncs again.
+                Err(e) => tracing::warn!(error = %e, "journal: cannot use the spare segment"),
+            }
+        }
+        Ok((create_file(&self.db, &path)?, path, 0))
+    }
+
+    /// Seals the current segment and continues in `file`.
+    fn seal_and_continue(&mut self, (file, path, capacity): (File, PathBuf, u64), first: u64) {
+        let sealed = (
+            std::mem::replace(&mut self.first, first),
+            std::mem::replace(&mut self.path, path),
+        );
+        self.sealed.push(sealed);
+        self.file = file;
+        self.len = 0;
+        self.capacity = capacity;
+    }
+
+    /// Before appending a record of `len` bytes whose key is `key`: moves
+    /// to the spare if the record would grow the current segment's file
+    /// and a spare is ready, and asks for the next spare once this segment
+    /// is well on its way. A failure here only means the file grows.
+    fn make_room(&mut self, key: u64, len: u64) {
+        let Some(spares) = &self.spares else {
+            return;
+        };
+        if self.len > 0 && self.len + len > self.capacity && spares.is_ready() {
+            match self.next_file(key) {
+                Ok(next) => self.seal_and_continue(next, key),
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal: cannot start a segment; growing this one")
+                }
+            }
+        }
+        if let Some(spares) = &self.spares
+            && self.len + len >= SPARE_AFTER.min(spares.bytes() / 2)
+        {
+            spares.want();
+        }
     }
 
     /// Appends one record and syncs it: once this returns `Ok`, the record
@@ -253,6 +354,7 @@ impl Journal {
         self.repair()?;
         self.buf.clear();
         encode_record(&mut self.buf, key, payload)?;
+        self.make_room(key, self.buf.len() as u64);
         let written = (|| {
             // Positioned writes: the offset is ours, whatever a failed
             // write left behind.
@@ -275,11 +377,13 @@ impl Journal {
     }
 
     /// After a failed write: cuts the segment back to its last durable
-    /// record, durably.
+    /// record, durably (its preallocated rest goes with it: this segment
+    /// grows from here on).
     fn repair(&mut self) -> io::Result<()> {
         if self.torn {
             self.file.set_len(self.len)?;
             self.file.sync_all()?;
+            self.capacity = 0;
             self.torn = false;
         }
         Ok(())
@@ -293,10 +397,8 @@ impl Journal {
         if self.len == 0 {
             return Ok(());
         }
-        let fresh = Journal::create(&self.db, next_key)?;
-        let old = std::mem::replace(self, fresh);
-        self.sealed = old.sealed;
-        self.sealed.push((old.first, old.path));
+        let next = self.next_file(next_key)?;
+        self.seal_and_continue(next, next_key);
         Ok(())
     }
 
@@ -378,6 +480,103 @@ mod tests {
         assert_eq!(decode_records(&bytes).0.len(), 3);
     }
 
+    #[test]
+    fn zeros_after_the_records_end_them_like_the_end_of_the_file() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, 3, b"three").expect("encode");
+        let whole = bytes.len();
+        bytes.resize(whole + 4096, 0);
+        assert_eq!(decode_records(&bytes), (vec![(3, &b"three"[..])], whole));
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).expect("metadata").len()
+    }
+
+    /// With preallocation the journal moves to a zero-filled segment and
+    /// writes into it without growing it; every record replays, in order,
+    /// from the plain first segment, the sealed preallocated ones and the
+    /// current one, and a spare (or one a crash left) is never replayed.
+    #[test]
+    fn preallocated_segments_are_filled_in_place_and_replay_whole() {
+        const SEGMENT: u64 = 4096;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("t.redb");
+        std::fs::write(spare_path(&db), b"left by a crash").expect("write");
+        let mut journal = Journal::start(&db, 0, SEGMENT).expect("start");
+        let payload = |key: u64| format!("record {key} ").repeat(20).into_bytes();
+        let mut key = 0;
+        let mut preallocated = Vec::new();
+        // Until the journal has filled three preallocated segments and
+        // started a fourth. The helper makes spares in the background:
+        // before a record that would not fit, wait for the spare the
+        // journal asked for (or the segment would grow instead).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while preallocated.len() < 4 {
+            let len = (HEADER_LEN + payload(key).len() + TRAILER_LEN) as u64;
+            if journal.len >= SEGMENT / 2 && journal.len + len > journal.capacity {
+                let spares = journal.spares.as_ref().expect("preallocating");
+                while !spares.is_ready() {
+                    assert!(std::time::Instant::now() < deadline, "no spare came");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            let before = journal.first();
+            journal.append(key, &payload(key)).expect("append");
+            key += 1;
+            if journal.first() != before && journal.capacity == SEGMENT {
+                preallocated.push(journal.path.clone());
+            }
+        }
+        // Filled in place: the sealed preallocated segments kept their
+        // length, and so does the current one.
+        for path in &preallocated {
+            assert_eq!(file_len(path), SEGMENT, "{}", path.display());
+        }
+        assert!(journal.len > 0 && journal.len <= SEGMENT);
+        drop(journal);
+        let mut replayed = Vec::new();
+        let found = replay(&db, |record| {
+            replayed.push(record.to_vec());
+            Ok(())
+        })
+        .expect("replay");
+        assert_eq!(replayed, (0..key).map(payload).collect::<Vec<_>>());
+        assert_eq!(found.next_key, key);
+        assert!(
+            found
+                .segments
+                .iter()
+                .all(|s| !s.ends_with("t.redb.journal-spare")),
+            "{:?}",
+            found.segments
+        );
+    }
+
+    /// A torn record in a preallocated segment, zeros after it: replay
+    /// ends the log before it, and the records before it are whole.
+    #[test]
+    fn a_torn_record_before_the_zeros_is_cut_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("t.redb");
+        let path = segment_path(&db, 0);
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, 0, b"acked").expect("encode");
+        let whole = bytes.len();
+        encode_record(&mut bytes, 1, b"never acked").expect("encode");
+        bytes.truncate(whole + 9);
+        bytes.resize(8192, 0);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut replayed = Vec::new();
+        replay(&db, |record| {
+            replayed.push(record.to_vec());
+            Ok(())
+        })
+        .expect("replay");
+        assert_eq!(replayed, [b"acked".to_vec()]);
+        assert_eq!(file_len(&path), whole as u64);
+    }
+
     /// A write that failed part-way leaves bytes past the last durable
     /// record; the next append cuts them off first, so the segment, once
     /// sealed, replays as exactly the records that were acknowledged.
@@ -385,7 +584,7 @@ mod tests {
     fn the_append_after_a_failed_write_cuts_its_bytes_off() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("t.redb");
-        let mut journal = Journal::create(&db, 0).expect("create");
+        let mut journal = Journal::start(&db, 0, 0).expect("start");
         journal.append(0, b"acked").expect("append");
         // What a failed `write_all_at` or `sync_data` may leave: part of
         // a record, here whole enough to decode if it stayed.

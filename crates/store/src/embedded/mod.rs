@@ -15,6 +15,7 @@
 mod codec;
 mod journal;
 mod pending;
+mod spare;
 mod tables;
 mod writer;
 
@@ -64,6 +65,12 @@ pub struct EmbeddedStoreOptions {
     /// them cost throughput. The default, 1,024, takes 10–20 ms on the
     /// reference machine (see `docs/BENCHMARKS.md`).
     pub checkpoint_slice_ops: usize,
+    /// Journal segments are files of this many bytes, zero-filled ahead of
+    /// time by a helper thread, so that a group's sync writes its record
+    /// and nothing else (a file that grows must have its size written
+    /// too). 0: segments are empty files that grow. Disk use: about twice
+    /// this, the current segment and the next one.
+    pub journal_segment_bytes: u64,
 }
 
 impl Default for EmbeddedStoreOptions {
@@ -72,6 +79,7 @@ impl Default for EmbeddedStoreOptions {
             checkpoint_ops: 32_768,
             checkpoint_bytes: 32 << 20,
             checkpoint_slice_ops: 1024,
+            journal_segment_bytes: 32 << 20,
         }
     }
 }
@@ -183,7 +191,7 @@ impl EmbeddedStore {
         }
         let db = Database::create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        let (replayed, journal) = init(&db, &path)?;
+        let (replayed, journal) = init(&db, &path, options.journal_segment_bytes)?;
         let counters = Counters::default();
         counters.replayed_ops.store(replayed.ops, Ordering::Relaxed);
         counters
@@ -374,7 +382,11 @@ struct Replayed {
 /// that transaction committed, the replayed segments are deleted and a
 /// fresh one is started. Returns how many ops it replayed and the journal
 /// to append to.
-fn init(db: &Database, path: &Path) -> StoreResult<(Replayed, journal::Journal)> {
+fn init(
+    db: &Database,
+    path: &Path,
+    segment_bytes: u64,
+) -> StoreResult<(Replayed, journal::Journal)> {
     let txn = db.begin_write().map_err(unavailable)?;
     let mut replayed = Replayed { ops: 0, logged: 0 };
     let segments = {
@@ -432,7 +444,7 @@ fn init(db: &Database, path: &Path) -> StoreResult<(Replayed, journal::Journal)>
     // cannot be deleted is replayed again next time, which is harmless; but
     // the fresh segment must not share its name with an old one.
     journal::delete(path, &segments.segments);
-    let journal = journal::Journal::create(path, segments.next_key).map_err(|e| {
+    let journal = journal::Journal::start(path, segments.next_key, segment_bytes).map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot start the journal of {}: {e}",
             path.display()
@@ -810,7 +822,7 @@ mod tests {
             let db = Database::create(&path).expect("create");
             // What the table-journal version left: the tables, and two
             // group rows (keys from 0) never checkpointed.
-            init(&db, &path).expect("init");
+            init(&db, &path, 0).expect("init");
             journal::delete(
                 &path,
                 &journal::segments(&path)

@@ -932,7 +932,9 @@ mod tests {
     fn shared_with(options: EmbeddedStoreOptions) -> (tempfile::TempDir, Shared, Journal) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::create(db_path(&dir)).expect("create");
-        let (_, journal) = crate::embedded::init(&db, &db_path(&dir)).expect("init");
+        let (_, journal) =
+            crate::embedded::init(&db, &db_path(&dir), options.journal_segment_bytes)
+                .expect("init");
         let shared = Shared {
             db,
             pending: RwLock::new(Pending::default()),
@@ -1163,7 +1165,7 @@ mod tests {
         // As if the process died now: the replay inserts b's 2 again (the
         // same bytes) and a's 5, and empties the journal.
         drop(writer);
-        let replayed = crate::embedded::init(&shared.db, &db_path(&dir))
+        let replayed = crate::embedded::init(&shared.db, &db_path(&dir), 0)
             .expect("replay")
             .0;
         assert_eq!((replayed.ops, replayed.logged), (2, 1));
