@@ -33,7 +33,9 @@
 #
 # Environment (defaults):
 #   BENCH_OUT         results directory (target dir/bench-load/DATE-TIME)
-#   BENCH_SECONDS     seconds of sending per run (20)
+#   BENCH_SECONDS     seconds measured per run (20)
+#   BENCH_WARMUP      seconds of traffic before them, checked but not in the
+#                     latencies (2): a freshly started server is slower at first
 #   BENCH_TARGETS     targets for boards/classroom/chat ("collab relay centrifugo")
 #   SERVER_CPU        core for the server (0)
 #   GEN_CPU           core for the generator (1)
@@ -71,6 +73,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/collab/target}"
 CACHE="${COLLAB_CACHE:-$HOME/.cache/collab}"
 OUT="${BENCH_OUT:-$CARGO_TARGET_DIR/bench-load/$(date +%Y%m%d-%H%M%S)}"
 SECS="${BENCH_SECONDS:-20}"
+WARM=(--warmup-seconds "${BENCH_WARMUP:-2}")
 TARGETS="${BENCH_TARGETS:-collab relay centrifugo}"
 SERVER_CPU="${SERVER_CPU:-0}"
 GEN_CPU="${GEN_CPU:-1}"
@@ -229,21 +232,21 @@ load() {
 
 bench_boards() {
   for t in $TARGETS; do
-    load "boards-$t" "$t" boards --seconds "$SECS" --steps "$BOARDS_STEPS"
+    load "boards-$t" "$t" boards --seconds "$SECS" "${WARM[@]}" --steps "$BOARDS_STEPS"
   done
   plot boards
 }
 
 bench_classroom() {
   for t in $TARGETS; do
-    load "classroom-$t" "$t" classroom --seconds "$SECS" --steps "$CLASSROOM_STEPS"
+    load "classroom-$t" "$t" classroom --seconds "$SECS" "${WARM[@]}" --steps "$CLASSROOM_STEPS"
   done
   plot classroom
 }
 
 bench_classroom_rate() {
   for t in $TARGETS; do
-    load "classroom-rate-$t" "$t" classroom --rooms 1 --seconds "$SECS" \
+    load "classroom-rate-$t" "$t" classroom --rooms 1 --seconds "$SECS" "${WARM[@]}" \
       --step-by rate-percent --steps "$CLASSROOM_RATE_STEPS"
   done
   plot classroom-rate
@@ -257,7 +260,8 @@ bench_rounds() {
     for s in ${ROUNDS_STEPS//,/ }; do
       for ((i = 0; i < n; i++)); do
         t="${targets[$(((i + r - 1) % n))]}"
-        load "rounds-$scenario-$t-$s-r$r" "$t" "$scenario" --seconds "$SECS" --steps "$s"
+        load "rounds-$scenario-$t-$s-r$r" "$t" "$scenario" --seconds "$SECS" "${WARM[@]}" \
+          --steps "$s"
       done
     done
   done
@@ -280,7 +284,7 @@ plot() {
 
 bench_chat() {
   for t in $TARGETS; do
-    load "chat-$t" "$t" chat --channels "$CHAT_CHANNELS" --seconds "$SECS"
+    load "chat-$t" "$t" chat --channels "$CHAT_CHANNELS" --seconds "$SECS" "${WARM[@]}"
   done
 }
 
@@ -294,7 +298,7 @@ bench_late_join() {
 }
 
 bench_ack() {
-  load "ack-collab" collab boards --boards "$ACK_BOARDS" --seconds "$SECS"
+  load "ack-collab" collab boards --boards "$ACK_BOARDS" --seconds "$SECS" "${WARM[@]}"
 }
 
 bench_profile() {
@@ -351,7 +355,7 @@ bench_cluster() {
   # The cluster itself idles at a few % (heartbeats, Cassandra): allow it.
   QUIET_PCT=$((QUIET_PCT + 15)) wait_quiet cluster-boards
   log "run cluster-boards: steps $CLUSTER_STEPS, p99 bound $CLUSTER_P99_MS ms"
-  COLLAB_LOAD_SECRET="$(cat "$dir/jwt-secret")" "$LOAD" boards --seconds "$SECS" \
+  COLLAB_LOAD_SECRET="$(cat "$dir/jwt-secret")" "$LOAD" boards --seconds "$SECS" "${WARM[@]}" \
     --steps "$CLUSTER_STEPS" --p99-bound-ms "$CLUSTER_P99_MS" --target collab "${args[@]}" \
     --json "$OUT/cluster-boards.json" --markdown "$OUT/cluster-boards.md" \
     --plots "$OUT/cluster-boards" || log "run cluster-boards failed"

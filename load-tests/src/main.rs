@@ -39,9 +39,15 @@ struct Common {
     /// limited per address).
     #[arg(long, env = "COLLAB_LOAD_SECRET")]
     secret: Option<String>,
-    /// Seconds to send.
+    /// Seconds to send and measure.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Seconds of the same traffic before the measured part: checked for
+    /// loss and order like the rest and shown in the timeline, but not in
+    /// the latency histograms (a freshly started server is slower in its
+    /// first second).
+    #[arg(long, default_value_t = 0)]
+    warmup_seconds: u64,
     /// Longest wait for late deliveries after sending stops, seconds.
     #[arg(long, default_value_t = 5.0)]
     drain_seconds: f64,
@@ -262,6 +268,7 @@ async fn scenario(scenario: Scenario, c: Common) -> Result<()> {
         target: target(&c)?,
         scenario,
         duration: Duration::from_secs_f64(c.seconds),
+        warmup: Duration::from_secs(c.warmup_seconds),
         drain: Duration::from_secs_f64(c.drain_seconds),
         workers: c.workers,
         spawn: if c.threads {

@@ -39,9 +39,14 @@ fn lat_row(out: &mut String, name: &str, l: &Latency) {
 pub fn run_markdown(r: &RunResult) -> String {
     let mut out = String::new();
     let c = &r.counters;
+    let warmup = if r.warmup_s > 0.0 {
+        format!(" after {:.0} s of warm-up", r.warmup_s)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "### {} on {}: {} rooms, {} clients, {:.0} s\n",
+        "### {} on {}: {} rooms, {} clients, {:.0} s{warmup}\n",
         r.scenario.name(),
         r.target.name(),
         n(u64::from(r.rooms)),

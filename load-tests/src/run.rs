@@ -39,7 +39,10 @@ pub enum Spawn {
 pub struct RunOptions {
     pub target: Target,
     pub scenario: Scenario,
+    /// The measured part.
     pub duration: Duration,
+    /// Traffic before the measured part, not in the latency histograms.
+    pub warmup: Duration,
     /// Longest wait for late deliveries after the stop.
     pub drain: Duration,
     /// At least this many workers (more if the connections need them).
@@ -92,7 +95,12 @@ pub struct RunResult {
     pub ws_urls: Vec<String>,
     /// Start of the measured part, seconds since the Unix epoch.
     pub started_at: u64,
+    /// The measured part; the traffic ran `warmup_s` longer.
     pub duration_s: f64,
+    /// Traffic before the measured part: in the counters, the timeline
+    /// (its first seconds) and the CPU figures, not in the latencies.
+    #[serde(default)]
+    pub warmup_s: f64,
     pub workers: u32,
     pub rooms: u32,
     pub offered_ops_per_sec: f64,
@@ -295,7 +303,8 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
             rooms: share,
             source_ips: opts.source_ips,
             connect_concurrency: opts.connect_concurrency,
-            duration_ms: opts.duration.as_millis() as u64,
+            duration_ms: (opts.warmup + opts.duration).as_millis() as u64,
+            warmup_ms: opts.warmup.as_millis() as u64,
             drain_ms: opts.drain.as_millis() as u64,
         };
         handles.push(match &opts.spawn {
@@ -376,6 +385,9 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
     let mut done = 0;
     let mut worker_cpu = 0.0;
     let duration_s = opts.duration.as_secs_f64();
+    let warmup_s = opts.warmup.as_secs_f64();
+    // Counters, rates and CPU cover all the traffic, warm-up included.
+    let sending_s = warmup_s + duration_s;
     let mut sample_every = tokio::time::interval(Duration::from_secs(1));
     sample_every.tick().await;
     while done < workers {
@@ -402,7 +414,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
                                 ack_p99_ms: tick.ack.ms(0.99),
                             };
                             if opts.progress {
-                                progress(&point, duration_s);
+                                progress(&point, sending_s);
                             }
                             timeline.push(point);
                         }
@@ -425,7 +437,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
             }
             _ = sample_every.tick() => {
                 let at = t0.elapsed().as_secs_f64();
-                if at <= duration_s + 0.5 {
+                if at <= sending_s + 0.5 {
                     server.sample(at);
                     own.sample(at);
                     for (_, w) in &mut watched {
@@ -447,7 +459,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
     let own = own.finish();
     let generator_cpu_pct = match opts.spawn {
         Spawn::Threads => own.cpu_pct_mean,
-        Spawn::Processes(_) => own.cpu_pct_mean + worker_cpu / duration_s.max(1e-3) * 100.0,
+        Spawn::Processes(_) => own.cpu_pct_mean + worker_cpu / sending_s.max(1e-3) * 100.0,
     };
     let server = opts.server_pid.map(|_| server.finish());
     let c = &counters;
@@ -458,12 +470,13 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
         ws_urls: opts.target.ws_urls.clone(),
         started_at: start_us / 1_000_000,
         duration_s,
+        warmup_s,
         workers,
         rooms,
         offered_ops_per_sec: opts.scenario.offered_ops_per_sec(),
-        sent_ops_per_sec: c.ops_sent as f64 / duration_s,
-        delivered_ops_per_sec: c.ops_delivered as f64 / duration_s,
-        delivered_cursors_per_sec: c.cursors_delivered as f64 / duration_s,
+        sent_ops_per_sec: c.ops_sent as f64 / sending_s,
+        delivered_ops_per_sec: c.ops_delivered as f64 / sending_s,
+        delivered_cursors_per_sec: c.cursors_delivered as f64 / sending_s,
         clean: c.clean(),
         counters,
         latency: Latencies {

@@ -41,8 +41,11 @@ pub struct WorkerSpec {
     pub source_ips: u32,
     /// Connections being opened at once.
     pub connect_concurrency: usize,
-    /// How long to send.
+    /// How long to send, warm-up included.
     pub duration_ms: u64,
+    /// The first part of `duration_ms`, not in the latency histograms.
+    #[serde(default)]
+    pub warmup_ms: u64,
     /// Longest wait for late deliveries after the stop.
     pub drain_ms: u64,
 }
@@ -133,6 +136,15 @@ struct Rec {
     counters: Counters,
     hists: Hists,
     tick: Tick,
+    /// Ops, acks and cursors due before this time (the warm-up) go into
+    /// the timeline only.
+    measured_from: u64,
+}
+
+impl Rec {
+    fn measured(&self, due: u64) -> bool {
+        due >= self.measured_from
+    }
 }
 
 type Shared = Rc<RefCell<Rec>>;
@@ -213,6 +225,7 @@ pub async fn run_worker(
     let cpu_start = sysstat::sample(None).map(|s| s.cpu_secs).unwrap_or(0.0);
     let stop_us = start_us + spec.duration_ms * 1000;
     let drain_end = stop_us + spec.drain_ms * 1000;
+    rec.borrow_mut().measured_from = start_us + spec.warmup_ms * 1000;
     let _ = phase_tx.send(Phase::Running(start_us));
     tokio::time::sleep_until(clock.instant(start_us)).await;
 
@@ -627,7 +640,9 @@ impl Client {
                         *entry = (n, entry.1 + 1);
                         r.counters.ops_delivered += 1;
                         r.tick.ops_delivered += 1;
-                        r.hists.op.record(lat);
+                        if r.measured(t) {
+                            r.hists.op.record(lat);
+                        }
                         r.tick.op.record(lat);
                         if relay && sender == c.me {
                             ack(&mut c, &mut r, n, now);
@@ -638,7 +653,9 @@ impl Client {
                         if sender != c.me {
                             r.counters.cursors_delivered += 1;
                             r.tick.cursors_delivered += 1;
-                            r.hists.cursor.record(now.saturating_sub(t));
+                            if r.measured(t) {
+                                r.hists.cursor.record(now.saturating_sub(t));
+                            }
                         }
                     }
                     Event::Ack { n, .. } => ack(&mut c, &mut r, n, now),
@@ -672,7 +689,9 @@ fn ack(c: &mut Conn, r: &mut Rec, n: u64, now: u64) {
         let (_, due) = c.pending.remove(i).unwrap_or_default();
         let lat = now.saturating_sub(due);
         r.counters.acked += 1;
-        r.hists.ack.record(lat);
+        if r.measured(due) {
+            r.hists.ack.record(lat);
+        }
         r.tick.ack.record(lat);
     }
 }

@@ -26,6 +26,7 @@ fn options(target: Target, scenario: Scenario, server_pid: Option<u32>) -> RunOp
         target,
         scenario,
         duration: Duration::from_secs(2),
+        warmup: Duration::ZERO,
         // An upper bound: the run ends as soon as everything arrived.
         drain: Duration::from_secs(10),
         workers: 2,
@@ -130,13 +131,28 @@ async fn bare_relay_loses_nothing() {
         ops_per_sec: 20.0,
         cursor_hz: 10.0,
     };
-    let r = run(&options(target, boards, None))
+    let r = run(&options(target.clone(), boards.clone(), None))
         .await
         .expect("relay run");
     assert_lossless(&r);
     assert_eq!(r.counters.ops_expected, 480);
     // The relay forwards every cursor: nothing coalesced.
     assert_eq!(r.counters.cursors_delivered, r.counters.cursors_expected);
+
+    // With a second of warm-up: three seconds of traffic, all of it
+    // checked, the last two measured.
+    let mut warm = options(target, boards, None);
+    warm.warmup = Duration::from_secs(1);
+    let r = run(&warm).await.expect("relay run with warm-up");
+    let c = &r.counters;
+    assert_eq!(c.ops_sent, 240, "{c:?}");
+    assert_eq!((c.ops_delivered, c.ops_lost), (720, 0), "{c:?}");
+    assert!(r.clean, "{c:?}");
+    // Each drawer's ops are due every 50 ms from a phase under 50 ms: 40
+    // of its 60 are due from the end of the first second on.
+    assert_eq!(r.latency.op.count, 4 * 40 * 3);
+    assert_eq!((r.duration_s, r.warmup_s), (2.0, 1.0));
+    assert_eq!(r.timeline.len(), 3);
     relay.abort();
 }
 

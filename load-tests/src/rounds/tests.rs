@@ -18,6 +18,7 @@ fn round(target: TargetKind, boards: u32, op_p99_ms: f64, cpu: f64) -> CapacityR
         ws_urls: Vec::new(),
         started_at: 0,
         duration_s: 10.0,
+        warmup_s: 0.0,
         workers: 1,
         rooms: boards,
         offered_ops_per_sec: 0.0,
