@@ -1,6 +1,7 @@
 //! `collab-load`, the load generator: it opens many WebSocket clients,
 //! joins them to rooms and drives a scenario at a fixed offered rate (open
-//! loop: it does not slow down when the server does), for a fixed time.
+//! loop: it does not slow down when the server does), for a fixed time,
+//! optionally after a warm-up whose traffic is checked but not timed.
 //!
 //! It measures what clients see: the end-to-end latency of every op and
 //! cursor (the sender's due time travels in the payload; every process runs
