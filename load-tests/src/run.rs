@@ -93,7 +93,8 @@ pub struct RunResult {
     pub scenario: Scenario,
     pub target: TargetKind,
     pub ws_urls: Vec<String>,
-    /// Start of the measured part, seconds since the Unix epoch.
+    /// Start of the traffic (the warm-up's, if any), seconds since the
+    /// Unix epoch.
     pub started_at: u64,
     /// The measured part; the traffic ran `warmup_s` longer.
     pub duration_s: f64,

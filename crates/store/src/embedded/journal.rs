@@ -289,28 +289,29 @@ impl Journal {
         })
     }
 
-    /// The file for a new segment whose first key is `first`: the spare if
-    /// one is ready, else a fresh empty file; either way, durably named.
-    /// Returns it with its path and preallocated length.
-    fn next_file(&self, first: u64) -> io::Result<(File, PathBuf, u64)> {
+    /// The ready spare, renamed to be the segment whose first key is
+    /// `first` (durably), with its path and preallocated length; `None` if
+    /// none is ready or it cannot be used. A spare renamed but not durably
+    /// named is left as an empty segment of zeros, which replays as nothing
+    /// (and which a fresh segment of that name replaces).
+    fn take_spare(&self, first: u64) -> Option<(File, PathBuf, u64)> {
+        let spares = self.spares.as_ref()?;
         let path = segment_path(&self.db, first);
-        if let Some(spares) = &self.spares {
-            let taken = spares.take(&path).and_then(|capacity| match capacity {
-                Some(capacity) => {
-                    let file = OpenOptions::new().write(true).open(&path)?;
-                    sync_dir(&dir_of(&self.db))?;
-                    Ok(Some((file, capacity)))
-                }
-                None => Ok(None),
-            });
-            match taken {
-                Ok(Some((file, capacity))) => return Ok((file, path, capacity)),
-                Ok(None) => {}
-                // Replaced by an empty file below, which syncs again.
-                Err(e) => tracing::warn!(error = %e, "journal: cannot use the spare segment"),
+        let taken = (|| {
+            let Some(capacity) = spares.take(&path)? else {
+                return Ok(None);
+            };
+            let file = OpenOptions::new().write(true).open(&path)?;
+            sync_dir(&dir_of(&self.db))?;
+            io::Result::Ok(Some((file, capacity)))
+        })();
+        match taken {
+            Ok(taken) => taken.map(|(file, capacity)| (file, path, capacity)),
+            Err(e) => {
+                tracing::warn!(error = %e, "journal: cannot use the spare segment");
+                None
             }
         }
-        Ok((create_file(&self.db, &path)?, path, 0))
     }
 
     /// Seals the current segment and continues in `file`.
@@ -328,18 +329,13 @@ impl Journal {
     /// Before appending a record of `len` bytes whose key is `key`: moves
     /// to the spare if the record would grow the current segment's file
     /// and a spare is ready, and asks for the next spare once this segment
-    /// is well on its way. A failure here only means the file grows.
+    /// is well on its way. Without a spare the file just grows.
     fn make_room(&mut self, key: u64, len: u64) {
-        let Some(spares) = &self.spares else {
-            return;
-        };
-        if self.len > 0 && self.len + len > self.capacity && spares.is_ready() {
-            match self.next_file(key) {
-                Ok(next) => self.seal_and_continue(next, key),
-                Err(e) => {
-                    tracing::warn!(error = %e, "journal: cannot start a segment; growing this one")
-                }
-            }
+        if self.len > 0
+            && self.len + len > self.capacity
+            && let Some(next) = self.take_spare(key)
+        {
+            self.seal_and_continue(next, key);
         }
         if let Some(spares) = &self.spares
             && self.len + len >= SPARE_AFTER.min(spares.bytes() / 2)
@@ -397,7 +393,13 @@ impl Journal {
         if self.len == 0 {
             return Ok(());
         }
-        let next = self.next_file(next_key)?;
+        let next = match self.take_spare(next_key) {
+            Some(spare) => spare,
+            None => {
+                let path = segment_path(&self.db, next_key);
+                (create_file(&self.db, &path)?, path, 0)
+            }
+        };
         self.seal_and_continue(next, next_key);
         Ok(())
     }

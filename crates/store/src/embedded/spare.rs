@@ -8,9 +8,10 @@
 //! `docs/BENCHMARKS.md`). Writing the zeros must stay off the writer's
 //! path, so this thread writes the next segment's file while the current
 //! one fills, in small synced chunks with pauses between them (the disk
-//! is the one the groups sync to), and renames it into place only when it
-//! is whole: the spare's name never parses as a segment, so a spare left
-//! by a crash is never replayed, only removed at the next open.
+//! is the one the groups sync to); the journal renames it into place only
+//! once it is whole. The spare's name never parses as a segment's, so a
+//! spare left by a crash, whole or not, is never replayed, only removed at
+//! the next open.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
@@ -29,7 +30,7 @@ const PAUSE: Duration = Duration::from_millis(5);
 struct State {
     /// The journal asked for a spare and none is ready yet.
     wanted: bool,
-    /// A whole spare waits under `ready_path`.
+    /// A whole spare waits under `path`.
     ready: bool,
     stop: bool,
 }
@@ -49,23 +50,20 @@ impl Shared {
 /// The helper thread and the spare it keeps.
 pub(crate) struct Spares {
     shared: Arc<Shared>,
-    /// A whole spare, synced.
-    ready_path: PathBuf,
+    /// Where the spare is made and waits (synced) until taken.
+    path: PathBuf,
     bytes: u64,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Spares {
-    /// Removes spares a previous process left at `ready_path` (and its
-    /// `.tmp`) and starts the helper, which makes a spare of `bytes`
-    /// whenever [`want`](Self::want) is called and none is ready.
-    pub(crate) fn start(ready_path: PathBuf, bytes: u64) -> io::Result<Spares> {
-        let tmp_path = tmp_of(&ready_path);
-        for stale in [&ready_path, &tmp_path] {
-            match std::fs::remove_file(stale) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+    /// Removes a spare a previous process left at `path` and starts the
+    /// helper, which makes a spare of `bytes` there whenever
+    /// [`want`](Self::want) is called and none is ready.
+    pub(crate) fn start(path: PathBuf, bytes: u64) -> io::Result<Spares> {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -75,12 +73,12 @@ impl Spares {
             .name("collab-store-spare".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                let ready_path = ready_path.clone();
-                move || helper(&shared, &ready_path, &tmp_path, bytes)
+                let path = path.clone();
+                move || helper(&shared, &path, bytes)
             })?;
         Ok(Spares {
             shared,
-            ready_path,
+            path,
             bytes,
             thread: Some(thread),
         })
@@ -102,6 +100,7 @@ impl Spares {
     }
 
     /// Whether a spare is ready to [`take`](Self::take).
+    #[cfg(test)]
     pub(crate) fn is_ready(&self) -> bool {
         self.shared.lock().ready
     }
@@ -114,7 +113,7 @@ impl Spares {
             return Ok(None);
         }
         state.ready = false;
-        std::fs::rename(&self.ready_path, dest)?;
+        std::fs::rename(&self.path, dest)?;
         Ok(Some(self.bytes))
     }
 }
@@ -129,13 +128,7 @@ impl Drop for Spares {
     }
 }
 
-fn tmp_of(ready_path: &Path) -> PathBuf {
-    let mut name = ready_path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
-}
-
-fn helper(shared: &Shared, ready_path: &Path, tmp_path: &Path, bytes: u64) {
+fn helper(shared: &Shared, path: &Path, bytes: u64) {
     loop {
         {
             let mut state = shared.lock();
@@ -149,13 +142,7 @@ fn helper(shared: &Shared, ready_path: &Path, tmp_path: &Path, bytes: u64) {
                 break;
             }
         }
-        let made = fill(shared, tmp_path, bytes).and_then(|done| {
-            if done {
-                std::fs::rename(tmp_path, ready_path).map(|()| true)
-            } else {
-                Ok(false)
-            }
-        });
+        let made = fill(shared, path, bytes);
         let mut state = shared.lock();
         state.wanted = false;
         match made {
@@ -168,7 +155,8 @@ fn helper(shared: &Shared, ready_path: &Path, tmp_path: &Path, bytes: u64) {
             }
         }
     }
-    let _ = std::fs::remove_file(tmp_path);
+    // Stopped: a spare nobody took, whole or not, is of no use.
+    let _ = std::fs::remove_file(path);
 }
 
 /// Writes `bytes` of zeros to a fresh `path`, chunk by chunk, each synced.
