@@ -71,6 +71,8 @@ pub struct TimelinePoint {
     pub op_p99_ms: f64,
     pub op_max_ms: f64,
     pub ack_p99_ms: f64,
+    #[serde(default)]
+    pub cursor_p99_ms: f64,
 }
 
 /// Latency distributions of a run.
@@ -413,6 +415,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunResult> {
                                 op_p99_ms: tick.op.ms(0.99),
                                 op_max_ms: tick.op.ms(1.0),
                                 ack_p99_ms: tick.ack.ms(0.99),
+                                cursor_p99_ms: tick.cursor.ms(0.99),
                             };
                             if opts.progress {
                                 progress(&point, sending_s);

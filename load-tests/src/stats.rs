@@ -219,6 +219,10 @@ pub struct Tick {
     /// Op delivery latency within this second.
     pub op: Hist,
     pub ack: Hist,
+    /// Cursor delivery latency within this second: a stall of the whole
+    /// server shows here too, one of the op path only does not.
+    #[serde(default)]
+    pub cursor: Hist,
 }
 
 impl Tick {
@@ -229,5 +233,6 @@ impl Tick {
         self.errors += o.errors;
         self.op.add(&o.op);
         self.ack.add(&o.ack);
+        self.cursor.add(&o.cursor);
     }
 }

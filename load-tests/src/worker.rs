@@ -653,9 +653,11 @@ impl Client {
                         if sender != c.me {
                             r.counters.cursors_delivered += 1;
                             r.tick.cursors_delivered += 1;
+                            let lat = now.saturating_sub(t);
                             if r.measured(t) {
-                                r.hists.cursor.record(now.saturating_sub(t));
+                                r.hists.cursor.record(lat);
                             }
+                            r.tick.cursor.record(lat);
                         }
                     }
                     Event::Ack { n, .. } => ack(&mut c, &mut r, n, now),
