@@ -19,7 +19,7 @@ use std::time::Instant;
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
 use collab_protocol::{Cid, ErrorCode, OpEvent, ProtocolError, RoomId, Seq, UserId};
-use collab_store::{RoomRecord, Store, StoreError, Writer};
+use collab_store::{AppendDone, RoomRecord, Store, StoreError, Writer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, info, warn};
 
@@ -44,8 +44,8 @@ pub enum RoomMsg {
     Request(RoomRequest, Reply),
     /// The room came back from the store (`None`: no such room).
     Loaded(Box<Result<Option<LoadedRoom>, String>>),
-    /// The store answered the batch in flight.
-    Committed(Vec<OpEvent>, Result<(), StoreError>),
+    /// The store answered batch `.0` (see [`InFlight::batch`]).
+    Committed(u64, Vec<OpEvent>, Result<(), StoreError>),
     SnapshotWritten(Seq, Result<(), StoreError>),
     Tick,
     /// Every connection of this gateway is gone.
@@ -70,6 +70,10 @@ pub struct RoomActorState {
     supervisor: Option<ActorRef<SupervisorMsg>>,
     backlog: Arc<AtomicUsize>,
     phase: Phase,
+    /// The number of the next batch sent to the store, never reused by
+    /// this actor, so that an answer to a batch given up on (timed out,
+    /// then the room rebuilt) is never taken for a later batch's.
+    next_batch: u64,
 }
 
 enum Phase {
@@ -97,6 +101,11 @@ struct PendingOp {
 }
 
 struct InFlight {
+    /// Which batch this is (see `RoomActorState::next_batch`).
+    batch: u64,
+    /// When it went to the store; past the commit timeout the actor gives
+    /// up on it (see `on_tick`).
+    sent_at: Instant,
     /// The seq of each new op, with the reply waiting for its ack.
     acks: Vec<(Seq, Option<Reply>)>,
     /// Ops refused by the room's rules (`not_found`, a stroke that has
@@ -178,6 +187,7 @@ impl Actor for RoomActor {
             ctx: args.ctx,
             supervisor: args.supervisor,
             backlog: args.backlog,
+            next_batch: 0,
             phase: Phase::Loading {
                 parked: Vec::new(),
                 presence: None,
@@ -214,7 +224,9 @@ impl Actor for RoomActor {
                 state.on_request(&myself, request, reply);
             }
             RoomMsg::Loaded(result) => state.on_loaded(&myself, *result),
-            RoomMsg::Committed(events, result) => state.on_committed(&myself, events, result),
+            RoomMsg::Committed(batch, events, result) => {
+                state.on_committed(&myself, batch, events, result)
+            }
             RoomMsg::SnapshotWritten(seq, result) => {
                 state.on_snapshot_written(&myself, seq, result)
             }
@@ -503,7 +515,14 @@ impl RoomActorState {
             }
             return;
         }
-        live.in_flight = Some(InFlight { acks, refusals });
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        live.in_flight = Some(InFlight {
+            batch,
+            sent_at: Instant::now(),
+            acks,
+            refusals,
+        });
         if events.is_empty() {
             // Only refusals: confirm that nobody else has written the room
             // since this actor's last commit before answering them.
@@ -519,46 +538,48 @@ impl RoomActorState {
                     ))),
                     Err(e) => Err(e),
                 };
-                let _ = myself.send_message(RoomMsg::Committed(Vec::new(), result));
+                let _ = myself.send_message(RoomMsg::Committed(batch, Vec::new(), result));
             });
             return;
         }
-        let store = self.ctx.store.clone();
-        let room = self.room.clone();
         let writer = Writer {
             node: config.node.clone(),
             term: live.term,
         };
-        let timeout = config.commit_timeout;
         let myself = myself.clone();
         let metrics = self.ctx.metrics.clone();
         metrics.batch_size.observe(events.len() as f64);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let first = events[0].seq;
-            let result =
-                match tokio::time::timeout(timeout, store.append(&room, first, &events, &writer))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(StoreError::Unavailable("commit timed out".into())),
-                };
+        let started = Instant::now();
+        let first = events[0].seq;
+        // The store answers straight into the mailbox: no task of ours
+        // waits in between (see `Store::append_then`).
+        let done: AppendDone = Box::new(move |events, result| {
             metrics
                 .commit_latency
                 .observe(started.elapsed().as_secs_f64());
-            let _ = myself.send_message(RoomMsg::Committed(events, result));
+            let _ = myself.send_message(RoomMsg::Committed(batch, events, result));
         });
+        self.ctx
+            .store
+            .clone()
+            .append_then(self.room.clone(), first, events, writer, done);
     }
 
     fn on_committed(
         &mut self,
         myself: &ActorRef<RoomMsg>,
+        batch: u64,
         events: Vec<OpEvent>,
         result: Result<(), StoreError>,
     ) {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
+        // An answer for a batch given up on is late news: the room was
+        // rebuilt from the store since.
+        if live.in_flight.as_ref().is_none_or(|f| f.batch != batch) {
+            return;
+        }
         let Some(in_flight) = live.in_flight.take() else {
             return;
         };
@@ -876,7 +897,14 @@ impl RoomActorState {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if live.in_flight.is_some() {
+        if let Some(in_flight) = &live.in_flight {
+            if in_flight.sent_at.elapsed() >= config.commit_timeout {
+                // Its outcome is unknown: like a failed commit, answer
+                // `unavailable` and rebuild from what the store holds.
+                let batch = in_flight.batch;
+                let timed_out = Err(StoreError::Unavailable("commit timed out".into()));
+                self.on_committed(myself, batch, Vec::new(), timed_out);
+            }
             return;
         }
         if live.orphan_check_at.is_some_and(|at| Instant::now() >= at) {

@@ -347,6 +347,31 @@ async fn a_failed_commit_answers_unavailable_and_rebuilds_from_the_store() {
 }
 
 #[tokio::test]
+async fn a_commit_the_store_does_not_answer_in_time_fails_and_its_late_answer_is_ignored() {
+    let mut config = config();
+    config.commit_timeout = Duration::from_millis(300);
+    let node = node_with(Arc::new(GatedStore::new()), config).await;
+    node.create(ROOM, RoomKind::Board, None).await;
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    node.store.hold(true);
+    let timed_out = node.op("ann", "c2", message("two")).await;
+    assert_eq!(error_code(&timed_out), ErrorCode::Unavailable);
+    // The room rebuilt from the store, where c2 has not landed yet; its
+    // next batch takes seq 2 too and waits at the gate behind c2's.
+    let next = node.send(node.op_request(ROOM, "ann", "c3", message("three")));
+    eventually("both batches at the gate", || node.store.waiting() == 2).await;
+    // c2's write lands now, late. Its answer must not be taken for c3's
+    // batch, which the store then refuses: c3 is not acked.
+    node.store.release(1);
+    eventually("c2 to land", || node.store.appended() == 2).await;
+    node.store.release(1);
+    let next = next.await.expect("c3");
+    assert_eq!(error_code(&next), ErrorCode::Unavailable, "{next:?}");
+    let seqs: Vec<u64> = node.sink.ops().iter().map(|op| op.seq.get()).collect();
+    assert_eq!(seqs, [1], "only what this actor saw committed is broadcast");
+}
+
+#[tokio::test]
 async fn a_conflict_fences_the_actor() {
     let node = node().await;
     assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);

@@ -17,6 +17,8 @@ mod memory;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use collab_protocol::{Epoch, NodeId, OpEvent, OpKind, RoomId, RoomKind, Seq, UserId};
 use serde::{Deserialize, Serialize};
@@ -95,6 +97,10 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Gets the batch handed to [`Store::append_then`] back, with the append's
+/// outcome.
+pub type AppendDone = Box<dyn FnOnce(Vec<OpEvent>, StoreResult<()>) + Send>;
+
 /// Everything collab keeps durably. All methods are cancel-safe to drop, but
 /// a dropped `append` may still complete: resolve by reading the log.
 #[async_trait]
@@ -119,6 +125,26 @@ pub trait Store: Send + Sync + 'static {
         batch: &[OpEvent],
         writer: &Writer,
     ) -> StoreResult<()>;
+
+    /// [`Store::append`] for a caller that does not wait for it: `done` is
+    /// called exactly once with the batch and the outcome, on whichever
+    /// thread learns it (so it must be quick: send a message, no more). The
+    /// default awaits `append` on a task of its own; a store with a writer
+    /// thread answers from that thread instead, which spares the caller's
+    /// runtime a task and two wake-ups per batch.
+    fn append_then(
+        self: Arc<Self>,
+        room: RoomId,
+        first: Seq,
+        batch: Vec<OpEvent>,
+        writer: Writer,
+        done: AppendDone,
+    ) {
+        tokio::spawn(async move {
+            let result = self.append(&room, first, &batch, &writer).await;
+            done(batch, result);
+        });
+    }
 
     /// The highest stored seq of `room` (`Seq::ZERO` when its log is empty).
     async fn head(&self, room: &RoomId) -> StoreResult<Seq>;

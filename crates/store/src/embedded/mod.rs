@@ -28,16 +28,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
-use tokio::sync::oneshot;
 
 use crate::memory::members_to_index;
-use crate::{LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch};
+use crate::{
+    AppendDone, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch,
+};
 use pending::{Pending, PendingOp, RoomLog, merge_by_seq};
 pub use tables::SNAPSHOT_CHUNK_SIZE;
 use tables::{
     FORMAT_VERSION, JOURNAL, KINDS, MEMBERSHIPS, META, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS,
 };
-use writer::{Counters, Request, Shared, Write};
+use writer::{Counters, Reply, Request, Shared, Write};
 
 /// A [`Store`] in one redb file, with group commit across rooms.
 pub struct EmbeddedStore {
@@ -277,7 +278,7 @@ impl EmbeddedStore {
 
     /// Hands `write` to the writer thread and waits for its commit.
     async fn write(&self, write: Write) -> StoreResult<()> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = Reply::channel();
         let queue = self
             .queue
             .as_ref()
@@ -453,6 +454,37 @@ fn init(
     Ok((replayed, journal))
 }
 
+/// An append as the writer thread takes it. Encoded here, on the caller's
+/// thread, so the one writer thread only writes.
+fn encode_append(
+    room: &RoomId,
+    first: Seq,
+    batch: &[OpEvent],
+    writer: &Writer,
+) -> StoreResult<Write> {
+    check_batch(room, first, batch)?;
+    let rows = batch
+        .iter()
+        .map(|event| {
+            Ok((
+                event.seq.get(),
+                PendingOp {
+                    kind: event.op.kind().code(),
+                    value: codec::encode_op(event, writer)?.into(),
+                },
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let values: Vec<(u8, &[u8])> = rows.iter().map(|(_, op)| (op.kind, &*op.value)).collect();
+    let record = codec::encode_journal(room.as_str(), first.get(), &values)?;
+    Ok(Write::Append {
+        room: room.as_str().to_owned(),
+        first: first.get(),
+        rows,
+        record,
+    })
+}
+
 /// A redb failure: the store could not do what was asked, and for writes
 /// the outcome is unknown to the caller.
 fn unavailable(e: impl Into<redb::Error>) -> StoreError {
@@ -520,30 +552,28 @@ impl Store for EmbeddedStore {
         batch: &[OpEvent],
         writer: &Writer,
     ) -> StoreResult<()> {
-        check_batch(room, first, batch)?;
-        // Encode here, on the caller's task, so the one writer thread only
-        // touches the B-trees.
-        let rows = batch
-            .iter()
-            .map(|event| {
-                Ok((
-                    event.seq.get(),
-                    PendingOp {
-                        kind: event.op.kind().code(),
-                        value: codec::encode_op(event, writer)?.into(),
-                    },
-                ))
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        let values: Vec<(u8, &[u8])> = rows.iter().map(|(_, op)| (op.kind, &*op.value)).collect();
-        let record = codec::encode_journal(room.as_str(), first.get(), &values)?;
-        self.write(Write::Append {
-            room: room.as_str().to_owned(),
-            first: first.get(),
-            rows,
-            record,
-        })
-        .await
+        let write = encode_append(room, first, batch, writer)?;
+        self.write(write).await
+    }
+
+    fn append_then(
+        self: Arc<Self>,
+        room: RoomId,
+        first: Seq,
+        batch: Vec<OpEvent>,
+        writer: Writer,
+        done: AppendDone,
+    ) {
+        let write = match encode_append(&room, first, &batch, &writer) {
+            Ok(write) => write,
+            Err(e) => return done(batch, Err(e)),
+        };
+        let reply = Reply::callback(move |result| done(batch, result));
+        // If the queue is closed, the request comes back and dropping it
+        // answers `done` with `Unavailable`.
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(Request { write, reply });
+        }
     }
 
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {

@@ -128,10 +128,55 @@ impl Shared {
     }
 }
 
-/// A write for the writer thread, with the channel its caller waits on.
+/// A write for the writer thread, with where its outcome goes.
 pub(crate) struct Request {
     pub(crate) write: Write,
-    pub(crate) reply: oneshot::Sender<StoreResult<()>>,
+    pub(crate) reply: Reply,
+}
+
+/// Where a write's outcome goes: a channel its caller awaits, or a
+/// callback the writer thread runs (see `Store::append_then`), which
+/// spares the caller's runtime the task that would await the channel.
+pub(crate) struct Reply(Option<ReplyTo>);
+
+enum ReplyTo {
+    Channel(oneshot::Sender<StoreResult<()>>),
+    Callback(Box<dyn FnOnce(StoreResult<()>) + Send>),
+}
+
+impl Reply {
+    pub(crate) fn channel() -> (Reply, oneshot::Receiver<StoreResult<()>>) {
+        let (tx, rx) = oneshot::channel();
+        (Reply(Some(ReplyTo::Channel(tx))), rx)
+    }
+
+    pub(crate) fn callback(done: impl FnOnce(StoreResult<()>) + Send + 'static) -> Reply {
+        Reply(Some(ReplyTo::Callback(Box::new(done))))
+    }
+
+    pub(crate) fn send(mut self, outcome: StoreResult<()>) {
+        match self.0.take() {
+            // The caller may have stopped waiting; the write stands.
+            Some(ReplyTo::Channel(tx)) => {
+                let _ = tx.send(outcome);
+            }
+            Some(ReplyTo::Callback(done)) => done(outcome),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Reply {
+    /// A reply dropped unsent (the writer died mid-group, or the queue was
+    /// closed) means the outcome is unknown. A channel says so by closing;
+    /// a callback is told.
+    fn drop(&mut self) {
+        if let Some(ReplyTo::Callback(done)) = self.0.take() {
+            done(Err(StoreError::Unavailable(
+                "store writer thread stopped".into(),
+            )));
+        }
+    }
 }
 
 /// The writes the writer thread applies. Values arrive encoded: callers
@@ -225,7 +270,7 @@ pub(crate) fn run(shared: &Shared, journal: Journal, queue: Receiver<Request>) {
     let mut checkpoint_requests = Vec::new();
     // Explicit checkpoints, each with the journal key below which it needs
     // every row moved: answered by the first cycle covering that much.
-    let mut waiting: Vec<(u64, oneshot::Sender<StoreResult<()>>)> = Vec::new();
+    let mut waiting: Vec<(u64, Reply)> = Vec::new();
     // While a cycle runs: no slice before this (see `SLICE_REST`).
     let mut rest_until: Option<Instant> = None;
     loop {
@@ -344,10 +389,9 @@ pub(crate) fn run(shared: &Shared, journal: Journal, queue: Receiver<Request>) {
     tracing::debug!("store writer thread stopped");
 }
 
-fn answer(waiting: Vec<(u64, oneshot::Sender<StoreResult<()>>)>, result: &StoreResult<()>) {
+fn answer(waiting: Vec<(u64, Reply)>, result: &StoreResult<()>) {
     for (_, reply) in waiting {
-        // The caller may have stopped waiting.
-        let _ = reply.send(result.clone());
+        reply.send(result.clone());
     }
 }
 
@@ -504,15 +548,14 @@ impl<'a> Writer<'a> {
                     .snapshots
                     .fetch_add(tally.snapshots, Ordering::Relaxed);
                 for (request, outcome) in group.drain(..).zip(outcomes) {
-                    // The caller may have stopped waiting; its write stands.
-                    let _ = request.reply.send(outcome);
+                    request.reply.send(outcome);
                 }
             }
             Err(e) => {
                 counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, requests = n, "store group commit failed");
                 for request in group.drain(..) {
-                    let _ = request.reply.send(Err(StoreError::Unavailable(e.clone())));
+                    request.reply.send(Err(StoreError::Unavailable(e.clone())));
                 }
             }
         }
@@ -950,7 +993,7 @@ mod tests {
         let mut group: Vec<Request> = writes
             .into_iter()
             .map(|write| {
-                let (reply, answer) = oneshot::channel();
+                let (reply, answer) = Reply::channel();
                 answers.push(answer);
                 Request { write, reply }
             })
@@ -999,6 +1042,19 @@ mod tests {
                 (room.to_owned(), seq, v.value().to_vec())
             })
             .collect()
+    }
+
+    #[test]
+    fn a_callback_reply_dropped_unsent_is_told_the_outcome_is_unknown() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reply = Reply::callback(move |result| tx.send(result).expect("send"));
+        drop(reply);
+        assert!(matches!(rx.try_recv(), Ok(Err(StoreError::Unavailable(_)))));
+        // Sent, it is called once, with what was sent.
+        let (tx, rx) = std::sync::mpsc::channel();
+        Reply::callback(move |result| tx.send(result).expect("send")).send(Ok(()));
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))));
+        assert!(rx.try_recv().is_err(), "called twice");
     }
 
     /// Requests of one group see each other: a later request conflicting

@@ -188,6 +188,47 @@ pub async fn append_then_read(store: Arc<dyn Store>) {
     );
 }
 
+/// Runs [`Store::append_then`] and waits for its one answer.
+async fn append_then(
+    store: &Arc<dyn Store>,
+    room: &collab_protocol::RoomId,
+    first: u64,
+    batch: Vec<OpEvent>,
+) -> (Vec<OpEvent>, Result<(), StoreError>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done: crate::AppendDone = Box::new(move |batch, result| {
+        let _ = tx.send((batch, result));
+    });
+    Arc::clone(store).append_then(room.clone(), Seq(first), batch, writer("node-a", 1), done);
+    tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+        .await
+        .expect("append_then answers within 30 s")
+        .expect("append_then answers exactly once, never dropping its callback")
+}
+
+pub async fn append_then_answers_once_with_the_batch(store: Arc<dyn Store>) {
+    let room = unique_room("append-then");
+    let batch = points_batch(&room, 1, 3);
+    let (back, result) = append_then(&store, &room, 1, batch.clone()).await;
+    result.expect("append_then");
+    assert_eq!(back, batch, "the batch comes back whole");
+    assert_eq!(
+        store.read_ops(&room, Seq::ZERO, 10).await.expect("read"),
+        batch
+    );
+    // Refusals come the same way, with the batch.
+    let (back, result) = append_then(&store, &room, 1, batch.clone()).await;
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+    assert_eq!(back, batch);
+    let gap = points_batch(&room, 5, 1);
+    let (_, result) = append_then(&store, &room, 4, gap).await;
+    assert!(
+        matches!(result, Err(StoreError::InvalidBatch(_))),
+        "{result:?}"
+    );
+    assert_eq!(store.head(&room).await.expect("head"), Seq(3));
+}
+
 pub async fn append_conflict_full_overlap(store: Arc<dyn Store>) {
     let room = unique_room("conflict-full");
     let owner = writer("node-a", 1);

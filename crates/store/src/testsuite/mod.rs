@@ -74,6 +74,7 @@ macro_rules! store_conformance_tests {
             create_room_conflict_keeps_the_first,
             rooms_of_user_lists_created_and_private_memberships,
             append_then_read,
+            append_then_answers_once_with_the_batch,
             append_conflict_full_overlap,
             append_conflict_partial_overlap_writes_nothing,
             append_races_have_one_winner,
