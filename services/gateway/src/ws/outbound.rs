@@ -1,4 +1,12 @@
-//! One connection's outbound queue.
+//! One connection's outbound queue, and the socket's sending half.
+//!
+//! A frame for a connection with nothing queued goes straight into the
+//! socket from whoever produced it (the hub, an ack), when the socket takes
+//! it at once: no task is woken for it. Only when the socket is busy (the
+//! writer is writing, a ping is out, the kernel's buffer is full) do frames
+//! queue for the connection's writer task. At 200 boards that is about
+//! 58,000 deliveries a second which would otherwise each wake a task and
+//! wait for the runtime to poll it, behind everybody else's.
 //!
 //! Bounded, so a client that does not read cannot hold the server's memory
 //! or anybody's time: when the queue is full the connection is marked too
@@ -8,9 +16,12 @@
 //! which can be large, is queued without counting against the bound.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::Utf8Bytes;
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures_util::Sink;
 use tokio::sync::{Notify, watch};
 
 /// Close codes the gateway uses.
@@ -39,8 +50,30 @@ pub(crate) enum Next {
     Close(u16),
 }
 
+/// The socket's sending half, as the writer and direct sends share it.
+pub(crate) type SocketSink = Pin<Box<dyn Sink<Message, Error = WriteFailed> + Send>>;
+
+/// The socket refused a write: the connection is broken.
+#[derive(Debug)]
+pub(crate) struct WriteFailed;
+
+/// What a direct send did with a frame.
+enum Direct {
+    /// In the socket.
+    Sent,
+    /// Taken, but the socket has not taken all of it yet: the writer must
+    /// flush before anything else goes.
+    Buffered,
+    /// Not taken; queue it.
+    Busy(Utf8Bytes),
+    Failed,
+}
+
 pub(crate) struct Outbound {
     state: Mutex<State>,
+    /// The sending half, while the writer task does not hold it. Locked
+    /// only inside `state`'s lock, or alone by the writer.
+    sink: Mutex<Option<SocketSink>>,
     ready: Notify,
     closed: watch::Sender<bool>,
     capacity: usize,
@@ -59,6 +92,12 @@ struct State {
     cursors: HashMap<Arc<str>, usize>,
     cursor_frames: Vec<Utf8Bytes>,
     close: Option<(u16, &'static str)>,
+    /// The writer took a batch and has not written it yet: frames queue
+    /// behind it.
+    writing: bool,
+    /// A direct send left bytes the socket did not take yet: frames queue
+    /// until the writer has flushed them.
+    unflushed: bool,
 }
 
 impl Outbound {
@@ -70,7 +109,10 @@ impl Outbound {
                 cursors: HashMap::new(),
                 cursor_frames: Vec::new(),
                 close: None,
+                writing: false,
+                unflushed: false,
             }),
+            sink: Mutex::new(None),
             ready: Notify::new(),
             closed: watch::channel(false).0,
             capacity: capacity.max(1),
@@ -80,6 +122,80 @@ impl Outbound {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // Every update below leaves the state consistent at each step.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sink(&self) -> std::sync::MutexGuard<'_, Option<SocketSink>> {
+        // Either a whole sink or none.
+        self.sink.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the outbound the socket's sending half, for direct sends.
+    pub fn attach(&self, sink: SocketSink) {
+        *self.sink() = Some(sink);
+    }
+
+    /// The writer borrows the sending half (`None` once it is gone).
+    pub fn borrow_sink(&self) -> Option<SocketSink> {
+        self.sink().take()
+    }
+
+    /// The writer is done with the sending half for now.
+    pub fn return_sink(&self, sink: SocketSink) {
+        *self.sink() = Some(sink);
+    }
+
+    /// Drops the sending half, which closes the socket's writing side.
+    pub fn detach(&self) {
+        drop(self.borrow_sink());
+    }
+
+    /// Sends `frame` straight into the socket if nothing is ahead of it
+    /// (called with the state locked).
+    fn send_direct(&self, state: &mut State, frame: Utf8Bytes) -> Direct {
+        let nothing_ahead = state.close.is_none()
+            && !state.writing
+            && !state.unflushed
+            && state.queue.is_empty()
+            && state.cursor_frames.is_empty();
+        if !nothing_ahead {
+            return Direct::Busy(frame);
+        }
+        let mut sink = self.sink();
+        let Some(sink) = sink.as_mut() else {
+            return Direct::Busy(frame);
+        };
+        // Nobody waits on this waker: a send that cannot finish now is
+        // finished by the writer task, which polls with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match sink.as_mut().poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(WriteFailed)) => return Direct::Failed,
+            Poll::Pending => return Direct::Busy(frame),
+        }
+        if sink.as_mut().start_send(Message::Text(frame)).is_err() {
+            return Direct::Failed;
+        }
+        match sink.as_mut().poll_flush(&mut cx) {
+            Poll::Ready(Ok(())) => Direct::Sent,
+            Poll::Ready(Err(WriteFailed)) => Direct::Failed,
+            Poll::Pending => Direct::Buffered,
+        }
+    }
+
+    /// What a direct send's outcome means for the queue; `Some(frame)` if
+    /// the frame must queue after all. Called with the state locked;
+    /// returns `false` in `.1` if the connection must close.
+    fn after_direct(&self, state: &mut State, direct: Direct) -> (Option<Utf8Bytes>, bool) {
+        match direct {
+            Direct::Sent => (None, true),
+            Direct::Buffered => {
+                state.unflushed = true;
+                self.ready.notify_one();
+                (None, true)
+            }
+            Direct::Busy(frame) => (Some(frame), true),
+            Direct::Failed => (None, false),
+        }
     }
 
     /// Queues a frame. Returns `false` if the connection is closing, or
@@ -98,6 +214,16 @@ impl Outbound {
         if state.close.is_some() {
             return false;
         }
+        let direct = self.send_direct(&mut state, frame);
+        let frame = match self.after_direct(&mut state, direct) {
+            (Some(frame), _) => frame,
+            (None, true) => return true,
+            (None, false) => {
+                drop(state);
+                self.close(CLOSE_GOING_AWAY, "write failed");
+                return false;
+            }
+        };
         if counted && state.counted >= self.capacity {
             drop(state);
             self.close(CLOSE_TOO_SLOW, "too slow");
@@ -118,6 +244,16 @@ impl Outbound {
         if state.close.is_some() {
             return;
         }
+        let direct = self.send_direct(&mut state, frame);
+        let frame = match self.after_direct(&mut state, direct) {
+            (Some(frame), _) => frame,
+            (None, true) => return,
+            (None, false) => {
+                drop(state);
+                self.close(CLOSE_GOING_AWAY, "write failed");
+                return;
+            }
+        };
         let state = &mut *state;
         match state.cursors.get(&key) {
             Some(&slot) => state.cursor_frames[slot] = frame,
@@ -178,9 +314,13 @@ impl Outbound {
         if let Some((code, reason)) = state.close {
             return Some(Batch::Close(code, reason));
         }
-        if state.queue.is_empty() && state.cursor_frames.is_empty() {
+        if state.queue.is_empty() && state.cursor_frames.is_empty() && !state.unflushed {
             return None;
         }
+        // Until `sent`, frames queue behind this batch. An empty batch
+        // flushes what a direct send left behind.
+        state.writing = true;
+        state.unflushed = false;
         let mut counted = 0;
         batch.reserve(state.queue.len() + state.cursor_frames.len());
         for (frame, is_counted) in state.queue.drain(..) {
@@ -219,12 +359,14 @@ impl Outbound {
         }
     }
 
-    /// The writer handed `counted` counted frames of its batch to the
-    /// socket: they stop counting against the bound.
+    /// The writer handed its batch, with `counted` counted frames, to the
+    /// socket: they stop counting against the bound, and frames may go
+    /// straight to the socket again.
     pub fn sent(&self, counted: usize) {
         let mut state = self.state();
         // A close in between already reset the count.
         state.counted = state.counted.saturating_sub(counted);
+        state.writing = false;
     }
 }
 
