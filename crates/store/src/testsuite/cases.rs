@@ -194,12 +194,13 @@ async fn append_then(
     room: &collab_protocol::RoomId,
     first: u64,
     batch: Vec<OpEvent>,
+    by: crate::Writer,
 ) -> (Vec<OpEvent>, Result<(), StoreError>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let done: crate::AppendDone = Box::new(move |batch, result| {
         let _ = tx.send((batch, result));
     });
-    Arc::clone(store).append_then(room.clone(), Seq(first), batch, writer("node-a", 1), done);
+    Arc::clone(store).append_then(room.clone(), Seq(first), batch, by, done);
     tokio::time::timeout(std::time::Duration::from_secs(30), rx)
         .await
         .expect("append_then answers within 30 s")
@@ -209,7 +210,8 @@ async fn append_then(
 pub async fn append_then_answers_once_with_the_batch(store: Arc<dyn Store>) {
     let room = unique_room("append-then");
     let batch = points_batch(&room, 1, 3);
-    let (back, result) = append_then(&store, &room, 1, batch.clone()).await;
+    let owner = writer("node-a", 1);
+    let (back, result) = append_then(&store, &room, 1, batch.clone(), owner.clone()).await;
     result.expect("append_then");
     assert_eq!(back, batch, "the batch comes back whole");
     assert_eq!(
@@ -217,11 +219,12 @@ pub async fn append_then_answers_once_with_the_batch(store: Arc<dyn Store>) {
         batch
     );
     // Refusals come the same way, with the batch.
-    let (back, result) = append_then(&store, &room, 1, batch.clone()).await;
+    let usurper = writer("node-b", 2);
+    let (back, result) = append_then(&store, &room, 1, batch.clone(), usurper).await;
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
     assert_eq!(back, batch);
     let gap = points_batch(&room, 5, 1);
-    let (_, result) = append_then(&store, &room, 4, gap).await;
+    let (_, result) = append_then(&store, &room, 4, gap, owner).await;
     assert!(
         matches!(result, Err(StoreError::InvalidBatch(_))),
         "{result:?}"
