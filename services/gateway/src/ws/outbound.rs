@@ -8,6 +8,13 @@
 //! 58,000 deliveries a second which would otherwise each wake a task and
 //! wait for the runtime to poll it, behind everybody else's.
 //!
+//! A busy connection gets its frames in batches instead: a frame that
+//! comes within [`QUIET`] of the connection's previous one queues, and
+//! the writer takes everything queued by the time it runs into one
+//! `send`. A classroom member is sent about 1,000 cursors a second; one
+//! `send` each took the whole core at 4 rooms (p99 over 2 s), where
+//! batches had taken 85%.
+//!
 //! Bounded, so a client that does not read cannot hold the server's memory
 //! or anybody's time: when the queue is full the connection is marked too
 //! slow, everything queued is dropped, and the writer sends close 4008 as
@@ -19,6 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::Sink;
@@ -50,6 +58,10 @@ pub(crate) enum Next {
     Close(u16),
 }
 
+/// A connection sent nothing for this long is quiet: its next frame may
+/// go straight into the socket (see the module docs).
+pub(crate) const QUIET: Duration = Duration::from_millis(5);
+
 /// The socket's sending half, as the writer and direct sends share it.
 pub(crate) type SocketSink = Pin<Box<dyn Sink<Message, Error = WriteFailed> + Send>>;
 
@@ -77,6 +89,8 @@ pub(crate) struct Outbound {
     ready: Notify,
     closed: watch::Sender<bool>,
     capacity: usize,
+    /// [`QUIET`], but for tests.
+    quiet: Duration,
 }
 
 struct State {
@@ -98,6 +112,8 @@ struct State {
     /// A direct send left bytes the socket did not take yet: frames queue
     /// until the writer has flushed them.
     unflushed: bool,
+    /// When the connection was last given a frame, sent or queued.
+    last_frame: Option<Instant>,
 }
 
 impl Outbound {
@@ -111,11 +127,22 @@ impl Outbound {
                 close: None,
                 writing: false,
                 unflushed: false,
+                last_frame: None,
             }),
             sink: Mutex::new(None),
             ready: Notify::new(),
             closed: watch::channel(false).0,
             capacity: capacity.max(1),
+            quiet: QUIET,
+        }
+    }
+
+    /// An outbound whose connection counts as quiet after `quiet`.
+    #[cfg(test)]
+    pub fn with_quiet(capacity: usize, quiet: Duration) -> Self {
+        Outbound {
+            quiet,
+            ..Outbound::new(capacity)
         }
     }
 
@@ -157,7 +184,12 @@ impl Outbound {
             && !state.unflushed
             && state.queue.is_empty()
             && state.cursor_frames.is_empty();
-        if !nothing_ahead {
+        let now = Instant::now();
+        let quiet = state
+            .last_frame
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.quiet);
+        state.last_frame = Some(now);
+        if !nothing_ahead || !quiet {
             return Direct::Busy(frame);
         }
         let mut sink = self.sink();

@@ -244,7 +244,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_with_nothing_ahead_goes_straight_into_the_socket() {
-        let out = Arc::new(Outbound::new(10));
+        // Every connection counts as quiet: each frame may go directly.
+        let out = Arc::new(Outbound::with_quiet(10, Duration::ZERO));
         let socket = Recorder::default();
         // No writer task: whatever reaches the socket was sent directly.
         out.attach(Box::pin(socket.clone().sink_map_err(|_| WriteFailed)));
@@ -262,6 +263,39 @@ mod tests {
                 Seen::Flush
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_gets_its_frames_in_batches() {
+        // No connection is quiet again within the test: after the first
+        // frame, every frame queues for the writer, which sends all that
+        // queued with one flush.
+        let out = Arc::new(Outbound::with_quiet(10, Duration::from_secs(3600)));
+        let socket = Recorder::default();
+        out.attach(Box::pin(socket.clone().sink_map_err(|_| WriteFailed)));
+        assert!(out.push(Utf8Bytes::from("f1")));
+        assert!(out.push(Utf8Bytes::from("f2")));
+        out.push_cursor("a".into(), Utf8Bytes::from("cursor-a1"));
+        out.push_cursor("a".into(), Utf8Bytes::from("cursor-a2"));
+        assert_eq!(socket.seen(), [text("f1"), Seen::Flush]);
+        let writer = tokio::spawn(write_loop(
+            socket.clone(),
+            out.clone(),
+            Duration::from_secs(3600),
+        ));
+        socket.wait_until("the batch", |s| s.seen.len() == 5).await;
+        assert_eq!(
+            socket.seen(),
+            [
+                text("f1"),
+                Seen::Flush,
+                text("f2"),
+                text("cursor-a2"),
+                Seen::Flush
+            ]
+        );
+        out.close(CLOSE_GOING_AWAY, "bye");
+        finished(writer).await;
     }
 
     #[tokio::test]
