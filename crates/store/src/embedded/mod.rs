@@ -276,19 +276,22 @@ impl EmbeddedStore {
         self.shared.pending().ops()
     }
 
+    /// Hands `write` to the writer thread, which answers `reply`. If the
+    /// thread is gone, the request is dropped, and so is `reply`, which
+    /// answers `Unavailable` that way.
+    fn submit(&self, write: Write, reply: Reply) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(Request { write, reply });
+        }
+    }
+
     /// Hands `write` to the writer thread and waits for its commit.
     async fn write(&self, write: Write) -> StoreResult<()> {
         let (reply, answer) = Reply::channel();
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| StoreError::Unavailable("store is closed".into()))?;
-        queue
-            .send(Request { write, reply })
-            .map_err(|_| StoreError::Unavailable("store writer thread stopped".into()))?;
+        self.submit(write, reply);
         answer.await.map_err(|_| {
-            // The writer drops a reply only if it died mid-group: the write
-            // may or may not have been committed.
+            // The writer drops a reply only if it is gone or died
+            // mid-group: the write may or may not have been committed.
             StoreError::Unavailable("store writer thread stopped".into())
         })?
     }
@@ -568,12 +571,7 @@ impl Store for EmbeddedStore {
             Ok(write) => write,
             Err(e) => return done(batch, Err(e)),
         };
-        let reply = Reply::callback(move |result| done(batch, result));
-        // If the queue is closed, the request comes back and dropping it
-        // answers `done` with `Unavailable`.
-        if let Some(queue) = &self.queue {
-            let _ = queue.send(Request { write, reply });
-        }
+        self.submit(write, Reply::callback(move |result| done(batch, result)));
     }
 
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {

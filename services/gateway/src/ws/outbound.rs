@@ -1,10 +1,10 @@
 //! One connection's outbound queue, and the socket's sending half.
 //!
-//! A frame for a connection with nothing queued goes straight into the
-//! socket from whoever produced it (the hub, an ack), when the socket takes
-//! it at once: no task is woken for it. Only when the socket is busy (the
-//! writer is writing, a ping is out, the kernel's buffer is full) do frames
-//! queue for the connection's writer task. At 200 boards that is about
+//! A frame for a quiet connection with nothing queued goes straight into
+//! the socket from whoever produced it (the hub, an ack), when the socket
+//! takes it at once: no task is woken for it. Otherwise (the writer is
+//! writing, a ping is out, the kernel's buffer is full) frames queue for
+//! the connection's writer task. At 200 boards that is about
 //! 58,000 deliveries a second which would otherwise each wake a task and
 //! wait for the runtime to poll it, behind everybody else's.
 //!
@@ -24,8 +24,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -69,16 +69,13 @@ pub(crate) type SocketSink = Pin<Box<dyn Sink<Message, Error = WriteFailed> + Se
 #[derive(Debug)]
 pub(crate) struct WriteFailed;
 
-/// What a direct send did with a frame.
-enum Direct {
-    /// In the socket.
-    Sent,
-    /// Taken, but the socket has not taken all of it yet: the writer must
-    /// flush before anything else goes.
-    Buffered,
-    /// Not taken; queue it.
-    Busy(Utf8Bytes),
-    Failed,
+/// Where [`Outbound::route`] put a frame.
+enum Route<'a> {
+    /// Nowhere more to go: sent (`true`), or the connection is closing
+    /// (`false`).
+    Done(bool),
+    /// It must queue, in this state.
+    Queue(MutexGuard<'a, State>, Utf8Bytes),
 }
 
 pub(crate) struct Outbound {
@@ -146,12 +143,12 @@ impl Outbound {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // Every update below leaves the state consistent at each step.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn sink(&self) -> std::sync::MutexGuard<'_, Option<SocketSink>> {
+    fn sink(&self) -> MutexGuard<'_, Option<SocketSink>> {
         // Either a whole sink or none.
         self.sink.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -176,11 +173,33 @@ impl Outbound {
         drop(self.borrow_sink());
     }
 
-    /// Sends `frame` straight into the socket if nothing is ahead of it
-    /// (called with the state locked).
-    fn send_direct(&self, state: &mut State, frame: Utf8Bytes) -> Direct {
-        let nothing_ahead = state.close.is_none()
-            && !state.writing
+    /// Sends `frame` straight into the socket if the connection is quiet
+    /// and nothing is ahead of it; otherwise hands back the locked state to
+    /// queue it in. A failed send closes the connection.
+    fn route(&self, frame: Utf8Bytes) -> Route<'_> {
+        let mut state = self.state();
+        if state.close.is_some() {
+            return Route::Done(false);
+        }
+        match self.send_direct(&mut state, frame) {
+            Ok(None) => Route::Done(true),
+            Ok(Some(frame)) => Route::Queue(state, frame),
+            Err(WriteFailed) => {
+                drop(state);
+                self.close(CLOSE_GOING_AWAY, "write failed");
+                Route::Done(false)
+            }
+        }
+    }
+
+    /// The direct send of [`route`](Self::route): `Some(frame)` if the
+    /// frame must queue after all.
+    fn send_direct(
+        &self,
+        state: &mut State,
+        frame: Utf8Bytes,
+    ) -> Result<Option<Utf8Bytes>, WriteFailed> {
+        let nothing_ahead = !state.writing
             && !state.unflushed
             && state.queue.is_empty()
             && state.cursor_frames.is_empty();
@@ -190,44 +209,26 @@ impl Outbound {
             .is_none_or(|last| now.saturating_duration_since(last) >= self.quiet);
         state.last_frame = Some(now);
         if !nothing_ahead || !quiet {
-            return Direct::Busy(frame);
+            return Ok(Some(frame));
         }
         let mut sink = self.sink();
         let Some(sink) = sink.as_mut() else {
-            return Direct::Busy(frame);
+            return Ok(Some(frame));
         };
         // Nobody waits on this waker: a send that cannot finish now is
         // finished by the writer task, which polls with its own.
         let mut cx = Context::from_waker(Waker::noop());
-        match sink.as_mut().poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(WriteFailed)) => return Direct::Failed,
-            Poll::Pending => return Direct::Busy(frame),
+        if sink.as_mut().poll_ready(&mut cx)?.is_pending() {
+            return Ok(Some(frame));
         }
-        if sink.as_mut().start_send(Message::Text(frame)).is_err() {
-            return Direct::Failed;
+        sink.as_mut().start_send(Message::Text(frame))?;
+        if sink.as_mut().poll_flush(&mut cx)?.is_pending() {
+            // The socket has not taken all of it yet: the writer flushes
+            // it before anything else goes.
+            state.unflushed = true;
+            self.ready.notify_one();
         }
-        match sink.as_mut().poll_flush(&mut cx) {
-            Poll::Ready(Ok(())) => Direct::Sent,
-            Poll::Ready(Err(WriteFailed)) => Direct::Failed,
-            Poll::Pending => Direct::Buffered,
-        }
-    }
-
-    /// What a direct send's outcome means for the queue; `Some(frame)` if
-    /// the frame must queue after all. Called with the state locked;
-    /// returns `false` in `.1` if the connection must close.
-    fn after_direct(&self, state: &mut State, direct: Direct) -> (Option<Utf8Bytes>, bool) {
-        match direct {
-            Direct::Sent => (None, true),
-            Direct::Buffered => {
-                state.unflushed = true;
-                self.ready.notify_one();
-                (None, true)
-            }
-            Direct::Busy(frame) => (Some(frame), true),
-            Direct::Failed => (None, false),
-        }
+        Ok(None)
     }
 
     /// Queues a frame. Returns `false` if the connection is closing, or
@@ -242,19 +243,9 @@ impl Outbound {
     }
 
     fn push_inner(&self, frame: Utf8Bytes, counted: bool) -> bool {
-        let mut state = self.state();
-        if state.close.is_some() {
-            return false;
-        }
-        let direct = self.send_direct(&mut state, frame);
-        let frame = match self.after_direct(&mut state, direct) {
-            (Some(frame), _) => frame,
-            (None, true) => return true,
-            (None, false) => {
-                drop(state);
-                self.close(CLOSE_GOING_AWAY, "write failed");
-                return false;
-            }
+        let (mut state, frame) = match self.route(frame) {
+            Route::Queue(state, frame) => (state, frame),
+            Route::Done(open) => return open,
         };
         if counted && state.counted >= self.capacity {
             drop(state);
@@ -272,19 +263,8 @@ impl Outbound {
 
     /// Replaces the pending cursor frame for `key`.
     pub fn push_cursor(&self, key: Arc<str>, frame: Utf8Bytes) {
-        let mut state = self.state();
-        if state.close.is_some() {
+        let Route::Queue(mut state, frame) = self.route(frame) else {
             return;
-        }
-        let direct = self.send_direct(&mut state, frame);
-        let frame = match self.after_direct(&mut state, direct) {
-            (Some(frame), _) => frame,
-            (None, true) => return,
-            (None, false) => {
-                drop(state);
-                self.close(CLOSE_GOING_AWAY, "write failed");
-                return;
-            }
         };
         let state = &mut *state;
         match state.cursors.get(&key) {
