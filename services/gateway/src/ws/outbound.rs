@@ -63,11 +63,9 @@ pub(crate) enum Next {
 pub(crate) const QUIET: Duration = Duration::from_millis(5);
 
 /// The socket's sending half, as the writer and direct sends share it.
-pub(crate) type SocketSink = Pin<Box<dyn Sink<Message, Error = WriteFailed> + Send>>;
-
-/// The socket refused a write: the connection is broken.
-#[derive(Debug)]
-pub(crate) struct WriteFailed;
+/// A failed write may be followed by more (the writer still tries its
+/// close frame), so the sink must keep answering errors, not panic.
+pub(crate) type SocketSink = Pin<Box<dyn Sink<Message, Error = axum::Error> + Send>>;
 
 /// Where [`Outbound::route`] put a frame.
 enum Route<'a> {
@@ -158,6 +156,12 @@ impl Outbound {
         *self.sink() = Some(sink);
     }
 
+    /// Whether the sending half is here (tests only).
+    #[cfg(test)]
+    pub fn has_sink(&self) -> bool {
+        self.sink().is_some()
+    }
+
     /// The writer borrows the sending half (`None` once it is gone).
     pub fn borrow_sink(&self) -> Option<SocketSink> {
         self.sink().take()
@@ -184,7 +188,7 @@ impl Outbound {
         match self.send_direct(&mut state, frame) {
             Ok(None) => Route::Done(true),
             Ok(Some(frame)) => Route::Queue(state, frame),
-            Err(WriteFailed) => {
+            Err(_) => {
                 drop(state);
                 self.close(CLOSE_GOING_AWAY, "write failed");
                 Route::Done(false)
@@ -198,7 +202,7 @@ impl Outbound {
         &self,
         state: &mut State,
         frame: Utf8Bytes,
-    ) -> Result<Option<Utf8Bytes>, WriteFailed> {
+    ) -> Result<Option<Utf8Bytes>, axum::Error> {
         let nothing_ahead = !state.writing
             && !state.unflushed
             && state.queue.is_empty()

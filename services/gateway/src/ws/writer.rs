@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt};
 
-use super::outbound::{Batch, CLOSE_GOING_AWAY, Outbound, SocketSink, WriteFailed};
+use super::outbound::{Batch, CLOSE_GOING_AWAY, Outbound, SocketSink};
 
 /// Hands the socket's sending half to `outbound` (for direct sends) and
 /// writes whatever queues there, pings, and closes.
@@ -17,9 +17,9 @@ use super::outbound::{Batch, CLOSE_GOING_AWAY, Outbound, SocketSink, WriteFailed
 /// calls as fit, instead of one syscall per frame.
 pub(super) async fn write_loop<S>(sink: S, outbound: Arc<Outbound>, ping_every: Duration)
 where
-    S: Sink<Message> + Send + 'static,
+    S: Sink<Message, Error = axum::Error> + Send + 'static,
 {
-    outbound.attach(Box::pin(sink.sink_map_err(|_| WriteFailed)));
+    outbound.attach(Box::pin(sink));
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     // Reused across wake-ups: its buffer is allocated once per connection.
@@ -75,7 +75,7 @@ async fn write_batch(
     sink: &mut SocketSink,
     outbound: &Outbound,
     batch: &mut Vec<Utf8Bytes>,
-) -> Result<(), WriteFailed> {
+) -> Result<(), axum::Error> {
     // Dropping the `Drain` empties the batch however the loop ends.
     for frame in batch.drain(..) {
         if outbound.is_closing() {
@@ -183,7 +183,7 @@ mod tests {
     }
 
     impl Sink<Message> for Recorder {
-        type Error = std::io::Error;
+        type Error = axum::Error;
 
         fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             let mut socket = self.lock();
@@ -248,7 +248,7 @@ mod tests {
         let out = Arc::new(Outbound::with_quiet(10, Duration::ZERO));
         let socket = Recorder::default();
         // No writer task: whatever reaches the socket was sent directly.
-        out.attach(Box::pin(socket.clone().sink_map_err(|_| WriteFailed)));
+        out.attach(Box::pin(socket.clone()));
         assert!(out.push(Utf8Bytes::from("f1")));
         out.push_cursor("a".into(), Utf8Bytes::from("cursor-a"));
         assert!(out.push_uncounted(Utf8Bytes::from("joined")));
@@ -272,7 +272,7 @@ mod tests {
         // queued with one flush.
         let out = Arc::new(Outbound::with_quiet(10, Duration::from_secs(3600)));
         let socket = Recorder::default();
-        out.attach(Box::pin(socket.clone().sink_map_err(|_| WriteFailed)));
+        out.attach(Box::pin(socket.clone()));
         assert!(out.push(Utf8Bytes::from("f1")));
         assert!(out.push(Utf8Bytes::from("f2")));
         out.push_cursor("a".into(), Utf8Bytes::from("cursor-a1"));
@@ -467,23 +467,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_closes_the_connection() {
+        fn reset() -> axum::Error {
+            axum::Error::new(std::io::Error::other("reset"))
+        }
         struct Broken;
         impl Sink<Message> for Broken {
-            type Error = std::io::Error;
+            type Error = axum::Error;
             fn poll_ready(
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
             ) -> Poll<Result<(), Self::Error>> {
-                Poll::Ready(Err(std::io::Error::other("reset")))
+                Poll::Ready(Err(reset()))
             }
             fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
-                Err(std::io::Error::other("reset"))
+                Err(reset())
             }
             fn poll_flush(
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
             ) -> Poll<Result<(), Self::Error>> {
-                Poll::Ready(Err(std::io::Error::other("reset")))
+                Poll::Ready(Err(reset()))
             }
             fn poll_close(
                 self: Pin<&mut Self>,
@@ -497,5 +500,22 @@ mod tests {
         let writer = tokio::spawn(write_loop(Broken, out.clone(), Duration::from_secs(3600)));
         finished(writer).await;
         assert_eq!(out.close_code(), Some(CLOSE_GOING_AWAY));
+
+        // A direct send that fails closes the connection as well; the
+        // writer then tries its close frame on the same broken socket,
+        // which fails again and must end the writer, not crash it.
+        let out = Arc::new(Outbound::new(2));
+        let writer = tokio::spawn(write_loop(Broken, out.clone(), Duration::from_secs(3600)));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !out.has_sink() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writer never attached"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(!out.push(Utf8Bytes::from("f1")));
+        assert_eq!(out.close_code(), Some(CLOSE_GOING_AWAY));
+        finished(writer).await;
     }
 }
