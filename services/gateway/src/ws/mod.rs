@@ -152,10 +152,6 @@ impl Connection {
         {
             writer.abort();
         }
-        // The writer dropped the sending half if it finished; after an
-        // abort the outbound still holds it, and the hub may hold the
-        // outbound a little longer: close the socket now.
-        outbound.detach();
         if outbound.close_code() == Some(outbound::CLOSE_TOO_SLOW) {
             shared.metrics.slow_closes.inc();
         }
