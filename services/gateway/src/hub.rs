@@ -19,7 +19,9 @@
 //!   with `Loaded`), or the stream lagged, which includes a new owner's
 //!   first event and every reconnect to the cluster — the members that have
 //!   joined are re-attached to the owner, so the room's presence lists them
-//!   again without their clients doing anything.
+//!   again without their clients doing anything; a re-attach that reaches
+//!   no owner (this gateway has not noticed the old one leave yet) is tried
+//!   again until it lands or the member leaves.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use axum::extract::ws::Utf8Bytes;
 use collab_bus::{Bus, Delivery, Subscription};
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
-use collab_protocol::{ConnId, OpEvent, RoomId, Seq, ServerFrame, UserId};
+use collab_protocol::{ConnId, ErrorCode, OpEvent, RoomId, Seq, ServerFrame, UserId};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -43,6 +45,11 @@ const FETCH_PAGE: u32 = 1000;
 /// How long after a failed gap fetch (the owner moving or unreachable) the
 /// next try starts, when no newer event triggers one first.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+/// How long after a failed re-attach the next try starts. The owner this
+/// gateway asked may be the one that just died: the room nodes and each
+/// gateway notice a node leaving at slightly different moments, so a new
+/// owner can announce itself here before this gateway routes to it.
+const REATTACH_RETRY: Duration = Duration::from_millis(250);
 
 enum Control {
     Attach {
@@ -95,6 +102,7 @@ impl Hub {
         if !rooms.contains_key(room) {
             let subscription = self.bus.subscribe(room).await?;
             let (control, rx) = mpsc::unbounded_channel();
+            let (reattach_failed, failed) = mpsc::unbounded_channel();
             let fanout = Fanout {
                 room: room.clone(),
                 bus: self.bus.clone(),
@@ -103,8 +111,11 @@ impl Hub {
                 members: HashMap::new(),
                 last_seq: None,
                 retry_at: None,
+                reattach_failed,
+                reattach_later: HashSet::new(),
+                reattach_at: None,
             };
-            tokio::spawn(fanout.run(subscription, rx));
+            tokio::spawn(fanout.run(subscription, rx, failed));
             rooms.insert(
                 room.clone(),
                 RoomHandle {
@@ -173,6 +184,11 @@ struct Fanout {
     last_seq: Option<Seq>,
     /// When to try again to catch up, after a fetch failed.
     retry_at: Option<Instant>,
+    /// Where a re-attach that did not reach the owner reports its member.
+    reattach_failed: mpsc::UnboundedSender<ConnId>,
+    /// Members whose re-attach failed, and when to try them again.
+    reattach_later: HashSet<ConnId>,
+    reattach_at: Option<Instant>,
 }
 
 impl Fanout {
@@ -180,9 +196,11 @@ impl Fanout {
         mut self,
         mut subscription: Subscription,
         mut control: mpsc::UnboundedReceiver<Control>,
+        mut reattach_failed: mpsc::UnboundedReceiver<ConnId>,
     ) {
         loop {
             let retry_at = self.retry_at;
+            let reattach_at = self.reattach_at;
             tokio::select! {
                 // Control first: an attach must take effect before events
                 // that follow it.
@@ -210,6 +228,22 @@ impl Fanout {
                 delivery = subscription.next() => {
                     if !self.on_delivery(delivery).await {
                         break;
+                    }
+                }
+                Some(conn) = reattach_failed.recv() => {
+                    self.reattach_later.insert(conn);
+                    self.reattach_at
+                        .get_or_insert_with(|| Instant::now() + REATTACH_RETRY);
+                }
+                () = sleep_until(reattach_at) => {
+                    self.reattach_at = None;
+                    for conn in std::mem::take(&mut self.reattach_later) {
+                        // Gone or joining again since: nothing to put back.
+                        if let Some(member) = self.members.get(&conn)
+                            && matches!(member.phase, Phase::Live { .. })
+                        {
+                            self.reattach(member);
+                        }
                     }
                 }
                 () = sleep_until(retry_at) => {
@@ -321,17 +355,34 @@ impl Fanout {
     fn reattach_members(&self) {
         for member in self.members.values() {
             if matches!(member.phase, Phase::Live { .. }) {
-                let request = RoomRequest::Attach {
-                    room: self.room.clone(),
-                    conn: member.conn.clone(),
-                    user: member.user.clone(),
-                };
-                let reply = self.bus.request(request, self.timeout);
-                tokio::spawn(async move {
-                    let _ = reply.await;
-                });
+                self.reattach(member);
             }
         }
+    }
+
+    /// Puts one member back into the owner's presence, and tries again
+    /// later while the owner cannot be reached: a watcher sends nothing
+    /// that would tell a new owner it is there.
+    fn reattach(&self, member: &Member) {
+        let request = RoomRequest::Attach {
+            room: self.room.clone(),
+            conn: member.conn.clone(),
+            user: member.user.clone(),
+        };
+        let reply = self.bus.request(request, self.timeout);
+        let failed = self.reattach_failed.clone();
+        let conn = member.conn.conn.clone();
+        tokio::spawn(async move {
+            let unreached = match reply.await {
+                Err(_) => true,
+                Ok(RoomReply::Error { code, .. }) => code == ErrorCode::Unavailable,
+                Ok(_) => false,
+            };
+            if unreached {
+                debug!(%conn, "re-attach reached no owner; trying again");
+                let _ = failed.send(conn);
+            }
+        });
     }
 
     async fn on_event(&mut self, event: Arc<RoomEvent>) {
@@ -640,10 +691,14 @@ mod tests {
     }
 
     /// A room stream the test feeds, and an owner whose fetches fail while
-    /// `failing_fetches` lasts and then answer from a log of ops 1..=10.
+    /// `failing_fetches` lasts and then answer from a log of ops 1..=10,
+    /// and whose attaches fail while `failing_attaches` lasts.
     struct ScriptedBus {
         stream: StdMutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
         failing_fetches: AtomicUsize,
+        failing_attaches: AtomicUsize,
+        /// Attach requests made, failed or not.
+        attaches: AtomicUsize,
     }
 
     struct ChannelStream(mpsc::UnboundedReceiver<Delivery>);
@@ -673,6 +728,18 @@ mod tests {
                     } else {
                         let ops = (after.get() + 1..=10).map(op).collect();
                         Ok(RoomReply::Ops { ops })
+                    }
+                }
+                RoomRequest::Attach { .. } => {
+                    self.attaches.fetch_add(1, Ordering::SeqCst);
+                    let failing = self
+                        .failing_attaches
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if failing {
+                        Err(BusError::NoOwner)
+                    } else {
+                        Ok(RoomReply::Done)
                     }
                 }
                 _ => Ok(RoomReply::Done),
@@ -721,6 +788,8 @@ mod tests {
         let bus = Arc::new(ScriptedBus {
             stream: StdMutex::new(Some(stream)),
             failing_fetches: AtomicUsize::new(0),
+            failing_attaches: AtomicUsize::new(0),
+            attaches: AtomicUsize::new(0),
         });
         let hub = Hub::new(
             bus.clone(),
@@ -868,5 +937,73 @@ mod tests {
             futures_util::FutureExt::now_or_never(outbound.next()).is_none(),
             "nothing else"
         );
+    }
+
+    /// Joins `conn` with an empty board's snapshot and takes the `joined`.
+    async fn join_live(hub: &Hub, outbound: &Outbound, conn: &ConnRef) {
+        hub.joined(&room(), &conn.conn, board_joined(&["ann"]))
+            .await;
+        assert_eq!(next_frame(outbound).await["type"], "joined");
+    }
+
+    fn send_loaded(events: &mpsc::UnboundedSender<Delivery>) {
+        let loaded = RoomEvent::Loaded { room: room() };
+        events
+            .send(Delivery::Event(Arc::new(loaded)))
+            .expect("stream open");
+    }
+
+    /// Waits (on paused time) until `bus` has seen `n` attach requests.
+    async fn attaches_reach(bus: &ScriptedBus, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bus.attaches.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} attaches, expected {n}",
+                bus.attaches.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A new owner announced itself before this gateway routes to it: the
+    /// first re-attaches reach nobody, and the hub keeps trying until one
+    /// lands, then stops.
+    #[tokio::test(start_paused = true)]
+    async fn a_reattach_that_reaches_no_owner_is_tried_again_until_it_lands() {
+        let (events, bus, hub, outbound, conn) = attached("ann").await;
+        join_live(&hub, &outbound, &conn).await;
+        bus.failing_attaches.store(2, Ordering::SeqCst);
+        send_loaded(&events);
+        attaches_reach(&bus, 3).await;
+        assert_eq!(bus.failing_attaches.load(Ordering::SeqCst), 0);
+        // Landed: no more tries, however long the room stays quiet.
+        tokio::time::sleep(REATTACH_RETRY * 20).await;
+        assert_eq!(bus.attaches.load(Ordering::SeqCst), 3);
+    }
+
+    /// A member that left while its re-attach was failing is not put back.
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_left_is_not_reattached() {
+        let (events, bus, hub, outbound, conn) = attached("ann").await;
+        join_live(&hub, &outbound, &conn).await;
+        // Someone else keeps the room's fan-out running here.
+        let other = ConnRef {
+            gateway: "g1".into(),
+            conn: ConnId::parse("g1-2").expect("id"),
+        };
+        let other_outbound = Arc::new(Outbound::new(100));
+        hub.attach(&room(), other, user("bob"), other_outbound)
+            .await
+            .expect("attached");
+        bus.failing_attaches.store(usize::MAX, Ordering::SeqCst);
+        send_loaded(&events);
+        attaches_reach(&bus, 2).await;
+        hub.detach(&room(), &conn.conn).await;
+        // A retry may have been on its way as the member left.
+        tokio::time::sleep(REATTACH_RETRY * 2).await;
+        let after_leaving = bus.attaches.load(Ordering::SeqCst);
+        tokio::time::sleep(REATTACH_RETRY * 20).await;
+        assert_eq!(bus.attaches.load(Ordering::SeqCst), after_leaving);
     }
 }
