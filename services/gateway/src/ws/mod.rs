@@ -152,8 +152,13 @@ impl Connection {
         {
             writer.abort();
         }
+        // The writer dropped the sending half if it finished; after an
+        // abort the outbound still holds it, and the hub may hold the
+        // outbound a little longer: close the socket now.
+        outbound.detach();
         if outbound.close_code() == Some(outbound::CLOSE_TOO_SLOW) {
             shared.metrics.slow_closes.inc();
+            info!(conn = %conn_id, "closed: too slow to read what it was sent");
         }
         shared.metrics.connections.dec();
         shared.open.send_modify(|n| *n -= 1);

@@ -1,5 +1,5 @@
-//! One connection's writer: drains its [`Outbound`] queue into the socket,
-//! pings, and sends the close frame.
+//! One connection's writer: writes what its [`Outbound`] queue holds when
+//! the socket could not take it at once, pings, and sends the close frame.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,17 +7,19 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt};
 
-use super::outbound::{Batch, CLOSE_GOING_AWAY, Outbound};
+use super::outbound::{Batch, CLOSE_GOING_AWAY, Outbound, SocketSink};
 
-/// Writes what the connection's queue holds, pings, and closes.
+/// Hands the socket's sending half to `outbound` (for direct sends) and
+/// writes whatever queues there, pings, and closes.
 ///
 /// Each wake-up takes everything queued and writes it with one flush: the
 /// frames go into the socket's write buffer and leave in as few `send`
 /// calls as fit, instead of one syscall per frame.
-pub(super) async fn write_loop<S>(mut sink: S, outbound: Arc<Outbound>, ping_every: Duration)
+pub(super) async fn write_loop<S>(sink: S, outbound: Arc<Outbound>, ping_every: Duration)
 where
-    S: Sink<Message> + Unpin,
+    S: Sink<Message, Error = axum::Error> + Send + 'static,
 {
+    outbound.attach(Box::pin(sink));
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     // Reused across wake-ups: its buffer is allocated once per connection.
@@ -28,12 +30,17 @@ where
         let next = tokio::select! {
             next = outbound.take(&mut batch) => next,
             _ = ping.tick() => {
+                let Some(mut sink) = outbound.borrow_sink() else { return };
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     outbound.close(CLOSE_GOING_AWAY, "write failed");
                     return;
                 }
+                outbound.return_sink(sink);
                 continue;
             }
+        };
+        let Some(mut sink) = outbound.borrow_sink() else {
+            return;
         };
         match next {
             Batch::Frames { counted } => {
@@ -41,6 +48,9 @@ where
                     outbound.close(CLOSE_GOING_AWAY, "write failed");
                     return;
                 }
+                // Back before `sent`, so that a direct send after it
+                // finds the sink.
+                outbound.return_sink(sink);
                 outbound.sent(counted);
             }
             Batch::Close(code, reason) => {
@@ -61,14 +71,11 @@ where
 /// was asked for meanwhile (the socket was slow and the queue overflowed):
 /// the rest is dropped, as the queue's own frames were, and the close
 /// frame goes next.
-async fn write_batch<S>(
-    sink: &mut S,
+async fn write_batch(
+    sink: &mut SocketSink,
     outbound: &Outbound,
     batch: &mut Vec<Utf8Bytes>,
-) -> Result<(), S::Error>
-where
-    S: Sink<Message> + Unpin,
-{
+) -> Result<(), axum::Error> {
     // Dropping the `Drain` empties the batch however the loop ends.
     for frame in batch.drain(..) {
         if outbound.is_closing() {
@@ -106,6 +113,10 @@ mod tests {
         /// Frames the socket takes before it blocks (`None`: no limit).
         room: Option<usize>,
         blocked: Option<Waker>,
+        /// Flushes do not finish (the kernel's buffer is full) until
+        /// released.
+        hold_flush: bool,
+        flush_blocked: Option<Waker>,
     }
 
     /// A sink that records what it is given and can stop taking frames,
@@ -154,6 +165,17 @@ mod tests {
             );
         }
 
+        fn hold_flushes(&self, hold: bool) {
+            let waker = {
+                let mut socket = self.lock();
+                socket.hold_flush = hold;
+                socket.flush_blocked.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+
         fn record(&self, seen: Seen) {
             self.lock().seen.push(seen);
             self.changed.notify_one();
@@ -161,7 +183,7 @@ mod tests {
     }
 
     impl Sink<Message> for Recorder {
-        type Error = std::io::Error;
+        type Error = axum::Error;
 
         fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             let mut socket = self.lock();
@@ -187,7 +209,15 @@ mod tests {
             Ok(())
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let mut socket = self.lock();
+            if socket.hold_flush {
+                socket.flush_blocked = Some(cx.waker().clone());
+                drop(socket);
+                self.changed.notify_one();
+                return Poll::Pending;
+            }
+            drop(socket);
             self.record(Seen::Flush);
             Poll::Ready(Ok(()))
         }
@@ -210,6 +240,118 @@ mod tests {
     async fn finished(writer: tokio::task::JoinHandle<()>) {
         let ended = tokio::time::timeout(Duration::from_secs(10), writer).await;
         assert!(matches!(ended, Ok(Ok(()))), "writer did not end: {ended:?}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_with_nothing_ahead_goes_straight_into_the_socket() {
+        // Every connection counts as quiet: each frame may go directly.
+        let out = Arc::new(Outbound::with_quiet(10, Duration::ZERO));
+        let socket = Recorder::default();
+        // No writer task: whatever reaches the socket was sent directly.
+        out.attach(Box::pin(socket.clone()));
+        assert!(out.push(Utf8Bytes::from("f1")));
+        out.push_cursor("a".into(), Utf8Bytes::from("cursor-a"));
+        assert!(out.push_uncounted(Utf8Bytes::from("joined")));
+        assert_eq!(
+            socket.seen(),
+            [
+                text("f1"),
+                Seen::Flush,
+                text("cursor-a"),
+                Seen::Flush,
+                text("joined"),
+                Seen::Flush
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_gets_its_frames_in_batches() {
+        // No connection is quiet again within the test: after the first
+        // frame, every frame queues for the writer, which sends all that
+        // queued with one flush.
+        let out = Arc::new(Outbound::with_quiet(10, Duration::from_secs(3600)));
+        let socket = Recorder::default();
+        out.attach(Box::pin(socket.clone()));
+        assert!(out.push(Utf8Bytes::from("f1")));
+        assert!(out.push(Utf8Bytes::from("f2")));
+        out.push_cursor("a".into(), Utf8Bytes::from("cursor-a1"));
+        out.push_cursor("a".into(), Utf8Bytes::from("cursor-a2"));
+        assert_eq!(socket.seen(), [text("f1"), Seen::Flush]);
+        let writer = tokio::spawn(write_loop(
+            socket.clone(),
+            out.clone(),
+            Duration::from_secs(3600),
+        ));
+        socket.wait_until("the batch", |s| s.seen.len() == 5).await;
+        assert_eq!(
+            socket.seen(),
+            [
+                text("f1"),
+                Seen::Flush,
+                text("f2"),
+                text("cursor-a2"),
+                Seen::Flush
+            ]
+        );
+        out.close(CLOSE_GOING_AWAY, "bye");
+        finished(writer).await;
+    }
+
+    #[tokio::test]
+    async fn frames_queue_behind_a_blocked_socket_and_keep_their_order() {
+        let out = Arc::new(Outbound::new(10));
+        let socket = Recorder::default();
+        socket.limit(Some(0));
+        let writer = spawn_writer(&out, &socket);
+        assert!(out.push(Utf8Bytes::from("f1")));
+        socket
+            .wait_until("the writer to block", |s| s.blocked.is_some())
+            .await;
+        // The writer holds f1: f2 must not overtake it, even once the
+        // socket takes frames again.
+        assert!(out.push(Utf8Bytes::from("f2")));
+        socket.limit(None);
+        socket
+            .wait_until("f2", |s| s.seen.contains(&text("f2")))
+            .await;
+        assert!(out.push(Utf8Bytes::from("f3")));
+        socket
+            .wait_until("f3", |s| s.seen.contains(&text("f3")))
+            .await;
+        let texts: Vec<Seen> = socket
+            .seen()
+            .into_iter()
+            .filter(|e| matches!(e, Seen::Text(_)))
+            .collect();
+        assert_eq!(texts, [text("f1"), text("f2"), text("f3")]);
+        out.close(CLOSE_GOING_AWAY, "bye");
+        finished(writer).await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_socket_took_in_part_is_flushed_before_the_next() {
+        let out = Arc::new(Outbound::new(10));
+        let socket = Recorder::default();
+        let writer = spawn_writer(&out, &socket);
+        socket.hold_flushes(true);
+        // Taken by the socket, not flushed: the next frame queues behind
+        // it, and the writer flushes both.
+        assert!(out.push(Utf8Bytes::from("f1")));
+        assert!(out.push(Utf8Bytes::from("f2")));
+        socket
+            .wait_until("the writer to flush", |s| {
+                s.flush_blocked.is_some() && s.seen.contains(&text("f2"))
+            })
+            .await;
+        assert_eq!(socket.seen(), [text("f1"), text("f2")]);
+        socket.hold_flushes(false);
+        socket
+            .wait_until("the flush", |s| s.seen.contains(&Seen::Flush))
+            .await;
+        assert_eq!(socket.seen(), [text("f1"), text("f2"), Seen::Flush]);
+        out.close(CLOSE_GOING_AWAY, "bye");
+        finished(writer).await;
     }
 
     #[tokio::test]
@@ -289,10 +431,10 @@ mod tests {
         for round in 0..3 {
             assert!(out.push(Utf8Bytes::from(format!("a{round}"))));
             assert!(out.push(Utf8Bytes::from(format!("b{round}"))));
-            let flushes = round + 1;
+            let written = 2 * (round + 1);
             socket
-                .wait_until("a flush", |s| {
-                    s.seen.iter().filter(|e| **e == Seen::Flush).count() == flushes
+                .wait_until("the round's frames", |s| {
+                    s.seen.iter().filter(|e| matches!(e, Seen::Text(_))).count() == written
                 })
                 .await;
         }
@@ -325,23 +467,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_closes_the_connection() {
+        fn reset() -> axum::Error {
+            axum::Error::new(std::io::Error::other("reset"))
+        }
         struct Broken;
         impl Sink<Message> for Broken {
-            type Error = std::io::Error;
+            type Error = axum::Error;
             fn poll_ready(
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
             ) -> Poll<Result<(), Self::Error>> {
-                Poll::Ready(Err(std::io::Error::other("reset")))
+                Poll::Ready(Err(reset()))
             }
             fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
-                Err(std::io::Error::other("reset"))
+                Err(reset())
             }
             fn poll_flush(
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
             ) -> Poll<Result<(), Self::Error>> {
-                Poll::Ready(Err(std::io::Error::other("reset")))
+                Poll::Ready(Err(reset()))
             }
             fn poll_close(
                 self: Pin<&mut Self>,
@@ -355,5 +500,22 @@ mod tests {
         let writer = tokio::spawn(write_loop(Broken, out.clone(), Duration::from_secs(3600)));
         finished(writer).await;
         assert_eq!(out.close_code(), Some(CLOSE_GOING_AWAY));
+
+        // A direct send that fails closes the connection as well; the
+        // writer then tries its close frame on the same broken socket,
+        // which fails again and must end the writer, not crash it.
+        let out = Arc::new(Outbound::new(2));
+        let writer = tokio::spawn(write_loop(Broken, out.clone(), Duration::from_secs(3600)));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !out.has_sink() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writer never attached"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(!out.push(Utf8Bytes::from("f1")));
+        assert_eq!(out.close_code(), Some(CLOSE_GOING_AWAY));
+        finished(writer).await;
     }
 }
