@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
-use collab_protocol::{Cid, ErrorCode, OpEvent, ProtocolError, RoomId, Seq, UserId};
+use collab_protocol::{Cid, ConnId, ErrorCode, OpEvent, ProtocolError, RoomId, Seq, UserId};
 use collab_store::{AppendDone, RoomRecord, Store, StoreError, Writer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, info, warn};
@@ -138,12 +138,50 @@ struct Live {
     /// declared dead: if the gateway was alive after all and puts them
     /// back, the others hear they are back.
     left_with_gateway: HashSet<UserId>,
+    /// Connections that left, so that a re-attach sent for one just before
+    /// it left and arriving after its `Leave` does not put it back.
+    left: LeftConns,
     snapshot_seq: Seq,
     snapshot_running: bool,
     snapshot_at: Instant,
     last_activity: Instant,
     orphan_check_at: Option<Instant>,
     drain: Option<Vec<RpcReplyPort<()>>>,
+}
+
+/// The connections that left the room most recently, at most
+/// [`LeftConns::KEPT`]: a connection's id is never reused, and a late
+/// re-attach comes within a request's round trip of the leave, so the
+/// recent ones are enough.
+#[derive(Default)]
+struct LeftConns {
+    order: VecDeque<ConnId>,
+    set: HashSet<ConnId>,
+}
+
+impl LeftConns {
+    const KEPT: usize = 1024;
+
+    fn insert(&mut self, conn: ConnId) {
+        if self.set.insert(conn.clone()) {
+            self.order.push_back(conn);
+        }
+        while self.order.len() > Self::KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, conn: &ConnId) -> bool {
+        self.set.contains(conn)
+    }
+
+    fn remove(&mut self, conn: &ConnId) {
+        if self.set.remove(conn) {
+            self.order.retain(|c| c != conn);
+        }
+    }
 }
 
 /// A room as read from the store, with the term of the last batch's writer.
@@ -307,6 +345,7 @@ impl RoomActorState {
                     joins: Vec::new(),
                     duplicates: Vec::new(),
                     left_with_gateway: HashSet::new(),
+                    left: LeftConns::default(),
                     snapshot_seq: head,
                     snapshot_running: false,
                     snapshot_at: Instant::now(),
@@ -705,6 +744,12 @@ impl Live {
         user: UserInfo,
         reply: Reply,
     ) {
+        // A gateway re-attaches a member when the room's owner changed;
+        // if the member left at that moment, the re-attach may come second.
+        if self.left.contains(&conn.conn) {
+            answer(reply, RoomReply::Done);
+            return;
+        }
         // The connection was in the room before it moved or restarted, and
         // nobody was told it left: putting it back tells nobody either,
         // unless its gateway had been declared dead.
@@ -757,6 +802,8 @@ impl Live {
         else {
             return;
         };
+        // Joining again after a leave.
+        self.left.remove(&conn.conn);
         if let Err(refusal) = self.admit(ctx, &room, conn, user, true) {
             answer(reply, refusal.into());
             return;
@@ -844,6 +891,8 @@ impl Live {
     /// A connection leaves. When it was its user's last one, everyone hears
     /// of it and the user's open strokes are ended for them.
     fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
+        // Even if not present (a re-attach may be on its way).
+        self.left.insert(conn.conn.clone());
         if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
             self.end_orphans_of(&info.id, ts);
             let left = RoomEvent::Presence {

@@ -642,7 +642,8 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
         .ask(node.op_request(ROOM, "ann", "c2", message("hi")))
         .await;
     assert_eq!(new, RoomReply::NotJoined);
-    // …until the gateway re-attaches the connection (no `joined` body).
+    // …and a re-attach her gateway sent just before she left (the room
+    // was moving), arriving after her leave, does not put her back…
     let attached = node
         .ask(RoomRequest::Attach {
             room: room_id(ROOM),
@@ -651,6 +652,21 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
         })
         .await;
     assert_eq!(attached, RoomReply::Done);
+    let refused = node
+        .ask(node.op_request(ROOM, "ann", "c2", message("hi")))
+        .await;
+    assert_eq!(refused, RoomReply::NotJoined);
+    assert_eq!(
+        node.sink.presence(),
+        [
+            (PresenceEvent::Join, "ann".into()),
+            (PresenceEvent::Leave, "ann".into())
+        ],
+        "nobody heard she was back"
+    );
+    // …until she joins again, on the same connection.
+    node.joined.lock().expect("lock").clear();
+    node.enter(ROOM, "ann").await;
     let again = node
         .ask(node.op_request(ROOM, "ann", "c2", message("hi")))
         .await;

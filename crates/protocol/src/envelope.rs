@@ -38,7 +38,9 @@ pub enum RoomRequest {
     /// Puts a connection that joined earlier back into the room's presence,
     /// after the room restarted or moved and so forgot it (the owner said
     /// `NotJoined`); answered `Done`, with no `joined` body: the gateway's
-    /// stream of the room never stopped.
+    /// stream of the room never stopped. A connection the room saw leave
+    /// is not put back (a re-attach can arrive after its `Leave`); it
+    /// joins again instead.
     Attach {
         room: RoomId,
         conn: ConnRef,
