@@ -701,6 +701,13 @@ mod tests {
         attaches: AtomicUsize,
     }
 
+    /// Counts one down unless it is zero: whether there was one to take.
+    fn take_one(count: &AtomicUsize) -> bool {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     struct ChannelStream(mpsc::UnboundedReceiver<Delivery>);
 
     #[async_trait]
@@ -719,11 +726,7 @@ mod tests {
         ) -> ReplyFuture<Result<RoomReply, BusError>> {
             let reply = match request {
                 RoomRequest::Fetch { after, .. } => {
-                    let failing = self
-                        .failing_fetches
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    if failing {
+                    if take_one(&self.failing_fetches) {
                         Err(BusError::NoOwner)
                     } else {
                         let ops = (after.get() + 1..=10).map(op).collect();
@@ -732,11 +735,7 @@ mod tests {
                 }
                 RoomRequest::Attach { .. } => {
                     self.attaches.fetch_add(1, Ordering::SeqCst);
-                    let failing = self
-                        .failing_attaches
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    if failing {
+                    if take_one(&self.failing_attaches) {
                         Err(BusError::NoOwner)
                     } else {
                         Ok(RoomReply::Done)

@@ -317,8 +317,10 @@ mod tests {
         let out = Arc::new(Outbound::with_quiet(10, quiet));
         let socket = Recorder::default();
         let writer = spawn_writer(&out, &socket);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !out.has_sink() {
-            tokio::task::yield_now().await;
+            assert!(tokio::time::Instant::now() < deadline, "no writer");
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // f1 goes directly; f2 comes too soon after it and is the writer's.
         assert!(out.push(Utf8Bytes::from("f1")));
