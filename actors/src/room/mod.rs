@@ -12,4 +12,4 @@ pub use actor::{LoadedRoom, RoomActor, RoomArgs, RoomContext, RoomMsg, load_room
 pub use config::RoomConfig;
 pub use metrics::RoomMetrics;
 pub use sink::EventSink;
-pub use supervisor::{Ownership, RoomRouter, RoomSupervisor, SupervisorMsg};
+pub use supervisor::{Ownership, RoomSupervisor, SupervisorMsg};

@@ -12,7 +12,7 @@ use collab_protocol::{
 };
 use collab_store::testsuite::GatedStore;
 use collab_store::{RoomRecord, Store, Writer};
-use ractor::ActorRef;
+use ractor::{Actor, ActorRef};
 
 use super::*;
 
@@ -76,7 +76,6 @@ struct Node {
     store: Arc<GatedStore>,
     sink: Arc<RecordingSink>,
     supervisor: ActorRef<SupervisorMsg>,
-    router: RoomRouter,
     /// (room, user) pairs whose connection has joined.
     joined: Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -95,12 +94,13 @@ async fn node_with(store: Arc<GatedStore>, config: RoomConfig) -> Node {
         config,
         metrics: RoomMetrics::default(),
     });
-    let (supervisor, router) = RoomSupervisor::start(ctx).await.expect("supervisor starts");
+    let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
+        .await
+        .expect("supervisor starts");
     Node {
         store,
         sink,
         supervisor,
-        router,
         joined: Mutex::new(Default::default()),
     }
 }
@@ -176,7 +176,9 @@ impl Node {
     /// are sent) and returns a task that waits for its reply.
     fn send(&self, request: RoomRequest) -> tokio::task::JoinHandle<RoomReply> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        assert!(self.router.send(request, tx.into()), "supervisor is gone");
+        self.supervisor
+            .send_message(SupervisorMsg::Route(request, tx.into()))
+            .unwrap_or_else(|_| panic!("supervisor is gone"));
         tokio::spawn(async move {
             tokio::time::timeout(Duration::from_secs(10), rx)
                 .await

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collab_actors::room::{
-    EventSink, RoomConfig, RoomContext, RoomMetrics, RoomRouter, RoomSupervisor, SupervisorMsg,
+    EventSink, RoomConfig, RoomContext, RoomMetrics, RoomSupervisor, SupervisorMsg,
 };
 use collab_bus::{Bus, BusError, Members, ReplyFuture, RequestHandler};
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::{ErrorCode, NodeId};
 use collab_store::Store;
-use ractor::ActorRef;
+use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -47,17 +47,20 @@ impl EventSink for BusSink {
     }
 }
 
-/// Routes the bus's requests to their rooms.
+/// Routes the bus's requests to the supervisor.
 struct Handler {
-    router: RoomRouter,
+    supervisor: ActorRef<SupervisorMsg>,
     timeout: Duration,
 }
 
 impl RequestHandler for Handler {
     fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
-        // Sent now, so the room sees requests in arrival order.
+        // Sent now, so the supervisor sees requests in arrival order.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.router.send(request, tx.into());
+        let sent = self
+            .supervisor
+            .send_message(SupervisorMsg::Route(request, tx.into()))
+            .is_ok();
         let timeout = self.timeout;
         Box::pin(async move {
             let reply = if sent {
@@ -105,11 +108,11 @@ impl RoomNode {
             config,
             metrics,
         });
-        let (supervisor, router) = RoomSupervisor::start(ctx)
+        let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
             .await
             .map_err(|e| StartError::Supervisor(e.to_string()))?;
         bus.serve(Arc::new(Handler {
-            router,
+            supervisor: supervisor.clone(),
             timeout: request_timeout,
         }))
         .await
