@@ -9,5 +9,6 @@
 //! stops room actors. Events leave through [`room::EventSink`], which the
 //! room node wires to the bus.
 
+mod recent;
 pub mod room;
 pub mod state;

@@ -149,40 +149,10 @@ struct Live {
     drain: Option<Vec<RpcReplyPort<()>>>,
 }
 
-/// The connections that left the room most recently, at most
-/// [`LeftConns::KEPT`]: a connection's id is never reused, and a late
-/// re-attach comes within a request's round trip of the leave, so the
-/// recent ones are enough.
-#[derive(Default)]
-struct LeftConns {
-    order: VecDeque<ConnId>,
-    set: HashSet<ConnId>,
-}
-
-impl LeftConns {
-    const KEPT: usize = 1024;
-
-    fn insert(&mut self, conn: ConnId) {
-        if self.set.insert(conn.clone()) {
-            self.order.push_back(conn);
-        }
-        while self.order.len() > Self::KEPT {
-            if let Some(oldest) = self.order.pop_front() {
-                self.set.remove(&oldest);
-            }
-        }
-    }
-
-    fn contains(&self, conn: &ConnId) -> bool {
-        self.set.contains(conn)
-    }
-
-    fn remove(&mut self, conn: &ConnId) {
-        if self.set.remove(conn) {
-            self.order.retain(|c| c != conn);
-        }
-    }
-}
+/// The 1,024 connections that left the room most recently: a
+/// connection's id is never reused, and a late re-attach comes within a
+/// request's round trip of the leave, so the recent ones are enough.
+type LeftConns = crate::recent::Recent<ConnId, (), 1024>;
 
 /// A room as read from the store, with the term of the last batch's writer.
 pub struct LoadedRoom {
@@ -892,7 +862,7 @@ impl Live {
     /// of it and the user's open strokes are ended for them.
     fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
         // Even if not present (a re-attach may be on its way).
-        self.left.insert(conn.conn.clone());
+        self.left.insert(conn.conn.clone(), ());
         if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
             self.end_orphans_of(&info.id, ts);
             let left = RoomEvent::Presence {

@@ -99,28 +99,7 @@ struct UserLog {
 }
 
 /// The last [`CID_WINDOW`] cids of one user, with the seq each produced.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct CidWindow {
-    order: VecDeque<Cid>,
-    seqs: HashMap<Cid, Seq>,
-}
-
-impl CidWindow {
-    fn get(&self, cid: &Cid) -> Option<Seq> {
-        self.seqs.get(cid).copied()
-    }
-
-    fn insert(&mut self, cid: Cid, seq: Seq) {
-        if self.seqs.insert(cid.clone(), seq).is_none() {
-            self.order.push_back(cid);
-            if self.order.len() > CID_WINDOW
-                && let Some(old) = self.order.pop_front()
-            {
-                self.seqs.remove(&old);
-            }
-        }
-    }
-}
+type CidWindow = crate::recent::Recent<Cid, Seq, CID_WINDOW>;
 
 /// The state of one room.
 #[derive(Debug, Clone)]
@@ -201,7 +180,7 @@ impl RoomState {
     /// The seq an earlier op of `user` with this `cid` got, if remembered.
     pub fn duplicate_of(&self, user: &UserId, cid: Option<&Cid>) -> Option<Seq> {
         let cid = cid?;
-        self.users.get(user)?.cids.get(cid)
+        self.users.get(user)?.cids.get(cid).copied()
     }
 
     /// The room-state tier: ownership (`forbidden`) and then the state

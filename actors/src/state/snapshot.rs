@@ -104,9 +104,8 @@ impl RoomState {
                 redo: log.redo.clone(),
                 cids: log
                     .cids
-                    .order
                     .iter()
-                    .filter_map(|cid| log.cids.get(cid).map(|seq| (cid.clone(), seq)))
+                    .map(|(cid, seq)| (cid.clone(), *seq))
                     .collect(),
             })
             .collect();

@@ -250,6 +250,19 @@ mod tests {
         tokio::spawn(write_loop(socket.clone(), out.clone(), ping))
     }
 
+    /// Waits until the writer has put its socket into the outbound, so
+    /// that frames can go to it directly.
+    async fn attached(out: &Outbound) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !out.has_sink() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writer never attached"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     async fn finished(writer: tokio::task::JoinHandle<()>) {
         let ended = tokio::time::timeout(Duration::from_secs(10), writer).await;
         assert!(matches!(ended, Ok(Ok(()))), "writer did not end: {ended:?}");
@@ -317,11 +330,7 @@ mod tests {
         let out = Arc::new(Outbound::with_quiet(10, quiet));
         let socket = Recorder::default();
         let writer = spawn_writer(&out, &socket);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !out.has_sink() {
-            assert!(tokio::time::Instant::now() < deadline, "no writer");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        attached(&out).await;
         // f1 goes directly; f2 comes too soon after it and is the writer's.
         assert!(out.push(Utf8Bytes::from("f1")));
         assert!(out.push(Utf8Bytes::from("f2")));
@@ -570,14 +579,7 @@ mod tests {
         // which fails again and must end the writer, not crash it.
         let out = Arc::new(Outbound::new(2));
         let writer = tokio::spawn(write_loop(Broken, out.clone(), Duration::from_secs(3600)));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !out.has_sink() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the writer never attached"
-            );
-            tokio::task::yield_now().await;
-        }
+        attached(&out).await;
         assert!(!out.push(Utf8Bytes::from("f1")));
         assert_eq!(out.close_code(), Some(CLOSE_GOING_AWAY));
         finished(writer).await;
