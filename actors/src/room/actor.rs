@@ -310,7 +310,10 @@ impl RoomActorState {
                 debug!(room = %self.room, head = %head, term, "room loaded");
                 if fresh {
                     if let Some(kind) = takeover(last_node.as_ref(), &config.node, replayed) {
-                        info!(room = %self.room, from = ?last_node, kind = kind.as_str(), replayed, "room taken over");
+                        debug!(
+                            room = %self.room, from = ?last_node, kind = kind.as_str(), replayed,
+                            "room taken over from another node"
+                        );
                         self.ctx.metrics.takeover(kind);
                     }
                     // Connections that were in the room under a previous
