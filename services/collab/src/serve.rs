@@ -39,8 +39,9 @@ pub const LOCAL_NODE: &str = "local";
 /// scripts and tests wait for it to learn the port of `--listen …:0`.
 pub const LISTENING_PREFIX: &str = "listening on http://";
 /// Printed (to stdout) before [`LISTENING_PREFIX`]'s line when
-/// `metrics_listen` is set, with its actual address.
-pub const METRICS_LISTENING_PREFIX: &str = "metrics listening on http://";
+/// `metrics_listen` is set, with its actual address; worded so that a
+/// search for the other line never finds this one.
+pub const METRICS_LISTENING_PREFIX: &str = "metrics on http://";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -19,7 +19,7 @@ use super::{DEADLINE, HarnessError};
 const LISTENING_PREFIX: &str = "listening on http://";
 /// What it prints, before that, when `metrics_listen` is set (the text of
 /// `collab::serve::METRICS_LISTENING_PREFIX`).
-const METRICS_LISTENING_PREFIX: &str = "metrics listening on http://";
+const METRICS_LISTENING_PREFIX: &str = "metrics on http://";
 /// Log lines kept for diagnostics and assertions.
 const LOG_TAIL: usize = 500;
 /// Prefix of the server's settings in the environment.
