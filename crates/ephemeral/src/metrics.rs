@@ -162,6 +162,18 @@ impl EphemeralMetrics {
         metrics
     }
 
+    /// Requests of `kind` refused so far.
+    pub fn rate_limited_for(&self, kind: &'static str) -> u64 {
+        self.rate_limited.get_or_create(&KindLabel { kind }).get()
+    }
+
+    /// Checks of `kind` decided by the local bucket so far.
+    pub fn rate_limit_fallbacks_for(&self, kind: &'static str) -> u64 {
+        self.rate_limit_fallbacks
+            .get_or_create(&KindLabel { kind })
+            .get()
+    }
+
     /// Makes a kind's counters exist at zero.
     pub(crate) fn declare_kind(&self, kind: &'static str) {
         let _ = self.rate_limited.get_or_create(&KindLabel { kind });

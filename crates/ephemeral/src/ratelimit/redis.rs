@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::Script;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::gcra::Gcra;
 use super::memory::MemoryRateLimiter;
@@ -38,6 +38,8 @@ use crate::task::TaskGuard;
 
 /// The most keys topped up in one script call.
 const MAX_BATCH: usize = 256;
+/// The most script calls on their way at once.
+const MAX_IN_FLIGHT: usize = 4;
 /// A key unused this long is forgotten, with the tokens of its lease.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// Leases kept before the unused ones are swept out.
@@ -261,23 +263,18 @@ impl Shared {
         };
         let now = Instant::now();
         let mut leases = lock(&self.leases);
-        match result {
-            Ok(takes) => {
-                for ((key, want), (granted, wait_us)) in wants.iter().zip(takes) {
-                    let Some(lease) = leases.map.get_mut(*key) else {
-                        continue;
-                    };
-                    let granted = u32::try_from(granted).unwrap_or(u32::MAX);
-                    let repaid = granted.min(lease.debt);
-                    lease.debt -= repaid;
-                    lease.tokens += granted - repaid;
-                    lease.empty_until =
-                        (granted < *want).then(|| now + Duration::from_micros(wait_us));
-                }
-            }
-            // Redis is down now (or answered an error): the callers fall
-            // back, and the next check after it is back asks again.
-            Err(_) => {}
+        // On an error Redis is down now (or answered an error): the callers
+        // fall back, and the next check after it is back asks again.
+        let takes = result.unwrap_or_default();
+        for ((key, want), (granted, wait_us)) in wants.iter().zip(takes) {
+            let Some(lease) = leases.map.get_mut(*key) else {
+                continue;
+            };
+            let granted = u32::try_from(granted).unwrap_or(u32::MAX);
+            let repaid = granted.min(lease.debt);
+            lease.debt -= repaid;
+            lease.tokens += granted - repaid;
+            lease.empty_until = (granted < *want).then(|| now + Duration::from_micros(wait_us));
         }
         for key in keys {
             if let Some(lease) = leases.map.get_mut(key) {
@@ -303,12 +300,18 @@ impl Leases {
     }
 }
 
-/// Tops up leases, one batch at a time: whatever queued up during a
-/// round trip goes in the next call.
+/// Tops up leases in batches: whatever queued up while the batches in
+/// flight were on their way goes in the next script call. A few batches
+/// travel at once, so a round trip's latency does not cap the rate of
+/// top-ups; Redis runs them one after the other anyway.
 async fn refill_worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<String>) {
-    let script = Script::new(include_str!("gcra.lua"));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let script = Arc::new(Script::new(include_str!("gcra.lua")));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(key) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         batch.push(key);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -316,7 +319,10 @@ async fn refill_worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stri
                 Err(_) => break,
             }
         }
-        shared.refill(&script, &batch).await;
-        batch.clear();
+        let (shared, script) = (shared.clone(), script.clone());
+        tokio::spawn(async move {
+            shared.refill(&script, &batch).await;
+            drop(permit);
+        });
     }
 }
