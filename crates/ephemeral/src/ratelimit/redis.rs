@@ -2,7 +2,7 @@
 //!
 //! A check never waits for Redis when the gateway holds tokens for its key:
 //! it takes one from the key's lease, under a mutex, in well under a
-//! microsecond. When a lease runs low (half spent), one background worker
+//! microsecond. When a lease runs low (below half), one background worker
 //! tops it up — every key that needs tokens goes in the same script call,
 //! so a busy gateway makes one round trip per batch of keys, not per key.
 //! The shared bucket only ever hands out the tokens it has; what a gateway
@@ -148,7 +148,7 @@ impl RateLimiter for RedisRateLimiter {
         let now = Instant::now();
         let mut leases = lock(&shared.leases);
         let lease = leases.get(key, now);
-        match shared.take(key, lease, now) {
+        match shared.take(key, lease, now, false) {
             Some(allowed) => allowed,
             None => {
                 // Credit only when no top-up is on its way: the first use
@@ -179,7 +179,7 @@ impl RateLimiter for RedisRateLimiter {
                 let now = Instant::now();
                 let mut leases = lock(&shared.leases);
                 let lease = leases.get(key, now);
-                if let Some(allowed) = shared.take(key, lease, now) {
+                if let Some(allowed) = shared.take(key, lease, now, true) {
                     return allowed;
                 }
                 shared.start_refill(key, lease, now);
@@ -199,12 +199,19 @@ impl RateLimiter for RedisRateLimiter {
 impl Shared {
     /// Spends a token of the lease (`Some(true)`), or refuses because the
     /// shared bucket is empty (`Some(false)`); `None` when the lease is out
-    /// of tokens and the bucket may have more.
-    fn take(&self, key: &str, lease: &mut Lease, now: Instant) -> Option<bool> {
+    /// of tokens and the bucket may have more. `can_wait`: the caller can
+    /// wait for a round trip when the lease is out.
+    fn take(&self, key: &str, lease: &mut Lease, now: Instant, can_wait: bool) -> Option<bool> {
         lease.used = now;
         if lease.tokens > 0 {
             lease.tokens -= 1;
-            if lease.tokens <= self.lease_size / 2 {
+            // Below half a lease, top it up before it runs out. A lease of
+            // one is topped up ahead only for callers that cannot wait: a
+            // limit that small is for rare requests, which may wait for
+            // their round trip rather than keep a token from the other
+            // gateways.
+            let ahead = self.lease_size > 1 || !can_wait;
+            if ahead && lease.tokens * 2 < self.lease_size {
                 self.start_refill(key, lease, now);
             }
             return Some(true);
