@@ -99,6 +99,7 @@ impl RedisClient {
         let info = info.set_redis_settings(redis_settings);
         let client = Client::open(info).map_err(|e| EphemeralError::BadUrl(e.to_string()))?;
 
+        metrics.set_redis_up(false);
         let health = Arc::new(Health {
             state: AtomicU8::new(UNKNOWN),
             connected: watch::channel(0).0,
@@ -297,7 +298,7 @@ impl Health {
         if before == UP {
             return;
         }
-        self.metrics.redis_up.set(1);
+        self.metrics.set_redis_up(true);
         if before == DOWN {
             tracing::warn!(redis = %self.address, "redis is reachable again: shared rate limits, revocations and presence resume");
         } else {
@@ -311,7 +312,7 @@ impl Health {
         if before == DOWN {
             return;
         }
-        self.metrics.redis_up.set(0);
+        self.metrics.set_redis_up(false);
         self.metrics.redis_outages.inc();
         tracing::error!(
             redis = %self.address,

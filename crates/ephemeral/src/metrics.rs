@@ -64,6 +64,10 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// The label set of a metric that exists only once something creates it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct NoLabels {}
+
 type HistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
 
 /// Cheap to clone: every clone counts into the same metrics.
@@ -72,8 +76,10 @@ pub struct EphemeralMetrics {
     /// One Redis round trip (a command, a pipeline or a script), by op.
     pub(crate) redis_latency: HistogramFamily,
     pub(crate) redis_errors: Family<OpLabel, Counter>,
-    /// 1 while Redis answers, 0 while it does not (and before it first has).
-    pub(crate) redis_up: Gauge,
+    /// 1 while Redis answers, 0 while it does not (and before it first
+    /// has). Absent without Redis (`collab serve`), so that an alert on
+    /// it does not fire where there is no Redis to reach.
+    pub(crate) redis_up: Family<NoLabels, Gauge>,
     pub(crate) redis_outages: Counter,
     /// Requests refused by a rate limit, by kind.
     pub(crate) rate_limited: Family<KindLabel, Counter>,
@@ -96,7 +102,7 @@ impl Default for EphemeralMetrics {
         let metrics = EphemeralMetrics {
             redis_latency: Family::new_with_constructor(latency),
             redis_errors: Family::default(),
-            redis_up: Gauge::default(),
+            redis_up: Family::default(),
             redis_outages: Counter::default(),
             rate_limited: Family::default(),
             rate_limit_fallbacks: Family::default(),
@@ -172,6 +178,10 @@ impl EphemeralMetrics {
         self.rate_limit_fallbacks
             .get_or_create(&KindLabel { kind })
             .get()
+    }
+
+    pub(crate) fn set_redis_up(&self, up: bool) {
+        self.redis_up.get_or_create(&NoLabels {}).set(i64::from(up));
     }
 
     /// Makes a kind's counters exist at zero.

@@ -81,4 +81,6 @@ async fn the_memory_bundle_counts_into_registered_metrics() {
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");
     }
+    // Without Redis there is no Redis to be down.
+    assert!(!text.contains("collab_redis_up"), "{text}");
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use collab_ephemeral::testsuite::{self, RedisServer, eventually, redis_client, unique_prefix};
 use collab_ephemeral::{
-    Ephemeral, EphemeralOptions, Presence, Rate, RateLimiter, RedisPresence, RedisRateLimiter,
-    RedisRevocations, RedisRoomExpiry, Revocation, Revocations, TokenRef, unix_now_secs,
+    Ephemeral, EphemeralMetrics, EphemeralOptions, Presence, Rate, RateLimiter, RedisClient,
+    RedisOptions, RedisPresence, RedisRateLimiter, RedisRevocations, RedisRoomExpiry, Revocation,
+    Revocations, TokenRef, unix_now_secs,
 };
 use collab_protocol::{RoomId, UserId};
 
@@ -305,6 +306,15 @@ async fn the_redis_bundle_shares_every_concern() {
         &EphemeralOptions::new("g2"),
     );
     assert!(g1.redis_client().is_some_and(|c| c.is_up()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = EphemeralMetrics::register(&mut registry);
+    let mut options = RedisOptions::new(server.url());
+    options.key_prefix = prefix.clone();
+    let client = RedisClient::connect(options, metrics).expect("url");
+    assert!(client.wait_until_up(Duration::from_secs(10)).await);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(text.contains("collab_redis_up{} 1"), "{text}");
 
     let rate = Rate::per_sec(0.0, 2.0);
     let (l1, l2) = (
