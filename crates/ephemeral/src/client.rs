@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -102,6 +102,7 @@ impl RedisClient {
         metrics.set_redis_up(false);
         let health = Arc::new(Health {
             state: AtomicU8::new(UNKNOWN),
+            closed: AtomicBool::new(false),
             connected: watch::channel(0).0,
             address,
             metrics: metrics.clone(),
@@ -111,7 +112,7 @@ impl RedisClient {
         let push_messages = messages.clone();
         let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
             if push.kind == PushKind::Disconnection {
-                push_health.down(Op::Ping, "the connection closed");
+                push_health.down("connection", "the connection closed");
             } else if let Some(msg) = Msg::from_push_info(push) {
                 let _ = push_messages.send(Message {
                     channel: msg.get_channel_name().to_owned(),
@@ -213,6 +214,13 @@ impl RedisClient {
 
 // === impl Inner ===
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Before the manager (a field) is dropped and its connection closes.
+        self.health.closed.store(true, Ordering::Release);
+    }
+}
+
 impl Inner {
     async fn call<T, F, Fut>(&self, op: Op, f: F) -> Result<T, EphemeralError>
     where
@@ -240,7 +248,7 @@ impl Inner {
                     || e.is_timeout()
                     || e.is_unrecoverable_error()
                 {
-                    self.health.down(op, &reason);
+                    self.health.down(op.as_str(), &reason);
                 } else {
                     // Redis answered, with an error: it is up, and this is
                     // a bug (a script, a key of the wrong type).
@@ -254,7 +262,7 @@ impl Inner {
             }
             Err(_) => {
                 self.metrics.redis_errors.get_or_create(&label).inc();
-                self.health.down(op, "no answer in time");
+                self.health.down(op.as_str(), "no answer in time");
                 Err(EphemeralError::Timeout {
                     op: op.as_str(),
                     timeout: self.options.timeout,
@@ -285,6 +293,8 @@ const DOWN: u8 = 2;
 /// Whether Redis answers, shared by the client and its push handler.
 struct Health {
     state: AtomicU8,
+    /// The client is gone: its connection closing is no outage.
+    closed: AtomicBool,
     /// Bumped on every change to up.
     connected: watch::Sender<u64>,
     /// host:port, for the logs (the URL may hold a password).
@@ -307,7 +317,11 @@ impl Health {
         self.connected.send_modify(|n| *n += 1);
     }
 
-    fn down(&self, op: Op, reason: &str) {
+    /// `what` failed: an operation, or the connection itself.
+    fn down(&self, what: &str, reason: &str) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let before = self.state.swap(DOWN, Ordering::AcqRel);
         if before == DOWN {
             return;
@@ -316,7 +330,7 @@ impl Health {
         self.metrics.redis_outages.inc();
         tracing::error!(
             redis = %self.address,
-            op = op.as_str(),
+            op = what,
             error = %reason,
             "redis is unreachable: rate limits fall back to this gateway's own buckets, \
              known revocations are still refused, presence goes stale"
