@@ -42,6 +42,9 @@ struct Shared {
     gateway: String,
     ttl: Duration,
     local: LocalPresence,
+    /// Held while changes are taken and written, so that a flush returns
+    /// only once the heartbeat's write in flight has landed too.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl RedisPresence {
@@ -53,6 +56,7 @@ impl RedisPresence {
             gateway: gateway.to_owned(),
             ttl,
             local: LocalPresence::new(true),
+            writing: tokio::sync::Mutex::new(()),
         });
         let heartbeat = TaskGuard::spawn(heartbeat(shared.clone()));
         RedisPresence {
@@ -121,6 +125,7 @@ impl Presence for RedisPresence {
 
     async fn flush(&self) -> Result<(), EphemeralError> {
         let shared = &*self.shared;
+        let _writing = shared.writing.lock().await;
         shared.write(shared.local.take_changed()).await
     }
 }
@@ -224,6 +229,7 @@ async fn heartbeat(shared: Arc<Shared>) {
         if !shared.client.is_up() {
             continue;
         }
+        let _writing = shared.writing.lock().await;
         let users = if now >= next_renewal {
             next_renewal = now + renew_every;
             shared.local.take_all()
