@@ -137,5 +137,5 @@ case "${1:-}" in
   stop) shift; cmd_stop "$@" ;;
   kill) shift; cmd_stop "${1:?usage: kill DIR}" KILL ;;
   status) shift; cmd_status "$@" ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
