@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use tokio::sync::Semaphore;
 
-use crate::{LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer};
+use crate::{
+    Deletion, LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer,
+};
 
 pub struct GatedStore {
     inner: MemoryStore,
@@ -93,6 +95,10 @@ impl Store for GatedStore {
 
     async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>> {
         self.inner.rooms_of_user(user).await
+    }
+
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        self.inner.delete_room(room, deletion).await
     }
 
     async fn append(
