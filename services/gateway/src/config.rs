@@ -31,6 +31,11 @@ pub struct GatewayConfig {
     /// router does not serve it.
     #[serde(skip)]
     pub metrics_elsewhere: bool,
+    /// Not a setting of the gateway's: the process copies `[rooms]
+    /// default_ttl_secs` here. The time to live of a room created without
+    /// `ttl_secs`; 0: such rooms never expire.
+    #[serde(skip)]
+    pub default_room_ttl_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -45,6 +50,7 @@ impl Default for GatewayConfig {
             request_timeout_secs: 15,
             rate_limits: RateLimits::default(),
             metrics_elsewhere: false,
+            default_room_ttl_secs: 0,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! filled from the owner). Each connection has a bounded outbound queue, so
 //! a client that does not read is closed (4008) instead of slowing anyone
 //! else. The gateway keeps no durable state: it reads room metadata and
-//! history from the [`Store`] and creates rooms there.
+//! history from the [`Store`] and creates rooms there; a room is deleted
+//! by its owner, which the gateway asks over the bus.
 
 mod auth;
 mod config;
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use axum::Router;
 use collab_bus::Bus;
+use collab_ephemeral::RoomExpiry;
 use collab_metrics::Exporter;
 use collab_store::Store;
 use tokio::net::TcpListener;
@@ -79,6 +81,10 @@ pub(crate) struct Shared {
     /// WebSocket connections whose task is still running (including one
     /// still delivering its close frame).
     pub open: watch::Sender<usize>,
+    /// Where a room created with a time to live gets its first deadline
+    /// (see the room node's expiry); `None`: nowhere, so such a room
+    /// expires only once it has been used.
+    pub room_expiry: Option<Arc<dyn RoomExpiry>>,
 }
 
 impl Gateway {
@@ -115,8 +121,20 @@ impl Gateway {
                 accepting: AtomicBool::new(true),
                 next_conn: AtomicU64::new(1),
                 open: watch::channel(0).0,
+                room_expiry: None,
             }),
         }
+    }
+
+    /// Gives a room created with a time to live its first deadline in
+    /// `expiry`, the one the room nodes sweep. For a gateway that was not
+    /// cloned yet (it is, once it serves).
+    pub fn with_room_expiry(mut self, expiry: Arc<dyn RoomExpiry>) -> Gateway {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.room_expiry = Some(expiry),
+            None => tracing::error!("room expiry set on a gateway already in use; ignored"),
+        }
+        self
     }
 
     /// Every route of the public API (with `/metrics`, unless the config

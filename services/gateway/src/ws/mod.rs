@@ -331,6 +331,7 @@ impl Connection {
                     self.conn.clone(),
                     self.user.clone(),
                     self.outbound.clone(),
+                    self.on_removed(&room),
                 )
                 .await;
             if attached.is_err() {
@@ -362,6 +363,20 @@ impl Connection {
                 }
             }
         });
+    }
+
+    /// What to do when `room` drops this connection (it was deleted):
+    /// forget it, as on `leave` (the room needs no `Leave`).
+    fn on_removed(self: &Arc<Self>, room: &RoomId) -> crate::hub::OnRemoved {
+        let conn = Arc::downgrade(self);
+        let room = room.clone();
+        Box::new(move || {
+            if let Some(conn) = conn.upgrade() {
+                tokio::spawn(async move {
+                    conn.forget_room(&room).await;
+                });
+            }
+        })
     }
 
     /// Forgets a room locally (after a failed join or on leave).
