@@ -59,8 +59,7 @@ pub async fn run_gateway(
 
     let metrics = GatewayMetrics::register(&mut registry);
     let exporter = Exporter::new(registry, Role::Gateway, crate::VERSION);
-    let mut gateway_config = config.gateway.clone();
-    gateway_config.metrics_elsewhere = config.metrics_listen.is_some();
+    let mut gateway_config = config.gateway_config();
     // Connections are named after this run of the gateway, so a room node
     // that sees it leave the cluster (or restart under the same node id)
     // drops exactly its connections.
@@ -121,6 +120,11 @@ pub async fn run_room_node(
     let bus: Arc<dyn Bus> = Arc::new(connect(&config, node.clone(), false, bus_metrics).await?);
 
     let metrics = RoomNodeMetrics::register(&mut registry);
+    // Room expiry needs deadlines every node shares (a room moves between
+    // nodes): off until the cluster has that shared state.
+    info!(
+        "room expiry is off in a cluster without shared deadlines; rooms are deleted only by DELETE"
+    );
     let room_node = Arc::new(
         RoomNode::start_with_metrics(config.room_node_config(node.clone()), store, bus, metrics)
             .await?,

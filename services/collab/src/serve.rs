@@ -5,6 +5,11 @@
 //! With `metrics_listen`, a second listener serves `/metrics` (then only
 //! there) and the probes.
 //!
+//! Room expiry keeps its deadlines in memory: the gateway records a new
+//! room's, the room node the deadline of each room that stops, and sweeps
+//! them. They do not survive a restart: a room's clock then starts again
+//! when it is next used.
+//!
 //! Shutdown order (on the future passed to [`run`], normally SIGTERM):
 //! readiness fails and every WebSocket is closed with 1001, the listener
 //! stops accepting, the room node finishes its batches and snapshots every
@@ -19,10 +24,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use collab_bus::{Bus, InProcessBus};
+use collab_ephemeral::{MemoryRoomExpiry, RoomExpiry};
 use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
-use collab_room_node::{RoomNode, RoomNodeMetrics, StartError};
+use collab_room_node::{ExpiryOptions, RoomNode, RoomNodeMetrics, StartError};
 use collab_store::{CqlStore, EmbeddedStore, Store, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -150,24 +156,34 @@ pub async fn run(
 
     let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
     let room_config = config.room_node_config(node);
+    // One process: the gateway records new rooms' deadlines where the room
+    // node sweeps them.
+    let deadlines: Arc<dyn RoomExpiry> = Arc::new(MemoryRoomExpiry::new());
+    let expiry = ExpiryOptions::new(deadlines.clone(), config.rooms.expiry_sweep());
     let room_node = Arc::new(
-        RoomNode::start_with_metrics(room_config, store.clone(), bus.clone(), room_metrics).await?,
+        RoomNode::start_with(
+            room_config,
+            store.clone(),
+            bus.clone(),
+            room_metrics,
+            Some(expiry),
+        )
+        .await?,
     );
     let readiness = Arc::new(LocalReadiness {
         bus: bus.clone(),
         room_node: room_node.clone(),
     });
-    let mut gateway_config = config.gateway.clone();
-    gateway_config.metrics_elsewhere = config.metrics_listen.is_some();
     let gateway = Gateway::new(
-        gateway_config,
+        config.gateway_config(),
         auth,
         bus,
         store,
         readiness,
         metrics,
         exporter,
-    );
+    )
+    .with_room_expiry(deadlines);
 
     let metrics_listener = bind_metrics(&config).await?;
     let listener = bind(config.listen).await?;
