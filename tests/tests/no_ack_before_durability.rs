@@ -55,6 +55,8 @@ async fn start() -> (Arc<GatedStore>, String, Auth) {
             created_by: UserId::parse("ann").expect("id"),
             members: None,
             created_at: 0,
+            ttl_secs: None,
+            floor: collab_protocol::Seq::ZERO,
         })
         .await
         .expect("room");
