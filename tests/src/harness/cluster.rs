@@ -657,6 +657,59 @@ impl Cluster {
         })
     }
 
+    /// `DELETE /v1/rooms/{room}` as `user` on the `gateway`-th live
+    /// gateway: the status and the body (`Null` when it is not JSON).
+    pub async fn delete_room(
+        &mut self,
+        user: &str,
+        room: &str,
+        gateway: usize,
+    ) -> Result<(u16, Value), HarnessError> {
+        self.http_request(
+            reqwest::Method::DELETE,
+            user,
+            &format!("/v1/rooms/{room}"),
+            gateway,
+        )
+        .await
+    }
+
+    /// `GET PATH` as `user` on the `gateway`-th live gateway: the status
+    /// and the body (`Null` when it is not JSON).
+    pub async fn get_json(
+        &mut self,
+        user: &str,
+        path: &str,
+        gateway: usize,
+    ) -> Result<(u16, Value), HarnessError> {
+        self.http_request(reqwest::Method::GET, user, path, gateway)
+            .await
+    }
+
+    async fn http_request(
+        &mut self,
+        method: reqwest::Method,
+        user: &str,
+        path: &str,
+        gateway: usize,
+    ) -> Result<(u16, Value), HarnessError> {
+        let token = self.token(user).await?;
+        let list = self.gateways.list();
+        let (id, _) = list
+            .get(gateway % list.len().max(1))
+            .ok_or_else(|| HarnessError::Setup("no live gateway".into()))?;
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.http_url(id)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
     /// Creates the board `id`.
     pub async fn create_board(&mut self, id: &str) -> Result<RoomInfo, HarnessError> {
         self.create_room("admin", &json!({"kind": "board", "id": id}))
