@@ -155,6 +155,10 @@ mod tests {
             serde_json::from_str(r#"{"sub":"op","exp":9,"scope":"billing admin"}"#)
                 .expect("claims decode");
         assert!(decoded.has_scope(Scope::Admin));
+        // OAuth's scope is one string; a list is not a valid claim.
+        assert!(
+            serde_json::from_str::<Claims>(r#"{"sub":"op","exp":9,"scope":["admin"]}"#).is_err()
+        );
         // An absent scope stays absent on the wire.
         let encoded = serde_json::to_string(&claims(None)).expect("encodes");
         assert!(!encoded.contains("scope"), "{encoded}");

@@ -40,7 +40,10 @@ async fn the_admin_page_is_served_at_admin_with_the_same_policy() {
     let under_app = app_file(Path("admin.html".to_owned()), HeaderMap::new()).await;
     assert_eq!(under_app.status(), StatusCode::NOT_FOUND);
     for (url, file) in PAGES {
-        assert!(ASSETS.iter().any(|a| a.path == *file), "{url} serves {file}");
+        assert!(
+            ASSETS.iter().any(|a| a.path == *file),
+            "{url} serves {file}"
+        );
     }
 }
 
