@@ -10,6 +10,7 @@
 //! else. The gateway keeps no durable state: it reads room metadata and
 //! history from the [`Store`] and creates rooms there.
 
+mod admin;
 mod auth;
 mod config;
 mod error;
@@ -100,6 +101,13 @@ impl Gateway {
             http: RateLimiter::new(r.http_per_sec, r.http_burst),
         };
         let hub = Hub::new(bus.clone(), config.clone(), metrics.clone());
+        if let Some(load) = bus.load() {
+            // The cluster view shows this gateway's open connections.
+            let connections = metrics.connections.clone();
+            load.count_connections(config.gateway_id.clone(), move || {
+                u64::try_from(connections.get()).unwrap_or(0)
+            });
+        }
         Gateway {
             shared: Arc::new(Shared {
                 config,

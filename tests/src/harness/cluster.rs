@@ -592,11 +592,43 @@ impl Cluster {
     /// A token for `user` with write access everywhere, minted by
     /// `collab token` with the cluster's secret (cached per user).
     pub async fn token(&mut self, user: &str) -> Result<String, HarnessError> {
-        if let Some(token) = self.tokens.get(user) {
+        self.mint(user, &[]).await
+    }
+
+    /// A token with the admin scope (`collab token --admin`), for the
+    /// inspection endpoints.
+    pub async fn admin_token(&mut self) -> Result<String, HarnessError> {
+        self.mint("operator", &["--admin"]).await
+    }
+
+    /// `GET path` on process `id` as the holder of `token`: the status and
+    /// the JSON body (`Null` when it is not JSON).
+    pub async fn get_json(
+        &self,
+        id: &str,
+        token: &str,
+        path: &str,
+    ) -> Result<(u16, Value), HarnessError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.http_url(id)))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Mints with `collab token --user USER EXTRA…` (cached).
+    async fn mint(&mut self, user: &str, extra: &[&str]) -> Result<String, HarnessError> {
+        let key = format!("{user} {}", extra.join(" "));
+        if let Some(token) = self.tokens.get(&key) {
             return Ok(token.clone());
         }
         let mut cmd = tokio::process::Command::new(collab_binary()?);
-        cmd.arg("token").arg("--user").arg(user);
+        cmd.arg("token").arg("--user").arg(user).args(extra);
         clear_collab_env(cmd.as_std_mut());
         let output = cmd
             .env("COLLAB_JWT_SECRET", &self.secret)
@@ -612,7 +644,7 @@ impl Cluster {
             )));
         }
         let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        self.tokens.insert(user.to_owned(), token.clone());
+        self.tokens.insert(key, token.clone());
         Ok(token)
     }
 

@@ -118,6 +118,7 @@ impl Harness {
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect::<HashMap<_, _>>()
             }),
+            scope: None,
         };
         self.auth.mint(&claims).expect("mints")
     }
@@ -266,6 +267,7 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             exp: now_secs() + 600,
             name: None,
             rooms: None,
+            scope: None,
         })
         .expect("mints");
     let expired = h
@@ -275,6 +277,7 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             exp: now_secs() - 10,
             name: None,
             rooms: None,
+            scope: None,
         })
         .expect("mints");
     let no_exp = raw_token(json!({"sub":"ann"}), SECRET);

@@ -28,6 +28,26 @@ async fn the_page_is_served_at_the_root_with_its_policy() {
 }
 
 #[tokio::test]
+async fn the_admin_page_is_served_at_admin_with_the_same_policy() {
+    let response = admin(HeaderMap::new()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let h = response.headers();
+    assert_eq!(h[header::CONTENT_TYPE], HTML);
+    assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
+    assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+    assert!(body_text(response).await.contains("/app/admin.js"));
+    // Every page is served at one URL only.
+    let under_app = app_file(Path("admin.html".to_owned()), HeaderMap::new()).await;
+    assert_eq!(under_app.status(), StatusCode::NOT_FOUND);
+    for (url, file) in PAGES {
+        assert!(
+            ASSETS.iter().any(|a| a.path == *file),
+            "{url} serves {file}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn assets_have_their_content_types() {
     for (path, content_type) in [
         ("main.js", JS),
@@ -100,8 +120,9 @@ fn everything_the_page_loads_is_embedded() {
     }
     // And nothing is embedded that nothing uses.
     for path in embedded {
+        let page = PAGES.iter().any(|(_, file)| *file == path);
         assert!(
-            path == "index.html" || wanted.iter().any(|w| w == path),
+            page || wanted.iter().any(|w| w == path),
             "{path} is embedded but unused"
         );
     }

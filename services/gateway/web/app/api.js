@@ -36,12 +36,13 @@ async function request(path, { token, method = 'GET', body } = {}) {
 }
 
 /**
- * A dev-mode token for `user` with display `name`, or null when the server
- * has a real secret (the endpoint is then 404 and tokens come from elsewhere).
+ * A dev-mode token for `user` with display `name` (and the space-separated
+ * `scope`, e.g. "admin"), or null when the server has a real secret (the
+ * endpoint is then 404 and tokens come from elsewhere).
  */
-export async function devToken(user, name) {
+export async function devToken(user, name, scope) {
   try {
-    const answer = await request('/v1/dev/token', { method: 'POST', body: { user, name } });
+    const answer = await request('/v1/dev/token', { method: 'POST', body: { user, name, scope } });
     return answer.token;
   } catch (e) {
     if (e.status === 404) return null;
@@ -66,6 +67,16 @@ export function history(token, id, { before, limit = 50, kinds } = {}) {
   if (before !== undefined && before !== null) query.set('before', String(before));
   if (kinds) query.set('kinds', kinds.join(','));
   return request(`/v1/rooms/${encodeURIComponent(id)}/history?${query}`, { token });
+}
+
+/** The cluster's members and what each holds (admin scope). */
+export function adminCluster(token) {
+  return request('/v1/admin/cluster', { token });
+}
+
+/** A room as its owner sees it: owner, term, head, members, mailbox (admin scope). */
+export function adminRoom(token, id) {
+  return request(`/v1/admin/rooms/${encodeURIComponent(id)}`, { token });
 }
 
 /** Whether `token` is accepted: true, false (401), or null (cannot tell). */
