@@ -72,6 +72,15 @@ step "nats-server for the bus tests (scripts/nats-server.sh)"
 COLLAB_NATS_SERVER="$(bash scripts/nats-server.sh install)"
 export COLLAB_NATS_SERVER
 
+# Alerts and dashboard (deploy/k8s/monitoring): promtool's checks and unit
+# tests, the dashboard's structure and queries; the end-to-end test of the
+# alerts (tests/tests/prometheus.rs) finds Debian's prometheus through
+# COLLAB_PROMETHEUS.
+step "alerts and dashboard (scripts/monitoring-check.sh)"
+COLLAB_PROMETHEUS="$(bash scripts/monitoring-check.sh install)"
+export COLLAB_PROMETHEUS
+bash scripts/monitoring-check.sh
+
 step "tests (cargo test)"
 cargo test --workspace --locked
 
