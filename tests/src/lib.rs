@@ -3,13 +3,15 @@
 //! tests that kill them and check that nothing acknowledged was lost.
 //!
 //! [`harness`] runs the real `collab serve` binary and talks to it over
-//! HTTP and WebSocket.
+//! HTTP and WebSocket; [`metrics`] reads its `/metrics` page and checks it
+//! against `docs/metrics.md`.
 //!
 //! [`SelfChild`] re-executes the current test binary to run one named test
 //! as a separate process (the "child" side of a fault test), so a test can
 //! SIGKILL real work without a separate binary to build.
 
 pub mod harness;
+pub mod metrics;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};

@@ -6,6 +6,10 @@
 //! restarts; then the stored log (with the writer of every batch) and every
 //! client's stream are checked op by op (`cluster_cases::verify_room`).
 //!
+//! The cluster's metrics are checked the same way: every role exports what
+//! `docs/metrics.md` lists for it, and the membership, hand-off, failover
+//! and NATS figures follow what the test does.
+//!
 //! Needs `COLLAB_NATS_SERVER` (`scripts/nats-server.sh install`) and
 //! `COLLAB_TEST_CQL`; `scripts/test.sh` provides both. Each test has its own
 //! NATS and keyspace, so they run in parallel.
@@ -19,11 +23,13 @@ use cases::{
     DEADLINE, acked_counts, describe_runs, probe, verify_room, wait_acked_more, wait_written_by,
     writer_runs,
 };
+use collab_store::Store;
 use collab_tests::harness::WsClient;
 use collab_tests::harness::cluster::{
     Answer, ClientOptions, Cluster, ClusterOptions, DrawClient, RoomInfo, RunningClient,
     owner_among, total_acked, wait_for,
 };
+use collab_tests::metrics::{check_against_doc, sample};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -717,4 +723,187 @@ async fn failover_time_with_the_default_membership_ttl() {
         "the product's default heartbeat and member TTL",
     )
     .await;
+}
+
+// === metrics ===
+
+async fn scrape(cluster: &Cluster, id: &str) -> String {
+    let url = format!("{}/metrics", cluster.http_url(id));
+    let response = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 200, "{url}");
+    response.text().await.expect("a page")
+}
+
+/// Scrapes `id` until `series` has a value `accept` takes; returns the
+/// page.
+async fn wait_for_sample(
+    cluster: &Cluster,
+    id: &str,
+    series: &str,
+    accept: impl Fn(f64) -> bool,
+) -> String {
+    let what = format!("{series} on {id}");
+    let accept = &accept;
+    wait_for(&what, DEADLINE, || async move {
+        let page = scrape(cluster, id).await;
+        sample(&page, series).is_some_and(accept).then_some(page)
+    })
+    .await
+}
+
+/// A room id, among `m-0`, `m-1`, …, whose owner is `before` among
+/// `nodes` and `after` among `more` nodes.
+fn room_placed(nodes: &[String], before: &str, more: &[String], after: &str) -> String {
+    (0..1000)
+        .map(|i| format!("m-{i}"))
+        .find(|room| owner_among(room, nodes) == before && owner_among(room, more) == after)
+        .expect("some room is placed so")
+}
+
+/// Sends a message op with `cid` until it is acked (an `unavailable`
+/// while the room moves, or no answer, sends it again with the same cid).
+async fn send_until_acked(ws: &mut WsClient, room: &str, cid: &str) {
+    let frame = json!({"type": "op", "room": room, "cid": cid,
+        "op": {"kind": "message", "text": cid}});
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "{cid} in {room} never acked");
+        ws.send_json(&frame).await.expect("sent");
+        let answer = ws
+            .recv_until(Duration::from_secs(2), |f| {
+                f["cid"] == cid && (f["type"] == "ack" || f["type"] == "error")
+            })
+            .await;
+        match answer {
+            Ok(f) if f["type"] == "ack" => return,
+            Ok(f) => assert_eq!(f["code"], "unavailable", "{f}"),
+            Err(collab_tests::harness::WsError::Timeout(_)) => {}
+            Err(e) => panic!("{cid}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // before a retry
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_metrics_follow_members_hand_offs_and_failovers() {
+    let mut cluster = start(ClusterOptions::new().gateways(1).room_nodes(2)).await;
+    let gateway = cluster.gateway_ids()[0].clone();
+    let nodes = cluster.room_node_ids();
+
+    // Every role exports what docs/metrics.md lists for it, and only that.
+    let page = scrape(&cluster, &gateway).await;
+    let problems = check_against_doc(&page, "gateway");
+    assert!(problems.is_empty(), "{problems:#?}\n{page}");
+    for (series, value) in [
+        (r#"collab_cluster_members{role="gateway"}"#, 1.0),
+        (r#"collab_cluster_members{role="room_node"}"#, 2.0),
+        ("collab_nats_connected", 1.0),
+        ("collab_nats_reconnects_total", 0.0),
+        ("collab_ready", 1.0),
+    ] {
+        assert_eq!(sample(&page, series), Some(value), "{series}:\n{page}");
+    }
+    assert!(page.contains(r#"role="gateway"} 1"#), "{page}");
+    let changes = sample(&page, "collab_cluster_membership_changes_total").expect("changes");
+    assert!(changes >= 1.0, "{page}");
+    for node in &nodes {
+        let page = scrape(&cluster, node).await;
+        let problems = check_against_doc(&page, "room-node");
+        assert!(problems.is_empty(), "{node}: {problems:#?}\n{page}");
+        assert!(page.contains(r#"role="room-node"} 1"#), "{page}");
+        assert_eq!(sample(&page, "collab_nats_connected"), Some(1.0));
+        assert_eq!(
+            sample(
+                &page,
+                r#"collab_http_requests_total{route="/readyz",status="200"}"#
+            )
+            .map(|n| n >= 1.0),
+            Some(true),
+            "the harness's readiness polls:\n{page}"
+        );
+    }
+
+    // Two rooms on the first node: one that a third node will win, one
+    // that stays until the first node is killed.
+    let first = nodes[0].clone();
+    let third = "r3".to_owned();
+    let with_third: Vec<String> = nodes.iter().cloned().chain([third.clone()]).collect();
+    let moving = room_placed(&nodes, &first, &with_third, &third);
+    let staying = room_placed(&nodes, &first, &with_third, &first);
+    let moving = cluster.create_channel(&moving).await.expect("room");
+    let staying = cluster.create_channel(&staying).await.expect("room");
+    let (mut ws, _) = join_as(&mut cluster, "ann", 0, &moving).await;
+    ws.send_json(&json!({"type": "join", "room": staying.id}))
+        .await
+        .expect("join");
+    ws.recv_type("joined", DEADLINE).await.expect("joined");
+    send_until_acked(&mut ws, &moving.id, "a1").await;
+    send_until_acked(&mut ws, &staying.id, "s1").await;
+
+    // A third node: the first hands `moving` off, with a snapshot of its
+    // head, and the third takes it over from that snapshot.
+    let added = cluster.add_room_node().await.expect("a third room node");
+    assert_eq!(added, third);
+    wait_for_sample(&cluster, &first, "collab_room_handoffs_total", |n| n == 1.0).await;
+    let store = cluster.store().await;
+    let moving_id = moving.room_id();
+    let head = cluster.head(&moving.id).await;
+    wait_for("the hand-off snapshot", DEADLINE, || {
+        let store = store.clone();
+        let room = moving_id.clone();
+        async move {
+            let snapshot = store.latest_snapshot(&room).await.ok().flatten();
+            snapshot.is_some_and(|s| s.seq.get() == head).then_some(())
+        }
+    })
+    .await;
+    send_until_acked(&mut ws, &moving.id, "a2").await;
+    let page = scrape(&cluster, &third).await;
+    assert_eq!(
+        sample(&page, r#"collab_room_takeovers_total{kind="handoff"}"#),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, r#"collab_room_takeovers_total{kind="failover"}"#),
+        Some(0.0),
+        "{page}"
+    );
+    wait_for_sample(
+        &cluster,
+        &gateway,
+        r#"collab_cluster_members{role="room_node"}"#,
+        |n| n == 3.0,
+    )
+    .await;
+
+    // SIGKILL the first node: `staying` has an op after its last snapshot
+    // (it never took one), so its next owner replays it: a failover.
+    cluster.kill(&first).expect("SIGKILL");
+    let next = owner_among(&staying.id, &cluster.room_node_ids());
+    send_until_acked(&mut ws, &staying.id, "s2").await;
+    let page = scrape(&cluster, &next).await;
+    assert_eq!(
+        sample(&page, r#"collab_room_takeovers_total{kind="failover"}"#),
+        Some(1.0),
+        "{next}:\n{page}"
+    );
+    let page = wait_for_sample(
+        &cluster,
+        &gateway,
+        r#"collab_cluster_members{role="room_node"}"#,
+        |n| n == 2.0,
+    )
+    .await;
+    let later = sample(&page, "collab_cluster_membership_changes_total").expect("changes");
+    assert!(later >= changes + 2.0, "{changes} then {later}:\n{page}");
+
+    // NATS restarts: every process reconnects, and says so.
+    cluster.restart_nats().await;
+    for id in [gateway.clone(), next.clone()] {
+        wait_for_sample(&cluster, &id, "collab_nats_reconnects_total", |n| n >= 1.0).await;
+        wait_for_sample(&cluster, &id, "collab_nats_connected", |n| n == 1.0).await;
+    }
 }

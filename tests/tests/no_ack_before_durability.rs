@@ -77,7 +77,7 @@ async fn start() -> (Arc<GatedStore>, String, Auth) {
         store.clone(),
         Arc::new(AlwaysReady),
         metrics,
-        Arc::new(registry),
+        collab_metrics::Exporter::new(registry, collab_metrics::Role::Serve, "test"),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -311,6 +311,25 @@ async fn bad_configuration_exits_64_before_touching_the_data_dir() {
         "{out:?}"
     );
     assert!(!data.exists(), "nothing written");
+    // The metrics listener too.
+    let out = run_collab(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            data_arg,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0.0.0.0:0 is not"),
+        "{out:?}"
+    );
+    assert!(!data.exists(), "nothing written");
 
     // Several bad settings are reported together.
     let out = run_collab(

@@ -18,13 +18,15 @@ use std::time::Instant;
 
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
-use collab_protocol::{Cid, ConnId, ErrorCode, OpEvent, ProtocolError, RoomId, Seq, UserId};
+use collab_protocol::{
+    Cid, ConnId, ErrorCode, NodeId, OpEvent, ProtocolError, RoomId, Seq, UserId,
+};
 use collab_store::{AppendDone, RoomRecord, Store, StoreError, Writer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, info, warn};
 
 use super::config::RoomConfig;
-use super::metrics::RoomMetrics;
+use super::metrics::{RoomMetrics, Takeover};
 use super::sink::EventSink;
 use super::supervisor::SupervisorMsg;
 use crate::state::{Applied, JoinPlan, OpRequest, PresenceChange, RoomMeta, RoomState, plan_join};
@@ -154,11 +156,15 @@ struct Live {
 /// request's round trip of the leave, so the recent ones are enough.
 type LeftConns = crate::recent::Recent<ConnId, (), 1024>;
 
-/// A room as read from the store, with the term of the last batch's writer.
+/// A room as read from the store, with the writer of the last batch.
 pub struct LoadedRoom {
     pub record: RoomRecord,
     pub state: RoomState,
     pub last_term: u64,
+    /// The node that wrote the last op (`None` for an empty log).
+    pub last_node: Option<NodeId>,
+    /// Ops replayed on top of the latest snapshot.
+    pub replayed: u64,
 }
 
 fn now_ms() -> i64 {
@@ -254,16 +260,20 @@ impl RoomActorState {
         let room = self.room.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
-            let result = match load_room(store.as_ref(), &room).await {
-                Ok(Some((record, state))) => last_writer_term(store.as_ref(), &room, state.head())
-                    .await
-                    .map(|last_term| {
-                        Some(LoadedRoom {
-                            record,
-                            state,
-                            last_term,
+            let result = match load_room_replaying(store.as_ref(), &room).await {
+                Ok(Some((record, state, replayed))) => {
+                    last_writer(store.as_ref(), &room, state.head())
+                        .await
+                        .map(|writer| {
+                            Some(LoadedRoom {
+                                record,
+                                state,
+                                last_term: writer.as_ref().map_or(0, |w| w.term),
+                                last_node: writer.map(|w| w.node),
+                                replayed,
+                            })
                         })
-                    }),
+                }
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
@@ -286,6 +296,8 @@ impl RoomActorState {
                 record,
                 mut state,
                 last_term,
+                last_node,
+                replayed,
             })) => {
                 let config = &self.ctx.config;
                 let orphans_possible = !state.users_with_open_strokes().is_empty();
@@ -297,6 +309,10 @@ impl RoomActorState {
                 let term = next_term(last_term);
                 debug!(room = %self.room, head = %head, term, "room loaded");
                 if fresh {
+                    if let Some(kind) = takeover(last_node.as_ref(), &config.node, replayed) {
+                        info!(room = %self.room, from = ?last_node, kind = kind.as_str(), replayed, "room taken over");
+                        self.ctx.metrics.takeover(kind);
+                    }
                     // Connections that were in the room under a previous
                     // owner come back (their gateways re-attach them).
                     let loaded = RoomEvent::Loaded {
@@ -349,16 +365,34 @@ fn next_term(last_term: u64) -> u64 {
     u64::try_from(now_ms()).unwrap_or(0).max(last_term + 1)
 }
 
-/// The term the last op up to `head` was written in (0 for an empty log).
-async fn last_writer_term(store: &dyn Store, room: &RoomId, head: Seq) -> Result<u64, String> {
+/// How this node came to hold a room whose last op `last_node` wrote, with
+/// `replayed` ops on top of its latest snapshot: `None` when no other node
+/// wrote it last (a new room, or this node's own).
+fn takeover(last_node: Option<&NodeId>, this_node: &NodeId, replayed: u64) -> Option<Takeover> {
+    match last_node {
+        Some(last) if last != this_node => Some(if replayed == 0 {
+            Takeover::Handoff
+        } else {
+            Takeover::Failover
+        }),
+        _ => None,
+    }
+}
+
+/// The writer of the last op up to `head` (`None` for an empty log).
+async fn last_writer(
+    store: &dyn Store,
+    room: &RoomId,
+    head: Seq,
+) -> Result<Option<Writer>, String> {
     if head == Seq::ZERO {
-        return Ok(0);
+        return Ok(None);
     }
     let last = store
         .read_log(room, Seq(head.get() - 1), 1)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(last.first().map_or(0, |logged| logged.writer.term))
+    Ok(last.into_iter().next().map(|logged| logged.writer))
 }
 
 /// Reads a room: its record, its latest snapshot and every op after it,
@@ -367,6 +401,16 @@ pub async fn load_room(
     store: &dyn Store,
     room: &RoomId,
 ) -> Result<Option<(RoomRecord, RoomState)>, String> {
+    Ok(load_room_replaying(store, room)
+        .await?
+        .map(|(record, state, _)| (record, state)))
+}
+
+/// [`load_room`], and how many ops were replayed after the snapshot.
+async fn load_room_replaying(
+    store: &dyn Store,
+    room: &RoomId,
+) -> Result<Option<(RoomRecord, RoomState, u64)>, String> {
     let Some(record) = store.room(room).await.map_err(|e| e.to_string())? else {
         return Ok(None);
     };
@@ -382,6 +426,7 @@ pub async fn load_room(
             epoch: record.epoch.clone(),
         }),
     };
+    let mut replayed = 0;
     loop {
         let ops = store
             .read_ops(room, state.head(), 4096)
@@ -393,8 +438,9 @@ pub async fn load_room(
         for op in &ops {
             state.replay(op).map_err(|e| e.to_string())?;
         }
+        replayed += ops.len() as u64;
     }
-    Ok(Some((record, state)))
+    Ok(Some((record, state, replayed)))
 }
 
 // === impl RoomActorState: requests ===

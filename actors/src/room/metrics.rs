@@ -1,9 +1,38 @@
 //! The room node's metrics. Labels are bounded: never a room or user id.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// How a room came to this node from the node that wrote it last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// The previous owner's final snapshot covers the head: it handed the
+    /// room off.
+    Handoff,
+    /// Ops after the latest snapshot had to be replayed: the previous
+    /// owner stopped without handing off (killed, frozen, cut off).
+    Failover,
+}
+
+impl Takeover {
+    pub const ALL: [Takeover; 2] = [Takeover::Handoff, Takeover::Failover];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Takeover::Handoff => "handoff",
+            Takeover::Failover => "failover",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TakeoverLabel {
+    pub kind: &'static str,
+}
 
 #[derive(Clone)]
 pub struct RoomMetrics {
@@ -18,11 +47,15 @@ pub struct RoomMetrics {
     pub snapshots: Counter,
     /// Requests waiting in room mailboxes, summed over the node's rooms.
     pub mailbox_depth: Gauge,
+    /// Rooms this node handed off: placement moved them away, or it drained.
+    pub handoffs: Counter,
+    /// Rooms this node loaded that another node wrote last, by how.
+    pub takeovers: Family<TakeoverLabel, Counter>,
 }
 
 impl Default for RoomMetrics {
     fn default() -> Self {
-        RoomMetrics {
+        let metrics = RoomMetrics {
             rooms_active: Gauge::default(),
             commit_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
@@ -30,7 +63,16 @@ impl Default for RoomMetrics {
             fenced: Counter::default(),
             snapshots: Counter::default(),
             mailbox_depth: Gauge::default(),
+            handoffs: Counter::default(),
+            takeovers: Family::default(),
+        };
+        // Every kind is there from the start, at 0.
+        for kind in Takeover::ALL {
+            let _ = metrics.takeovers.get_or_create(&TakeoverLabel {
+                kind: kind.as_str(),
+            });
         }
+        metrics
     }
 }
 
@@ -69,6 +111,47 @@ impl RoomMetrics {
             "Requests waiting in room actor mailboxes",
             metrics.mailbox_depth.clone(),
         );
+        r.register(
+            "handoffs",
+            "Rooms this node handed off (placement moved them away, or the node drained)",
+            metrics.handoffs.clone(),
+        );
+        r.register(
+            "takeovers",
+            "Rooms this node loaded that another node wrote last: handoff (its final snapshot \
+             covers the head) or failover (ops after the snapshot were replayed)",
+            metrics.takeovers.clone(),
+        );
         metrics
+    }
+
+    pub fn takeover(&self, kind: Takeover) {
+        self.takeovers
+            .get_or_create(&TakeoverLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_offs_and_every_kind_of_takeover_are_there_at_zero_from_the_start() {
+        let mut registry = Registry::default();
+        RoomMetrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for line in [
+            "collab_room_handoffs_total 0",
+            r#"collab_room_takeovers_total{kind="handoff"} 0"#,
+            r#"collab_room_takeovers_total{kind="failover"} 0"#,
+            "collab_room_commits_failed_total 0",
+            "collab_room_fenced_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

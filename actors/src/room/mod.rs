@@ -10,6 +10,6 @@ mod tests;
 
 pub use actor::{LoadedRoom, RoomActor, RoomArgs, RoomContext, RoomMsg, load_room};
 pub use config::RoomConfig;
-pub use metrics::RoomMetrics;
+pub use metrics::{RoomMetrics, Takeover};
 pub use sink::EventSink;
 pub use supervisor::{Ownership, RoomSupervisor, SupervisorMsg};

@@ -108,6 +108,7 @@ impl Actor for RoomSupervisor {
                         rooms = moved.len(),
                         "handing off rooms this node no longer owns"
                     );
+                    state.ctx.metrics.handoffs.inc_by(moved.len() as u64);
                 }
                 for room in moved {
                     state.retire(room);
@@ -125,6 +126,7 @@ impl Actor for RoomSupervisor {
                 let actors: Vec<ActorRef<RoomMsg>> =
                     state.rooms.values().map(|r| r.actor.clone()).collect();
                 info!(rooms = actors.len(), "draining rooms");
+                state.ctx.metrics.handoffs.inc_by(actors.len() as u64);
                 state.draining = true;
                 for (room, live) in state.rooms.drain() {
                     state.stopping.entry(room).or_default();

@@ -76,6 +76,7 @@ struct Node {
     store: Arc<GatedStore>,
     sink: Arc<RecordingSink>,
     supervisor: ActorRef<SupervisorMsg>,
+    metrics: RoomMetrics,
     /// (room, user) pairs whose connection has joined.
     joined: Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -88,11 +89,12 @@ fn config() -> RoomConfig {
 
 async fn node_with(store: Arc<GatedStore>, config: RoomConfig) -> Node {
     let sink = Arc::new(RecordingSink::default());
+    let metrics = RoomMetrics::default();
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
         sink: sink.clone(),
         config,
-        metrics: RoomMetrics::default(),
+        metrics: metrics.clone(),
     });
     let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
         .await
@@ -101,6 +103,7 @@ async fn node_with(store: Arc<GatedStore>, config: RoomConfig) -> Node {
         store,
         sink,
         supervisor,
+        metrics,
         joined: Mutex::new(Default::default()),
     }
 }
@@ -751,6 +754,80 @@ async fn a_room_placed_elsewhere_is_handed_off_and_refused() {
         .ask(node.op_request("room2", "ann", "c3", message("kept")))
         .await;
     assert_eq!(ack_seq(&kept), 1);
+}
+
+/// Hand-offs and takeovers as a room node counts them (metrics), on two
+/// nodes sharing one store.
+#[tokio::test]
+async fn hand_offs_and_takeovers_are_counted_by_kind() {
+    let store = Arc::new(GatedStore::new());
+    let mut old_config = config();
+    old_config.node = NodeId::parse("n0").expect("id");
+    let old = node_with(store.clone(), old_config).await;
+    old.create(ROOM, RoomKind::Board, None).await;
+    old.create("room2", RoomKind::Board, None).await;
+    assert_eq!(ack_seq(&old.op("ann", "c1", message("one")).await), 1);
+    old.enter("room2", "ann").await;
+    let in_room2 = old.op_request("room2", "ann", "c2", message("two"));
+    assert_eq!(ack_seq(&old.ask(in_room2).await), 1);
+    let takeovers = |node: &Node, kind: Takeover| {
+        node.metrics
+            .takeovers
+            .get_or_create(&super::metrics::TakeoverLabel {
+                kind: kind.as_str(),
+            })
+            .get()
+    };
+
+    // room1 moves away: n0 hands it off with a snapshot covering its head.
+    let owns: Ownership = Arc::new(|room: &RoomId| room.as_str() != ROOM);
+    old.supervisor
+        .send_message(SupervisorMsg::Placement(owns))
+        .unwrap_or_else(|_| panic!("supervisor is gone"));
+    let room = room_id(ROOM);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store
+        .latest_snapshot(&room)
+        .await
+        .expect("read")
+        .is_none_or(|s| s.seq != Seq(1))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no hand-off snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
+    }
+    assert_eq!(old.metrics.handoffs.get(), 1);
+    // n0 loaded rooms nobody had written: no takeover.
+    assert_eq!(takeovers(&old, Takeover::Handoff), 0);
+    assert_eq!(takeovers(&old, Takeover::Failover), 0);
+
+    // n1 loads room1 from the hand-off snapshot, and room2 (n0 wrote an op
+    // after its last snapshot, as if it had died) by replaying the log.
+    let new = node_with(store.clone(), config()).await;
+    assert_eq!(ack_seq(&new.op("bob", "c3", message("three")).await), 2);
+    new.enter("room2", "bob").await;
+    assert_eq!(takeovers(&new, Takeover::Handoff), 1);
+    assert_eq!(takeovers(&new, Takeover::Failover), 1);
+
+    // Draining hands off every live room.
+    let drained = new
+        .supervisor
+        .call(
+            |port| SupervisorMsg::DrainAll(Duration::from_secs(5), port),
+            Some(Duration::from_secs(10)),
+        )
+        .await;
+    assert!(matches!(drained, Ok(ractor::rpc::CallResult::Success(()))));
+    assert_eq!(new.metrics.handoffs.get(), 2);
+
+    // The same node id back (a restarted pod) loads the room it wrote
+    // last: not a takeover.
+    let again = node_with(store, config()).await;
+    assert_eq!(ack_seq(&again.op("bob", "c4", message("four")).await), 3);
+    assert_eq!(takeovers(&again, Takeover::Handoff), 0);
+    assert_eq!(takeovers(&again, Takeover::Failover), 0);
 }
 
 /// A room handed off while its batch is in flight, whose batch then fails

@@ -18,6 +18,7 @@
 
 mod in_process;
 pub mod membership;
+pub mod metrics;
 mod nats;
 pub mod placement;
 #[cfg(feature = "testsuite")]
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 
 pub use in_process::InProcessBus;
 pub use membership::Members;
+pub use metrics::BusMetrics;
 pub use nats::{NatsBus, NatsBusConfig, NatsBusError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
-use crate::placement;
+use crate::{BusMetrics, placement};
 
 /// The live members of the cluster as one process sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -248,12 +248,13 @@ struct Seen {
     expires: Instant,
 }
 
-/// Watches the bucket and keeps `members` up to date, until every receiver
-/// of `members` is gone.
+/// Watches the bucket and keeps `members` (and `metrics`) up to date, until
+/// every receiver of `members` is gone.
 pub(crate) async fn watch_members(
     js: jetstream::Context,
     config: RegistryConfig,
     members: watch::Sender<Members>,
+    metrics: BusMetrics,
 ) {
     let sweep_every = (config.ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut sweep = tokio::time::interval(sweep_every);
@@ -320,6 +321,8 @@ pub(crate) async fn watch_members(
                 false
             } else {
                 debug!(node = %config.node, members = live.len(), "membership changed");
+                metrics.membership_changes.inc();
+                metrics.record_members(&live);
                 *current = live;
                 true
             }

@@ -36,7 +36,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::membership::{self, Members, RegistryConfig, Roles};
-use crate::{Bus, BusError, Delivery, EventStream, ReplyFuture, RequestHandler, Subscription};
+use crate::{
+    Bus, BusError, BusMetrics, Delivery, EventStream, ReplyFuture, RequestHandler, Subscription,
+};
 
 /// How a [`NatsBus`] connects and announces itself.
 #[derive(Debug, Clone)]
@@ -68,6 +70,9 @@ pub struct NatsBusConfig {
     pub bucket_replicas: usize,
     /// The longest wait between two reconnect attempts.
     pub max_reconnect_delay: Duration,
+    /// Where the connection's and the membership's figures go (by default
+    /// nowhere: `BusMetrics::register` exports them).
+    pub metrics: BusMetrics,
 }
 
 impl NatsBusConfig {
@@ -87,6 +92,7 @@ impl NatsBusConfig {
             outbound_capacity: 65_536,
             bucket_replicas: 1,
             max_reconnect_delay: Duration::from_secs(2),
+            metrics: BusMetrics::default(),
         }
     }
 
@@ -184,6 +190,7 @@ impl NatsBus {
         let node = config.node.clone();
         let max_delay = config.max_reconnect_delay;
         let was_connected = Arc::new(AtomicBool::new(false));
+        let metrics = config.metrics.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("collab {}", config.node))
             .retry_on_initial_connect()
@@ -197,13 +204,16 @@ impl NatsBus {
                 let lag = on_event.clone();
                 let node = node.clone();
                 let was_connected = was_connected.clone();
+                let metrics = metrics.clone();
                 async move {
                     match event {
                         // Whatever was published while we were away is lost
                         // to our subscriptions: every room catches up.
                         async_nats::Event::Connected => {
                             info!(%node, "connected to nats");
+                            metrics.nats_connected.set(1);
                             if was_connected.swap(true, Ordering::Relaxed) {
+                                metrics.nats_reconnects.inc();
                                 lag.send_modify(|n| *n += 1);
                             }
                         }
@@ -211,7 +221,10 @@ impl NatsBus {
                             warn!(%node, sid, "nats dropped messages for a slow subscription");
                             lag.send_modify(|n| *n += 1);
                         }
-                        async_nats::Event::Disconnected => warn!(%node, "disconnected from nats"),
+                        async_nats::Event::Disconnected => {
+                            metrics.nats_connected.set(0);
+                            warn!(%node, "disconnected from nats");
+                        }
                         other => debug!(%node, event = %other, "nats event"),
                     }
                 }
@@ -247,6 +260,7 @@ impl NatsBus {
             js.clone(),
             registry.clone(),
             members_tx,
+            config.metrics.clone(),
         )));
         tasks.others.push(tokio::spawn(abandon_requests_to_departed(
             members.clone(),

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use collab_bus::testsuite::NatsServer;
 use collab_bus::{
-    Bus, BusError, Delivery, Members, NatsBus, NatsBusConfig, ReplyFuture, RequestHandler,
-    Subscription,
+    Bus, BusError, BusMetrics, Delivery, Members, NatsBus, NatsBusConfig, ReplyFuture,
+    RequestHandler, Subscription,
 };
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::subjects::{MemberRecord, Subjects, WIRE_VERSION};
@@ -405,6 +405,50 @@ async fn after_a_server_restart_subscribers_lag_and_the_bus_recovers() {
             Err(_) => assert!(Instant::now() < deadline, "requests fail after the restart"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_follow_the_connection_and_the_members() {
+    let mut server = NatsServer::start();
+    let metrics = BusMetrics::default();
+    let mut watching = config(&server, "gw-1");
+    watching.gateway = true;
+    watching.metrics = metrics.clone();
+    let gateway = NatsBus::connect(watching).await.expect("connects");
+    let members_of = |role: &'static str| {
+        metrics
+            .members
+            .get_or_create(&collab_bus::metrics::RoleLabel { role })
+            .get()
+    };
+    eventually("connected", || metrics.nats_connected.get() == 1).await;
+    let room_node = bus(&server, "rn-1").await;
+    room_node.serve(Recorder::new(0)).await.expect("serves");
+    until_members(&gateway, "both members are seen", |m| m.len() == 2).await;
+    assert_eq!((members_of("gateway"), members_of("room_node")), (1, 1));
+    let changes = metrics.membership_changes.get();
+    assert!(changes >= 1, "{changes}");
+    assert_eq!(metrics.nats_reconnects.get(), 0);
+
+    server.kill();
+    eventually("the disconnection shows", || {
+        metrics.nats_connected.get() == 0
+    })
+    .await;
+    server.restart();
+    eventually("the reconnection shows", || {
+        metrics.nats_connected.get() == 1 && metrics.nats_reconnects.get() == 1
+    })
+    .await;
+    // The room node leaves: one more change, one room node fewer.
+    let before = metrics.membership_changes.get();
+    room_node.leave().await;
+    until_members(&gateway, "the room node is gone", |m| {
+        m.room_nodes().count() == 0
+    })
+    .await;
+    assert_eq!(members_of("room_node"), 0);
+    assert!(metrics.membership_changes.get() > before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

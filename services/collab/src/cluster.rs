@@ -7,11 +7,17 @@
 //! every gateway must verify the tokens of every other, so the secret is
 //! configured.
 //!
+//! Each registers the bus's metrics (NATS connection, membership) beside
+//! its own; a room node serves its router ([`collab_room_node::http`]) on
+//! `listen`. With `metrics_listen`, a second listener serves `/metrics`
+//! (then only there) and the probes.
+//!
 //! Shutdown (SIGTERM):
 //! - a gateway turns unready, closes every WebSocket with 1001 (clients
 //!   resume through another gateway), waits for them up to the grace
 //!   period, then leaves the cluster;
-//! - a room node hands its rooms off: requests get `unavailable`, every room
+//! - a room node turns unready and hands its rooms off: requests get
+//!   `unavailable`, every room
 //!   finishes its batch and snapshots, then the node leaves the cluster and
 //!   the next owners load the rooms from those snapshots.
 
@@ -20,23 +26,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use collab_bus::{Bus, NatsBus, NatsBusConfig};
+use collab_bus::{Bus, BusMetrics, NatsBus, NatsBusConfig};
 use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
+use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
 use collab_protocol::subjects::Subjects;
 use collab_room_node::{RoomNode, RoomNodeMetrics};
 use collab_store::Store;
 use prometheus_client::registry::Registry;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{CollabConfig, StoreLocation};
-use crate::serve::{ServeError, announce, bind, local_addr, open_store, spawn_server};
+use crate::serve::{
+    ServeError, announce, announce_metrics, bind, bind_metrics, local_addr, open_store, spawn_http,
+    spawn_server,
+};
 
 /// Runs a gateway until `shutdown` resolves, then drains and returns.
 pub async fn run_gateway(
@@ -49,11 +53,14 @@ pub async fn run_gateway(
         .ok_or(ServeError::ClusterWithoutSecret)?;
     let store = open_shared_store(&config).await?;
     let node = node_id(&config, "gateway")?;
-    let bus = Arc::new(connect(&config, node.clone(), true).await?);
-
     let mut registry = Registry::default();
+    let bus_metrics = BusMetrics::register(&mut registry);
+    let bus = Arc::new(connect(&config, node.clone(), true, bus_metrics).await?);
+
     let metrics = GatewayMetrics::register(&mut registry);
+    let exporter = Exporter::new(registry, Role::Gateway, crate::VERSION);
     let mut gateway_config = config.gateway.clone();
+    gateway_config.metrics_elsewhere = config.metrics_listen.is_some();
     // Connections are named after this run of the gateway, so a room node
     // that sees it leave the cluster (or restart under the same node id)
     // drops exactly its connections.
@@ -66,11 +73,17 @@ pub async fn run_gateway(
         store,
         readiness,
         metrics,
-        Arc::new(registry),
+        exporter,
     );
 
+    let metrics_listener = bind_metrics(&config).await?;
     let listener = bind(config.listen).await?;
     let addr = local_addr(&listener, config.listen)?;
+    // Until it is dropped, at the very end of the drain.
+    let _metrics_server = metrics_listener.map(|(listener, metrics_addr)| {
+        announce_metrics(metrics_addr);
+        spawn_http(listener, gateway.metrics_router())
+    });
     info!(%addr, %node, nats = %config.cluster.nats_url, "gateway listening");
     announce(addr);
 
@@ -103,31 +116,39 @@ pub async fn run_room_node(
 ) -> Result<(), ServeError> {
     let store = open_shared_store(&config).await?;
     let node = node_id(&config, "room-node")?;
-    let bus: Arc<dyn Bus> = Arc::new(connect(&config, node.clone(), false).await?);
-
     let mut registry = Registry::default();
+    let bus_metrics = BusMetrics::register(&mut registry);
+    let bus: Arc<dyn Bus> = Arc::new(connect(&config, node.clone(), false, bus_metrics).await?);
+
     let metrics = RoomNodeMetrics::register(&mut registry);
     let room_node = Arc::new(
         RoomNode::start_with_metrics(config.room_node_config(node.clone()), store, bus, metrics)
             .await?,
     );
+    let exporter = Exporter::new(registry, Role::RoomNode, crate::VERSION);
 
+    let metrics_listener = bind_metrics(&config).await?;
     let listener = bind(config.listen).await?;
     let addr = local_addr(&listener, config.listen)?;
+    // Both serve until they are dropped, after the drain: readiness says
+    // 503 all along it.
+    let (_metrics_server, _http_server) = match metrics_listener {
+        Some((metrics_listener, metrics_addr)) => {
+            announce_metrics(metrics_addr);
+            let everything = collab_room_node::http::router(room_node.clone(), exporter.clone());
+            let probes = collab_room_node::http::probes_router(room_node.clone(), exporter);
+            (
+                Some(spawn_http(metrics_listener, everything)),
+                spawn_http(listener, probes),
+            )
+        }
+        None => {
+            let everything = collab_room_node::http::router(room_node.clone(), exporter);
+            (None, spawn_http(listener, everything))
+        }
+    };
     info!(%addr, %node, nats = %config.cluster.nats_url, "room node listening");
     announce(addr);
-    let probes = Probes {
-        room_node: room_node.clone(),
-        registry: Arc::new(registry),
-    };
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, probes.router())
-            .with_graceful_shutdown(async move {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
     shutdown.await;
 
     let grace = config.drain_grace();
@@ -136,8 +157,6 @@ pub async fn run_room_node(
         "room node handing its rooms off"
     );
     room_node.drain(grace).await;
-    let _ = stop_http.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     info!("room node drained; bye");
     Ok(())
 }
@@ -161,6 +180,7 @@ async fn connect(
     config: &CollabConfig,
     node: NodeId,
     gateway: bool,
+    metrics: BusMetrics,
 ) -> Result<NatsBus, ServeError> {
     let cluster = &config.cluster;
     let mut bus = NatsBusConfig::new(cluster.nats_url.clone(), node);
@@ -169,6 +189,7 @@ async fn connect(
     bus.gateway = gateway;
     bus.heartbeat_interval = cluster.heartbeat_interval();
     bus.member_ttl = cluster.member_ttl();
+    bus.metrics = metrics;
     Ok(NatsBus::connect(bus).await?)
 }
 
@@ -185,45 +206,5 @@ impl Readiness for GatewayReadiness {
                 .bus
                 .members()
                 .is_some_and(|members| members.borrow().room_nodes().next().is_some())
-    }
-}
-
-/// A room node's only HTTP: health, readiness and metrics.
-#[derive(Clone)]
-struct Probes {
-    room_node: Arc<RoomNode>,
-    registry: Arc<Registry>,
-}
-
-impl Probes {
-    fn router(self) -> Router {
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .with_state(self)
-    }
-}
-
-async fn readyz(State(probes): State<Probes>) -> Response {
-    if probes.room_node.is_ready().await {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-    }
-}
-
-async fn metrics(State(probes): State<Probes>) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &probes.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -39,6 +39,10 @@ const ENV_NESTING: &str = "__";
 pub struct CollabConfig {
     /// Address the HTTP and WebSocket server listens on.
     pub listen: SocketAddr,
+    /// A second address, for `/metrics` alone (with `/healthz` and
+    /// `/readyz`); when set, `listen` no longer serves `/metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the embedded store (and, in dev mode, the generated secret)
     /// lives.
     pub data_dir: PathBuf,
@@ -62,6 +66,7 @@ impl Default for CollabConfig {
     fn default() -> Self {
         CollabConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             data_dir: PathBuf::from("./data"),
             store: EMBEDDED_STORE.to_owned(),
             jwt_secret: None,
@@ -270,6 +275,7 @@ pub struct Flags {
     /// `--config FILE`.
     pub config: Option<PathBuf>,
     pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
     pub data_dir: Option<String>,
     pub store: Option<String>,
     pub jwt_secret: Option<String>,
@@ -284,6 +290,11 @@ impl Flags {
     fn settings(&self) -> Vec<(&'static [&'static str], &'static str, &String)> {
         [
             (&["listen"][..], "--listen", &self.listen),
+            (
+                &["metrics_listen"],
+                "--metrics-listen",
+                &self.metrics_listen,
+            ),
             (&["data_dir"], "--data-dir", &self.data_dir),
             (&["store"], "--store", &self.store),
             (&["jwt_secret"], "--jwt-secret", &self.jwt_secret),
@@ -508,9 +519,11 @@ fn default_table() -> toml::Table {
 /// Every key there is: the defaults plus the optional settings, which
 /// have no default.
 fn schema_table() -> toml::Table {
+    let defaults = CollabConfig::default();
     let full = CollabConfig {
         jwt_secret: Some(Secret::new("")),
-        ..CollabConfig::default()
+        metrics_listen: Some(defaults.listen),
+        ..defaults
     };
     toml::Table::try_from(full).unwrap_or_default()
 }
@@ -660,6 +673,14 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     if g.gateway_id.trim().is_empty() {
         issues.push(("gateway.gateway_id", "must not be empty".to_owned()));
     }
+    if let Some(metrics) = config.metrics_listen
+        && same_port(metrics, config.listen)
+    {
+        issues.push((
+            "metrics_listen",
+            format!("must not be the address `listen` has ({})", config.listen),
+        ));
+    }
     if config.data_dir.as_os_str().is_empty() {
         issues.push(("data_dir", "must not be empty".to_owned()));
     }
@@ -697,6 +718,14 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
         ));
     }
     issues
+}
+
+/// Whether binding both addresses would take the same port (port 0 picks
+/// a free one each time, so it never clashes).
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 #[cfg(test)]

@@ -20,5 +20,9 @@ pub mod store_metrics;
 pub mod telemetry;
 pub mod token;
 
+/// This build's version, as `collab --version` and `collab_build_info`
+/// say it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Exit code for bad usage or configuration (`EX_USAGE` of sysexits.h).
 pub const EXIT_USAGE: u8 = 64;

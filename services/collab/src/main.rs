@@ -81,6 +81,11 @@ struct ServeArgs {
     /// [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// A second address, serving /metrics (then only there), /healthz and
+    /// /readyz [env: COLLAB_METRICS_LISTEN] [default: none, /metrics is on
+    /// --listen]
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Log format, text or json [env: COLLAB_LOG_FORMAT] [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -162,6 +167,7 @@ fn main() -> ExitCode {
 fn server_flags(args: &ServeArgs) -> Flags {
     Flags {
         listen: args.listen.clone(),
+        metrics_listen: args.metrics_listen.clone(),
         log_format: args.log_format.clone(),
         ..flags(&args.config)
     }

@@ -2,6 +2,9 @@
 //! room node share an in-process bus; rooms live in the embedded store in
 //! the data dir, or in a CQL cluster (`--store cql://…`).
 //!
+//! With `metrics_listen`, a second listener serves `/metrics` (then only
+//! there) and the probes.
+//!
 //! Shutdown order (on the future passed to [`run`], normally SIGTERM):
 //! readiness fails and every WebSocket is closed with 1001, the listener
 //! stops accepting, the room node finishes its batches and snapshots every
@@ -14,8 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use axum::Router;
 use collab_bus::{Bus, InProcessBus};
 use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
+use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
 use collab_room_node::{RoomNode, RoomNodeMetrics, StartError};
 use collab_store::{CqlStore, EmbeddedStore, Store, StoreError};
@@ -33,6 +38,9 @@ pub const LOCAL_NODE: &str = "local";
 /// Printed (to stdout) once the listener is bound, with the actual address;
 /// scripts and tests wait for it to learn the port of `--listen …:0`.
 pub const LISTENING_PREFIX: &str = "listening on http://";
+/// Printed (to stdout) before [`LISTENING_PREFIX`]'s line when
+/// `metrics_listen` is set, with its actual address.
+pub const METRICS_LISTENING_PREFIX: &str = "metrics listening on http://";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -104,8 +112,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     // Refused before anything is written to disk.
-    if config.jwt_secret.is_none() && !config.listen.ip().is_loopback() {
-        return Err(ServeError::DevModeNotLoopback(config.listen));
+    if config.jwt_secret.is_none() {
+        let mut addresses = std::iter::once(config.listen).chain(config.metrics_listen);
+        if let Some(addr) = addresses.find(|a| !a.ip().is_loopback()) {
+            return Err(ServeError::DevModeNotLoopback(addr));
+        }
     }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
@@ -134,6 +145,7 @@ pub async fn run(
     }
     let room_metrics = RoomNodeMetrics::register(&mut registry);
     let metrics = GatewayMetrics::register(&mut registry);
+    let exporter = Exporter::new(registry, Role::Serve, crate::VERSION);
 
     let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
     let room_config = config.room_node_config(node);
@@ -144,18 +156,26 @@ pub async fn run(
         bus: bus.clone(),
         room_node: room_node.clone(),
     });
+    let mut gateway_config = config.gateway.clone();
+    gateway_config.metrics_elsewhere = config.metrics_listen.is_some();
     let gateway = Gateway::new(
-        config.gateway.clone(),
+        gateway_config,
         auth,
         bus,
         store,
         readiness,
         metrics,
-        Arc::new(registry),
+        exporter,
     );
 
+    let metrics_listener = bind_metrics(&config).await?;
     let listener = bind(config.listen).await?;
     let addr = local_addr(&listener, config.listen)?;
+    // Until it is dropped, at the very end of the drain.
+    let _metrics_server = metrics_listener.map(|(listener, metrics_addr)| {
+        announce_metrics(metrics_addr);
+        spawn_http(listener, gateway.metrics_router())
+    });
     info!(%addr, store = %store_name, dev_mode = signing.dev_mode, "listening");
     announce(addr);
 
@@ -219,6 +239,37 @@ pub(crate) fn spawn_server(
     (server, stop_accepting)
 }
 
+/// Serves `router` on `listener` in a task until the returned sender is
+/// used or dropped.
+pub(crate) fn spawn_http(listener: TcpListener, router: Router) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "an HTTP listener failed");
+        }
+    });
+    stop
+}
+
+/// The metrics listener, when `metrics_listen` is set, with its actual
+/// address.
+pub(crate) async fn bind_metrics(
+    config: &CollabConfig,
+) -> Result<Option<(TcpListener, SocketAddr)>, ServeError> {
+    let Some(configured) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = bind(configured).await?;
+    let addr = local_addr(&listener, configured)?;
+    info!(%addr, "metrics listening");
+    Ok(Some((listener, addr)))
+}
+
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
@@ -239,6 +290,12 @@ pub(crate) fn local_addr(
 pub(crate) fn announce(addr: SocketAddr) {
     // Stdout is line-buffered: the line is out as soon as this returns.
     println!("{LISTENING_PREFIX}{addr}");
+}
+
+/// Tells scripts and tests where the metrics listener is; before
+/// [`announce`], so whoever waits for that line has seen this one.
+pub(crate) fn announce_metrics(addr: SocketAddr) {
+    println!("{METRICS_LISTENING_PREFIX}{addr}");
 }
 
 /// The store a process runs on, as configured.

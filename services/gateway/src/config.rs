@@ -26,6 +26,11 @@ pub struct GatewayConfig {
     /// Seconds to wait for a room's answer before `unavailable`.
     pub request_timeout_secs: u64,
     pub rate_limits: RateLimits,
+    /// Not a setting of its own: the process sets it when `/metrics` is
+    /// served on a listener apart (`metrics_listen`), and then the public
+    /// router does not serve it.
+    #[serde(skip)]
+    pub metrics_elsewhere: bool,
 }
 
 impl Default for GatewayConfig {
@@ -39,6 +44,7 @@ impl Default for GatewayConfig {
             idle_timeout_secs: 60,
             request_timeout_secs: 15,
             rate_limits: RateLimits::default(),
+            metrics_elsewhere: false,
         }
     }
 }

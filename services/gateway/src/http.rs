@@ -1,6 +1,8 @@
 //! The HTTP API: creating rooms, reading a room's metadata and history,
 //! listing the caller's rooms, the dev token endpoint, and the operational
-//! endpoints (health, readiness, metrics).
+//! endpoints (health, readiness, metrics). With a metrics listener of its
+//! own (`metrics_listen`), `/metrics` is served only there, by
+//! [`metrics_router`]. Every request is counted by route and status.
 //!
 //! Every error is answered as `{"error": {"code", "message"}}` with the
 //! status of its code and counted in the `errors` metric. That includes the
@@ -23,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, ExtensionRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -52,12 +54,11 @@ const GENERATED_ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// 36^8 ids a single collision is already unlikely; several in a row mean
 /// something else is wrong.
 const GENERATED_ID_ATTEMPTS: usize = 8;
-const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type ApiResult = Result<Response, ApiError>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(room_info))
@@ -65,13 +66,29 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/me/rooms", get(my_rooms))
         .route("/v1/dev/token", post(dev_token))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if !shared.config.metrics_elsewhere {
+        router = router.route("/metrics", get(metrics));
+    }
+    let router = router
         .merge(crate::web::routes())
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .with_state(shared)
+        .with_state(shared.clone());
+    shared.exporter.instrument(router)
+}
+
+/// The metrics listener's routes: `/metrics` and the probes.
+pub(crate) fn metrics_router(shared: Arc<Shared>) -> Router {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(shared.clone());
+    shared.exporter.instrument(router)
 }
 
 // === handlers ===
@@ -316,32 +333,38 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 only while accepting and every dependency is ready.
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    // While shutting down the answer is 503 whatever the dependencies say,
+/// Whether the gateway takes clients now: accepting, and every dependency
+/// ready. `Err` says why not.
+async fn readiness(shared: &Shared) -> Result<(), &'static str> {
+    // While shutting down the answer is no whatever the dependencies say,
     // so load balancers stop sending new clients here.
     if !shared.accepting.load(Ordering::SeqCst) {
-        return failure(
-            &shared,
-            "readyz",
-            ApiError::new(ErrorCode::Unavailable, "shutting down"),
-        );
+        return Err("shutting down");
     }
     if !shared.readiness.ready().await {
-        return failure(
-            &shared,
-            "readyz",
-            ApiError::new(ErrorCode::Unavailable, "dependencies not ready"),
-        );
+        return Err("dependencies not ready");
     }
-    (StatusCode::OK, "ready").into_response()
+    Ok(())
 }
 
-/// `GET /metrics`: the registry in the OpenMetrics text format.
+/// `GET /readyz`: 200 only while accepting and every dependency is ready.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match readiness(&shared).await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => failure(
+            &shared,
+            "readyz",
+            ApiError::new(ErrorCode::Unavailable, why),
+        ),
+    }
+}
+
+/// `GET /metrics`: the registry in the OpenMetrics text format, with
+/// `collab_ready` as `/readyz` would answer now.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+    let ready = readiness(&shared).await.is_ok();
+    match shared.exporter.response(ready) {
+        Ok(response) => response,
         Err(e) => failure(
             &shared,
             "metrics",

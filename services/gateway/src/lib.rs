@@ -28,14 +28,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use axum::Router;
 use collab_bus::Bus;
+use collab_metrics::Exporter;
 use collab_store::Store;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use auth::{Auth, AuthError, now_secs};
 pub use config::{GatewayConfig, RateLimits};
-pub use metrics::GatewayMetrics;
+pub use metrics::{Disconnect, GatewayMetrics};
 
 use hub::Hub;
 use ratelimit::RateLimiter;
@@ -67,7 +67,8 @@ pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
     pub readiness: Arc<dyn Readiness>,
     pub metrics: GatewayMetrics,
-    pub registry: Arc<Registry>,
+    /// The process's `/metrics` page and the HTTP request metrics.
+    pub exporter: Exporter,
     pub limiters: Limiters,
     pub hub: Hub,
     /// Flips to `true` when the gateway shuts down: every socket closes
@@ -88,7 +89,7 @@ impl Gateway {
         store: Arc<dyn Store>,
         readiness: Arc<dyn Readiness>,
         metrics: GatewayMetrics,
-        registry: Arc<Registry>,
+        exporter: Exporter,
     ) -> Gateway {
         let r = &config.rate_limits;
         let limiters = Limiters {
@@ -107,7 +108,7 @@ impl Gateway {
                 store,
                 readiness,
                 metrics,
-                registry,
+                exporter,
                 limiters,
                 hub,
                 closing: watch::channel(false).0,
@@ -118,9 +119,16 @@ impl Gateway {
         }
     }
 
-    /// Every route of the public API.
+    /// Every route of the public API (with `/metrics`, unless the config
+    /// says it is served elsewhere).
     pub fn router(&self) -> Router {
         http::router(self.shared.clone())
+    }
+
+    /// What a listener for metrics serves (`metrics_listen`): `/metrics`,
+    /// `/healthz` and `/readyz`.
+    pub fn metrics_router(&self) -> Router {
+        http::metrics_router(self.shared.clone())
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting

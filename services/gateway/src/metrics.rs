@@ -1,5 +1,7 @@
-//! The gateway's metrics. Labels are bounded: op kinds and error codes,
-//! never a room or user id.
+//! The gateway's metrics. Labels are bounded: op kinds, error codes and
+//! disconnect reasons, never a room or user id. Every labelled series
+//! exists at 0 from the start, so an alert on its rate can fire on the
+//! first increase.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,14 +10,64 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use collab_protocol::{ErrorCode, OpKind};
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct KindLabel {
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CodeLabel {
-    pub code: String,
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Why a WebSocket connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client closed it, or its stream ended.
+    Client,
+    /// Closed by us with 1001 because the gateway drains.
+    Shutdown,
+    /// Closed with 4008: it did not read what it was sent.
+    Slow,
+    /// Closed with 4001: its token expired.
+    Expired,
+    /// Closed because the peer was silent past the idle timeout.
+    Idle,
+    /// Closed with 1009: it sent a message over the limit.
+    TooBig,
+    /// A read or write failed, or the peer broke the WebSocket protocol.
+    Error,
+}
+
+impl Disconnect {
+    pub const ALL: [Disconnect; 7] = [
+        Disconnect::Client,
+        Disconnect::Shutdown,
+        Disconnect::Slow,
+        Disconnect::Expired,
+        Disconnect::Idle,
+        Disconnect::TooBig,
+        Disconnect::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disconnect::Client => "client",
+            Disconnect::Shutdown => "shutdown",
+            Disconnect::Slow => "slow",
+            Disconnect::Expired => "expired",
+            Disconnect::Idle => "idle",
+            Disconnect::TooBig => "too_big",
+            Disconnect::Error => "error",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -29,6 +81,7 @@ pub struct GatewayMetrics {
     pub ack_latency: Histogram,
     pub slow_closes: Counter,
     pub gaps_fetched: Counter,
+    pub disconnects: Family<ReasonLabel, Counter>,
 }
 
 impl GatewayMetrics {
@@ -41,7 +94,23 @@ impl GatewayMetrics {
             ack_latency: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
             slow_closes: Counter::default(),
             gaps_fetched: Counter::default(),
+            disconnects: Family::default(),
         };
+        for kind in OpKind::ALL {
+            let _ = metrics.ops.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        for code in ErrorCode::ALL {
+            let _ = metrics.errors.get_or_create(&CodeLabel {
+                code: code.as_str(),
+            });
+        }
+        for reason in Disconnect::ALL {
+            let _ = metrics.disconnects.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+        }
         let r = registry.sub_registry_with_prefix("collab_gateway");
         r.register(
             "connections",
@@ -70,22 +139,70 @@ impl GatewayMetrics {
             "Times a room stream had a gap that was filled from the owner",
             metrics.gaps_fetched.clone(),
         );
+        r.register(
+            "disconnects",
+            "WebSocket connections ended, by reason",
+            metrics.disconnects.clone(),
+        );
         metrics
     }
 
-    pub fn error(&self, code: collab_protocol::ErrorCode) {
+    pub fn error(&self, code: ErrorCode) {
         self.errors
             .get_or_create(&CodeLabel {
-                code: code.as_str().to_owned(),
+                code: code.as_str(),
             })
             .inc();
     }
 
-    pub fn op(&self, kind: collab_protocol::OpKind) {
+    pub fn op(&self, kind: OpKind) {
         self.ops
             .get_or_create(&KindLabel {
-                kind: kind.as_str().to_owned(),
+                kind: kind.as_str(),
             })
             .inc();
+    }
+
+    pub fn disconnect(&self, reason: Disconnect) {
+        self.disconnects
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_kind_error_code_and_disconnect_reason_is_there_at_zero_from_the_start() {
+        let mut registry = Registry::default();
+        GatewayMetrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let mut expected: Vec<String> = Vec::new();
+        for kind in OpKind::ALL {
+            expected.push(format!(
+                r#"collab_gateway_ops_total{{kind="{}"}} 0"#,
+                kind.as_str()
+            ));
+        }
+        for code in ErrorCode::ALL {
+            expected.push(format!(
+                r#"collab_gateway_errors_total{{code="{}"}} 0"#,
+                code.as_str()
+            ));
+        }
+        for reason in Disconnect::ALL {
+            expected.push(format!(
+                r#"collab_gateway_disconnects_total{{reason="{}"}} 0"#,
+                reason.as_str()
+            ));
+        }
+        for line in expected {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -9,9 +9,14 @@
 //! connections of every gateway that left go out of their rooms. A node
 //! that is not in the member list itself — its record expired while it was
 //! stopped or cut off — owns nothing and commits nothing.
+//!
+//! Its HTTP (probes and metrics) is [`http`].
+
+pub mod http;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use collab_actors::room::{
@@ -34,6 +39,8 @@ pub struct RoomNode {
     bus: Arc<dyn Bus>,
     node: NodeId,
     request_timeout: Duration,
+    /// Set when the drain begins: from then on the node is not ready.
+    draining: AtomicBool,
 }
 
 /// Sends a room's events to the bus.
@@ -126,6 +133,7 @@ impl RoomNode {
             bus,
             node,
             request_timeout,
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -148,10 +156,11 @@ impl RoomNode {
             .send_message(SupervisorMsg::GatewayGone(gateway.to_owned()));
     }
 
-    /// Whether the node can serve: the bus carries traffic, this node is a
-    /// member of the cluster (when there is one), and its store answers.
+    /// Whether the node can serve: it is not draining, the bus carries
+    /// traffic, this node is a member of the cluster (when there is one),
+    /// and its store answers.
     pub async fn is_ready(&self) -> bool {
-        if !self.bus.is_ready() {
+        if self.draining.load(Ordering::SeqCst) || !self.bus.is_ready() {
             return false;
         }
         if let Some(members) = self.bus.members()
@@ -173,7 +182,10 @@ impl RoomNode {
     /// every room finishes its batch in flight, snapshots and stops, and
     /// then the node leaves the cluster, so the next owners load the
     /// snapshots just written.
+    /// Readiness fails from the first moment, so that nothing is sent here
+    /// that could go elsewhere.
     pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
         let rooms = self.active_rooms().await;
         info!(rooms, "draining room node");
         let _ = self

@@ -17,6 +17,9 @@ use super::{DEADLINE, HarnessError};
 /// What `collab serve` prints once it listens, followed by the address
 /// (the same text as `collab::serve::LISTENING_PREFIX`).
 const LISTENING_PREFIX: &str = "listening on http://";
+/// What it prints, before that, when `metrics_listen` is set (the text of
+/// `collab::serve::METRICS_LISTENING_PREFIX`).
+const METRICS_LISTENING_PREFIX: &str = "metrics listening on http://";
 /// Log lines kept for diagnostics and assertions.
 const LOG_TAIL: usize = 500;
 /// Prefix of the server's settings in the environment.
@@ -114,6 +117,15 @@ impl CollabServer {
     /// `http://ADDR`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://ADDR` of the metrics listener (`--metrics-listen`), if it
+    /// has one: the latest start's, which printed it before its address.
+    pub fn metrics_url(&self) -> Option<String> {
+        lock(&self.logs).iter().rev().find_map(|line| {
+            let addr = line.strip_prefix(METRICS_LISTENING_PREFIX)?;
+            Some(format!("http://{}", addr.trim()))
+        })
     }
 
     /// `ws://ADDR/v1/ws`.

@@ -340,6 +340,74 @@ fn the_reference_file_lists_every_setting_with_its_default() {
         );
     }
     assert!(text.contains("# jwt_secret"), "the secret is documented");
+    assert!(
+        text.contains("# metrics_listen"),
+        "the metrics address is documented"
+    );
+}
+
+#[test]
+fn metrics_listen_is_unset_unless_given_and_the_flag_wins() {
+    let config = load(&Flags::default(), &HashMap::new()).expect("defaults load");
+    assert_eq!(config.metrics_listen, None);
+    let f = file(r#"metrics_listen = "0.0.0.0:9090""#);
+    let flags = Flags {
+        config: Some(f.path().to_path_buf()),
+        ..Flags::default()
+    };
+    let config = load(&flags, &HashMap::new()).expect("loads");
+    assert_eq!(
+        config.metrics_listen,
+        Some("0.0.0.0:9090".parse().expect("an address"))
+    );
+    let environment = env(&[("COLLAB_METRICS_LISTEN", "127.0.0.1:9091")]);
+    let config = load(&flags, &environment).expect("loads");
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9091".parse().expect("an address"))
+    );
+    let flags = Flags {
+        metrics_listen: Some("127.0.0.1:9092".into()),
+        ..flags
+    };
+    let config = load(&flags, &environment).expect("loads");
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9092".parse().expect("an address"))
+    );
+    assert!(unknown_env(&environment).is_empty());
+}
+
+#[test]
+fn a_bad_metrics_listen_is_reported() {
+    let err = load(
+        &Flags::default(),
+        &env(&[("COLLAB_METRICS_LISTEN", "port 9090")]),
+    )
+    .expect_err("not an address");
+    assert_eq!(issue_keys(&err), ["metrics_listen"], "{err}");
+    // The same port as `listen` cannot be bound twice.
+    for (listen, metrics) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+    ] {
+        let environment = env(&[
+            ("COLLAB_LISTEN", listen),
+            ("COLLAB_METRICS_LISTEN", metrics),
+        ]);
+        let err = load(&Flags::default(), &environment).expect_err("the same port");
+        assert_eq!(issue_keys(&err), ["metrics_listen"], "{err}");
+        assert_eq!(
+            err.issues[0].origin,
+            Some(Origin::Env("COLLAB_METRICS_LISTEN".into()))
+        );
+    }
+    // Port 0 picks a free port for each.
+    let environment = env(&[
+        ("COLLAB_LISTEN", "127.0.0.1:0"),
+        ("COLLAB_METRICS_LISTEN", "127.0.0.1:0"),
+    ]);
+    load(&Flags::default(), &environment).expect("two free ports");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use collab_bus::InProcessBus;
+use collab_metrics::{Exporter, Role};
 use collab_protocol::http::HistoryPage;
 use collab_protocol::{Access, Cid, Claims, NodeId, Op, OpEvent, RoomId, Seq, StrokeId, UserId};
 use collab_store::{MemoryStore, Store, StoreError, StoreResult, Writer};
@@ -89,7 +90,7 @@ impl Harness {
             store.clone(),
             ready.clone(),
             metrics,
-            Arc::new(registry),
+            Exporter::new(registry, Role::Gateway, "test"),
         );
         let app = gateway
             .router()
@@ -122,8 +123,20 @@ impl Harness {
     }
 
     async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self
-            .app
+        Harness::send_to(&self.app, request).await
+    }
+
+    /// `GET uri` on the router of a metrics listener.
+    async fn metrics_listener_get(&self, uri: &str) -> Answer {
+        let request = Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request builds");
+        Harness::send_to(&self.gateway.metrics_router(), request).await
+    }
+
+    async fn send_to(app: &Router, request: Request<Body>) -> Answer {
+        let response = app
             .clone()
             .oneshot(request)
             .await
@@ -991,6 +1004,94 @@ async fn metrics_are_served_and_count_errors() {
         text.contains(r#"collab_gateway_errors_total{code="not_found"} 2"#),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn metrics_count_http_requests_by_route_and_tell_readiness() {
+    let h = Harness::new();
+    h.get("/v1/rooms/missing", &h.token("ann")).await;
+    h.request("GET", "/nowhere/at/all", None, "").await;
+    let text = h.metrics_text().await;
+    for line in [
+        r#"collab_http_requests_total{route="/v1/rooms/{id}",status="404"} 1"#,
+        r#"collab_http_requests_total{route="other",status="404"} 1"#,
+        r#"collab_http_request_duration_seconds_count{route="/v1/rooms/{id}"} 1"#,
+        r#"collab_build_info{version="test",role="gateway"} 1"#,
+        "collab_ready 1",
+        // At zero before any connection ever ended.
+        r#"collab_gateway_disconnects_total{reason="slow"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    // A path is never a label value.
+    assert!(!text.contains("nowhere"), "{text}");
+
+    // What /readyz would answer at the scrape.
+    h.ready.0.store(false, Ordering::SeqCst);
+    assert!(
+        h.metrics_text()
+            .await
+            .lines()
+            .any(|l| l == "collab_ready 0")
+    );
+    h.ready.0.store(true, Ordering::SeqCst);
+    assert!(
+        h.metrics_text()
+            .await
+            .lines()
+            .any(|l| l == "collab_ready 1")
+    );
+    h.gateway.begin_shutdown();
+    assert!(
+        h.metrics_text()
+            .await
+            .lines()
+            .any(|l| l == "collab_ready 0")
+    );
+}
+
+#[tokio::test]
+async fn with_a_metrics_listener_metrics_are_served_only_there() {
+    let config = GatewayConfig {
+        metrics_elsewhere: true,
+        ..GatewayConfig::default()
+    };
+    let h = Harness::with(config, false);
+    h.request("GET", "/metrics", None, "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // The probes stay on the public router too.
+    for path in ["/healthz", "/readyz"] {
+        let answer = h.request("GET", path, None, "").await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text);
+    }
+
+    let answer = h.metrics_listener_get("/metrics").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.headers[header::CONTENT_TYPE],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    // It counted the public router's requests too.
+    assert!(
+        answer
+            .text
+            .contains(r#"collab_http_requests_total{route="other",status="404"} 1"#),
+        "{}",
+        answer.text
+    );
+    for path in ["/healthz", "/readyz"] {
+        let answer = h.metrics_listener_get(path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text);
+    }
+    // Nothing else.
+    h.metrics_listener_get("/v1/me/rooms")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.gateway.begin_shutdown();
+    h.metrics_listener_get("/readyz")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
 }
 
 #[tokio::test]

@@ -34,8 +34,9 @@ use tracing::{debug, info};
 use crate::Shared;
 use crate::auth::request_token;
 use crate::error::ApiError;
+use crate::metrics::Disconnect;
 use idle::IdleTimer;
-use outbound::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbound};
+use outbound::{CLOSE_GOING_AWAY, CLOSE_REVOKED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, Outbound};
 
 /// Read buffer of a socket, allocated for its whole life: client frames
 /// are a few hundred bytes (a larger one grows the buffer while it is
@@ -137,7 +138,7 @@ impl Connection {
         let (sink, stream) = socket.split();
         let ping_every = Duration::from_secs(shared.config.ping_interval_secs.max(1));
         let writer = tokio::spawn(writer::write_loop(sink, outbound.clone(), ping_every));
-        conn.clone().read_loop(stream).await;
+        let ended = conn.clone().read_loop(stream).await;
 
         // The peer is gone or being closed: leave its rooms now, whatever
         // the writer still has to deliver.
@@ -156,21 +157,32 @@ impl Connection {
         // abort the outbound still holds it, and the hub may hold the
         // outbound a little longer: close the socket now.
         outbound.detach();
-        if outbound.close_code() == Some(outbound::CLOSE_TOO_SLOW) {
+        // Too slow wins over whatever ended the reader: once the queue
+        // overflowed, the connection was lost to it.
+        let ended = if outbound.close_code() == Some(CLOSE_TOO_SLOW) {
             shared.metrics.slow_closes.inc();
             info!(conn = %conn_id, "closed: too slow to read what it was sent");
-        }
+            Disconnect::Slow
+        } else {
+            ended
+        };
+        shared.metrics.disconnect(ended);
         shared.metrics.connections.dec();
         shared.open.send_modify(|n| *n -= 1);
-        debug!(conn = %conn_id, "disconnected");
+        debug!(conn = %conn_id, reason = ended.as_str(), "disconnected");
     }
 
-    async fn read_loop(self: Arc<Self>, mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    /// Reads and handles the client's frames until the connection ends;
+    /// returns why it did.
+    async fn read_loop(
+        self: Arc<Self>,
+        mut stream: futures_util::stream::SplitStream<WebSocket>,
+    ) -> Disconnect {
         let idle = Duration::from_secs(self.shared.config.idle_timeout_secs.max(1));
         let mut closing = self.shared.closing.subscribe();
         if *closing.borrow() {
             self.outbound.close(CLOSE_GOING_AWAY, "server going away");
-            return;
+            return Disconnect::Shutdown;
         }
         // The token's expiry ends the connection (4001), like a revocation.
         let expires_in = self.claims.exp.saturating_sub(crate::auth::now_secs());
@@ -183,24 +195,24 @@ impl Connection {
         loop {
             let message = tokio::select! {
                 _ = &mut expiry => {
-                    self.outbound.close(outbound::CLOSE_REVOKED, "token expired");
-                    return;
+                    self.outbound.close(CLOSE_REVOKED, "token expired");
+                    return Disconnect::Expired;
                 }
                 message = stream.next() => message,
                 () = idle.expired() => {
                     info!(conn = %self.conn.conn, "peer silent; closing");
                     self.outbound.close(CLOSE_GOING_AWAY, "idle");
-                    return;
+                    return Disconnect::Idle;
                 }
                 _ = &mut server_closing => {
                     self.outbound.close(CLOSE_GOING_AWAY, "server going away");
-                    return;
+                    return Disconnect::Shutdown;
                 }
-                _ = &mut outbound_closing => return,
+                _ = &mut outbound_closing => return self.closed_by_outbound(),
             };
             idle.touch();
             match message {
-                None | Some(Ok(Message::Close(_))) => return,
+                None | Some(Ok(Message::Close(_))) => return Disconnect::Client,
                 Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => self.error(
                     &ProtocolError::bad_request("binary frames are not accepted; send JSON text"),
@@ -210,15 +222,28 @@ impl Connection {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Err(e)) => {
                     let text = e.to_string();
+                    debug!(conn = %self.conn.conn, error = %text, "read failed");
                     // The only read error worth a word to the peer: it sent
                     // a message over the limit.
                     if text.contains("Space limit exceeded") || text.contains("too long") {
                         self.outbound.close(CLOSE_TOO_BIG, "message too big");
+                        return Disconnect::TooBig;
                     }
-                    debug!(conn = %self.conn.conn, error = %text, "read failed");
-                    return;
+                    return Disconnect::Error;
                 }
             }
+        }
+    }
+
+    /// Why the connection ended when something other than the reader
+    /// closed its outbound queue: the queue overflowed (4008), or a write
+    /// to the socket failed (1001).
+    fn closed_by_outbound(&self) -> Disconnect {
+        match self.outbound.close_code() {
+            Some(CLOSE_TOO_SLOW) => Disconnect::Slow,
+            Some(CLOSE_REVOKED) => Disconnect::Expired,
+            Some(CLOSE_TOO_BIG) => Disconnect::TooBig,
+            _ => Disconnect::Error,
         }
     }
 
