@@ -78,6 +78,15 @@ step "redis-server for the shared-state tests (scripts/redis-server.sh)"
 COLLAB_REDIS_SERVER="$(bash scripts/redis-server.sh install)"
 export COLLAB_REDIS_SERVER
 
+# Alerts and dashboard (deploy/k8s/monitoring): promtool's checks and unit
+# tests, the dashboard's structure and queries; the end-to-end test of the
+# alerts (tests/tests/prometheus.rs) finds Debian's prometheus through
+# COLLAB_PROMETHEUS.
+step "alerts and dashboard (scripts/monitoring-check.sh)"
+COLLAB_PROMETHEUS="$(bash scripts/monitoring-check.sh install)"
+export COLLAB_PROMETHEUS
+bash scripts/monitoring-check.sh
+
 step "tests (cargo test)"
 cargo test --workspace --locked
 

@@ -384,6 +384,11 @@ impl Cluster {
         self.node(id).http_url()
     }
 
+    /// The address a process listens on (its HTTP, `/metrics` included).
+    pub fn addr(&self, id: &str) -> SocketAddr {
+        self.node(id).addr
+    }
+
     pub fn state(&self, id: &str) -> NodeState {
         self.node(id).state
     }
