@@ -405,7 +405,7 @@ def dockerfile(docker_file, workspace_toml, chart_values):
         problems.append("the entrypoint is not the collab binary (the chart passes only "
                         "`gateway` or `room-node` as arguments)")
     fail(problems, docker_file)
-    print(f"  {docker_file}: `{BUILD}` with Rust {rust.group(1)}.{rust.group(2)} "
+    print(f"  {Path(docker_file).name}: `{BUILD}` with Rust {rust.group(1)}.{rust.group(2)} "
           f"(workspace needs {msrv}), {len(stages)} stages, runs as {user[-1][0]}, "
           f"entrypoint {entry.group(1)}")
 
