@@ -155,7 +155,7 @@ kubeconform_all() {
     "$KUBECONFORM" -strict -summary -kubernetes-version "$version" \
       -schema-location "$KUBE_SCHEMAS/v$version/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
       -schema-location "$CRD_SCHEMAS/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
-      "$WORK/default.yaml" "$WORK/production.yaml" "$ROOT/deploy/k8s/examples/scyllacluster.yaml" \
+      "$WORK/default.yaml" "$WORK/production.yaml" "$ROOT"/deploy/k8s/examples/*.yaml \
       || die "kubeconform (Kubernetes $version) found invalid objects"
   done
 }
