@@ -91,7 +91,7 @@ install_tools() {
   if [[ ! -f "$KUBE_SCHEMAS/done-${KUBERNETES_VERSIONS[*]// /-}" ]]; then
     local downloads="$TOOLS/downloads"
     log "fetching kubernetes-validate $KUBERNETES_VALIDATE_VERSION (pip download) for its Kubernetes JSON schemas"
-    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: \
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary :all: \
       -d "$downloads" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
       || die "pip download kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed"
     rm -rf "$KUBE_SCHEMAS"
