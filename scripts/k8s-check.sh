@@ -155,14 +155,14 @@ kubeconform_all() {
     "$KUBECONFORM" -strict -summary -kubernetes-version "$version" \
       -schema-location "$KUBE_SCHEMAS/v$version/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
       -schema-location "$CRD_SCHEMAS/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
-      "$WORK/default.yaml" "$WORK/production.yaml" "$ROOT"/deploy/k8s/examples/*.yaml \
+      "$WORK"/*.yaml "$ROOT"/deploy/k8s/examples/*.yaml \
       || die "kubeconform (Kubernetes $version) found invalid objects"
   done
 }
 
 kube_score_all() {
   local file
-  for file in "$WORK/default.yaml" "$WORK/production.yaml"; do
+  for file in "$WORK"/*.yaml; do
     # Exceptions, each a choice the chart makes on purpose:
     # --ignore-container-cpu-limit: CPU limits make the kernel throttle a
     #   process that used its quota, which stalls every socket of a
@@ -208,10 +208,15 @@ main() {
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/collab-k8s-check.XXXXXX")
   trap 'rm -rf "$WORK"' EXIT
 
-  step "helm lint --strict and helm template (default and production values)"
+  step "helm lint --strict and helm template (default and production values, and two variants)"
   check_monitoring_files
   render default
   render production -f "$PRODUCTION_VALUES"
+  # The branches neither file takes: a Secret made by the chart, a fixed
+  # number of gateways behind a LoadBalancer, the connections metric.
+  render trial --set auth.jwtSecret=only-for-trying-it-out \
+    --set gateway.autoscaling.enabled=false --set gateway.service.type=LoadBalancer
+  render connections -f "$PRODUCTION_VALUES" --set gateway.autoscaling.targetConnectionsPerPod=5000
   refuses "a termination grace period shorter than the drain" --set config.drain_grace_secs=60
   refuses "a setting config/collab.toml does not have" --set config.gateway.no_such_setting=1
   refuses "an embedded store" --set store.url=embedded
@@ -223,8 +228,10 @@ main() {
   kube_score_all
 
   step "what the chart must never lose (scripts/lib/k8s_check.py)"
-  "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" rendered "$WORK/default.yaml"
-  "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" rendered "$WORK/production.yaml"
+  local file
+  for file in "$WORK"/*.yaml; do
+    "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" rendered "$file"
+  done
   "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" values-schema "$CHART/values.schema.json" "$ROOT/config/collab.toml"
   "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" dockerfile "$ROOT/Dockerfile" "$ROOT/Cargo.toml" "$CHART/values.yaml"
   server_config

@@ -335,7 +335,7 @@ def rendered(file):
             problems.append(f"PrometheusRule {obj['metadata']['name']} has no groups")
 
     fail(problems, f"the rendered chart ({file})")
-    print(f"  {len(objects)} objects ({', '.join(kinds)}): secure pods, no token, "
+    print(f"  {Path(file).stem}: {len(objects)} objects ({', '.join(kinds)}): secure pods, no token, "
           f"metrics port internal, room nodes' grace {grace} s > drain {drain} s, "
           f"PDBs and NetworkPolicies for both roles")
 
