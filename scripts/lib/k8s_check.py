@@ -365,8 +365,8 @@ def server_config(binary, file):
                                 f"its settings (exit {run.returncode}): {run.stderr.strip()}")
             else:
                 settings = sorted(n for n in env if n.startswith("COLLAB_"))
-                print(f"  {obj['kind']} {obj['metadata']['name']}: {len(settings)} COLLAB_* "
-                      f"settings load")
+                print(f"  {Path(file).stem}: {obj['kind']} {obj['metadata']['name']}: "
+                      f"its {len(settings)} COLLAB_* settings load in the server")
     fail(problems, f"the server's configuration loader ({file})")
 
 
