@@ -302,9 +302,14 @@ def rendered(file):
     for workload in workloads(objects):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         name = f"{workload['kind']} {workload['metadata']['name']}"
-        if not any(o["kind"] == "PodDisruptionBudget" and selects(o["spec"]["selector"], labels)
-                   for o in objects):
+        budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"
+                   and selects(o["spec"]["selector"], labels)]
+        if not budgets:
             problems.append(f"{name}: no PodDisruptionBudget")
+        for budget in budgets:
+            if ("minAvailable" in budget["spec"]) == ("maxUnavailable" in budget["spec"]):
+                problems.append(f"PodDisruptionBudget {budget['metadata']['name']}: needs one of "
+                                f"minAvailable and maxUnavailable (the API server refuses both)")
         policies = [o for o in objects if o["kind"] == "NetworkPolicy"
                     and selects(o["spec"]["podSelector"], labels)]
         if not policies:
