@@ -90,5 +90,10 @@ bash scripts/monitoring-check.sh
 step "tests (cargo test)"
 cargo test --workspace --locked
 
+# The Helm chart, the Kubernetes and CRD schemas, kube-score and the
+# Dockerfile, offline (installs helm, kubeconform and kube-score once).
+step "Kubernetes deployment (scripts/k8s-check.sh)"
+bash scripts/k8s-check.sh
+
 step "browser tests (scripts/web-tests.sh)"
 bash scripts/web-tests.sh
