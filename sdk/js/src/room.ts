@@ -393,7 +393,8 @@ export class Room extends Emitter<RoomEvents> {
     } else {
       this.resyncing = false;
       for (const op of f.ops ?? []) {
-        this.onOp(op);
+        // Replayed ops may come without their `type`: give every op event the same shape.
+        this.onOp(op.type === 'op' ? op : { ...op, type: 'op' });
         // The replay did not fit our state: a new join is on its way, and
         // its `joined` takes over from here.
         if (this.resyncing) return;
