@@ -42,13 +42,18 @@ export interface TokenRequest {
 /** The app's source of tokens (JWTs the collab server accepts). */
 export type TokenProvider = (request: TokenRequest) => string | Promise<string>;
 
-/** The part of the WebSocket interface the client uses (the browser's, or the `ws` package's). */
+/**
+ * The part of the WebSocket interface the client uses (the browser's, or
+ * the `ws` package's). The handlers' events are `any` so that either
+ * implementation's own event types fit; the client reads `data` of a
+ * message and `code`/`reason` of a close.
+ */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
@@ -157,6 +162,8 @@ export class CollabClient extends Emitter<ClientEvents> {
   private watchTimer: ReturnType<typeof setTimeout> | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
   private token: string | null = null;
+  /** My user id: the token's `sub`, then the `welcome`'s. */
+  private user: string | null = null;
   private nextToken: string | null = null;
   private nextReason: TokenReason = 'connect';
   private refusedToken: string | null = null;
@@ -216,6 +223,7 @@ export class CollabClient extends Emitter<ClientEvents> {
         forget: (r) => { if (this.rooms.get(r.id) === r) this.rooms.delete(r.id); },
       });
       this.rooms.set(id, room);
+      if (this.user !== null) room.knowUser(this.user);
       if (this.me && this.isOpen) room.connected(this.me);
     }
     this.connect();
@@ -386,6 +394,11 @@ export class CollabClient extends Emitter<ClientEvents> {
       return;
     }
     this.token = token;
+    const sub = tokenClaims(token)?.sub;
+    if (typeof sub === 'string') {
+      this.user = sub;
+      for (const room of this.rooms.values()) room.knowUser(sub);
+    }
     let ws: WebSocketLike;
     try {
       ws = new this.WS(`${this.wsBase}?token=${encodeURIComponent(token)}`);
@@ -399,9 +412,9 @@ export class CollabClient extends Emitter<ClientEvents> {
     this.lastHeard = this.openedAt;
     this.awaitingPong = false;
     ws.onopen = () => { this.heard(); };
-    ws.onmessage = (event) => this.onMessage(ws, event.data);
+    ws.onmessage = (event: { data: unknown }) => this.onMessage(ws, event.data);
     ws.onerror = () => { /* onclose follows */ };
-    ws.onclose = (event) => {
+    ws.onclose = (event: { code: number; reason?: string }) => {
       if (this.ws !== ws) return; // a socket we already gave up on
       this.ws = null;
       void this.closed(event.code, this.welcomed, token, event.reason || undefined);
@@ -430,6 +443,7 @@ export class CollabClient extends Emitter<ClientEvents> {
         this.refusedToken = null;
         this.nextReason = 'connect';
         this.me = frame.user;
+        this.user = frame.user.id;
         this.setStatus({ state: 'connected' });
         this.scheduleRefresh();
         this.armWatch(this.quietMs);

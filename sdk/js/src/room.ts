@@ -260,17 +260,26 @@ export class Room extends Emitter<RoomEvents> {
 
   // === what the client tells a room ===
 
+  /**
+   * @internal Who I am, as soon as it is known (from the token's `sub`
+   * before any connection succeeds): what earlier runs left in the
+   * outbox's storage is restored at once, so it shows while offline.
+   */
+  knowUser(user: string): void {
+    if (this.status === 'left' || this.attached) return;
+    this.attached = true;
+    this.state.setMe(user);
+    void this.attachOutbox(user);
+  }
+
   /** @internal A (new) connection said welcome: (re-)join, resuming where we were. */
   connected(me: User): void {
     if (this.status === 'left') return;
     this.me = me;
     this.state.setMe(me.id);
+    this.knowUser(me.id);
     this.setStatus('joining');
     this.sendJoin();
-    if (!this.attached) {
-      this.attached = true;
-      void this.attachOutbox(me.id);
-    }
   }
 
   /** @internal The connection is gone: nothing is joined until the next `joined`. */

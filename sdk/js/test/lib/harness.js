@@ -85,11 +85,13 @@ export class Editor {
       for (let i = 0; i < count; i++) {
         if (i % 3 === 2) {
           const stroke = `${this.label}-s${i}`;
+          /** @type {import('../../dist/index.js').Op} */
           const begin = { kind: 'stroke_begin', stroke, color: '#1f6feb', width: 3, points: [[i, 0], [i, 1]] };
           this.track(this.room.op(begin), begin);
           this.track(this.room.addPoints(stroke, [[i, 2], [i, 3]]), { kind: 'stroke_points', stroke });
           this.track(this.room.endStroke(stroke), { kind: 'stroke_end', stroke });
         } else {
+          /** @type {import('../../dist/index.js').Op} */
           const op = { kind: 'message', text: `${this.label}-m${i}` };
           this.track(this.room.op(op), op);
         }

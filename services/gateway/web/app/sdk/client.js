@@ -59,6 +59,8 @@ export class CollabClient extends Emitter {
     watchTimer = null;
     refreshTimer = null;
     token = null;
+    /** My user id: the token's `sub`, then the `welcome`'s. */
+    user = null;
     nextToken = null;
     nextReason = 'connect';
     refusedToken = null;
@@ -120,6 +122,8 @@ export class CollabClient extends Emitter {
                     this.rooms.delete(r.id); },
             });
             this.rooms.set(id, room);
+            if (this.user !== null)
+                room.knowUser(this.user);
             if (this.me && this.isOpen)
                 room.connected(this.me);
         }
@@ -294,6 +298,12 @@ export class CollabClient extends Emitter {
             return;
         }
         this.token = token;
+        const sub = tokenClaims(token)?.sub;
+        if (typeof sub === 'string') {
+            this.user = sub;
+            for (const room of this.rooms.values())
+                room.knowUser(sub);
+        }
         let ws;
         try {
             ws = new this.WS(`${this.wsBase}?token=${encodeURIComponent(token)}`);
@@ -340,6 +350,7 @@ export class CollabClient extends Emitter {
                 this.refusedToken = null;
                 this.nextReason = 'connect';
                 this.me = frame.user;
+                this.user = frame.user.id;
                 this.setStatus({ state: 'connected' });
                 this.scheduleRefresh();
                 this.armWatch(this.quietMs);

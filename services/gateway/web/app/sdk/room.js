@@ -181,18 +181,27 @@ export class Room extends Emitter {
         return this.state.hasOlderMessages;
     }
     // === what the client tells a room ===
+    /**
+     * @internal Who I am, as soon as it is known (from the token's `sub`
+     * before any connection succeeds): what earlier runs left in the
+     * outbox's storage is restored at once, so it shows while offline.
+     */
+    knowUser(user) {
+        if (this.status === 'left' || this.attached)
+            return;
+        this.attached = true;
+        this.state.setMe(user);
+        void this.attachOutbox(user);
+    }
     /** @internal A (new) connection said welcome: (re-)join, resuming where we were. */
     connected(me) {
         if (this.status === 'left')
             return;
         this.me = me;
         this.state.setMe(me.id);
+        this.knowUser(me.id);
         this.setStatus('joining');
         this.sendJoin();
-        if (!this.attached) {
-            this.attached = true;
-            void this.attachOutbox(me.id);
-        }
     }
     /** @internal The connection is gone: nothing is joined until the next `joined`. */
     disconnected() {
@@ -321,7 +330,8 @@ export class Room extends Emitter {
         else {
             this.resyncing = false;
             for (const op of f.ops ?? []) {
-                this.onOp(op);
+                // Replayed ops may come without their `type`: give every op event the same shape.
+                this.onOp(op.type === 'op' ? op : { ...op, type: 'op' });
                 // The replay did not fit our state: a new join is on its way, and
                 // its `joined` takes over from here.
                 if (this.resyncing)
