@@ -41,10 +41,10 @@ cargo build -p collab --bin collab
 export COLLAB_BIN="$CARGO_TARGET_DIR/debug/collab"
 echo "using $COLLAB_BIN"
 
-step "SDK tests (node --test sdk/js/test/)"
+step "SDK tests (node --test sdk/js/test/*.test.js)"
 cd sdk/js
 started=$(date +%s)
 status=0
-node --test --test-concurrency=1 --test-reporter=spec test/ || status=$?
+node --test --test-concurrency=1 --test-reporter=spec test/*.test.js || status=$?
 echo "SDK tests took $(( $(date +%s) - started )) s"
 exit "$status"

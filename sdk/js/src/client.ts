@@ -378,7 +378,7 @@ export class CollabClient extends Emitter<ClientEvents> {
       token = this.nextToken ?? await this.provider({ reason: this.nextReason, previous: this.token });
     } catch (e) {
       if (this.stopped) return;
-      this.emit('error', e instanceof CollabError ? e : new CollabError('unauthorized', `the token provider failed: ${String(e)}`));
+      this.emit('error', providerError(e));
       this.scheduleRetry(undefined, 'no token');
       return;
     }
@@ -604,7 +604,7 @@ export class CollabClient extends Emitter<ClientEvents> {
     try {
       token = await this.provider({ reason: 'refresh', previous: this.token });
     } catch (e) {
-      this.emit('error', new CollabError('unauthorized', `the token provider failed: ${String(e)}`));
+      this.emit('error', providerError(e));
       return;
     }
     if (this.stopped || token === this.token) return;
@@ -649,6 +649,11 @@ export function tokenClaims(token: string): Record<string, unknown> | null {
   } catch {
     return null;
   }
+}
+
+/** What a token provider that threw is reported as: its own typed error, or a network error. */
+function providerError(e: unknown): CollabError {
+  return e instanceof CollabError ? e : new NetworkError(`the token provider failed: ${String(e)}`);
 }
 
 function statusCode(status: number): string {

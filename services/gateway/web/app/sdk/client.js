@@ -280,7 +280,7 @@ export class CollabClient extends Emitter {
         catch (e) {
             if (this.stopped)
                 return;
-            this.emit('error', e instanceof CollabError ? e : new CollabError('unauthorized', `the token provider failed: ${String(e)}`));
+            this.emit('error', providerError(e));
             this.scheduleRetry(undefined, 'no token');
             return;
         }
@@ -526,7 +526,7 @@ export class CollabClient extends Emitter {
             token = await this.provider({ reason: 'refresh', previous: this.token });
         }
         catch (e) {
-            this.emit('error', new CollabError('unauthorized', `the token provider failed: ${String(e)}`));
+            this.emit('error', providerError(e));
             return;
         }
         if (this.stopped || token === this.token)
@@ -574,6 +574,10 @@ export function tokenClaims(token) {
     catch {
         return null;
     }
+}
+/** What a token provider that threw is reported as: its own typed error, or a network error. */
+function providerError(e) {
+    return e instanceof CollabError ? e : new NetworkError(`the token provider failed: ${String(e)}`);
 }
 function statusCode(status) {
     const codes = {
