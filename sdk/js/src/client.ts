@@ -74,7 +74,7 @@ export interface ClientOptions {
   /** Reconnection delays: the first (default 250 ms), doubling up to the last (default 5 s), with jitter. */
   backoff?: { firstMs?: number; maxMs?: number };
   /**
-   * The watchdog: after `quietMs` without a frame (default 5 s) the client
+   * The watchdog: after `quietMs` without a frame (default 4 s) the client
    * pings; if nothing comes within `timeoutMs` more (default 4 s) the
    * connection is dead and replaced. A silent dead link is noticed within
    * their sum.
@@ -190,7 +190,7 @@ export class CollabClient extends Emitter<ClientEvents> {
     this.storage = options.storage ?? new MemoryStorage();
     this.firstDelay = options.backoff?.firstMs ?? 250;
     this.maxDelay = options.backoff?.maxMs ?? 5000;
-    this.quietMs = options.heartbeat?.quietMs ?? 5000;
+    this.quietMs = options.heartbeat?.quietMs ?? 4000;
     this.timeoutMs = options.heartbeat?.timeoutMs ?? 4000;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     this.cursorIntervalMs = 1000 / (options.cursorsPerSecond ?? 20);

@@ -89,7 +89,7 @@ export class CollabClient extends Emitter {
         this.storage = options.storage ?? new MemoryStorage();
         this.firstDelay = options.backoff?.firstMs ?? 250;
         this.maxDelay = options.backoff?.maxMs ?? 5000;
-        this.quietMs = options.heartbeat?.quietMs ?? 5000;
+        this.quietMs = options.heartbeat?.quietMs ?? 4000;
         this.timeoutMs = options.heartbeat?.timeoutMs ?? 4000;
         this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
         this.cursorIntervalMs = 1000 / (options.cursorsPerSecond ?? 20);
