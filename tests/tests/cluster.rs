@@ -935,6 +935,21 @@ async fn join_answer(ws: &mut WsClient, room: &str) -> serde_json::Value {
     }
 }
 
+/// `DELETE /v1/rooms/{room}` as `user` through the `gateway`-th gateway.
+async fn delete(cluster: &mut Cluster, user: &str, room: &str, gateway: usize) -> u16 {
+    let token = cluster.token(user).await.expect("token");
+    let id = cluster.gateway_ids()[gateway].clone();
+    let (status, body) = cluster
+        .delete_room(&id, &token, room)
+        .await
+        .expect("answered");
+    assert!(
+        status == 204 || body["error"]["code"].is_string(),
+        "{status}: {body}"
+    );
+    status
+}
+
 /// What a deleted room must look like from everywhere: no join, no
 /// metadata or history on any gateway, nothing in the store but the
 /// tombstone at `tombstone`.
@@ -946,16 +961,16 @@ async fn assert_gone(cluster: &mut Cluster, room: &str, user: &str, tombstone: u
     ws.recv_type("welcome", DEADLINE).await.expect("welcome");
     let answer = join_answer(&mut ws, room).await;
     assert_eq!(answer["code"], "not_found", "{answer}");
-    for gateway in 0..cluster.gateway_ids().len() {
+    for gateway in cluster.gateway_ids() {
         for path in [
             format!("/v1/rooms/{room}"),
             format!("/v1/rooms/{room}/history"),
         ] {
             let (status, body) = cluster
-                .get_json(user, &path, gateway)
+                .get_json(&gateway, &token, &path)
                 .await
                 .expect("answered");
-            assert_eq!(status, 404, "{path} on gateway {gateway}: {body}");
+            assert_eq!(status, 404, "{path} on {gateway}: {body}");
         }
     }
     let store = cluster.store().await;
@@ -993,26 +1008,19 @@ async fn a_room_is_deleted_through_any_gateway_by_its_owner_node() {
     let (mut bob, _) = join_as(&mut cluster, "bob", 0, &room).await;
     let (mut cat, _) = join_as(&mut cluster, "cat", 1, &room).await;
     for i in 1..=5 {
-        bob.send_json(
-            &json!({"type": "op", "room": room.id, "cid": format!("b{i}"),
-            "op": {"kind": "message", "text": "hi"}}),
-        )
-        .await
-        .expect("op sent");
+        let op = json!({"type": "op", "room": room.id, "cid": format!("b{i}"),
+            "op": {"kind": "message", "text": "hi"}});
+        bob.send_json(&op).await.expect("op sent");
         let ack = bob.recv_type("ack", DEADLINE).await.expect("acked");
         assert_eq!(ack["seq"], i, "{ack}");
     }
-    let (status, _) = cluster
-        .delete_room("bob", &room.id, 1)
-        .await
-        .expect("answered");
-    assert_eq!(status, 403, "bob did not create it");
+    assert_eq!(
+        delete(&mut cluster, "bob", &room.id, 1).await,
+        403,
+        "not bob's"
+    );
     let owner = cluster.owner_of(&room.id);
-    let (status, body) = cluster
-        .delete_room("ann", &room.id, 1)
-        .await
-        .expect("answered");
-    assert_eq!(status, 204, "{body}");
+    assert_eq!(delete(&mut cluster, "ann", &room.id, 1).await, 204);
     for (who, ws) in [("bob", &mut bob), ("cat", &mut cat)] {
         let told = ws
             .recv_until(DEADLINE, |f| f["type"] == "error")
@@ -1032,11 +1040,7 @@ async fn a_room_is_deleted_through_any_gateway_by_its_owner_node() {
         "the owner {owner} deleted it"
     );
     assert_gone(&mut cluster, &room.id, "ann", 6).await;
-    let (status, _) = cluster
-        .delete_room("ann", &room.id, 0)
-        .await
-        .expect("answered");
-    assert_eq!(status, 404, "already deleted");
+    assert_eq!(delete(&mut cluster, "ann", &room.id, 0).await, 404);
 }
 
 /// The owner of a room is SIGKILLed in the middle of deleting it: after
@@ -1057,12 +1061,9 @@ async fn a_deletion_cut_short_by_a_sigkill_is_finished_by_the_next_owner() {
         .expect("room");
     let (mut ann, _) = join_as(&mut cluster, "ann", 0, &room).await;
     for i in 1..=3 {
-        ann.send_json(
-            &json!({"type": "op", "room": room.id, "cid": format!("a{i}"),
-            "op": {"kind": "message", "text": "hi"}}),
-        )
-        .await
-        .expect("op sent");
+        let op = json!({"type": "op", "room": room.id, "cid": format!("a{i}"),
+            "op": {"kind": "message", "text": "hi"}});
+        ann.send_json(&op).await.expect("op sent");
         ann.recv_type("ack", DEADLINE).await.expect("acked");
     }
     let owner = cluster.owner_of(&room.id);
@@ -1112,16 +1113,240 @@ async fn a_deletion_cut_short_by_a_sigkill_is_finished_by_the_next_owner() {
         .await
         .expect("the member is told");
     assert_eq!(told["room"], room.id.as_str(), "{told}");
+    let member = collab_protocol::UserId::parse("member-2999").expect("user");
     assert!(
         store
-            .rooms_of_user(&collab_protocol::UserId::parse("member-2999").expect("user"))
+            .rooms_of_user(&member)
             .await
             .expect("rooms of user")
             .is_empty()
     );
-    let (status, _) = cluster
-        .delete_room("ann", &room.id, 1)
+    assert_eq!(delete(&mut cluster, "ann", &room.id, 1).await, 404);
+}
+
+/// The admin view of the cluster on `gateway`, polled until `check`
+/// accepts it.
+async fn wait_admin_view(
+    cluster: &Cluster,
+    gateway: &str,
+    token: &str,
+    path: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = cluster
+            .get_json(gateway, token, path)
+            .await
+            .expect("answered");
+        if status == 200 && check(&body) {
+            return body;
+        }
+        if status != 200 || body != last {
+            last = body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} on {gateway}: still {status} {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_view_shows_who_serves_each_room_and_what_every_member_holds() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let admin = cluster.admin_token().await.expect("admin token");
+    let rooms = [
+        cluster.create_board("adm-a").await.expect("room"),
+        cluster.create_board("adm-b").await.expect("room"),
+        cluster.create_channel("adm-c").await.expect("room"),
+        cluster.create_board("adm-idle").await.expect("room"),
+    ];
+    let gateways: Vec<String> = cluster
+        .gateways()
+        .list()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(gateways.len(), 2);
+
+    // Without the scope: 403 on every gateway.
+    let plain = cluster.token("ann").await.expect("token");
+    for gateway in &gateways {
+        for path in ["/v1/admin/cluster", "/v1/admin/rooms/adm-a"] {
+            let (status, body) = cluster
+                .get_json(gateway, &plain, path)
+                .await
+                .expect("answered");
+            assert_eq!(status, 403, "{path} on {gateway}: {body}");
+        }
+    }
+
+    // Ann (gateway 0) and Bob (gateway 1) in room a, Cat (gateway 1) in b,
+    // Dan (gateway 0) in c; nobody in the last room.
+    let (mut ann, _) = join_as(&mut cluster, "ann", 0, &rooms[0]).await;
+    let (bob, _) = join_as(&mut cluster, "bob", 1, &rooms[0]).await;
+    let (cat, _) = join_as(&mut cluster, "cat", 1, &rooms[1]).await;
+    let (dan, _) = join_as(&mut cluster, "dan", 0, &rooms[2]).await;
+    send_probe(&mut ann, "adm-a", 1).await;
+    ann.recv_type("op", DEADLINE)
         .await
-        .expect("answered");
-    assert_eq!(status, 404);
+        .expect("the op committed");
+
+    // The cluster view on each gateway: every member, each gateway with
+    // its connections and each room node with the rooms it serves.
+    let room_nodes = cluster.room_node_ids();
+    let live_rooms = ["adm-a", "adm-b", "adm-c"];
+    let expected_rooms = |node: &str| {
+        live_rooms
+            .iter()
+            .filter(|room| cluster.owner_of(room) == node)
+            .count() as u64
+    };
+    let mut expected: Vec<(String, String, Option<u64>, Option<u64>)> = Vec::new();
+    expected.push((gateways[0].clone(), "gateway".into(), None, Some(2)));
+    expected.push((gateways[1].clone(), "gateway".into(), None, Some(2)));
+    for node in &room_nodes {
+        expected.push((
+            node.clone(),
+            "room_node".into(),
+            Some(expected_rooms(node)),
+            None,
+        ));
+    }
+    expected.sort();
+    let entries = |body: &serde_json::Value| {
+        let mut entries: Vec<(String, String, Option<u64>, Option<u64>)> = body["members"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|m| {
+                        (
+                            m["node"].as_str().unwrap_or_default().to_owned(),
+                            m["role"].as_str().unwrap_or_default().to_owned(),
+                            m["rooms"].as_u64(),
+                            m["connections"].as_u64(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        entries.sort();
+        entries
+    };
+    let mut instances = std::collections::HashMap::new();
+    for gateway in &gateways {
+        let view = wait_admin_view(
+            &cluster,
+            gateway,
+            &admin,
+            "/v1/admin/cluster",
+            &format!("the cluster view {expected:?}"),
+            |body| body["mode"] == "cluster" && entries(body) == expected,
+        )
+        .await;
+        for member in view["members"].as_array().expect("members") {
+            if member["role"] == "gateway" {
+                instances.insert(
+                    member["node"].as_str().expect("node").to_owned(),
+                    member["instance"].as_str().expect("instance").to_owned(),
+                );
+            }
+        }
+    }
+
+    // A room's view, from either gateway: its owner is the node placement
+    // gives it, which is the node that wrote its op; its members are the
+    // connected users, each with the gateway it is connected to.
+    let writer = cluster.read_log("adm-a").await[0].writer.node.to_string();
+    assert_eq!(writer, cluster.owner_of("adm-a"));
+    let member =
+        |user: &str, gateway: usize| (user.to_owned(), instances[&gateways[gateway]].clone());
+    let cases = [
+        ("adm-a", vec![member("ann", 0), member("bob", 1)], 1),
+        ("adm-b", vec![member("cat", 1)], 0),
+        ("adm-c", vec![member("dan", 0)], 0),
+    ];
+    for gateway in &gateways {
+        for (room, members, head) in &cases {
+            let (status, body) = cluster
+                .get_json(gateway, &admin, &format!("/v1/admin/rooms/{room}"))
+                .await
+                .expect("answered");
+            assert_eq!(status, 200, "{room} on {gateway}: {body}");
+            assert_eq!(body["live"], true, "{body}");
+            assert_eq!(
+                body["owner"]["node"],
+                cluster.owner_of(room).as_str(),
+                "{body}"
+            );
+            assert!(body["owner"]["term"].is_u64(), "{body}");
+            assert_eq!(body["head"], *head, "{body}");
+            let seen: Vec<(String, String)> = body["members"]
+                .as_array()
+                .expect("members")
+                .iter()
+                .map(|m| {
+                    let conn = m["conn"].as_str().expect("conn");
+                    let gateway = m["gateway"].as_str().expect("gateway").to_owned();
+                    // A connection is named after its gateway's instance.
+                    assert!(conn.starts_with(&format!("{gateway}-")), "{m}");
+                    (m["user"].as_str().expect("user").to_owned(), gateway)
+                })
+                .collect();
+            assert_eq!(&seen, members, "{room} on {gateway}");
+        }
+        let (_, busy) = cluster
+            .get_json(gateway, &admin, "/v1/admin/rooms/adm-a")
+            .await
+            .expect("answered");
+        assert_eq!(busy["last_commit"]["seq"], 1, "{busy}");
+        // Nobody used the last room: not live anywhere, and asking does
+        // not load it; the node that would is named.
+        let (_, idle) = cluster
+            .get_json(gateway, &admin, "/v1/admin/rooms/adm-idle")
+            .await
+            .expect("answered");
+        assert_eq!(idle["live"], false, "{idle}");
+        assert_eq!(
+            idle["owner"],
+            serde_json::json!({"node": cluster.owner_of("adm-idle"), "term": null})
+        );
+        assert_eq!(idle["members"], serde_json::json!([]));
+    }
+    assert_eq!(rooms[3].id, "adm-idle");
+
+    // Clients leave: the figures follow.
+    for ws in [bob, cat, dan] {
+        ws.close().await.expect("closed");
+    }
+    let mut expected: Vec<(String, String, Option<u64>, Option<u64>)> = expected
+        .into_iter()
+        .map(|(node, role, rooms, connections)| {
+            let connections = connections.map(|_| if node == gateways[0] { 1 } else { 0 });
+            (node, role, rooms, connections)
+        })
+        .collect();
+    expected.sort();
+    wait_admin_view(
+        &cluster,
+        &gateways[1],
+        &admin,
+        "/v1/admin/cluster",
+        &format!("the cluster view after three left {expected:?}"),
+        |body| entries(body) == expected,
+    )
+    .await;
+    wait_admin_view(
+        &cluster,
+        &gateways[0],
+        &admin,
+        "/v1/admin/rooms/adm-a",
+        "bob gone from room a",
+        |body| body["members"].as_array().is_some_and(|m| m.len() == 1),
+    )
+    .await;
 }

@@ -96,6 +96,7 @@ fn token(auth: &Auth, user: &str) -> String {
         exp: collab_gateway::now_secs() + 600,
         name: None,
         rooms: None,
+        scope: None,
     })
     .expect("token")
 }

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
+use collab_protocol::envelope::{ConnRef, RoomEvent, RoomInspection, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
+use collab_protocol::http::{LastCommit, RoomMember};
 use collab_protocol::{
     Cid, ConnId, ErrorCode, NodeId, OpEvent, ProtocolError, RoomId, Seq, UserId,
 };
@@ -799,6 +800,16 @@ impl RoomActorState {
             }
             Phase::Live(live) => live,
         };
+        if let RoomRequest::Inspect { .. } = request {
+            // Before the activity stamp: an operator watching a room does
+            // not keep it from going idle.
+            let waiting = self.backlog.load(Ordering::Relaxed);
+            answer(
+                reply,
+                RoomReply::Inspected(live.inspection(&self.ctx, waiting)),
+            );
+            return;
+        }
         live.last_activity = Instant::now();
         if live.drain.is_some() {
             answer(reply, unavailable("the room is moving; retry"));
@@ -873,6 +884,8 @@ impl RoomActorState {
             RoomRequest::Fetch { after, limit, .. } => {
                 live.fetch(&self.ctx, after, limit as usize, reply);
             }
+            // Answered above, before the activity stamp.
+            RoomRequest::Inspect { .. } => {}
         }
     }
 
@@ -1136,6 +1149,35 @@ fn fail_all(mut live: Live, in_flight: InFlight, reason: &str) {
 // === impl Live: joins, leaves, fetches ===
 
 impl Live {
+    /// The room as an operator sees it; `waiting` requests are in the
+    /// mailbox behind this one.
+    fn inspection(&self, ctx: &RoomContext, waiting: usize) -> RoomInspection {
+        let mut members: Vec<RoomMember> = self
+            .state
+            .presence()
+            .connections()
+            .map(|(conn, user)| RoomMember {
+                user: user.id.clone(),
+                name: user.name.clone(),
+                conn: conn.conn.clone(),
+                gateway: conn.gateway.clone(),
+            })
+            .collect();
+        members.sort();
+        RoomInspection {
+            node: Some(ctx.config.node.clone()),
+            live: true,
+            term: Some(self.term),
+            head: Some(self.committed),
+            members,
+            mailbox_depth: waiting as u64,
+            last_commit: self.tail.back().map(|op| LastCommit {
+                seq: op.seq,
+                at: op.ts,
+            }),
+        }
+    }
+
     /// Re-adds a connection the room forgot (see `RoomRequest::Attach`).
     fn attach(
         &mut self,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use collab_protocol::envelope::{RoomReply, RoomRequest};
+use collab_protocol::envelope::{RoomInspection, RoomReply, RoomRequest};
 use collab_protocol::{ErrorCode, RoomId};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{info, warn};
@@ -285,6 +285,13 @@ impl SupervisorState {
         // handed off as soon as the placement changes), so an op to a
         // live room costs no hashing.
         let elsewhere = || self.draining || self.owns.as_ref().is_some_and(|owns| !owns(&room));
+        if matches!(request, RoomRequest::Inspect { .. }) && !self.rooms.contains_key(&room) {
+            // Looking at a room never loads it: it is not live, and this
+            // node would load it on its next request if it owns it.
+            let node = (!elsewhere()).then(|| self.ctx.config.node.clone());
+            let _ = reply.send(RoomReply::Inspected(RoomInspection::not_live(node)));
+            return;
+        }
         if !self.rooms.contains_key(&room) && elsewhere() {
             let _ = reply.send(RoomReply::Error {
                 code: ErrorCode::Unavailable,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
+use collab_protocol::envelope::{ConnRef, RoomEvent, RoomInspection, RoomReply, RoomRequest};
 use collab_protocol::frames::PresenceEvent;
 use collab_protocol::{
     Access, Cid, ConnId, Epoch, ErrorCode, NodeId, Op, OpEvent, RoomId, RoomKind, Seq, StrokeId,
@@ -1245,4 +1245,108 @@ async fn expiry_deletes_only_unused_rooms_with_a_time_to_live() {
         error_code(&node.ask(delete("busy")).await),
         ErrorCode::NotFound
     );
+}
+
+async fn inspect(node: &Node, room: &str) -> RoomInspection {
+    let request = RoomRequest::Inspect {
+        room: room_id(room),
+    };
+    match node.ask(request).await {
+        RoomReply::Inspected(inspection) => inspection,
+        other => panic!("expected an inspection, got {other:?}"),
+    }
+}
+
+async fn active_rooms(node: &Node) -> Option<usize> {
+    node.supervisor
+        .call(SupervisorMsg::ActiveRooms, Some(Duration::from_secs(5)))
+        .await
+        .ok()
+        .and_then(|r| match r {
+            ractor::rpc::CallResult::Success(n) => Some(n),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn inspecting_never_loads_a_room_and_a_live_room_tells_its_owner_and_members() {
+    let node = node().await;
+    let n1 = NodeId::parse("n1").expect("id");
+    // Not live: only who would serve it.
+    let cold = inspect(&node, ROOM).await;
+    assert_eq!(cold, RoomInspection::not_live(Some(n1.clone())));
+    assert_eq!(active_rooms(&node).await, Some(0), "inspecting loaded it");
+
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    assert!(matches!(
+        node.join("bob", "bob-tab", None).await,
+        RoomReply::Joined(_)
+    ));
+    let live = inspect(&node, ROOM).await;
+    assert!(live.live);
+    assert_eq!(live.node, Some(n1));
+    assert_eq!(live.head, Some(Seq(1)));
+    assert_eq!(
+        live.term,
+        node.sink.terms().last().copied(),
+        "the term it publishes with"
+    );
+    let members: Vec<(String, String, String)> = live
+        .members
+        .iter()
+        .map(|m| (m.user.to_string(), m.conn.to_string(), m.gateway.clone()))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("ann".into(), "ann".into(), "g1".into()),
+            ("bob".into(), "bob-tab".into(), "g1".into())
+        ]
+    );
+    assert_eq!(live.members[0].name, "ann");
+    let op = node.sink.ops().pop().expect("the op was broadcast");
+    assert_eq!(
+        live.last_commit,
+        Some(collab_protocol::http::LastCommit {
+            seq: Seq(1),
+            at: op.ts
+        })
+    );
+    assert_eq!(live.mailbox_depth, 0);
+
+    // A room this node no longer owns: not live here, and not its own.
+    node.create("room2", RoomKind::Board, None).await;
+    let owns: Ownership = Arc::new(|room: &RoomId| room.as_str() != "room2");
+    node.supervisor
+        .send_message(SupervisorMsg::Placement(owns))
+        .unwrap_or_else(|_| panic!("supervisor is gone"));
+    assert_eq!(
+        inspect(&node, "room2").await,
+        RoomInspection::not_live(None)
+    );
+}
+
+#[tokio::test]
+async fn an_operator_watching_a_room_does_not_keep_it_from_going_idle() {
+    let store = Arc::new(GatedStore::new());
+    let mut cfg = config();
+    cfg.idle_after = Duration::from_millis(100);
+    let node = node_with(store, cfg).await;
+    node.create(ROOM, RoomKind::Board, None).await;
+    node.op("ann", "c1", message("hello")).await;
+    node.ask(RoomRequest::Leave {
+        room: room_id(ROOM),
+        conn: conn("ann"),
+    })
+    .await;
+    // Inspected far more often than its idle time, it still stops.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while active_rooms(&node).await != Some(0) {
+        assert!(tokio::time::Instant::now() < deadline, "room never stopped");
+        inspect(&node, ROOM).await;
+        tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
+    }
+    let after = inspect(&node, ROOM).await;
+    assert!(!after.live);
+    assert_eq!(active_rooms(&node).await, Some(0));
 }

@@ -75,6 +75,11 @@ impl Presence {
         self.users.values().map(|(info, _)| info.clone()).collect()
     }
 
+    /// Every connection with its user, in no particular order.
+    pub fn connections(&self) -> impl Iterator<Item = (&ConnRef, &UserInfo)> {
+        self.conns.iter()
+    }
+
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }

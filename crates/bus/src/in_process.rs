@@ -17,7 +17,9 @@ use collab_protocol::RoomId;
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
 use tokio::sync::mpsc;
 
-use crate::{Bus, BusError, Delivery, EventStream, ReplyFuture, RequestHandler, Subscription};
+use crate::{
+    Bus, BusError, Delivery, EventStream, Load, ReplyFuture, RequestHandler, Subscription,
+};
 
 /// Events a room subscriber may fall behind by before it lags.
 pub const DEFAULT_ROOM_CAPACITY: usize = 4096;
@@ -26,6 +28,7 @@ pub struct InProcessBus {
     handler: RwLock<Option<Arc<dyn RequestHandler>>>,
     rooms: Mutex<HashMap<RoomId, Vec<Subscriber>>>,
     capacity: usize,
+    load: Load,
 }
 
 /// The publishing side of one subscription.
@@ -75,6 +78,7 @@ impl InProcessBus {
             handler: RwLock::new(None),
             rooms: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            load: Load::default(),
         }
     }
 
@@ -155,6 +159,10 @@ impl Bus for InProcessBus {
 
     fn is_ready(&self) -> bool {
         true
+    }
+
+    fn load(&self) -> Option<&Load> {
+        Some(&self.load)
     }
 }
 

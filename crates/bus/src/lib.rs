@@ -14,9 +14,12 @@
 //! carries the same traffic between the processes of a cluster, routing
 //! each request to its room's owner by [`placement`] over the live room
 //! nodes of the [`membership`] registry. Its subjects, headers and payloads
-//! are defined in `collab_protocol::subjects`.
+//! are defined in `collab_protocol::subjects`. Each process also counts
+//! what it holds ([`Load`]) for the operators' cluster view; a cluster
+//! member announces the figures in its membership record.
 
 mod in_process;
+mod load;
 pub mod membership;
 pub mod metrics;
 mod nats;
@@ -35,6 +38,7 @@ use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
 use tokio::sync::watch;
 
 pub use in_process::InProcessBus;
+pub use load::{Count, Figure, Load};
 pub use membership::Members;
 pub use metrics::BusMetrics;
 pub use nats::{NatsBus, NatsBusConfig, NatsBusError};
@@ -133,6 +137,13 @@ pub trait Bus: Send + Sync + 'static {
     /// room moved or that a gateway died. `None` for a single-process bus,
     /// whose one node owns every room.
     fn members(&self) -> Option<watch::Receiver<Members>> {
+        None
+    }
+
+    /// Where this process's room node and gateway say how to count what
+    /// they hold (rooms live, connections open), and where the cluster
+    /// view reads it. `None` for a bus that reports no load.
+    fn load(&self) -> Option<&Load> {
         None
     }
 

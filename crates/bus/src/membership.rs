@@ -24,9 +24,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
+use crate::load::Load;
 use crate::{BusMetrics, placement};
 
 /// The live members of the cluster as one process sees them.
+///
+/// The watch channel that carries it (`Bus::members`) wakes its receivers
+/// when a member comes, goes or changes role, not when only its load
+/// figures change; the value it holds is always the latest, figures
+/// included.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Members {
     members: BTreeMap<NodeId, MemberRecord>,
@@ -63,6 +69,22 @@ impl Members {
                     record.instance.as_str()
                 }
             })
+    }
+
+    /// Every live member with its record, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &MemberRecord)> {
+        self.members.iter()
+    }
+
+    /// Whether `other` has the same members with the same records, load
+    /// figures aside ([`MemberRecord::same_member`]).
+    pub fn same_members(&self, other: &Members) -> bool {
+        self.members.len() == other.members.len()
+            && self
+                .members
+                .iter()
+                .zip(&other.members)
+                .all(|((a, ra), (b, rb))| a == b && ra.same_member(rb))
     }
 
     pub fn get(&self, node: &NodeId) -> Option<&MemberRecord> {
@@ -154,11 +176,12 @@ pub(crate) async fn bucket(
 
 /// Puts this node's record with its TTL until `roles` is dropped. Only
 /// members with a role announce themselves; a change of roles is announced
-/// at once.
+/// at once. Each record carries the figures `load` counts for its roles.
 pub(crate) async fn heartbeat(
     js: jetstream::Context,
     config: RegistryConfig,
     mut roles: watch::Receiver<Roles>,
+    load: std::sync::Arc<Load>,
 ) {
     let subject = format!("$KV.{}.{}", config.bucket, config.node);
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
@@ -189,6 +212,11 @@ pub(crate) async fn heartbeat(
             ttl_ms: u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX),
             wire: WIRE_VERSION,
             instance: config.instance.clone(),
+            rooms: load.rooms().filter(|_| current.room_node).map(|f| f.value),
+            connections: load
+                .connections()
+                .filter(|_| current.gateway)
+                .map(|f| f.value),
         };
         let Ok(payload) = subjects::encode(&record) else {
             continue;
@@ -318,14 +346,18 @@ pub(crate) async fn watch_members(
         let live = Members::from_records(seen.iter().map(|(n, s)| (n.clone(), s.record.clone())));
         members.send_if_modified(|current| {
             if *current == live {
-                false
-            } else {
+                return false;
+            }
+            // New load figures are kept, but wake nobody: receivers act on
+            // members coming and going, which figures do not change.
+            let changed = !current.same_members(&live);
+            if changed {
                 debug!(node = %config.node, members = live.len(), "membership changed");
                 metrics.membership_changes.inc();
                 metrics.record_members(&live);
-                *current = live;
-                true
             }
+            *current = live;
+            changed
         });
     }
 }
@@ -363,6 +395,8 @@ mod tests {
             ttl_ms: 1000,
             wire: WIRE_VERSION,
             instance: String::new(),
+            rooms: None,
+            connections: None,
         }
     }
 
@@ -382,6 +416,42 @@ mod tests {
         let owner = members.owner(&room).expect("an owner");
         assert!(members.get(owner).is_some_and(|r| r.room_node));
         assert_eq!(Members::default().owner(&room), None);
+    }
+
+    #[test]
+    fn load_figures_alone_are_not_a_membership_change() {
+        let before = Members::from_records([
+            (node("g1"), record(false, true)),
+            (node("r1"), record(true, false)),
+        ]);
+        let busier = Members::from_records([
+            (
+                node("g1"),
+                MemberRecord {
+                    connections: Some(40),
+                    ..record(false, true)
+                },
+            ),
+            (
+                node("r1"),
+                MemberRecord {
+                    rooms: Some(3),
+                    ..record(true, false)
+                },
+            ),
+        ]);
+        assert!(before.same_members(&busier));
+        assert_ne!(before, busier);
+        let (node_id, r1) = busier.iter().nth(1).expect("two members");
+        assert_eq!((node_id.as_str(), r1.rooms), ("r1", Some(3)));
+        let more = Members::from_records([
+            (node("g1"), record(false, true)),
+            (node("r1"), record(true, false)),
+            (node("r2"), record(true, false)),
+        ]);
+        assert!(!before.same_members(&more));
+        let fewer = Members::from_records([(node("r1"), record(true, false))]);
+        assert!(!before.same_members(&fewer));
     }
 
     #[test]

@@ -126,6 +126,8 @@ mod tests {
             ttl_ms: 1000,
             wire: WIRE_VERSION,
             instance: String::new(),
+            rooms: None,
+            connections: None,
         };
         let node = |id: &str| NodeId::parse(id).expect("id");
         metrics.record_members(&Members::from_records([

@@ -37,7 +37,8 @@ use tracing::{debug, info, warn};
 
 use crate::membership::{self, Members, RegistryConfig, Roles};
 use crate::{
-    Bus, BusError, BusMetrics, Delivery, EventStream, ReplyFuture, RequestHandler, Subscription,
+    Bus, BusError, BusMetrics, Delivery, EventStream, Load, ReplyFuture, RequestHandler,
+    Subscription,
 };
 
 /// How a [`NatsBus`] connects and announces itself.
@@ -138,6 +139,8 @@ pub struct NatsBus {
     members: watch::Receiver<Members>,
     lag: Arc<watch::Sender<u64>>,
     roles: watch::Sender<Roles>,
+    /// Read by the heartbeat: the figures this member announces.
+    load: Arc<Load>,
     tasks: Mutex<Tasks>,
 }
 
@@ -271,10 +274,12 @@ impl NatsBus {
             room_node: false,
             gateway: config.gateway,
         });
+        let load = Arc::new(Load::default());
         tasks.heartbeat = Some(tokio::spawn(membership::heartbeat(
             js.clone(),
             registry.clone(),
             roles_rx,
+            load.clone(),
         )));
 
         Ok(NatsBus {
@@ -289,6 +294,7 @@ impl NatsBus {
             members,
             lag,
             roles,
+            load,
             tasks: Mutex::new(tasks),
         })
     }
@@ -494,6 +500,10 @@ impl Bus for NatsBus {
 
     fn members(&self) -> Option<watch::Receiver<Members>> {
         Some(self.members.clone())
+    }
+
+    fn load(&self) -> Option<&Load> {
+        Some(&self.load)
     }
 
     async fn leave(&self) {

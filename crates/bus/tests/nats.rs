@@ -218,6 +218,8 @@ async fn a_request_to_an_owner_that_does_not_listen_has_no_owner() {
         ttl_ms: 60_000,
         wire: WIRE_VERSION,
         instance: String::new(),
+        rooms: None,
+        connections: None,
     };
     kv.put("ghost", serde_json::to_vec(&record).expect("json").into())
         .await
@@ -610,6 +612,8 @@ async fn the_server_expires_a_record_and_every_watcher_hears_of_it() {
         ttl_ms: 3_600_000,
         wire: WIRE_VERSION,
         instance: String::new(),
+        rooms: None,
+        connections: None,
     };
     let client = async_nats::connect(server.url()).await.expect("connects");
     let js = async_nats::jetstream::new(client);
@@ -680,4 +684,93 @@ async fn independent_buses_agree_on_every_owner() {
         owners.insert(owner);
     }
     assert_eq!(owners.len(), 3, "60 rooms land on every node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_carry_each_roles_load_without_waking_watchers() {
+    let server = NatsServer::start();
+    let observer = bus(&server, "observer").await;
+    let mut gateway_config = config(&server, "gw-1");
+    gateway_config.gateway = true;
+    let gateway = NatsBus::connect(gateway_config).await.expect("connects");
+    let room_node = bus(&server, "rn-1").await;
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(4));
+    let counted = connections.clone();
+    fn load(b: &NatsBus) -> &collab_bus::Load {
+        b.load().expect("a cluster bus reports load")
+    }
+    load(&gateway).count_connections("gw-1", move || {
+        counted.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    // Counted by a gateway-only process, a room figure is not announced.
+    load(&gateway).count_rooms("gw-1", || 99);
+    load(&room_node).count_rooms("rn-1", || 2);
+    room_node.serve(Recorder::new(0)).await.expect("serves");
+
+    let figures = |m: &Members| {
+        let of = |id: &str| m.get(&node(id)).map(|r| (r.rooms, r.connections));
+        (of("gw-1"), of("rn-1"))
+    };
+    until_members(&observer, "both members with their figures", |m| {
+        figures(m) == (Some((None, Some(4))), Some((Some(2), None)))
+    })
+    .await;
+
+    // A new figure is announced with the next heartbeat and is there to
+    // read, but wakes nobody: nothing moved.
+    let mut watching = observer.members().expect("members");
+    watching.borrow_and_update();
+    connections.store(9, std::sync::atomic::Ordering::Relaxed);
+    eventually("the new connection count", || {
+        figures(&observer.members().expect("members").borrow()).0 == Some((None, Some(9)))
+    })
+    .await;
+    assert!(
+        !watching.has_changed().expect("the bus is alive"),
+        "a load figure alone must not look like a membership change"
+    );
+    drop(room_node);
+    until_members(&observer, "the room node leaves", |m| {
+        !m.contains(&node("rn-1"))
+    })
+    .await;
+    assert!(watching.has_changed().expect("the bus is alive"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_an_unknown_type_is_answered_bad_request_and_serving_goes_on() {
+    // What a room node of an older version does with a request type added
+    // after it (such as `inspect` was): it answers, and does not crash.
+    let server = NatsServer::start();
+    let room_node = bus(&server, "rn-1").await;
+    room_node.serve(Recorder::new(5)).await.expect("serves");
+    let gateway = bus(&server, "gw-1").await;
+    // Announced after its subscription, on the same connection: once the
+    // record is seen, the server routes requests to it.
+    until_members(&gateway, "the room node is seen", |m| {
+        room_nodes(m) == ["rn-1"]
+    })
+    .await;
+    let subject = Subjects::default().node(&node("rn-1")).expect("subject");
+    let client = async_nats::connect(server.url()).await.expect("connects");
+    let reply = tokio::time::timeout(
+        DEADLINE,
+        client.request(
+            subject,
+            br#"{"type":"from_the_future","room":"r"}"#.to_vec().into(),
+        ),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answered");
+    match collab_protocol::subjects::decode::<RoomReply>(&reply.payload).expect("a reply") {
+        RoomReply::Error { code, .. } => {
+            assert_eq!(code, collab_protocol::ErrorCode::BadRequest);
+        }
+        other => panic!("expected bad_request, got {other:?}"),
+    }
+    assert_eq!(
+        gateway.request(fetch("r", 1), DEADLINE).await,
+        Ok(RoomReply::Ack { seq: Seq(6) })
+    );
 }

@@ -16,6 +16,28 @@ pub enum Access {
     Write,
 }
 
+/// A scope a token can carry in its `scope` claim, beyond rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The operators' inspection endpoints (`/v1/admin/*`).
+    Admin,
+}
+
+impl Scope {
+    /// The scope as it appears in the claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The claims collab reads from a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -28,6 +50,10 @@ pub struct Claims {
     /// Room id (or `"*"`) → access. Absent: write access everywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<HashMap<String, Access>>,
+    /// Space-separated scopes, OAuth style (`"admin"`). Scopes this server
+    /// does not know are ignored, so one token can serve several services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl Claims {
@@ -38,6 +64,13 @@ impl Claims {
             None => Some(Access::Write),
             Some(rooms) => rooms.get(room.as_str()).or_else(|| rooms.get("*")).copied(),
         }
+    }
+
+    /// Whether the `scope` claim lists `scope`.
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scope
+            .as_deref()
+            .is_some_and(|scopes| scopes.split_ascii_whitespace().any(|s| s == scope.as_str()))
     }
 
     /// Creating rooms needs write access to `"*"`, or no `rooms` claim.
@@ -59,6 +92,7 @@ mod tests {
             exp: 1,
             name: None,
             rooms: rooms.map(|r| r.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
+            scope: None,
         }
     }
 
@@ -101,5 +135,32 @@ mod tests {
         assert_eq!(c.access(&room("x")), Some(Access::Write));
         assert!(serde_json::from_str::<Claims>(r#"{"sub":"ann"}"#).is_err());
         assert!(serde_json::from_str::<Claims>(r#"{"exp":5}"#).is_err());
+    }
+
+    #[test]
+    fn scopes_are_a_space_separated_list() {
+        let with = |scope: Option<&str>| Claims {
+            scope: scope.map(str::to_owned),
+            ..claims(None)
+        };
+        assert!(!with(None).has_scope(Scope::Admin));
+        assert!(with(Some("admin")).has_scope(Scope::Admin));
+        assert!(with(Some("read:all  admin service")).has_scope(Scope::Admin));
+        assert!(with(Some(" service\tadmin ")).has_scope(Scope::Admin));
+        // Whole words only, and case matters, as in OAuth.
+        for no in ["", "administrator", "Admin", "admin:rooms", "service"] {
+            assert!(!with(Some(no)).has_scope(Scope::Admin), "{no:?}");
+        }
+        let decoded: Claims =
+            serde_json::from_str(r#"{"sub":"op","exp":9,"scope":"billing admin"}"#)
+                .expect("claims decode");
+        assert!(decoded.has_scope(Scope::Admin));
+        // OAuth's scope is one string; a list is not a valid claim.
+        assert!(
+            serde_json::from_str::<Claims>(r#"{"sub":"op","exp":9,"scope":["admin"]}"#).is_err()
+        );
+        // An absent scope stays absent on the wire.
+        let encoded = serde_json::to_string(&claims(None)).expect("encodes");
+        assert!(!encoded.contains("scope"), "{encoded}");
     }
 }

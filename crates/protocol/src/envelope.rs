@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::claims::Access;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::frames::{JoinedBody, OpEvent, PresenceEvent, UserInfo};
-use crate::ids::{Cid, ConnId, Epoch, RoomId, Seq, UserId};
+use crate::http::{LastCommit, RoomMember};
+use crate::ids::{Cid, ConnId, Epoch, NodeId, RoomId, Seq, UserId};
 use crate::ops::Op;
 
 /// A client connection, named by its gateway and its id there.
@@ -75,6 +76,11 @@ pub enum RoomRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<Epoch>,
     },
+    /// What the owner knows of the room, for an operator; answered
+    /// `Inspected`. It never loads a room that is not live. A node that
+    /// does not know this request (an older version) answers it with a
+    /// `bad_request` error, as any undecodable request.
+    Inspect { room: RoomId },
 }
 
 impl RoomRequest {
@@ -85,7 +91,8 @@ impl RoomRequest {
             | RoomRequest::Attach { room, .. }
             | RoomRequest::Op { room, .. }
             | RoomRequest::Fetch { room, .. }
-            | RoomRequest::Delete { room, .. } => room,
+            | RoomRequest::Delete { room, .. }
+            | RoomRequest::Inspect { room } => room,
         }
     }
 }
@@ -102,6 +109,7 @@ pub enum RoomReply {
         ops: Vec<OpEvent>,
     },
     Done,
+    Inspected(RoomInspection),
     /// The op's connection is not in the room's presence: the room
     /// restarted or moved since it joined. The gateway re-attaches it
     /// (`Attach`) and the client retries with the same `cid`.
@@ -110,6 +118,48 @@ pub enum RoomReply {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// The owner's view of a room (the answer to `Inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInspection {
+    /// The answering node; `None` when it does not own the room (it is
+    /// moving, or the node is going away).
+    pub node: Option<NodeId>,
+    /// The room is loaded by an actor on the answering node. Everything
+    /// below is only known then.
+    pub live: bool,
+    /// The actor's ownership term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// The last committed seq.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Seq>,
+    /// Every connection in the room's presence, sorted.
+    #[serde(default)]
+    pub members: Vec<RoomMember>,
+    /// Requests routed to the room and not yet taken in.
+    #[serde(default)]
+    pub mailbox_depth: u64,
+    /// The newest op the actor committed or holds in its tail; `None`
+    /// right after a load (the log has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit: Option<LastCommit>,
+}
+
+impl RoomInspection {
+    /// The answer for a room that is not live on `node`.
+    pub fn not_live(node: Option<NodeId>) -> Self {
+        RoomInspection {
+            node,
+            live: false,
+            term: None,
+            head: None,
+            members: Vec::new(),
+            mailbox_depth: 0,
+            last_commit: None,
+        }
+    }
 }
 
 impl From<ProtocolError> for RoomReply {

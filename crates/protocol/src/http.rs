@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::frames::OpEvent;
-use crate::ids::{Epoch, RoomId, Seq};
+use crate::ids::{ConnId, Epoch, NodeId, RoomId, Seq, UserId};
 use crate::ops::RoomKind;
 
 /// `POST /v1/rooms`.
@@ -74,11 +74,96 @@ pub struct DevTokenRequest {
     pub user: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The token's `scope` claim (`"admin"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevTokenResponse {
     pub token: String,
+}
+
+/// `GET /v1/admin/rooms/{id}`: a room as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRoom {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub name: String,
+    pub epoch: Epoch,
+    pub head: Seq,
+    /// Loaded by a room actor now.
+    pub live: bool,
+    /// The node serving the room (or, when it is not live, the node that
+    /// would load it on its next request); `None` when no node owns it.
+    pub owner: Option<RoomOwner>,
+    /// Every connection in the room.
+    pub members: Vec<RoomMember>,
+    /// Requests waiting in the room's mailbox.
+    pub mailbox_depth: u64,
+    /// The room's newest op.
+    pub last_commit: Option<LastCommit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomOwner {
+    pub node: NodeId,
+    /// The owning actor's term; `None` while the room is not live.
+    pub term: Option<u64>,
+}
+
+/// One connection in a room, and the gateway that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RoomMember {
+    pub user: UserId,
+    pub name: String,
+    pub conn: ConnId,
+    pub gateway: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCommit {
+    pub seq: Seq,
+    /// When it was committed: its `ts`, milliseconds since the Unix epoch.
+    pub at: i64,
+}
+
+/// `GET /v1/admin/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCluster {
+    pub mode: ClusterMode,
+    /// One entry per member and role, by node id.
+    pub members: Vec<ClusterMember>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// `collab serve`: one process, one node.
+    Serve,
+    /// Gateways and room nodes over NATS.
+    Cluster,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub node: NodeId,
+    pub role: MemberRole,
+    /// This run of the member.
+    pub instance: String,
+    /// Rooms live on a room node; `None` for a gateway, or a member that
+    /// does not report it.
+    pub rooms: Option<u64>,
+    /// Open WebSocket connections of a gateway; `None` for a room node, or
+    /// a member that does not report it.
+    pub connections: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Gateway,
+    RoomNode,
 }
 
 /// Every HTTP error: `{"error": {"code", "message"}}`.

@@ -20,7 +20,7 @@ pub mod ops;
 pub mod subjects;
 pub mod validate;
 
-pub use claims::{Access, Claims};
+pub use claims::{Access, Claims, Scope};
 pub use error::{ErrorCode, ProtocolError};
 pub use frames::{ClientFrame, JoinedBody, OpEvent, PresenceEvent, ServerFrame, UserInfo};
 pub use ids::{Cid, ConnId, Epoch, NodeId, RoomId, Seq, StrokeId, UserId};

@@ -3,7 +3,7 @@
 //!
 //! | what | where | how | payload | headers |
 //! |---|---|---|---|---|
-//! | join, leave, op, fetch for a room | `{prefix}.node.{node}`, the subject of the room's owner | request/reply; the reply goes to the requester's inbox | [`RoomRequest`] → [`RoomReply`] | — |
+//! | join, leave, op, fetch, inspect for a room | `{prefix}.node.{node}`, the subject of the room's owner | request/reply; the reply goes to the requester's inbox | [`RoomRequest`] → [`RoomReply`] | — |
 //! | the owner's room events (ops, presence) | `{prefix}.room.{room}` | publish; subscribed only by gateways with members in the room, unsubscribed when the last one leaves | [`RoomEvent`] | [`header::NODE`], [`header::TERM`] |
 //! | cursors | `{prefix}.room.{room}` | fire-and-forget publish by the sender's gateway | [`RoomEvent::Cursor`], [`RoomEvent::CursorLeave`] | — |
 //! | membership | JetStream KV bucket `{prefix}_members` (dots → `_`), key `{node}` | a put every heartbeat interval with a per-key TTL (`Nats-TTL`); everyone watches the bucket | [`MemberRecord`] | `Nats-TTL` |
@@ -16,8 +16,10 @@
 //! which only a self-describing format can decode, and an op event is
 //! turned into a JSON frame for the clients anyway; JSON also keeps the
 //! traffic readable with a plain NATS subscriber. Fields are only ever
-//! added (old readers ignore them); anything else bumps [`WIRE_VERSION`],
-//! which every member announces in its [`MemberRecord`].
+//! added (old readers ignore them), and so are request types (a member
+//! that does not know one answers it with a `bad_request` error); anything
+//! else bumps [`WIRE_VERSION`], which every member announces in its
+//! [`MemberRecord`].
 //!
 //! **Terms.** An owner stamps its room events with its node id and its
 //! ownership term for the room. A new owner of a room always has a higher
@@ -157,6 +159,26 @@ pub struct MemberRecord {
     /// exactly its connections.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// A room node's live rooms when it sent this record, for the
+    /// operators' cluster view (absent from members that do not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<u64>,
+    /// A gateway's open client connections when it sent this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+}
+
+impl MemberRecord {
+    /// Whether `other` announces the same member: the same roles, TTL,
+    /// wire version and instance. The load figures are left out: they
+    /// change with every heartbeat and move no room.
+    pub fn same_member(&self, other: &MemberRecord) -> bool {
+        self.room_node == other.room_node
+            && self.gateway == other.gateway
+            && self.ttl_ms == other.ttl_ms
+            && self.wire == other.wire
+            && self.instance == other.instance
+    }
 }
 
 /// Encodes an envelope (or member record) as its payload.
@@ -177,7 +199,8 @@ pub fn parse_term(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
+    use crate::envelope::{ConnRef, RoomEvent, RoomInspection, RoomReply, RoomRequest};
+    use crate::http::{LastCommit, RoomMember};
     use crate::ids::{ConnId, Seq, UserId};
 
     fn node(s: &str) -> NodeId {
@@ -262,6 +285,93 @@ mod tests {
             decode(br#"{"room_node":true,"gateway":false,"ttl_ms":3000,"wire":1,"zone":"b"}"#)
                 .expect("decodes");
         assert!(record.room_node);
+        // A record of a member that reports no load figures has none.
+        assert_eq!((record.rooms, record.connections), (None, None));
+    }
+
+    #[test]
+    fn member_records_carry_load_figures_that_older_members_ignore() {
+        let record = MemberRecord {
+            room_node: true,
+            gateway: false,
+            ttl_ms: 3000,
+            wire: WIRE_VERSION,
+            instance: "r1-1".into(),
+            rooms: Some(12),
+            connections: None,
+        };
+        let bytes = encode(&record).expect("encodes");
+        assert_eq!(
+            std::str::from_utf8(&bytes).expect("utf-8"),
+            r#"{"room_node":true,"gateway":false,"ttl_ms":3000,"wire":1,"instance":"r1-1","rooms":12}"#
+        );
+        assert_eq!(decode::<MemberRecord>(&bytes).expect("decodes"), record);
+
+        /// The record as a member without load figures reads it: serde
+        /// ignores the fields it does not know.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct OlderRecord {
+            room_node: bool,
+            gateway: bool,
+            ttl_ms: u64,
+            wire: u32,
+            #[serde(default)]
+            instance: String,
+        }
+        let older: OlderRecord = decode(&bytes).expect("an older member decodes it");
+        assert!(older.room_node && older.instance == "r1-1");
+
+        // Load aside, it is the same member; not so with another role.
+        let busier = MemberRecord {
+            rooms: Some(13),
+            ..record.clone()
+        };
+        assert!(busier.same_member(&record) && busier != record);
+        let gateway_too = MemberRecord {
+            gateway: true,
+            ..record.clone()
+        };
+        assert!(!gateway_too.same_member(&record));
+    }
+
+    #[test]
+    fn an_inspection_travels_as_a_tagged_request_and_reply() {
+        let room = RoomId::parse("r").expect("id");
+        let request = RoomRequest::Inspect { room: room.clone() };
+        let bytes = encode(&request).expect("encodes");
+        assert_eq!(
+            std::str::from_utf8(&bytes).expect("utf-8"),
+            r#"{"type":"inspect","room":"r"}"#
+        );
+        assert_eq!(decode::<RoomRequest>(&bytes).expect("decodes"), request);
+        assert_eq!(request.room(), &room);
+
+        let reply = RoomReply::Inspected(RoomInspection {
+            node: Some(node("r2")),
+            live: true,
+            term: Some(1_700_000_000_000),
+            head: Some(Seq(42)),
+            members: vec![RoomMember {
+                user: UserId::parse("ann").expect("id"),
+                name: "Ann".into(),
+                conn: ConnId::parse("g1-7").expect("id"),
+                gateway: "g1-18f".into(),
+            }],
+            mailbox_depth: 3,
+            last_commit: Some(LastCommit {
+                seq: Seq(42),
+                at: 1_700_000_000_123,
+            }),
+        });
+        let bytes = encode(&reply).expect("encodes");
+        assert_eq!(decode::<RoomReply>(&bytes).expect("decodes"), reply);
+        // A room that is not live says only who would serve it.
+        let not_live = RoomReply::Inspected(RoomInspection::not_live(None));
+        assert_eq!(
+            std::str::from_utf8(&encode(&not_live).expect("encodes")).expect("utf-8"),
+            r#"{"type":"inspected","node":null,"live":false,"members":[],"mailbox_depth":0}"#
+        );
     }
 
     #[test]

@@ -123,6 +123,9 @@ struct TokenArgs {
     /// access to every room
     #[arg(long, value_name = "ROOM=read|write")]
     room: Vec<RoomGrant>,
+    /// Add the `admin` scope: the inspection endpoints under /v1/admin/
+    #[arg(long)]
+    admin: bool,
 }
 
 fn main() -> ExitCode {
@@ -250,6 +253,7 @@ fn run_token(config: &CollabConfig, args: TokenArgs) -> ExitCode {
         name: args.name,
         ttl: Duration::from_secs(args.ttl_secs),
         rooms: args.room,
+        admin: args.admin,
     };
     match token::mint(&signing.bytes, &request) {
         Ok(jwt) => {

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use collab_gateway::{Auth, now_secs};
-use collab_protocol::{Access, Claims, RoomId, UserId};
+use collab_protocol::{Access, Claims, RoomId, Scope, UserId};
 
 /// `"*"` in the `rooms` claim: every room.
 pub const ALL_ROOMS: &str = "*";
@@ -75,6 +75,8 @@ pub struct TokenRequest {
     pub ttl: Duration,
     /// Empty: write access to every room (no `rooms` claim).
     pub rooms: Vec<RoomGrant>,
+    /// The `admin` scope: the operators' inspection endpoints.
+    pub admin: bool,
 }
 
 /// The claims for `request`, expiring `ttl` after `now` (seconds since the
@@ -100,6 +102,7 @@ pub fn claims(request: &TokenRequest, now: u64) -> Result<Claims, TokenError> {
         exp: now.saturating_add(request.ttl.as_secs()),
         name: request.name.clone(),
         rooms,
+        scope: request.admin.then(|| Scope::Admin.as_str().to_owned()),
     })
 }
 
@@ -125,6 +128,7 @@ mod tests {
                 .iter()
                 .map(|r| r.parse().expect("valid grant"))
                 .collect(),
+            admin: false,
         }
     }
 
@@ -153,6 +157,27 @@ mod tests {
         assert_eq!(rooms.get("r1"), Some(&Access::Read));
         assert_eq!(rooms.get("*"), Some(&Access::Write));
         assert_eq!(claims(&request(&[]), 0).expect("valid").rooms, None);
+        assert_eq!(c.scope, None);
+    }
+
+    #[test]
+    fn admin_tokens_carry_the_admin_scope() {
+        let admin = TokenRequest {
+            admin: true,
+            ..request(&[])
+        };
+        let c = claims(&admin, 0).expect("valid");
+        assert_eq!(c.scope.as_deref(), Some("admin"));
+        assert!(c.has_scope(Scope::Admin));
+        assert!(
+            !claims(&request(&[]), 0)
+                .expect("valid")
+                .has_scope(Scope::Admin)
+        );
+        let verified = Auth::new(b"s3cret", false)
+            .verify(&mint(b"s3cret", &admin).expect("mints"))
+            .expect("verifies");
+        assert!(verified.has_scope(Scope::Admin));
     }
 
     #[test]

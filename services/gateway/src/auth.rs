@@ -107,6 +107,7 @@ mod tests {
             exp,
             name: Some("Ann".into()),
             rooms: None,
+            scope: None,
         }
     }
 

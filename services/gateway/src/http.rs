@@ -2,7 +2,8 @@
 //! history, listing the caller's rooms, the dev token endpoint, and the operational
 //! endpoints (health, readiness, metrics). With a metrics listener of its
 //! own (`metrics_listen`), `/metrics` is served only there, by
-//! [`metrics_router`]. Every request is counted by route and status.
+//! [`metrics_router`]. Every request is counted by route and status. The
+//! admin endpoints are in [`crate::admin`] and share the steps here.
 //!
 //! Every error is answered as `{"error": {"code", "message"}}` with the
 //! status of its code and counted in the `errors` metric. That includes the
@@ -36,7 +37,7 @@ use collab_protocol::http::{
 };
 use collab_protocol::ops::parse_kinds;
 use collab_protocol::{
-    Access, Claims, Epoch, ErrorCode, OpKind, RoomId, RoomKind, Seq, ServerFrame, UserId,
+    Access, Claims, Epoch, ErrorCode, OpKind, RoomId, RoomKind, Scope, Seq, ServerFrame, UserId,
 };
 use collab_store::RoomRecord;
 use serde::de::DeserializeOwned;
@@ -56,7 +57,7 @@ const GENERATED_ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// something else is wrong.
 const GENERATED_ID_ATTEMPTS: usize = 8;
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut router = Router::new()
@@ -72,6 +73,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         router = router.route("/metrics", get(metrics));
     }
     let router = router
+        .merge(crate::admin::routes())
         .merge(crate::web::routes())
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)
@@ -218,7 +220,7 @@ async fn delete_room_inner(
 ) -> ApiResult {
     let caller = authenticate(shared, headers)?;
     let room = path_room_id(id)?;
-    let admin = is_admin(&caller.claims);
+    let admin = caller.claims.has_scope(Scope::Admin);
     // Checked before existence, so that a token never learns which rooms
     // it does not cover exist.
     if !admin && caller.claims.access(&room) != Some(Access::Write) {
@@ -258,11 +260,6 @@ async fn delete_room_inner(
             format!("the room did not answer: {e}; retry"),
         )),
     }
-}
-
-/// Whether the token carries the operators' `admin` scope.
-fn is_admin(_claims: &Claims) -> bool {
-    false
 }
 
 /// The query of `GET /v1/rooms/{id}/history`, as text: the handler parses
@@ -396,12 +393,18 @@ fn dev_token_inner(
         name: request.name.filter(|name| !name.is_empty()),
         // No `rooms` claim: write access to every room.
         rooms: None,
+        // Passed on as asked (`"admin"` opens the inspection endpoints);
+        // anyone who reaches a dev server is its operator anyway.
+        scope: request
+            .scope
+            .map(|scope| scope.split_ascii_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|scope| !scope.is_empty()),
     };
     let token = shared
         .auth
         .mint(&claims)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("minting failed: {e}")))?;
-    tracing::info!(user = %claims.sub, "dev token minted");
+    tracing::info!(user = %claims.sub, scope = ?claims.scope, "dev token minted");
     Ok(Json(DevTokenResponse { token }).into_response())
 }
 
@@ -475,14 +478,14 @@ async fn method_not_allowed(State(shared): State<Arc<Shared>>, method: Method) -
 // === shared steps ===
 
 /// An authenticated caller.
-struct Caller {
-    claims: Claims,
-    user: UserId,
+pub(crate) struct Caller {
+    pub(crate) claims: Claims,
+    pub(crate) user: UserId,
 }
 
 /// Verifies the bearer token and takes one token from the caller's HTTP
 /// allowance.
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(crate) fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
     // HTTP clients can always set headers: unlike the WebSocket endpoint,
     // no `?token=` here, which would land tokens in access logs.
     let token = request_token(headers, None)
@@ -523,7 +526,7 @@ async fn readable_room(
     Ok(record)
 }
 
-fn path_room_id(path: Result<Path<String>, PathRejection>) -> Result<RoomId, ApiError> {
+pub(crate) fn path_room_id(path: Result<Path<String>, PathRejection>) -> Result<RoomId, ApiError> {
     let Path(raw) = path.map_err(|e| bad_request(format!("invalid room id: {}", e.body_text())))?;
     Ok(RoomId::parse(raw)?)
 }
@@ -689,7 +692,7 @@ fn now_millis() -> i64 {
 // === responses ===
 
 /// A handler's outcome as a response; errors are counted and logged.
-fn reply(shared: &Shared, route: &'static str, result: ApiResult) -> Response {
+pub(crate) fn reply(shared: &Shared, route: &'static str, result: ApiResult) -> Response {
     match result {
         Ok(response) => response,
         Err(error) => failure(shared, route, error),
@@ -715,7 +718,7 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, message)
 }
 
-fn forbidden(message: impl Into<String>) -> ApiError {
+pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Forbidden, message)
 }
 

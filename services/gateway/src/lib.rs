@@ -11,6 +11,7 @@
 //! history from the [`Store`] and creates rooms there; a room is deleted
 //! by its owner, which the gateway asks over the bus.
 
+mod admin;
 mod auth;
 mod config;
 mod error;
@@ -106,6 +107,13 @@ impl Gateway {
             http: RateLimiter::new(r.http_per_sec, r.http_burst),
         };
         let hub = Hub::new(bus.clone(), config.clone(), metrics.clone());
+        if let Some(load) = bus.load() {
+            // The cluster view shows this gateway's open connections.
+            let connections = metrics.connections.clone();
+            load.count_connections(config.gateway_id.clone(), move || {
+                u64::try_from(connections.get()).unwrap_or(0)
+            });
+        }
         Gateway {
             shared: Arc::new(Shared {
                 config,

@@ -137,6 +137,13 @@ impl RoomNode {
             }),
             None => Arc::new(Unobserved),
         };
+        if let Some(load) = bus.load() {
+            // The cluster view shows how many rooms this node has live.
+            let rooms = metrics.rooms_active.clone();
+            load.count_rooms(node.to_string(), move || {
+                u64::try_from(rooms.get()).unwrap_or(0)
+            });
+        }
         let ctx = Arc::new(RoomContext {
             store: store.clone(),
             sink: Arc::new(BusSink { bus: bus.clone() }),
@@ -326,6 +333,8 @@ mod tests {
             ttl_ms: 1000,
             wire: WIRE_VERSION,
             instance: instance.to_owned(),
+            rooms: None,
+            connections: None,
         };
         Members::from_records([
             (node("n1"), record(true, false, "n1-1")),

@@ -384,6 +384,11 @@ impl Cluster {
         self.node(id).http_url()
     }
 
+    /// The address a process listens on (its HTTP, `/metrics` included).
+    pub fn addr(&self, id: &str) -> SocketAddr {
+        self.node(id).addr
+    }
+
     pub fn state(&self, id: &str) -> NodeState {
         self.node(id).state
     }
@@ -592,11 +597,43 @@ impl Cluster {
     /// A token for `user` with write access everywhere, minted by
     /// `collab token` with the cluster's secret (cached per user).
     pub async fn token(&mut self, user: &str) -> Result<String, HarnessError> {
-        if let Some(token) = self.tokens.get(user) {
+        self.mint(user, &[]).await
+    }
+
+    /// A token with the admin scope (`collab token --admin`), for the
+    /// inspection endpoints.
+    pub async fn admin_token(&mut self) -> Result<String, HarnessError> {
+        self.mint("operator", &["--admin"]).await
+    }
+
+    /// `GET path` on process `id` as the holder of `token`: the status and
+    /// the JSON body (`Null` when it is not JSON).
+    pub async fn get_json(
+        &self,
+        id: &str,
+        token: &str,
+        path: &str,
+    ) -> Result<(u16, Value), HarnessError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.http_url(id)))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Mints with `collab token --user USER EXTRA…` (cached).
+    async fn mint(&mut self, user: &str, extra: &[&str]) -> Result<String, HarnessError> {
+        let key = format!("{user} {}", extra.join(" "));
+        if let Some(token) = self.tokens.get(&key) {
             return Ok(token.clone());
         }
         let mut cmd = tokio::process::Command::new(collab_binary()?);
-        cmd.arg("token").arg("--user").arg(user);
+        cmd.arg("token").arg("--user").arg(user).args(extra);
         clear_collab_env(cmd.as_std_mut());
         let output = cmd
             .env("COLLAB_JWT_SECRET", &self.secret)
@@ -612,7 +649,7 @@ impl Cluster {
             )));
         }
         let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        self.tokens.insert(user.to_owned(), token.clone());
+        self.tokens.insert(key, token.clone());
         Ok(token)
     }
 
@@ -657,57 +694,24 @@ impl Cluster {
         })
     }
 
-    /// `DELETE /v1/rooms/{room}` as `user` on the `gateway`-th live
-    /// gateway: the status and the body (`Null` when it is not JSON).
+    /// `DELETE /v1/rooms/{room}` on process `id` as the holder of `token`:
+    /// the status and the JSON body (`Null` when it is not JSON).
     pub async fn delete_room(
-        &mut self,
-        user: &str,
+        &self,
+        id: &str,
+        token: &str,
         room: &str,
-        gateway: usize,
     ) -> Result<(u16, Value), HarnessError> {
-        self.http_request(
-            reqwest::Method::DELETE,
-            user,
-            &format!("/v1/rooms/{room}"),
-            gateway,
-        )
-        .await
-    }
-
-    /// `GET PATH` as `user` on the `gateway`-th live gateway: the status
-    /// and the body (`Null` when it is not JSON).
-    pub async fn get_json(
-        &mut self,
-        user: &str,
-        path: &str,
-        gateway: usize,
-    ) -> Result<(u16, Value), HarnessError> {
-        self.http_request(reqwest::Method::GET, user, path, gateway)
-            .await
-    }
-
-    async fn http_request(
-        &mut self,
-        method: reqwest::Method,
-        user: &str,
-        path: &str,
-        gateway: usize,
-    ) -> Result<(u16, Value), HarnessError> {
-        let token = self.token(user).await?;
-        let list = self.gateways.list();
-        let (id, _) = list
-            .get(gateway % list.len().max(1))
-            .ok_or_else(|| HarnessError::Setup("no live gateway".into()))?;
         let response = self
             .http
-            .request(method, format!("{}{path}", self.http_url(id)))
-            .bearer_auth(&token)
+            .delete(format!("{}/v1/rooms/{room}", self.http_url(id)))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(30))
             .send()
             .await
             .map_err(|e| HarnessError::Http(e.to_string()))?;
         let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// Creates the board `id`.

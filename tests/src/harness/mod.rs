@@ -12,9 +12,13 @@
 //! binary is not built for another package's tests (`CARGO_BIN_EXE_collab`
 //! only exists inside `collab`), and building it here means a test never
 //! runs a stale binary after a change to the server.
+//!
+//! [`cluster`] runs a whole cluster of gateways and room nodes;
+//! [`prometheus`] a real Prometheus that scrapes them.
 
 pub mod cluster;
 mod cql;
+pub mod prometheus;
 mod server;
 mod ws;
 

@@ -177,6 +177,7 @@ impl Harness {
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect::<HashMap<_, _>>()
             }),
+            scope: None,
         };
         self.auth.mint(&claims).expect("mints")
     }
@@ -325,6 +326,7 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             exp: now_secs() + 600,
             name: None,
             rooms: None,
+            scope: None,
         })
         .expect("mints");
     let expired = h
@@ -334,6 +336,7 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             exp: now_secs() - 10,
             name: None,
             rooms: None,
+            scope: None,
         })
         .expect("mints");
     let no_exp = raw_token(json!({"sub":"ann"}), SECRET);
@@ -1387,4 +1390,41 @@ async fn rooms_have_a_time_to_live() {
         .await;
     let info = none.get("/v1/rooms/plain", &ann).await;
     assert_eq!(info.body["ttl_secs"], Value::Null, "{}", info.text);
+}
+
+/// An admin may delete anyone's room, whatever its `rooms` claim; a scope
+/// that only looks like `admin` is no admin.
+#[tokio::test]
+async fn admins_delete_any_room() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"board","id":"r1"})).await;
+    let scoped = |scope: &str| {
+        h.auth
+            .mint(&Claims {
+                sub: "op".into(),
+                exp: now_secs() + 600,
+                name: None,
+                rooms: Some(HashMap::from([("elsewhere".to_owned(), Access::Read)])),
+                scope: Some(scope.into()),
+            })
+            .expect("mints")
+    };
+    h.request("DELETE", "/v1/rooms/r1", Some(&scoped("administrator")), "")
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let admin = scoped("ops admin");
+    h.request("DELETE", "/v1/rooms/nowhere", Some(&admin), "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let answer = h.request("DELETE", "/v1/rooms/r1", Some(&admin), "").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::NO_CONTENT,
+        "body: {}",
+        answer.text
+    );
+    h.get("/v1/rooms/r1", &ann)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
 }

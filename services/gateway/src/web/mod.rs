@@ -1,9 +1,12 @@
-//! The web client: the page at `/` and its assets, compiled into the binary.
+//! The web client: the page at `/`, the admin page at `/admin` and their
+//! assets, compiled into the binary.
 //!
-//! The page is plain ES modules (see `docs/adr/0003-web-client-plain-es-modules.md`):
-//! each file under `services/gateway/web/` is embedded with `include_bytes!`
-//! and served as it is, so running the server needs no Node and no files
-//! beside the binary, and the page works offline (no CDN, no web fonts).
+//! The page is plain ES modules (see `docs/adr/0003-web-client-plain-es-modules.md`)
+//! on top of the client SDK's compiled modules (`web/app/sdk/`, built from
+//! `sdk/js` and committed: `docs/adr/0006-client-sdk-typescript.md`): each
+//! file under `services/gateway/web/` is embedded with `include_bytes!` and
+//! served as it is, so running the server needs no Node and no files beside
+//! the binary, and the page works offline (no CDN, no web fonts).
 //!
 //! Caching: the file names carry no content hash, so every response says
 //! `Cache-Control: no-cache` with a strong `ETag` (a hash of the embedded
@@ -22,7 +25,8 @@ mod tests;
 
 /// One embedded file.
 struct Asset {
-    /// Its path under `/app/` (the page itself is `index.html`, served at `/`).
+    /// Its path under `/app/`; the pages (`index.html`, `admin.html`) are
+    /// served at their own URLs instead (see [`PAGES`]).
     path: &'static str,
     content_type: &'static str,
     body: &'static [u8],
@@ -43,24 +47,39 @@ macro_rules! asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
-/// The page, then every module, stylesheet and image it loads.
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The pages, then every module, stylesheet and image they load.
 static ASSETS: &[Asset] = &[
-    asset!("index.html", "index.html", "text/html; charset=utf-8"),
+    asset!("index.html", "index.html", HTML),
+    asset!("admin.html", "admin.html", HTML),
     asset!("main.js", "app/main.js", JS),
     asset!("api.js", "app/api.js", JS),
     asset!("words.js", "app/words.js", JS),
     asset!("ui.js", "app/ui.js", JS),
-    asset!("connection.js", "app/connection.js", JS),
-    asset!("outbox.js", "app/outbox.js", JS),
-    asset!("room.js", "app/room.js", JS),
+    asset!("names.js", "app/names.js", JS),
     asset!("board.js", "app/board.js", JS),
     asset!("render.js", "app/render.js", JS),
     asset!("chat.js", "app/chat.js", JS),
+    asset!("admin.js", "app/admin.js", JS),
+    // The client SDK (`sdk/js`), as its TypeScript compiler emits it.
+    asset!("sdk/index.js", "app/sdk/index.js", JS),
+    asset!("sdk/client.js", "app/sdk/client.js", JS),
+    asset!("sdk/room.js", "app/sdk/room.js", JS),
+    asset!("sdk/state.js", "app/sdk/state.js", JS),
+    asset!("sdk/outbox.js", "app/sdk/outbox.js", JS),
+    asset!("sdk/storage.js", "app/sdk/storage.js", JS),
+    asset!("sdk/errors.js", "app/sdk/errors.js", JS),
+    asset!("sdk/emitter.js", "app/sdk/emitter.js", JS),
+    asset!("sdk/protocol.js", "app/sdk/protocol.js", JS),
     asset!("style.css", "app/style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "app/icon.svg", "image/svg+xml"),
 ];
 
-/// What the page may load and connect to: only this origin (its own
+/// Each page's URL and its file.
+const PAGES: &[(&str, &str)] = &[("/", "index.html"), ("/admin", "admin.html")];
+
+/// What a page may load and connect to: only this origin (its own
 /// WebSocket included), no inline script, no plugins, no framing.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; \
@@ -79,11 +98,12 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// `GET /` (the page) and `GET /app/{file}` (its assets). Stateless, so it
-/// merges into a router of any state.
+/// `GET /` (the page), `GET /admin` (the admin page) and `GET /app/{file}`
+/// (their assets). Stateless, so it merges into a router of any state.
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
+        .route("/admin", get(admin))
         .route("/app/{*path}", get(app_file))
 }
 
@@ -91,9 +111,14 @@ async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }
 
+async fn admin(headers: HeaderMap) -> Response {
+    serve("admin.html", &headers)
+}
+
 async fn app_file(Path(path): Path<String>, headers: HeaderMap) -> Response {
-    // `index.html` is only served at `/`: one URL per file keeps caching simple.
-    if path == "index.html" {
+    // A page is only served at its own URL: one URL per file keeps caching
+    // simple.
+    if PAGES.iter().any(|(_, page)| *page == path) {
         return not_found();
     }
     serve(&path, &headers)
@@ -127,7 +152,7 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if asset.path == "index.html" {
+    if asset.content_type == HTML {
         h.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),

@@ -1,0 +1,241 @@
+//! The operators' inspection endpoints, for tokens with the `admin` scope:
+//! a room as its owner sees it (`GET /v1/admin/rooms/{id}`) and the
+//! members of the cluster with what each holds (`GET /v1/admin/cluster`).
+//!
+//! A room's view is asked of its owner over the bus, like any request for
+//! the room; the owner answers from the live actor, or, for a room that is
+//! not live, without loading it. What only the store knows (the room's
+//! kind and epoch, and the head and newest op of a room that is not live)
+//! is read from the store here. The cluster view is the membership as this
+//! gateway sees it, with the figures each member announced in its last
+//! heartbeat; `collab serve` shows its one process, counted on the spot.
+//!
+//! Checks run in this order: authentication (401), the admin scope (403,
+//! whatever the rest of the request), the room id (400), the room's
+//! existence (404).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use collab_bus::{BusError, Members};
+use collab_protocol::envelope::{RoomInspection, RoomReply, RoomRequest};
+use collab_protocol::http::{
+    AdminCluster, AdminRoom, ClusterMember, ClusterMode, LastCommit, MemberRole, RoomOwner,
+};
+use collab_protocol::{ErrorCode, NodeId, RoomId, Scope, Seq};
+
+use crate::Shared;
+use crate::error::ApiError;
+use crate::http::{ApiResult, Caller, authenticate, forbidden, path_room_id, reply};
+
+#[cfg(test)]
+mod tests;
+
+/// The inspection routes; merged into the API's router.
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v1/admin/rooms/{id}", get(room))
+        .route("/v1/admin/cluster", get(cluster))
+}
+
+/// An authenticated caller whose token has the admin scope.
+fn admin(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = authenticate(shared, headers)?;
+    if !caller.claims.has_scope(Scope::Admin) {
+        return Err(forbidden(
+            "the admin endpoints need a token with the admin scope",
+        ));
+    }
+    Ok(caller)
+}
+
+// === GET /v1/admin/rooms/{id} ===
+
+async fn room(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = room_inner(&shared, &headers, id).await;
+    reply(&shared, "admin_room", result)
+}
+
+async fn room_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    admin(shared, headers)?;
+    let room = path_room_id(id)?;
+    let record = shared
+        .store
+        .room(&room)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no room {room}")))?;
+    let inspection = ask_owner(shared, &room).await?;
+    let head = match inspection.head {
+        Some(head) => head,
+        None => shared.store.head(&room).await?,
+    };
+    let last_commit = match inspection.last_commit {
+        Some(last) => Some(last),
+        None => newest_op(shared, &room, head).await?,
+    };
+    let body = AdminRoom {
+        id: record.id,
+        kind: record.kind,
+        name: record.name,
+        epoch: record.epoch,
+        head,
+        live: inspection.live,
+        owner: inspection.node.map(|node| RoomOwner {
+            node,
+            term: inspection.term,
+        }),
+        members: inspection.members,
+        mailbox_depth: inspection.mailbox_depth,
+        last_commit,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// The owner's view of `room`, asked over the bus like any request.
+async fn ask_owner(shared: &Shared, room: &RoomId) -> Result<RoomInspection, ApiError> {
+    let timeout = Duration::from_secs(shared.config.request_timeout_secs);
+    let request = RoomRequest::Inspect { room: room.clone() };
+    match shared.bus.request(request, timeout).await {
+        Ok(RoomReply::Inspected(inspection)) => Ok(inspection),
+        // No room node is up: nobody holds the room.
+        Err(BusError::NoOwner) => Ok(RoomInspection::not_live(None)),
+        // The owner read the room and found none (deleted meanwhile).
+        Ok(RoomReply::Error {
+            code: ErrorCode::NotFound,
+            message,
+        }) => Err(ApiError::new(ErrorCode::NotFound, message)),
+        // What a room node answers to a request it cannot decode.
+        Ok(RoomReply::Error {
+            code: ErrorCode::BadRequest,
+            message,
+        }) => Err(unavailable(format!(
+            "the room's owner cannot be inspected (an older version?): {message}"
+        ))),
+        Ok(RoomReply::Error { message, .. }) => Err(unavailable(format!(
+            "the room's owner could not say: {message}"
+        ))),
+        Ok(other) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("the room's owner answered an inspection with {other:?}"),
+        )),
+        Err(error) => Err(unavailable(format!(
+            "the room's owner did not answer: {error}"
+        ))),
+    }
+}
+
+/// The room's newest op up to `head`, from the store.
+async fn newest_op(
+    shared: &Shared,
+    room: &RoomId,
+    head: Seq,
+) -> Result<Option<LastCommit>, ApiError> {
+    if head == Seq::ZERO {
+        return Ok(None);
+    }
+    let ops = shared.store.read_ops(room, Seq(head.get() - 1), 1).await?;
+    Ok(ops.first().map(|op| LastCommit {
+        seq: op.seq,
+        at: op.ts,
+    }))
+}
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, message)
+}
+
+// === GET /v1/admin/cluster ===
+
+async fn cluster(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let result = cluster_inner(&shared, &headers);
+    reply(&shared, "admin_cluster", result)
+}
+
+fn cluster_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
+    admin(shared, headers)?;
+    let body = match shared.bus.members() {
+        Some(members) => AdminCluster {
+            mode: ClusterMode::Cluster,
+            members: cluster_members(&members.borrow()),
+        },
+        None => AdminCluster {
+            mode: ClusterMode::Serve,
+            members: local_members(shared),
+        },
+    };
+    Ok(Json(body).into_response())
+}
+
+/// One entry per live member and role, by node id; the figures are those
+/// of the member's last heartbeat.
+fn cluster_members(members: &Members) -> Vec<ClusterMember> {
+    members
+        .iter()
+        .flat_map(|(node, record)| {
+            let instance = if record.instance.is_empty() {
+                node.to_string()
+            } else {
+                record.instance.clone()
+            };
+            let gateway = record.gateway.then(|| ClusterMember {
+                node: node.clone(),
+                role: MemberRole::Gateway,
+                instance: instance.clone(),
+                rooms: None,
+                connections: record.connections,
+            });
+            let room_node = record.room_node.then(|| ClusterMember {
+                node: node.clone(),
+                role: MemberRole::RoomNode,
+                instance,
+                rooms: record.rooms,
+                connections: None,
+            });
+            gateway.into_iter().chain(room_node)
+        })
+        .collect()
+}
+
+/// `collab serve`: this gateway and the room node beside it, counted now.
+fn local_members(shared: &Shared) -> Vec<ClusterMember> {
+    let gateway = NodeId::parse(shared.config.gateway_id.as_str())
+        .ok()
+        .map(|node| ClusterMember {
+            instance: node.to_string(),
+            node,
+            role: MemberRole::Gateway,
+            rooms: None,
+            connections: Some(u64::try_from(shared.metrics.connections.get()).unwrap_or(0)),
+        });
+    let room_node = shared
+        .bus
+        .load()
+        .and_then(|load| load.rooms())
+        .and_then(|rooms| {
+            let node = NodeId::parse(rooms.holder).ok()?;
+            Some(ClusterMember {
+                instance: node.to_string(),
+                node,
+                role: MemberRole::RoomNode,
+                rooms: Some(rooms.value),
+                connections: None,
+            })
+        });
+    let mut members: Vec<ClusterMember> = gateway.into_iter().chain(room_node).collect();
+    members.sort_by(|a, b| (&a.node, a.role).cmp(&(&b.node, b.role)));
+    members
+}
