@@ -24,7 +24,7 @@
 //!   again until it lands or the member leaves;
 //! - when the room is deleted (`Deleted`), every member is sent an `error`
 //!   with code `not_found` for the room and leaves it, as if it had sent
-//!   `leave`.
+//!   `leave`, and the room's task ends (a later join starts afresh).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -57,7 +57,8 @@ const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 const REATTACH_RETRY: Duration = Duration::from_millis(250);
 
 /// What a member's connection does when the room drops it (it was
-/// deleted): forget the room, as on `leave`.
+/// deleted): forget the room, as on `leave`, but without detaching (the
+/// room's task has ended). Called from that task: it must not wait.
 pub(crate) type OnRemoved = Box<dyn FnOnce() + Send + Sync>;
 
 enum Control {
@@ -79,13 +80,18 @@ enum Control {
 struct RoomHandle {
     control: mpsc::UnboundedSender<Control>,
     members: usize,
+    /// Tells this room's task from a later one of the same room.
+    task: u64,
 }
+
+type Rooms = Arc<Mutex<HashMap<RoomId, RoomHandle>>>;
 
 pub(crate) struct Hub {
     bus: Arc<dyn Bus>,
     config: GatewayConfig,
     metrics: GatewayMetrics,
-    rooms: Mutex<HashMap<RoomId, RoomHandle>>,
+    rooms: Rooms,
+    next_task: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -94,7 +100,8 @@ impl Hub {
             bus,
             config,
             metrics,
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Arc::new(Mutex::new(HashMap::new())),
+            next_task: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -110,10 +117,19 @@ impl Hub {
         on_removed: OnRemoved,
     ) -> Result<(), collab_bus::BusError> {
         let mut rooms = self.rooms.lock().await;
+        // The room's task ended by itself: the room was deleted, and this
+        // is a join of whatever has its id now.
+        if rooms.get(room).is_some_and(|h| h.control.is_closed()) {
+            rooms.remove(room);
+        }
         if !rooms.contains_key(room) {
             let subscription = self.bus.subscribe(room).await?;
             let (control, rx) = mpsc::unbounded_channel();
             let (reattach_failed, failed) = mpsc::unbounded_channel();
+            let (ended, task_ended) = tokio::sync::oneshot::channel();
+            let task = self
+                .next_task
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let fanout = Fanout {
                 room: room.clone(),
                 bus: self.bus.clone(),
@@ -125,13 +141,22 @@ impl Hub {
                 reattach_failed,
                 reattach_later: HashSet::new(),
                 reattach_at: None,
+                deleted: false,
+                _ended: ended,
             };
             tokio::spawn(fanout.run(subscription, rx, failed));
+            tokio::spawn(forget_when_ended(
+                self.rooms.clone(),
+                room.clone(),
+                task,
+                task_ended,
+            ));
             rooms.insert(
                 room.clone(),
                 RoomHandle {
                     control,
                     members: 0,
+                    task,
                 },
             );
         }
@@ -172,6 +197,21 @@ impl Hub {
     }
 }
 
+/// Takes a room's task out of the map once it ended by itself (its room
+/// was deleted), unless a later task of the room replaced it there.
+async fn forget_when_ended(
+    rooms: Rooms,
+    room: RoomId,
+    task: u64,
+    ended: tokio::sync::oneshot::Receiver<()>,
+) {
+    let _ = ended.await;
+    let mut rooms = rooms.lock().await;
+    if rooms.get(&room).is_some_and(|h| h.task == task) {
+        rooms.remove(&room);
+    }
+}
+
 enum Phase {
     /// Attached, `joined` not yet queued: events wait here.
     Pending(Vec<Arc<RoomEvent>>),
@@ -202,6 +242,10 @@ struct Fanout {
     /// Members whose re-attach failed, and when to try them again.
     reattach_later: HashSet<ConnId>,
     reattach_at: Option<Instant>,
+    /// The room was deleted: the task ends.
+    deleted: bool,
+    /// Dropped when the task ends, which the hub awaits.
+    _ended: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Fanout {
@@ -229,7 +273,7 @@ impl Fanout {
                             while let Some(delivery) =
                                 futures_util::FutureExt::now_or_never(subscription.next())
                             {
-                                if !self.on_delivery(delivery).await {
+                                if !self.on_delivery(delivery).await || self.deleted {
                                     return;
                                 }
                             }
@@ -239,7 +283,7 @@ impl Fanout {
                     None => break,
                 },
                 delivery = subscription.next() => {
-                    if !self.on_delivery(delivery).await {
+                    if !self.on_delivery(delivery).await || self.deleted {
                         break;
                     }
                 }
@@ -437,8 +481,7 @@ impl Fanout {
     }
 
     /// The room was deleted: every member hears `not_found` for it and
-    /// leaves (its connection forgets the room, which detaches it here; the
-    /// last detach ends this task).
+    /// leaves (its connection forgets the room), and this task ends.
     fn drop_members(&mut self) {
         let gone = ProtocolError::not_found(format!("room {} was deleted", self.room));
         let frame =
@@ -449,6 +492,7 @@ impl Fanout {
             (member.on_removed)();
         }
         self.reattach_later.clear();
+        self.deleted = true;
     }
 
     /// Fetches the ops after `last_seq` (up to `until`, or as far as the
@@ -1089,11 +1133,11 @@ mod tests {
             );
         }
         assert_eq!(removed.load(Ordering::SeqCst), 1);
-        // Nothing reaches them from the room any more.
-        events
-            .send(Delivery::Event(Arc::new(RoomEvent::Op(op(1)))))
-            .expect("stream open");
+        // The room's task ended, and its place in the hub is free for
+        // whatever room has the id next.
         tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(events.is_closed(), "the subscription was dropped");
+        assert!(!hub.rooms.lock().await.contains_key(&room()));
         for queue in [&outbound, &joining] {
             assert!(futures_util::FutureExt::now_or_never(queue.next()).is_none());
         }

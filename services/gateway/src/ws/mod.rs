@@ -366,15 +366,18 @@ impl Connection {
     }
 
     /// What to do when `room` drops this connection (it was deleted):
-    /// forget it, as on `leave` (the room needs no `Leave`).
+    /// forget it, as on `leave`, so that a later `join` is a new one. The
+    /// room needs no `Leave`, and the hub no detach (the room's task
+    /// ended).
     fn on_removed(self: &Arc<Self>, room: &RoomId) -> crate::hub::OnRemoved {
         let conn = Arc::downgrade(self);
         let room = room.clone();
         Box::new(move || {
             if let Some(conn) = conn.upgrade() {
-                tokio::spawn(async move {
-                    conn.forget_room(&room).await;
-                });
+                conn.rooms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&room);
             }
         })
     }
