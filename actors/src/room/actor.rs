@@ -1262,6 +1262,9 @@ impl Live {
             state: None,
             ops: None,
         };
+        // Seqs up to the floor are a deleted room's, whose id this one
+        // took: whoever remembers one of them starts over.
+        let since = since.filter(|since| *since >= self.record.floor.get());
         match plan_join(
             since,
             epoch.as_ref(),

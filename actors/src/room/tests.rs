@@ -1143,6 +1143,20 @@ async fn a_room_created_again_is_new() {
     assert_eq!(body.head, Seq(3), "after the old room's tombstone");
     let state = body.state.expect("state");
     assert!(state.messages.is_empty() && state.strokes.is_empty());
+    // Without the epoch, a seq of the old room is still recognised as one.
+    let reply = node
+        .ask(RoomRequest::Join {
+            room: room_id(ROOM),
+            conn: conn("bob-2"),
+            user: user_info("bob"),
+            since: Some(1),
+            epoch: None,
+        })
+        .await;
+    assert!(
+        matches!(&reply, RoomReply::Joined(body) if body.reset),
+        "{reply:?}"
+    );
     let ack = node
         .ask(node.op_request(ROOM, "ann-2", "c1", message("new")))
         .await;
