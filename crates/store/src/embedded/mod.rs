@@ -11,6 +11,12 @@
 //! committed state (a snapshot's header and chunks, a page of history). No
 //! method blocks a tokio worker, except [`EmbeddedStore::open`] (start-up)
 //! and dropping the store, which waits for the writes already queued.
+//!
+//! A room's deletion is one transaction of the writer: the tombstone into
+//! the log table, the room's record, memberships, snapshots and logged ops
+//! out, and the id's tombstone seq into `deleted_rooms`; its journaled ops
+//! leave the in-memory index once that commits, and a replay at open skips
+//! them (they are below the tombstone), so there is no half-deleted state.
 
 mod codec;
 mod journal;
