@@ -321,7 +321,8 @@ mod tests {
     #[test]
     fn damaged_snapshots_are_refused() {
         assert!(restore_damaged(|_| {}).is_ok());
-        let damages: [(&str, fn(&mut SnapshotV1)); 6] = [
+        type Damage = fn(&mut SnapshotV1);
+        let damages: [(&str, Damage); 6] = [
             ("same begun", |s| s.strokes[1].begun = s.strokes[0].begun),
             ("same id", |s| s.strokes[1].id = s.strokes[0].id.clone()),
             ("begun past head", |s| s.strokes[1].begun = Seq(99)),
