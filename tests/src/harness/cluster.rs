@@ -32,10 +32,10 @@
 //! the test with what it waited for.
 //!
 //! A process can also run in a network namespace of its own
-//! ([`Cluster::add_isolated`], see [`super::netns`]), reaching NATS and the
-//! store over a link that [`Cluster::cut`] partitions and [`Cluster::heal`]
-//! restores; a gateway there serves its clients over a second link that
-//! the cut leaves alone.
+//! ([`Cluster::add_isolated`], see [`super::netns`]), reaching NATS over
+//! one link and the store over another: [`Cluster::cut`] partitions both,
+//! [`Cluster::cut_bus`] only the first, [`Cluster::heal`] restores them; a
+//! gateway there serves its clients over a third link that no cut touches.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -190,7 +190,8 @@ pub enum NodeState {
     Running,
     /// SIGSTOPped: alive, but it does nothing (no heartbeats either).
     Stopped,
-    /// Running, but its link to NATS and the store is cut: a partition.
+    /// Running, but its link to NATS (and maybe the store) is cut: a
+    /// partition.
     Cut,
     Exited,
 }
@@ -209,15 +210,16 @@ struct Node {
     isolation: Option<Isolation>,
 }
 
-/// Where an isolated process runs: its namespace, the link that the
-/// partition cuts (NATS and the store are relayed over it) and the address
+/// Where an isolated process runs: its namespace, its links to NATS and to
+/// the store (each relayed to the server's loopback port) and the address
 /// it listens on.
 struct Isolation {
-    uplink: Link,
+    nats_link: Link,
+    store_link: Link,
     listen: std::net::Ipv4Addr,
     nats_relay: Relay,
     /// The CQL server's own address inside the namespace, relayed over the
-    /// uplink to `store_relay`: the process uses the cluster's store URL.
+    /// store link to `store_relay`: the process uses the cluster's store URL.
     _store_inside: InnerRelay,
     _store_relay: Relay,
     // Last: removed after the relays stop.
@@ -548,25 +550,28 @@ impl Cluster {
 
     /// Starts one more process of `role` in a network namespace of its
     /// own and waits until it is ready and the membership shows it. It
-    /// reaches NATS and the store over one veth link (relayed to their
-    /// loopback ports), which [`Cluster::cut`] partitions; a gateway
-    /// listens for its clients on a second link, which stays up. Returns
-    /// its id. Check [`partitions_unsupported`] first.
+    /// reaches NATS over one veth link and the store over another (each
+    /// relayed to the server's loopback port), which [`Cluster::cut`] and
+    /// [`Cluster::cut_bus`] partition; a room node listens on the NATS
+    /// link, a gateway on a third link for its clients, which stays up.
+    /// Returns its id. Check [`partitions_unsupported`] first.
     pub async fn add_isolated(&mut self, role: Role) -> Result<String, HarnessError> {
         let mut ns = NetNs::create().map_err(HarnessError::Setup)?;
-        let uplink = ns.add_link()?;
+        let nats_link = ns.add_link()?;
+        let store_link = ns.add_link()?;
         let listen = match role {
-            Role::RoomNode => uplink.ns_addr,
+            Role::RoomNode => nats_link.ns_addr,
             Role::Gateway => ns.add_link()?.ns_addr,
         };
         let nats_target = SocketAddr::from(([127, 0, 0, 1], self.nats.port()));
         let store_target = store_addr(&self.store_url)?;
-        let store_relay = Relay::start(uplink.host_addr, store_target).await?;
+        let store_relay = Relay::start(store_link.host_addr, store_target).await?;
         let isolation = Isolation {
-            nats_relay: Relay::start(uplink.host_addr, nats_target).await?,
+            nats_relay: Relay::start(nats_link.host_addr, nats_target).await?,
             _store_inside: ns.relay_inside(store_target.port(), store_relay.addr())?,
             _store_relay: store_relay,
-            uplink,
+            nats_link,
+            store_link,
             listen,
             ns,
         };
@@ -577,31 +582,45 @@ impl Cluster {
         Ok(id)
     }
 
-    /// Partitions an isolated process from NATS and the store: its uplink
-    /// goes down; the process runs on. A cut gateway leaves the clients'
+    /// Partitions an isolated process from NATS and the store: both links
+    /// go down; the process runs on. A cut gateway leaves the clients'
     /// list of gateways (a load balancer stops sending new clients to a
     /// gateway that fails its readiness), but its clients stay connected.
     pub fn cut(&mut self, id: &str) -> Result<(), HarnessError> {
+        self.cut_links(id, true)
+    }
+
+    /// Partitions an isolated process from NATS only: it still reaches the
+    /// store, so whatever it commits meets the store's fencing.
+    pub fn cut_bus(&mut self, id: &str) -> Result<(), HarnessError> {
+        self.cut_links(id, false)
+    }
+
+    fn cut_links(&mut self, id: &str, store_too: bool) -> Result<(), HarnessError> {
         self.gateways.remove(id);
         let node = self.node_mut(id);
-        node.isolation
+        let isolation = node
+            .isolation
             .as_ref()
-            .ok_or_else(|| HarnessError::Setup(format!("{id} is not isolated")))?
-            .uplink
-            .cut()?;
+            .ok_or_else(|| HarnessError::Setup(format!("{id} is not isolated")))?;
+        isolation.nats_link.cut()?;
+        if store_too {
+            isolation.store_link.cut()?;
+        }
         node.state = NodeState::Cut;
         Ok(())
     }
 
-    /// Ends the partition of [`Cluster::cut`]: the uplink comes back up.
-    /// A gateway returns to the clients' list once it is ready again.
+    /// Ends a partition: every link of the process comes back up. A
+    /// gateway returns to the clients' list once it is ready again.
     pub async fn heal(&mut self, id: &str) -> Result<(), HarnessError> {
         let node = self.node_mut(id);
-        node.isolation
+        let isolation = node
+            .isolation
             .as_ref()
-            .ok_or_else(|| HarnessError::Setup(format!("{id} is not isolated")))?
-            .uplink
-            .heal()?;
+            .ok_or_else(|| HarnessError::Setup(format!("{id} is not isolated")))?;
+        isolation.nats_link.heal()?;
+        isolation.store_link.heal()?;
         node.state = NodeState::Running;
         if node.role == Role::Gateway {
             let url = format!("ws://{}/v1/ws", node.addr);
@@ -890,7 +909,7 @@ impl Cluster {
 
     /// [`Cluster::spawn`], inside `isolation`'s namespace when given: it
     /// listens on the namespace's address and reaches NATS and the store
-    /// through the relays on its uplink.
+    /// through the relays on its links.
     fn spawn_in(
         &mut self,
         role: Role,
