@@ -50,13 +50,16 @@ cmd_install() {
   echo "$TOOL_ROOT/bin"
 }
 
-# cargo fuzz passes -Z flags to rustc (sanitizer coverage, and the address
-# sanitizer unless `-s none`), which only a nightly compiler takes. The
-# machine's rustup may carry a nightly toolchain; then it is used. Otherwise
-# the stable compiler is told to accept them with RUSTC_BOOTSTRAP=1: the same
-# flags, the same instrumentation, and the address sanitizer's runtime ships
-# with the stable standard library for x86_64 Linux. Both ways were measured
-# to build and find the same planted crash (docs/fuzzing.md).
+# cargo fuzz passes rustc a -Z flag for the address sanitizer, which only a
+# nightly compiler takes. Measured on this kind of machine, on a target with
+# a planted crash: nightly with the sanitizer finds it; stable refuses the
+# flag ("the option `Z` is only accepted on the nightly compiler"); stable
+# with RUSTC_BOOTSTRAP=1 takes it and finds the crash, with the sanitizer
+# (its runtime ships with the stable standard library for x86_64 Linux);
+# stable with `-s none` needs no -Z flag at all and finds it too, without
+# the sanitizer. So: the nightly toolchain when rustup has one (the machine
+# image ships it), else stable told to accept the flag. FUZZ_SANITIZER=none
+# is the way out if neither works somewhere.
 cargo_fuzz() {
   local PATH="$TOOL_ROOT/bin:$PATH"
   export CARGO_TARGET_DIR="$FUZZ_TARGET_DIR"
