@@ -13,6 +13,8 @@
 #                                        fuzz/artifacts/TARGET and fails the run
 #   scripts/fuzz.sh ci                   every target: replay its committed corpus,
 #                                        then fuzz it for CI_SECONDS (default 15)
+#   scripts/fuzz.sh cargo ARGS...        `cargo fuzz ARGS` with the toolchain and target
+#                                        directory above (fmt, cmin, tmin, coverage, ...)
 #
 # Environment:
 #   CARGO_FUZZ_VERSION      default 0.13.2
@@ -135,5 +137,6 @@ case "${1:-}" in
   build) shift; cmd_build "$@" ;;
   run) shift; cmd_run "$@" ;;
   ci) cmd_ci ;;
+  cargo) shift; cmd_install >/dev/null; cargo_fuzz "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 64 ;;
 esac
