@@ -1,5 +1,5 @@
-//! The history endpoint's query string (`GET /rooms/{id}/ops?before=…&
-//! limit=…&kinds=…`), decoded as the gateway decodes it: axum's `Query`
+//! The history endpoint's query string (`GET /v1/rooms/{id}/history?
+//! before=…&limit=…&kinds=…`), decoded as the gateway decodes it: axum's `Query`
 //! into three optional strings, then `kinds` through the protocol's
 //! `parse_kinds`.
 //!
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     // Checked on the list alone too, so the fuzzer need not find a valid
     // URI to reach it.
     check_kinds(query);
-    let Ok(uri) = format!("/rooms/r/ops?{query}").parse::<Uri>() else {
+    let Ok(uri) = format!("/v1/rooms/r/history?{query}").parse::<Uri>() else {
         return;
     };
     if let Ok(Query(params)) = Query::<HistoryQuery>::try_from_uri(&uri) {
