@@ -91,6 +91,13 @@ bash scripts/monitoring-check.sh
 step "tests (cargo test)"
 cargo test --workspace --locked
 
+# The fuzz targets (fuzz/, cargo fuzz with libFuzzer): every committed seed
+# and regression input, then a short run of each target, about a minute in
+# all once the instrumented build is in the cache (docs/fuzzing.md).
+# Installs cargo-fuzz into the cache once.
+step "fuzz targets (scripts/fuzz.sh ci)"
+bash scripts/fuzz.sh ci
+
 # The Helm chart, the Kubernetes and CRD schemas, kube-score and the
 # Dockerfile, offline (installs helm, kubeconform and kube-score once).
 step "Kubernetes deployment (scripts/k8s-check.sh)"

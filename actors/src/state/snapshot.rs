@@ -21,6 +21,9 @@ pub enum SnapshotError {
     Format(u32),
     #[error("snapshot is of room {found}, not {expected}")]
     WrongRoom { expected: RoomId, found: RoomId },
+    /// Decodes, but no room's history could have made it (damaged bytes).
+    #[error("snapshot is damaged: {0}")]
+    Damaged(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +160,7 @@ impl RoomState {
                 found: snap.room,
             });
         }
+        snap.check().map_err(SnapshotError::Damaged)?;
         let mut state = RoomState::new(RoomMeta {
             id: snap.room,
             kind: snap.kind,
@@ -218,9 +222,123 @@ impl RoomState {
     }
 }
 
+impl SnapshotV1 {
+    /// What every snapshot of a real history satisfies and the state's
+    /// code relies on: one stroke per id and per `begun` seq (the drawing
+    /// order is keyed by it), no seq past the head and a head that has a
+    /// next, finite numbers only. Bytes that decode but break one of these
+    /// would restore to a state that renders strokes twice or loses them,
+    /// and that differs from its own next snapshot.
+    fn check(&self) -> Result<(), String> {
+        if self.head.get() == u64::MAX {
+            return Err("head has no next seq".into());
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut begun = std::collections::HashSet::new();
+        for stroke in &self.strokes {
+            if !ids.insert(&stroke.id) {
+                return Err(format!("stroke {} appears twice", stroke.id));
+            }
+            if !begun.insert(stroke.begun) || stroke.begun > self.head {
+                return Err(format!(
+                    "stroke {} begun at seq {}",
+                    stroke.id, stroke.begun
+                ));
+            }
+            let finite =
+                stroke.width.is_finite() && stroke.points.iter().flatten().all(|c| c.is_finite());
+            if !finite {
+                return Err(format!("stroke {} has a non-finite number", stroke.id));
+            }
+        }
+        let seqs = self.messages.iter().map(|m| m.seq).chain(
+            self.users
+                .iter()
+                .flat_map(|u| u.cids.iter().map(|(_, seq)| *seq)),
+        );
+        if let Some(seq) = seqs.into_iter().find(|seq| *seq > self.head) {
+            return Err(format!("seq {seq} is past the head {}", self.head));
+        }
+        Ok(())
+    }
+}
+
 impl PartialEq for RoomState {
     /// Equal durable state; presence is not compared.
     fn eq(&self, other: &Self) -> bool {
         self.to_snapshot() == other.to_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use collab_protocol::{Access, Limits};
+
+    use super::*;
+    use crate::state::OpRequest;
+
+    fn drawn_room() -> RoomState {
+        let mut state = RoomState::new(RoomMeta {
+            id: RoomId::parse("r").expect("id"),
+            kind: RoomKind::Board,
+            epoch: Epoch::parse("e").expect("epoch"),
+        });
+        let ops = [
+            ("s1", None),
+            ("s2", None),
+            ("s2", Some(Op::Message { text: "hi".into() })),
+        ];
+        for (i, (stroke, op)) in ops.into_iter().enumerate() {
+            let op = op.unwrap_or_else(|| Op::StrokeBegin {
+                stroke: StrokeId::parse(stroke).expect("stroke"),
+                color: "#000000".into(),
+                width: 1.0,
+                points: vec![[0.0, 0.0]],
+            });
+            let request = OpRequest {
+                user: UserId::parse("ann").expect("user"),
+                cid: Some(Cid::parse(format!("c{i}")).expect("cid")),
+                op,
+                access: Access::Write,
+                ts: 0,
+            };
+            state.apply(request, &Limits::default()).expect("applies");
+        }
+        state
+    }
+
+    fn restore_damaged(damage: impl FnOnce(&mut SnapshotV1)) -> Result<RoomState, SnapshotError> {
+        let state = drawn_room();
+        let mut snap = state.to_snapshot();
+        damage(&mut snap);
+        let bytes = postcard::to_allocvec(&snap).expect("encodes");
+        RoomState::restore(&state.meta.id, &bytes)
+    }
+
+    /// Found by the `snapshot` fuzz target: bytes that gave two strokes the
+    /// same `begun` seq restored to a state whose view dropped one of them
+    /// and whose next snapshot restored to another view.
+    #[test]
+    fn damaged_snapshots_are_refused() {
+        assert!(restore_damaged(|_| {}).is_ok());
+        type Damage = fn(&mut SnapshotV1);
+        let damages: [(&str, Damage); 6] = [
+            ("same begun", |s| s.strokes[1].begun = s.strokes[0].begun),
+            ("same id", |s| s.strokes[1].id = s.strokes[0].id.clone()),
+            ("begun past head", |s| s.strokes[1].begun = Seq(99)),
+            ("nan width", |s| s.strokes[0].width = f64::NAN),
+            ("infinite point", |s| {
+                s.strokes[0].points[0][1] = f64::INFINITY
+            }),
+            ("message past head", |s| s.messages[0].seq = Seq(99)),
+        ];
+        for (what, damage) in damages {
+            assert!(
+                matches!(restore_damaged(damage), Err(SnapshotError::Damaged(_))),
+                "{what}"
+            );
+        }
+        let last_seq = restore_damaged(|s| s.head = Seq(u64::MAX));
+        assert!(matches!(last_seq, Err(SnapshotError::Damaged(_))));
     }
 }

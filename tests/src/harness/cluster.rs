@@ -30,6 +30,12 @@
 //!
 //! Waiting is always polling with a deadline; a deadline that passes fails
 //! the test with what it waited for.
+//!
+//! A process can also run in a network namespace of its own
+//! ([`Cluster::add_isolated`], see [`super::netns`]), reaching NATS over
+//! one link and the store over another: [`Cluster::cut`] partitions both,
+//! [`Cluster::cut_bus`] only the first, [`Cluster::heal`] restores them; a
+//! gateway there serves its clients over a third link that no cut touches.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -51,6 +57,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio::time::Instant;
 
+use super::netns::{InnerRelay, Link, NetNs, Relay};
 use super::server::clear_collab_env;
 use super::{HarnessError, WsClient, WsError, collab_binary, shared_cql_store_url};
 
@@ -183,6 +190,9 @@ pub enum NodeState {
     Running,
     /// SIGSTOPped: alive, but it does nothing (no heartbeats either).
     Stopped,
+    /// Running, but its link to NATS (and maybe the store) is cut: a
+    /// partition.
+    Cut,
     Exited,
 }
 
@@ -195,6 +205,25 @@ struct Node {
     addr: SocketAddr,
     state: NodeState,
     log: LogTail,
+    /// Its namespace, for a process of [`Cluster::add_isolated`]; dropped
+    /// (links and namespace removed) after the process is killed.
+    isolation: Option<Isolation>,
+}
+
+/// Where an isolated process runs: its namespace, its links to NATS and to
+/// the store (each relayed to the server's loopback port) and the address
+/// it listens on.
+struct Isolation {
+    nats_link: Link,
+    store_link: Link,
+    listen: std::net::Ipv4Addr,
+    nats_relay: Relay,
+    /// The CQL server's own address inside the namespace, relayed over the
+    /// store link to `store_relay`: the process uses the cluster's store URL.
+    _store_inside: InnerRelay,
+    _store_relay: Relay,
+    // Last: removed after the relays stop.
+    ns: NetNs,
 }
 
 impl Node {
@@ -219,6 +248,7 @@ struct Starting {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     log: LogTail,
+    isolation: Option<Isolation>,
 }
 
 /// The live gateways' WebSocket URLs, shared with the clients: the cluster
@@ -518,6 +548,96 @@ impl Cluster {
         blocking(|| self.nats.restart());
     }
 
+    /// Starts one more process of `role` in a network namespace of its
+    /// own and waits until it is ready and the membership shows it. It
+    /// reaches NATS over one veth link and the store over another (each
+    /// relayed to the server's loopback port), which [`Cluster::cut`] and
+    /// [`Cluster::cut_bus`] partition; a room node listens on the NATS
+    /// link, a gateway on a third link for its clients, which stays up.
+    /// Returns its id. Check [`partitions_unsupported`] first.
+    pub async fn add_isolated(&mut self, role: Role) -> Result<String, HarnessError> {
+        let mut ns = NetNs::create().map_err(HarnessError::Setup)?;
+        let nats_link = ns.add_link()?;
+        let store_link = ns.add_link()?;
+        let listen = match role {
+            Role::RoomNode => nats_link.ns_addr,
+            Role::Gateway => ns.add_link()?.ns_addr,
+        };
+        let nats_target = SocketAddr::from(([127, 0, 0, 1], self.nats.port()));
+        let store_target = store_addr(&self.store_url)?;
+        let store_relay = Relay::start(store_link.host_addr, store_target).await?;
+        let isolation = Isolation {
+            nats_relay: Relay::start(nats_link.host_addr, nats_target).await?,
+            _store_inside: ns.relay_inside(store_target.port(), store_relay.addr())?,
+            _store_relay: store_relay,
+            nats_link,
+            store_link,
+            listen,
+            ns,
+        };
+        let starting = self.spawn_in(role, Some(isolation))?;
+        let id = self.listening(starting).await?;
+        self.wait_ready(&id).await;
+        self.wait_membership().await;
+        Ok(id)
+    }
+
+    /// Partitions an isolated process from NATS and the store: both links
+    /// go down; the process runs on. A cut gateway leaves the clients'
+    /// list of gateways (a load balancer stops sending new clients to a
+    /// gateway that fails its readiness), but its clients stay connected.
+    pub fn cut(&mut self, id: &str) -> Result<(), HarnessError> {
+        self.cut_links(id, true)
+    }
+
+    /// Partitions an isolated process from NATS only: it still reaches the
+    /// store, so whatever it commits meets the store's fencing.
+    pub fn cut_bus(&mut self, id: &str) -> Result<(), HarnessError> {
+        self.cut_links(id, false)
+    }
+
+    fn cut_links(&mut self, id: &str, store_too: bool) -> Result<(), HarnessError> {
+        self.gateways.remove(id);
+        let node = self.node_mut(id);
+        let isolation = node
+            .isolation
+            .as_ref()
+            .ok_or_else(|| HarnessError::Setup(format!("{id} is not isolated")))?;
+        isolation.nats_link.cut()?;
+        if store_too {
+            isolation.store_link.cut()?;
+        }
+        node.state = NodeState::Cut;
+        Ok(())
+    }
+
+    /// Ends a partition: every link of the process comes back up. A
+    /// gateway returns to the clients' list once it is ready again.
+    pub async fn heal(&mut self, id: &str) -> Result<(), HarnessError> {
+        let node = self.node_mut(id);
+        let isolation = node
+            .isolation
+            .as_ref()
+            .ok_or_else(|| HarnessError::Setup(format!("{id} is not isolated")))?;
+        isolation.nats_link.heal()?;
+        isolation.store_link.heal()?;
+        node.state = NodeState::Running;
+        if node.role == Role::Gateway {
+            let url = format!("ws://{}/v1/ws", node.addr);
+            self.wait_ready(id).await;
+            self.gateways.add(id, url);
+        }
+        Ok(())
+    }
+
+    /// Whether a process is still alive (not exited, whatever its state).
+    pub fn is_alive(&mut self, id: &str) -> bool {
+        let node = self.node_mut(id);
+        node.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     // --- waiting ---
 
     /// Waits until `GET /readyz` of a process answers 200.
@@ -804,17 +924,40 @@ impl Cluster {
     /// Spawns `collab gateway|room-node` with the next id; stdout and
     /// stderr go to `DIR/ID.log` and the in-memory tail.
     fn spawn(&mut self, role: Role) -> Result<Starting, HarnessError> {
+        self.spawn_in(role, None)
+    }
+
+    /// [`Cluster::spawn`], inside `isolation`'s namespace when given: it
+    /// listens on the namespace's address and reaches NATS and the store
+    /// through the relays on its links.
+    fn spawn_in(
+        &mut self,
+        role: Role,
+        isolation: Option<Isolation>,
+    ) -> Result<Starting, HarnessError> {
         let id = self.next_id(role);
         let work_dir = self.dir.path().join(&id);
         std::fs::create_dir_all(&work_dir)?;
         let log_file = Arc::new(Mutex::new(File::create(
             self.dir.path().join(format!("{id}.log")),
         )?));
-        let mut cmd = Command::new(collab_binary()?);
+        let (mut cmd, listen, nats, store) = match &isolation {
+            None => (
+                Command::new(collab_binary()?),
+                "127.0.0.1:0".to_owned(),
+                self.nats.url(),
+                self.store_url.clone(),
+            ),
+            Some(isolation) => (
+                isolation.ns.command(collab_binary()?),
+                format!("{}:0", isolation.listen),
+                format!("nats://{}", isolation.nats_relay.addr()),
+                self.store_url.clone(),
+            ),
+        };
         cmd.arg(role.subcommand())
-            .args(["--listen", "127.0.0.1:0", "--nats"])
-            .arg(self.nats.url())
-            .args(["--node-id", &id, "--store", &self.store_url]);
+            .args(["--listen", &listen, "--nats", &nats])
+            .args(["--node-id", &id, "--store", &store]);
         clear_collab_env(&mut cmd);
         cmd.env("COLLAB_JWT_SECRET", &self.secret);
         if std::env::var_os("RUST_LOG").is_none() {
@@ -851,6 +994,7 @@ impl Cluster {
             child,
             lines,
             log,
+            isolation,
         })
     }
 
@@ -890,6 +1034,7 @@ impl Cluster {
             addr,
             state: NodeState::Running,
             log: starting.log,
+            isolation: starting.isolation,
         };
         self.nodes.push(node);
         if starting.role == Role::Gateway {
@@ -943,6 +1088,31 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Why this machine cannot run partition tests (network namespaces need
+/// `ip` from iproute2 and the rights to create them), or `None` if it can.
+pub fn partitions_unsupported() -> Option<String> {
+    match NetNs::create() {
+        Ok(ns) => {
+            drop(ns);
+            None
+        }
+        Err(why) => Some(why),
+    }
+}
+
+/// The CQL server's address in a `cql://HOST:PORT/KEYSPACE` URL.
+fn store_addr(store_url: &str) -> Result<SocketAddr, HarnessError> {
+    use std::net::ToSocketAddrs;
+    let host_port = store_url
+        .strip_prefix("cql://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    host_port
+        .to_socket_addrs()?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| HarnessError::Setup(format!("no IPv4 address for {host_port}")))
 }
 
 /// The owner of `room` among `nodes` by the product's placement function.
@@ -1141,6 +1311,9 @@ pub struct Progress {
     pub room_errors: usize,
     /// The gateway it is connected to.
     pub gateway: Option<String>,
+    /// Every close of its connection by a gateway: (gateway, close code
+    /// if the close frame had one, when).
+    pub closes: Vec<(String, Option<u16>, Instant)>,
     pub presence: Vec<PresenceRecord>,
     /// Why the client gave up: it saw something the protocol forbids, or
     /// could not get through within its deadline.
@@ -1624,7 +1797,14 @@ impl DrawClient {
         match ws.recv_json(READ_SLICE).await {
             Ok(frame) => self.handle(&frame),
             Err(WsError::Timeout(_)) => {}
-            Err(WsError::Closed { .. } | WsError::Ws(_)) => self.lost_connection(),
+            Err(WsError::Closed { code, .. }) => {
+                let gateway = self.gateway.clone().unwrap_or_default();
+                lock(&self.progress)
+                    .closes
+                    .push((gateway, code, Instant::now()));
+                self.lost_connection();
+            }
+            Err(WsError::Ws(_)) => self.lost_connection(),
             Err(e) => self.fail(format!("bad frame: {e}")),
         }
     }

@@ -14,10 +14,12 @@
 //! runs a stale binary after a change to the server.
 //!
 //! [`cluster`] runs a whole cluster of gateways and room nodes;
-//! [`prometheus`] a real Prometheus that scrapes them.
+//! [`prometheus`] a real Prometheus that scrapes them; [`netns`] puts a
+//! process of a cluster behind a link a test can cut.
 
 pub mod cluster;
 mod cql;
+pub mod netns;
 pub mod prometheus;
 mod server;
 mod ws;
