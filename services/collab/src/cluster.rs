@@ -8,7 +8,8 @@
 //! configured.
 //!
 //! Each registers the bus's metrics (NATS connection, membership) beside
-//! its own; a room node serves its router ([`collab_room_node::http`]) on
+//! its own; a gateway keeps the state it shares with the others (rate
+//! limits, revocations, presence) in the Redis that `redis` names; a room node serves its router ([`collab_room_node::http`]) on
 //! `listen`. With `metrics_listen`, a second listener serves `/metrics`
 //! (then only there) and the probes.
 //!
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use collab_bus::{Bus, BusMetrics, NatsBus, NatsBusConfig};
-use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
+use collab_gateway::{Auth, Gateway, GatewayMetrics, GatewayParts, Readiness};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
 use collab_protocol::subjects::Subjects;
@@ -38,8 +39,8 @@ use tracing::{info, warn};
 
 use crate::config::{CollabConfig, StoreLocation};
 use crate::serve::{
-    ServeError, announce, announce_metrics, bind, bind_metrics, local_addr, open_store, spawn_http,
-    spawn_server,
+    ServeError, announce, announce_metrics, bind, bind_metrics, local_addr, open_ephemeral,
+    open_store, spawn_http, spawn_server,
 };
 
 /// Runs a gateway until `shutdown` resolves, then drains and returns.
@@ -58,22 +59,32 @@ pub async fn run_gateway(
     let bus = Arc::new(connect(&config, node.clone(), true, bus_metrics).await?);
 
     let metrics = GatewayMetrics::register(&mut registry);
-    let exporter = Exporter::new(registry, Role::Gateway, crate::VERSION);
     let mut gateway_config = config.gateway.clone();
     gateway_config.metrics_elsewhere = config.metrics_listen.is_some();
     // Connections are named after this run of the gateway, so a room node
     // that sees it leave the cluster (or restart under the same node id)
-    // drops exactly its connections.
+    // drops exactly its connections; so are its presence records.
     gateway_config.gateway_id = bus.instance().to_owned();
+    if config.redis_url().is_none() {
+        warn!(
+            "no redis configured: this gateway's rate limits, revocations and presence are its \
+             own, not the cluster's (set COLLAB_REDIS on every gateway)"
+        );
+    }
+    let ephemeral = open_ephemeral(&config, &gateway_config.gateway_id, &mut registry)?;
+    let exporter = Exporter::new(registry, Role::Gateway, crate::VERSION);
     let readiness = Arc::new(GatewayReadiness { bus: bus.clone() });
     let gateway = Gateway::new(
         gateway_config,
-        Auth::new(secret.expose(), false),
-        bus.clone(),
-        store,
-        readiness,
-        metrics,
-        exporter,
+        GatewayParts {
+            auth: Auth::new(secret.expose(), false),
+            bus: bus.clone(),
+            store,
+            readiness,
+            metrics,
+            exporter,
+            ephemeral,
+        },
     );
 
     let metrics_listener = bind_metrics(&config).await?;
@@ -103,6 +114,9 @@ pub async fn run_gateway(
             "connections still open after the grace period; closing anyway"
         );
     }
+    // The others see this gateway's users gone now, not when its presence
+    // records expire.
+    gateway.flush_presence().await;
     // The sockets' leaves went out over the bus; now say goodbye.
     bus.leave().await;
     info!("gateway drained; bye");

@@ -21,7 +21,9 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, Readiness, now_secs};
+use collab_ephemeral::{Ephemeral, EphemeralMetrics};
+
+use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness, now_secs};
 
 const SECRET: &[u8] = b"test-secret";
 
@@ -84,13 +86,19 @@ impl Harness {
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
         let gateway = Gateway::new(
-            config,
-            auth.clone(),
-            Arc::new(InProcessBus::new()),
-            store.clone(),
-            ready.clone(),
-            metrics,
-            Exporter::new(registry, Role::Gateway, "test"),
+            config.clone(),
+            GatewayParts {
+                auth: auth.clone(),
+                bus: Arc::new(InProcessBus::new()),
+                store: store.clone(),
+                readiness: ready.clone(),
+                metrics,
+                exporter: Exporter::new(registry, Role::Gateway, "test"),
+                ephemeral: Ephemeral::in_memory(
+                    &config.ephemeral_options(),
+                    EphemeralMetrics::default(),
+                ),
+            },
         );
         let app = gateway
             .router()
@@ -119,6 +127,8 @@ impl Harness {
                     .collect::<HashMap<_, _>>()
             }),
             scope: None,
+            jti: None,
+            iat: None,
         };
         self.auth.mint(&claims).expect("mints")
     }
@@ -268,6 +278,8 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             name: None,
             rooms: None,
             scope: None,
+            jti: None,
+            iat: None,
         })
         .expect("mints");
     let expired = h
@@ -278,6 +290,8 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             name: None,
             rooms: None,
             scope: None,
+            jti: None,
+            iat: None,
         })
         .expect("mints");
     let no_exp = raw_token(json!({"sub":"ann"}), SECRET);
