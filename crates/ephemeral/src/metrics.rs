@@ -121,9 +121,10 @@ impl Default for EphemeralMetrics {
 }
 
 impl EphemeralMetrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`: a process
+    /// whose shared state is in Redis.
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = EphemeralMetrics::default();
+        let metrics = EphemeralMetrics::register_without_redis(registry);
         let r = registry.sub_registry_with_prefix("collab");
         r.register(
             "redis_request_duration_seconds",
@@ -146,14 +147,24 @@ impl EphemeralMetrics {
             metrics.redis_outages.clone(),
         );
         r.register(
-            "rate_limited",
-            "Requests refused by a rate limit, by kind",
-            metrics.rate_limited.clone(),
-        );
-        r.register(
             "rate_limit_fallbacks",
             "Rate checks decided by this gateway's own bucket while Redis was unreachable, by kind",
             metrics.rate_limit_fallbacks.clone(),
+        );
+        metrics
+    }
+
+    /// Creates the metrics and registers in `registry` only those that mean
+    /// something without Redis (requests refused by kind, revocations):
+    /// `collab serve` with its shared state in memory, which has no Redis
+    /// to watch, and so no Redis metrics to alert on.
+    pub fn register_without_redis(registry: &mut Registry) -> Self {
+        let metrics = EphemeralMetrics::default();
+        let r = registry.sub_registry_with_prefix("collab");
+        r.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by kind",
+            metrics.rate_limited.clone(),
         );
         r.register(
             "revocations_received",

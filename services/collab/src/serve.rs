@@ -229,22 +229,24 @@ pub async fn run(
 }
 
 /// The state this process's gateway shares with the others: in the Redis
-/// that `redis` names, else in memory. Registers its metrics. Does not wait
-/// for Redis: a gateway serves with Redis down.
+/// that `redis` names, else in memory. Registers its metrics (the Redis
+/// ones only with Redis). Does not wait for Redis: a gateway serves with
+/// Redis down.
 pub(crate) fn open_ephemeral(
     config: &CollabConfig,
     gateway_id: &str,
     registry: &mut Registry,
 ) -> Result<Ephemeral, ServeError> {
-    let metrics = EphemeralMetrics::register(registry);
     let mut options = config.gateway.ephemeral_options();
     options.gateway_id = gateway_id.to_owned();
     match config.redis_url() {
         None => {
             info!("shared state (rate limits, revocations, presence) in this process");
+            let metrics = EphemeralMetrics::register_without_redis(registry);
             Ok(Ephemeral::in_memory(&options, metrics))
         }
         Some(url) => {
+            let metrics = EphemeralMetrics::register(registry);
             let client =
                 RedisClient::connect(RedisOptions::new(url), metrics).map_err(ServeError::Redis)?;
             info!(redis = %redis_address(url), "shared state (rate limits, revocations, presence) in redis");
