@@ -474,7 +474,7 @@ async fn killing_redis_under_load_loses_nothing_and_the_shared_state_comes_back(
         )
         .await;
         assert!(
-            is_ready(&cluster, gateway).await,
+            is_ready(cluster, gateway).await,
             "{gateway} unready with redis down"
         );
     }
