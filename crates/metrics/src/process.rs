@@ -18,7 +18,9 @@ pub(crate) fn register(registry: &mut Registry) {
 mod linux {
     use procfs::process::{LimitValue, Process};
     use prometheus_client::collector::Collector;
-    use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+    use prometheus_client::encoding::DescriptorEncoder;
+
+    use crate::emit;
     use prometheus_client::metrics::counter::ConstCounter;
     use prometheus_client::metrics::gauge::ConstGauge;
 
@@ -87,15 +89,5 @@ mod linux {
             }
             Ok(())
         }
-    }
-
-    /// Writes one metric with its name and help.
-    fn emit(
-        encoder: &mut DescriptorEncoder,
-        name: &str,
-        help: &str,
-        metric: impl EncodeMetric,
-    ) -> Result<(), std::fmt::Error> {
-        metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
     }
 }

@@ -5,9 +5,10 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use collab_metrics::emit;
 use collab_store::EmbeddedStore;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -101,14 +102,4 @@ impl Collector for StoreCollector {
         )?;
         Ok(())
     }
-}
-
-/// Writes one metric with its name and help.
-fn emit(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    metric: impl EncodeMetric,
-) -> Result<(), std::fmt::Error> {
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
