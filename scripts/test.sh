@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (skipping whatever is already there)
 # and runs every test: formatting, lints, unit, property, conformance and
-# cross-process tests, then the browser tests of the web client (which
-# install Debian's Chromium and the pinned npm packages when missing).
+# cross-process tests, then the client SDK's tests and the browser tests of
+# the web client (which install Debian's Chromium and the pinned npm
+# packages when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,6 +95,11 @@ cargo test --workspace --locked
 # Dockerfile, offline (installs helm, kubeconform and kube-score once).
 step "Kubernetes deployment (scripts/k8s-check.sh)"
 bash scripts/k8s-check.sh
+
+# The client SDK (sdk/js): build, types, unit tests, a real server, the
+# fault proxy, and the page's copy of the SDK against a fresh build.
+step "client SDK (scripts/sdk-tests.sh)"
+bash scripts/sdk-tests.sh
 
 step "browser tests (scripts/web-tests.sh)"
 bash scripts/web-tests.sh

@@ -1,10 +1,12 @@
 //! The web client: the page at `/`, the admin page at `/admin` and their
 //! assets, compiled into the binary.
 //!
-//! The page is plain ES modules (see `docs/adr/0003-web-client-plain-es-modules.md`):
-//! each file under `services/gateway/web/` is embedded with `include_bytes!`
-//! and served as it is, so running the server needs no Node and no files
-//! beside the binary, and the page works offline (no CDN, no web fonts).
+//! The page is plain ES modules (see `docs/adr/0003-web-client-plain-es-modules.md`)
+//! on top of the client SDK's compiled modules (`web/app/sdk/`, built from
+//! `sdk/js` and committed: `docs/adr/0006-client-sdk-typescript.md`): each
+//! file under `services/gateway/web/` is embedded with `include_bytes!` and
+//! served as it is, so running the server needs no Node and no files beside
+//! the binary, and the page works offline (no CDN, no web fonts).
 //!
 //! Caching: the file names carry no content hash, so every response says
 //! `Cache-Control: no-cache` with a strong `ETag` (a hash of the embedded
@@ -55,13 +57,21 @@ static ASSETS: &[Asset] = &[
     asset!("api.js", "app/api.js", JS),
     asset!("words.js", "app/words.js", JS),
     asset!("ui.js", "app/ui.js", JS),
-    asset!("connection.js", "app/connection.js", JS),
-    asset!("outbox.js", "app/outbox.js", JS),
-    asset!("room.js", "app/room.js", JS),
+    asset!("names.js", "app/names.js", JS),
     asset!("board.js", "app/board.js", JS),
     asset!("render.js", "app/render.js", JS),
     asset!("chat.js", "app/chat.js", JS),
     asset!("admin.js", "app/admin.js", JS),
+    // The client SDK (`sdk/js`), as its TypeScript compiler emits it.
+    asset!("sdk/index.js", "app/sdk/index.js", JS),
+    asset!("sdk/client.js", "app/sdk/client.js", JS),
+    asset!("sdk/room.js", "app/sdk/room.js", JS),
+    asset!("sdk/state.js", "app/sdk/state.js", JS),
+    asset!("sdk/outbox.js", "app/sdk/outbox.js", JS),
+    asset!("sdk/storage.js", "app/sdk/storage.js", JS),
+    asset!("sdk/errors.js", "app/sdk/errors.js", JS),
+    asset!("sdk/emitter.js", "app/sdk/emitter.js", JS),
+    asset!("sdk/protocol.js", "app/sdk/protocol.js", JS),
     asset!("style.css", "app/style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "app/icon.svg", "image/svg+xml"),
 ];

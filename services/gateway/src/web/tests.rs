@@ -70,18 +70,18 @@ async fn assets_have_their_content_types() {
 
 #[tokio::test]
 async fn a_matching_etag_gets_not_modified() {
-    let first = app_file(Path("room.js".to_owned()), HeaderMap::new()).await;
+    let first = app_file(Path("board.js".to_owned()), HeaderMap::new()).await;
     let etag = first.headers()[header::ETAG].clone();
     let mut headers = HeaderMap::new();
     headers.insert(header::IF_NONE_MATCH, etag.clone());
-    let again = app_file(Path("room.js".to_owned()), headers).await;
+    let again = app_file(Path("board.js".to_owned()), headers).await;
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(again.headers()[header::ETAG], etag);
     assert!(body_text(again).await.is_empty());
 
     let mut stale = HeaderMap::new();
     stale.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"0\""));
-    let fresh = app_file(Path("room.js".to_owned()), stale).await;
+    let fresh = app_file(Path("board.js".to_owned()), stale).await;
     assert_eq!(fresh.status(), StatusCode::OK);
 }
 
@@ -102,16 +102,24 @@ fn everything_the_page_loads_is_embedded() {
     let mut wanted = Vec::new();
     for asset in ASSETS {
         let text = std::str::from_utf8(asset.body).expect("utf-8");
-        for (marker, end) in [("from './", '\''), ("\"/app/", '"')] {
+        // A module's `./x.js` is beside it: `sdk/index.js` imports `sdk/room.js`.
+        let dir = asset.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        for (marker, end, relative) in [("from './", '\'', true), ("\"/app/", '"', false)] {
             for (i, _) in text.match_indices(marker) {
                 let rest = &text[i + marker.len()..];
                 if let Some(stop) = rest.find(end) {
-                    wanted.push(rest[..stop].to_owned());
+                    let file = &rest[..stop];
+                    wanted.push(if relative && !dir.is_empty() {
+                        format!("{dir}/{file}")
+                    } else {
+                        file.to_owned()
+                    });
                 }
             }
         }
     }
     assert!(wanted.iter().any(|w| w == "board.js"), "{wanted:?}");
+    assert!(wanted.iter().any(|w| w == "sdk/room.js"), "{wanted:?}");
     for file in &wanted {
         assert!(
             embedded.contains(&file.as_str()),

@@ -1,6 +1,7 @@
-// The HTTP half of the protocol: tokens, rooms and history. Every failure
-// becomes an ApiError with the protocol's error code ("network" when the
-// server could not be reached), so callers can word it with describeError.
+// The page's own HTTP calls: dev tokens and the admin endpoints (rooms and
+// history go through the SDK). Every failure becomes an ApiError with the
+// protocol's error code ("network" when the server could not be reached),
+// so callers can word it with describeError.
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -50,25 +51,6 @@ export async function devToken(user, name, scope) {
   }
 }
 
-/** Creates a board or a channel with a fresh 8-character code. */
-export function createRoom(token, kind, name) {
-  const body = { kind };
-  if (name) body.name = name;
-  return request('/v1/rooms', { token, method: 'POST', body });
-}
-
-export function roomInfo(token, id) {
-  return request(`/v1/rooms/${encodeURIComponent(id)}`, { token });
-}
-
-/** One page of history, newest first; `before` is exclusive. */
-export function history(token, id, { before, limit = 50, kinds } = {}) {
-  const query = new URLSearchParams({ limit: String(limit) });
-  if (before !== undefined && before !== null) query.set('before', String(before));
-  if (kinds) query.set('kinds', kinds.join(','));
-  return request(`/v1/rooms/${encodeURIComponent(id)}/history?${query}`, { token });
-}
-
 /** The cluster's members and what each holds (admin scope). */
 export function adminCluster(token) {
   return request('/v1/admin/cluster', { token });
@@ -77,33 +59,6 @@ export function adminCluster(token) {
 /** A room as its owner sees it: owner, term, head, members, mailbox (admin scope). */
 export function adminRoom(token, id) {
   return request(`/v1/admin/rooms/${encodeURIComponent(id)}`, { token });
-}
-
-/** Whether `token` is accepted: true, false (401), or null (cannot tell). */
-export async function tokenAccepted(token) {
-  try {
-    await request('/v1/me/rooms', { token });
-    return true;
-  } catch (e) {
-    if (e.status === 401) return false;
-    return null;
-  }
-}
-
-/**
- * The claims of a JWT, read without checking its signature: the server
- * checks it; the page only uses them to know the user and what they may do
- * (a read-only room gets no drawing tools).
- */
-export function readClaims(token) {
-  try {
-    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const padded = part + '='.repeat((4 - (part.length % 4)) % 4);
-    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
-    return JSON.parse(new TextDecoder().decode(bytes));
-  } catch {
-    return null;
-  }
 }
 
 /** "write", "read" or null: what `claims` allow in `room`. */

@@ -7,14 +7,11 @@
 // every page agrees where a stroke is whatever its window size.
 
 import { drawStrokes, exportPng, pruneCache } from './render.js';
-import { MAX_POINTS } from './outbox.js';
+import { MAX_POINTS } from './sdk/index.js';
 import { el, notify } from './ui.js';
 
 const MIN_SCALE = 0.1;
 const MAX_SCALE = 8;
-// Cursor updates are fire-and-forget and rate limited by the server
-// (60/s): 25/s looks smooth and leaves room for a second tab.
-const CURSOR_INTERVAL_MS = 40;
 // Points closer than this (in screen pixels) to the previous one add
 // nothing visible and only make ops bigger.
 const MIN_POINT_DISTANCE_PX = 0.75;
@@ -37,11 +34,15 @@ export const PALETTE = [
 export class Board {
   /**
    * @param {object} o
-   * @param {import('./room.js').Room} o.room
+   * @param {import('./sdk/index.js').Room} o.room
+   * @param {import('./names.js').Names} o.names
+   * @param {string} o.me  my user id
    * @param {boolean} o.readOnly  no drawing, only looking
    */
   constructor(o) {
     this.room = o.room;
+    this.names = o.names;
+    this.me = o.me;
     this.readOnly = o.readOnly;
     this.canvas = document.getElementById('board');
     this.ctx = this.canvas.getContext('2d');
@@ -57,7 +58,6 @@ export class Board {
     this.spaceHeld = false;
     this.frame = 0; // a pending requestAnimationFrame
     this.cursorAt = null; // latest own pointer position not yet sent
-    this.cursorSentAt = 0;
     this.cursorEls = new Map();
     this.listeners = [];
     this.setupToolbar();
@@ -115,7 +115,7 @@ export class Board {
   }
 
   async exportPng() {
-    const blob = await exportPng(this.room.drawList());
+    const blob = await exportPng(this.room.strokes());
     if (!blob) {
       notify('Nothing to export yet: the board is empty.');
       return;
@@ -138,7 +138,7 @@ export class Board {
     this.on(c, 'pointercancel', (e) => this.pointerUp(e));
     this.on(c, 'pointerleave', () => {
       this.cursorAt = null;
-      this.room.leaveCursor();
+      this.room.cursorLeave();
     });
     this.on(c, 'wheel', (e) => this.wheel(e), { passive: false });
     this.on(c, 'keydown', (e) => this.canvasKey(e));
@@ -271,7 +271,7 @@ export class Board {
     const points = d.queued;
     d.queued = [];
     if (!d.id) {
-      d.id = this.room.beginStroke(d.color, d.width, points.slice(0, MAX_POINTS));
+      d.id = this.room.beginStroke({ color: d.color, width: d.width, points: points.slice(0, MAX_POINTS) });
       if (points.length > MAX_POINTS) this.room.addPoints(d.id, points.slice(MAX_POINTS));
     } else {
       this.room.addPoints(d.id, points);
@@ -397,15 +397,10 @@ export class Board {
     });
   }
 
+  /** At most once a frame; the SDK sends at most 20 a second, the latest position winning. */
   sendCursor() {
     if (!this.cursorAt) return;
-    const now = performance.now();
-    if (now - this.cursorSentAt < CURSOR_INTERVAL_MS) {
-      this.scheduleFrame(); // send the latest position a little later
-      return;
-    }
-    this.cursorSentAt = now;
-    this.room.moveCursor(this.cursorAt[0], this.cursorAt[1]);
+    this.room.cursor(this.cursorAt[0], this.cursorAt[1]);
     this.cursorAt = null;
   }
 
@@ -415,7 +410,7 @@ export class Board {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.setTransform(dpr * scale, 0, 0, dpr * scale, dpr * tx, dpr * ty);
-    const strokes = this.room.drawList();
+    const strokes = this.room.strokes();
     const visible = {
       minX: -tx / scale,
       minY: -ty / scale,
@@ -431,7 +426,7 @@ export class Board {
   placeCursors() {
     const seen = new Set();
     for (const [user, at] of this.room.cursors) {
-      if (user === this.room.me.id) continue;
+      if (user === this.me) continue;
       seen.add(user);
       let node = this.cursorEls.get(user);
       if (!node) {
@@ -439,8 +434,8 @@ export class Board {
         this.cursorEls.set(user, node);
         this.cursorLayer.append(node);
       }
-      node.querySelector('.cursor-name').textContent = this.room.nameOf(user);
-      node.style.setProperty('--cursor-color', this.room.colorOf(user) || '#57606a');
+      node.querySelector('.cursor-name').textContent = this.names.nameOf(user);
+      node.style.setProperty('--cursor-color', this.room.presence.get(user)?.color || '#57606a');
       const x = at.x * this.view.scale + this.view.tx;
       const y = at.y * this.view.scale + this.view.ty;
       node.style.transform = `translate(${x}px, ${y}px)`;

@@ -2,7 +2,6 @@
 // history endpoint when the reader scrolls up, and the reader's own
 // messages shown as "sending…" until the server has them.
 
-import { history } from './api.js';
 import { describeError } from './words.js';
 import { el, formatTime, notify } from './ui.js';
 
@@ -13,13 +12,15 @@ const PAGE = 50;
 export class Chat {
   /**
    * @param {object} o
-   * @param {import('./room.js').Room} o.room
-   * @param {() => string} o.token
+   * @param {import('./sdk/index.js').Room} o.room
+   * @param {import('./names.js').Names} o.names
+   * @param {string} o.me  my user id
    * @param {boolean} o.readOnly
    */
   constructor(o) {
     this.room = o.room;
-    this.token = o.token;
+    this.names = o.names;
+    this.me = o.me;
     this.log = document.getElementById('chat-log');
     this.list = document.getElementById('chat-messages');
     this.olderButton = document.getElementById('chat-older');
@@ -41,7 +42,7 @@ export class Chat {
     });
     this.on(this.olderButton, 'click', () => this.loadOlder());
     this.on(this.log, 'scroll', () => {
-      if (this.log.scrollTop < 40 && this.room.hasOlder) this.loadOlder();
+      if (this.log.scrollTop < 40 && this.room.hasOlderMessages) this.loadOlder();
     });
     this.input.disabled = o.readOnly;
     this.form.querySelector('button').disabled = o.readOnly;
@@ -73,15 +74,12 @@ export class Chat {
   }
 
   async loadOlder() {
-    if (this.loading || !this.room.hasOlder) return;
-    const before = this.room.oldestMessageSeq();
-    if (before === null) return;
+    if (this.loading || !this.room.hasOlderMessages) return;
     this.loading = true;
     this.olderButton.textContent = 'Loading…';
     try {
-      const page = await history(this.token(), this.room.id, { before, limit: PAGE, kinds: ['message'] });
-      this.keepScroll = this.log.scrollHeight - this.log.scrollTop;
-      this.room.addOlder(page.ops, page.next_before);
+      const keepScroll = this.log.scrollHeight - this.log.scrollTop;
+      if (await this.room.loadOlderMessages(PAGE) > 0) this.keepScroll = keepScroll;
     } catch (e) {
       notify(`Older messages could not be loaded. ${describeError(e.code, e.message)}`, 'error');
     } finally {
@@ -94,7 +92,7 @@ export class Chat {
   /** Brings the list in line with the room's messages, reusing nodes. */
   render() {
     const nearBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 60;
-    const { sent, sending } = this.room.messageList();
+    const { sent, sending } = this.room.messages();
     const wanted = [
       ...sent.map((m) => [`s${m.seq}`, m]),
       ...sending.map((m) => [`c${m.cid}`, m]),
@@ -119,7 +117,7 @@ export class Chat {
       if (node !== expected) this.list.insertBefore(node, expected);
       previous = node;
     }
-    this.olderButton.hidden = !this.room.hasOlder;
+    this.olderButton.hidden = !this.room.hasOlderMessages;
     document.getElementById('chat-empty').hidden = wanted.length > 0;
     if (this.keepScroll !== undefined) {
       // Older messages went in above: keep what the reader was looking at.
@@ -132,12 +130,12 @@ export class Chat {
   }
 
   messageNode(m) {
-    const mine = m.user === this.room.me.id;
+    const mine = m.pending || m.user === this.me;
     const time = m.pending
       ? el('span', { class: 'chat-time', text: 'sending…' })
       : el('time', { class: 'chat-time', datetime: new Date(m.ts).toISOString(), title: new Date(m.ts).toLocaleString(), text: formatTime(m.ts) });
     const name = el('span', { class: 'chat-name' });
-    const node = el('li', { class: `chat-message${mine ? ' mine' : ''}${m.pending ? ' pending' : ''}`, dataset: { user: m.user } },
+    const node = el('li', { class: `chat-message${mine ? ' mine' : ''}${m.pending ? ' pending' : ''}`, dataset: { user: m.pending ? this.me : m.user } },
       el('div', { class: 'chat-meta' }, name, ' ', time),
       el('p', { class: 'chat-text', text: m.op.text }));
     this.refreshName(node, m);
@@ -146,11 +144,12 @@ export class Chat {
 
   /** Names can arrive after the message (a presence event), so they are refreshed. */
   refreshName(node, m) {
-    const mine = m.user === this.room.me.id;
-    const label = mine ? `${this.room.nameOf(m.user)} (you)` : this.room.nameOf(m.user);
+    const user = m.pending ? this.me : m.user;
+    const mine = user === this.me;
+    const label = mine ? `${this.names.nameOf(user)} (you)` : this.names.nameOf(user);
     const name = node.querySelector('.chat-name');
     if (name.textContent !== label) name.textContent = label;
-    const color = this.room.colorOf(m.user);
+    const color = this.room.presence.get(user)?.color;
     if (color) name.style.setProperty('--user-color', color);
   }
 }

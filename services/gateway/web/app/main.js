@@ -6,13 +6,13 @@
 // sessionStorage and strip it); in dev mode the page asks the server for a
 // token in the name the person typed, with a user id kept in localStorage.
 
-import { ApiError, accessIn, createRoom, devToken, readClaims, roomInfo, tokenAccepted } from './api.js';
+import { ApiError, accessIn, devToken } from './api.js';
 import { Board } from './board.js';
 import { Chat } from './chat.js';
-import { Connection } from './connection.js';
-import { Room } from './room.js';
+import { Names } from './names.js';
+import { CollabClient, CollabError, IndexedDbStorage, MemoryStorage, tokenClaims } from './sdk/index.js';
 import { $, el, notify, randomId, store } from './ui.js';
-import { describeClose, describeError } from './words.js';
+import { describeClose, describeDrop, describeError } from './words.js';
 
 const ROOM_CODE = /^[A-Za-z0-9_-]{1,64}$/;
 const RECENT_MAX = 8;
@@ -20,11 +20,11 @@ const RECENT_MAX = 8;
 const app = {
   token: null,      // the token in use
   dev: null,        // true: tokens come from /v1/dev/token; false: from the person
-  connection: null,
-  room: null,
+  client: null,     // the SDK's client: the connection, its rooms and outboxes
+  room: null,       // the SDK's room on screen
+  names: new Names(),
   board: null,
   chat: null,
-  status: { state: 'idle' },
   authFailures: 0,
   statusTimer: null,
 };
@@ -60,7 +60,7 @@ function takeFragmentToken() {
 }
 
 function fresh(token) {
-  const claims = readClaims(token);
+  const claims = tokenClaims(token);
   return !!claims && typeof claims.exp === 'number' && claims.exp * 1000 > Date.now() + 60_000;
 }
 
@@ -72,7 +72,7 @@ function fresh(token) {
 async function ensureToken() {
   const given = ($('#token-input').value || '').trim() || store.get('sessionStorage', 'collab.token');
   if (given) {
-    if (!readClaims(given)) throw new Error('That access token is not valid: it should be three parts separated by dots.');
+    if (!tokenClaims(given)) throw new Error('That access token is not valid: it should be three parts separated by dots.');
     store.set('sessionStorage', 'collab.token', given);
     app.dev = false;
     app.token = given;
@@ -84,7 +84,7 @@ async function ensureToken() {
     throw new Error('Choose a display name first.');
   }
   store.set('localStorage', 'collab.name', name);
-  const claims = app.token && readClaims(app.token);
+  const claims = app.token && tokenClaims(app.token);
   if (app.dev && claims && claims.name === name && fresh(app.token)) return app.token;
   const token = await devToken(userId(), name);
   if (token === null) {
@@ -111,7 +111,7 @@ function showLobby(message, code) {
   $('#room').hidden = true;
   $('#room-header').hidden = true;
   document.title = 'collab';
-  setStatus({ state: 'idle' });
+  renderStatus();
   const error = $('#lobby-error');
   error.textContent = message || '';
   error.hidden = !message;
@@ -125,7 +125,7 @@ function showLobby(message, code) {
 }
 
 function lobbyError(e) {
-  const message = e instanceof ApiError ? describeError(e.code, e.message) : e.message;
+  const message = e instanceof ApiError || e instanceof CollabError ? describeError(e.code, e.message) : e.message;
   const error = $('#lobby-error');
   error.textContent = message;
   error.hidden = false;
@@ -147,7 +147,9 @@ async function create(kind) {
   try {
     const token = await ensureToken();
     const name = $('#room-name').value.trim();
-    const info = await createRoom(token, kind, name || undefined);
+    const body = { kind };
+    if (name) body.name = name;
+    const info = await http(token).createRoom(body);
     await enterRoom(info.id, { push: true, info });
   } catch (e) {
     lobbyError(e);
@@ -203,12 +205,12 @@ function renderRecent() {
 
 async function enterRoom(code, { push = false, info = null } = {}) {
   const token = await ensureToken();
-  const claims = readClaims(token);
+  const claims = tokenClaims(token);
   const access = accessIn(claims, code);
   if (!access) throw new Error(`Your access token does not cover the room "${code}".`);
   // Learn the room's kind and name first: a wrong code is said in the
   // lobby, before any drawing surface appears.
-  const room = info || await roomInfo(token, code);
+  const room = info || await http(token).getRoom(code);
   if (push) history.pushState({ room: code }, '', `/?room=${encodeURIComponent(code)}`);
   remember(room);
   closeRoom();
@@ -216,7 +218,8 @@ async function enterRoom(code, { push = false, info = null } = {}) {
 }
 
 function openRoom(info, claims, readOnly) {
-  const me = { id: claims.sub, name: claims.name || claims.sub, color: '#57606a' };
+  const me = claims.sub;
+  app.names.remember({ id: me, name: claims.name || claims.sub });
   const isBoard = info.kind === 'board';
   $('#lobby').hidden = true;
   $('#room').hidden = false;
@@ -230,85 +233,98 @@ function openRoom(info, claims, readOnly) {
   $('#read-only').hidden = !readOnly;
   document.title = `${named ? info.name : info.id} · collab`;
 
-  const room = new Room({
-    id: info.id,
-    me,
-    send: (frame) => app.connection.send(frame),
-    onChange: (what) => changed(what),
-    onError: (code, message, context) => roomError(code, message, context),
+  // The SDK keeps the connection, resumes the room after any drop and
+  // keeps unsent ops in IndexedDB, so a reload or a crash loses none.
+  const client = new CollabClient({
+    url: location.origin,
+    token: (request) => provideToken(request),
+    storage: typeof indexedDB === 'undefined' ? new MemoryStorage() : new IndexedDbStorage(),
   });
+  app.client = client;
+  client.on('status', () => renderStatus());
+  client.on('welcome', ({ user }) => {
+    app.authFailures = 0;
+    app.names.remember(user);
+  });
+  client.on('error', (e) => notify(describeError(e.code, e.message), 'error'));
+
+  const room = client.room(info.id);
   app.room = room;
-  app.board = isBoard ? new Board({ room, readOnly }) : null;
-  app.chat = new Chat({ room, token: () => app.token, readOnly });
-  app.connection = new Connection({
-    url: () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws?token=${encodeURIComponent(app.token)}`,
-    onFrame: (frame) => onFrame(frame),
-    onStatus: (status) => {
-      if (status.state !== 'online') room.disconnected();
-      setStatus(status);
-    },
-    checkToken: () => tokenAccepted(app.token),
-    onAuthFailure: (reason) => authFailed(reason),
+  room.on('status', () => renderStatus());
+  room.on('joined', () => {
+    for (const user of room.presence.values()) app.names.remember(user);
+    for (const what of ['board', 'chat', 'presence', 'cursors', 'status']) changed(what);
   });
-  app.connection.start();
+  room.on('op', (f) => changed(f.op.kind === 'message' ? 'chat' : 'board'));
+  room.on('presence', (f) => {
+    if (f.event === 'join') app.names.remember(f.user);
+    changed('presence');
+  });
+  room.on('cursor', () => changed('cursors'));
+  room.on('cursor_leave', () => changed('cursors'));
+  room.on('outbox', () => {
+    changed('board');
+    changed('chat');
+    changed('status');
+  });
+  room.on('error', (e) => roomError(e));
+  app.board = isBoard ? new Board({ room, names: app.names, me, readOnly }) : null;
+  app.chat = new Chat({ room, names: app.names, me, readOnly });
   exposeForTests();
+  renderStatus();
   if (isBoard) $('#board').focus({ preventScroll: true });
   else $('#chat-input').focus();
 }
 
+/** An SDK client for the HTTP API alone (the lobby has no room yet). */
+function http(token) {
+  return new CollabClient({ url: location.origin, token });
+}
+
+/**
+ * The SDK's token provider: the token in use, unless the server refused it
+ * or it expired. Dev tokens are free, so then a new one is fetched (three
+ * times at most in a row); otherwise the person is sent to the lobby.
+ */
+async function provideToken({ reason }) {
+  if (reason === 'connect' || reason === 'refresh') {
+    if (app.dev && !fresh(app.token)) app.token = await devToken(userId(), store.get('localStorage', 'collab.name') || userId());
+    return app.token;
+  }
+  app.authFailures += 1;
+  if (app.dev && app.authFailures <= 3) {
+    const token = await devToken(userId(), store.get('localStorage', 'collab.name') || userId()).catch(() => null);
+    if (token) {
+      app.token = token;
+      return token;
+    }
+  }
+  authFailed(reason);
+  throw new Error('no valid token');
+}
+
 function closeRoom() {
   if (!app.room) return;
-  if (app.connection) {
-    app.room.leave();
-    app.connection.stop();
-  }
+  app.client?.close();
   app.board?.destroy();
   app.chat?.destroy();
-  app.room = app.board = app.chat = app.connection = null;
+  app.room = app.board = app.chat = app.client = null;
   $('#presence-list').replaceChildren();
 }
 
-function onFrame(frame) {
-  const room = app.room;
-  if (!room) return;
-  if (frame.type === 'welcome') {
-    app.authFailures = 0;
-    room.connected(frame.user);
-    setStatus({ state: 'joining' });
-    return;
-  }
-  if (frame.room === room.id) {
-    room.handle(frame);
-    if (frame.type === 'joined') setStatus({ state: 'online' });
-    return;
-  }
-  if (frame.type === 'error') notify(describeError(frame.code, frame.message), 'error');
-}
-
-function roomError(code, message, context) {
-  if (context.join && (code === 'not_found' || code === 'forbidden')) {
+function roomError(e) {
+  const code = e.code;
+  if (!e.cid && (code === 'not_found' || code === 'forbidden')) {
     const text = code === 'not_found' ? describeError(code) : 'You are not allowed into this room.';
     closeRoom();
     history.pushState({}, '', '/');
     showLobby(text);
     return;
   }
-  notify(describeError(code, message), code === 'rate_limited' || code.startsWith('nothing_to') ? 'info' : 'error');
+  notify(describeError(code, e.message), code === 'rate_limited' || code.startsWith('nothing_to') ? 'info' : 'error');
 }
 
-async function authFailed(reason) {
-  app.authFailures += 1;
-  if (app.dev && app.authFailures <= 3) {
-    // Dev tokens are free: get a new one and carry on where we were.
-    try {
-      app.token = null;
-      app.token = await devToken(userId(), store.get('localStorage', 'collab.name') || userId());
-      if (app.token) {
-        app.connection.retryNow();
-        return;
-      }
-    } catch { /* fall through to the lobby */ }
-  }
+function authFailed(reason) {
   const code = app.room && app.room.id;
   store.set('sessionStorage', 'collab.token', null);
   $('#token-input').value = '';
@@ -350,45 +366,44 @@ function renderPresence() {
   $('#presence-list').replaceChildren(...people.map((u) => {
     const dot = el('span', { class: 'dot', 'aria-hidden': 'true' });
     dot.style.setProperty('--user-color', u.color);
-    return el('li', { dataset: { user: u.id } }, dot, u.id === room.me.id ? `${u.name} (you)` : u.name);
+    return el('li', { dataset: { user: u.id } }, dot, u.id === room.me?.id ? `${u.name} (you)` : u.name);
   }));
   app.chat?.render(); // names in the chat may have become known
 }
 
-function setStatus(status) {
-  app.status = status;
-  renderStatus();
-}
-
+/** The status line: the connection and the room as the SDK reports them, and what waits to be sent. */
 function renderStatus() {
   const node = $('#status');
-  const s = app.status;
-  const unsaved = app.room ? app.room.outbox.unsaved : 0;
+  const s = app.client ? app.client.status : { state: 'idle' };
+  const unsaved = app.room ? app.room.unsaved : 0;
   const changes = unsaved === 1 ? '1 change' : `${unsaved} changes`;
   let text;
-  let state = s.state;
+  let state;
   clearTimeout(app.statusTimer);
   switch (s.state) {
-    case 'online':
+    case 'connected':
       if (app.room && !app.room.joined) {
         state = 'joining';
         text = 'Joining…';
       } else {
+        state = 'online';
         text = unsaved > 0 ? `Connected · saving ${changes}…` : 'Connected';
       }
       break;
     case 'connecting':
-    case 'joining':
+      state = 'connecting';
       text = 'Connecting…';
       break;
     case 'offline': {
+      state = 'offline';
       const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
-      text = `${describeClose(s.code)} Reconnecting${secs > 0 ? ` in ${secs} s` : '…'}`;
+      text = `${describeDrop(s.code, s.reason)} Reconnecting${secs > 0 ? ` in ${secs} s` : '…'}`;
       if (unsaved > 0) text += ` · ${changes} waiting to be sent`;
       if (secs > 0) app.statusTimer = setTimeout(renderStatus, 1000);
       break;
     }
     default:
+      state = 'idle';
       text = '';
   }
   node.dataset.state = state;
@@ -401,10 +416,10 @@ function exposeForTests() {
   window.collab = {
     get room() { return app.room && app.room.id; },
     get lastSeq() { return app.room ? app.room.lastSeq : null; },
-    get unsaved() { return app.room ? app.room.outbox.unsaved : 0; },
-    strokeIds() { return app.room ? app.room.drawList().map((s) => s.id) : []; },
-    /** Closes the socket as a network drop would; the page reconnects by itself. */
-    dropConnection() { app.connection?.ws?.close(); },
+    get unsaved() { return app.room ? app.room.unsaved : 0; },
+    strokeIds() { return app.room ? app.room.strokes().map((s) => s.id) : []; },
+    /** Ends the connection as a network drop would; the page reconnects by itself. */
+    dropConnection() { app.client?.dropConnection(); },
   };
 }
 
@@ -452,10 +467,11 @@ function start() {
   });
   $('#copy-link').addEventListener('click', copyLink);
   window.addEventListener('popstate', route);
-  // Ops still in the outbox survive a reload of this tab (sessionStorage),
-  // but not closing it: ask first.
+  // Ops still in the outbox survive a reload or a crash (the SDK keeps them
+  // in IndexedDB), but are sent only when this room is opened again: ask
+  // before the tab closes with some unsent.
   window.addEventListener('beforeunload', (e) => {
-    if (app.room && app.room.outbox.unsaved > 0) e.preventDefault();
+    if (app.room && app.room.unsaved > 0) e.preventDefault();
   });
   route();
 }

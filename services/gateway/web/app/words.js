@@ -38,3 +38,10 @@ export function describeClose(code) {
     default: return 'The connection was lost.';
   }
 }
+
+/** Why the connection is down, from the SDK's status (`code`, `reason`). */
+export function describeDrop(code, reason) {
+  if (reason === 'network offline') return 'This device is offline.';
+  if (reason === 'no answer to ping') return 'The server stopped answering.';
+  return describeClose(code);
+}

@@ -1,0 +1,665 @@
+// The client: one WebSocket to a collab server that comes back by itself,
+// carrying every room the app has joined, and the HTTP API beside it.
+//
+// Whatever ends a connection — a restart (1001), a crash (1006), a slow
+// link (4008), a link that silently stopped carrying packets — the answer
+// is the same: wait a little (exponential backoff with jitter, so a
+// restarted server is not hit by every client at once), connect again with
+// a token from the app's token provider, and let every room re-join with
+// `since`/`epoch` and resend its outbox. A quiet connection is pinged, and
+// one that does not answer within seconds is given up on; in a browser the
+// `offline` event drops the connection at once and `online` brings it back.
+// Only a token the server refuses, offered again by the provider, stops
+// the loop, because retrying cannot fix it.
+
+import { Emitter } from './emitter.js';
+import {
+  ClosedError, CollabError, NetworkError, UnauthorizedError, errorFromCode,
+} from './errors.js';
+import type {
+  ClientFrame, CreateRoom, HistoryPage, OpFrame, RoomInfo, ServerFrame, User,
+} from './protocol.js';
+import { Room, randomId, type HistoryOptions } from './room.js';
+import { MemoryStorage, type OutboxStorage } from './storage.js';
+
+/** Why the client asks for a token. */
+export type TokenReason =
+  /** A connection is being opened (the first, or after a drop). */
+  | 'connect'
+  /** The token in use expires soon (`refreshBeforeMs` before its `exp`). */
+  | 'refresh'
+  /** The server closed the connection because the token expired or was revoked (4001). */
+  | 'expired'
+  /** The server refused the token at connect. Offering the same one again closes the client. */
+  | 'refused';
+
+export interface TokenRequest {
+  reason: TokenReason;
+  /** The token used last, if any. */
+  previous: string | null;
+}
+
+/** The app's source of tokens (JWTs the collab server accepts). */
+export type TokenProvider = (request: TokenRequest) => string | Promise<string>;
+
+/**
+ * The part of the WebSocket interface the client uses (the browser's, or
+ * the `ws` package's). The handlers' events are `any` so that either
+ * implementation's own event types fit; the client reads `data` of a
+ * message and `code`/`reason` of a close.
+ */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ClientOptions {
+  /** The server: `https://collab.example.com` (its WebSocket is `/v1/ws` there). */
+  url: string;
+  /** A token provider, called at each connect; or one fixed token. */
+  token: TokenProvider | string;
+  /** The WebSocket implementation; the global one by default (in Node 20, pass the `ws` package's). */
+  WebSocket?: WebSocketConstructor;
+  /** The fetch implementation for the HTTP API; the global one by default. */
+  fetch?: typeof fetch;
+  /** Where outboxes are kept: memory by default; `new IndexedDbStorage()` in a browser. */
+  storage?: OutboxStorage;
+  /** Reconnection delays: the first (default 250 ms), doubling up to the last (default 5 s), with jitter. */
+  backoff?: { firstMs?: number; maxMs?: number };
+  /**
+   * The watchdog: after `quietMs` without a frame (default 4 s) the client
+   * pings; if nothing comes within `timeoutMs` more (default 4 s) the
+   * connection is dead and replaced. A silent dead link is noticed within
+   * their sum.
+   */
+  heartbeat?: { quietMs?: number; timeoutMs?: number };
+  /** A connection without its `welcome` after this long is given up (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Cursor moves sent per room per second, at most (default 20); the latest position wins. */
+  cursorsPerSecond?: number;
+  /** Ask for a fresh token this long before the one in use expires (default 60 s). */
+  refreshBeforeMs?: number;
+  /** Follow the browser's `online`/`offline` events (default: where they exist). */
+  watchNetwork?: boolean;
+}
+
+/** Where the connection is. */
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'offline' | 'closed';
+
+export interface ClientStatus {
+  state: ConnectionState;
+  /** `offline`: the close code of the connection that ended (1006: it died without a close). */
+  code?: number;
+  /** `offline`: why (e.g. "no answer to ping", "network offline"). */
+  reason?: string;
+  /** `offline`: when the next attempt starts (ms since the epoch). */
+  retryAt?: number;
+  /** `closed`: what ended the client, when it was not `close()`. */
+  error?: CollabError;
+}
+
+/** The client's events and their payloads. */
+export interface ClientEvents {
+  status: ClientStatus;
+  /** A connection was accepted: who the server says I am. */
+  welcome: { user: User; conn: string };
+  /** An error that concerns no room (a refused frame, a token provider that threw). */
+  error: CollabError;
+}
+
+const OPEN = 1;
+
+/** The WebSocket close codes of the protocol. */
+export const CLOSE_CODES = {
+  /** The server is going away (restart, deploy), or we were silent. */
+  goingAway: 1001,
+  /** A message over the size limit. */
+  tooBig: 1009,
+  /** The token expired or was revoked. */
+  expired: 4001,
+  /** We did not read fast enough. */
+  tooSlow: 4008,
+} as const;
+
+export class CollabClient extends Emitter<ClientEvents> {
+  status: ClientStatus = { state: 'idle' };
+  /** Me, from the last `welcome` (null before the first). */
+  me: User | null = null;
+  /** This client's id in the outbox storage (and the prefix of its cids). */
+  readonly owner: string;
+
+  private readonly httpBase: string;
+  private readonly wsBase: string;
+  private readonly provider: TokenProvider;
+  private readonly WS: WebSocketConstructor;
+  private readonly fetchImpl: typeof fetch;
+  private readonly storage: OutboxStorage;
+  private readonly firstDelay: number;
+  private readonly maxDelay: number;
+  private readonly quietMs: number;
+  private readonly timeoutMs: number;
+  private readonly connectTimeoutMs: number;
+  private readonly cursorIntervalMs: number;
+  private readonly refreshBeforeMs: number;
+  private readonly watchNetwork: boolean;
+
+  private rooms = new Map<string, Room>();
+  private ws: WebSocketLike | null = null;
+  private welcomed = false;
+  private openedAt = 0;
+  private lastHeard = 0;
+  private awaitingPong = false;
+  private pingId = 0;
+  private attempt = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private watchTimer: ReturnType<typeof setTimeout> | null = null;
+  private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  private token: string | null = null;
+  /** My user id: the token's `sub`, then the `welcome`'s. */
+  private user: string | null = null;
+  private nextToken: string | null = null;
+  private nextReason: TokenReason = 'connect';
+  private refusedToken: string | null = null;
+  private cidCounter = 0;
+  private started = false;
+  private stopped = false;
+  private release: (() => void) | null = null;
+  private readonly onOnline = () => { if (!this.ws) this.retryNow(); };
+  private readonly onOffline = () => { if (this.ws) this.giveUp('network offline'); };
+
+  constructor(options: ClientOptions) {
+    super();
+    const url = new URL(options.url);
+    const secure = url.protocol === 'https:' || url.protocol === 'wss:';
+    const base = `${url.host}${url.pathname.replace(/\/v1\/ws$/, '').replace(/\/+$/, '')}`;
+    this.httpBase = `${secure ? 'https' : 'http'}://${base}`;
+    this.wsBase = `${secure ? 'wss' : 'ws'}://${base}/v1/ws`;
+    const token = options.token;
+    this.provider = typeof token === 'string' ? () => token : token;
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) throw new TypeError('no WebSocket implementation: pass one as the `WebSocket` option (in Node 20, the `ws` package)');
+    this.WS = WS;
+    this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.storage = options.storage ?? new MemoryStorage();
+    this.firstDelay = options.backoff?.firstMs ?? 250;
+    this.maxDelay = options.backoff?.maxMs ?? 5000;
+    this.quietMs = options.heartbeat?.quietMs ?? 4000;
+    this.timeoutMs = options.heartbeat?.timeoutMs ?? 4000;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    this.cursorIntervalMs = 1000 / (options.cursorsPerSecond ?? 20);
+    this.refreshBeforeMs = options.refreshBeforeMs ?? 60_000;
+    const g = globalThis as { addEventListener?: unknown; navigator?: { onLine?: boolean } };
+    this.watchNetwork = options.watchNetwork ?? (typeof g.addEventListener === 'function' && typeof g.navigator?.onLine === 'boolean');
+    this.owner = randomId(12);
+  }
+
+  // === rooms ===
+
+  /**
+   * The room `id`, joined on this client's connection (connecting first if
+   * needed). The same Room is returned while it is not left.
+   */
+  room(id: string): Room {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) {
+      throw errorFromCode('bad_request', `"${id}" is not a room id: 1–64 of A–Z, a–z, 0–9, "-" and "_"`, { room: id });
+    }
+    if (this.stopped) throw new ClosedError('the client is closed', { room: id });
+    let room = this.rooms.get(id);
+    if (!room) {
+      room = new Room(id, {
+        send: (frame) => this.send(frame),
+        nextCid: () => `${this.owner}.${++this.cidCounter}`,
+        storage: this.storage,
+        owner: this.owner,
+        cursorIntervalMs: this.cursorIntervalMs,
+        history: (room, options) => this.history(room, options),
+        forget: (r) => { if (this.rooms.get(r.id) === r) this.rooms.delete(r.id); },
+      });
+      this.rooms.set(id, room);
+      if (this.user !== null) room.knowUser(this.user);
+      if (this.me && this.isOpen) room.connected(this.me);
+    }
+    this.connect();
+    return room;
+  }
+
+  /** Every room joined (or being joined) on this client. */
+  joinedRooms(): Room[] {
+    return [...this.rooms.values()];
+  }
+
+  // === the connection ===
+
+  /** Starts connecting (rooms do it themselves); safe to call again. */
+  connect(): void {
+    if (this.started || this.stopped) return;
+    this.started = true;
+    this.release = this.storage.hold?.(this.owner) ?? null;
+    if (this.watchNetwork) {
+      addEventListener('online', this.onOnline);
+      addEventListener('offline', this.onOffline);
+    }
+    void this.open();
+  }
+
+  /** True while a connection is open and welcomed. */
+  get isOpen(): boolean {
+    return !!this.ws && this.welcomed && this.ws.readyState === OPEN;
+  }
+
+  /**
+   * Closes the client: leaves every room, closes the connection (1000) and
+   * stops reconnecting. Ops not yet confirmed stay in the storage (the next
+   * client of this user adopts them); their promises reject with a ClosedError.
+   */
+  close(): void {
+    if (this.stopped) return;
+    for (const room of [...this.rooms.values()]) room.close();
+    this.stop({ state: 'closed' });
+  }
+
+  /**
+   * Ends the connection as a network failure would (for tests and for a
+   * "reconnect" button): the client reconnects by itself.
+   */
+  dropConnection(): void {
+    if (this.ws) this.giveUp('dropped by the app');
+  }
+
+  /** Connects now instead of waiting for the backoff. */
+  retryNow(): void {
+    if (this.stopped || this.ws || !this.started) return;
+    this.clearRetry();
+    void this.open();
+  }
+
+  /** @internal Sends a frame if the connection is open and welcomed; false if not. */
+  send(frame: ClientFrame): boolean {
+    if (!this.isOpen || !this.ws) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  // === the HTTP API ===
+
+  /** Creates a board or a channel (`POST /v1/rooms`). */
+  createRoom(room: CreateRoom): Promise<RoomInfo> {
+    return this.request('/v1/rooms', { method: 'POST', body: room });
+  }
+
+  /** A room's metadata and head (`GET /v1/rooms/{id}`). */
+  getRoom(id: string): Promise<RoomInfo> {
+    return this.request(`/v1/rooms/${encodeURIComponent(id)}`);
+  }
+
+  /**
+   * A room's history, newest first, page by page (`GET /v1/rooms/{id}/history`),
+   * from `before` (exclusive) back to the first op.
+   */
+  async *history(room: string, options: HistoryOptions = {}): AsyncGenerator<HistoryPage> {
+    let before = options.before ?? null;
+    for (;;) {
+      const query = new URLSearchParams({ limit: String(options.limit ?? 100) });
+      if (before !== null) query.set('before', String(before));
+      if (options.kinds) query.set('kinds', options.kinds.join(','));
+      const page = await this.request<{ ops: OpFrame[]; next_before: number | null }>(
+        `/v1/rooms/${encodeURIComponent(room)}/history?${query}`);
+      yield { ops: page.ops, nextBefore: page.next_before };
+      if (page.next_before === null) return;
+      before = page.next_before;
+    }
+  }
+
+  /** An HTTP request to the API with the current token; errors become typed errors. */
+  async request<T>(path: string, init: { method?: string; body?: unknown } = {}): Promise<T> {
+    const token = this.token ?? await this.provider({ reason: 'connect', previous: null });
+    const headers: Record<string, string> = { Authorization: `Bearer ${token}` };
+    if (init.body !== undefined) headers['Content-Type'] = 'application/json';
+    let response: Response;
+    try {
+      response = await this.fetchImpl(`${this.httpBase}${path}`, {
+        method: init.method ?? 'GET',
+        headers,
+        body: init.body === undefined ? null : JSON.stringify(init.body),
+        cache: 'no-store',
+      });
+    } catch (e) {
+      throw new NetworkError(`the server could not be reached: ${String(e)}`);
+    }
+    let json: unknown = null;
+    try { json = await response.json(); } catch { /* not JSON: handled below */ }
+    if (!response.ok) {
+      const error = (json as { error?: { code?: string; message?: string } } | null)?.error;
+      throw errorFromCode(error?.code ?? statusCode(response.status), error?.message ?? response.statusText,
+        { status: response.status });
+    }
+    return json as T;
+  }
+
+  // === internals ===
+
+  private setStatus(status: ClientStatus): void {
+    this.status = status;
+    this.emit('status', status);
+  }
+
+  private stop(status: ClientStatus): void {
+    this.stopped = true;
+    this.clearRetry();
+    this.clearWatch();
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    if (this.watchNetwork) {
+      removeEventListener('online', this.onOnline);
+      removeEventListener('offline', this.onOffline);
+    }
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      detach(ws);
+      try { ws.close(1000, 'bye'); } catch { /* already closing */ }
+    }
+    this.release?.();
+    this.release = null;
+    this.setStatus(status);
+  }
+
+  private async open(): Promise<void> {
+    this.retryTimer = null;
+    this.setStatus({ state: 'connecting' });
+    let token: string;
+    try {
+      token = this.nextToken ?? await this.provider({ reason: this.nextReason, previous: this.token });
+    } catch (e) {
+      if (this.stopped) return;
+      this.emit('error', providerError(e));
+      this.scheduleRetry(undefined, 'no token');
+      return;
+    }
+    this.nextToken = null;
+    if (this.stopped || this.ws) return;
+    if (this.refusedToken !== null && token === this.refusedToken) {
+      // The same token again: retrying cannot fix it.
+      const error = new UnauthorizedError(this.nextReason === 'expired'
+        ? 'the token expired or was revoked, and the token provider gave no new one'
+        : 'the server refused the token, and the token provider gave no other');
+      for (const room of [...this.rooms.values()]) room.close();
+      this.stop({ state: 'closed', error });
+      return;
+    }
+    this.token = token;
+    const sub = tokenClaims(token)?.sub;
+    if (typeof sub === 'string') {
+      this.user = sub;
+      for (const room of this.rooms.values()) room.knowUser(sub);
+    }
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(`${this.wsBase}?token=${encodeURIComponent(token)}`);
+    } catch (e) {
+      this.scheduleRetry(undefined, `could not open a WebSocket: ${String(e)}`);
+      return;
+    }
+    this.ws = ws;
+    this.welcomed = false;
+    this.openedAt = Date.now();
+    this.lastHeard = this.openedAt;
+    this.awaitingPong = false;
+    ws.onopen = () => { this.heard(); };
+    ws.onmessage = (event: { data: unknown }) => this.onMessage(ws, event.data);
+    ws.onerror = () => { /* onclose follows */ };
+    ws.onclose = (event: { code: number; reason?: string }) => {
+      if (this.ws !== ws) return; // a socket we already gave up on
+      this.ws = null;
+      void this.closed(event.code, this.welcomed, token, event.reason || undefined);
+    };
+    this.armWatch(this.connectTimeoutMs);
+  }
+
+  private heard(): void {
+    this.lastHeard = Date.now();
+    this.awaitingPong = false;
+  }
+
+  private onMessage(ws: WebSocketLike, data: unknown): void {
+    if (this.ws !== ws) return;
+    this.heard();
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(String(data)) as ServerFrame;
+    } catch {
+      return;
+    }
+    switch (frame.type) {
+      case 'welcome':
+        this.welcomed = true;
+        this.attempt = 0;
+        this.refusedToken = null;
+        this.nextReason = 'connect';
+        this.me = frame.user;
+        this.user = frame.user.id;
+        this.setStatus({ state: 'connected' });
+        this.scheduleRefresh();
+        this.armWatch(this.quietMs);
+        this.emit('welcome', { user: frame.user, conn: frame.conn });
+        for (const room of [...this.rooms.values()]) room.connected(frame.user);
+        return;
+      case 'pong':
+        return;
+      case 'error': {
+        const room = (frame.room !== undefined && this.rooms.get(frame.room))
+          || (frame.cid !== undefined && [...this.rooms.values()].find((r) => r.owns(frame.cid!)));
+        if (room) room.handle(frame);
+        else this.emit('error', errorFromCode(frame.code, frame.message, { room: frame.room, cid: frame.cid }));
+        return;
+      }
+      default:
+        if ('room' in frame) this.rooms.get(frame.room)?.handle(frame);
+    }
+  }
+
+  /** A connection ended: find out why, then connect again (or stop). */
+  private async closed(code: number, welcomed: boolean, token: string, reason?: string): Promise<void> {
+    this.clearWatch();
+    for (const room of this.rooms.values()) room.disconnected();
+    if (this.stopped) return;
+    if (code === CLOSE_CODES.expired) {
+      // Expired or revoked: ask for a new token now; the same one again stops us.
+      this.refusedToken = token;
+      this.nextReason = 'expired';
+      this.scheduleRetry(code, 'token expired or revoked', 0);
+      return;
+    }
+    // A browser cannot see the HTTP status of a refused upgrade: a socket
+    // that never got its welcome may have been refused for its token.
+    if (!welcomed && await this.tokenRefused(token)) {
+      if (this.stopped) return;
+      this.refusedToken = token;
+      this.nextReason = 'refused';
+      this.scheduleRetry(code, 'token refused', 0);
+      return;
+    }
+    if (this.stopped) return;
+    this.scheduleRetry(code, reason);
+  }
+
+  /** Whether the server refuses `token` (401 from the API); false when it cannot tell. */
+  private async tokenRefused(token: string): Promise<boolean> {
+    try {
+      const response = await this.fetchImpl(`${this.httpBase}/v1/me/rooms`, {
+        headers: { Authorization: `Bearer ${token}` }, cache: 'no-store',
+      });
+      return response.status === 401;
+    } catch {
+      return false;
+    }
+  }
+
+  private scheduleRetry(code: number | undefined, reason: string | undefined, delay?: number): void {
+    if (this.stopped) return;
+    this.clearRetry();
+    let wait = delay;
+    if (wait === undefined) {
+      const cap = Math.min(this.maxDelay, this.firstDelay * 2 ** this.attempt);
+      this.attempt += 1;
+      wait = Math.round(cap * (0.5 + Math.random() * 0.5));
+    }
+    const offline = this.watchNetwork && (globalThis as { navigator?: { onLine?: boolean } }).navigator?.onLine === false;
+    // Offline, the `online` event brings us back; a slow retry in case it never comes.
+    if (offline) wait = Math.max(wait, this.maxDelay);
+    const status: ClientStatus = { state: 'offline', retryAt: Date.now() + wait };
+    if (code !== undefined) status.code = code;
+    const why = offline ? 'network offline' : reason;
+    if (why !== undefined) status.reason = why;
+    this.setStatus(status);
+    this.retryTimer = setTimeout(() => { void this.open(); }, wait);
+  }
+
+  private clearRetry(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+  }
+
+  /** Gives up on the current socket now (a dead link may take minutes to report its close). */
+  private giveUp(reason: string): void {
+    const ws = this.ws;
+    if (!ws) return;
+    const welcomed = this.welcomed;
+    this.ws = null;
+    detach(ws);
+    try { ws.close(); } catch { /* already closed */ }
+    void this.closed(1006, welcomed, this.token ?? '', reason).catch(() => {});
+  }
+
+  // === the watchdog ===
+
+  private armWatch(ms: number): void {
+    this.clearWatch();
+    this.watchTimer = setTimeout(() => this.checkAlive(), Math.max(0, ms));
+  }
+
+  private clearWatch(): void {
+    if (this.watchTimer) clearTimeout(this.watchTimer);
+    this.watchTimer = null;
+  }
+
+  /**
+   * Any frame proves the link alive. A quiet one is pinged, and one that
+   * does not answer in time is dead: a half-open TCP connection can
+   * otherwise look open for many minutes.
+   */
+  private checkAlive(): void {
+    this.watchTimer = null;
+    const ws = this.ws;
+    if (!ws) return;
+    const now = Date.now();
+    if (!this.welcomed) {
+      const left = this.openedAt + this.connectTimeoutMs - now;
+      if (left <= 0) this.giveUp('no welcome in time');
+      else this.armWatch(left);
+      return;
+    }
+    if (this.awaitingPong) {
+      this.giveUp('no answer to ping');
+      return;
+    }
+    const quiet = now - this.lastHeard;
+    if (quiet >= this.quietMs) {
+      this.awaitingPong = true;
+      this.send({ type: 'ping', id: `p${++this.pingId}` });
+      this.armWatch(this.timeoutMs);
+    } else {
+      this.armWatch(this.quietMs - quiet);
+    }
+  }
+
+  // === tokens ===
+
+  /**
+   * Asks for a fresh token `refreshBeforeMs` before the one in use expires.
+   * The protocol has no frame to present a new token on an open connection
+   * yet, so a new token takes a new connection: the rooms re-join with
+   * `since` and the outboxes resend with the same cids, so nothing is lost.
+   * When the protocol gains one, `renew` sends it instead.
+   */
+  private scheduleRefresh(): void {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+    const exp = this.token ? tokenExpiry(this.token) : null;
+    if (exp === null) return;
+    const wait = exp - this.refreshBeforeMs - Date.now();
+    if (wait <= 0 || wait > 2 ** 31 - 1) return; // the server's 4001 will ask for one
+    this.refreshTimer = setTimeout(() => { void this.refresh(); }, wait);
+  }
+
+  private async refresh(): Promise<void> {
+    this.refreshTimer = null;
+    let token: string;
+    try {
+      token = await this.provider({ reason: 'refresh', previous: this.token });
+    } catch (e) {
+      this.emit('error', providerError(e));
+      return;
+    }
+    if (this.stopped || token === this.token) return;
+    this.renew(token);
+  }
+
+  private renew(token: string): void {
+    this.nextToken = token;
+    const ws = this.ws;
+    if (!ws) return; // the next connection takes it
+    this.ws = null;
+    detach(ws);
+    try { ws.close(1000, 'token refresh'); } catch { /* already closed */ }
+    this.clearWatch();
+    for (const room of this.rooms.values()) room.disconnected();
+    this.clearRetry();
+    void this.open();
+  }
+}
+
+function detach(ws: WebSocketLike): void {
+  ws.onopen = null;
+  ws.onmessage = null;
+  ws.onclose = null;
+  ws.onerror = () => {};
+}
+
+/** A token's `exp` in ms since the epoch, read without checking it (the server does); null if none. */
+export function tokenExpiry(token: string): number | null {
+  const claims = tokenClaims(token);
+  return claims && typeof claims.exp === 'number' ? claims.exp * 1000 : null;
+}
+
+/** A JWT's claims, read without checking its signature; null if it is not a JWT. */
+export function tokenClaims(token: string): Record<string, unknown> | null {
+  try {
+    const part = token.split('.')[1]!.replace(/-/g, '+').replace(/_/g, '/');
+    const padded = part + '='.repeat((4 - (part.length % 4)) % 4);
+    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+    const claims: unknown = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === 'object' ? claims as Record<string, unknown> : null;
+  } catch {
+    return null;
+  }
+}
+
+/** What a token provider that threw is reported as: its own typed error, or a network error. */
+function providerError(e: unknown): CollabError {
+  return e instanceof CollabError ? e : new NetworkError(`the token provider failed: ${String(e)}`);
+}
+
+function statusCode(status: number): string {
+  const codes: Record<number, string> = {
+    400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 409: 'conflict',
+    413: 'too_large', 429: 'rate_limited', 500: 'internal', 503: 'unavailable',
+  };
+  return codes[status] ?? (status >= 500 ? 'unavailable' : 'bad_request');
+}
