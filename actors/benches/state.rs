@@ -200,6 +200,8 @@ async fn fill(store: &dyn Store, events: &[OpEvent], snapshot: &Snapshot) {
             created_by: UserId::parse("user0").expect("id"),
             members: None,
             created_at: 0,
+            ttl_secs: None,
+            floor: Seq::ZERO,
         })
         .await
         .expect("room created");

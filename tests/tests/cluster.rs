@@ -912,6 +912,222 @@ async fn the_cluster_metrics_follow_members_hand_offs_and_failovers() {
     }
 }
 
+// === deleting rooms ===
+
+/// Joins `room` through an open socket until the answer is final (not
+/// `unavailable`, which a room that is moving gives): that answer.
+async fn join_answer(ws: &mut WsClient, room: &str) -> serde_json::Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        ws.send_json(&json!({"type": "join", "room": room}))
+            .await
+            .expect("join sent");
+        let answer = ws
+            .recv_until(DEADLINE, |f| {
+                (f["type"] == "joined" || f["type"] == "error") && f["room"] == room
+            })
+            .await
+            .expect("an answer to join");
+        if answer["code"] != "unavailable" {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{room} stays unavailable: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // retry pace
+    }
+}
+
+/// `DELETE /v1/rooms/{room}` as `user` through the `gateway`-th gateway.
+async fn delete(cluster: &mut Cluster, user: &str, room: &str, gateway: usize) -> u16 {
+    let token = cluster.token(user).await.expect("token");
+    let id = cluster.gateway_ids()[gateway].clone();
+    let (status, body) = cluster
+        .delete_room(&id, &token, room)
+        .await
+        .expect("answered");
+    assert!(
+        status == 204 || body["error"]["code"].is_string(),
+        "{status}: {body}"
+    );
+    status
+}
+
+/// What a deleted room must look like from everywhere: no join, no
+/// metadata or history on any gateway, nothing in the store but the
+/// tombstone at `tombstone`.
+async fn assert_gone(cluster: &mut Cluster, room: &str, user: &str, tombstone: u64) {
+    let token = cluster.token(user).await.expect("token");
+    let mut ws = WsClient::connect(&cluster.gateway_ws_url(0), &token)
+        .await
+        .expect("connects");
+    ws.recv_type("welcome", DEADLINE).await.expect("welcome");
+    let answer = join_answer(&mut ws, room).await;
+    assert_eq!(answer["code"], "not_found", "{answer}");
+    for gateway in cluster.gateway_ids() {
+        for path in [
+            format!("/v1/rooms/{room}"),
+            format!("/v1/rooms/{room}/history"),
+        ] {
+            let (status, body) = cluster
+                .get_json(&gateway, &token, &path)
+                .await
+                .expect("answered");
+            assert_eq!(status, 404, "{path} on {gateway}: {body}");
+        }
+    }
+    let store = cluster.store().await;
+    let id = collab_protocol::RoomId::parse(room).expect("room id");
+    assert_eq!(store.room(&id).await.expect("room"), None);
+    assert_eq!(store.head(&id).await.expect("head").get(), tombstone);
+    assert!(
+        matches!(
+            store.read_log(&id, collab_protocol::Seq::ZERO, 100).await,
+            Err(collab_store::StoreError::RoomDeleted(seq)) if seq.get() == tombstone
+        ),
+        "nothing below the tombstone"
+    );
+    assert_eq!(store.latest_snapshot(&id).await.expect("snapshot"), None);
+    let listed = store
+        .rooms_of_user(&collab_protocol::UserId::parse(user).expect("user"))
+        .await
+        .expect("rooms of user");
+    assert!(
+        listed.iter().all(|r| r.id != id),
+        "{user} still lists {room}"
+    );
+}
+
+/// A room's creator deletes it through a gateway; the room lives on a room
+/// node, which deletes it through its fence. The members on both gateways
+/// hear `not_found` for it and are let go, and it is gone everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_is_deleted_through_any_gateway_by_its_owner_node() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let room = cluster
+        .create_room("ann", &json!({"kind": "channel", "id": "to-delete"}))
+        .await
+        .expect("room");
+    let (mut bob, _) = join_as(&mut cluster, "bob", 0, &room).await;
+    let (mut cat, _) = join_as(&mut cluster, "cat", 1, &room).await;
+    for i in 1..=5 {
+        let op = json!({"type": "op", "room": room.id, "cid": format!("b{i}"),
+            "op": {"kind": "message", "text": "hi"}});
+        bob.send_json(&op).await.expect("op sent");
+        let ack = bob.recv_type("ack", DEADLINE).await.expect("acked");
+        assert_eq!(ack["seq"], i, "{ack}");
+    }
+    assert_eq!(
+        delete(&mut cluster, "bob", &room.id, 1).await,
+        403,
+        "not bob's"
+    );
+    let owner = cluster.owner_of(&room.id);
+    assert_eq!(delete(&mut cluster, "ann", &room.id, 1).await, 204);
+    for (who, ws) in [("bob", &mut bob), ("cat", &mut cat)] {
+        let told = ws
+            .recv_until(DEADLINE, |f| f["type"] == "error")
+            .await
+            .unwrap_or_else(|e| panic!("{who} was not told: {e}"));
+        assert_eq!(
+            (told["code"].as_str(), told["room"].as_str()),
+            (Some("not_found"), Some(room.id.as_str())),
+            "{who}: {told}"
+        );
+    }
+    assert!(
+        cluster
+            .logs(&owner)
+            .iter()
+            .any(|line| line.contains("room deleted")),
+        "the owner {owner} deleted it"
+    );
+    assert_gone(&mut cluster, &room.id, "ann", 6).await;
+    assert_eq!(delete(&mut cluster, "ann", &room.id, 0).await, 404);
+}
+
+/// The owner of a room is SIGKILLed in the middle of deleting it: after
+/// its tombstone, before the room record goes (a private room with many
+/// members, whose memberships go one by one, keeps it there a while). The
+/// room is never half alive: the next node to load it finishes the
+/// deletion, and from then on it is gone everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deletion_cut_short_by_a_sigkill_is_finished_by_the_next_owner() {
+    let mut cluster = start(ClusterOptions::new()).await;
+    let members: Vec<String> = (0..3000).map(|i| format!("member-{i}")).collect();
+    let room = cluster
+        .create_room(
+            "ann",
+            &json!({"kind": "channel", "id": "half-gone", "members": members}),
+        )
+        .await
+        .expect("room");
+    let (mut ann, _) = join_as(&mut cluster, "ann", 0, &room).await;
+    for i in 1..=3 {
+        let op = json!({"type": "op", "room": room.id, "cid": format!("a{i}"),
+            "op": {"kind": "message", "text": "hi"}});
+        ann.send_json(&op).await.expect("op sent");
+        ann.recv_type("ack", DEADLINE).await.expect("acked");
+    }
+    let owner = cluster.owner_of(&room.id);
+    let store = cluster.store().await;
+    let id = room.room_id();
+
+    // The deletion, through the other gateway; the answer comes from a
+    // dead node, or not at all.
+    let token = cluster.token("ann").await.expect("token");
+    let url = format!(
+        "{}/v1/rooms/{}",
+        cluster.http_url(&cluster.gateway_ids()[1]),
+        room.id
+    );
+    let deleting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .delete(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    wait_for("the tombstone", DEADLINE, || {
+        let store = store.clone();
+        let id = id.clone();
+        async move { (store.head(&id).await.ok()?.get() == 4).then_some(()) }
+    })
+    .await;
+    cluster.kill(&owner).expect("SIGKILL the owner");
+    assert!(
+        store.room(&id).await.expect("room").is_some(),
+        "killed in the middle: the record is still there"
+    );
+    let answered = deleting.await.expect("task");
+    assert!(
+        !matches!(answered, Ok(204)),
+        "a node killed before it finished cannot have said it did: {answered:?}"
+    );
+
+    // Any request finishes it: here a join, through the gateway of the
+    // member still in the room, who hears `not_found` too.
+    assert_gone(&mut cluster, &room.id, "ann", 4).await;
+    let told = ann
+        .recv_until(DEADLINE, |f| {
+            f["type"] == "error" && f["code"] == "not_found"
+        })
+        .await
+        .expect("the member is told");
+    assert_eq!(told["room"], room.id.as_str(), "{told}");
+    let member = collab_protocol::UserId::parse("member-2999").expect("user");
+    assert!(
+        store
+            .rooms_of_user(&member)
+            .await
+            .expect("rooms of user")
+            .is_empty()
+    );
+    assert_eq!(delete(&mut cluster, "ann", &room.id, 1).await, 404);
+}
+
 /// The admin view of the cluster on `gateway`, polled until `check`
 /// accepts it.
 async fn wait_admin_view(

@@ -56,6 +56,8 @@ async fn start() -> (Arc<GatedStore>, String, Auth) {
             created_by: UserId::parse("ann").expect("id"),
             members: None,
             created_at: 0,
+            ttl_secs: None,
+            floor: collab_protocol::Seq::ZERO,
         })
         .await
         .expect("room");
@@ -83,6 +85,7 @@ async fn start() -> (Arc<GatedStore>, String, Auth) {
             metrics,
             exporter: collab_metrics::Exporter::new(registry, collab_metrics::Role::Serve, "test"),
             ephemeral,
+            room_expiry: None,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -10,6 +10,13 @@
 //! `Conflict` means another owner has the room, and the actor stops at once
 //! without a word more. Store I/O runs in spawned tasks that report back as
 //! messages, so no handler waits on the store.
+//!
+//! A room is deleted by its actor, through the store's fence: the ops that
+//! reached the room before the `Delete` are committed first, then the
+//! store writes a tombstone at the next seq and removes the room (see
+//! `Store::delete_room`); requests that came after it are answered
+//! `not_found`, and the gateways are told (`RoomEvent::Deleted`). An actor
+//! that loads a room and meets a tombstone finishes that deletion.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,7 +29,7 @@ use collab_protocol::http::{LastCommit, RoomMember};
 use collab_protocol::{
     Cid, ConnId, ErrorCode, NodeId, OpEvent, ProtocolError, RoomId, Seq, UserId,
 };
-use collab_store::{AppendDone, RoomRecord, Store, StoreError, Writer};
+use collab_store::{AppendDone, Deletion, RoomRecord, Store, StoreError, Writer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, error, info, warn};
 
@@ -30,6 +37,7 @@ use super::config::RoomConfig;
 use super::metrics::{RoomMetrics, Takeover};
 use super::sink::EventSink;
 use super::supervisor::SupervisorMsg;
+use super::usage::{Expiry, RoomUse};
 use crate::state::{Applied, JoinPlan, OpRequest, PresenceChange, RoomMeta, RoomState, plan_join};
 
 /// What every room actor of a node shares.
@@ -38,6 +46,8 @@ pub struct RoomContext {
     pub sink: Arc<dyn EventSink>,
     pub config: RoomConfig,
     pub metrics: RoomMetrics,
+    /// Told when rooms stop being used and when they are deleted.
+    pub usage: Arc<dyn RoomUse>,
 }
 
 pub type Reply = RpcReplyPort<RoomReply>;
@@ -45,8 +55,8 @@ pub type Reply = RpcReplyPort<RoomReply>;
 pub enum RoomMsg {
     /// A request from a gateway, answered on the port.
     Request(RoomRequest, Reply),
-    /// The room came back from the store (`None`: no such room).
-    Loaded(Box<Result<Option<LoadedRoom>, String>>),
+    /// The room came back from the store.
+    Loaded(Box<Result<Load, String>>),
     /// The store answered batch `.0` (see [`InFlight::batch`]).
     Committed(u64, Vec<OpEvent>, Result<(), StoreError>),
     SnapshotWritten(Seq, Result<(), StoreError>),
@@ -55,6 +65,12 @@ pub enum RoomMsg {
     GatewayGone(String),
     /// Finish what is in flight, snapshot, stop; answer when done.
     Drain(Option<RpcReplyPort<()>>),
+    /// Delete the room because it went unused for its time to live: sent by
+    /// the supervisor as the first message of a new actor (a room in use
+    /// is never asked).
+    Expire(RpcReplyPort<Expiry>),
+    /// The store answered the room's deletion.
+    DeleteDone(Result<(), StoreError>),
 }
 
 pub struct RoomArgs {
@@ -85,14 +101,68 @@ enum Phase {
     Loading {
         parked: Vec<(RoomRequest, Reply)>,
         presence: Option<crate::state::Presence>,
+        /// The room is to be deleted once loaded, if it has a time to live.
+        expire: Option<RpcReplyPort<Expiry>>,
     },
     Live(Box<Live>),
+    /// The store is deleting the room. Requests wait here, for `not_found`
+    /// (or a retry, if the deletion fails).
+    Deleting(Box<Deleting>),
     /// The room will not be served by this actor (no such room, it failed
     /// to load, or another owner wrote it): every request gets this answer
     /// until the supervisor, told to take the actor out of its map, drains
     /// it. Stopping only through the supervisor means no request is ever
     /// dropped unanswered in a dying mailbox.
     Closed(RoomReply),
+}
+
+/// Whoever asked for a room's deletion, waiting for its outcome.
+enum DeleteAsker {
+    /// A `Delete` request (over the bus).
+    Request(Reply),
+    /// The room's expiry (its supervisor's sweep).
+    Expiry(RpcReplyPort<Expiry>),
+}
+
+impl DeleteAsker {
+    /// Tells the outcome: `Ok` deleted, else the reply for the failure
+    /// (an `Expiry` asker hears it as `Failed`, `NoSuchRoom` for
+    /// `not_found`).
+    fn answer(self, outcome: &Result<(), RoomReply>) {
+        match (self, outcome) {
+            (DeleteAsker::Request(reply), Ok(())) => answer(reply, RoomReply::Done),
+            (DeleteAsker::Request(reply), Err(error)) => answer(reply, error.clone()),
+            (DeleteAsker::Expiry(port), outcome) => {
+                let expiry = match outcome {
+                    Ok(()) => Expiry::Deleted,
+                    Err(RoomReply::Error {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => Expiry::NoSuchRoom,
+                    Err(other) => Expiry::Failed(format!("{other:?}")),
+                };
+                let _ = port.send(expiry);
+            }
+        }
+    }
+}
+
+/// A deletion asked for while the room is live: it starts once nothing is
+/// in flight. Requests that come after it wait here.
+struct DeleteWanted {
+    askers: Vec<DeleteAsker>,
+    parked: Vec<(RoomRequest, Reply)>,
+}
+
+/// A deletion the store is carrying out.
+struct Deleting {
+    askers: Vec<DeleteAsker>,
+    parked: Vec<(RoomRequest, Reply)>,
+    /// The term the room's events were stamped with.
+    term: u64,
+    /// A drain asked for meanwhile (`Some`: the supervisor has taken the
+    /// actor out of its map, and it stops once the deletion is done).
+    drains: Option<Vec<RpcReplyPort<()>>>,
 }
 
 /// An op waiting for the next batch; `conn` and `reply` are `None` for ops
@@ -150,12 +220,28 @@ struct Live {
     last_activity: Instant,
     orphan_check_at: Option<Instant>,
     drain: Option<Vec<RpcReplyPort<()>>>,
+    /// A deletion waiting for the batch in flight (and the ops that came
+    /// before it) to commit.
+    deletion: Option<DeleteWanted>,
 }
 
 /// The 1,024 connections that left the room most recently: a
 /// connection's id is never reused, and a late re-attach comes within a
 /// request's round trip of the leave, so the recent ones are enough.
 type LeftConns = crate::recent::Recent<ConnId, (), 1024>;
+
+/// What loading a room found.
+pub enum Load {
+    Room(Box<LoadedRoom>),
+    /// No such room (never created, or deleted).
+    Missing,
+    /// The room's log ends in the tombstone at `at`: its deletion began
+    /// and did not finish (its owner died in between).
+    Deleting {
+        record: RoomRecord,
+        at: Seq,
+    },
+}
 
 /// A room as read from the store, with the writer of the last batch.
 pub struct LoadedRoom {
@@ -206,6 +292,7 @@ impl Actor for RoomActor {
             phase: Phase::Loading {
                 parked: Vec::new(),
                 presence: None,
+                expire: None,
             },
         };
         state.ctx.metrics.rooms_active.inc();
@@ -248,6 +335,8 @@ impl Actor for RoomActor {
             RoomMsg::Tick => state.on_tick(&myself),
             RoomMsg::GatewayGone(gateway) => state.on_gateway_gone(&myself, &gateway),
             RoomMsg::Drain(reply) => state.on_drain(&myself, reply),
+            RoomMsg::Expire(port) => state.on_expire(port),
+            RoomMsg::DeleteDone(result) => state.on_deleted(&myself, result),
         }
         Ok(())
     }
@@ -262,44 +351,48 @@ impl RoomActorState {
         let myself = myself.clone();
         tokio::spawn(async move {
             let result = match load_room_replaying(store.as_ref(), &room).await {
-                Ok(Some((record, state, replayed))) => {
-                    last_writer(store.as_ref(), &room, state.head())
+                Ok(Found::Room(record, state, replayed)) => {
+                    let state = *state;
+                    let floor = record.floor;
+                    last_writer(store.as_ref(), &room, floor, state.head())
                         .await
                         .map(|writer| {
-                            Some(LoadedRoom {
+                            Load::Room(Box::new(LoadedRoom {
                                 record,
                                 state,
                                 last_term: writer.as_ref().map_or(0, |w| w.term),
                                 last_node: writer.map(|w| w.node),
                                 replayed,
-                            })
+                            }))
                         })
                 }
-                Ok(None) => Ok(None),
+                Ok(Found::Missing) => Ok(Load::Missing),
+                Ok(Found::Deleting(record, at)) => Ok(Load::Deleting { record, at }),
                 Err(e) => Err(e),
             };
             let _ = myself.send_message(RoomMsg::Loaded(Box::new(result)));
         });
     }
 
-    fn on_loaded(
-        &mut self,
-        myself: &ActorRef<RoomMsg>,
-        result: Result<Option<LoadedRoom>, String>,
-    ) {
+    fn on_loaded(&mut self, myself: &ActorRef<RoomMsg>, result: Result<Load, String>) {
         let placeholder = Phase::Closed(unavailable("the room is loading; retry"));
-        let Phase::Loading { parked, presence } = std::mem::replace(&mut self.phase, placeholder)
+        let Phase::Loading {
+            parked,
+            presence,
+            expire,
+        } = std::mem::replace(&mut self.phase, placeholder)
         else {
             return;
         };
         match result {
-            Ok(Some(LoadedRoom {
-                record,
-                mut state,
-                last_term,
-                last_node,
-                replayed,
-            })) => {
+            Ok(Load::Room(loaded)) => {
+                let LoadedRoom {
+                    record,
+                    mut state,
+                    last_term,
+                    last_node,
+                    replayed,
+                } = *loaded;
                 let config = &self.ctx.config;
                 let orphans_possible = !state.users_with_open_strokes().is_empty();
                 let fresh = presence.is_none();
@@ -342,21 +435,225 @@ impl RoomActorState {
                     last_activity: Instant::now(),
                     orphan_check_at: orphans_possible.then(|| Instant::now() + config.orphan_grace),
                     drain: None,
+                    deletion: None,
                 }));
+                // An expiry is the first request of its actor: it decides
+                // before the ones that came while the room loaded.
+                if let Some(port) = expire {
+                    self.expire_live(myself, port);
+                }
                 for (request, reply) in parked {
                     self.on_request(myself, request, reply);
                 }
             }
-            Ok(None) => {
+            Ok(Load::Missing) => {
+                if let Some(port) = expire {
+                    let _ = port.send(Expiry::NoSuchRoom);
+                }
                 let reply: RoomReply =
                     ProtocolError::not_found(format!("no room {}", self.room)).into();
                 self.close(myself, reply, parked);
             }
+            Ok(Load::Deleting { record, at }) => {
+                info!(room = %self.room, at = %at, "finishing a deletion its owner did not finish");
+                // A retried `Delete` is answered once the deletion is done.
+                let (deletes, parked): (Vec<_>, Vec<_>) = parked
+                    .into_iter()
+                    .partition(|(request, _)| matches!(request, RoomRequest::Delete { .. }));
+                let askers = expire
+                    .map(DeleteAsker::Expiry)
+                    .into_iter()
+                    .chain(
+                        deletes
+                            .into_iter()
+                            .map(|(_, reply)| DeleteAsker::Request(reply)),
+                    )
+                    .collect();
+                let deleting = Deleting {
+                    askers,
+                    parked,
+                    term: next_term(0),
+                    drains: None,
+                };
+                self.start_deletion(myself, record.epoch, at, deleting);
+            }
             Err(reason) => {
                 warn!(room = %self.room, %reason, "room failed to load");
+                if let Some(port) = expire {
+                    let _ = port.send(Expiry::Failed(reason.clone()));
+                }
                 let reply = unavailable("the room could not be loaded; retry");
                 self.close(myself, reply, parked);
             }
+        }
+    }
+}
+
+// === impl RoomActorState: deletion ===
+
+impl RoomActorState {
+    /// The supervisor asks to delete the room for its time to live.
+    fn on_expire(&mut self, port: RpcReplyPort<Expiry>) {
+        match &mut self.phase {
+            Phase::Loading { expire, .. } => {
+                if let Some(earlier) = expire.replace(port) {
+                    let _ = earlier.send(Expiry::Failed("asked again".into()));
+                }
+            }
+            // The supervisor asks only rooms that are not live; one that is
+            // came back into use meanwhile.
+            Phase::Live(_) => {
+                let _ = port.send(Expiry::InUse);
+            }
+            Phase::Deleting(deleting) => deleting.askers.push(DeleteAsker::Expiry(port)),
+            Phase::Closed(closed) => {
+                let expiry = match closed {
+                    RoomReply::Error {
+                        code: ErrorCode::NotFound,
+                        ..
+                    } => Expiry::NoSuchRoom,
+                    other => Expiry::Failed(format!("{other:?}")),
+                };
+                let _ = port.send(expiry);
+            }
+        }
+    }
+
+    /// Deletes the loaded room if it has a time to live (it may have been
+    /// created again without one since it was due).
+    fn expire_live(&mut self, myself: &ActorRef<RoomMsg>, port: RpcReplyPort<Expiry>) {
+        let Phase::Live(live) = &mut self.phase else {
+            let _ = port.send(Expiry::Failed("the room is not live".into()));
+            return;
+        };
+        if live.record.ttl_secs.unwrap_or(0) == 0 {
+            let _ = port.send(Expiry::NoTtl);
+            return;
+        }
+        match &mut live.deletion {
+            Some(wanted) => wanted.askers.push(DeleteAsker::Expiry(port)),
+            None => {
+                live.deletion = Some(DeleteWanted {
+                    askers: vec![DeleteAsker::Expiry(port)],
+                    parked: Vec::new(),
+                });
+            }
+        }
+        self.pump(myself);
+    }
+
+    /// Starts a wanted deletion once nothing is in flight: the ops that
+    /// came before it are committed (and acked) by then, the ones after it
+    /// wait. Returns whether it started.
+    fn maybe_delete(&mut self, myself: &ActorRef<RoomMsg>) -> bool {
+        let Phase::Live(live) = &self.phase else {
+            return false;
+        };
+        if live.deletion.is_none()
+            || live.in_flight.is_some()
+            || !live.next.is_empty()
+            || live.snapshot_running
+        {
+            return false;
+        }
+        let deleting = Phase::Closed(unavailable("the room is being deleted; retry"));
+        let Phase::Live(mut live) = std::mem::replace(&mut self.phase, deleting) else {
+            return false;
+        };
+        let Some(wanted) = live.deletion.take() else {
+            return false;
+        };
+        let deleting = Deleting {
+            askers: wanted.askers,
+            parked: wanted.parked,
+            term: live.term,
+            drains: live.drain.take(),
+        };
+        self.start_deletion(
+            myself,
+            live.record.epoch.clone(),
+            live.committed.next(),
+            deleting,
+        );
+        true
+    }
+
+    /// Has the store delete the room, with its tombstone at `at` (see
+    /// `Store::delete_room`); the answer comes back as `DeleteDone`.
+    fn start_deletion(
+        &mut self,
+        myself: &ActorRef<RoomMsg>,
+        epoch: collab_protocol::Epoch,
+        at: Seq,
+        deleting: Deleting,
+    ) {
+        let deletion = Deletion {
+            epoch,
+            at,
+            writer: Writer {
+                node: self.ctx.config.node.clone(),
+                term: deleting.term,
+            },
+        };
+        debug!(room = %self.room, at = %at, "deleting the room");
+        let store = self.ctx.store.clone();
+        let room = self.room.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let result = store.delete_room(&room, &deletion).await;
+            let _ = myself.send_message(RoomMsg::DeleteDone(result));
+        });
+        self.phase = Phase::Deleting(Box::new(deleting));
+    }
+
+    fn on_deleted(&mut self, myself: &ActorRef<RoomMsg>, result: Result<(), StoreError>) {
+        let not_found = || -> RoomReply {
+            ProtocolError::not_found(format!("room {} was deleted", self.room)).into()
+        };
+        let closing = Phase::Closed(not_found());
+        let Phase::Deleting(deleting) = std::mem::replace(&mut self.phase, closing) else {
+            return;
+        };
+        let Deleting {
+            askers,
+            parked,
+            term,
+            drains,
+        } = *deleting;
+        let (outcome, closed) = match result {
+            Ok(()) => {
+                info!(room = %self.room, "room deleted");
+                // Every gateway with members here tells them and drops them.
+                let deleted = RoomEvent::Deleted {
+                    room: self.room.clone(),
+                };
+                self.ctx.sink.emit(deleted, term);
+                self.ctx.usage.deleted(&self.room);
+                (Ok(()), not_found())
+            }
+            Err(StoreError::Conflict(reason)) => {
+                self.ctx.metrics.fenced.inc();
+                error!(room = %self.room, %reason, "another owner wrote this room; not deleted here");
+                let moved = unavailable("the room moved to another node; retry");
+                (Err(moved.clone()), moved)
+            }
+            Err(StoreError::NotFound(_)) => (Err(not_found()), not_found()),
+            Err(e) => {
+                warn!(room = %self.room, error = %e, "room deletion failed");
+                let failed = unavailable("the room could not be deleted; retry");
+                (Err(failed.clone()), failed)
+            }
+        };
+        for asker in askers {
+            asker.answer(&outcome);
+        }
+        for (_, reply) in parked {
+            answer(reply, closed.clone());
+        }
+        match drains {
+            // Taken out of the supervisor's map already: stop now.
+            Some(drains) => stop_drained(myself, drains, "deleted"),
+            None => self.close(myself, closed, Vec::new()),
         }
     }
 }
@@ -383,13 +680,15 @@ fn takeover(last_node: Option<&NodeId>, this_node: &NodeId, replayed: u64) -> Op
     }
 }
 
-/// The writer of the last op up to `head` (`None` for an empty log).
+/// The writer of the last op up to `head` (`None` for a room without ops:
+/// at its floor, the row is a deleted room's tombstone).
 async fn last_writer(
     store: &dyn Store,
     room: &RoomId,
+    floor: Seq,
     head: Seq,
 ) -> Result<Option<Writer>, String> {
-    if head == Seq::ZERO {
+    if head <= floor {
         return Ok(None);
     }
     let last = store
@@ -400,42 +699,62 @@ async fn last_writer(
 }
 
 /// Reads a room: its record, its latest snapshot and every op after it,
-/// replayed. `None` when there is no such room.
+/// replayed. `None` when there is no such room (or it is being deleted).
 pub async fn load_room(
     store: &dyn Store,
     room: &RoomId,
 ) -> Result<Option<(RoomRecord, RoomState)>, String> {
-    Ok(load_room_replaying(store, room)
-        .await?
-        .map(|(record, state, _)| (record, state)))
+    Ok(match load_room_replaying(store, room).await? {
+        Found::Room(record, state, _) => Some((record, *state)),
+        Found::Missing | Found::Deleting(..) => None,
+    })
+}
+
+/// What [`load_room_replaying`] found.
+enum Found {
+    /// The room, and how many ops were replayed after its snapshot.
+    Room(RoomRecord, Box<RoomState>, u64),
+    Missing,
+    /// The room, whose log ends in a tombstone at this seq.
+    Deleting(RoomRecord, Seq),
 }
 
 /// [`load_room`], and how many ops were replayed after the snapshot.
-async fn load_room_replaying(
-    store: &dyn Store,
-    room: &RoomId,
-) -> Result<Option<(RoomRecord, RoomState, u64)>, String> {
+async fn load_room_replaying(store: &dyn Store, room: &RoomId) -> Result<Found, String> {
     let Some(record) = store.room(room).await.map_err(|e| e.to_string())? else {
-        return Ok(None);
+        // A deletion cut short after the room disappeared left rows
+        // behind: whoever meets the room next removes them.
+        if let Err(e) = store.finish_deletion(room).await {
+            warn!(%room, error = %e, "could not finish a room's deletion");
+        }
+        return Ok(Found::Missing);
     };
     let mut state = match store
         .latest_snapshot(room)
         .await
         .map_err(|e| e.to_string())?
     {
-        Some(snapshot) => RoomState::restore(room, &snapshot.data).map_err(|e| e.to_string())?,
-        None => RoomState::new(RoomMeta {
-            id: record.id.clone(),
-            kind: record.kind,
-            epoch: record.epoch.clone(),
-        }),
+        // One at or below the floor is a deleted room's, written by an
+        // owner that did not know of the deletion.
+        Some(snapshot) if snapshot.seq > record.floor => {
+            RoomState::restore(room, &snapshot.data).map_err(|e| e.to_string())?
+        }
+        _ => RoomState::starting_after(
+            RoomMeta {
+                id: record.id.clone(),
+                kind: record.kind,
+                epoch: record.epoch.clone(),
+            },
+            record.floor,
+        ),
     };
     let mut replayed = 0;
     loop {
-        let ops = store
-            .read_ops(room, state.head(), 4096)
-            .await
-            .map_err(|e| e.to_string())?;
+        let ops = match store.read_ops(room, state.head(), 4096).await {
+            Ok(ops) => ops,
+            Err(StoreError::RoomDeleted(at)) => return Ok(Found::Deleting(record, at)),
+            Err(e) => return Err(e.to_string()),
+        };
         if ops.is_empty() {
             break;
         }
@@ -444,7 +763,15 @@ async fn load_room_replaying(
         }
         replayed += ops.len() as u64;
     }
-    Ok(Some((record, state, replayed)))
+    // A deletion that went on while this read the log may have removed
+    // rows under it (the reader then saw a log that ends early): the
+    // record, gone by then, tells.
+    match store.room(room).await.map_err(|e| e.to_string())? {
+        Some(now) if now.epoch == record.epoch => {
+            Ok(Found::Room(record, Box::new(state), replayed))
+        }
+        _ => Ok(Found::Missing),
+    }
 }
 
 // === impl RoomActorState: requests ===
@@ -458,6 +785,17 @@ impl RoomActorState {
             }
             Phase::Closed(closed) => {
                 answer(reply, closed.clone());
+                return;
+            }
+            Phase::Deleting(deleting) => {
+                match request {
+                    RoomRequest::Delete { .. } => {
+                        deleting.askers.push(DeleteAsker::Request(reply));
+                    }
+                    // Nothing to leave once it is gone.
+                    RoomRequest::Leave { .. } => answer(reply, RoomReply::Done),
+                    request => deleting.parked.push((request, reply)),
+                }
                 return;
             }
             Phase::Live(live) => live,
@@ -477,7 +815,35 @@ impl RoomActorState {
             answer(reply, unavailable("the room is moving; retry"));
             return;
         }
+        if let Some(wanted) = &mut live.deletion {
+            // Came after the `Delete`: not for this room any more.
+            match request {
+                RoomRequest::Delete { .. } => wanted.askers.push(DeleteAsker::Request(reply)),
+                RoomRequest::Leave { .. } => answer(reply, RoomReply::Done),
+                RoomRequest::Fetch { after, limit, .. } => {
+                    live.fetch(&self.ctx, after, limit as usize, reply);
+                }
+                request => wanted.parked.push((request, reply)),
+            }
+            return;
+        }
         match request {
+            RoomRequest::Delete { epoch, .. } => {
+                if epoch.is_some_and(|epoch| epoch != live.record.epoch) {
+                    let gone = ProtocolError::not_found(format!(
+                        "room {} is not the one of that epoch any more",
+                        self.room
+                    ));
+                    answer(reply, gone.into());
+                    return;
+                }
+                live.deletion = Some(DeleteWanted {
+                    askers: vec![DeleteAsker::Request(reply)],
+                    parked: Vec::new(),
+                });
+                // Commits what came before it, then deletes.
+                self.pump(myself);
+            }
             RoomRequest::Join { .. } => {
                 if live.in_flight.is_some() {
                     live.joins.push((request, reply));
@@ -581,7 +947,12 @@ impl RoomActorState {
             }
         }
         if events.is_empty() && refusals.is_empty() {
-            if live.drain.is_some() {
+            if self.maybe_delete(myself) {
+                return;
+            }
+            if let Phase::Live(live) = &self.phase
+                && live.drain.is_some()
+            {
                 self.finish_drain(myself);
             }
             return;
@@ -734,6 +1105,7 @@ impl RoomActorState {
                 self.phase = Phase::Loading {
                     parked: joins,
                     presence: Some(presence),
+                    expire: None,
                 };
                 self.start_load(myself);
             }
@@ -749,8 +1121,18 @@ fn stop_drained(myself: &ActorRef<RoomMsg>, drains: Vec<RpcReplyPort<()>>, reaso
     myself.stop(Some(reason.into()));
 }
 
-/// Answers `unavailable` to every op the room was holding.
-fn fail_all(live: Live, in_flight: InFlight, reason: &str) {
+/// Answers `unavailable` to every op the room was holding (and to a
+/// deletion waiting for them, and what waited behind it).
+fn fail_all(mut live: Live, in_flight: InFlight, reason: &str) {
+    if let Some(wanted) = live.deletion.take() {
+        let failed = unavailable(reason);
+        for asker in wanted.askers {
+            asker.answer(&Err(failed.clone()));
+        }
+        for (_, reply) in wanted.parked {
+            answer(reply, failed.clone());
+        }
+    }
     let replies = in_flight
         .acks
         .into_iter()
@@ -880,6 +1262,9 @@ impl Live {
             state: None,
             ops: None,
         };
+        // Seqs up to the floor are a deleted room's, whose id this one
+        // took: whoever remembers one of them starts over.
+        let since = since.filter(|since| *since >= self.record.floor.get());
         match plan_join(
             since,
             epoch.as_ref(),
@@ -1120,7 +1505,12 @@ impl RoomActorState {
                 }
             }
         }
-        if live.drain.is_some() {
+        if self.maybe_delete(myself) {
+            return;
+        }
+        if let Phase::Live(live) = &self.phase
+            && live.drain.is_some()
+        {
             self.finish_drain(myself);
         }
     }
@@ -1154,14 +1544,23 @@ impl RoomActorState {
                     self.finish_drain(myself);
                 }
             }
-            Phase::Loading { parked, .. } => {
+            Phase::Loading { parked, expire, .. } => {
                 for (_, port) in parked.drain(..) {
                     answer(port, unavailable("the room is moving; retry"));
+                }
+                if let Some(port) = expire.take() {
+                    let _ = port.send(Expiry::NotOwner);
                 }
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
                 myself.stop(Some("drained".into()));
+            }
+            // The deletion finishes first (it cannot be handed to another
+            // node half done; if this node dies, the next loader finishes
+            // it), then the actor stops.
+            Phase::Deleting(deleting) => {
+                deleting.drains.get_or_insert_with(Vec::new).extend(reply);
             }
             Phase::Closed(_) => {
                 if let Some(reply) = reply {
@@ -1178,7 +1577,7 @@ impl RoomActorState {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if live.in_flight.is_some() || live.snapshot_running {
+        if live.in_flight.is_some() || live.snapshot_running || live.deletion.is_some() {
             return;
         }
         if !live.next.is_empty() {
@@ -1193,6 +1592,12 @@ impl RoomActorState {
             let _ = port.send(());
         }
         info!(room = %self.room, head = %live.committed, "room stopped");
+        // Unused from now on, as far as this node knows.
+        if let Some(ttl) = live.record.ttl_secs.filter(|ttl| *ttl > 0) {
+            self.ctx
+                .usage
+                .stopped(&self.room, std::time::Duration::from_secs(ttl));
+        }
         myself.stop(Some("drained".into()));
     }
 }

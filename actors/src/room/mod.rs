@@ -7,9 +7,11 @@ mod sink;
 mod supervisor;
 #[cfg(test)]
 mod tests;
+mod usage;
 
-pub use actor::{LoadedRoom, RoomActor, RoomArgs, RoomContext, RoomMsg, load_room};
+pub use actor::{Load, LoadedRoom, RoomActor, RoomArgs, RoomContext, RoomMsg, load_room};
 pub use config::RoomConfig;
 pub use metrics::{RoomMetrics, Takeover};
 pub use sink::EventSink;
 pub use supervisor::{Ownership, RoomSupervisor, SupervisorMsg};
+pub use usage::{Expiry, RoomUse, Unobserved};

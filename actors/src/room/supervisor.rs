@@ -9,6 +9,11 @@
 //! (the actor finishes its batch, snapshots and stops) and answers requests
 //! for rooms it does not own with `unavailable`, so a gateway with an older
 //! view of the cluster retries and reaches the new owner.
+//!
+//! Room expiry asks it to delete a room that went unused for its time to
+//! live ([`SupervisorMsg::Expire`]): only a room that is not live here (a
+//! live room is in use), and only through the room's own actor, which
+//! deletes as it would for a `Delete` request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tracing::{info, warn};
 
 use super::actor::{Reply, RoomActor, RoomArgs, RoomContext, RoomMsg};
+use super::usage::Expiry;
 
 /// Which rooms this node owns.
 pub type Ownership = Arc<dyn Fn(&RoomId) -> bool + Send + Sync>;
@@ -42,6 +48,10 @@ pub enum SupervisorMsg {
     Placement(Ownership),
     /// How many rooms are live.
     ActiveRooms(RpcReplyPort<usize>),
+    /// Delete a room whose time to live passed unused, if this node owns
+    /// it and it is not live here (a live room is in use; its actor records
+    /// its use when it stops). Answered with how it ended.
+    Expire(RoomId, RpcReplyPort<Expiry>),
 }
 
 struct LiveRoom {
@@ -145,6 +155,7 @@ impl Actor for RoomSupervisor {
             SupervisorMsg::ActiveRooms(reply) => {
                 let _ = reply.send(state.rooms.len());
             }
+            SupervisorMsg::Expire(room, reply) => state.expire(&myself, room, reply).await,
         }
         Ok(())
     }
@@ -204,6 +215,61 @@ impl SupervisorState {
         }
     }
 
+    async fn expire(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        room: RoomId,
+        reply: RpcReplyPort<Expiry>,
+    ) {
+        if self.rooms.contains_key(&room) || self.stopping.contains_key(&room) {
+            let _ = reply.send(Expiry::InUse);
+            return;
+        }
+        if self.draining || self.owns.as_ref().is_some_and(|owns| !owns(&room)) {
+            let _ = reply.send(Expiry::NotOwner);
+            return;
+        }
+        match self.start(myself, &room).await {
+            Some(live) => {
+                if let Err(e) = live.actor.send_message(RoomMsg::Expire(reply))
+                    && let ractor::MessagingErr::SendErr(RoomMsg::Expire(reply)) = e
+                {
+                    let _ = reply.send(Expiry::Failed("the room actor is gone".into()));
+                }
+            }
+            None => {
+                let _ = reply.send(Expiry::Failed("the room actor did not start".into()));
+            }
+        }
+    }
+
+    /// Starts `room`'s actor (which begins by loading the room).
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        room: &RoomId,
+    ) -> Option<&LiveRoom> {
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let args = RoomArgs {
+            room: room.clone(),
+            ctx: self.ctx.clone(),
+            supervisor: Some(myself.clone()),
+            backlog: backlog.clone(),
+        };
+        // pre_start only spawns the load, so this does not wait on I/O.
+        match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.names.insert(actor.get_id(), room.clone());
+                self.rooms.insert(room.clone(), LiveRoom { actor, backlog });
+                self.rooms.get(room)
+            }
+            Err(e) => {
+                warn!(room = %room, error = %e, "room actor did not start");
+                None
+            }
+        }
+    }
+
     async fn route(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -233,29 +299,12 @@ impl SupervisorState {
             });
             return;
         }
-        if !self.rooms.contains_key(&room) {
-            let backlog = Arc::new(AtomicUsize::new(0));
-            let args = RoomArgs {
-                room: room.clone(),
-                ctx: self.ctx.clone(),
-                supervisor: Some(myself.clone()),
-                backlog: backlog.clone(),
-            };
-            // pre_start only spawns the load, so this does not wait on I/O.
-            match Actor::spawn_linked(None, RoomActor, args, myself.get_cell()).await {
-                Ok((actor, _)) => {
-                    self.names.insert(actor.get_id(), room.clone());
-                    self.rooms.insert(room.clone(), LiveRoom { actor, backlog });
-                }
-                Err(e) => {
-                    warn!(room = %room, error = %e, "room actor did not start");
-                    let _ = reply.send(RoomReply::Error {
-                        code: ErrorCode::Unavailable,
-                        message: "the room could not start; retry".into(),
-                    });
-                    return;
-                }
-            }
+        if !self.rooms.contains_key(&room) && self.start(myself, &room).await.is_none() {
+            let _ = reply.send(RoomReply::Error {
+                code: ErrorCode::Unavailable,
+                message: "the room could not start; retry".into(),
+            });
+            return;
         }
         let Some(live) = self.rooms.get(&room) else {
             return;

@@ -70,11 +70,29 @@ impl RecordingSink {
     }
 }
 
+/// What the rooms said about their use.
+#[derive(Default)]
+struct RecordingUse {
+    stopped: Mutex<Vec<(RoomId, Duration)>>,
+    deleted: Mutex<Vec<RoomId>>,
+}
+
+impl RoomUse for RecordingUse {
+    fn stopped(&self, room: &RoomId, ttl: Duration) {
+        self.stopped.lock().expect("lock").push((room.clone(), ttl));
+    }
+
+    fn deleted(&self, room: &RoomId) {
+        self.deleted.lock().expect("lock").push(room.clone());
+    }
+}
+
 // === harness ===
 
 struct Node {
     store: Arc<GatedStore>,
     sink: Arc<RecordingSink>,
+    usage: Arc<RecordingUse>,
     supervisor: ActorRef<SupervisorMsg>,
     metrics: RoomMetrics,
     /// (room, user) pairs whose connection has joined.
@@ -89,12 +107,14 @@ fn config() -> RoomConfig {
 
 async fn node_with(store: Arc<GatedStore>, config: RoomConfig) -> Node {
     let sink = Arc::new(RecordingSink::default());
+    let usage = Arc::new(RecordingUse::default());
     let metrics = RoomMetrics::default();
     let ctx = Arc::new(RoomContext {
         store: store.clone(),
         sink: sink.clone(),
         config,
         metrics: metrics.clone(),
+        usage: usage.clone(),
     });
     let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
         .await
@@ -102,6 +122,7 @@ async fn node_with(store: Arc<GatedStore>, config: RoomConfig) -> Node {
     Node {
         store,
         sink,
+        usage,
         supervisor,
         metrics,
         joined: Mutex::new(Default::default()),
@@ -155,24 +176,44 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+fn record(id: &str, kind: RoomKind, members: Option<Vec<&str>>) -> RoomRecord {
+    RoomRecord {
+        id: room_id(id),
+        kind,
+        name: id.into(),
+        epoch: Epoch::parse("ep1").expect("id"),
+        created_by: UserId::parse("ann").expect("id"),
+        members: members.map(|m| {
+            m.into_iter()
+                .map(|u| UserId::parse(u).expect("id"))
+                .collect()
+        }),
+        created_at: 0,
+        ttl_secs: None,
+        floor: Seq::ZERO,
+    }
+}
+
 impl Node {
     async fn create(&self, id: &str, kind: RoomKind, members: Option<Vec<&str>>) {
         self.store
-            .create_room(&RoomRecord {
-                id: room_id(id),
-                kind,
-                name: id.into(),
-                epoch: Epoch::parse("ep1").expect("id"),
-                created_by: UserId::parse("ann").expect("id"),
-                members: members.map(|m| {
-                    m.into_iter()
-                        .map(|u| UserId::parse(u).expect("id"))
-                        .collect()
-                }),
-                created_at: 0,
-            })
+            .create_room(&record(id, kind, members))
             .await
             .expect("room created");
+    }
+
+    async fn expire(&self, room: &str) -> Expiry {
+        match self
+            .supervisor
+            .call(
+                |port| SupervisorMsg::Expire(room_id(room), port),
+                Some(Duration::from_secs(10)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(expiry)) => expiry,
+            other => panic!("no answer to an expiry: {other:?}"),
+        }
     }
 
     /// Sends a request now (so requests reach the room in the order they
@@ -966,6 +1007,258 @@ async fn a_refusal_is_final_only_once_the_store_confirms_the_room_was_current() 
         )
         .await;
     assert_eq!(error_code(&missing), ErrorCode::NotFound, "{missing:?}");
+}
+
+// === deletion and expiry ===
+
+fn delete(room: &str) -> RoomRequest {
+    RoomRequest::Delete {
+        room: room_id(room),
+        epoch: None,
+    }
+}
+
+/// Ops that reached the room before its `Delete` are committed, acked and
+/// broadcast, then the room is deleted; whatever came after the `Delete`
+/// gets `not_found`, and nothing is acked or broadcast after it.
+#[tokio::test]
+async fn a_delete_commits_what_came_before_and_refuses_what_came_after() {
+    let node = node().await;
+    node.enter(ROOM, "ann").await;
+    node.enter(ROOM, "bob").await;
+    assert_eq!(ack_seq(&node.op("ann", "c0", message("zero")).await), 1);
+    node.store.hold(true);
+    let first = node.send(node.op_request(ROOM, "ann", "c1", message("one")));
+    eventually("the batch to reach the store", || node.store.waiting() == 1).await;
+    let before: Vec<_> = (2..=3)
+        .map(|i| node.send(node.op_request(ROOM, "bob", &format!("c{i}"), message("more"))))
+        .collect();
+    let deleted = node.send(delete(ROOM));
+    let after = node.send(node.op_request(ROOM, "ann", "c4", message("too late")));
+    let join = node.send(RoomRequest::Join {
+        room: room_id(ROOM),
+        conn: conn("late"),
+        user: user_info("cat"),
+        since: None,
+        epoch: None,
+    });
+    node.store.hold(false);
+    node.store.release(10);
+
+    assert_eq!(ack_seq(&first.await.expect("task")), 2);
+    let acked: Vec<u64> = futures_join(before).await.iter().map(ack_seq).collect();
+    assert_eq!(acked, [3, 4]);
+    assert_eq!(deleted.await.expect("task"), RoomReply::Done);
+    assert_eq!(error_code(&after.await.expect("task")), ErrorCode::NotFound);
+    assert_eq!(error_code(&join.await.expect("task")), ErrorCode::NotFound);
+
+    assert_eq!(node.store.room(&room_id(ROOM)).await, Ok(None));
+    assert_eq!(
+        node.store.head(&room_id(ROOM)).await,
+        Ok(Seq(5)),
+        "the tombstone follows the last op"
+    );
+    let events = node.sink.events.lock().expect("lock").clone();
+    assert!(
+        matches!(events.last(), Some(RoomEvent::Deleted { room }) if *room == room_id(ROOM)),
+        "the deletion is the room's last event: {events:?}"
+    );
+    let seqs: Vec<u64> = node.sink.ops().iter().map(|op| op.seq.get()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(*node.usage.deleted.lock().expect("lock"), [room_id(ROOM)]);
+
+    // The room stays gone for a fresh actor, and a second delete finds nothing.
+    assert_eq!(
+        error_code(&node.op("bob", "c5", message("?")).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        error_code(&node.ask(delete(ROOM)).await),
+        ErrorCode::NotFound
+    );
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<RoomReply>>) -> Vec<RoomReply> {
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.expect("task"));
+    }
+    replies
+}
+
+#[tokio::test]
+async fn deleting_an_unknown_room_or_another_epoch_is_not_found() {
+    let node = node().await;
+    assert_eq!(
+        error_code(&node.ask(delete("nowhere")).await),
+        ErrorCode::NotFound
+    );
+    let other_epoch = RoomRequest::Delete {
+        room: room_id(ROOM),
+        epoch: Some(Epoch::parse("ep0").expect("epoch")),
+    };
+    assert_eq!(
+        error_code(&node.ask(other_epoch).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        ack_seq(&node.op("ann", "c1", message("still here")).await),
+        1
+    );
+    let this_epoch = RoomRequest::Delete {
+        room: room_id(ROOM),
+        epoch: Some(Epoch::parse("ep1").expect("epoch")),
+    };
+    assert_eq!(node.ask(this_epoch).await, RoomReply::Done);
+}
+
+/// The id of a deleted room can be used again: the new room's log starts
+/// after the old one's tombstone, and a client that remembers the old
+/// epoch is reset.
+#[tokio::test]
+async fn a_room_created_again_is_new() {
+    let node = node().await;
+    for i in 1..=2 {
+        node.op("ann", &format!("c{i}"), message("old")).await;
+    }
+    assert_eq!(node.ask(delete(ROOM)).await, RoomReply::Done);
+    let mut again = record(ROOM, RoomKind::Channel, None);
+    again.epoch = Epoch::parse("ep2").expect("epoch");
+    node.store.create_room(&again).await.expect("created again");
+
+    let reply = node
+        .ask(RoomRequest::Join {
+            room: room_id(ROOM),
+            conn: conn("ann-2"),
+            user: user_info("ann"),
+            since: Some(2),
+            epoch: Some(Epoch::parse("ep1").expect("epoch")),
+        })
+        .await;
+    let RoomReply::Joined(body) = reply else {
+        panic!("expected joined, got {reply:?}");
+    };
+    assert!(body.reset, "the old epoch's seqs mean nothing here");
+    assert_eq!(body.epoch.as_str(), "ep2");
+    assert_eq!(body.head, Seq(3), "after the old room's tombstone");
+    let state = body.state.expect("state");
+    assert!(state.messages.is_empty() && state.strokes.is_empty());
+    // Without the epoch, a seq of the old room is still recognised as one.
+    let reply = node
+        .ask(RoomRequest::Join {
+            room: room_id(ROOM),
+            conn: conn("bob-2"),
+            user: user_info("bob"),
+            since: Some(1),
+            epoch: None,
+        })
+        .await;
+    assert!(
+        matches!(&reply, RoomReply::Joined(body) if body.reset),
+        "{reply:?}"
+    );
+    let ack = node
+        .ask(node.op_request(ROOM, "ann-2", "c1", message("new")))
+        .await;
+    // `c1` was the old room's: the new room never heard of it.
+    assert_eq!(ack_seq(&ack), 4);
+}
+
+/// A deletion whose owner died after the tombstone leaves the room
+/// half-deleted; the next actor to load it finishes the deletion (a
+/// retried `Delete` is then `Done`), and nothing is ever served from it.
+#[tokio::test]
+async fn a_deletion_cut_short_is_finished_by_the_next_load() {
+    let node = node().await;
+    node.op("ann", "c1", message("one")).await;
+    node.store.cut_next_delete();
+    assert_eq!(
+        error_code(&node.ask(delete(ROOM)).await),
+        ErrorCode::Unavailable
+    );
+    assert!(
+        node.store
+            .room(&room_id(ROOM))
+            .await
+            .expect("room")
+            .is_some(),
+        "half deleted: the record is still there"
+    );
+    let join = node.send(RoomRequest::Join {
+        room: room_id(ROOM),
+        conn: conn("bob"),
+        user: user_info("bob"),
+        since: None,
+        epoch: None,
+    });
+    let retry = node.send(delete(ROOM));
+    assert_eq!(error_code(&join.await.expect("task")), ErrorCode::NotFound);
+    assert_eq!(retry.await.expect("task"), RoomReply::Done);
+    assert_eq!(node.store.room(&room_id(ROOM)).await, Ok(None));
+    assert_eq!(node.sink.ops().len(), 1, "nothing more was committed");
+}
+
+/// Expiry deletes a room only if it has a time to live and is not live
+/// here; a room that stops records its use.
+#[tokio::test]
+async fn expiry_deletes_only_unused_rooms_with_a_time_to_live() {
+    let mut config = config();
+    config.idle_after = Duration::from_millis(100);
+    let node = node_with(Arc::new(GatedStore::new()), config).await;
+    let with_ttl = |id: &str| RoomRecord {
+        ttl_secs: Some(60),
+        ..record(id, RoomKind::Board, None)
+    };
+    node.store
+        .create_room(&with_ttl("short"))
+        .await
+        .expect("create");
+    node.store
+        .create_room(&with_ttl("busy"))
+        .await
+        .expect("create");
+    node.create("forever", RoomKind::Board, None).await;
+
+    assert_eq!(node.expire("nowhere").await, Expiry::NoSuchRoom);
+    assert_eq!(node.expire("forever").await, Expiry::NoTtl);
+    assert_eq!(node.expire("short").await, Expiry::Deleted);
+    assert_eq!(node.store.room(&room_id("short")).await, Ok(None));
+    assert_eq!(
+        *node.usage.deleted.lock().expect("lock"),
+        [room_id("short")]
+    );
+
+    node.enter("busy", "ann").await;
+    assert_eq!(node.expire("busy").await, Expiry::InUse);
+    // Once it is left and goes idle, its actor stops and says so.
+    node.ask(RoomRequest::Leave {
+        room: room_id("busy"),
+        conn: conn("ann"),
+    })
+    .await;
+    eventually("the idle room to stop", || {
+        node.usage
+            .stopped
+            .lock()
+            .expect("lock")
+            .contains(&(room_id("busy"), Duration::from_secs(60)))
+    })
+    .await;
+    assert!(
+        !node
+            .usage
+            .stopped
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(room, _)| *room == room_id("forever")),
+        "a room without a time to live is not recorded"
+    );
+    assert_eq!(node.expire("busy").await, Expiry::Deleted);
+    assert_eq!(
+        error_code(&node.ask(delete("busy")).await),
+        ErrorCode::NotFound
+    );
 }
 
 async fn inspect(node: &Node, room: &str) -> RoomInspection {

@@ -134,6 +134,16 @@ impl RoomState {
         }
     }
 
+    /// An empty room whose log starts after `floor`: a room created under
+    /// the id of a deleted one, whose first op follows the deleted room's
+    /// tombstone.
+    pub fn starting_after(meta: RoomMeta, floor: Seq) -> Self {
+        RoomState {
+            head: floor,
+            ..RoomState::new(meta)
+        }
+    }
+
     pub fn meta(&self) -> &RoomMeta {
         &self.meta
     }

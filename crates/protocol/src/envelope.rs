@@ -63,6 +63,19 @@ pub enum RoomRequest {
         after: Seq,
         limit: u32,
     },
+    /// Delete the room with its history (the gateway has checked that the
+    /// caller may); answered `Done` once it is deleted, `not_found` when
+    /// there is no such room (or, with `epoch`, not with that epoch: a
+    /// room created since under the same id is not the one the caller
+    /// meant). Ops that reached the owner before it are committed first;
+    /// every member left is sent `Deleted`. A node that does not know this
+    /// request (an older version) answers `bad_request`, as any
+    /// undecodable request.
+    Delete {
+        room: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<Epoch>,
+    },
     /// What the owner knows of the room, for an operator; answered
     /// `Inspected`. It never loads a room that is not live. A node that
     /// does not know this request (an older version) answers it with a
@@ -78,6 +91,7 @@ impl RoomRequest {
             | RoomRequest::Attach { room, .. }
             | RoomRequest::Op { room, .. }
             | RoomRequest::Fetch { room, .. }
+            | RoomRequest::Delete { room, .. }
             | RoomRequest::Inspect { room } => room,
         }
     }
@@ -188,6 +202,12 @@ pub enum RoomEvent {
     /// it) and knows none of its members: every gateway re-attaches its
     /// members of the room. Not shown to clients.
     Loaded { room: RoomId },
+    /// The room was deleted: every gateway tells its members (an `error`
+    /// frame with code `not_found` for the room) and drops them, and the
+    /// room publishes nothing more. A gateway that does not know this event
+    /// (an older version) drops it as undecodable; its members then hear
+    /// `not_found` on their next op.
+    Deleted { room: RoomId },
 }
 
 impl RoomEvent {
@@ -197,7 +217,8 @@ impl RoomEvent {
             RoomEvent::Presence { room, .. }
             | RoomEvent::Cursor { room, .. }
             | RoomEvent::CursorLeave { room, .. }
-            | RoomEvent::Loaded { room } => room,
+            | RoomEvent::Loaded { room }
+            | RoomEvent::Deleted { room } => room,
         }
     }
 }

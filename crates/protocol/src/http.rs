@@ -18,7 +18,14 @@ pub struct CreateRoomRequest {
     /// Present: the room is private to these users and its creator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<String>>,
+    /// Seconds the room may go unused before it is deleted with its
+    /// history; 0: never. Absent: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
 }
+
+/// The longest `ttl_secs` a room may have: ten years.
+pub const MAX_ROOM_TTL_SECS: u64 = 10 * 366 * 24 * 3600;
 
 /// `201` answer to `POST /v1/rooms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +44,8 @@ pub struct RoomInfo {
     pub name: String,
     pub epoch: Epoch,
     pub head: Seq,
+    /// Seconds the room may go unused before it is deleted; `null`: never.
+    pub ttl_secs: Option<u64>,
 }
 
 /// `GET /v1/rooms/{id}/history`: newest first.

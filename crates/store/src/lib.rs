@@ -5,7 +5,11 @@
 //! log is append-only and fenced: [`Store::append`] writes a batch only if
 //! none of its sequence numbers exist yet and otherwise fails with
 //! [`StoreError::Conflict`], which is how two would-be owners of one room are
-//! kept from forking its history. Implementations: [`EmbeddedStore`] (one
+//! kept from forking its history. [`Store::delete_room`] ends a room
+//! through the same fence: its owner writes a tombstone where its next op
+//! would go, then the room and its history are removed (see the method for
+//! what a deleted room leaves behind, and why). Implementations:
+//! [`EmbeddedStore`] (one
 //! redb file, group commit across rooms), [`CqlStore`] (ScyllaDB or
 //! Cassandra, shared by a cluster) and [`MemoryStore`] (tests). Every
 //! implementation runs the same conformance suite, exported under the
@@ -40,6 +44,20 @@ pub struct RoomRecord {
     pub members: Option<Vec<UserId>>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// How long the room may go unused before it is deleted with its
+    /// history; `None`: until someone deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// The seq this room's log starts after: 0, unless the id belonged to
+    /// a deleted room, whose tombstone's seq it then is (so the first op is
+    /// `floor + 1`). Set by [`Store::create_room`], whatever the caller
+    /// put here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub floor: Seq,
+}
+
+fn is_zero(seq: &Seq) -> bool {
+    *seq == Seq::ZERO
 }
 
 impl RoomRecord {
@@ -58,6 +76,18 @@ impl RoomRecord {
 pub struct Writer {
     pub node: NodeId,
     pub term: u64,
+}
+
+/// A room's deletion, as its owner asks for it (see [`Store::delete_room`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// The room deleted is the one with this epoch: a room created since
+    /// under the same id is another room, and is left alone.
+    pub epoch: Epoch,
+    /// Where the tombstone goes: the seq after the head of the log.
+    pub at: Seq,
+    /// The owner that deletes, as on its appends.
+    pub writer: Writer,
 }
 
 /// An op as stored in the log, with the writer of its batch.
@@ -93,6 +123,14 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The read reached the room's tombstone, at this seq: the room was
+    /// deleted, or its deletion is under way (see [`Store::delete_room`]).
+    #[error("room deleted (tombstone at seq {0})")]
+    RoomDeleted(Seq),
+    /// There is no such room (for `delete_room`: not with that epoch, and
+    /// no tombstone at that seq).
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -106,9 +144,42 @@ pub type AppendDone = Box<dyn FnOnce(Vec<OpEvent>, StoreResult<()>) + Send>;
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a room and its memberships; `Conflict` if the id is taken.
+    /// An id whose room was deleted is free again: the new room's `floor`
+    /// is the old one's tombstone (whatever `room.floor` says), so its ops
+    /// never share a seq with the old room's.
     async fn create_room(&self, room: &RoomRecord) -> StoreResult<()>;
 
+    /// The room, unless there is none or it was deleted (even if its
+    /// deletion is not finished).
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>>;
+
+    /// Deletes a room for its owner, through the fence its appends go
+    /// through: first a tombstone at `deletion.at` (the seq after the log's
+    /// head), written only if that seq is free — `Conflict` otherwise,
+    /// which tells a stale owner, as an append would, that another owner
+    /// wrote the room — then the room record, its memberships, its
+    /// snapshots and every op below the tombstone are removed.
+    ///
+    /// The tombstone stays, with a record that the id was deleted: an
+    /// owner that loaded the room before and appends at the tombstone's
+    /// seq conflicts, and a room created later under the same id starts
+    /// its log after it (see [`RoomRecord::floor`]), so nothing a stale
+    /// owner of the deleted room writes can ever show in it. A read that
+    /// reaches the tombstone fails with [`StoreError::RoomDeleted`].
+    ///
+    /// Idempotent, and safe to repeat after a failure: a tombstone already
+    /// at `deletion.at` (written by any owner) counts as written, and the
+    /// removal goes on from wherever it stopped. `NotFound` when there is
+    /// no room with `deletion.epoch` and no tombstone at `deletion.at`.
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()>;
+
+    /// Finishes the deletion of `room` if one was cut short after the room
+    /// disappeared from [`Store::room`] (by a crash): removes what is left
+    /// of its snapshots and log. A no-op otherwise, and for the stores that
+    /// delete in one atomic write (the default).
+    async fn finish_deletion(&self, _room: &RoomId) -> StoreResult<()> {
+        Ok(())
+    }
 
     /// The private rooms `user` is a member of and the rooms `user` created,
     /// ordered by id.

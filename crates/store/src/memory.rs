@@ -3,7 +3,8 @@
 //! implementations (fencing conflicts, batch checks, history order, the
 //! "older snapshot is ignored" rule) and passes the same conformance suite,
 //! so a test written against it means the same thing against redb or CQL.
-//! Nothing survives the process.
+//! Nothing survives the process. A deletion is one step under the lock,
+//! like the embedded store's one transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -11,7 +12,9 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 
-use crate::{LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch};
+use crate::{
+    Deletion, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch,
+};
 
 /// An in-memory [`Store`]. Cheap to create; share it behind an `Arc`.
 #[derive(Debug, Default)]
@@ -25,8 +28,19 @@ struct Inner {
     /// user → the rooms listed by `rooms_of_user` (a `BTreeSet` so the
     /// listing comes out ordered by id, as the trait promises).
     rooms_by_user: HashMap<UserId, BTreeSet<RoomId>>,
-    logs: HashMap<RoomId, BTreeMap<Seq, LoggedOp>>,
+    logs: HashMap<RoomId, BTreeMap<Seq, Entry>>,
     snapshots: HashMap<RoomId, Snapshot>,
+    /// id → the tombstone of the last room deleted under it: the floor of
+    /// the next room created with that id.
+    deleted: HashMap<RoomId, Seq>,
+}
+
+/// One seq of a room's log.
+#[derive(Debug, Clone)]
+enum Entry {
+    Op(LoggedOp),
+    /// The end of a deleted room (see `Store::delete_room`).
+    Tombstone,
 }
 
 impl MemoryStore {
@@ -58,7 +72,53 @@ impl Store for MemoryStore {
                 .or_default()
                 .insert(room.id.clone());
         }
-        inner.rooms.insert(room.id.clone(), room.clone());
+        let mut record = room.clone();
+        record.floor = inner.deleted.get(&room.id).copied().unwrap_or(Seq::ZERO);
+        inner.rooms.insert(room.id.clone(), record);
+        Ok(())
+    }
+
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        let at = deletion.at;
+        if at == Seq::ZERO {
+            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
+        }
+        let mut inner = self.lock();
+        let tombstoned = match inner.logs.get(room).and_then(|log| log.get(&at)) {
+            Some(Entry::Op(_)) => {
+                return Err(StoreError::Conflict(format!(
+                    "room {room}: seq {at} exists"
+                )));
+            }
+            Some(Entry::Tombstone) => true,
+            None => false,
+        };
+        let ours = inner
+            .rooms
+            .get(room)
+            .is_some_and(|record| record.epoch == deletion.epoch);
+        if !ours && !tombstoned {
+            return Err(StoreError::NotFound(format!(
+                "no room {room} with epoch {}",
+                deletion.epoch
+            )));
+        }
+        let log = inner.logs.entry(room.clone()).or_default();
+        log.insert(at, Entry::Tombstone);
+        // Everything below the tombstone goes; a later room's log is above.
+        *log = log.split_off(&at);
+        if inner.snapshots.get(room).is_some_and(|s| s.seq < at) {
+            inner.snapshots.remove(room);
+        }
+        if ours && let Some(record) = inner.rooms.remove(room) {
+            for user in members_to_index(&record) {
+                if let Some(rooms) = inner.rooms_by_user.get_mut(user) {
+                    rooms.remove(room);
+                }
+            }
+        }
+        let floor = inner.deleted.entry(room.clone()).or_insert(at);
+        *floor = (*floor).max(at);
         Ok(())
     }
 
@@ -98,10 +158,10 @@ impl Store for MemoryStore {
         for event in batch {
             log.insert(
                 event.seq,
-                LoggedOp {
+                Entry::Op(LoggedOp {
                     event: event.clone(),
                     writer: writer.clone(),
-                },
+                }),
             );
         }
         Ok(())
@@ -126,11 +186,13 @@ impl Store for MemoryStore {
         let Some(log) = inner.logs.get(room) else {
             return Ok(Vec::new());
         };
-        Ok(log
-            .range(after.next()..)
+        log.range(after.next()..)
             .take(limit)
-            .map(|(_, logged)| logged.clone())
-            .collect())
+            .map(|(seq, entry)| match entry {
+                Entry::Op(logged) => Ok(logged.clone()),
+                Entry::Tombstone => Err(StoreError::RoomDeleted(*seq)),
+            })
+            .collect()
     }
 
     async fn history(
@@ -144,10 +206,14 @@ impl Store for MemoryStore {
         let Some(log) = inner.logs.get(room) else {
             return Ok(Vec::new());
         };
+        // Nothing below a tombstone belongs to the room that follows it.
         Ok(log
             .range(..before)
             .rev()
-            .map(|(_, logged)| &logged.event)
+            .map_while(|(_, entry)| match entry {
+                Entry::Op(logged) => Some(&logged.event),
+                Entry::Tombstone => None,
+            })
             .filter(|event| kinds.is_none_or(|kinds| kinds.contains(&event.op.kind())))
             .take(limit)
             .cloned()

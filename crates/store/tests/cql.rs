@@ -242,3 +242,131 @@ async fn unknown_outcomes_are_resolved_before_answering() {
         assert_eq!(logged.event.seq.get(), i as u64 + 1, "gap in the log");
     }
 }
+
+/// Rows below a deleted room's tombstone are removed, which leaves holes an
+/// owner that went stale before the deletion could still write into (its
+/// append is conditional on its own seqs only). Nothing it writes there is
+/// ever part of a room created under the id again: that room's log, head
+/// and history start above the tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_stale_owner_writes_below_a_tombstone_never_show() {
+    let store = cql_test_store().await;
+    let room = unique_room("holes");
+    let alice = collab_store::testsuite::unique_user("alice");
+    let mut record = collab_store::testsuite::room_record(
+        &room,
+        collab_protocol::RoomKind::Channel,
+        &alice,
+        None,
+    );
+    store.create_room(&record).await.expect("create");
+    let owner = writer("node-a", 1);
+    let batch: Vec<OpEvent> = (1..=5).map(|s| event(&room, s, message("old"))).collect();
+    store
+        .append(&room, Seq(1), &batch, &owner)
+        .await
+        .expect("append");
+    store
+        .delete_room(
+            &room,
+            &collab_store::Deletion {
+                epoch: record.epoch.clone(),
+                at: Seq(6),
+                writer: owner.clone(),
+            },
+        )
+        .await
+        .expect("delete");
+    // A node that loaded the room at head 2 and never heard of the rest.
+    let stale = writer("node-stale", 2);
+    store
+        .append(&room, Seq(3), &[event(&room, 3, message("orphan"))], &stale)
+        .await
+        .expect("a write into a hole is not refused");
+
+    record.epoch = collab_protocol::Epoch::parse("e2").expect("epoch");
+    store.create_room(&record).await.expect("create again");
+    assert_eq!(store.head(&room).await.expect("head"), Seq(6));
+    for kinds in [None, Some(&[OpKind::Message][..])] {
+        assert!(
+            store
+                .history(&room, Seq(7), 100, kinds)
+                .await
+                .expect("history")
+                .is_empty(),
+            "{kinds:?}"
+        );
+    }
+    store
+        .append(&room, Seq(7), &[event(&room, 7, message("new"))], &owner)
+        .await
+        .expect("the new room's first op");
+    assert_eq!(store.head(&room).await.expect("head"), Seq(7));
+    for kinds in [None, Some(&[OpKind::Message][..])] {
+        let seqs: Vec<u64> = store
+            .history(&room, Seq(8), 100, kinds)
+            .await
+            .expect("history")
+            .iter()
+            .map(|op| op.seq.get())
+            .collect();
+        assert_eq!(seqs, [7], "{kinds:?}");
+    }
+    let log = store.read_log(&room, Seq(6), 10).await.expect("read");
+    assert_eq!(log.len(), 1);
+}
+
+/// A room large enough to span partitions is deleted whole: every
+/// partition below the tombstone's goes, and the next room's head is found
+/// from the tombstone's partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_room_across_partitions_removes_every_partition() {
+    let store = cql_test_store().await;
+    let room = unique_room("big-delete");
+    let alice = collab_store::testsuite::unique_user("alice");
+    let mut record =
+        collab_store::testsuite::room_record(&room, collab_protocol::RoomKind::Board, &alice, None);
+    store.create_room(&record).await.expect("create");
+    let w = writer("node-a", 1);
+    let total = 2 * BUCKET + 10;
+    let mut next = 1;
+    while next <= total {
+        let len = (total - next + 1).min(500) as usize;
+        store
+            .append(&room, Seq(next), &points_batch(&room, next, len), &w)
+            .await
+            .expect("append");
+        next += len as u64;
+    }
+    store
+        .delete_room(
+            &room,
+            &collab_store::Deletion {
+                epoch: record.epoch.clone(),
+                at: Seq(total + 1),
+                writer: w.clone(),
+            },
+        )
+        .await
+        .expect("delete");
+    assert_eq!(store.head(&room).await.expect("head"), Seq(total + 1));
+    for after in [0, BUCKET, 2 * BUCKET] {
+        assert!(
+            matches!(
+                store.read_log(&room, Seq(after), 5000).await,
+                Err(StoreError::RoomDeleted(seq)) if seq == Seq(total + 1)
+            ),
+            "read after {after}"
+        );
+    }
+    record.epoch = collab_protocol::Epoch::parse("e2").expect("epoch");
+    store.create_room(&record).await.expect("create again");
+    assert_eq!(store.head(&room).await.expect("head"), Seq(total + 1));
+    assert!(
+        store
+            .history(&room, Seq(total + 2), 100, None)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}

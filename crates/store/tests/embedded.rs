@@ -493,3 +493,68 @@ async fn a_checkpoint_deletes_the_segments_it_covered() {
     assert_eq!(store.stats().replayed_ops, 0);
     assert_eq!(store.head(&room).await.expect("head"), Seq(5));
 }
+
+/// A deletion takes the room's journaled ops too: reopening (which replays
+/// the journal) does not bring them back, and a room created under the id
+/// afterwards keeps its own ops across a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_room_stays_deleted_after_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    let alice = unique_user("alice");
+    let room = unique_room("deleted");
+    let w = writer("node-a", 1);
+    let deletion = collab_store::Deletion {
+        epoch: collab_protocol::Epoch::parse("e1").expect("epoch"),
+        at: Seq(7),
+        writer: w.clone(),
+    };
+    {
+        let store = EmbeddedStore::open(&path).expect("open");
+        store
+            .create_room(&room_record(&room, RoomKind::Board, &alice, None))
+            .await
+            .expect("create");
+        store
+            .append(&room, Seq(1), &points_batch(&room, 1, 4), &w)
+            .await
+            .expect("append");
+        store.checkpoint().await.expect("checkpoint");
+        store
+            .append(&room, Seq(5), &points_batch(&room, 5, 2), &w)
+            .await
+            .expect("append");
+        assert_eq!(store.journaled_ops(), 2);
+        store.delete_room(&room, &deletion).await.expect("delete");
+        assert_eq!(store.journaled_ops(), 0, "the journaled ops went with it");
+        assert_eq!(store.stats().rooms_deleted, 1);
+    }
+    let mut again = room_record(&room, RoomKind::Board, &alice, None);
+    again.epoch = collab_protocol::Epoch::parse("e2").expect("epoch");
+    {
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(store.stats().replayed_ops, 0, "nothing of it replayed");
+        assert_eq!(store.room(&room).await.expect("room"), None);
+        assert_eq!(store.head(&room).await.expect("head"), Seq(7));
+        assert!(matches!(
+            store.read_log(&room, Seq(0), 10).await,
+            Err(StoreError::RoomDeleted(Seq(7)))
+        ));
+        store.create_room(&again).await.expect("create again");
+        store
+            .append(&room, Seq(8), &[event(&room, 8, message("hi"))], &w)
+            .await
+            .expect("append");
+    }
+    let store = EmbeddedStore::open(&path).expect("reopen");
+    assert_eq!(store.stats().replayed_ops, 1);
+    assert_eq!(
+        store.room(&room).await.expect("room").map(|r| r.floor),
+        Some(Seq(7))
+    );
+    let log = store.read_log(&room, Seq(7), 10).await.expect("read");
+    assert_eq!(
+        log.iter().map(|op| op.event.seq.get()).collect::<Vec<_>>(),
+        [8]
+    );
+}

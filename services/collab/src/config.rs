@@ -123,6 +123,16 @@ impl CollabConfig {
         Duration::from_secs(self.drain_grace_secs)
     }
 
+    /// The settings of this process's gateway: `[gateway]`, with what it
+    /// takes from elsewhere (the rooms' default time to live, whether
+    /// `/metrics` has a listener of its own).
+    pub fn gateway_config(&self) -> GatewayConfig {
+        let mut config = self.gateway.clone();
+        config.metrics_elsewhere = self.metrics_listen.is_some();
+        config.default_room_ttl_secs = self.rooms.default_ttl_secs;
+        config
+    }
+
     /// The settings of this process's room node. Its limits are the
     /// gateway's: one process, one set of limits.
     pub fn room_node_config(&self, node: NodeId) -> RoomNodeConfig {
@@ -185,6 +195,12 @@ pub struct RoomSettings {
     /// After a room loads, how long its users get to come back before their
     /// open strokes are ended for them.
     pub orphan_grace_secs: u64,
+    /// The time to live of a room created without `ttl_secs`: unused for
+    /// this long, it is deleted with its history. 0: such rooms never
+    /// expire.
+    pub default_ttl_secs: u64,
+    /// How often a room node looks for rooms whose time to live ran out.
+    pub expiry_sweep_secs: u64,
 }
 
 impl Default for RoomSettings {
@@ -199,6 +215,8 @@ impl Default for RoomSettings {
             mailbox_high_water: 10_000,
             commit_timeout_secs: 10,
             orphan_grace_secs: 10,
+            default_ttl_secs: 0,
+            expiry_sweep_secs: 30,
         }
     }
 }
@@ -216,6 +234,10 @@ impl RoomSettings {
         config.commit_timeout = Duration::from_secs(self.commit_timeout_secs);
         config.orphan_grace = Duration::from_secs(self.orphan_grace_secs);
         config
+    }
+
+    pub fn expiry_sweep(&self) -> Duration {
+        Duration::from_secs(self.expiry_sweep_secs)
     }
 }
 
@@ -655,6 +677,8 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     at_least_one("rooms.tail_len", r.tail_len as u64);
     at_least_one("rooms.mailbox_high_water", r.mailbox_high_water as u64);
     at_least_one("rooms.commit_timeout_secs", r.commit_timeout_secs);
+    at_least_one("rooms.expiry_sweep_secs", r.expiry_sweep_secs);
+
     let g = &config.gateway;
     at_least_one("gateway.max_unacked_ops", g.max_unacked_ops as u64);
     at_least_one("gateway.outbound_queue", g.outbound_queue as u64);
@@ -687,6 +711,15 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
         if !(value.is_finite() && value > 0.0) {
             issues.push((key, format!("must be a positive number, got {value}")));
         }
+    }
+    if config.rooms.default_ttl_secs > collab_protocol::http::MAX_ROOM_TTL_SECS {
+        issues.push((
+            "rooms.default_ttl_secs",
+            format!(
+                "must be from 0 (off) to {}",
+                collab_protocol::http::MAX_ROOM_TTL_SECS
+            ),
+        ));
     }
     if g.gateway_id.trim().is_empty() {
         issues.push(("gateway.gateway_id", "must not be empty".to_owned()));

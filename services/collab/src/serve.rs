@@ -6,6 +6,11 @@
 //! there) and the probes. The state gateways share (rate limits,
 //! revocations, presence) is in memory, or in Redis with `redis`.
 //!
+//! Room expiry keeps its deadlines with the rest of the shared state: the
+//! gateway records a new room's, the room node the deadline of each room
+//! that stops, and sweeps them. In memory they do not survive a restart: a
+//! room's clock then starts again when it is next used; in Redis they do.
+//!
 //! Shutdown order (on the future passed to [`run`], normally SIGTERM):
 //! readiness fails and every WebSocket is closed with 1001, the listener
 //! stops accepting, the room node finishes its batches and snapshots every
@@ -24,7 +29,7 @@ use collab_ephemeral::{Ephemeral, EphemeralError, EphemeralMetrics, RedisClient,
 use collab_gateway::{Auth, Gateway, GatewayMetrics, GatewayParts, Readiness};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
-use collab_room_node::{RoomNode, RoomNodeMetrics, StartError};
+use collab_room_node::{ExpiryOptions, RoomNode, RoomNodeMetrics, StartError};
 use collab_store::{CqlStore, EmbeddedStore, Store, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -156,17 +161,26 @@ pub async fn run(
 
     let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
     let room_config = config.room_node_config(node);
+    // One process: the gateway records new rooms' deadlines where the room
+    // node sweeps them (in memory, or in Redis with `redis`).
+    let deadlines = ephemeral.expiry.clone();
+    let expiry = ExpiryOptions::new(deadlines.clone(), config.rooms.expiry_sweep());
     let room_node = Arc::new(
-        RoomNode::start_with_metrics(room_config, store.clone(), bus.clone(), room_metrics).await?,
+        RoomNode::start_with(
+            room_config,
+            store.clone(),
+            bus.clone(),
+            room_metrics,
+            Some(expiry),
+        )
+        .await?,
     );
     let readiness = Arc::new(LocalReadiness {
         bus: bus.clone(),
         room_node: room_node.clone(),
     });
-    let mut gateway_config = config.gateway.clone();
-    gateway_config.metrics_elsewhere = config.metrics_listen.is_some();
     let gateway = Gateway::new(
-        gateway_config,
+        config.gateway_config(),
         GatewayParts {
             auth,
             bus,
@@ -175,6 +189,7 @@ pub async fn run(
             metrics,
             exporter,
             ephemeral,
+            room_expiry: Some(deadlines),
         },
     );
 

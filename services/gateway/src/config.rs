@@ -43,6 +43,11 @@ pub struct GatewayConfig {
     /// router does not serve it.
     #[serde(skip)]
     pub metrics_elsewhere: bool,
+    /// Not a setting of the gateway's: the process copies `[rooms]
+    /// default_ttl_secs` here. The time to live of a room created without
+    /// `ttl_secs`; 0: such rooms never expire.
+    #[serde(skip)]
+    pub default_room_ttl_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +64,7 @@ impl Default for GatewayConfig {
             max_token_lifetime_secs: 7 * 24 * 60 * 60,
             presence_ttl_secs: 15,
             metrics_elsewhere: false,
+            default_room_ttl_secs: 0,
         }
     }
 }

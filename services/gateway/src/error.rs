@@ -29,6 +29,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
             StoreError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m),
+            StoreError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
+            e @ StoreError::RoomDeleted(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
             other => ApiError::new(ErrorCode::Internal, other.to_string()),
         }
     }

@@ -1,5 +1,5 @@
-//! The HTTP API: creating rooms, reading a room's metadata and history,
-//! listing the caller's rooms, the dev token endpoint, and the operational
+//! The HTTP API: creating and deleting rooms, reading a room's metadata and
+//! history, listing the caller's rooms, the dev token endpoint, and the operational
 //! endpoints (health, readiness, metrics). With a metrics listener of its
 //! own (`metrics_listen`), `/metrics` is served only there, by
 //! [`metrics_router`]. Every request is counted by route and status. The
@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::num::IntErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, ExtensionRejection, PathRejection, QueryRejection};
@@ -30,13 +30,14 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::{
     CreateRoomRequest, DevTokenRequest, DevTokenResponse, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT,
-    MyRooms, RoomCreated, RoomInfo, RoomSummary,
+    MAX_ROOM_TTL_SECS, MyRooms, RoomCreated, RoomInfo, RoomSummary,
 };
 use collab_protocol::ops::parse_kinds;
 use collab_protocol::{
-    Claims, Epoch, ErrorCode, OpKind, RoomId, RoomKind, Seq, ServerFrame, UserId,
+    Access, Claims, Epoch, ErrorCode, OpKind, RoomId, RoomKind, Scope, Seq, ServerFrame, UserId,
 };
 use collab_store::RoomRecord;
 use serde::de::DeserializeOwned;
@@ -62,7 +63,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut router = Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/rooms", post(create_room))
-        .route("/v1/rooms/{id}", get(room_info))
+        .route("/v1/rooms/{id}", get(room_info).delete(delete_room))
         .route("/v1/rooms/{id}/history", get(history))
         .route("/v1/rooms/{id}/presence", get(crate::presence::room))
         .route("/v1/users/{id}/presence", get(crate::presence::user))
@@ -119,6 +120,7 @@ async fn create_room_inner(
         .members
         .map(|members| private_members(members, &caller.user))
         .transpose()?;
+    let ttl_secs = room_ttl(request.ttl_secs, shared.config.default_room_ttl_secs)?;
     if !caller.claims.can_create_rooms() {
         return Err(forbidden(
             "creating rooms needs write access to every room (\"*\")",
@@ -137,6 +139,7 @@ async fn create_room_inner(
         epoch: fresh_epoch()?,
         created_by: caller.user,
         created_at: now_millis(),
+        ttl_secs,
     };
     let record = match id {
         // A caller-chosen id that exists is the caller's conflict (409).
@@ -152,8 +155,16 @@ async fn create_room_inner(
         kind = %record.kind,
         user = %record.created_by,
         private = record.members.is_some(),
+        ttl_secs = ?record.ttl_secs,
         "room created"
     );
+    if let (Some(ttl), Some(expiry)) = (record.ttl_secs, &shared.room_expiry) {
+        // Unused from its creation on: due `ttl` from now. Without this the
+        // room expires only once it has been used.
+        if let Err(e) = expiry.touch(&record.id, Duration::from_secs(ttl)).await {
+            tracing::warn!(room = %record.id, error = %e, "could not record a new room's deadline");
+        }
+    }
     let body = RoomCreated {
         id: record.id,
         kind: record.kind,
@@ -188,8 +199,69 @@ async fn room_info_inner(
         name: record.name,
         epoch: record.epoch,
         head,
+        ttl_secs: record.ttl_secs,
     };
     Ok(Json(body).into_response())
+}
+
+/// `DELETE /v1/rooms/{id}`: for the room's creator or an admin; done by
+/// the room's owner (over the bus), like everything that changes a room.
+async fn delete_room(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = delete_room_inner(&shared, &headers, id).await;
+    reply(&shared, "delete_room", result)
+}
+
+async fn delete_room_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let caller = authenticate(shared, headers).await?;
+    let room = path_room_id(id)?;
+    let admin = caller.claims.has_scope(Scope::Admin);
+    // Checked before existence, so that a token never learns which rooms
+    // it does not cover exist.
+    if !admin && caller.claims.access(&room) != Some(Access::Write) {
+        return Err(forbidden(format!(
+            "the token does not give write access to room {room}"
+        )));
+    }
+    let record = shared
+        .store
+        .room(&room)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no room {room}")))?;
+    if !admin && record.created_by != caller.user {
+        return Err(forbidden(format!(
+            "only the creator of room {room} (or an admin) may delete it"
+        )));
+    }
+    // The epoch read here: a room created since under this id is not the
+    // one the caller was allowed to delete.
+    let request = RoomRequest::Delete {
+        room: room.clone(),
+        epoch: Some(record.epoch),
+    };
+    let timeout = Duration::from_secs(shared.config.request_timeout_secs.max(1));
+    match shared.bus.request(request, timeout).await {
+        Ok(RoomReply::Done) => {
+            tracing::info!(%room, user = %caller.user, admin, "room deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Ok(RoomReply::Error { code, message }) => Err(ApiError::new(code, message)),
+        Ok(other) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("unexpected reply {other:?}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("the room did not answer: {e}; retry"),
+        )),
+    }
 }
 
 /// The query of `GET /v1/rooms/{id}/history`, as text: the handler parses
@@ -541,6 +613,18 @@ fn private_members(members: Vec<String>, creator: &UserId) -> Result<Vec<UserId>
     Ok(out)
 }
 
+/// A new room's time to live: as asked (0: none), else the server's
+/// default (0: none).
+fn room_ttl(asked: Option<u64>, default: u64) -> Result<Option<u64>, ApiError> {
+    match asked.unwrap_or(default) {
+        0 => Ok(None),
+        ttl if ttl <= MAX_ROOM_TTL_SECS => Ok(Some(ttl)),
+        _ => Err(bad_request(format!(
+            "ttl_secs must be from 0 (never expires) to {MAX_ROOM_TTL_SECS}"
+        ))),
+    }
+}
+
 /// Everything of a new room but its id.
 struct RoomDraft {
     kind: RoomKind,
@@ -549,6 +633,7 @@ struct RoomDraft {
     epoch: Epoch,
     created_by: UserId,
     created_at: i64,
+    ttl_secs: Option<u64>,
 }
 
 impl RoomDraft {
@@ -561,6 +646,8 @@ impl RoomDraft {
             created_by: self.created_by.clone(),
             members: self.members.clone(),
             created_at: self.created_at,
+            ttl_secs: self.ttl_secs,
+            floor: Seq::ZERO,
         }
     }
 }

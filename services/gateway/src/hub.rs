@@ -21,7 +21,10 @@
 //!   joined are re-attached to the owner, so the room's presence lists them
 //!   again without their clients doing anything; a re-attach that reaches
 //!   no owner (this gateway has not noticed the old one leave yet) is tried
-//!   again until it lands or the member leaves.
+//!   again until it lands or the member leaves;
+//! - when the room is deleted (`Deleted`), every member is sent an `error`
+//!   with code `not_found` for the room and leaves it, as if it had sent
+//!   `leave`, and the room's task ends (a later join starts afresh).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +34,9 @@ use axum::extract::ws::Utf8Bytes;
 use collab_bus::{Bus, Delivery, Subscription};
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
-use collab_protocol::{ConnId, ErrorCode, OpEvent, RoomId, Seq, ServerFrame, UserId};
+use collab_protocol::{
+    ConnId, ErrorCode, OpEvent, ProtocolError, RoomId, Seq, ServerFrame, UserId,
+};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -51,11 +56,17 @@ const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 /// owner can announce itself here before this gateway routes to it.
 const REATTACH_RETRY: Duration = Duration::from_millis(250);
 
+/// What a member's connection does when the room drops it (it was
+/// deleted): forget the room, as on `leave`, but without detaching (the
+/// room's task has ended). Called from that task: it must not wait.
+pub(crate) type OnRemoved = Box<dyn FnOnce() + Send + Sync>;
+
 enum Control {
     Attach {
         conn: ConnRef,
         user: UserInfo,
         outbound: Arc<Outbound>,
+        on_removed: OnRemoved,
     },
     Joined {
         conn: ConnId,
@@ -69,13 +80,18 @@ enum Control {
 struct RoomHandle {
     control: mpsc::UnboundedSender<Control>,
     members: usize,
+    /// Tells this room's task from a later one of the same room.
+    task: u64,
 }
+
+type Rooms = Arc<Mutex<HashMap<RoomId, RoomHandle>>>;
 
 pub(crate) struct Hub {
     bus: Arc<dyn Bus>,
     config: GatewayConfig,
     metrics: GatewayMetrics,
-    rooms: Mutex<HashMap<RoomId, RoomHandle>>,
+    rooms: Rooms,
+    next_task: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -84,7 +100,8 @@ impl Hub {
             bus,
             config,
             metrics,
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Arc::new(Mutex::new(HashMap::new())),
+            next_task: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -97,12 +114,22 @@ impl Hub {
         conn: ConnRef,
         user: UserInfo,
         outbound: Arc<Outbound>,
+        on_removed: OnRemoved,
     ) -> Result<(), collab_bus::BusError> {
         let mut rooms = self.rooms.lock().await;
+        // The room's task ended by itself: the room was deleted, and this
+        // is a join of whatever has its id now.
+        if rooms.get(room).is_some_and(|h| h.control.is_closed()) {
+            rooms.remove(room);
+        }
         if !rooms.contains_key(room) {
             let subscription = self.bus.subscribe(room).await?;
             let (control, rx) = mpsc::unbounded_channel();
             let (reattach_failed, failed) = mpsc::unbounded_channel();
+            let (ended, task_ended) = tokio::sync::oneshot::channel();
+            let task = self
+                .next_task
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let fanout = Fanout {
                 room: room.clone(),
                 bus: self.bus.clone(),
@@ -114,13 +141,22 @@ impl Hub {
                 reattach_failed,
                 reattach_later: HashSet::new(),
                 reattach_at: None,
+                deleted: false,
+                _ended: ended,
             };
             tokio::spawn(fanout.run(subscription, rx, failed));
+            tokio::spawn(forget_when_ended(
+                self.rooms.clone(),
+                room.clone(),
+                task,
+                task_ended,
+            ));
             rooms.insert(
                 room.clone(),
                 RoomHandle {
                     control,
                     members: 0,
+                    task,
                 },
             );
         }
@@ -130,6 +166,7 @@ impl Hub {
                 conn,
                 user,
                 outbound,
+                on_removed,
             });
         }
         Ok(())
@@ -160,6 +197,21 @@ impl Hub {
     }
 }
 
+/// Takes a room's task out of the map once it ended by itself (its room
+/// was deleted), unless a later task of the room replaced it there.
+async fn forget_when_ended(
+    rooms: Rooms,
+    room: RoomId,
+    task: u64,
+    ended: tokio::sync::oneshot::Receiver<()>,
+) {
+    let _ = ended.await;
+    let mut rooms = rooms.lock().await;
+    if rooms.get(&room).is_some_and(|h| h.task == task) {
+        rooms.remove(&room);
+    }
+}
+
 enum Phase {
     /// Attached, `joined` not yet queued: events wait here.
     Pending(Vec<Arc<RoomEvent>>),
@@ -172,6 +224,7 @@ struct Member {
     user: UserInfo,
     outbound: Arc<Outbound>,
     phase: Phase,
+    on_removed: OnRemoved,
 }
 
 struct Fanout {
@@ -189,6 +242,10 @@ struct Fanout {
     /// Members whose re-attach failed, and when to try them again.
     reattach_later: HashSet<ConnId>,
     reattach_at: Option<Instant>,
+    /// The room was deleted: the task ends.
+    deleted: bool,
+    /// Dropped when the task ends, which the hub awaits.
+    _ended: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Fanout {
@@ -216,7 +273,7 @@ impl Fanout {
                             while let Some(delivery) =
                                 futures_util::FutureExt::now_or_never(subscription.next())
                             {
-                                if !self.on_delivery(delivery).await {
+                                if !self.on_delivery(delivery).await || self.deleted {
                                     return;
                                 }
                             }
@@ -226,7 +283,7 @@ impl Fanout {
                     None => break,
                 },
                 delivery = subscription.next() => {
-                    if !self.on_delivery(delivery).await {
+                    if !self.on_delivery(delivery).await || self.deleted {
                         break;
                     }
                 }
@@ -275,6 +332,7 @@ impl Fanout {
                 conn,
                 user,
                 outbound,
+                on_removed,
             } => {
                 self.members.insert(
                     conn.conn.clone(),
@@ -283,6 +341,7 @@ impl Fanout {
                         user,
                         outbound,
                         phase: Phase::Pending(Vec::new()),
+                        on_removed,
                     },
                 );
             }
@@ -386,9 +445,16 @@ impl Fanout {
     }
 
     async fn on_event(&mut self, event: Arc<RoomEvent>) {
-        if matches!(event.as_ref(), RoomEvent::Loaded { .. }) {
-            self.reattach_members();
-            return;
+        match event.as_ref() {
+            RoomEvent::Loaded { .. } => {
+                self.reattach_members();
+                return;
+            }
+            RoomEvent::Deleted { .. } => {
+                self.drop_members();
+                return;
+            }
+            _ => {}
         }
         if let RoomEvent::Op(op) = event.as_ref() {
             match self.last_seq {
@@ -412,6 +478,21 @@ impl Fanout {
             self.last_seq = Some(op.seq);
         }
         self.deliver_all(&event).await;
+    }
+
+    /// The room was deleted: every member hears `not_found` for it and
+    /// leaves (its connection forgets the room), and this task ends.
+    fn drop_members(&mut self) {
+        let gone = ProtocolError::not_found(format!("room {} was deleted", self.room));
+        let frame =
+            Utf8Bytes::from(ServerFrame::error(&gone, Some(self.room.as_str()), None).to_json());
+        for (_, member) in self.members.drain() {
+            self.metrics.error(ErrorCode::NotFound);
+            member.outbound.push(frame.clone());
+            (member.on_removed)();
+        }
+        self.reattach_later.clear();
+        self.deleted = true;
     }
 
     /// Fetches the ops after `last_seq` (up to `until`, or as far as the
@@ -618,7 +699,7 @@ fn offer(
                 member.outbound.push_cursor(key.clone(), frame.clone());
             }
         }
-        RoomEvent::Loaded { .. } => {}
+        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } => {}
     }
     None
 }
@@ -655,7 +736,7 @@ fn frame_of(event: &RoomEvent) -> Option<Utf8Bytes> {
             room: room.clone(),
             user: user.clone(),
         },
-        RoomEvent::Loaded { .. } => return None,
+        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } => return None,
     };
     Some(Utf8Bytes::from(frame.to_json()))
 }
@@ -800,9 +881,15 @@ mod tests {
             gateway: "g1".into(),
             conn: ConnId::parse("g1-1").expect("id"),
         };
-        hub.attach(&room(), conn.clone(), user(user_id), outbound.clone())
-            .await
-            .expect("attached");
+        hub.attach(
+            &room(),
+            conn.clone(),
+            user(user_id),
+            outbound.clone(),
+            Box::new(|| {}),
+        )
+        .await
+        .expect("attached");
         (events, bus, hub, outbound, conn)
     }
 
@@ -992,7 +1079,7 @@ mod tests {
             conn: ConnId::parse("g1-2").expect("id"),
         };
         let other_outbound = Arc::new(Outbound::new(100));
-        hub.attach(&room(), other, user("bob"), other_outbound)
+        hub.attach(&room(), other, user("bob"), other_outbound, Box::new(|| {}))
             .await
             .expect("attached");
         bus.failing_attaches.store(usize::MAX, Ordering::SeqCst);
@@ -1004,5 +1091,55 @@ mod tests {
         let after_leaving = bus.attaches.load(Ordering::SeqCst);
         tokio::time::sleep(REATTACH_RETRY * 20).await;
         assert_eq!(bus.attaches.load(Ordering::SeqCst), after_leaving);
+    }
+
+    /// A deleted room drops its members: each one, joined or still
+    /// joining, hears `not_found` for the room and is let go.
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_room_tells_its_members_and_lets_them_go() {
+        let (events, _bus, hub, outbound, conn) = attached("ann").await;
+        join_live(&hub, &outbound, &conn).await;
+        let removed = Arc::new(AtomicUsize::new(0));
+        let joining = Arc::new(Outbound::new(100));
+        let count = removed.clone();
+        hub.attach(
+            &room(),
+            ConnRef {
+                gateway: "g1".into(),
+                conn: ConnId::parse("g1-2").expect("id"),
+            },
+            user("bob"),
+            joining.clone(),
+            Box::new(move || {
+                count.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .await
+        .expect("attached");
+        let deleted = RoomEvent::Deleted { room: room() };
+        events
+            .send(Delivery::Event(Arc::new(deleted)))
+            .expect("stream open");
+        for queue in [&outbound, &joining] {
+            let frame = next_frame(queue).await;
+            assert_eq!(
+                (
+                    frame["type"].as_str(),
+                    frame["code"].as_str(),
+                    frame["room"].as_str()
+                ),
+                (Some("error"), Some("not_found"), Some("room1")),
+                "{frame}"
+            );
+        }
+        assert_eq!(removed.load(Ordering::SeqCst), 1);
+        // The room's task ended, and its place in the hub is free for
+        // whatever room has the id next.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(events.is_closed(), "the subscription was dropped");
+        assert!(!hub.rooms.lock().await.contains_key(&room()));
+        for queue in [&outbound, &joining] {
+            assert!(futures_util::FutureExt::now_or_never(queue.next()).is_none());
+        }
     }
 }

@@ -8,7 +8,8 @@
 //! filled from the owner). Each connection has a bounded outbound queue, so
 //! a client that does not read is closed (4008) instead of slowing anyone
 //! else. The gateway keeps no durable state: it reads room metadata and
-//! history from the [`Store`] and creates rooms there.
+//! history from the [`Store`] and creates rooms there; a room is deleted
+//! by its owner, which the gateway asks over the bus.
 //!
 //! What every gateway of a cluster must agree on — rate limits, revoked
 //! tokens, who is online — it keeps in an [`Ephemeral`]: in memory for
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use axum::Router;
 use collab_bus::Bus;
-use collab_ephemeral::{Ephemeral, RateLimiter};
+use collab_ephemeral::{Ephemeral, RateLimiter, RoomExpiry};
 use collab_metrics::Exporter;
 use collab_store::Store;
 use tokio::net::TcpListener;
@@ -72,6 +73,11 @@ pub struct GatewayParts {
     /// Rate limits, revocations and presence: in this process, or shared
     /// with the other gateways in Redis.
     pub ephemeral: Ephemeral,
+    /// Where a room created with a time to live gets its first deadline:
+    /// the deadlines the room nodes sweep (`ephemeral.expiry`, where they
+    /// sweep it). `None`: nowhere, so such a room expires only once it has
+    /// been used.
+    pub room_expiry: Option<Arc<dyn RoomExpiry>>,
 }
 
 /// The per-user (or per-address) buckets of each kind of request; the
@@ -118,6 +124,10 @@ pub(crate) struct Shared {
     /// WebSocket connections whose task is still running (including one
     /// still delivering its close frame).
     pub open: watch::Sender<usize>,
+    /// Where a room created with a time to live gets its first deadline
+    /// (see the room node's expiry); `None`: nowhere, so such a room
+    /// expires only once it has been used.
+    pub room_expiry: Option<Arc<dyn RoomExpiry>>,
 }
 
 impl Shared {
@@ -148,6 +158,7 @@ impl Gateway {
             metrics,
             exporter,
             ephemeral,
+            room_expiry,
         } = parts;
         let limiters = Limiters::new(&ephemeral, &config.rate_limits);
         let hub = Hub::new(bus.clone(), config.clone(), metrics.clone());
@@ -175,6 +186,7 @@ impl Gateway {
             accepting: AtomicBool::new(true),
             next_conn: AtomicU64::new(1),
             open: watch::channel(0).0,
+            room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(
             Arc::downgrade(&shared),

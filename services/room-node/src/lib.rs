@@ -10,8 +10,12 @@
 //! that is not in the member list itself — its record expired while it was
 //! stopped or cut off — owns nothing and commits nothing.
 //!
+//! Rooms with a time to live that go unused for that long are deleted by
+//! the node that owns them ([`expiry`]).
+//!
 //! Its HTTP (probes and metrics) is [`http`].
 
+pub mod expiry;
 pub mod http;
 
 use std::collections::BTreeSet;
@@ -20,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use collab_actors::room::{
-    EventSink, RoomConfig, RoomContext, RoomMetrics, RoomSupervisor, SupervisorMsg,
+    EventSink, RoomConfig, RoomContext, RoomMetrics, RoomSupervisor, RoomUse, SupervisorMsg,
+    Unobserved,
 };
 use collab_bus::{Bus, BusError, Members, ReplyFuture, RequestHandler};
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
@@ -31,6 +36,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use collab_actors::room::{RoomConfig as RoomNodeConfig, RoomMetrics as RoomNodeMetrics};
+pub use expiry::ExpiryOptions;
 
 /// A running room node.
 pub struct RoomNode {
@@ -41,6 +47,8 @@ pub struct RoomNode {
     request_timeout: Duration,
     /// Set when the drain begins: from then on the node is not ready.
     draining: AtomicBool,
+    /// The expiry sweeper, stopped when the node drains.
+    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Sends a room's events to the bus.
@@ -100,15 +108,35 @@ impl RoomNode {
     }
 
     /// Starts the supervisor and serves this node's rooms on `bus`; `metrics`
-    /// come from `RoomMetrics::register` on the process's registry.
+    /// come from `RoomMetrics::register` on the process's registry. Rooms
+    /// do not expire.
     pub async fn start_with_metrics(
         config: RoomConfig,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         metrics: RoomMetrics,
     ) -> Result<RoomNode, StartError> {
+        Self::start_with(config, store, bus, metrics, None).await
+    }
+
+    /// [`RoomNode::start_with_metrics`], with room expiry when `expiry` is
+    /// given: rooms with a time to live that go unused for that long are
+    /// deleted (see [`expiry`]).
+    pub async fn start_with(
+        config: RoomConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        metrics: RoomMetrics,
+        expiry: Option<ExpiryOptions>,
+    ) -> Result<RoomNode, StartError> {
         let request_timeout = config.commit_timeout + Duration::from_secs(5);
         let node = config.node.clone();
+        let usage: Arc<dyn RoomUse> = match &expiry {
+            Some(options) => Arc::new(expiry::ExpiryUse {
+                deadlines: options.deadlines.clone(),
+            }),
+            None => Arc::new(Unobserved),
+        };
         if let Some(load) = bus.load() {
             // The cluster view shows how many rooms this node has live.
             let rooms = metrics.rooms_active.clone();
@@ -121,6 +149,7 @@ impl RoomNode {
             sink: Arc::new(BusSink { bus: bus.clone() }),
             config,
             metrics,
+            usage,
         });
         let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
             .await
@@ -134,6 +163,8 @@ impl RoomNode {
         if let Some(members) = bus.members() {
             tokio::spawn(follow_members(members, node.clone(), supervisor.clone()));
         }
+        let sweeper =
+            expiry.map(|options| tokio::spawn(expiry::sweep(options, supervisor.clone())));
         Ok(RoomNode {
             supervisor,
             store,
@@ -141,6 +172,7 @@ impl RoomNode {
             node,
             request_timeout,
             draining: AtomicBool::new(false),
+            sweeper,
         })
     }
 
@@ -193,6 +225,9 @@ impl RoomNode {
     /// that could go elsewhere.
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
         let rooms = self.active_rooms().await;
         info!(rooms, "draining room node");
         let _ = self
@@ -342,6 +377,8 @@ mod tests {
                 created_by: UserId::parse("ann").expect("id"),
                 members: None,
                 created_at: 0,
+                ttl_secs: None,
+                floor: collab_protocol::Seq::ZERO,
             })
             .await
             .expect("room created");

@@ -770,6 +770,26 @@ impl Cluster {
         })
     }
 
+    /// `DELETE /v1/rooms/{room}` on process `id` as the holder of `token`:
+    /// the status and the JSON body (`Null` when it is not JSON).
+    pub async fn delete_room(
+        &self,
+        id: &str,
+        token: &str,
+        room: &str,
+    ) -> Result<(u16, Value), HarnessError> {
+        let response = self
+            .http
+            .delete(format!("{}/v1/rooms/{room}", self.http_url(id)))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
     /// Creates the board `id`.
     pub async fn create_board(&mut self, id: &str) -> Result<RoomInfo, HarnessError> {
         self.create_room("admin", &json!({"kind": "board", "id": id}))

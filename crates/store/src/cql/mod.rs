@@ -14,6 +14,11 @@
 //!   writes. If one of them fails, a prefix of the batch may be stored;
 //!   callers treat every failed append as "outcome unknown" and re-read the
 //!   log, so a stored prefix is simply part of the history.
+//! - **Deletion.** A tombstone at the seq after the head, written through
+//!   the same conditional write as an append, then the room marked deleted,
+//!   then its rows below the tombstone removed; each step idempotent, so a
+//!   deletion cut short is finished by whoever meets it next (see
+//!   [`Store::delete_room`] and docs/cql-store.md).
 //! - **Statements.** Prepared once at start-up, with deliberate consistency,
 //!   idempotence and timeouts: reads and unconditional writes are
 //!   idempotent (the driver may retry them); the conditional append is not
@@ -41,7 +46,9 @@ pub use options::{CqlOptions, Replication};
 use schema::OPS_PER_BUCKET;
 
 use crate::memory::members_to_index;
-use crate::{LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch};
+use crate::{
+    Deletion, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch,
+};
 
 /// Bytes of snapshot data per `room_snapshots` row: well under any
 /// server's mutation size limit.
@@ -63,6 +70,8 @@ pub struct CqlStore {
 
 struct Statements {
     insert_op: PreparedStatement,
+    insert_tombstone: PreparedStatement,
+    select_log_row: PreparedStatement,
     insert_kind: PreparedStatement,
     resolve_ops: PreparedStatement,
     read_log: PreparedStatement,
@@ -71,8 +80,16 @@ struct Statements {
     history_kind: PreparedStatement,
     ops_by_seq: PreparedStatement,
     insert_room: PreparedStatement,
+    recreate_room: PreparedStatement,
     select_room: PreparedStatement,
+    select_room_serial: PreparedStatement,
+    select_floor: PreparedStatement,
+    mark_deleted: PreparedStatement,
+    mark_purged: PreparedStatement,
     insert_room_by_user: PreparedStatement,
+    delete_room_by_user: PreparedStatement,
+    delete_bucket: PreparedStatement,
+    delete_lane_below: PreparedStatement,
     select_rooms_by_user: PreparedStatement,
     insert_snapshot_chunk: PreparedStatement,
     select_snapshot_index: PreparedStatement,
@@ -303,14 +320,16 @@ impl CqlStore {
         })
     }
 
-    /// Up to `page` ops of `bucket` with `seq < below`, newest first.
+    /// Up to `page` ops of `bucket` with `seq < below`, newest first, and
+    /// whether the page stopped at a tombstone (nothing below it is this
+    /// room's).
     async fn history_page(
         &self,
         room: &RoomId,
         bucket: u64,
         below: u64,
         page: usize,
-    ) -> StoreResult<Vec<OpEvent>> {
+    ) -> StoreResult<(Vec<OpEvent>, bool)> {
         let rows = self
             .session
             .execute_unpaged(
@@ -323,13 +342,16 @@ impl CqlStore {
             .map_err(|e| unavailable("read history", e))?;
         let mut out = Vec::new();
         for row in rows
-            .rows::<(i64, String)>()
+            .rows::<(i64, Option<String>)>()
             .map_err(|e| corrupt("history rows", e))?
         {
             let (seq, json) = row.map_err(|e| corrupt("history row", e))?;
+            let Some(json) = json else {
+                return Ok((out, true));
+            };
             out.push(decode_event(from_cql(seq)?, &json)?);
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// Up to `page` seqs of `kind` in `bucket` below `below`, newest first.
@@ -386,15 +408,173 @@ impl CqlStore {
             .map_err(|e| unavailable("read ops", e))?;
         let mut by_seq = BTreeMap::new();
         for row in rows
-            .rows::<(i64, String)>()
+            .rows::<(i64, Option<String>)>()
             .map_err(|e| corrupt("op rows", e))?
         {
             let (seq, json) = row.map_err(|e| corrupt("op row", e))?;
             let seq = from_cql(seq)?;
-            by_seq.insert(seq, decode_event(seq, &json)?);
+            // Kind lanes never name a tombstone; skip one all the same.
+            if let Some(json) = json {
+                by_seq.insert(seq, decode_event(seq, &json)?);
+            }
         }
         // Newest first, as history pages are.
         Ok(by_seq.into_values().rev().collect())
+    }
+}
+
+/// What a log row at one seq holds.
+#[derive(Debug, PartialEq, Eq)]
+enum LogRow {
+    Op,
+    /// A deleted room's tombstone: a row without an op.
+    Tombstone,
+}
+
+impl CqlStore {
+    /// The `rooms` row of `id`, deleted or not; read at serial consistency
+    /// when it is about to decide a conditional write.
+    async fn stored_room(&self, id: &RoomId, serial: bool) -> StoreResult<Option<StoredRoom>> {
+        let statement = if serial {
+            &self.statements.select_room_serial
+        } else {
+            &self.statements.select_room
+        };
+        let rows = self
+            .session
+            .execute_unpaged(statement, (id.as_str(),))
+            .await
+            .map_err(|e| unavailable("read room", e))?
+            .into_rows_result()
+            .map_err(|e| unavailable("read room", e))?;
+        rows.maybe_first_row::<RoomRow>()
+            .map_err(|e| corrupt("room row", e))?
+            .map(room_from_row)
+            .transpose()
+    }
+
+    /// The seq at or below which nothing is the room's any more (see
+    /// `StoredRoom::base`); 0 for an id never deleted.
+    async fn base(&self, room: &RoomId) -> StoreResult<u64> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.statements.select_floor, (room.as_str(),))
+            .await
+            .map_err(|e| unavailable("read room", e))?
+            .into_rows_result()
+            .map_err(|e| unavailable("read room", e))?;
+        let Some((floor, deleted)) = rows
+            .maybe_first_row::<(Option<i64>, Option<i64>)>()
+            .map_err(|e| corrupt("room row", e))?
+        else {
+            return Ok(0);
+        };
+        Ok(from_cql(floor.unwrap_or(0))?.max(from_cql(deleted.unwrap_or(0))?))
+    }
+
+    /// The log row at `seq`, read at serial consistency (so no conditional
+    /// write that could still create it is pending).
+    async fn log_row(&self, room: &RoomId, seq: u64) -> StoreResult<Option<LogRow>> {
+        let rows = self
+            .session
+            .execute_unpaged(
+                &self.statements.select_log_row,
+                (room.as_str(), to_cql(bucket_of(seq)), to_cql(seq)),
+            )
+            .await
+            .map_err(|e| unavailable("serial read", e))?
+            .into_rows_result()
+            .map_err(|e| unavailable("serial read", e))?;
+        Ok(rows
+            .maybe_first_row::<(Option<String>,)>()
+            .map_err(|e| corrupt("log row", e))?
+            .map(|(op,)| {
+                if op.is_some() {
+                    LogRow::Op
+                } else {
+                    LogRow::Tombstone
+                }
+            }))
+    }
+
+    /// Writes `room`'s tombstone at `at`: a conditional insert, like an
+    /// append's, settled by a serial read when it was not applied or its
+    /// outcome is unknown. `Ok` also when a tombstone is there already.
+    async fn write_tombstone(&self, room: &RoomId, at: u64, writer: &Writer) -> StoreResult<()> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.insert_tombstone,
+                (
+                    room.as_str(),
+                    to_cql(bucket_of(at)),
+                    to_cql(at),
+                    to_cql(writer.term),
+                    writer.node.as_str(),
+                ),
+            )
+            .await;
+        let outcome = match result {
+            Ok(result) => match applied(result) {
+                Ok(true) => return Ok(()),
+                Ok(false) => None,
+                Err(e) => Some(e),
+            },
+            Err(e) => Some(unavailable("write tombstone", e)),
+        };
+        match self.log_row(room, at).await? {
+            Some(LogRow::Tombstone) => Ok(()),
+            Some(LogRow::Op) => Err(StoreError::Conflict(format!(
+                "room {room}: seq {at} exists"
+            ))),
+            None => Err(outcome.unwrap_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "room {room}: the tombstone at {at} was not written, yet nothing is there"
+                ))
+            })),
+        }
+    }
+
+    /// Removes what a deleted room left below its tombstone at `at`: its
+    /// snapshots and its log, then notes that this is done. Idempotent,
+    /// and it touches nothing of a room created under the id since (whose
+    /// rows are all above `at`).
+    async fn purge(&self, room: &RoomId, at: u64) -> StoreResult<()> {
+        let failed = |e| unavailable("remove a deleted room", e);
+        self.session
+            .execute_unpaged(
+                &self.statements.delete_older_snapshots,
+                (room.as_str(), to_cql(at)),
+            )
+            .await
+            .map_err(failed)?;
+        let top = bucket_of(at);
+        for bucket in 0..top {
+            self.session
+                .execute_unpaged(
+                    &self.statements.delete_bucket,
+                    (room.as_str(), to_cql(bucket)),
+                )
+                .await
+                .map_err(failed)?;
+        }
+        let lanes = std::iter::once("log".to_owned()).chain(OpKind::ALL.into_iter().map(kind_lane));
+        for lane in lanes {
+            self.session
+                .execute_unpaged(
+                    &self.statements.delete_lane_below,
+                    (room.as_str(), to_cql(top), lane, to_cql(at)),
+                )
+                .await
+                .map_err(failed)?;
+        }
+        // Only if the row still tells of this deletion (not of a room
+        // created since).
+        self.session
+            .execute_unpaged(&self.statements.mark_purged, (room.as_str(), to_cql(at)))
+            .await
+            .map_err(failed)?;
+        Ok(())
     }
 }
 
@@ -453,12 +633,45 @@ type RoomRow = (
     Option<bool>,
     Option<Vec<String>>,
     i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
 );
 
-fn room_from_row(row: RoomRow) -> StoreResult<RoomRecord> {
-    let (id, kind, name, epoch, created_by, private, members, created_at) = row;
+/// A `rooms` row: a room, or what a deleted one left.
+struct StoredRoom {
+    record: RoomRecord,
+    /// The tombstone's seq, once the room is deleted.
+    deleted: Option<u64>,
+    /// Whether the deletion removed everything below its tombstone.
+    purged: bool,
+}
+
+impl StoredRoom {
+    /// The room, unless it was deleted.
+    fn live(self) -> Option<RoomRecord> {
+        self.deleted.is_none().then_some(self.record)
+    }
+}
+
+fn room_from_row(row: RoomRow) -> StoreResult<StoredRoom> {
+    let (
+        id,
+        kind,
+        name,
+        epoch,
+        created_by,
+        private,
+        members,
+        created_at,
+        ttl_secs,
+        floor,
+        deleted,
+        purged,
+    ) = row;
     let user = |u: String| UserId::parse(u).map_err(|e| corrupt("room member", e));
-    Ok(RoomRecord {
+    let record = RoomRecord {
         id: RoomId::parse(id).map_err(|e| corrupt("room id", e))?,
         kind: parse_room_kind(&kind)?,
         name,
@@ -476,6 +689,13 @@ fn room_from_row(row: RoomRow) -> StoreResult<RoomRecord> {
             None
         },
         created_at,
+        ttl_secs: ttl_secs.map(from_cql).transpose()?,
+        floor: Seq(floor.map(from_cql).transpose()?.unwrap_or(0)),
+    };
+    Ok(StoredRoom {
+        record,
+        deleted: deleted.map(from_cql).transpose()?,
+        purged: purged.unwrap_or(false),
     })
 }
 
@@ -499,6 +719,7 @@ impl Store for CqlStore {
             .members
             .as_ref()
             .map(|m| m.iter().map(|u| u.as_str()).collect());
+        let ttl_secs = room.ttl_secs.map(to_cql);
         let result = self
             .session
             .execute_unpaged(
@@ -510,20 +731,67 @@ impl Store for CqlStore {
                     room.epoch.as_str(),
                     room.created_by.as_str(),
                     room.members.is_some(),
-                    members,
+                    &members,
                     room.created_at,
+                    ttl_secs,
                 ),
             )
             .await;
-        let applied = match result {
+        let created = match result {
             Ok(result) => applied(result)?,
             // Unknown outcome: the record decides (ours, or someone's).
-            Err(e) => match self.room(&room.id).await? {
-                Some(stored) => stored == *room,
+            Err(e) => match self.stored_room(&room.id, true).await? {
+                Some(stored) if stored.deleted.is_none() => stored.record.epoch == room.epoch,
+                Some(_) => false,
                 None => return Err(unavailable("create room", e)),
             },
         };
-        if applied {
+        if created {
+            return Ok(());
+        }
+        // Taken, unless by a deleted room: then this one follows it.
+        let Some(stored) = self.stored_room(&room.id, true).await? else {
+            return Err(unavailable(
+                "create room",
+                "the id is taken, yet no room is stored",
+            ));
+        };
+        let Some(tombstone) = stored.deleted else {
+            return Err(StoreError::Conflict(format!("room {} exists", room.id)));
+        };
+        if !stored.purged {
+            // The deletion was cut short: finish it before the id is
+            // reused, or nobody would.
+            self.purge(&room.id, tombstone).await?;
+        }
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.recreate_room,
+                (
+                    room.kind.as_str(),
+                    room.name.as_str(),
+                    room.epoch.as_str(),
+                    room.created_by.as_str(),
+                    room.members.is_some(),
+                    &members,
+                    room.created_at,
+                    ttl_secs,
+                    to_cql(tombstone),
+                    room.id.as_str(),
+                    to_cql(tombstone),
+                ),
+            )
+            .await;
+        let recreated = match result {
+            Ok(result) => applied(result)?,
+            Err(e) => match self.stored_room(&room.id, true).await? {
+                Some(stored) if stored.deleted.is_none() => stored.record.epoch == room.epoch,
+                Some(_) => return Err(unavailable("create room", e)),
+                None => false,
+            },
+        };
+        if recreated {
             Ok(())
         } else {
             Err(StoreError::Conflict(format!("room {} exists", room.id)))
@@ -531,19 +799,85 @@ impl Store for CqlStore {
     }
 
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
-        let rows = self
-            .session
-            .execute_unpaged(&self.statements.select_room, (id.as_str(),))
-            .await
-            .map_err(|e| unavailable("read room", e))?
-            .into_rows_result()
-            .map_err(|e| unavailable("read room", e))?;
-        match rows
-            .maybe_first_row::<RoomRow>()
-            .map_err(|e| corrupt("room row", e))?
-        {
-            Some(row) => Ok(Some(room_from_row(row)?)),
-            None => Ok(None),
+        Ok(self
+            .stored_room(id, false)
+            .await?
+            .and_then(StoredRoom::live))
+    }
+
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        let at = deletion.at.get();
+        if at == 0 {
+            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
+        }
+        let stored = self.stored_room(room, true).await?;
+        let live = stored
+            .as_ref()
+            .filter(|s| s.deleted.is_none() && s.record.epoch == deletion.epoch)
+            .map(|s| s.record.clone());
+        // 1. The tombstone: the fence. Not for a room that is not there,
+        // unless an earlier attempt put it there.
+        if live.is_none() {
+            match self.log_row(room, at).await? {
+                Some(LogRow::Tombstone) => {}
+                _ => {
+                    return Err(StoreError::NotFound(format!(
+                        "no room {room} with epoch {}",
+                        deletion.epoch
+                    )));
+                }
+            }
+        } else {
+            self.write_tombstone(room, at, &deletion.writer).await?;
+        }
+        if let Some(record) = live {
+            // 2. Its memberships, while nobody can create the id again.
+            for user in members_to_index(&record) {
+                self.session
+                    .execute_unpaged(
+                        &self.statements.delete_room_by_user,
+                        (user.as_str(), room.as_str()),
+                    )
+                    .await
+                    .map_err(|e| unavailable("delete room", e))?;
+            }
+            // 3. The room is gone for every reader from here on.
+            let result = self
+                .session
+                .execute_unpaged(
+                    &self.statements.mark_deleted,
+                    (to_cql(at), room.as_str(), deletion.epoch.as_str()),
+                )
+                .await;
+            let marked = match result {
+                Ok(result) => applied(result)?,
+                Err(e) => {
+                    // Unknown outcome: what is stored decides.
+                    match self.stored_room(room, true).await? {
+                        Some(s) if s.deleted.is_some() => true,
+                        _ => return Err(unavailable("delete room", e)),
+                    }
+                }
+            };
+            if !marked {
+                tracing::debug!(%room, at, "room already marked deleted (or created again)");
+            }
+        }
+        // 4. Everything below the tombstone.
+        self.purge(room, at).await
+    }
+
+    async fn finish_deletion(&self, room: &RoomId) -> StoreResult<()> {
+        match self.stored_room(room, false).await? {
+            Some(StoredRoom {
+                deleted: Some(at),
+                purged: false,
+                ..
+            }) => {
+                tracing::info!(%room, at, "finishing a deletion that was cut short");
+                self.purge(room, at).await
+            }
+            _ => Ok(()),
         }
     }
 
@@ -611,22 +945,26 @@ impl Store for CqlStore {
     }
 
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
-        // Buckets fill in order, so the head is in the last non-empty one,
-        // and every bucket before it is full. Most rooms fit in bucket 0.
-        let mut full = match self.last_in_bucket(room, 0).await? {
-            None => return Ok(Seq::ZERO),
-            Some(seq) if seq < bucket_end(0) => return Ok(Seq(seq)),
-            Some(_) => 0u64,
+        // Buckets fill in order from the one of the room's base (its
+        // floor's or its tombstone's: the rows below are gone), so the
+        // head is in the last non-empty one, and every bucket from the
+        // base's to it is full. Most rooms fit in bucket 0.
+        let base = self.base(room).await?;
+        let first = bucket_of(base);
+        let mut full = match self.last_in_bucket(room, first).await? {
+            None => return Ok(Seq(base)),
+            Some(seq) if seq < bucket_end(first) => return Ok(Seq(seq.max(base))),
+            Some(_) => first,
         };
         // Gallop up to an empty bucket, then bisect between.
-        let mut empty = 1u64;
+        let mut empty = first + 1;
         loop {
             match self.last_in_bucket(room, empty).await? {
                 None => break,
                 Some(seq) if seq < bucket_end(empty) => return Ok(Seq(seq)),
                 Some(_) => {
                     full = empty;
-                    empty = empty.saturating_mul(2);
+                    empty = first + (empty - first).saturating_mul(2);
                 }
             }
         }
@@ -649,6 +987,7 @@ impl Store for CqlStore {
     ) -> StoreResult<Vec<LoggedOp>> {
         let mut out = Vec::new();
         let mut after = after.get();
+        let mut base_checked = false;
         while out.len() < limit {
             let bucket = bucket_of(after + 1);
             let asked = (limit - out.len()).min(READ_PAGE);
@@ -669,11 +1008,14 @@ impl Store for CqlStore {
                 .map_err(|e| unavailable("read log", e))?;
             let before = out.len();
             for row in rows
-                .rows::<(i64, i64, String, String)>()
+                .rows::<(i64, i64, String, Option<String>)>()
                 .map_err(|e| corrupt("log rows", e))?
             {
                 let (seq, term, node, json) = row.map_err(|e| corrupt("log row", e))?;
                 let seq = from_cql(seq)?;
+                let Some(json) = json else {
+                    return Err(StoreError::RoomDeleted(Seq(seq)));
+                };
                 out.push(LoggedOp {
                     event: decode_event(seq, &json)?,
                     writer: Writer {
@@ -686,6 +1028,17 @@ impl Store for CqlStore {
             // The log is gapless: a short page ends it, unless the page
             // stopped at the end of its bucket.
             let got = out.len() - before;
+            if got == 0 && out.is_empty() && !base_checked {
+                // Nothing at all: the log may start higher up, above the
+                // rows a deletion removed (the reader is then below the
+                // room's base, and meets the tombstone there).
+                base_checked = true;
+                let base = self.base(room).await?;
+                if base > after + 1 {
+                    after = base - 1;
+                    continue;
+                }
+            }
             if got == 0 || (got < asked && after < bucket_end(bucket)) {
                 break;
             }
@@ -700,9 +1053,14 @@ impl Store for CqlStore {
         limit: usize,
         kinds: Option<&[OpKind]>,
     ) -> StoreResult<Vec<OpEvent>> {
-        if limit == 0 || before.get() <= 1 {
+        // The room's ops are above its base: a room created under a
+        // deleted room's id never shows what lies below (rows a stale owner
+        // of the deleted room may have written after its removal).
+        let base = self.base(room).await?;
+        if limit == 0 || before.get() <= base + 1 {
             return Ok(Vec::new());
         }
+        let lowest = bucket_of(base + 1);
         let mut out: Vec<OpEvent> = Vec::new();
         // Start in the bucket of `before - 1`: a page inside the log needs
         // no head lookup (callers usually know the head already).
@@ -712,7 +1070,7 @@ impl Store for CqlStore {
         let mut head_checked = false;
         while out.len() < limit {
             let page = (limit - out.len()).min(READ_PAGE);
-            let found = match kinds {
+            let (mut found, tombstone) = match kinds {
                 None => self.history_page(room, bucket, below, page).await?,
                 Some(kinds) => {
                     // The newest `page` seqs of these kinds, then their ops.
@@ -724,13 +1082,16 @@ impl Store for CqlStore {
                     seqs.dedup();
                     seqs.truncate(page);
                     if seqs.is_empty() {
-                        Vec::new()
+                        (Vec::new(), false)
                     } else {
-                        self.fetch_ops(room, bucket, &seqs).await?
+                        (self.fetch_ops(room, bucket, &seqs).await?, false)
                     }
                 }
             };
-            if found.is_empty() && !head_checked {
+            let full = found.len() == page;
+            let at_base = found.last().is_some_and(|op| op.seq.get() <= base);
+            found.retain(|op| op.seq.get() > base);
+            if found.is_empty() && !head_checked && !tombstone && !at_base {
                 // Nothing below `below` here: either `before` lies past the
                 // end of the log (go to the head's bucket) or this bucket
                 // has none of these kinds (carry on down).
@@ -745,16 +1106,18 @@ impl Store for CqlStore {
                     continue;
                 }
             }
-            let full = found.len() == page;
             if let Some(oldest) = found.last() {
                 below = oldest.seq.get();
             }
             out.extend(found);
+            if tombstone || at_base {
+                break;
+            }
             if full {
                 // This bucket may hold more below `below`.
                 continue;
             }
-            if bucket == 0 {
+            if bucket <= lowest {
                 break;
             }
             bucket -= 1;
@@ -896,6 +1259,24 @@ impl Statements {
             scylla::statement::SerialConsistency::LocalSerial => Consistency::LocalSerial,
             _ => Consistency::Serial,
         });
+        let serial = match options.serial_consistency {
+            scylla::statement::SerialConsistency::LocalSerial => Consistency::LocalSerial,
+            _ => Consistency::Serial,
+        };
+        let mut select_log_row = prepare(
+            "SELECT op FROM {ks}.room_ops
+             WHERE room = ? AND bucket = ? AND lane = 'log' AND seq = ?",
+            true,
+        )
+        .await?;
+        select_log_row.set_consistency(serial);
+        select_log_row
+            .set_request_timeout(Some(options.request_timeout.max(Duration::from_secs(5))));
+        const SELECT_ROOM: &str = "SELECT id, kind, name, epoch, created_by, private, members,
+                created_at, ttl_secs, floor, deleted, purged
+             FROM {ks}.rooms WHERE id = ?";
+        let mut select_room_serial = prepare(SELECT_ROOM, true).await?;
+        select_room_serial.set_consistency(serial);
         let mut select_snapshot_index = prepare(
             "SELECT seq, chunk, chunks FROM {ks}.room_snapshots WHERE room = ?",
             true,
@@ -916,6 +1297,13 @@ impl Statements {
                 false,
             )
             .await?,
+            insert_tombstone: prepare(
+                "INSERT INTO {ks}.room_ops (room, bucket, lane, seq, term, node)
+                 VALUES (?, ?, 'log', ?, ?, ?) IF NOT EXISTS",
+                false,
+            )
+            .await?,
+            select_log_row,
             insert_kind: prepare(
                 "INSERT INTO {ks}.room_ops (room, bucket, lane, seq) VALUES (?, ?, ?, ?)",
                 false,
@@ -955,14 +1343,47 @@ impl Statements {
             )
             .await?,
             insert_room: prepare(
-                "INSERT INTO {ks}.rooms (id, kind, name, epoch, created_by, private, members, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                "INSERT INTO {ks}.rooms (id, kind, name, epoch, created_by, private, members,
+                    created_at, ttl_secs, floor)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0) IF NOT EXISTS",
                 false,
             )
             .await?,
-            select_room: prepare(
-                "SELECT id, kind, name, epoch, created_by, private, members, created_at
-                 FROM {ks}.rooms WHERE id = ?",
+            recreate_room: prepare(
+                "UPDATE {ks}.rooms SET kind = ?, name = ?, epoch = ?, created_by = ?, private = ?,
+                    members = ?, created_at = ?, ttl_secs = ?, floor = ?, deleted = null,
+                    purged = null
+                 WHERE id = ? IF deleted = ?",
+                false,
+            )
+            .await?,
+            select_room: prepare(SELECT_ROOM, true).await?,
+            select_room_serial,
+            select_floor: prepare("SELECT floor, deleted FROM {ks}.rooms WHERE id = ?", true)
+                .await?,
+            mark_deleted: prepare(
+                "UPDATE {ks}.rooms SET deleted = ?, purged = false
+                 WHERE id = ? IF epoch = ? AND deleted = null",
+                false,
+            )
+            .await?,
+            mark_purged: prepare(
+                "UPDATE {ks}.rooms SET purged = true WHERE id = ? IF deleted = ?",
+                false,
+            )
+            .await?,
+            delete_room_by_user: prepare(
+                "DELETE FROM {ks}.rooms_by_user WHERE user = ? AND room = ?",
+                true,
+            )
+            .await?,
+            delete_bucket: prepare(
+                "DELETE FROM {ks}.room_ops WHERE room = ? AND bucket = ?",
+                true,
+            )
+            .await?,
+            delete_lane_below: prepare(
+                "DELETE FROM {ks}.room_ops WHERE room = ? AND bucket = ? AND lane = ? AND seq < ?",
                 true,
             )
             .await?,

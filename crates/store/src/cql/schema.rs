@@ -1,7 +1,8 @@
 //! Versioned schema migrations, applied at start-up.
 //!
-//! Each migration is a list of idempotent statements (`IF NOT EXISTS`), so
-//! two processes starting at once both succeed. The versions applied are
+//! Each migration is a list of idempotent statements (`IF NOT EXISTS`; an
+//! `ALTER TABLE … ADD` that finds its columns there counts as done), so two
+//! processes starting at once both succeed. The versions applied are
 //! recorded in `schema_migrations`; a keyspace holding a version this
 //! binary does not know (written by a newer release) is refused rather than
 //! used with the wrong layout.
@@ -32,11 +33,12 @@ struct Migration {
     statements: &'static [&'static str],
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "rooms, memberships, bucketed op log with kind lanes, chunked snapshots",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS {ks}.rooms (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "rooms, memberships, bucketed op log with kind lanes, chunked snapshots",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.rooms (
             id text PRIMARY KEY,
             kind text,
             name text,
@@ -45,11 +47,11 @@ const MIGRATIONS: &[Migration] = &[Migration {
             private boolean,
             members list<text>,
             created_at bigint)",
-        "CREATE TABLE IF NOT EXISTS {ks}.rooms_by_user (
+            "CREATE TABLE IF NOT EXISTS {ks}.rooms_by_user (
             user text,
             room text,
             PRIMARY KEY (user, room))",
-        "CREATE TABLE IF NOT EXISTS {ks}.room_ops (
+            "CREATE TABLE IF NOT EXISTS {ks}.room_ops (
             room text,
             bucket bigint,
             lane text,
@@ -58,7 +60,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             node text,
             op text,
             PRIMARY KEY ((room, bucket), lane, seq))",
-        "CREATE TABLE IF NOT EXISTS {ks}.room_snapshots (
+            "CREATE TABLE IF NOT EXISTS {ks}.room_snapshots (
             room text,
             seq bigint,
             chunk int,
@@ -66,11 +68,21 @@ const MIGRATIONS: &[Migration] = &[Migration {
             data blob,
             PRIMARY KEY (room, seq, chunk))
             WITH CLUSTERING ORDER BY (seq DESC, chunk ASC)",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "room time to live, room deletion: the floor of a room created under a deleted room's id, the tombstone of a deleted room, whether its removal finished",
+        statements: &["ALTER TABLE {ks}.rooms ADD (
+            ttl_secs bigint,
+            floor bigint,
+            deleted bigint,
+            purged boolean)"],
+    },
+];
 
 /// The newest schema version this binary writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Schema changes wait for every node to agree: slower than any data
 /// request, so they get their own timeout.
@@ -86,6 +98,12 @@ fn ddl(cql: &str, keyspace: &str) -> Statement {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+/// Whether a failed `ALTER TABLE … ADD` says its column is there already
+/// (Cassandra and ScyllaDB word it in one of these ways).
+fn column_exists(error: &str) -> bool {
+    error.contains("already exists") || error.contains("conflicts with an existing column")
 }
 
 /// Creates the keyspace if needed and applies every missing migration.
@@ -150,10 +168,14 @@ pub(crate) async fn migrate(
             "applying schema migration"
         );
         for statement in migration.statements {
-            session
-                .query_unpaged(ddl(statement, keyspace), ())
-                .await
-                .map_err(|e| unavailable("schema migration", e))?;
+            match session.query_unpaged(ddl(statement, keyspace), ()).await {
+                Ok(_) => {}
+                // Added by a process that stopped before recording the
+                // migration, or that runs it right now.
+                Err(e) if statement.starts_with("ALTER TABLE") && column_exists(&e.to_string()) => {
+                }
+                Err(e) => return Err(unavailable("schema migration", e)),
+            }
         }
         session
             .query_unpaged(

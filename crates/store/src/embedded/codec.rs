@@ -1,7 +1,8 @@
 //! Byte layouts of the embedded store's values.
 //!
 //! A logged op is `[version u8][term u64 LE][node length u16 LE][node]
-//! [OpEvent as JSON]`. The writer sits in a small fixed header rather than
+//! [OpEvent as JSON]`; a deleted room's tombstone in the log is the same
+//! header with its own version byte and nothing after it. The writer sits in a small fixed header rather than
 //! in the JSON so it costs no extra parse; JSON is used for the event itself
 //! because `Op` is an internally tagged enum, which compact self-describing-
 //! free formats (postcard, bincode) cannot decode, and because it is the
@@ -18,21 +19,37 @@ use collab_protocol::{NodeId, OpEvent};
 use crate::{LoggedOp, RoomRecord, StoreError, StoreResult, Writer};
 
 const OP_FORMAT: u8 = 1;
+const TOMBSTONE_FORMAT: u8 = 2;
 const HEADER_LEN: usize = 1 + 8 + 2;
 
 /// Encodes one logged op (the writer is repeated per op so that every row
 /// stands alone: a `read_log` page needs no batch header lookup).
 pub(crate) fn encode_op(event: &OpEvent, writer: &Writer) -> StoreResult<Vec<u8>> {
+    let mut out = header(OP_FORMAT, writer, 256)?;
+    serde_json::to_writer(&mut out, event)
+        .map_err(|e| StoreError::InvalidBatch(format!("op {} does not encode: {e}", event.seq)))?;
+    Ok(out)
+}
+
+/// Encodes the tombstone a deletion writes: who deleted the room.
+pub(crate) fn encode_tombstone(writer: &Writer) -> StoreResult<Vec<u8>> {
+    header(TOMBSTONE_FORMAT, writer, 0)
+}
+
+/// Whether a log row is a tombstone rather than an op.
+pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&TOMBSTONE_FORMAT)
+}
+
+fn header(format: u8, writer: &Writer, room_for: usize) -> StoreResult<Vec<u8>> {
     let node = writer.node.as_str().as_bytes();
     let node_len = u16::try_from(node.len())
         .map_err(|_| StoreError::InvalidBatch("node id longer than 65535 bytes".into()))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + node.len() + 256);
-    out.push(OP_FORMAT);
+    let mut out = Vec::with_capacity(HEADER_LEN + node.len() + room_for);
+    out.push(format);
     out.extend_from_slice(&writer.term.to_le_bytes());
     out.extend_from_slice(&node_len.to_le_bytes());
     out.extend_from_slice(node);
-    serde_json::to_writer(&mut out, event)
-        .map_err(|e| StoreError::InvalidBatch(format!("op {} does not encode: {e}", event.seq)))?;
     Ok(out)
 }
 
@@ -166,6 +183,13 @@ mod tests {
                 Err(StoreError::Corrupt(_))
             ));
         }
+        assert!(!is_tombstone(&bytes));
+        let tombstone = encode_tombstone(&writer).expect("encode");
+        assert!(is_tombstone(&tombstone));
+        assert!(
+            matches!(decode_op(&tombstone), Err(StoreError::Corrupt(_))),
+            "a tombstone is no op"
+        );
     }
 
     #[test]

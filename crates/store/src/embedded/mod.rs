@@ -11,6 +11,12 @@
 //! committed state (a snapshot's header and chunks, a page of history). No
 //! method blocks a tokio worker, except [`EmbeddedStore::open`] (start-up)
 //! and dropping the store, which waits for the writes already queued.
+//!
+//! A room's deletion is one transaction of the writer: the tombstone into
+//! the log table, the room's record, memberships, snapshots and logged ops
+//! out, and the id's tombstone seq into `deleted_rooms`; its journaled ops
+//! leave the in-memory index once that commits, and a replay at open skips
+//! them (they are below the tombstone), so there is no half-deleted state.
 
 mod codec;
 mod journal;
@@ -29,14 +35,15 @@ use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
-use crate::memory::members_to_index;
 use crate::{
-    AppendDone, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch,
+    AppendDone, Deletion, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer,
+    check_batch,
 };
 use pending::{Pending, PendingOp, RoomLog, merge_by_seq};
 pub use tables::SNAPSHOT_CHUNK_SIZE;
 use tables::{
-    FORMAT_VERSION, JOURNAL, KINDS, MEMBERSHIPS, META, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS,
+    DELETED, FORMAT_VERSION, FORMAT_VERSION_1, JOURNAL, KINDS, MEMBERSHIPS, META, OPS, ROOMS,
+    SNAPSHOT_CHUNKS, SNAPSHOTS,
 };
 use writer::{Counters, Reply, Request, Shared, Write};
 
@@ -102,9 +109,10 @@ pub struct EmbeddedStoreStats {
     pub appends: u64,
     /// Ops committed (the sum of the committed batches' lengths).
     pub ops: u64,
-    /// Appends and room creations rejected with `Conflict`.
+    /// Appends, room creations and deletions rejected with `Conflict`.
     pub conflicts: u64,
     pub rooms_created: u64,
+    pub rooms_deleted: u64,
     /// Snapshots written (older ones that were ignored are not counted).
     pub snapshots: u64,
     /// The most requests one transaction carried.
@@ -154,6 +162,7 @@ impl EmbeddedStoreStats {
             ops: self.ops - earlier.ops,
             conflicts: self.conflicts - earlier.conflicts,
             rooms_created: self.rooms_created - earlier.rooms_created,
+            rooms_deleted: self.rooms_deleted - earlier.rooms_deleted,
             snapshots: self.snapshots - earlier.snapshots,
             largest_group: self.largest_group,
             apply_time: self.apply_time.saturating_sub(earlier.apply_time),
@@ -255,6 +264,7 @@ impl EmbeddedStore {
             ops: get(&c.ops),
             conflicts: get(&c.conflicts),
             rooms_created: get(&c.rooms_created),
+            rooms_deleted: get(&c.rooms_deleted),
             snapshots: get(&c.snapshots),
             largest_group: get(&c.largest_group),
             apply_time: Duration::from_nanos(get(&c.apply_nanos)),
@@ -398,6 +408,10 @@ fn init(
         let stored = meta.get("format").map_err(unavailable)?.map(|v| v.value());
         match stored {
             Some(FORMAT_VERSION) => {}
+            // Version 2 only adds: tombstones and `DELETED`, created below.
+            Some(FORMAT_VERSION_1) => {
+                meta.insert("format", FORMAT_VERSION).map_err(unavailable)?;
+            }
             Some(other) => {
                 return Err(StoreError::Corrupt(format!(
                     "store format {other}, this build reads {FORMAT_VERSION}"
@@ -413,9 +427,18 @@ fn init(
         txn.open_table(SNAPSHOT_CHUNKS).map_err(unavailable)?;
         let mut ops = txn.open_table(OPS).map_err(unavailable)?;
         let mut kinds = txn.open_table(KINDS).map_err(unavailable)?;
+        let deleted = txn.open_table(DELETED).map_err(unavailable)?;
         let mut apply = |record: &[u8]| -> StoreResult<()> {
             for (room, rows) in codec::decode_journal(record)? {
+                // Journaled before the room was deleted: gone with it.
+                let floor = deleted
+                    .get(room)
+                    .map_err(unavailable)?
+                    .map_or(0, |v| v.value());
                 for (seq, kind, value) in rows {
+                    if seq < floor {
+                        continue;
+                    }
                     let old = ops.insert((room, seq), value).map_err(unavailable)?;
                     if let Some(old) = old {
                         // The fence never lets two ops share a seq, so a
@@ -497,14 +520,20 @@ fn unavailable(e: impl Into<redb::Error>) -> StoreError {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        let write = Write::CreateRoom {
-            id: room.id.as_str().to_owned(),
-            record: codec::encode_room(room)?,
-            users: members_to_index(room)
-                .map(|user| user.as_str().to_owned())
-                .collect(),
-        };
-        self.write(write).await
+        self.write(Write::CreateRoom(Box::new(room.clone()))).await
+    }
+
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        if deletion.at == Seq::ZERO {
+            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
+        }
+        self.write(Write::DeleteRoom {
+            room: room.as_str().to_owned(),
+            epoch: deletion.epoch.as_str().to_owned(),
+            at: deletion.at.get(),
+            tombstone: codec::encode_tombstone(&deletion.writer)?,
+        })
+        .await
     }
 
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
@@ -624,7 +653,13 @@ impl Store for EmbeddedStore {
                     .take(limit)
                 {
                     let (key, value) = entry.map_err(unavailable)?;
-                    logged.push((key.value().1, codec::decode_op(value.value())?));
+                    let seq = key.value().1;
+                    // Journaled ops are all above a tombstone (a deletion
+                    // takes those below it), so one inside the page ends it.
+                    if codec::is_tombstone(value.value()) {
+                        return Err(StoreError::RoomDeleted(Seq(seq)));
+                    }
+                    logged.push((seq, codec::decode_op(value.value())?));
                 }
                 let journaled = journaled
                     .unwrap_or_default()
@@ -765,6 +800,10 @@ fn logged_history(
                 .take(limit)
             {
                 let (key, value) = entry.map_err(unavailable)?;
+                // Below a tombstone lies nothing of the room above it.
+                if codec::is_tombstone(value.value()) {
+                    break;
+                }
                 out.push((key.value().1, codec::decode_event(value.value())?));
             }
         }
@@ -836,6 +875,43 @@ mod tests {
 
     use super::*;
     use crate::testsuite::{points_batch, unique_room, writer};
+
+    /// A file of format 1 (before deletions) opens, and is format 2 after.
+    #[test]
+    fn a_format_1_file_is_upgraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v1.redb");
+        let room = unique_room("v1");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            rt.block_on(store.append(&room, Seq(1), &points_batch(&room, 1, 2), &writer("n", 1)))
+                .expect("append");
+        }
+        {
+            // What version 1 left: its format number, no deleted rooms.
+            let db = Database::create(&path).expect("open");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("format", FORMAT_VERSION_1)
+                .expect("insert");
+            txn.delete_table(DELETED).expect("delete table");
+            txn.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(&path).expect("upgrade");
+        assert_eq!(rt.block_on(store.head(&room)).expect("head"), Seq(2));
+        let txn = store.shared.db.begin_read().expect("read");
+        let format = txn
+            .open_table(META)
+            .expect("meta")
+            .get("format")
+            .expect("get");
+        assert_eq!(format.map(|v| v.value()), Some(FORMAT_VERSION));
+        assert!(txn.open_table(DELETED).is_ok());
+    }
 
     /// A data dir written by the versions that kept the journal in the
     /// redb `JOURNAL` table still opens: its rows are replayed into the log

@@ -7,8 +7,14 @@
 
 use redb::TableDefinition;
 
-/// Bumped on any incompatible change of a table or value layout.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+/// Bumped on any incompatible change of a table or value layout. Version 2
+/// added tombstones to the log and the `deleted_rooms` table (a version 1
+/// file is upgraded at open: it has neither); a binary that reads only
+/// version 1 must not open a file with deleted rooms, whose journaled ops
+/// it would bring back.
+pub(crate) const FORMAT_VERSION: u64 = 2;
+/// The version this build upgrades from.
+pub(crate) const FORMAT_VERSION_1: u64 = 1;
 
 /// `"format"` → [`FORMAT_VERSION`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -21,7 +27,12 @@ pub(crate) const MEMBERSHIPS: TableDefinition<(&str, &str), ()> =
 /// journal of earlier versions; appends now go to segment files (see
 /// `journal`). Open still replays and empties it, so their data dirs open.
 pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-/// (room id, seq) → logged op (see `codec`).
+/// room id → the seq of the tombstone of the last room deleted under this
+/// id: the floor of the next room created with it, and, when the journal
+/// is replayed at open, the seq below which that id's journaled ops
+/// belong to a deleted room and are skipped.
+pub(crate) const DELETED: TableDefinition<&str, u64> = TableDefinition::new("deleted_rooms");
+/// (room id, seq) → logged op, or a deleted room's tombstone (see `codec`).
 pub(crate) const OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ops");
 /// (room id, op kind code, seq) → (): lets a `kinds`-filtered history page
 /// read only the ops it returns instead of scanning the log.

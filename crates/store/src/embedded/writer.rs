@@ -82,10 +82,12 @@ use redb::{
 use tokio::sync::oneshot;
 
 use super::EmbeddedStoreOptions;
+use super::codec;
 use super::journal::Journal;
 use super::pending::{Pending, PendingOp};
-use super::tables::{KINDS, MEMBERSHIPS, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS};
-use crate::{StoreError, StoreResult};
+use super::tables::{DELETED, KINDS, MEMBERSHIPS, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS};
+use crate::memory::members_to_index;
+use crate::{RoomRecord, StoreError, StoreResult};
 
 /// After each checkpoint slice the writer serves only groups for this many
 /// times the slice's duration (see the module docs).
@@ -191,11 +193,17 @@ pub(crate) enum Write {
         /// The same batch as one journal record.
         record: Vec<u8>,
     },
-    CreateRoom {
-        id: String,
-        record: Vec<u8>,
-        /// Users whose `rooms_of_user` lists the room.
-        users: Vec<String>,
+    /// Encoded by the writer, which sets its floor (see
+    /// `RoomRecord::floor`).
+    CreateRoom(Box<RoomRecord>),
+    /// A room's deletion (see `Store::delete_room`): the tombstone, then
+    /// the removal of everything below it, in one transaction.
+    DeleteRoom {
+        room: String,
+        epoch: String,
+        at: u64,
+        /// The encoded tombstone.
+        tombstone: Vec<u8>,
     },
     PutSnapshot {
         room: String,
@@ -214,7 +222,7 @@ impl Write {
     fn size(&self) -> usize {
         match self {
             Write::Append { record, .. } => record.len(),
-            Write::CreateRoom { record, .. } => record.len(),
+            Write::CreateRoom(_) | Write::DeleteRoom { .. } => 256,
             Write::PutSnapshot { total_len, .. } => {
                 usize::try_from(*total_len).unwrap_or(usize::MAX)
             }
@@ -233,6 +241,7 @@ pub(crate) struct Counters {
     pub(crate) ops: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) rooms_created: AtomicU64,
+    pub(crate) rooms_deleted: AtomicU64,
     pub(crate) snapshots: AtomicU64,
     pub(crate) largest_group: AtomicU64,
     pub(crate) apply_nanos: AtomicU64,
@@ -254,6 +263,7 @@ struct Tally {
     ops: u64,
     conflicts: u64,
     rooms_created: u64,
+    rooms_deleted: u64,
     snapshots: u64,
 }
 
@@ -433,6 +443,9 @@ struct Writer<'a> {
     logged_heads: HashMap<String, u64>,
     /// The checkpoint cycle in progress.
     cycle: Option<Cycle>,
+    /// The rooms the group being applied deletes, with their tombstones:
+    /// their journaled ops below it leave `Pending` once it commits.
+    deleted: Vec<(String, u64)>,
 }
 
 impl<'a> Writer<'a> {
@@ -444,6 +457,7 @@ impl<'a> Writer<'a> {
             journal_row: Vec::new(),
             logged_heads: HashMap::new(),
             cycle: None,
+            deleted: Vec::new(),
         }
     }
 
@@ -533,8 +547,15 @@ impl<'a> Writer<'a> {
         match result {
             Ok(outcomes) => {
                 // Visible to readers before anyone is answered: an acked op
-                // is always readable.
-                self.shared.pending_mut().absorb(staged);
+                // is always readable. A deleted room's journaled ops go in
+                // the same step as the deletion shows in the tables.
+                {
+                    let mut pending = self.shared.pending_mut();
+                    pending.absorb(staged);
+                    for (room, at) in self.deleted.drain(..) {
+                        pending.remove(&room, 0, at - 1);
+                    }
+                }
                 counters.transactions.fetch_add(1, Ordering::Relaxed);
                 counters.appends.fetch_add(tally.appends, Ordering::Relaxed);
                 counters.ops.fetch_add(tally.ops, Ordering::Relaxed);
@@ -545,6 +566,9 @@ impl<'a> Writer<'a> {
                     .rooms_created
                     .fetch_add(tally.rooms_created, Ordering::Relaxed);
                 counters
+                    .rooms_deleted
+                    .fetch_add(tally.rooms_deleted, Ordering::Relaxed);
+                counters
                     .snapshots
                     .fetch_add(tally.snapshots, Ordering::Relaxed);
                 for (request, outcome) in group.drain(..).zip(outcomes) {
@@ -552,6 +576,7 @@ impl<'a> Writer<'a> {
                 }
             }
             Err(e) => {
+                self.deleted.clear();
                 counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, requests = n, "store group commit failed");
                 for request in group.drain(..) {
@@ -581,6 +606,8 @@ impl<'a> Writer<'a> {
                     memberships: txn.open_table(MEMBERSHIPS)?,
                     snapshots: txn.open_table(SNAPSHOTS)?,
                     chunks: txn.open_table(SNAPSHOT_CHUNKS)?,
+                    kinds: txn.open_table(KINDS)?,
+                    deleted: txn.open_table(DELETED)?,
                 }),
                 LogTable::Write(txn.open_table(OPS)?),
             ),
@@ -588,6 +615,7 @@ impl<'a> Writer<'a> {
         };
         let pending = self.shared.pending();
         self.journal_row.clear();
+        self.deleted.clear();
         let outcomes = group
             .iter()
             .map(|request| {
@@ -641,18 +669,37 @@ impl<'a> Writer<'a> {
                 tally.ops += rows.len() as u64;
                 Ok(Ok(()))
             }
-            Write::CreateRoom { id, record, users } => {
+            Write::CreateRoom(record) => {
                 let t = t.expect("a group with a room creation has a transaction");
-                if t.rooms.get(id.as_str())?.is_some() {
+                let id = record.id.as_str();
+                if t.rooms.get(id)?.is_some() {
                     tally.conflicts += 1;
                     return Ok(Err(StoreError::Conflict(format!("room {id} exists"))));
                 }
-                t.rooms.insert(id.as_str(), record.as_slice())?;
-                for user in users {
-                    t.memberships.insert((user.as_str(), id.as_str()), ())?;
+                let mut record = (**record).clone();
+                record.floor = collab_protocol::Seq(t.deleted.get(id)?.map_or(0, |v| v.value()));
+                let encoded = match codec::encode_room(&record) {
+                    Ok(encoded) => encoded,
+                    Err(e) => return Ok(Err(e)),
+                };
+                t.rooms.insert(id, encoded.as_slice())?;
+                for user in members_to_index(&record) {
+                    t.memberships.insert((user.as_str(), id), ())?;
                 }
                 tally.rooms_created += 1;
                 Ok(Ok(()))
+            }
+            Write::DeleteRoom {
+                room,
+                epoch,
+                at,
+                tombstone,
+            } => {
+                let t = t.expect("a group with a deletion has a transaction");
+                let LogTable::Write(log) = ops else {
+                    unreachable!("a group with a transaction writes the log through it")
+                };
+                self.delete_room(t, log, pending, staged, room, epoch, *at, tombstone, tally)
             }
             Write::PutSnapshot {
                 room,
@@ -688,6 +735,79 @@ impl<'a> Writer<'a> {
             // Split off by `run` before a group is applied.
             Write::Checkpoint => Ok(Ok(())),
         }
+    }
+
+    /// Applies one deletion (see `Write::DeleteRoom`).
+    #[allow(clippy::too_many_arguments)]
+    fn delete_room(
+        &mut self,
+        t: &mut Tables<'_>,
+        log: &mut Table<'_, (&'static str, u64), &'static [u8]>,
+        pending: &Pending,
+        staged: &Pending,
+        room: &str,
+        epoch: &str,
+        at: u64,
+        tombstone: &[u8],
+        tally: &mut Tally,
+    ) -> Result<StoreResult<()>, redb::Error> {
+        // The fence, as for an append: `at` must be free, or hold the
+        // tombstone of an earlier attempt.
+        let journaled = staged
+            .overlap(room, at, at)
+            .or_else(|| pending.overlap(room, at, at));
+        let logged = log.get((room, at))?.map(|v| codec::is_tombstone(v.value()));
+        let tombstoned = match (journaled, logged) {
+            (Some(_), _) | (None, Some(false)) => {
+                tally.conflicts += 1;
+                return Ok(Err(StoreError::Conflict(format!(
+                    "room {room}: seq {at} exists"
+                ))));
+            }
+            (None, Some(true)) => true,
+            (None, None) => false,
+        };
+        let record = match t.rooms.get(room)? {
+            Some(value) => match codec::decode_room(value.value()) {
+                Ok(record) => Some(record),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => None,
+        };
+        let record = record.filter(|r| r.epoch.as_str() == epoch);
+        if record.is_none() && !tombstoned {
+            return Ok(Err(StoreError::NotFound(format!(
+                "no room {room} with epoch {epoch}"
+            ))));
+        }
+        if let Some(record) = &record {
+            t.rooms.remove(room)?;
+            for user in members_to_index(record) {
+                t.memberships.remove((user.as_str(), room))?;
+            }
+        }
+        log.insert((room, at), tombstone)?;
+        // Everything below the tombstone goes: the log tables' part here,
+        // the journaled part from `Pending` once this commits (and from a
+        // replay at open, through `DELETED`).
+        log.retain_in((room, 0u64)..(room, at), |_, _| false)?;
+        for kind in collab_protocol::OpKind::ALL {
+            let code = kind.code();
+            t.kinds
+                .retain_in((room, code, 0u64)..(room, code, at), |_, _| false)?;
+        }
+        if t.snapshots.get(room)?.is_some_and(|h| h.value().0 < at) {
+            t.snapshots.remove(room)?;
+        }
+        t.chunks
+            .retain_in((room, 0u64, 0u32)..(room, at, 0u32), |_, _| false)?;
+        let floor = t.deleted.get(room)?.map_or(0, |v| v.value()).max(at);
+        t.deleted.insert(room, floor)?;
+        let head = self.logged_heads.entry(room.to_owned()).or_insert(at);
+        *head = (*head).max(at);
+        self.deleted.push((room.to_owned(), at));
+        tally.rooms_deleted += 1;
+        Ok(Ok(()))
     }
 
     /// Whether the journaled ops passed a threshold: a checkpoint is due.
@@ -885,6 +1005,8 @@ struct Tables<'txn> {
     memberships: Table<'txn, (&'static str, &'static str), ()>,
     snapshots: Table<'txn, &'static str, (u64, u32, u64)>,
     chunks: Table<'txn, (&'static str, u64, u32), &'static [u8]>,
+    kinds: Table<'txn, (&'static str, u8, u64), ()>,
+    deleted: Table<'txn, &'static str, u64>,
 }
 
 /// The log table as the fence reads it: through the group's write
@@ -957,11 +1079,14 @@ mod tests {
     }
 
     fn create(id: &str) -> Write {
-        Write::CreateRoom {
-            id: id.into(),
-            record: b"{}".to_vec(),
-            users: vec!["u".into()],
-        }
+        let id = collab_protocol::RoomId::parse(id).expect("room id");
+        let user = collab_protocol::UserId::parse("u").expect("user id");
+        Write::CreateRoom(Box::new(crate::testsuite::room_record(
+            &id,
+            collab_protocol::RoomKind::Board,
+            &user,
+            None,
+        )))
     }
 
     fn shared() -> (tempfile::TempDir, Shared, Journal) {

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use collab_protocol::{Op, OpEvent, OpKind, RoomKind, Seq, StrokeId};
+use collab_protocol::{Epoch, Op, OpEvent, OpKind, RoomId, RoomKind, Seq, StrokeId};
 
 use super::{
     event, message, points_batch, random_u64, room_record, stroke_points, unique_room, unique_user,
     writer,
 };
-use crate::{Snapshot, Store, StoreError};
+use crate::{Deletion, Snapshot, Store, StoreError, Writer};
 
 fn seqs(events: &[OpEvent]) -> Vec<u64> {
     events.iter().map(|e| e.seq.get()).collect()
@@ -54,7 +54,8 @@ pub async fn create_room_then_read(store: Arc<dyn Store>) {
     let id = unique_room("create");
     let alice = unique_user("alice");
     assert_eq!(store.room(&id).await.expect("room"), None);
-    let record = room_record(&id, RoomKind::Board, &alice, None);
+    let mut record = room_record(&id, RoomKind::Board, &alice, None);
+    record.ttl_secs = Some(86_400);
     store.create_room(&record).await.expect("create_room");
     assert_eq!(store.room(&id).await.expect("room"), Some(record));
 
@@ -827,4 +828,329 @@ pub async fn concurrent_appends_from_many_rooms(store: Arc<dyn Store>) {
         assert_eq!(seqs(&ops), (1..=head).collect::<Vec<_>>(), "room {room}");
         assert!(ops.iter().all(|e| e.room == room));
     }
+}
+
+// === deletion ===
+
+fn deletion(epoch: &str, at: u64, by: &Writer) -> Deletion {
+    Deletion {
+        epoch: Epoch::parse(epoch).expect("a valid epoch"),
+        at: Seq(at),
+        writer: by.clone(),
+    }
+}
+
+/// The seqs of every op `read_log` returns after `after`, or the error.
+async fn log_seqs(store: &dyn Store, room: &RoomId, after: u64) -> Result<Vec<u64>, StoreError> {
+    Ok(store
+        .read_log(room, Seq(after), 100)
+        .await?
+        .iter()
+        .map(|op| op.event.seq.get())
+        .collect())
+}
+
+/// A deleted room is gone for every reader: no record, no membership, no
+/// snapshot, no history; its log ends in the tombstone, which is its head.
+/// Deleting it again is harmless.
+pub async fn delete_room_removes_it_and_its_history(store: Arc<dyn Store>) {
+    let id = unique_room("delete");
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let record = room_record(
+        &id,
+        RoomKind::Channel,
+        &alice,
+        Some(vec![alice.clone(), bob.clone()]),
+    );
+    store.create_room(&record).await.expect("create_room");
+    fill_mixed(store.as_ref(), &id, 5).await;
+    store
+        .put_snapshot(
+            &id,
+            &Snapshot {
+                seq: Seq(3),
+                data: b"state at 3".to_vec(),
+            },
+        )
+        .await
+        .expect("put_snapshot");
+    // A neighbour, which must not notice.
+    let other = unique_room("delete-neighbour");
+    store
+        .create_room(&room_record(&other, RoomKind::Board, &alice, None))
+        .await
+        .expect("create_room");
+    fill_mixed(store.as_ref(), &other, 3).await;
+
+    let owner = writer("node-a", 2);
+    store
+        .delete_room(&id, &deletion("e1", 6, &owner))
+        .await
+        .expect("delete_room");
+    assert_eq!(store.room(&id).await.expect("room"), None);
+    for user in [&alice, &bob] {
+        let listed: Vec<RoomId> = store
+            .rooms_of_user(user)
+            .await
+            .expect("rooms_of_user")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert!(!listed.contains(&id), "{user} still lists {id}");
+    }
+    assert_eq!(store.latest_snapshot(&id).await.expect("snapshot"), None);
+    assert_eq!(store.head(&id).await.expect("head"), Seq(6));
+    for after in [0, 4] {
+        assert_eq!(
+            log_seqs(store.as_ref(), &id, after).await,
+            Err(StoreError::RoomDeleted(Seq(6))),
+            "read_log after {after}"
+        );
+    }
+    assert_eq!(log_seqs(store.as_ref(), &id, 6).await, Ok(vec![]));
+    for kinds in [None, Some(&[OpKind::Message][..])] {
+        assert!(
+            store
+                .history(&id, Seq(7), 100, kinds)
+                .await
+                .expect("history")
+                .is_empty(),
+            "history of a deleted room ({kinds:?})"
+        );
+    }
+
+    // Again (a retry, or another node finishing it): nothing changes.
+    store
+        .delete_room(&id, &deletion("e1", 6, &writer("node-b", 3)))
+        .await
+        .expect("delete_room again");
+    assert_eq!(store.head(&id).await.expect("head"), Seq(6));
+
+    assert_eq!(
+        store.room(&other).await.expect("room").map(|r| r.id),
+        Some(other.clone())
+    );
+    assert_eq!(log_seqs(store.as_ref(), &other, 0).await, Ok(vec![1, 2, 3]));
+    assert_eq!(store.head(&other).await.expect("head"), Seq(3));
+}
+
+/// The id of a deleted room can be used again: the new room has its own
+/// epoch, nothing of the old one, and a log that starts after the old
+/// room's tombstone, so no seq means two things.
+pub async fn delete_then_create_again_starts_after_the_tombstone(store: Arc<dyn Store>) {
+    let id = unique_room("again");
+    let alice = unique_user("alice");
+    let carol = unique_user("carol");
+    store
+        .create_room(&room_record(&id, RoomKind::Board, &alice, None))
+        .await
+        .expect("create_room");
+    fill_mixed(store.as_ref(), &id, 3).await;
+    store
+        .put_snapshot(
+            &id,
+            &Snapshot {
+                seq: Seq(3),
+                data: b"old".to_vec(),
+            },
+        )
+        .await
+        .expect("put_snapshot");
+    store
+        .delete_room(&id, &deletion("e1", 4, &writer("node-a", 1)))
+        .await
+        .expect("delete_room");
+
+    let mut again = room_record(&id, RoomKind::Channel, &carol, None);
+    again.epoch = Epoch::parse("e2").expect("epoch");
+    again.ttl_secs = Some(60);
+    store
+        .create_room(&again)
+        .await
+        .expect("create the id again");
+    match store.create_room(&again).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a second creation: expected Conflict, got {other:?}"),
+    }
+    let stored = store.room(&id).await.expect("room").expect("the new room");
+    assert_eq!(
+        stored.floor,
+        Seq(4),
+        "the new log starts after the tombstone"
+    );
+    assert_eq!(
+        stored,
+        crate::RoomRecord {
+            floor: Seq(4),
+            ..again.clone()
+        }
+    );
+    assert_eq!(
+        store
+            .rooms_of_user(&carol)
+            .await
+            .expect("rooms_of_user")
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
+        vec![id.clone()]
+    );
+    assert!(
+        store
+            .rooms_of_user(&alice)
+            .await
+            .expect("rooms_of_user")
+            .is_empty()
+    );
+    assert_eq!(store.head(&id).await.expect("head"), Seq(4));
+    assert_eq!(store.latest_snapshot(&id).await.expect("snapshot"), None);
+    assert!(
+        store
+            .history(&id, Seq(5), 100, None)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+
+    let w = writer("node-b", 5);
+    store
+        .append(&id, Seq(5), &[event(&id, 5, message("new"))], &w)
+        .await
+        .expect("the new room's first op");
+    assert_eq!(log_seqs(store.as_ref(), &id, 4).await, Ok(vec![5]));
+    assert_eq!(store.head(&id).await.expect("head"), Seq(5));
+    for kinds in [None, Some(&[OpKind::Message][..])] {
+        assert_eq!(
+            seqs(
+                &store
+                    .history(&id, Seq(6), 100, kinds)
+                    .await
+                    .expect("history")
+            ),
+            vec![5],
+            "history of the new room ({kinds:?})"
+        );
+    }
+
+    // And again: the next room starts after this one's tombstone.
+    store
+        .delete_room(&id, &deletion("e2", 6, &w))
+        .await
+        .expect("delete the second room");
+    again.epoch = Epoch::parse("e3").expect("epoch");
+    store.create_room(&again).await.expect("a third room");
+    assert_eq!(
+        store.room(&id).await.expect("room").map(|r| r.floor),
+        Some(Seq(6))
+    );
+}
+
+/// Deleting a room that does not exist, or not with that epoch, is
+/// `NotFound` and writes nothing: the id stays new.
+pub async fn delete_of_an_unknown_room_changes_nothing(store: Arc<dyn Store>) {
+    let id = unique_room("unknown");
+    let w = writer("node-a", 1);
+    match store.delete_room(&id, &deletion("e1", 1, &w)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("deleting an unknown room: expected NotFound, got {other:?}"),
+    }
+    assert_eq!(store.head(&id).await.expect("head"), Seq::ZERO);
+    let alice = unique_user("alice");
+    store
+        .create_room(&room_record(&id, RoomKind::Board, &alice, None))
+        .await
+        .expect("create_room");
+    assert_eq!(
+        store.room(&id).await.expect("room").map(|r| r.floor),
+        Some(Seq::ZERO)
+    );
+    fill_mixed(store.as_ref(), &id, 2).await;
+    // Another epoch: that room is not this one.
+    match store.delete_room(&id, &deletion("e9", 3, &w)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("deleting with another epoch: expected NotFound, got {other:?}"),
+    }
+    assert!(store.room(&id).await.expect("room").is_some());
+    assert_eq!(log_seqs(store.as_ref(), &id, 0).await, Ok(vec![1, 2]));
+    assert_eq!(store.head(&id).await.expect("head"), Seq(2));
+}
+
+/// An owner that loaded the room before it was deleted, and so believes
+/// the next seq is free, conflicts on the tombstone and writes nothing,
+/// whether the id was used again or not.
+pub async fn stale_owner_is_fenced_by_the_tombstone(store: Arc<dyn Store>) {
+    let id = unique_room("stale");
+    let alice = unique_user("alice");
+    store
+        .create_room(&room_record(&id, RoomKind::Board, &alice, None))
+        .await
+        .expect("create_room");
+    fill_mixed(store.as_ref(), &id, 3).await;
+    let stale = writer("node-stale", 7);
+    store
+        .delete_room(&id, &deletion("e1", 4, &writer("node-a", 8)))
+        .await
+        .expect("delete_room");
+    let attempt = [
+        event(&id, 4, message("late")),
+        event(&id, 5, message("later")),
+    ];
+    match store.append(&id, Seq(4), &attempt, &stale).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a stale owner's append: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(store.head(&id).await.expect("head"), Seq(4));
+    assert_eq!(log_seqs(store.as_ref(), &id, 4).await, Ok(vec![]));
+
+    let mut again = room_record(&id, RoomKind::Board, &alice, None);
+    again.epoch = Epoch::parse("e2").expect("epoch");
+    store
+        .create_room(&again)
+        .await
+        .expect("create the id again");
+    match store.append(&id, Seq(4), &attempt, &stale).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => {
+            panic!("a stale owner's append after re-creation: expected Conflict, got {other:?}")
+        }
+    }
+    assert_eq!(store.head(&id).await.expect("head"), Seq(4));
+    assert!(
+        store
+            .history(&id, Seq(10), 100, None)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}
+
+/// A deleting owner is fenced like an appending one: when another owner
+/// wrote the seq it meant for the tombstone, the deletion is `Conflict`
+/// and the room, its log and its record stay as they were.
+pub async fn delete_room_is_fenced_like_an_append(store: Arc<dyn Store>) {
+    let id = unique_room("fenced-delete");
+    let alice = unique_user("alice");
+    let record = room_record(&id, RoomKind::Board, &alice, None);
+    store.create_room(&record).await.expect("create_room");
+    fill_mixed(store.as_ref(), &id, 4).await;
+    // The deleting owner thinks the head is 3; another owner wrote 4.
+    match store
+        .delete_room(&id, &deletion("e1", 4, &writer("node-old", 1)))
+        .await
+    {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("deleting at a written seq: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(store.room(&id).await.expect("room"), Some(record));
+    assert_eq!(log_seqs(store.as_ref(), &id, 0).await, Ok(vec![1, 2, 3, 4]));
+    assert_eq!(store.head(&id).await.expect("head"), Seq(4));
+    assert_eq!(
+        store
+            .rooms_of_user(&alice)
+            .await
+            .expect("rooms_of_user")
+            .len(),
+        1
+    );
 }

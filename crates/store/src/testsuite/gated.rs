@@ -1,6 +1,7 @@
 //! [`GatedStore`]: a store for tests of the layers above it, which can hold
 //! appends until released, fail the next one, or answer it with a
-//! conflict. Everything else goes to a [`MemoryStore`].
+//! conflict, and cut a deletion short. Everything else goes to a
+//! [`MemoryStore`].
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,7 +10,9 @@ use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use tokio::sync::Semaphore;
 
-use crate::{LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer};
+use crate::{
+    Deletion, LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer,
+};
 
 pub struct GatedStore {
     inner: MemoryStore,
@@ -20,6 +23,9 @@ pub struct GatedStore {
     fail_next: AtomicBool,
     conflict_next: AtomicBool,
     batches: Mutex<Vec<usize>>,
+    cut_next_delete: AtomicBool,
+    /// Records of rooms whose deletion was cut short: still shown.
+    half_deleted: Mutex<std::collections::HashMap<RoomId, RoomRecord>>,
 }
 
 impl Default for GatedStore {
@@ -33,6 +39,8 @@ impl Default for GatedStore {
             fail_next: AtomicBool::new(false),
             conflict_next: AtomicBool::new(false),
             batches: Mutex::new(Vec::new()),
+            cut_next_delete: AtomicBool::new(false),
+            half_deleted: Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -72,6 +80,14 @@ impl GatedStore {
         self.conflict_next.store(true, Ordering::SeqCst);
     }
 
+    /// The next deletion stops half way, as if its owner died right after
+    /// the tombstone: it answers `Unavailable`, and the room's record is
+    /// still there (its log ends in the tombstone) until a deletion of the
+    /// room succeeds.
+    pub fn cut_next_delete(&self) {
+        self.cut_next_delete.store(true, Ordering::SeqCst);
+    }
+
     /// The size of every batch appended so far, in order.
     pub fn batches(&self) -> Vec<usize> {
         self.batches
@@ -88,11 +104,33 @@ impl Store for GatedStore {
     }
 
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
+        if let Some(record) = self
+            .half_deleted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(Some(record.clone()));
+        }
         self.inner.room(id).await
     }
 
     async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>> {
         self.inner.rooms_of_user(user).await
+    }
+
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        let record = self.inner.room(room).await?;
+        self.inner.delete_room(room, deletion).await?;
+        let mut half_deleted = self.half_deleted.lock().unwrap_or_else(|p| p.into_inner());
+        if self.cut_next_delete.swap(false, Ordering::SeqCst)
+            && let Some(record) = record
+        {
+            half_deleted.insert(room.clone(), record);
+            return Err(StoreError::Unavailable("the deleting node died".into()));
+        }
+        half_deleted.remove(room);
+        Ok(())
     }
 
     async fn append(

@@ -89,6 +89,11 @@ macro_rules! store_conformance_tests {
             chunked_snapshot_round_trip,
             empty_room_reads,
             concurrent_appends_from_many_rooms,
+            delete_room_removes_it_and_its_history,
+            delete_then_create_again_starts_after_the_tombstone,
+            delete_of_an_unknown_room_changes_nothing,
+            stale_owner_is_fenced_by_the_tombstone,
+            delete_room_is_fenced_like_an_append,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -183,6 +188,8 @@ pub fn room_record(
         created_by: creator.clone(),
         members,
         created_at: 1_700_000_000_000,
+        ttl_secs: None,
+        floor: Seq::ZERO,
     }
 }
 

@@ -500,3 +500,45 @@ fn token_lifetime_and_presence_ttl_are_at_least_a_second() {
     );
     assert_eq!(options.presence_ttl, Duration::from_secs(15));
 }
+
+#[test]
+fn room_expiry_settings() {
+    let config = load(
+        &Flags::default(),
+        &env(&[
+            ("COLLAB_ROOMS__DEFAULT_TTL_SECS", "86400"),
+            ("COLLAB_ROOMS__EXPIRY_SWEEP_SECS", "5"),
+            ("COLLAB_METRICS_LISTEN", "127.0.0.1:9999"),
+        ]),
+    )
+    .expect("loads");
+    assert_eq!(config.rooms.default_ttl_secs, 86_400);
+    assert_eq!(config.rooms.expiry_sweep(), Duration::from_secs(5));
+    let gateway = config.gateway_config();
+    assert_eq!(
+        gateway.default_room_ttl_secs, 86_400,
+        "the gateway applies it"
+    );
+    assert!(gateway.metrics_elsewhere);
+    assert_eq!(
+        CollabConfig::default().rooms.default_ttl_secs,
+        0,
+        "off by default"
+    );
+
+    let err = load(
+        &Flags::default(),
+        &env(&[
+            ("COLLAB_ROOMS__DEFAULT_TTL_SECS", "999999999999"),
+            ("COLLAB_ROOMS__EXPIRY_SWEEP_SECS", "0"),
+        ]),
+    )
+    .expect_err("bad values");
+    let mut keys = issue_keys(&err);
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["rooms.default_ttl_secs", "rooms.expiry_sweep_secs"],
+        "{err}"
+    );
+}

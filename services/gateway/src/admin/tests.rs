@@ -144,8 +144,9 @@ impl Harness {
         }
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
+        let config = GatewayConfig::default();
         let gateway = Gateway::new(
-            GatewayConfig::default().clone(),
+            config.clone(),
             GatewayParts {
                 auth: auth.clone(),
                 bus: bus.clone(),
@@ -154,9 +155,10 @@ impl Harness {
                 metrics,
                 exporter: Exporter::new(registry, Role::Gateway, "test"),
                 ephemeral: Ephemeral::in_memory(
-                    &GatewayConfig::default().ephemeral_options(),
+                    &config.ephemeral_options(),
                     EphemeralMetrics::default(),
                 ),
+                room_expiry: None,
             },
         );
         Harness {
@@ -225,6 +227,8 @@ impl Harness {
                 created_by: UserId::parse("ann").expect("user"),
                 members: None,
                 created_at: 0,
+                ttl_secs: None,
+                floor: collab_protocol::Seq::ZERO,
             })
             .await
             .expect("created");
@@ -723,6 +727,8 @@ async fn room_presence_is_one_entry_per_user_for_whoever_may_read_the_room() {
             created_by: UserId::parse("ann").expect("user"),
             members: Some(vec![UserId::parse("ann").expect("user")]),
             created_at: 0,
+            ttl_secs: None,
+            floor: Seq::ZERO,
         })
         .await
         .expect("created");

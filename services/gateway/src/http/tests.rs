@@ -11,17 +11,17 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use collab_bus::InProcessBus;
+use collab_bus::{Bus, InProcessBus, ReplyFuture, RequestHandler};
+use collab_ephemeral::{Ephemeral, EphemeralMetrics, MemoryRoomExpiry, RoomExpiry};
 use collab_metrics::{Exporter, Role};
+use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::HistoryPage;
 use collab_protocol::{Access, Cid, Claims, NodeId, Op, OpEvent, RoomId, Seq, StrokeId, UserId};
-use collab_store::{MemoryStore, Store, StoreError, StoreResult, Writer};
+use collab_store::{Deletion, MemoryStore, Store, StoreError, StoreResult, Writer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-
-use collab_ephemeral::{Ephemeral, EphemeralMetrics};
 
 use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness, now_secs};
 
@@ -42,6 +42,51 @@ struct Harness {
     store: Arc<dyn Store>,
     auth: Auth,
     ready: Arc<Ready>,
+    expiry: Arc<MemoryRoomExpiry>,
+    owner: Arc<Owner>,
+}
+
+/// Stands in for the rooms' owner on the bus: deletes a room as asked, and
+/// remembers what it was asked.
+struct Owner {
+    store: Arc<dyn Store>,
+    deletes: std::sync::Mutex<Vec<RoomRequest>>,
+}
+
+impl RequestHandler for Owner {
+    fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
+        self.deletes.lock().expect("lock").push(request.clone());
+        let store = self.store.clone();
+        Box::pin(async move {
+            let RoomRequest::Delete { room, epoch } = request else {
+                return RoomReply::Done;
+            };
+            let Some(record) = store.room(&room).await.expect("room") else {
+                return room_not_found();
+            };
+            if epoch.is_some_and(|e| e != record.epoch) {
+                return room_not_found();
+            }
+            let head = store.head(&room).await.expect("head");
+            let deletion = Deletion {
+                epoch: record.epoch,
+                at: head.next(),
+                writer: Writer {
+                    node: NodeId::parse("owner").expect("node id"),
+                    term: 1,
+                },
+            };
+            store.delete_room(&room, &deletion).await.expect("deleted");
+            RoomReply::Done
+        })
+    }
+}
+
+fn room_not_found() -> RoomReply {
+    RoomReply::Error {
+        code: collab_protocol::ErrorCode::NotFound,
+        message: "no such room".into(),
+    }
 }
 
 struct Answer {
@@ -85,11 +130,20 @@ impl Harness {
         let ready = Arc::new(Ready(AtomicBool::new(true)));
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
+        let bus = Arc::new(InProcessBus::new());
+        let owner = Arc::new(Owner {
+            store: store.clone(),
+            deletes: Default::default(),
+        });
+        futures_util::FutureExt::now_or_never(bus.serve(owner.clone()))
+            .expect("the in-process bus serves at once")
+            .expect("serves");
+        let expiry = Arc::new(MemoryRoomExpiry::new());
         let gateway = Gateway::new(
             config.clone(),
             GatewayParts {
                 auth: auth.clone(),
-                bus: Arc::new(InProcessBus::new()),
+                bus,
                 store: store.clone(),
                 readiness: ready.clone(),
                 metrics,
@@ -98,6 +152,7 @@ impl Harness {
                     &config.ephemeral_options(),
                     EphemeralMetrics::default(),
                 ),
+                room_expiry: Some(expiry.clone()),
             },
         );
         let app = gateway
@@ -109,6 +164,8 @@ impl Harness {
             store,
             auth,
             ready,
+            expiry,
+            owner,
         }
     }
 
@@ -313,6 +370,7 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
     let endpoints = [
         ("POST", "/v1/rooms", r#"{"kind":"board"}"#),
         ("GET", "/v1/rooms/r1", ""),
+        ("DELETE", "/v1/rooms/r1", ""),
         ("GET", "/v1/rooms/r1/history", ""),
         ("GET", "/v1/me/rooms", ""),
     ];
@@ -1122,7 +1180,7 @@ async fn unknown_paths_and_methods_get_json_errors() {
         .assert_error(StatusCode::NOT_FOUND, "not_found");
     for (method, uri) in [
         ("GET", "/v1/rooms"),
-        ("DELETE", "/v1/rooms/r"),
+        ("PUT", "/v1/rooms/r"),
         ("POST", "/v1/me/rooms"),
         ("GET", "/v1/dev/token"),
         ("POST", "/healthz"),
@@ -1183,6 +1241,9 @@ impl Store for DownStore {
     async fn put_snapshot(&self, _: &RoomId, _: &collab_store::Snapshot) -> StoreResult<()> {
         down()
     }
+    async fn delete_room(&self, _: &RoomId, _: &Deletion) -> StoreResult<()> {
+        down()
+    }
     async fn latest_snapshot(&self, _: &RoomId) -> StoreResult<Option<collab_store::Snapshot>> {
         down()
     }
@@ -1207,4 +1268,177 @@ async fn an_unreachable_store_is_unavailable() {
     h.get("/v1/me/rooms", &ann)
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.request("DELETE", "/v1/rooms/r", Some(&ann), "")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+}
+
+// === deletion and time to live ===
+
+/// `DELETE /v1/rooms/{id}`: 204 for the room's creator, then the room is
+/// gone (404 for everything about it); 403 for anyone else, or a token
+/// without write access to it (whether it exists or not); 404 for a room
+/// that does not exist. The owner is asked with the epoch the gateway
+/// checked.
+#[tokio::test]
+async fn rooms_are_deleted_by_their_creator() {
+    let h = Harness::new();
+    let (ann, bob) = (h.token("ann"), h.token("bob"));
+    let created = h.create(&ann, json!({"kind":"board","id":"r1"})).await;
+    h.append("r1", &[message("one"), message("two")]).await;
+
+    h.request("DELETE", "/v1/rooms/r1", Some(&bob), "")
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let reader = h.token_with("ann", Some(&[("r1", Access::Read)]));
+    for room in ["r1", "nowhere"] {
+        h.request("DELETE", &format!("/v1/rooms/{room}"), Some(&reader), "")
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    h.request("DELETE", "/v1/rooms/nowhere", Some(&ann), "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.request("DELETE", "/v1/rooms/bad%20id", Some(&ann), "")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        h.owner.deletes.lock().expect("lock").is_empty(),
+        "nothing refused reaches the owner"
+    );
+
+    let answer = h.request("DELETE", "/v1/rooms/r1", Some(&ann), "").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::NO_CONTENT,
+        "body: {}",
+        answer.text
+    );
+    assert!(answer.text.is_empty());
+    let epoch = created["epoch"].as_str().expect("epoch");
+    assert_eq!(
+        *h.owner.deletes.lock().expect("lock"),
+        [RoomRequest::Delete {
+            room: RoomId::parse("r1").expect("id"),
+            epoch: Some(collab_protocol::Epoch::parse(epoch).expect("epoch")),
+        }]
+    );
+    h.get("/v1/rooms/r1", &ann)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/rooms/r1/history", &ann)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.request("DELETE", "/v1/rooms/r1", Some(&ann), "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let mine = h.get("/v1/me/rooms", &ann).await;
+    assert_eq!(mine.body["rooms"], json!([]));
+
+    // The id is free again: a new room, with a new epoch, after the old
+    // room's tombstone.
+    let again = h.create(&bob, json!({"kind":"channel","id":"r1"})).await;
+    assert_ne!(again["epoch"], created["epoch"]);
+    let info = h.get("/v1/rooms/r1", &bob).await;
+    assert_eq!(info.status, StatusCode::OK, "body: {}", info.text);
+    assert_eq!(info.body["head"], 3);
+    assert_eq!(info.body["kind"], "channel");
+    let page = h.get("/v1/rooms/r1/history", &bob).await;
+    assert!(seqs(&page.body).is_empty());
+}
+
+/// `ttl_secs`: stored with the room and shown by `GET`; the server's
+/// default applies when it is absent, 0 means never; a room created with
+/// one is due that long after its creation.
+#[tokio::test]
+async fn rooms_have_a_time_to_live() {
+    let config = GatewayConfig {
+        default_room_ttl_secs: 86_400,
+        ..GatewayConfig::default()
+    };
+    let h = Harness::with(config, false);
+    let ann = h.token("ann");
+    let room = |id: &str| RoomId::parse(id).expect("id");
+    for (id, asked, stored) in [
+        ("hour", json!(3600), json!(3600)),
+        ("forever", json!(0), Value::Null),
+        ("default", Value::Null, json!(86_400)),
+    ] {
+        let mut body = json!({"kind":"board","id":id});
+        if !asked.is_null() {
+            body["ttl_secs"] = asked;
+        }
+        h.create(&ann, body).await;
+        let info = h.get(&format!("/v1/rooms/{id}"), &ann).await;
+        assert_eq!(info.body["ttl_secs"], stored, "{id}: {}", info.text);
+        let deadline = h.expiry.deadline(&room(id)).await.expect("deadline");
+        assert_eq!(deadline.is_some(), !stored.is_null(), "{id}");
+    }
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    let due = h
+        .expiry
+        .deadline(&room("hour"))
+        .await
+        .expect("deadline")
+        .expect("one");
+    assert!(
+        due > now_ms + 3_590_000 && due <= now_ms + 3_600_000,
+        "due an hour after its creation: {due} vs {now_ms}"
+    );
+    for bad in [json!(-1), json!("60"), json!(1.5), json!(u64::MAX)] {
+        h.post("/v1/rooms", &ann, json!({"kind":"board","ttl_secs":bad}))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let none = Harness::new();
+    let ann = none.token("ann");
+    none.create(&ann, json!({"kind":"board","id":"plain"}))
+        .await;
+    let info = none.get("/v1/rooms/plain", &ann).await;
+    assert_eq!(info.body["ttl_secs"], Value::Null, "{}", info.text);
+}
+
+/// An admin may delete anyone's room, whatever its `rooms` claim; a scope
+/// that only looks like `admin` is no admin.
+#[tokio::test]
+async fn admins_delete_any_room() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.create(&ann, json!({"kind":"board","id":"r1"})).await;
+    let scoped = |scope: &str| {
+        h.auth
+            .mint(&Claims {
+                sub: "op".into(),
+                exp: now_secs() + 600,
+                name: None,
+                rooms: Some(HashMap::from([("elsewhere".to_owned(), Access::Read)])),
+                scope: Some(scope.into()),
+                jti: None,
+                iat: None,
+            })
+            .expect("mints")
+    };
+    h.request("DELETE", "/v1/rooms/r1", Some(&scoped("administrator")), "")
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let admin = scoped("ops admin");
+    h.request("DELETE", "/v1/rooms/nowhere", Some(&admin), "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let answer = h.request("DELETE", "/v1/rooms/r1", Some(&admin), "").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::NO_CONTENT,
+        "body: {}",
+        answer.text
+    );
+    h.get("/v1/rooms/r1", &ann)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
 }

@@ -374,6 +374,7 @@ impl Connection {
                     self.conn.clone(),
                     self.user.clone(),
                     self.outbound.clone(),
+                    self.on_removed(&room),
                 )
                 .await;
             if attached.is_err() {
@@ -406,6 +407,23 @@ impl Connection {
                 }
             }
         });
+    }
+
+    /// What to do when `room` drops this connection (it was deleted):
+    /// forget it, as on `leave` (presence included), so that a later
+    /// `join` is a new one. The room needs no `Leave`, and the hub no
+    /// detach (the room's task ended).
+    fn on_removed(self: &Arc<Self>, room: &RoomId) -> crate::hub::OnRemoved {
+        let conn = Arc::downgrade(self);
+        let room = room.clone();
+        Box::new(move || {
+            if let Some(conn) = conn.upgrade() {
+                let was = conn.lock_rooms().remove(&room);
+                if was.is_some_and(|m| m.present) {
+                    conn.shared.ephemeral.presence.left(&conn.user.id, &room);
+                }
+            }
+        })
     }
 
     /// Forgets a room locally (after a failed join or on leave).
