@@ -1,6 +1,6 @@
-//! What the gateways of a cluster share through Redis, on real processes:
+//! What the processes of a cluster share through Redis, on real processes:
 //! a private redis-server, nats-server and CQL keyspace per test, two
-//! `collab gateway` and one `collab room-node` process.
+//! `collab gateway` and one or two `collab room-node` processes.
 //!
 //! - a user spread over both gateways gets one rate budget, not two;
 //! - a revocation made through one gateway (or `collab token revoke`)
@@ -9,6 +9,8 @@
 //!   while other users go on;
 //! - a user's presence spans both gateways, and a SIGKILLed gateway's
 //!   connections drop out of it within the presence TTL;
+//! - a room with a time to live expires: the gateways and room nodes keep
+//!   its deadline in the shared Redis;
 //! - Redis SIGKILLed under load, then started again (empty): no acked op
 //!   is lost, gateways stay ready and keep taking ops, limits fall back to
 //!   each gateway's own buckets and a revocation made meanwhile is refused
@@ -399,6 +401,57 @@ async fn wait_presence(
         (status == 200 && check(&body)).then_some(body)
     })
     .await
+}
+
+// === room expiry ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rooms_expire_in_a_cluster_that_shares_a_redis() {
+    let mut cluster = start(
+        ClusterOptions::new()
+            .gateways(2)
+            .room_nodes(2)
+            .env("COLLAB_ROOMS__IDLE_AFTER_SECS", "1")
+            .env("COLLAB_ROOMS__EXPIRY_SWEEP_SECS", "1"),
+    )
+    .await;
+    let gateways = cluster.gateway_ids();
+    let ann = cluster.token("ann").await.expect("token");
+    for (id, ttl) in [("brief", Some(2)), ("forever", None)] {
+        let mut body = json!({"kind": "channel", "id": id});
+        if let Some(ttl) = ttl {
+            body["ttl_secs"] = ttl.into();
+        }
+        let (status, answer) = cluster
+            .post_json(&gateways[0], &ann, "/v1/rooms", &body)
+            .await
+            .expect("answered");
+        assert_eq!(status, 201, "{answer}");
+    }
+    // Used through the other gateway, then left alone: its owner (either
+    // room node) records its deadline in Redis when the room goes idle,
+    // and a sweep deletes it.
+    let mut ws = join_with(&cluster, &ann, &gateways[1], "brief").await;
+    send_acked(&mut ws, "brief", "last-words").await;
+    ws.close().await.expect("closes");
+    let (cluster_ref, token) = (&cluster, ann.as_str());
+    wait_for("the unused room to be deleted", DEADLINE, || async move {
+        let mut gone = true;
+        for gateway in cluster_ref.gateway_ids() {
+            let (status, _) = cluster_ref
+                .get_json(&gateway, token, "/v1/rooms/brief")
+                .await
+                .ok()?;
+            gone &= status == 404;
+        }
+        gone.then_some(())
+    })
+    .await;
+    let (status, _) = cluster
+        .get_json(&gateways[1], &ann, "/v1/rooms/forever")
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "a room without a time to live stays");
 }
 
 // === Redis down ===
