@@ -24,6 +24,12 @@
 #               per size how many rounds passed (a size passes when most did) and
 #               writes rounds-SCENARIO.md, .json and -capacity.svg. Not in the
 #               default list (45 runs with the defaults, about half an hour)
+#   redis       boards at REDIS_BOARDS boards on collab serve with its rate limits (and
+#               revocations, presence) in memory and in Redis (`--redis`, a redis-server
+#               pinned to the server's core too), ROUNDS rounds, the two back to back on
+#               fresh servers, their order alternating; writes redis-limits.md: the op
+#               p99 of each round and how much the median grows with Redis. Not in the
+#               default list
 #   cluster     boards over CLUSTER_STEPS on a local cluster started with
 #               scripts/cluster.sh (NATS, Cassandra, CLUSTER_GATEWAYS gateways,
 #               CLUSTER_ROOM_NODES room nodes, release build), clients spread over
@@ -49,6 +55,7 @@
 #   ROUNDS            (3)
 #   ROUNDS_SCENARIO   boards or classroom (boards)
 #   ROUNDS_STEPS      (175,200,225,250,275)
+#   REDIS_BOARDS      (150)
 #   CLUSTER_STEPS     (50,100,150,200)
 #   CLUSTER_GATEWAYS  (2)
 #   CLUSTER_ROOM_NODES (2)
@@ -87,6 +94,7 @@ ACK_BOARDS="${ACK_BOARDS:-500}"
 ROUNDS="${ROUNDS:-3}"
 ROUNDS_SCENARIO="${ROUNDS_SCENARIO:-boards}"
 ROUNDS_STEPS="${ROUNDS_STEPS:-175,200,225,250,275}"
+REDIS_BOARDS="${REDIS_BOARDS:-150}"
 CLUSTER_STEPS="${CLUSTER_STEPS:-50,100,150,200}"
 CLUSTER_GATEWAYS="${CLUSTER_GATEWAYS:-2}"
 CLUSTER_ROOM_NODES="${CLUSTER_ROOM_NODES:-2}"
@@ -100,6 +108,8 @@ LOAD="$CARGO_TARGET_DIR/release/collab-load"
 SERVER_PID=""
 SERVER_URL=""
 SERVER_DATA=""
+# The redis-server of a `collab-redis` server.
+REDIS_DIR=""
 
 QUIET_PCT="${BENCH_QUIET_PCT:-20}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-1200}"
@@ -157,11 +167,19 @@ start_server() {
   local kind="$1" port
   port="$(free_port)"
   case "$kind" in
-    collab)
-      local data
+    collab | collab-redis)
+      local data shared=()
       data="$(mktemp -d "${BENCH_DATA_ROOT:-$CACHE}/bench-data-XXXXXX")"
+      if [[ "$kind" == collab-redis ]]; then
+        REDIS_DIR="$(mktemp -d "$CACHE/bench-redis-XXXXXX")"
+        bash "$ROOT/scripts/redis-server.sh" start "$REDIS_DIR" >>"$OUT/redis.log" 2>&1 \
+          || die "redis-server did not start (log $OUT/redis.log)"
+        # On the server's core: what Redis costs counts against collab.
+        taskset -pc "$SERVER_CPU" "$(cat "$REDIS_DIR/redis-server.pid")" >/dev/null
+        shared=(--redis "redis://127.0.0.1:$(cat "$REDIS_DIR/port")")
+      fi
       COLLAB_JWT_SECRET="$SECRET" RUST_LOG=warn taskset -c "$SERVER_CPU" \
-        "$COLLAB" serve --listen "127.0.0.1:$port" --data-dir "$data" \
+        "$COLLAB" serve --listen "127.0.0.1:$port" --data-dir "$data" "${shared[@]}" \
         >"$OUT/server-$kind.log" 2>&1 &
       SERVER_PID=$!
       SERVER_DATA="$data"
@@ -197,6 +215,11 @@ stop_server() {
   SERVER_PID=""
   [[ -n "$SERVER_DATA" ]] && rm -rf "$SERVER_DATA"
   SERVER_DATA=""
+  if [[ -n "$REDIS_DIR" ]]; then
+    bash "$ROOT/scripts/redis-server.sh" stop "$REDIS_DIR" >>"$OUT/redis.log" 2>&1 || true
+    rm -rf "$REDIS_DIR"
+    REDIS_DIR=""
+  fi
 }
 stop_cluster() {
   [[ -n "$CLUSTER_DIR" ]] || return 0
@@ -208,7 +231,7 @@ trap 'stop_server; stop_cluster' EXIT
 
 secret_for() {
   case "$1" in
-    collab) echo "$SECRET" ;;
+    collab | collab-redis) echo "$SECRET" ;;
     centrifugo) echo "$CENT_SECRET" ;;
     *) echo "" ;;
   esac
@@ -223,8 +246,9 @@ load() {
   local secret
   secret="$(secret_for "$kind")"
   log "run $name: $*"
+  # collab-redis is collab to the generator.
   COLLAB_LOAD_SECRET="$secret" taskset -c "$GEN_CPU" "$LOAD" "$@" \
-    --target "$kind" --url "$SERVER_URL" --server-pid "$SERVER_PID" \
+    --target "${kind%-redis}" --url "$SERVER_URL" --server-pid "$SERVER_PID" \
     --json "$OUT/$name.json" --markdown "$OUT/$name.md" --plots "$OUT/$name" \
     || log "run $name failed"
   stop_server
@@ -270,6 +294,53 @@ bench_rounds() {
     --title "$scenario: op delivery p99 by size, median of $ROUNDS rounds" \
     "$OUT"/rounds-"$scenario"-*-r*.json
   log "rounds: $OUT/rounds-$scenario.md"
+}
+
+# boards at REDIS_BOARDS on collab serve, shared state in memory and in
+# Redis, interleaved (see the header).
+bench_redis() {
+  local r kind kinds
+  for ((r = 1; r <= ROUNDS; r++)); do
+    kinds="memory redis"
+    ((r % 2 == 0)) && kinds="redis memory"
+    for kind in $kinds; do
+      local server=collab
+      [[ "$kind" == redis ]] && server=collab-redis
+      load "redis-limits-$kind-r$r" "$server" boards --seconds "$SECS" "${WARM[@]}" \
+        --steps "$REDIS_BOARDS"
+    done
+  done
+  for kind in memory redis; do
+    "$LOAD" rounds --markdown "$OUT/redis-limits-$kind.md" --json "$OUT/redis-limits-$kind.json" \
+      "$OUT"/redis-limits-"$kind"-r*.json
+  done
+  python3 - "$OUT" "$REDIS_BOARDS" "$ROUNDS" <<'EOF' | tee "$OUT/redis-limits.md"
+import json, statistics, sys
+out, boards, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def summary(kind):
+    return json.load(open(f"{out}/redis-limits-{kind}.json"))["targets"][0]["sizes"][0]
+def p99(kind, r):
+    step = json.load(open(f"{out}/redis-limits-{kind}-r{r}.json"))["steps"][0]
+    return step["result"]["latency"]["op"]["p99_ms"]
+memory, redis = summary("memory"), summary("redis")
+print(f"### boards at {boards} boards: shared state in memory and in Redis\n")
+print("| shared state | rounds passed | op p99 per round (ms) | median op p99 | median server CPU | ops lost |")
+print("|---|---|---|---|---|---|")
+for name, kind, s in (("in memory", "memory", memory), ("in Redis", "redis", redis)):
+    p99s = ", ".join(f"{p99(kind, r):.1f}" for r in range(1, rounds + 1))
+    cpu = s["median_server_cpu_pct"]
+    cpu = f"{cpu:.0f}%" if cpu is not None else "-"
+    print(f"| {name} | {s['passed']} of {s['runs']} | {p99s} | {s['median_op_p99_ms']:.1f} | {cpu} | {s['ops_lost']} |")
+# Each round's two runs are minutes apart: their ratio is the least
+# touched by the machine's drift.
+ratios = [p99("redis", r) / p99("memory", r) for r in range(1, rounds + 1)]
+growth = (statistics.median(ratios) - 1) * 100
+medians = (redis["median_op_p99_ms"] / memory["median_op_p99_ms"] - 1) * 100
+print(f"\nop p99 with Redis against in memory, round by round: "
+      + ", ".join(f"{(x - 1) * 100:+.0f}%" for x in ratios))
+print(f"median of the rounds' ratios: {growth:+.1f}%; of the medians: {medians:+.1f}% "
+      f"({'within' if growth <= 10 else 'over'} the 10% allowed)")
+EOF
 }
 
 # plot SCENARIO: the capacity curves of every target in one SVG.
@@ -389,6 +460,7 @@ main() {
       ack) bench_ack ;;
       profile) bench_profile ;;
       rounds) bench_rounds ;;
+      redis) bench_redis ;;
       cluster) bench_cluster ;;
       *) die "unknown scenario $s" ;;
     esac

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# A local collab cluster on loopback: NATS, Cassandra, 2 gateways and 3 room
-# nodes, each a background process with its pid, port and log in DIR.
+# A local collab cluster on loopback: NATS, Cassandra, Redis, 2 gateways and
+# 3 room nodes, each a background process with its pid, port and log in DIR.
 #
 #   scripts/cluster.sh start DIR          start whatever of it is not running (idempotent),
 #                                         wait until every process answers /readyz, print
 #                                         the gateway URLs and how to mint a token
-#   scripts/cluster.sh stop DIR           stop it all: gateways, room nodes, NATS, and
-#                                         Cassandra if started here (SIGTERM, then SIGKILL)
+#   scripts/cluster.sh stop DIR           stop it all: gateways, room nodes, NATS, Redis,
+#                                         and Cassandra if started here (SIGTERM, then SIGKILL)
 #   scripts/cluster.sh status DIR         what runs, where, and whether it is ready
 #   scripts/cluster.sh token DIR USER     print a token for USER (write access everywhere)
 #   scripts/cluster.sh kill DIR NODE      SIGKILL one process (g1, r2, ...) to watch a
-#                                         failover; `start DIR` starts it again
+#                                         failover, or `redis` to watch the gateways go on
+#                                         without it; `start DIR` starts it again
 #
 # Node ids are g1, g2 (gateways) and r1, r2, r3 (room nodes); each keeps its
 # port across restarts. DIR holds DIR/NODE.{pid,port,log}, DIR/jwt-secret,
-# DIR/nats (the NATS server), DIR/cql (Cassandra, unless COLLAB_CLUSTER_CQL
-# names one) and DIR/cql-addr (the CQL server in use).
+# DIR/nats (the NATS server), DIR/redis (the Redis the gateways share rate
+# limits, revocations and presence through; COLLAB_REDIS of every process),
+# DIR/cql (Cassandra, unless COLLAB_CLUSTER_CQL names one) and DIR/cql-addr
+# (the CQL server in use).
 #
 # Environment:
 #   COLLAB_CLUSTER_CQL        host:port of a running ScyllaDB/Cassandra to use instead of
@@ -47,7 +50,7 @@ die() { log "error: $*"; exit 1; }
 # shellcheck source=lib/server-process.sh
 source "$ROOT/scripts/lib/server-process.sh"
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 node_ids() {
   local i
@@ -78,6 +81,10 @@ cql_addr() { # DIR -> host:port of the CQL server in use (recorded by start)
   cat "$1/cql-addr"
 }
 
+redis_url() { # DIR -> the URL of the cluster's Redis
+  echo "redis://127.0.0.1:$(cat "$1/redis/port")"
+}
+
 build() { # -> path of the collab binary
   local -a flags=(build -p collab --bin collab --manifest-path "$ROOT/Cargo.toml")
   case "$PROFILE" in
@@ -101,7 +108,8 @@ start_node() { # DIR NODE BIN
   echo "$port" >"$dir/$node.port"
   log "starting $role $node on 127.0.0.1:$port (log $dir/$node.log)"
   # setsid: own process group, so the caller's Ctrl-C / job control leaves it alone.
-  COLLAB_JWT_SECRET="$(cat "$dir/jwt-secret")" setsid "$bin" "$role" \
+  COLLAB_JWT_SECRET="$(cat "$dir/jwt-secret")" COLLAB_REDIS="$(redis_url "$dir")" \
+    setsid "$bin" "$role" \
     --listen "127.0.0.1:$port" \
     --nats "nats://127.0.0.1:$(cat "$dir/nats/port")" \
     --node-id "$node" \
@@ -131,6 +139,7 @@ cmd_start() { # DIR
   command -v python3 >/dev/null || die "python3 not found"
 
   bash "$ROOT/scripts/nats-server.sh" start "$dir/nats" >&2
+  bash "$ROOT/scripts/redis-server.sh" start "$dir/redis" >&2
   if [[ -n "${COLLAB_CLUSTER_CQL:-}" ]]; then
     log "using the CQL server at $COLLAB_CLUSTER_CQL (COLLAB_CLUSTER_CQL)"
     echo "$COLLAB_CLUSTER_CQL" >"$dir/cql-addr"
@@ -166,9 +175,10 @@ cmd_start() { # DIR
       echo "  gateway $node: http://127.0.0.1:$port  (WebSocket ws://127.0.0.1:$port/v1/ws)"
     fi
   done
-  echo "  NATS: nats://127.0.0.1:$(cat "$dir/nats/port")   store: cql://$(cql_addr "$dir")/$KEYSPACE"
+  echo "  NATS: nats://127.0.0.1:$(cat "$dir/nats/port")   store: cql://$(cql_addr "$dir")/$KEYSPACE   redis: $(redis_url "$dir")"
   echo "  a token: bash scripts/cluster.sh token $dir ann"
   echo "           (or: COLLAB_JWT_SECRET=\$(cat $dir/jwt-secret) $bin token --user ann)"
+  echo "  revoke:  COLLAB_REDIS=$(redis_url "$dir") $bin token revoke --user ann"
 }
 
 cmd_stop() { # DIR
@@ -183,6 +193,7 @@ cmd_stop() { # DIR
     stop_pidfile "$dir/$node.pid" TERM 30
   done
   if [[ -d "$dir/nats" ]]; then bash "$ROOT/scripts/nats-server.sh" stop "$dir/nats"; fi
+  if [[ -d "$dir/redis" ]]; then bash "$ROOT/scripts/redis-server.sh" stop "$dir/redis"; fi
   if [[ -d "$dir/cql" ]]; then bash "$ROOT/scripts/cql-server.sh" stop "$dir/cql"; fi
 }
 
@@ -192,6 +203,7 @@ cmd_status() { # DIR
   dir=$(cd "$dir" && pwd)
   # The status commands print "not running" themselves.
   echo "nats: $(bash "$ROOT/scripts/nats-server.sh" status "$dir/nats" 2>/dev/null || true)"
+  echo "redis: $(bash "$ROOT/scripts/redis-server.sh" status "$dir/redis" 2>/dev/null || true)"
   if [[ -d "$dir/cql" ]]; then
     echo "cql:  $(bash "$ROOT/scripts/cql-server.sh" status "$dir/cql" 2>/dev/null || true)"
   elif [[ -f "$dir/cql-addr" ]]; then
@@ -220,6 +232,10 @@ cmd_token() { # DIR USER
 cmd_kill() { # DIR NODE
   local dir=${1:-} node=${2:-}
   [[ -n "$dir" && -n "$node" ]] || die "usage: kill DIR NODE"
+  if [[ "$node" == redis ]]; then
+    bash "$ROOT/scripts/redis-server.sh" kill "$dir/redis"
+    return
+  fi
   role_of "$node" >/dev/null
   stop_pidfile "$dir/$node.pid" KILL 5
 }

@@ -73,8 +73,9 @@ step "nats-server for the bus tests (scripts/nats-server.sh)"
 COLLAB_NATS_SERVER="$(bash scripts/nats-server.sh install)"
 export COLLAB_NATS_SERVER
 
-# The shared-state tests (collab-ephemeral) run a real redis-server; they
-# find it through COLLAB_REDIS_SERVER.
+# The shared-state tests (collab-ephemeral, and the clusters of
+# tests/tests/cluster_redis.rs, cluster.rs and prometheus.rs) run a real
+# redis-server; they find it through COLLAB_REDIS_SERVER.
 step "redis-server for the shared-state tests (scripts/redis-server.sh)"
 COLLAB_REDIS_SERVER="$(bash scripts/redis-server.sh install)"
 export COLLAB_REDIS_SERVER

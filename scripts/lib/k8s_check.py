@@ -110,7 +110,7 @@ def crd_schemas(out, files):
 # Settings the chart sets itself (from dedicated values), or that mean
 # nothing in a cluster: not part of `config` in values.yaml.
 CHART_SET = {
-    "listen", "metrics_listen", "data_dir", "store", "jwt_secret",
+    "listen", "metrics_listen", "data_dir", "store", "jwt_secret", "redis",
     "cluster.nats_url", "cluster.node_id",
     # `collab gateway` names its connections after its node id.
     "gateway.gateway_id",

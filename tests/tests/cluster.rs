@@ -788,7 +788,9 @@ async fn send_until_acked(ws: &mut WsClient, room: &str, cid: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cluster_metrics_follow_members_hand_offs_and_failovers() {
-    let mut cluster = start(ClusterOptions::new().gateways(1).room_nodes(2)).await;
+    // With Redis, as a production cluster runs: the gateway's Redis
+    // metrics are documented for it.
+    let mut cluster = start(ClusterOptions::new().gateways(1).room_nodes(2).redis()).await;
     let gateway = cluster.gateway_ids()[0].clone();
     let nodes = cluster.room_node_ids();
 
@@ -802,6 +804,8 @@ async fn the_cluster_metrics_follow_members_hand_offs_and_failovers() {
         ("collab_nats_connected", 1.0),
         ("collab_nats_reconnects_total", 0.0),
         ("collab_ready", 1.0),
+        ("collab_redis_up{}", 1.0),
+        ("collab_redis_outages_total", 0.0),
     ] {
         assert_eq!(sample(&page, series), Some(value), "{series}:\n{page}");
     }

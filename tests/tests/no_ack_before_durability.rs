@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use collab_bus::{Bus, InProcessBus};
-use collab_gateway::{Auth, Gateway, GatewayConfig, GatewayMetrics, Readiness};
+use collab_ephemeral::{Ephemeral, EphemeralMetrics};
+use collab_gateway::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness};
 use collab_protocol::{Claims, Epoch, NodeId, RoomId, RoomKind, UserId};
 use collab_room_node::{RoomNode, RoomNodeConfig};
 use collab_store::testsuite::GatedStore;
@@ -72,14 +73,20 @@ async fn start() -> (Arc<GatedStore>, String, Auth) {
     let auth = Auth::new(secret, false);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
+    let config = GatewayConfig::default();
+    let ephemeral = Ephemeral::in_memory(&config.ephemeral_options(), EphemeralMetrics::default());
     let gateway = Gateway::new(
-        GatewayConfig::default(),
-        auth.clone(),
-        bus,
-        store.clone(),
-        Arc::new(AlwaysReady),
-        metrics,
-        collab_metrics::Exporter::new(registry, collab_metrics::Role::Serve, "test"),
+        config,
+        GatewayParts {
+            auth: auth.clone(),
+            bus,
+            store: store.clone(),
+            readiness: Arc::new(AlwaysReady),
+            metrics,
+            exporter: collab_metrics::Exporter::new(registry, collab_metrics::Role::Serve, "test"),
+            ephemeral,
+            room_expiry: None,
+        },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -97,6 +104,8 @@ fn token(auth: &Auth, user: &str) -> String {
         name: None,
         rooms: None,
         scope: None,
+        jti: None,
+        iat: None,
     })
     .expect("token")
 }

@@ -1,6 +1,7 @@
 //! The alerts and the dashboard against a real Prometheus (Debian's
 //! package) scraping real processes: a cluster of two gateways and three
-//! room nodes, and a `collab serve` for the embedded store's metrics. With
+//! room nodes sharing a Redis, and a `collab serve` for the embedded
+//! store's metrics. With
 //! the rules of `deploy/k8s/monitoring/alerts.yaml`, scraped and evaluated
 //! every second, after some traffic:
 //!
@@ -79,7 +80,9 @@ async fn prometheus_scrapes_the_cluster_evaluates_every_alert_and_fires_on_a_dea
         return;
     };
     let started = Instant::now();
-    let mut cluster = Cluster::start(ClusterOptions::new().gateways(2).room_nodes(3))
+    // With Redis, as a production cluster runs, so the Redis panels and
+    // alert have their series.
+    let mut cluster = Cluster::start(ClusterOptions::new().gateways(2).room_nodes(3).redis())
         .await
         .expect("the cluster starts (nats-server, CQL keyspace, gateways, room nodes)");
     let serve = CollabServer::start(ServerOptions::new()).expect("collab serve starts");

@@ -54,6 +54,16 @@ impl RedisOptions {
     }
 }
 
+impl RedisOptions {
+    /// Whether `url` is a Redis URL this build can use (a configuration
+    /// check, before anything connects).
+    pub fn check_url(url: &str) -> Result<(), EphemeralError> {
+        url.into_connection_info()
+            .map(|_| ())
+            .map_err(|e| EphemeralError::BadUrl(e.to_string()))
+    }
+}
+
 /// A pub/sub message.
 #[derive(Debug, Clone)]
 pub(crate) struct Message {

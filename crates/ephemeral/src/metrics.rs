@@ -121,39 +121,63 @@ impl Default for EphemeralMetrics {
 }
 
 impl EphemeralMetrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`: a gateway
+    /// whose shared state is in Redis.
     pub fn register(registry: &mut Registry) -> Self {
+        let metrics = EphemeralMetrics::register_without_redis(registry);
+        metrics.register_redis(registry);
+        registry.sub_registry_with_prefix("collab").register(
+            "rate_limit_fallbacks",
+            "Rate checks decided by this gateway's own bucket while Redis was unreachable, by kind",
+            metrics.rate_limit_fallbacks.clone(),
+        );
+        metrics
+    }
+
+    /// Creates the metrics and registers in `registry` only those of the
+    /// Redis connection (round trips, errors, whether it is up): a process
+    /// that uses Redis for room expiry alone (a room node).
+    pub fn register_redis_only(registry: &mut Registry) -> Self {
         let metrics = EphemeralMetrics::default();
+        metrics.register_redis(registry);
+        metrics
+    }
+
+    fn register_redis(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("collab");
         r.register(
             "redis_request_duration_seconds",
             "Round trips to Redis (a command, pipeline or script), by operation",
-            metrics.redis_latency.clone(),
+            self.redis_latency.clone(),
         );
         r.register(
             "redis_errors",
             "Redis operations that failed or timed out, by operation",
-            metrics.redis_errors.clone(),
+            self.redis_errors.clone(),
         );
         r.register(
             "redis_up",
             "1 while Redis answers, 0 while it is unreachable",
-            metrics.redis_up.clone(),
+            self.redis_up.clone(),
         );
         r.register(
             "redis_outages",
             "Times Redis became unreachable",
-            metrics.redis_outages.clone(),
+            self.redis_outages.clone(),
         );
+    }
+
+    /// Creates the metrics and registers in `registry` only those that mean
+    /// something without Redis (requests refused by kind, revocations):
+    /// `collab serve` with its shared state in memory, which has no Redis
+    /// to watch, and so no Redis metrics to alert on.
+    pub fn register_without_redis(registry: &mut Registry) -> Self {
+        let metrics = EphemeralMetrics::default();
+        let r = registry.sub_registry_with_prefix("collab");
         r.register(
             "rate_limited",
             "Requests refused by a rate limit, by kind",
             metrics.rate_limited.clone(),
-        );
-        r.register(
-            "rate_limit_fallbacks",
-            "Rate checks decided by this gateway's own bucket while Redis was unreachable, by kind",
-            metrics.rate_limit_fallbacks.clone(),
         );
         r.register(
             "revocations_received",

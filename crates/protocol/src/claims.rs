@@ -54,6 +54,15 @@ pub struct Claims {
     /// does not know are ignored, so one token can serve several services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The token's id, for revoking this one token. `collab token` and the
+    /// dev token set a random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// When the token was issued, seconds since the Unix epoch: a
+    /// revocation of a user's tokens issued before a time covers the
+    /// tokens without it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -93,6 +102,8 @@ mod tests {
             name: None,
             rooms: rooms.map(|r| r.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
             scope: None,
+            jti: None,
+            iat: None,
         }
     }
 

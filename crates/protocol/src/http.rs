@@ -166,6 +166,69 @@ pub enum MemberRole {
     RoomNode,
 }
 
+/// `POST /v1/admin/revocations`: either `jti` (one token), or `user` with
+/// an optional `issued_before` (every token of the user issued before it;
+/// default: now).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RevocationRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<u64>,
+}
+
+/// The answer to `POST /v1/admin/revocations`: what is now refused, and
+/// until when the revocation is kept (seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revoked {
+    /// The token whose `jti` this is.
+    Token { jti: String, expires_at: u64 },
+    /// Every token of `user` issued before `issued_before`, and every token
+    /// of `user` without `iat`.
+    User {
+        user: UserId,
+        issued_before: u64,
+        expires_at: u64,
+    },
+}
+
+/// `GET /v1/users/{id}/presence`: where a user is online, across the
+/// gateways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresence {
+    pub user: UserId,
+    pub online: bool,
+    /// Open WebSocket connections, on every gateway.
+    pub connections: u32,
+    /// The gateways that hold them, sorted.
+    pub gateways: Vec<String>,
+    /// The rooms they have joined, sorted.
+    pub rooms: Vec<RoomId>,
+}
+
+/// `GET /v1/rooms/{id}/presence`: who is in a room now, as the room sees
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomPresence {
+    pub room: RoomId,
+    /// One entry per user, sorted by id.
+    pub users: Vec<PresentUser>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresentUser {
+    pub id: UserId,
+    pub name: String,
+    /// `#rrggbb`, as in `welcome`.
+    pub color: String,
+    /// The user's connections in the room.
+    pub connections: u32,
+}
+
 /// Every HTTP error: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpError {

@@ -8,7 +8,9 @@
 //! configured.
 //!
 //! Each registers the bus's metrics (NATS connection, membership) beside
-//! its own; a room node serves its router ([`collab_room_node::http`]) on
+//! its own; a gateway keeps the state it shares with the others (rate
+//! limits, revocations, presence) in the Redis that `redis` names, and a
+//! room node room expiry's deadlines (without it, rooms do not expire); a room node serves its router ([`collab_room_node::http`]) on
 //! `listen`. With `metrics_listen`, a second listener serves `/metrics`
 //! (then only there) and the probes.
 //!
@@ -27,19 +29,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use collab_bus::{Bus, BusMetrics, NatsBus, NatsBusConfig};
-use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
+use collab_ephemeral::{EphemeralMetrics, RedisClient, RedisOptions, RedisRoomExpiry, RoomExpiry};
+use collab_gateway::{Auth, Gateway, GatewayMetrics, GatewayParts, Readiness};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
 use collab_protocol::subjects::Subjects;
-use collab_room_node::{RoomNode, RoomNodeMetrics};
+use collab_room_node::{ExpiryOptions, RoomNode, RoomNodeMetrics};
 use collab_store::Store;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::config::{CollabConfig, StoreLocation};
 use crate::serve::{
-    ServeError, announce, announce_metrics, bind, bind_metrics, local_addr, open_store, spawn_http,
-    spawn_server,
+    ServeError, announce, announce_metrics, bind, bind_metrics, local_addr, open_ephemeral,
+    open_store, spawn_http, spawn_server,
 };
 
 /// Runs a gateway until `shutdown` resolves, then drains and returns.
@@ -58,21 +61,35 @@ pub async fn run_gateway(
     let bus = Arc::new(connect(&config, node.clone(), true, bus_metrics).await?);
 
     let metrics = GatewayMetrics::register(&mut registry);
-    let exporter = Exporter::new(registry, Role::Gateway, crate::VERSION);
     let mut gateway_config = config.gateway_config();
     // Connections are named after this run of the gateway, so a room node
     // that sees it leave the cluster (or restart under the same node id)
-    // drops exactly its connections.
+    // drops exactly its connections; so are its presence records.
     gateway_config.gateway_id = bus.instance().to_owned();
+    if config.redis_url().is_none() {
+        warn!(
+            "no redis configured: this gateway's rate limits, revocations and presence are its \
+             own, not the cluster's (set COLLAB_REDIS on every gateway)"
+        );
+    }
+    let ephemeral = open_ephemeral(&config, &gateway_config.gateway_id, &mut registry)?;
+    // New rooms' first deadlines go where the room nodes sweep them: the
+    // shared Redis, or nowhere without one (the room nodes' expiry is off).
+    let room_expiry = config.redis_url().map(|_| ephemeral.expiry.clone());
+    let exporter = Exporter::new(registry, Role::Gateway, crate::VERSION);
     let readiness = Arc::new(GatewayReadiness { bus: bus.clone() });
     let gateway = Gateway::new(
         gateway_config,
-        Auth::new(secret.expose(), false),
-        bus.clone(),
-        store,
-        readiness,
-        metrics,
-        exporter,
+        GatewayParts {
+            auth: Auth::new(secret.expose(), false),
+            bus: bus.clone(),
+            store,
+            readiness,
+            metrics,
+            exporter,
+            ephemeral,
+            room_expiry,
+        },
     );
 
     let metrics_listener = bind_metrics(&config).await?;
@@ -102,6 +119,9 @@ pub async fn run_gateway(
             "connections still open after the grace period; closing anyway"
         );
     }
+    // The others see this gateway's users gone now, not when its presence
+    // records expire.
+    gateway.flush_presence().await;
     // The sockets' leaves went out over the bus; now say goodbye.
     bus.leave().await;
     info!("gateway drained; bye");
@@ -120,14 +140,16 @@ pub async fn run_room_node(
     let bus: Arc<dyn Bus> = Arc::new(connect(&config, node.clone(), false, bus_metrics).await?);
 
     let metrics = RoomNodeMetrics::register(&mut registry);
-    // Room expiry needs deadlines every node shares (a room moves between
-    // nodes): off until the cluster has that shared state.
-    info!(
-        "room expiry is off in a cluster without shared deadlines; rooms are deleted only by DELETE"
-    );
+    let expiry = room_expiry(&config, &mut registry)?;
     let room_node = Arc::new(
-        RoomNode::start_with_metrics(config.room_node_config(node.clone()), store, bus, metrics)
-            .await?,
+        RoomNode::start_with(
+            config.room_node_config(node.clone()),
+            store,
+            bus,
+            metrics,
+            expiry,
+        )
+        .await?,
     );
     let exporter = Exporter::new(registry, Role::RoomNode, crate::VERSION);
 
@@ -163,6 +185,30 @@ pub async fn run_room_node(
     room_node.drain(grace).await;
     info!("room node drained; bye");
     Ok(())
+}
+
+/// Room expiry needs deadlines every node shares (a room moves between
+/// nodes): the cluster's Redis, where the gateways record new rooms'
+/// deadlines too. Without one it is off.
+fn room_expiry(
+    config: &CollabConfig,
+    registry: &mut Registry,
+) -> Result<Option<ExpiryOptions>, ServeError> {
+    let Some(url) = config.redis_url() else {
+        info!(
+            "room expiry is off in a cluster without redis (shared deadlines); rooms are deleted \
+             only by DELETE"
+        );
+        return Ok(None);
+    };
+    let metrics = EphemeralMetrics::register_redis_only(registry);
+    let client =
+        RedisClient::connect(RedisOptions::new(url), metrics).map_err(ServeError::Redis)?;
+    let deadlines: Arc<dyn RoomExpiry> = Arc::new(RedisRoomExpiry::new(client));
+    Ok(Some(ExpiryOptions::new(
+        deadlines,
+        config.rooms.expiry_sweep(),
+    )))
 }
 
 async fn open_shared_store(config: &CollabConfig) -> Result<Arc<dyn Store>, ServeError> {

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use collab_ephemeral::RedisOptions;
 use collab_gateway::GatewayConfig;
 use collab_protocol::{Limits, NodeId};
 use collab_room_node::RoomNodeConfig;
@@ -49,6 +50,11 @@ pub struct CollabConfig {
     /// Where rooms are stored: `embedded` (a file in `data_dir`) or a CQL
     /// cluster, `cql://host:port[,host:port…]/keyspace[?option=value…]`.
     pub store: String,
+    /// Where the gateways keep the state they share (rate limits, revoked
+    /// tokens, who is online, room expiry): `redis://[user:password@]host:port[/db]`.
+    /// Empty: in this process's memory, which suits `collab serve` alone;
+    /// every gateway of a cluster needs the same Redis.
+    pub redis: String,
     /// The HS256 secret tokens are signed with. Unset: dev mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<Secret>,
@@ -69,6 +75,7 @@ impl Default for CollabConfig {
             metrics_listen: None,
             data_dir: PathBuf::from("./data"),
             store: EMBEDDED_STORE.to_owned(),
+            redis: String::new(),
             jwt_secret: None,
             log_format: LogFormat::Text,
             drain_grace_secs: 10,
@@ -104,6 +111,12 @@ impl CollabConfig {
                 self.store
             ))
         }
+    }
+
+    /// The Redis URL, when the shared state is in Redis.
+    pub fn redis_url(&self) -> Option<&str> {
+        let url = self.redis.trim();
+        (!url.is_empty()).then_some(url)
     }
 
     pub fn drain_grace(&self) -> Duration {
@@ -300,6 +313,8 @@ pub struct Flags {
     pub metrics_listen: Option<String>,
     pub data_dir: Option<String>,
     pub store: Option<String>,
+    /// `--redis`.
+    pub redis: Option<String>,
     pub jwt_secret: Option<String>,
     pub log_format: Option<String>,
     /// `--nats`: `cluster.nats_url`.
@@ -319,6 +334,7 @@ impl Flags {
             ),
             (&["data_dir"], "--data-dir", &self.data_dir),
             (&["store"], "--store", &self.store),
+            (&["redis"], "--redis", &self.redis),
             (&["jwt_secret"], "--jwt-secret", &self.jwt_secret),
             (&["log_format"], "--log-format", &self.log_format),
             (&["cluster", "nats_url"], "--nats", &self.nats_url),
@@ -669,6 +685,8 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     at_least_one("gateway.ping_interval_secs", g.ping_interval_secs);
     at_least_one("gateway.idle_timeout_secs", g.idle_timeout_secs);
     at_least_one("gateway.request_timeout_secs", g.request_timeout_secs);
+    at_least_one("gateway.max_token_lifetime_secs", g.max_token_lifetime_secs);
+    at_least_one("gateway.presence_ttl_secs", g.presence_ttl_secs);
     let l = &g.limits;
     at_least_one(
         "gateway.limits.max_message_bytes",
@@ -719,6 +737,14 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     }
     if let Err(e) = config.store_location() {
         issues.push(("store", e));
+    }
+    if let Some(url) = config.redis_url()
+        && let Err(e) = RedisOptions::check_url(url)
+    {
+        issues.push((
+            "redis",
+            format!("{e} (redis://[user:password@]host:port[/db], or empty for none)"),
+        ));
     }
     let c = &config.cluster;
     if c.nats_url.trim().is_empty() {

@@ -14,8 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use collab::config::{self, CollabConfig, Flags};
 use collab::secret::SecretError;
 use collab::serve::ServeError;
-use collab::token::{RoomGrant, TokenRequest};
+use collab::token::{RevokeError, RevokeTarget, RoomGrant, TokenRequest};
 use collab::{EXIT_USAGE, cluster, secret, serve, signals, telemetry, token};
+use collab_gateway::now_secs;
 
 /// mimalloc instead of the system allocator: measured cheaper under load
 /// (docs/adr/0004-mimalloc.md).
@@ -48,8 +49,9 @@ enum Command {
     /// store.
     RoomNode(ClusterArgs),
     /// Mint a JWT signed with the configured secret (or a dev server's
-    /// secret from --data-dir) and print it.
-    Token(TokenArgs),
+    /// secret from --data-dir) and print it; `collab token revoke` revokes
+    /// tokens on every gateway.
+    Token(TokenCommand),
 }
 
 /// The settings every command reads.
@@ -89,6 +91,11 @@ struct ServeArgs {
     /// Log format, text or json [env: COLLAB_LOG_FORMAT] [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// The Redis the gateways share rate limits, revoked tokens and
+    /// presence through, redis://host:port[/db] [env: COLLAB_REDIS]
+    /// [default: none, kept in this process]
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -106,13 +113,52 @@ struct ClusterArgs {
     node_id: Option<String>,
 }
 
+/// `collab token [--user …]` mints; `collab token revoke …` revokes.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct TokenCommand {
+    #[command(subcommand)]
+    action: Option<TokenAction>,
+    #[command(flatten)]
+    mint: TokenArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Revoke one token (--jti) or every token of a user issued before a
+    /// time (--user, --before): every gateway following the Redis refuses
+    /// them and closes their sockets with 4001 within a second. Needs
+    /// --redis (or COLLAB_REDIS); a `collab serve` without Redis takes
+    /// revocations at POST /v1/admin/revocations instead.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The Redis the gateways share [env: COLLAB_REDIS]
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// The id (`jti` claim) of the one token to revoke
+    #[arg(long, value_name = "ID", conflicts_with_all = ["user", "before"], required_unless_present = "user")]
+    jti: Option<String>,
+    /// Revoke every token of this user issued before --before
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// With --user: the cut-off, seconds since the Unix epoch or RFC 3339
+    /// (2025-01-31T12:00:00Z) [default: now]
+    #[arg(long, value_name = "TIME", requires = "user")]
+    before: Option<String>,
+}
+
 #[derive(Debug, Args)]
 struct TokenArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// The user id (the `sub` claim)
-    #[arg(long)]
-    user: String,
+    #[arg(long, required = true)]
+    user: Option<String>,
     /// Display name
     #[arg(long)]
     name: Option<String>,
@@ -148,7 +194,14 @@ fn main() -> ExitCode {
             node_id: args.node_id.clone(),
             ..server_flags(&args.server)
         },
-        Command::Token(args) => flags(&args.config),
+        Command::Token(TokenCommand {
+            action: Some(TokenAction::Revoke(args)),
+            ..
+        }) => Flags {
+            redis: args.redis.clone(),
+            ..flags(&args.config)
+        },
+        Command::Token(args) => flags(&args.mint.config),
     };
     let env = config::process_env();
     let config = match config::load(&flags, &env) {
@@ -163,7 +216,11 @@ fn main() -> ExitCode {
         Command::Serve(_) => run_server(Server::Serve, config, unknown_env),
         Command::Gateway(_) => run_server(Server::Gateway, config, unknown_env),
         Command::RoomNode(_) => run_server(Server::RoomNode, config, unknown_env),
-        Command::Token(args) => run_token(&config, args),
+        Command::Token(TokenCommand {
+            action: Some(TokenAction::Revoke(args)),
+            ..
+        }) => run_revoke(&config, args),
+        Command::Token(args) => run_token(&config, args.mint),
     }
 }
 
@@ -172,6 +229,7 @@ fn server_flags(args: &ServeArgs) -> Flags {
         listen: args.listen.clone(),
         metrics_listen: args.metrics_listen.clone(),
         log_format: args.log_format.clone(),
+        redis: args.redis.clone(),
         ..flags(&args.config)
     }
 }
@@ -249,9 +307,11 @@ fn run_token(config: &CollabConfig, args: TokenArgs) -> ExitCode {
         }
     };
     let request = TokenRequest {
-        user: args.user,
+        // Required by the parser whenever no subcommand is given.
+        user: args.user.unwrap_or_default(),
         name: args.name,
         ttl: Duration::from_secs(args.ttl_secs),
+        max_ttl: Duration::from_secs(config.gateway.max_token_lifetime_secs),
         rooms: args.room,
         admin: args.admin,
     };
@@ -264,5 +324,42 @@ fn run_token(config: &CollabConfig, args: TokenArgs) -> ExitCode {
             eprintln!("collab: {e}");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+fn run_revoke(config: &CollabConfig, args: RevokeArgs) -> ExitCode {
+    let fail = |e: RevokeError| {
+        eprintln!("collab: {e}");
+        ExitCode::from(if e.is_usage() { EXIT_USAGE } else { 1 })
+    };
+    let Some(redis) = config.redis_url() else {
+        return fail(RevokeError::NoRedis);
+    };
+    let target =
+        match RevokeTarget::from_flags(args.jti, args.user, args.before.as_deref(), now_secs()) {
+            Ok(target) => target,
+            Err(e) => return fail(e),
+        };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("collab: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let lifetime = Duration::from_secs(config.gateway.max_token_lifetime_secs);
+    match runtime.block_on(token::revoke(redis, lifetime, target)) {
+        Ok(revoked) => {
+            // What POST /v1/admin/revocations answers, for scripts.
+            match serde_json::to_string(&revoked) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("collab: revoked, but cannot print it: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }

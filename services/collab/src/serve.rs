@@ -3,17 +3,18 @@
 //! the data dir, or in a CQL cluster (`--store cql://…`).
 //!
 //! With `metrics_listen`, a second listener serves `/metrics` (then only
-//! there) and the probes.
+//! there) and the probes. The state gateways share (rate limits,
+//! revocations, presence) is in memory, or in Redis with `redis`.
 //!
-//! Room expiry keeps its deadlines in memory: the gateway records a new
-//! room's, the room node the deadline of each room that stops, and sweeps
-//! them. They do not survive a restart: a room's clock then starts again
-//! when it is next used.
+//! Room expiry keeps its deadlines with the rest of the shared state: the
+//! gateway records a new room's, the room node the deadline of each room
+//! that stops, and sweeps them. In memory they do not survive a restart: a
+//! room's clock then starts again when it is next used; in Redis they do.
 //!
 //! Shutdown order (on the future passed to [`run`], normally SIGTERM):
 //! readiness fails and every WebSocket is closed with 1001, the listener
 //! stops accepting, the room node finishes its batches and snapshots every
-//! room, and the store is closed.
+//! room, presence is written out, and the store is closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,8 +25,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use collab_bus::{Bus, InProcessBus};
-use collab_ephemeral::{MemoryRoomExpiry, RoomExpiry};
-use collab_gateway::{Auth, Gateway, GatewayMetrics, Readiness};
+use collab_ephemeral::{Ephemeral, EphemeralError, EphemeralMetrics, RedisClient, RedisOptions};
+use collab_gateway::{Auth, Gateway, GatewayMetrics, GatewayParts, Readiness};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
 use collab_room_node::{ExpiryOptions, RoomNode, RoomNodeMetrics, StartError};
@@ -81,6 +82,8 @@ pub enum ServeError {
         "a cluster keeps its rooms in a store every node reaches: set store = cql://host:port/keyspace (COLLAB_STORE or --store)"
     )]
     ClusterWithoutSharedStore,
+    #[error("cannot set up redis: {0}")]
+    Redis(EphemeralError),
     #[error("cannot join the cluster: {0}")]
     Bus(#[from] collab_bus::NatsBusError),
     #[error("internal: {0}")]
@@ -94,6 +97,7 @@ impl ServeError {
         matches!(
             self,
             ServeError::DevModeNotLoopback(_)
+                | ServeError::Redis(EphemeralError::BadUrl(_))
                 | ServeError::ClusterWithoutSecret
                 | ServeError::ClusterWithoutSharedStore
         )
@@ -152,13 +156,14 @@ pub async fn run(
     }
     let room_metrics = RoomNodeMetrics::register(&mut registry);
     let metrics = GatewayMetrics::register(&mut registry);
+    let ephemeral = open_ephemeral(&config, &config.gateway.gateway_id, &mut registry)?;
     let exporter = Exporter::new(registry, Role::Serve, crate::VERSION);
 
     let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
     let room_config = config.room_node_config(node);
     // One process: the gateway records new rooms' deadlines where the room
-    // node sweeps them.
-    let deadlines: Arc<dyn RoomExpiry> = Arc::new(MemoryRoomExpiry::new());
+    // node sweeps them (in memory, or in Redis with `redis`).
+    let deadlines = ephemeral.expiry.clone();
     let expiry = ExpiryOptions::new(deadlines.clone(), config.rooms.expiry_sweep());
     let room_node = Arc::new(
         RoomNode::start_with(
@@ -176,14 +181,17 @@ pub async fn run(
     });
     let gateway = Gateway::new(
         config.gateway_config(),
-        auth,
-        bus,
-        store,
-        readiness,
-        metrics,
-        exporter,
-    )
-    .with_room_expiry(deadlines);
+        GatewayParts {
+            auth,
+            bus,
+            store,
+            readiness,
+            metrics,
+            exporter,
+            ephemeral,
+            room_expiry: Some(deadlines),
+        },
+    );
 
     let metrics_listener = bind_metrics(&config).await?;
     let listener = bind(config.listen).await?;
@@ -230,8 +238,43 @@ pub async fn run(
             "connections still open after the grace period; closing anyway"
         ),
     }
+    gateway.flush_presence().await;
     info!("drained; bye");
     Ok(())
+}
+
+/// The state this process's gateway shares with the others: in the Redis
+/// that `redis` names, else in memory. Registers its metrics (the Redis
+/// ones only with Redis). Does not wait for Redis: a gateway serves with
+/// Redis down.
+pub(crate) fn open_ephemeral(
+    config: &CollabConfig,
+    gateway_id: &str,
+    registry: &mut Registry,
+) -> Result<Ephemeral, ServeError> {
+    let mut options = config.gateway.ephemeral_options();
+    options.gateway_id = gateway_id.to_owned();
+    match config.redis_url() {
+        None => {
+            info!("shared state (rate limits, revocations, presence) in this process");
+            let metrics = EphemeralMetrics::register_without_redis(registry);
+            Ok(Ephemeral::in_memory(&options, metrics))
+        }
+        Some(url) => {
+            let metrics = EphemeralMetrics::register(registry);
+            let client =
+                RedisClient::connect(RedisOptions::new(url), metrics).map_err(ServeError::Redis)?;
+            info!(redis = %redis_address(url), "shared state (rate limits, revocations, presence) in redis");
+            Ok(Ephemeral::redis(client, &options))
+        }
+    }
+}
+
+/// `host:port` of a Redis URL, for the logs: the URL may hold a password.
+fn redis_address(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 /// Serves the gateway on `listener` in a task, until the returned sender

@@ -1,12 +1,17 @@
 //! `collab token`: mints a JWT that a collab server with the same secret
-//! accepts.
+//! accepts; `collab token revoke` revokes tokens through the Redis every
+//! gateway of a cluster follows.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use collab_gateway::{Auth, now_secs};
+use collab_ephemeral::{
+    EphemeralError, EphemeralMetrics, RedisClient, RedisOptions, RedisRevocations, Revocations,
+};
+use collab_gateway::{Auth, new_token_id, now_secs};
+use collab_protocol::http::Revoked;
 use collab_protocol::{Access, Claims, RoomId, Scope, UserId};
 
 /// `"*"` in the `rooms` claim: every room.
@@ -18,6 +23,10 @@ pub enum TokenError {
     User(String),
     #[error("--ttl-secs must be at least 1")]
     Ttl,
+    #[error(
+        "--ttl-secs {ttl} is longer than gateway.max_token_lifetime_secs ({max}): the token would outlive its revocation"
+    )]
+    TtlTooLong { ttl: u64, max: u64 },
     #[error("room {0} is given twice")]
     DuplicateRoom(String),
     #[error("cannot sign the token: {0}")]
@@ -73,6 +82,9 @@ pub struct TokenRequest {
     pub user: String,
     pub name: Option<String>,
     pub ttl: Duration,
+    /// The longest lifetime the gateways keep a revocation for
+    /// (`gateway.max_token_lifetime_secs`).
+    pub max_ttl: Duration,
     /// Empty: write access to every room (no `rooms` claim).
     pub rooms: Vec<RoomGrant>,
     /// The `admin` scope: the operators' inspection endpoints.
@@ -85,6 +97,12 @@ pub fn claims(request: &TokenRequest, now: u64) -> Result<Claims, TokenError> {
     UserId::parse(request.user.as_str()).map_err(|e| TokenError::User(e.to_string()))?;
     if request.ttl.as_secs() == 0 {
         return Err(TokenError::Ttl);
+    }
+    if request.ttl > request.max_ttl {
+        return Err(TokenError::TtlTooLong {
+            ttl: request.ttl.as_secs(),
+            max: request.max_ttl.as_secs(),
+        });
     }
     let rooms = if request.rooms.is_empty() {
         None
@@ -103,6 +121,8 @@ pub fn claims(request: &TokenRequest, now: u64) -> Result<Claims, TokenError> {
         name: request.name.clone(),
         rooms,
         scope: request.admin.then(|| Scope::Admin.as_str().to_owned()),
+        jti: Some(new_token_id()),
+        iat: Some(now),
     })
 }
 
@@ -115,6 +135,145 @@ pub fn mint(secret: &[u8], request: &TokenRequest) -> Result<String, TokenError>
         .map_err(|e| TokenError::Sign(e.to_string()))
 }
 
+// === revoke ===
+
+/// What `collab token revoke` revokes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// `--jti ID`: one token.
+    Token(String),
+    /// `--user U [--before TIME]`: every token of the user issued before
+    /// the time (tokens without `iat` too).
+    User { user: UserId, issued_before: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error(
+        "collab token revoke needs the Redis the gateways share: give --redis redis://host:port \
+         (or COLLAB_REDIS); a collab serve without redis keeps its revocations in its own \
+         memory: use POST /v1/admin/revocations on it with an admin token"
+    )]
+    NoRedis,
+    #[error("give --jti ID, or --user USER [--before TIME]")]
+    Target,
+    #[error("bad user id: {0}")]
+    User(String),
+    #[error(
+        "bad --before {0:?}: seconds since the Unix epoch, or an RFC 3339 time (2025-01-31T12:00:00Z)"
+    )]
+    Before(String),
+    #[error("--before must not be in the future")]
+    BeforeInFuture,
+    #[error("redis did not answer within {0:?}: nothing was revoked")]
+    Unreachable(Duration),
+    #[error("redis did not take the revocation: {0}")]
+    Redis(EphemeralError),
+}
+
+impl RevokeError {
+    /// Whether the command line is at fault (exit code 64).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RevokeError::NoRedis
+                | RevokeError::Target
+                | RevokeError::User(_)
+                | RevokeError::Before(_)
+                | RevokeError::BeforeInFuture
+                | RevokeError::Redis(EphemeralError::BadUrl(_))
+        )
+    }
+}
+
+/// How long to wait for Redis to answer before giving up.
+const REVOKE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RevokeTarget {
+    /// The target the flags name: `jti`, or `user` with `before` (seconds
+    /// since the Unix epoch or RFC 3339; default `now`).
+    pub fn from_flags(
+        jti: Option<String>,
+        user: Option<String>,
+        before: Option<&str>,
+        now: u64,
+    ) -> Result<RevokeTarget, RevokeError> {
+        match (jti, user) {
+            (Some(jti), None) if !jti.is_empty() && before.is_none() => {
+                Ok(RevokeTarget::Token(jti))
+            }
+            (None, Some(user)) => {
+                let user = UserId::parse(user).map_err(|e| RevokeError::User(e.to_string()))?;
+                let issued_before = match before {
+                    None => now,
+                    Some(text) => parse_time(text)?,
+                };
+                if issued_before > now {
+                    return Err(RevokeError::BeforeInFuture);
+                }
+                Ok(RevokeTarget::User {
+                    user,
+                    issued_before,
+                })
+            }
+            _ => Err(RevokeError::Target),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, or an RFC 3339 time.
+fn parse_time(text: &str) -> Result<u64, RevokeError> {
+    let bad = || RevokeError::Before(text.to_owned());
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(secs);
+    }
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| bad())?;
+    u64::try_from(time.unix_timestamp()).map_err(|_| bad())
+}
+
+/// Revokes `target` in the Redis at `redis_url`: every gateway following it
+/// refuses the token(s) from now on and closes their sockets. A revocation
+/// of one token is kept for `max_token_lifetime` (its expiry is not known
+/// here); of a user's tokens, until `max_token_lifetime` after the cut-off.
+pub async fn revoke(
+    redis_url: &str,
+    max_token_lifetime: Duration,
+    target: RevokeTarget,
+) -> Result<Revoked, RevokeError> {
+    let client = RedisClient::connect(RedisOptions::new(redis_url), EphemeralMetrics::default())
+        .map_err(RevokeError::Redis)?;
+    if !client.wait_until_up(REVOKE_CONNECT_TIMEOUT).await {
+        return Err(RevokeError::Unreachable(REVOKE_CONNECT_TIMEOUT));
+    }
+    let revocations = RedisRevocations::new(client, max_token_lifetime);
+    let lifetime = max_token_lifetime.as_secs();
+    match target {
+        RevokeTarget::Token(jti) => {
+            let expires_at = now_secs().saturating_add(lifetime);
+            revocations
+                .revoke_token(&jti, expires_at)
+                .await
+                .map_err(RevokeError::Redis)?;
+            Ok(Revoked::Token { jti, expires_at })
+        }
+        RevokeTarget::User {
+            user,
+            issued_before,
+        } => {
+            revocations
+                .revoke_user(&user, issued_before)
+                .await
+                .map_err(RevokeError::Redis)?;
+            Ok(Revoked::User {
+                user,
+                issued_before,
+                expires_at: issued_before.saturating_add(lifetime),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +283,7 @@ mod tests {
             user: "ann".into(),
             name: Some("Ann".into()),
             ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
             rooms: rooms
                 .iter()
                 .map(|r| r.parse().expect("valid grant"))
@@ -158,6 +318,69 @@ mod tests {
         assert_eq!(rooms.get("*"), Some(&Access::Write));
         assert_eq!(claims(&request(&[]), 0).expect("valid").rooms, None);
         assert_eq!(c.scope, None);
+        // Issued now, with an id of its own for revoking it.
+        assert_eq!(c.iat, Some(1000));
+        let jti = c.jti.expect("a jti");
+        assert_eq!(jti.len(), 32, "{jti}");
+        assert_ne!(claims(&request(&[]), 1000).expect("valid").jti, Some(jti));
+    }
+
+    #[test]
+    fn revoke_targets_parse_from_the_flags() {
+        let now = 1_700_000_000;
+        assert_eq!(
+            RevokeTarget::from_flags(Some("t1".into()), None, None, now).expect("jti"),
+            RevokeTarget::Token("t1".into())
+        );
+        let user =
+            |before: Option<&str>| RevokeTarget::from_flags(None, Some("ann".into()), before, now);
+        let ann = UserId::parse("ann").expect("user");
+        assert_eq!(
+            user(None).expect("now"),
+            RevokeTarget::User {
+                user: ann.clone(),
+                issued_before: now
+            }
+        );
+        assert_eq!(
+            user(Some("1600000000")).expect("seconds"),
+            RevokeTarget::User {
+                user: ann.clone(),
+                issued_before: 1_600_000_000
+            }
+        );
+        assert_eq!(
+            user(Some("2023-11-14T22:13:20Z")).expect("rfc 3339"),
+            RevokeTarget::User {
+                user: ann,
+                issued_before: 1_700_000_000
+            }
+        );
+        assert!(matches!(
+            user(Some("yesterday")),
+            Err(RevokeError::Before(_))
+        ));
+        assert!(matches!(
+            user(Some("1700000001")),
+            Err(RevokeError::BeforeInFuture)
+        ));
+        for (jti, user, before) in [
+            (None, None, None),
+            (Some("t"), Some("ann"), None),
+            (Some(""), None, None),
+            (Some("t"), None, Some("5")),
+        ] {
+            let target =
+                RevokeTarget::from_flags(jti.map(Into::into), user.map(Into::into), before, now);
+            assert!(
+                matches!(target, Err(RevokeError::Target)),
+                "{jti:?} {user:?} {before:?}"
+            );
+        }
+        assert!(matches!(
+            RevokeTarget::from_flags(None, Some(String::new()), None, now),
+            Err(RevokeError::User(_))
+        ));
     }
 
     #[test]
@@ -188,6 +411,15 @@ mod tests {
         let mut r = request(&[]);
         r.ttl = Duration::ZERO;
         assert_eq!(claims(&r, 0), Err(TokenError::Ttl));
+        let mut r = request(&[]);
+        r.ttl = Duration::from_secs(3601);
+        assert_eq!(
+            claims(&r, 0),
+            Err(TokenError::TtlTooLong {
+                ttl: 3601,
+                max: 3600
+            })
+        );
         assert_eq!(
             claims(&request(&["a=read", "a=write"]), 0),
             Err(TokenError::DuplicateRoom("a".into()))

@@ -1,6 +1,7 @@
-//! The operators' inspection endpoints, for tokens with the `admin` scope:
-//! a room as its owner sees it (`GET /v1/admin/rooms/{id}`) and the
-//! members of the cluster with what each holds (`GET /v1/admin/cluster`).
+//! The operators' endpoints, for tokens with the `admin` scope: a room as
+//! its owner sees it (`GET /v1/admin/rooms/{id}`), the members of the
+//! cluster with what each holds (`GET /v1/admin/cluster`), and token
+//! revocation (`POST /v1/admin/revocations`).
 //!
 //! A room's view is asked of its owner over the bus, like any request for
 //! the room; the owner answers from the live actor, or, for a room that is
@@ -10,29 +11,45 @@
 //! gateway sees it, with the figures each member announced in its last
 //! heartbeat; `collab serve` shows its one process, counted on the spot.
 //!
+//! A revocation is kept in the gateway's [`Revocations`]: it is refused
+//! here at once, and (through Redis) by every other gateway within a
+//! second; each closes the sockets it covers (see [`crate::revoke`]).
+//!
 //! Checks run in this order: authentication (401), the admin scope (403,
-//! whatever the rest of the request), the room id (400), the room's
-//! existence (404).
+//! whatever the rest of the request), the room id or the body (400), the
+//! room's existence (404).
+//!
+//! [`Revocations`]: collab_ephemeral::Revocations
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use collab_bus::{BusError, Members};
 use collab_protocol::envelope::{RoomInspection, RoomReply, RoomRequest};
 use collab_protocol::http::{
-    AdminCluster, AdminRoom, ClusterMember, ClusterMode, LastCommit, MemberRole, RoomOwner,
+    AdminCluster, AdminRoom, ClusterMember, ClusterMode, LastCommit, MemberRole, RevocationRequest,
+    Revoked, RoomOwner,
 };
-use collab_protocol::{ErrorCode, NodeId, RoomId, Scope, Seq};
+use collab_protocol::{ErrorCode, NodeId, RoomId, Scope, Seq, UserId};
 
 use crate::Shared;
+use crate::auth::now_secs;
 use crate::error::ApiError;
-use crate::http::{ApiResult, Caller, authenticate, forbidden, path_room_id, reply};
+use crate::http::{
+    ApiResult, Caller, authenticate, bad_request, forbidden, parse_json, path_room_id, reply,
+};
+
+/// The longest `jti` a revocation takes.
+const MAX_JTI_LEN: usize = 256;
+/// How far in the future `issued_before` may be: clocks differ a little.
+const ISSUED_BEFORE_SKEW_SECS: u64 = 60;
 
 #[cfg(test)]
 mod tests;
@@ -42,11 +59,12 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/admin/rooms/{id}", get(room))
         .route("/v1/admin/cluster", get(cluster))
+        .route("/v1/admin/revocations", post(revoke))
 }
 
 /// An authenticated caller whose token has the admin scope.
-fn admin(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let caller = authenticate(shared, headers)?;
+async fn admin(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = authenticate(shared, headers).await?;
     if !caller.claims.has_scope(Scope::Admin) {
         return Err(forbidden(
             "the admin endpoints need a token with the admin scope",
@@ -71,7 +89,7 @@ async fn room_inner(
     headers: &HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    admin(shared, headers)?;
+    admin(shared, headers).await?;
     let room = path_room_id(id)?;
     let record = shared
         .store
@@ -106,7 +124,7 @@ async fn room_inner(
 }
 
 /// The owner's view of `room`, asked over the bus like any request.
-async fn ask_owner(shared: &Shared, room: &RoomId) -> Result<RoomInspection, ApiError> {
+pub(crate) async fn ask_owner(shared: &Shared, room: &RoomId) -> Result<RoomInspection, ApiError> {
     let timeout = Duration::from_secs(shared.config.request_timeout_secs);
     let request = RoomRequest::Inspect { room: room.clone() };
     match shared.bus.request(request, timeout).await {
@@ -161,12 +179,12 @@ fn unavailable(message: impl Into<String>) -> ApiError {
 // === GET /v1/admin/cluster ===
 
 async fn cluster(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = cluster_inner(&shared, &headers);
+    let result = cluster_inner(&shared, &headers).await;
     reply(&shared, "admin_cluster", result)
 }
 
-fn cluster_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
-    admin(shared, headers)?;
+async fn cluster_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
+    admin(shared, headers).await?;
     let body = match shared.bus.members() {
         Some(members) => AdminCluster {
             mode: ClusterMode::Cluster,
@@ -238,4 +256,98 @@ fn local_members(shared: &Shared) -> Vec<ClusterMember> {
     let mut members: Vec<ClusterMember> = gateway.into_iter().chain(room_node).collect();
     members.sort_by(|a, b| (&a.node, a.role).cmp(&(&b.node, b.role)));
     members
+}
+
+// === POST /v1/admin/revocations ===
+
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = revoke_inner(&shared, &headers, body).await;
+    reply(&shared, "admin_revocations", result)
+}
+
+async fn revoke_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = admin(shared, headers).await?;
+    let request: RevocationRequest = parse_json(body)?;
+    let now = now_secs();
+    let revocations = &shared.ephemeral.revocations;
+    let (revoked, stored) = match checked_revocation(request, now)? {
+        Revocation::Token(jti) => {
+            let expires_at = now.saturating_add(shared.config.max_token_lifetime_secs);
+            let stored = revocations.revoke_token(&jti, expires_at).await;
+            (Revoked::Token { jti, expires_at }, stored)
+        }
+        Revocation::User {
+            user,
+            issued_before,
+        } => {
+            let stored = revocations.revoke_user(&user, issued_before).await;
+            let expires_at = issued_before.saturating_add(shared.config.max_token_lifetime_secs);
+            let revoked = Revoked::User {
+                user,
+                issued_before,
+                expires_at,
+            };
+            (revoked, stored)
+        }
+    };
+    tracing::info!(by = %caller.user, revoked = ?revoked, shared = stored.is_ok(), "token revocation");
+    if let Err(e) = stored {
+        // This gateway refuses it already and hands it to Redis when it is
+        // back; the others learn it then. The same request again is safe.
+        return Err(unavailable(format!(
+            "revoked on this gateway only, the shared store did not take it ({e}); \
+             it reaches the other gateways once it does: retry to be sure"
+        )));
+    }
+    Ok(Json(revoked).into_response())
+}
+
+/// A revocation request, checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Revocation {
+    Token(String),
+    User { user: UserId, issued_before: u64 },
+}
+
+fn checked_revocation(request: RevocationRequest, now: u64) -> Result<Revocation, ApiError> {
+    match (request.jti, request.user) {
+        (Some(jti), None) => {
+            if request.issued_before.is_some() {
+                return Err(bad_request(
+                    "issued_before goes with user, not with jti (a token id names one token)",
+                ));
+            }
+            if jti.is_empty() || jti.chars().count() > MAX_JTI_LEN {
+                return Err(bad_request(format!(
+                    "jti must be 1 to {MAX_JTI_LEN} characters"
+                )));
+            }
+            Ok(Revocation::Token(jti))
+        }
+        (None, Some(user)) => {
+            let user = UserId::parse(user)?;
+            let issued_before = request.issued_before.unwrap_or(now);
+            if issued_before > now.saturating_add(ISSUED_BEFORE_SKEW_SECS) {
+                return Err(bad_request(
+                    "issued_before must not be in the future (seconds since the Unix epoch)",
+                ));
+            }
+            Ok(Revocation::User {
+                user,
+                issued_before,
+            })
+        }
+        (Some(_), Some(_)) => Err(bad_request("give either jti or user, not both")),
+        (None, None) => Err(bad_request(
+            "give jti (one token) or user (every token of the user issued before issued_before)",
+        )),
+    }
 }

@@ -1,5 +1,8 @@
 //! The gateway's settings.
 
+use std::time::Duration;
+
+use collab_ephemeral::{EphemeralOptions, Rate};
 use collab_protocol::Limits;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +29,15 @@ pub struct GatewayConfig {
     /// Seconds to wait for a room's answer before `unavailable`.
     pub request_timeout_secs: u64,
     pub rate_limits: RateLimits,
+    /// How long a revocation is kept: a revoked token id for this long
+    /// after its revocation, a user's cut-off for this long after it. A
+    /// token that lives longer than this outlives its revocation, so
+    /// `collab token` mints none that does.
+    pub max_token_lifetime_secs: u64,
+    /// How long this gateway's entries in the shared presence records live
+    /// without a renewal (renewed every third of it): the users of a
+    /// gateway that died disappear from presence after this long.
+    pub presence_ttl_secs: u64,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -49,8 +61,21 @@ impl Default for GatewayConfig {
             idle_timeout_secs: 60,
             request_timeout_secs: 15,
             rate_limits: RateLimits::default(),
+            max_token_lifetime_secs: 7 * 24 * 60 * 60,
+            presence_ttl_secs: 15,
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// What the shared state needs to know of this gateway.
+    pub fn ephemeral_options(&self) -> EphemeralOptions {
+        EphemeralOptions {
+            gateway_id: self.gateway_id.clone(),
+            presence_ttl: Duration::from_secs(self.presence_ttl_secs.max(1)),
+            max_token_lifetime: Duration::from_secs(self.max_token_lifetime_secs),
         }
     }
 }
@@ -88,5 +113,27 @@ impl Default for RateLimits {
             http_per_sec: 50.0,
             http_burst: 100.0,
         }
+    }
+}
+
+impl RateLimits {
+    pub fn ops(&self) -> Rate {
+        Rate::per_sec(self.ops_per_sec, self.ops_burst)
+    }
+
+    pub fn cursors(&self) -> Rate {
+        Rate::per_sec(self.cursors_per_sec, self.cursors_burst)
+    }
+
+    pub fn joins(&self) -> Rate {
+        Rate::per_sec(self.joins_per_sec, self.joins_burst)
+    }
+
+    pub fn rooms(&self) -> Rate {
+        Rate::per_min(self.rooms_per_min, self.rooms_burst)
+    }
+
+    pub fn http(&self) -> Rate {
+        Rate::per_sec(self.http_per_sec, self.http_burst)
     }
 }

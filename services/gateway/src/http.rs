@@ -65,6 +65,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(room_info).delete(delete_room))
         .route("/v1/rooms/{id}/history", get(history))
+        .route("/v1/rooms/{id}/presence", get(crate::presence::room))
+        .route("/v1/users/{id}/presence", get(crate::presence::user))
         .route("/v1/me/rooms", get(my_rooms))
         .route("/v1/dev/token", post(dev_token))
         .route("/healthz", get(healthz))
@@ -111,7 +113,7 @@ async fn create_room_inner(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = authenticate(shared, headers)?;
+    let caller = authenticate(shared, headers).await?;
     let request: CreateRoomRequest = parse_json(body)?;
     let id = request.id.map(RoomId::parse).transpose()?;
     let members = request
@@ -126,7 +128,7 @@ async fn create_room_inner(
     }
     // Checked last among the caller's faults so a request that could never
     // succeed does not use up the caller's allowance.
-    if !shared.limiters.rooms.allow(&caller.claims.sub) {
+    if !shared.limiters.rooms.acquire(&caller.claims.sub).await {
         return Err(rate_limited("too many rooms created, slow down"));
     }
 
@@ -187,7 +189,7 @@ async fn room_info_inner(
     headers: &HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    let caller = authenticate(shared, headers)?;
+    let caller = authenticate(shared, headers).await?;
     let room = path_room_id(id)?;
     let record = readable_room(shared, &caller, &room).await?;
     let head = shared.store.head(&room).await?;
@@ -218,7 +220,7 @@ async fn delete_room_inner(
     headers: &HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    let caller = authenticate(shared, headers)?;
+    let caller = authenticate(shared, headers).await?;
     let room = path_room_id(id)?;
     let admin = caller.claims.has_scope(Scope::Admin);
     // Checked before existence, so that a token never learns which rooms
@@ -297,7 +299,7 @@ async fn history_inner(
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult {
-    let caller = authenticate(shared, headers)?;
+    let caller = authenticate(shared, headers).await?;
     let room = path_room_id(id)?;
     let Query(query) =
         query.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
@@ -336,7 +338,7 @@ async fn my_rooms(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
 }
 
 async fn my_rooms_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
-    let caller = authenticate(shared, headers)?;
+    let caller = authenticate(shared, headers).await?;
     let rooms = shared
         .store
         .rooms_of_user(&caller.user)
@@ -360,11 +362,11 @@ async fn dev_token(
     // Served without connection info (a router driven directly), every
     // caller shares one bucket rather than escaping the limit.
     let peer = peer.ok().map(|ConnectInfo(addr)| addr);
-    let result = dev_token_inner(&shared, peer, body);
+    let result = dev_token_inner(&shared, peer, body).await;
     reply(&shared, "dev_token", result)
 }
 
-fn dev_token_inner(
+async fn dev_token_inner(
     shared: &Shared,
     peer: Option<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
@@ -380,7 +382,7 @@ fn dev_token_inner(
         Some(addr) => format!("ip:{}", addr.ip()),
         None => "ip:unknown".to_owned(),
     };
-    if !shared.limiters.http.allow(&key) {
+    if !shared.limiters.http.acquire(&key).await {
         return Err(rate_limited("too many requests, slow down"));
     }
     let request: DevTokenRequest = parse_json(body)?;
@@ -389,7 +391,8 @@ fn dev_token_inner(
     }
     let claims = Claims {
         sub: request.user,
-        exp: now_secs() + DEV_TOKEN_TTL_SECS,
+        // Never longer than a revocation is kept.
+        exp: now_secs() + DEV_TOKEN_TTL_SECS.min(shared.config.max_token_lifetime_secs.max(1)),
         name: request.name.filter(|name| !name.is_empty()),
         // No `rooms` claim: write access to every room.
         rooms: None,
@@ -399,6 +402,8 @@ fn dev_token_inner(
             .scope
             .map(|scope| scope.split_ascii_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|scope| !scope.is_empty()),
+        jti: Some(crate::auth::new_token_id()),
+        iat: Some(now_secs()),
     };
     let token = shared
         .auth
@@ -485,20 +490,20 @@ pub(crate) struct Caller {
 
 /// Verifies the bearer token and takes one token from the caller's HTTP
 /// allowance.
-pub(crate) fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(crate) async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
     // HTTP clients can always set headers: unlike the WebSocket endpoint,
     // no `?token=` here, which would land tokens in access logs.
     let token = request_token(headers, None)
         .ok_or_else(|| unauthorized("missing bearer token (Authorization: Bearer <JWT>)"))?;
     let claims = shared
-        .auth
-        .verify(token)
+        .check_token(token)
         .map_err(|e| unauthorized(e.to_string()))?;
     let user = UserId::parse(claims.sub.clone())
         .map_err(|_| unauthorized("the token's sub must not be empty"))?;
     // Users and addresses (the dev token) share the limiter: prefixes keep
     // a user id from colliding with an address.
-    if !shared.limiters.http.allow(&format!("user:{}", claims.sub)) {
+    let key = format!("user:{}", claims.sub);
+    if !shared.limiters.http.acquire(&key).await {
         return Err(rate_limited("too many requests, slow down"));
     }
     Ok(Caller { claims, user })
@@ -506,7 +511,7 @@ pub(crate) fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Calle
 
 /// The room `caller` may read: covered by the claim, existing, and admitting
 /// the caller, checked in that order.
-async fn readable_room(
+pub(crate) async fn readable_room(
     shared: &Shared,
     caller: &Caller,
     room: &RoomId,
@@ -533,7 +538,9 @@ pub(crate) fn path_room_id(path: Result<Path<String>, PathRejection>) -> Result<
 
 /// A JSON object body. Anything else is `bad_request` (or `too_large` over
 /// the body limit) in our error format.
-fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(ErrorCode::TooLarge, "request body too large")
@@ -710,7 +717,7 @@ fn failure(shared: &Shared, route: &'static str, error: ApiError) -> Response {
     error.into_response()
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
 }
 

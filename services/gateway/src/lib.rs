@@ -10,6 +10,11 @@
 //! else. The gateway keeps no durable state: it reads room metadata and
 //! history from the [`Store`] and creates rooms there; a room is deleted
 //! by its owner, which the gateway asks over the bus.
+//!
+//! What every gateway of a cluster must agree on — rate limits, revoked
+//! tokens, who is online — it keeps in an [`Ephemeral`]: in memory for
+//! `collab serve`, in Redis for a cluster. A revocation it learns of closes
+//! the sockets of the tokens it covers with 4001 ([`revoke`]).
 
 mod admin;
 mod auth;
@@ -18,7 +23,8 @@ mod error;
 mod http;
 mod hub;
 mod metrics;
-mod ratelimit;
+mod presence;
+mod revoke;
 mod web;
 mod ws;
 
@@ -30,18 +36,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use axum::Router;
 use collab_bus::Bus;
-use collab_ephemeral::RoomExpiry;
+use collab_ephemeral::{Ephemeral, RateLimiter, RoomExpiry};
 use collab_metrics::Exporter;
 use collab_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use auth::{Auth, AuthError, now_secs};
+pub use auth::{Auth, AuthError, new_token_id, now_secs};
 pub use config::{GatewayConfig, RateLimits};
 pub use metrics::{Disconnect, GatewayMetrics};
 
 use hub::Hub;
-use ratelimit::RateLimiter;
+use revoke::Sockets;
 
 /// Whatever the gateway depends on to serve (bus, store, room node).
 #[async_trait]
@@ -55,12 +61,45 @@ pub struct Gateway {
     shared: Arc<Shared>,
 }
 
+/// What a gateway runs on, besides its settings.
+pub struct GatewayParts {
+    pub auth: Auth,
+    pub bus: Arc<dyn Bus>,
+    pub store: Arc<dyn Store>,
+    pub readiness: Arc<dyn Readiness>,
+    pub metrics: GatewayMetrics,
+    /// The process's `/metrics` page and the HTTP request metrics.
+    pub exporter: Exporter,
+    /// Rate limits, revocations and presence: in this process, or shared
+    /// with the other gateways in Redis.
+    pub ephemeral: Ephemeral,
+    /// Where a room created with a time to live gets its first deadline:
+    /// the deadlines the room nodes sweep (`ephemeral.expiry`, where they
+    /// sweep it). `None`: nowhere, so such a room expires only once it has
+    /// been used.
+    pub room_expiry: Option<Arc<dyn RoomExpiry>>,
+}
+
+/// The per-user (or per-address) buckets of each kind of request; the
+/// kind names the `kind` label of `collab_rate_limited_total`.
 pub(crate) struct Limiters {
-    pub ops: RateLimiter,
-    pub cursors: RateLimiter,
-    pub joins: RateLimiter,
-    pub rooms: RateLimiter,
-    pub http: RateLimiter,
+    pub ops: Arc<dyn RateLimiter>,
+    pub cursors: Arc<dyn RateLimiter>,
+    pub joins: Arc<dyn RateLimiter>,
+    pub rooms: Arc<dyn RateLimiter>,
+    pub http: Arc<dyn RateLimiter>,
+}
+
+impl Limiters {
+    fn new(ephemeral: &Ephemeral, limits: &RateLimits) -> Limiters {
+        Limiters {
+            ops: ephemeral.rate_limiter("ops", limits.ops()),
+            cursors: ephemeral.rate_limiter("cursors", limits.cursors()),
+            joins: ephemeral.rate_limiter("joins", limits.joins()),
+            rooms: ephemeral.rate_limiter("rooms", limits.rooms()),
+            http: ephemeral.rate_limiter("http", limits.http()),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -73,6 +112,9 @@ pub(crate) struct Shared {
     /// The process's `/metrics` page and the HTTP request metrics.
     pub exporter: Exporter,
     pub limiters: Limiters,
+    pub ephemeral: Ephemeral,
+    /// Every open WebSocket with its token, for closing revoked ones.
+    pub sockets: Sockets,
     pub hub: Hub,
     /// Flips to `true` when the gateway shuts down: every socket closes
     /// with 1001.
@@ -88,24 +130,37 @@ pub(crate) struct Shared {
     pub room_expiry: Option<Arc<dyn RoomExpiry>>,
 }
 
+impl Shared {
+    /// Verifies a token (signature, expiry, claims) and refuses a revoked
+    /// one: the check at the WebSocket upgrade and on every HTTP request.
+    pub(crate) fn check_token(&self, token: &str) -> Result<collab_protocol::Claims, AuthError> {
+        let claims = self.auth.verify(token)?;
+        if self
+            .ephemeral
+            .revocations
+            .is_revoked(&auth::token_ref(&claims))
+        {
+            return Err(AuthError::Revoked);
+        }
+        Ok(claims)
+    }
+}
+
 impl Gateway {
-    pub fn new(
-        config: GatewayConfig,
-        auth: Auth,
-        bus: Arc<dyn Bus>,
-        store: Arc<dyn Store>,
-        readiness: Arc<dyn Readiness>,
-        metrics: GatewayMetrics,
-        exporter: Exporter,
-    ) -> Gateway {
-        let r = &config.rate_limits;
-        let limiters = Limiters {
-            ops: RateLimiter::new(r.ops_per_sec, r.ops_burst),
-            cursors: RateLimiter::new(r.cursors_per_sec, r.cursors_burst),
-            joins: RateLimiter::new(r.joins_per_sec, r.joins_burst),
-            rooms: RateLimiter::new(r.rooms_per_min / 60.0, r.rooms_burst),
-            http: RateLimiter::new(r.http_per_sec, r.http_burst),
-        };
+    /// Builds the gateway and starts following revocations. Call it
+    /// inside a tokio runtime.
+    pub fn new(config: GatewayConfig, parts: GatewayParts) -> Gateway {
+        let GatewayParts {
+            auth,
+            bus,
+            store,
+            readiness,
+            metrics,
+            exporter,
+            ephemeral,
+            room_expiry,
+        } = parts;
+        let limiters = Limiters::new(&ephemeral, &config.rate_limits);
         let hub = Hub::new(bus.clone(), config.clone(), metrics.clone());
         if let Some(load) = bus.load() {
             // The cluster view shows this gateway's open connections.
@@ -114,35 +169,30 @@ impl Gateway {
                 u64::try_from(connections.get()).unwrap_or(0)
             });
         }
-        Gateway {
-            shared: Arc::new(Shared {
-                config,
-                auth,
-                bus,
-                store,
-                readiness,
-                metrics,
-                exporter,
-                limiters,
-                hub,
-                closing: watch::channel(false).0,
-                accepting: AtomicBool::new(true),
-                next_conn: AtomicU64::new(1),
-                open: watch::channel(0).0,
-                room_expiry: None,
-            }),
-        }
-    }
-
-    /// Gives a room created with a time to live its first deadline in
-    /// `expiry`, the one the room nodes sweep. For a gateway that was not
-    /// cloned yet (it is, once it serves).
-    pub fn with_room_expiry(mut self, expiry: Arc<dyn RoomExpiry>) -> Gateway {
-        match Arc::get_mut(&mut self.shared) {
-            Some(shared) => shared.room_expiry = Some(expiry),
-            None => tracing::error!("room expiry set on a gateway already in use; ignored"),
-        }
-        self
+        let revocations = ephemeral.revocations.subscribe();
+        let shared = Arc::new(Shared {
+            config,
+            auth,
+            bus,
+            store,
+            readiness,
+            metrics,
+            exporter,
+            limiters,
+            ephemeral,
+            sockets: Sockets::default(),
+            hub,
+            closing: watch::channel(false).0,
+            accepting: AtomicBool::new(true),
+            next_conn: AtomicU64::new(1),
+            open: watch::channel(0).0,
+            room_expiry,
+        });
+        tokio::spawn(revoke::close_revoked_sockets(
+            Arc::downgrade(&shared),
+            revocations,
+        ));
+        Gateway { shared }
     }
 
     /// Every route of the public API (with `/metrics`, unless the config
@@ -188,6 +238,15 @@ impl Gateway {
     pub fn begin_shutdown(&self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
         self.shared.closing.send_replace(true);
+    }
+
+    /// Writes what presence has not written yet (at the end of a drain,
+    /// once the sockets are closed, so that the others see this gateway's
+    /// users gone now rather than when its records expire).
+    pub async fn flush_presence(&self) {
+        if let Err(e) = self.shared.ephemeral.presence.flush().await {
+            tracing::warn!(error = %e, "presence not flushed; this gateway's records expire by themselves");
+        }
     }
 
     /// Open WebSocket connections.

@@ -82,6 +82,9 @@ pub struct GatewayMetrics {
     pub slow_closes: Counter,
     pub gaps_fetched: Counter,
     pub disconnects: Family<ReasonLabel, Counter>,
+    /// Connections closed with 4001 because their token was revoked (also
+    /// counted in `disconnects` as `expired`).
+    pub revocation_closes: Counter,
 }
 
 impl GatewayMetrics {
@@ -95,6 +98,7 @@ impl GatewayMetrics {
             slow_closes: Counter::default(),
             gaps_fetched: Counter::default(),
             disconnects: Family::default(),
+            revocation_closes: Counter::default(),
         };
         for kind in OpKind::ALL {
             let _ = metrics.ops.get_or_create(&KindLabel {
@@ -143,6 +147,11 @@ impl GatewayMetrics {
             "disconnects",
             "WebSocket connections ended, by reason",
             metrics.disconnects.clone(),
+        );
+        r.register(
+            "revocation_closes",
+            "WebSocket connections closed with 4001 because their token was revoked",
+            metrics.revocation_closes.clone(),
         );
         metrics
     }

@@ -2,12 +2,16 @@
 //!
 //! [`Cluster`] starts a private nats-server (JetStream, a free port, a
 //! temporary store dir; `collab_bus::testsuite::NatsServer`), picks a fresh
-//! keyspace on the run's shared CQL server ([`shared_cql_store_url`]), and
-//! runs `collab gateway` and `collab room-node` processes against both, each
+//! keyspace on the run's shared CQL server ([`shared_cql_store_url`]), when
+//! asked ([`ClusterOptions::redis`]) a private redis-server
+//! (`collab_ephemeral::testsuite::RedisServer`) for the state the gateways
+//! share, and runs `collab gateway` and `collab room-node` processes
+//! against them, each
 //! with its own node id, its log in a file of the cluster's temporary
 //! directory and the last lines in memory. Tests kill (SIGKILL), freeze
 //! (SIGSTOP / SIGCONT), drain (SIGTERM) and add processes, restart NATS,
-//! and read the stored log with the writer of every batch. Every process is
+//! kill and restart Redis, and read the stored log with the writer of every
+//! batch. Every process is
 //! killed when the cluster is dropped; if the test is failing, the tail of
 //! every process's log is printed first.
 //!
@@ -50,6 +54,7 @@ use std::time::Duration;
 use collab_actors::state::{RoomMeta, RoomState};
 use collab_bus::testsuite::NatsServer;
 use collab_bus::{Bus, Members, NatsBus, NatsBusConfig, placement};
+use collab_ephemeral::testsuite::RedisServer;
 use collab_protocol::{Epoch, NodeId, Op, OpEvent, RoomId, RoomKind, Seq};
 use collab_store::{CqlOptions, CqlStore, LoggedOp, Store};
 use rustix::process::{Pid, Signal, kill_process};
@@ -95,6 +100,7 @@ pub struct ClusterOptions {
     /// `None`: the product's defaults.
     membership: Option<(Duration, Duration)>,
     env: Vec<(String, String)>,
+    redis: bool,
 }
 
 impl Default for ClusterOptions {
@@ -118,6 +124,7 @@ impl Default for ClusterOptions {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            redis: false,
         }
     }
 }
@@ -146,6 +153,13 @@ impl ClusterOptions {
     /// Leaves heartbeat and TTL at the product's defaults.
     pub fn default_membership(mut self) -> Self {
         self.membership = None;
+        self
+    }
+
+    /// Runs a private redis-server and gives every process its URL
+    /// (`COLLAB_REDIS`): shared rate limits, revocations and presence.
+    pub fn redis(mut self) -> Self {
+        self.redis = true;
         self
     }
 
@@ -302,6 +316,7 @@ impl RoomInfo {
 pub struct Cluster {
     options: ClusterOptions,
     nats: NatsServer,
+    redis: Option<RedisServer>,
     store_url: String,
     secret: String,
     nodes: Vec<Node>,
@@ -327,12 +342,14 @@ impl Cluster {
             .prefix("collab-cluster-")
             .tempdir()?;
         let nats = blocking(NatsServer::start);
+        let redis = options.redis.then(|| blocking(RedisServer::start));
         let secret = format!(
             "cluster-test-secret-{:016x}",
             collab_store::testsuite::random_u64()
         );
         let mut cluster = Cluster {
             nats,
+            redis,
             store_url: shared_cql_store_url(),
             secret,
             nodes: Vec::new(),
@@ -438,6 +455,11 @@ impl Cluster {
         self.nats.url()
     }
 
+    /// `redis://127.0.0.1:PORT` of the cluster's Redis, if it has one.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis.as_ref().map(RedisServer::url)
+    }
+
     pub fn store_url(&self) -> &str {
         &self.store_url
     }
@@ -539,6 +561,21 @@ impl Cluster {
         self.wait_ready(&id).await;
         self.wait_membership().await;
         Ok(id)
+    }
+
+    /// SIGKILLs the cluster's redis-server: an outage. It keeps nothing
+    /// on disk, so [`start_redis`](Self::start_redis) brings it back empty,
+    /// as a cache restarted without persistence.
+    pub fn kill_redis(&mut self) {
+        let redis = self.redis.as_mut().expect("the cluster runs no redis");
+        redis.kill();
+    }
+
+    /// Starts the killed redis-server again on the same port; returns once
+    /// it answers.
+    pub async fn start_redis(&mut self) {
+        let redis = self.redis.as_mut().expect("the cluster runs no redis");
+        blocking(|| redis.restart());
     }
 
     /// Kills nats-server and starts it again on the same port with the same
@@ -746,21 +783,45 @@ impl Cluster {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
+    /// `POST path` with the JSON `body` on process `id` as the holder of
+    /// `token`: the status and the JSON body (`Null` when it is not JSON).
+    pub async fn post_json(
+        &self,
+        id: &str,
+        token: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), HarnessError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.http_url(id)))
+            .bearer_auth(token)
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
     /// Mints with `collab token --user USER EXTRA…` (cached).
     async fn mint(&mut self, user: &str, extra: &[&str]) -> Result<String, HarnessError> {
         let key = format!("{user} {}", extra.join(" "));
         if let Some(token) = self.tokens.get(&key) {
             return Ok(token.clone());
         }
-        let mut cmd = tokio::process::Command::new(collab_binary()?);
-        cmd.arg("token").arg("--user").arg(user).args(extra);
-        clear_collab_env(cmd.as_std_mut());
-        let output = cmd
-            .env("COLLAB_JWT_SECRET", &self.secret)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .await?;
+        let token = self.fresh_token(user, extra).await?;
+        self.tokens.insert(key, token.clone());
+        Ok(token)
+    }
+
+    /// A new token from `collab token --user USER EXTRA…`, never one
+    /// minted before (its own `jti`).
+    pub async fn fresh_token(&self, user: &str, extra: &[&str]) -> Result<String, HarnessError> {
+        let mut args = vec!["token", "--user", user];
+        args.extend_from_slice(extra);
+        let output = self.run_collab(&args).await?;
         if !output.status.success() {
             return Err(HarnessError::Http(format!(
                 "collab token failed ({}): {}",
@@ -768,9 +829,24 @@ impl Cluster {
                 String::from_utf8_lossy(&output.stderr)
             )));
         }
-        let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        self.tokens.insert(key, token.clone());
-        Ok(token)
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// Runs `collab ARGS…` as an operator of this cluster would: with its
+    /// secret and, if it has one, its Redis (`collab token revoke`).
+    pub async fn run_collab(&self, args: &[&str]) -> Result<std::process::Output, HarnessError> {
+        let mut cmd = tokio::process::Command::new(collab_binary()?);
+        cmd.args(args);
+        clear_collab_env(cmd.as_std_mut());
+        cmd.env("COLLAB_JWT_SECRET", &self.secret);
+        if let Some(redis) = &self.redis {
+            cmd.env("COLLAB_REDIS", redis.url());
+        }
+        Ok(cmd
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .await?)
     }
 
     /// `POST /v1/rooms` with `body` on a live gateway as `user`.
@@ -960,6 +1036,9 @@ impl Cluster {
             .args(["--node-id", &id, "--store", &store]);
         clear_collab_env(&mut cmd);
         cmd.env("COLLAB_JWT_SECRET", &self.secret);
+        if let Some(redis) = &self.redis {
+            cmd.env("COLLAB_REDIS", redis.url());
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             // The CQL and NATS drivers' connection chatter would fill the
             // log tail a failing test prints.

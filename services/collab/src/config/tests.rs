@@ -444,6 +444,64 @@ fn the_store_is_embedded_unless_a_cql_url_is_given() {
 }
 
 #[test]
+fn redis_is_off_unless_a_url_is_given_and_a_bad_one_is_reported() {
+    let config = load(&Flags::default(), &HashMap::new()).expect("defaults load");
+    assert_eq!(config.redis_url(), None);
+    let f = file(r#"redis = "redis://10.0.0.5:6379/2""#);
+    let flags = Flags {
+        config: Some(f.path().to_path_buf()),
+        ..Flags::default()
+    };
+    let config = load(&flags, &HashMap::new()).expect("loads");
+    assert_eq!(config.redis_url(), Some("redis://10.0.0.5:6379/2"));
+    let environment = env(&[("COLLAB_REDIS", "redis://127.0.0.1:7000")]);
+    let config = load(&flags, &environment).expect("loads");
+    assert_eq!(config.redis_url(), Some("redis://127.0.0.1:7000"));
+    // The flag wins, and an empty one turns Redis off again.
+    let flags = Flags {
+        redis: Some(String::new()),
+        ..flags
+    };
+    let config = load(&flags, &environment).expect("loads");
+    assert_eq!(config.redis_url(), None);
+    assert!(unknown_env(&environment).is_empty());
+
+    for bad in ["localhost:6379", "http://127.0.0.1:6379", "redis://"] {
+        let err = load(&Flags::default(), &env(&[("COLLAB_REDIS", bad)]))
+            .expect_err("a bad Redis URL is refused");
+        assert_eq!(issue_keys(&err), ["redis"], "{bad}: {err}");
+        assert_eq!(
+            err.issues[0].origin,
+            Some(Origin::Env("COLLAB_REDIS".into()))
+        );
+    }
+}
+
+#[test]
+fn token_lifetime_and_presence_ttl_are_at_least_a_second() {
+    let environment = env(&[
+        ("COLLAB_GATEWAY__MAX_TOKEN_LIFETIME_SECS", "0"),
+        ("COLLAB_GATEWAY__PRESENCE_TTL_SECS", "0"),
+    ]);
+    let err = load(&Flags::default(), &environment).expect_err("zeros are refused");
+    assert_eq!(
+        issue_keys(&err),
+        [
+            "gateway.max_token_lifetime_secs",
+            "gateway.presence_ttl_secs"
+        ],
+        "{err}"
+    );
+    let config = load(&Flags::default(), &HashMap::new()).expect("defaults load");
+    let options = config.gateway.ephemeral_options();
+    assert_eq!(
+        options.max_token_lifetime,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    assert_eq!(options.presence_ttl, Duration::from_secs(15));
+}
+
+#[test]
 fn room_expiry_settings() {
     let config = load(
         &Flags::default(),

@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, Readiness, now_secs};
+use collab_ephemeral::{Ephemeral, EphemeralMetrics};
+
+use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness, now_secs};
 
 const SECRET: &[u8] = b"admin-test-secret";
 
@@ -142,14 +144,22 @@ impl Harness {
         }
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
+        let config = GatewayConfig::default();
         let gateway = Gateway::new(
-            GatewayConfig::default(),
-            auth.clone(),
-            bus.clone(),
-            store.clone(),
-            Arc::new(Ready),
-            metrics,
-            Exporter::new(registry, Role::Gateway, "test"),
+            config.clone(),
+            GatewayParts {
+                auth: auth.clone(),
+                bus: bus.clone(),
+                store: store.clone(),
+                readiness: Arc::new(Ready),
+                metrics,
+                exporter: Exporter::new(registry, Role::Gateway, "test"),
+                ephemeral: Ephemeral::in_memory(
+                    &config.ephemeral_options(),
+                    EphemeralMetrics::default(),
+                ),
+                room_expiry: None,
+            },
         );
         Harness {
             app: gateway.router(),
@@ -168,6 +178,8 @@ impl Harness {
                 name: None,
                 rooms: rooms.map(|r| r.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
                 scope: scope.map(str::to_owned),
+                jti: None,
+                iat: None,
             })
             .expect("mints")
     }
@@ -272,6 +284,8 @@ async fn the_admin_endpoints_refuse_in_the_protocols_order() {
             name: None,
             rooms: None,
             scope: Some("admin".into()),
+            jti: None,
+            iat: None,
         })
         .expect("mints");
     for uri in endpoints {
@@ -547,4 +561,259 @@ async fn a_dev_token_can_ask_for_the_admin_scope() {
     mint(json!({"user": "op", "scope": 5}))
         .await
         .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+}
+
+// === revocations and presence ===
+
+impl Harness {
+    /// A token of `sub` with an id and an issue time, as `collab token`
+    /// mints them.
+    fn token_of(&self, sub: &str, scope: Option<&str>, jti: &str, iat: u64) -> String {
+        self.auth
+            .mint(&Claims {
+                sub: sub.into(),
+                exp: now_secs() + 600,
+                name: None,
+                rooms: None,
+                scope: scope.map(str::to_owned),
+                jti: Some(jti.into()),
+                iat: Some(iat),
+            })
+            .expect("mints")
+    }
+
+    async fn revoke(&self, token: Option<&str>, body: &str) -> Answer {
+        self.request("POST", "/v1/admin/revocations", token, body)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once_and_others_are_not() {
+    let h = Harness::serve().await;
+    h.create("r1").await;
+    let now = now_secs();
+    let ann_old = h.token_of("ann", None, "ann-1", now - 100);
+    let ann_other = h.token_of("ann", None, "ann-2", now - 100);
+    let bob = h.token_of("bob", None, "bob-1", now - 100);
+    for token in [&ann_old, &ann_other, &bob] {
+        assert_eq!(
+            h.get("/v1/rooms/r1", Some(token)).await.status,
+            StatusCode::OK
+        );
+    }
+
+    // One token by its id: that one is refused from now on, no other.
+    let answer = h.revoke(Some(&h.admin()), r#"{"jti":"ann-1"}"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["kind"], "token");
+    assert_eq!(answer.body["jti"], "ann-1");
+    let kept_until = answer.body["expires_at"].as_u64().expect("expires_at");
+    let lifetime = GatewayConfig::default().max_token_lifetime_secs;
+    assert!(
+        (now + lifetime..=now_secs() + lifetime).contains(&kept_until),
+        "{kept_until}"
+    );
+    let refused = h.get("/v1/rooms/r1", Some(&ann_old)).await;
+    refused.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoked")),
+        "{}",
+        refused.body
+    );
+    for token in [&ann_other, &bob] {
+        assert_eq!(
+            h.get("/v1/rooms/r1", Some(token)).await.status,
+            StatusCode::OK
+        );
+    }
+
+    // Every token of a user issued before a time: ann's older ones go, a
+    // token issued after the cut-off and bob's stay.
+    let cut_off = now - 50;
+    let ann_new = h.token_of("ann", None, "ann-3", now - 10);
+    let body = format!(r#"{{"user":"ann","issued_before":{cut_off}}}"#);
+    let answer = h.revoke(Some(&h.admin()), &body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        answer.body,
+        json!({"kind": "user", "user": "ann", "issued_before": cut_off,
+               "expires_at": cut_off + lifetime})
+    );
+    h.get("/v1/rooms/r1", Some(&ann_other))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    for token in [&ann_new, &bob] {
+        assert_eq!(
+            h.get("/v1/rooms/r1", Some(token)).await.status,
+            StatusCode::OK
+        );
+    }
+    // Without `issued_before`, the cut-off is now.
+    let answer = h.revoke(Some(&h.admin()), r#"{"user":"bob"}"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let before = answer.body["issued_before"]
+        .as_u64()
+        .expect("issued_before");
+    assert!((now..=now_secs()).contains(&before), "{}", answer.body);
+    h.get("/v1/rooms/r1", Some(&bob))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn revocations_need_the_admin_scope_and_a_well_formed_body() {
+    let h = Harness::serve().await;
+    let admin = h.admin();
+    h.revoke(None, r#"{"jti":"x"}"#)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // Not an admin: 403 whatever the body says, and nothing is revoked.
+    let ann = h.token_of("ann", None, "ann-1", now_secs());
+    for body in [r#"{"jti":"ann-1"}"#, "not json"] {
+        h.revoke(Some(&ann), body)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    h.create("r1").await;
+    assert_eq!(
+        h.get("/v1/rooms/r1", Some(&ann)).await.status,
+        StatusCode::OK
+    );
+
+    let future = now_secs() + 3600;
+    let long_jti = "j".repeat(257);
+    for body in [
+        "not json".to_owned(),
+        "[]".to_owned(),
+        "{}".to_owned(),
+        r#"{"jti":""}"#.to_owned(),
+        format!(r#"{{"jti":"{long_jti}"}}"#),
+        r#"{"jti":"a","user":"ann"}"#.to_owned(),
+        r#"{"jti":"a","issued_before":5}"#.to_owned(),
+        r#"{"user":""}"#.to_owned(),
+        r#"{"user":"ann","issued_before":"yesterday"}"#.to_owned(),
+        format!(r#"{{"user":"ann","issued_before":{future}}}"#),
+        r#"{"jti":7}"#.to_owned(),
+    ] {
+        h.revoke(Some(&admin), &body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    // None of those changed anything.
+    assert_eq!(
+        h.get("/v1/rooms/r1", Some(&ann)).await.status,
+        StatusCode::OK
+    );
+    // The route takes POST only.
+    assert_eq!(
+        h.get("/v1/admin/revocations", Some(&admin)).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn room_presence_is_one_entry_per_user_for_whoever_may_read_the_room() {
+    let h = Harness::serve().await;
+    h.create("r1").await;
+    h.store
+        .create_room(&RoomRecord {
+            id: room("secret"),
+            kind: RoomKind::Channel,
+            name: "secret".into(),
+            epoch: Epoch::parse("e1").expect("epoch"),
+            created_by: UserId::parse("ann").expect("user"),
+            members: Some(vec![UserId::parse("ann").expect("user")]),
+            created_at: 0,
+            ttl_secs: None,
+            floor: Seq::ZERO,
+        })
+        .await
+        .expect("created");
+    let member = |user: &str, conn: &str| RoomMember {
+        user: UserId::parse(user).expect("user"),
+        name: user.to_uppercase(),
+        conn: ConnId::parse(conn).expect("conn"),
+        gateway: "g1".into(),
+    };
+    h.owner.answers(RoomReply::Inspected(RoomInspection {
+        node: Some(node("local")),
+        live: true,
+        term: Some(1),
+        head: Some(Seq(0)),
+        members: vec![
+            member("ann", "g1-1"),
+            member("ann", "g1-2"),
+            member("bob", "g1-3"),
+        ],
+        mailbox_depth: 0,
+        last_commit: None,
+    }));
+    let now = now_secs();
+    let bob = h.token_of("bob", None, "bob-1", now);
+    let answer = h.get("/v1/rooms/r1/presence", Some(&bob)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        answer.body,
+        json!({"room": "r1", "users": [
+            {"id": "ann", "name": "ANN", "color": collab_protocol::color::user_color("ann"), "connections": 2},
+            {"id": "bob", "name": "BOB", "color": collab_protocol::color::user_color("bob"), "connections": 1},
+        ]})
+    );
+    assert!(
+        h.owner
+            .asked()
+            .iter()
+            .all(|r| matches!(r, RoomRequest::Inspect { .. })),
+        "presence asks the owner with Inspect only, which never loads a room"
+    );
+
+    // The room's checks, in order: id, claim, existence, membership.
+    h.get("/v1/rooms/bad%20id/presence", Some(&bob))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    h.get("/v1/rooms/nope/presence", Some(&bob))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/rooms/secret/presence", Some(&bob))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let other_rooms_only = h.token(None, Some(&[("r2", Access::Read)]));
+    h.get("/v1/rooms/r1/presence", Some(&other_rooms_only))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    h.get("/v1/rooms/r1/presence", None)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // A room that is not live has nobody in it.
+    h.owner
+        .answers(RoomReply::Inspected(RoomInspection::not_live(Some(node(
+            "local",
+        )))));
+    let answer = h.get("/v1/rooms/r1/presence", Some(&bob)).await;
+    assert_eq!(answer.body, json!({"room": "r1", "users": []}));
+}
+
+#[tokio::test]
+async fn a_users_presence_is_for_the_user_and_admins() {
+    let h = Harness::serve().await;
+    let now = now_secs();
+    let ann = h.token_of("ann", None, "ann-1", now);
+    let bob = h.token_of("bob", None, "bob-1", now);
+    let offline = json!({"user": "ann", "online": false, "connections": 0,
+                         "gateways": [], "rooms": []});
+    for token in [&ann, &h.admin()] {
+        let answer = h.get("/v1/users/ann/presence", Some(token)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.body, offline);
+    }
+    h.get("/v1/users/ann/presence", Some(&bob))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    h.get("/v1/users/ann/presence", None)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use collab_bus::{Bus, InProcessBus, ReplyFuture, RequestHandler};
-use collab_ephemeral::{MemoryRoomExpiry, RoomExpiry};
+use collab_ephemeral::{Ephemeral, EphemeralMetrics, MemoryRoomExpiry, RoomExpiry};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::HistoryPage;
@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, Readiness, now_secs};
+use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness, now_secs};
 
 const SECRET: &[u8] = b"test-secret";
 
@@ -140,15 +140,21 @@ impl Harness {
             .expect("serves");
         let expiry = Arc::new(MemoryRoomExpiry::new());
         let gateway = Gateway::new(
-            config,
-            auth.clone(),
-            bus,
-            store.clone(),
-            ready.clone(),
-            metrics,
-            Exporter::new(registry, Role::Gateway, "test"),
-        )
-        .with_room_expiry(expiry.clone());
+            config.clone(),
+            GatewayParts {
+                auth: auth.clone(),
+                bus,
+                store: store.clone(),
+                readiness: ready.clone(),
+                metrics,
+                exporter: Exporter::new(registry, Role::Gateway, "test"),
+                ephemeral: Ephemeral::in_memory(
+                    &config.ephemeral_options(),
+                    EphemeralMetrics::default(),
+                ),
+                room_expiry: Some(expiry.clone()),
+            },
+        );
         let app = gateway
             .router()
             .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
@@ -178,6 +184,8 @@ impl Harness {
                     .collect::<HashMap<_, _>>()
             }),
             scope: None,
+            jti: None,
+            iat: None,
         };
         self.auth.mint(&claims).expect("mints")
     }
@@ -327,6 +335,8 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             name: None,
             rooms: None,
             scope: None,
+            jti: None,
+            iat: None,
         })
         .expect("mints");
     let expired = h
@@ -337,6 +347,8 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
             name: None,
             rooms: None,
             scope: None,
+            jti: None,
+            iat: None,
         })
         .expect("mints");
     let no_exp = raw_token(json!({"sub":"ann"}), SECRET);
@@ -1407,6 +1419,8 @@ async fn admins_delete_any_room() {
                 name: None,
                 rooms: Some(HashMap::from([("elsewhere".to_owned(), Access::Read)])),
                 scope: Some(scope.into()),
+                jti: None,
+                iat: None,
             })
             .expect("mints")
     };

@@ -58,7 +58,7 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let token = request_token(&headers, query.get("token").map(String::as_str));
-    let claims = match token.map(|t| shared.auth.verify(t)) {
+    let claims = match token.map(|t| shared.check_token(t)) {
         Some(Ok(claims)) => claims,
         Some(Err(e)) => {
             shared.metrics.error(ErrorCode::Unauthorized);
@@ -93,11 +93,21 @@ struct Connection {
     shared: Arc<Shared>,
     conn: ConnRef,
     user: UserInfo,
-    claims: Claims,
+    claims: Arc<Claims>,
     outbound: Arc<Outbound>,
-    /// Rooms joined (or joining), with the access the token grants there.
-    rooms: Mutex<HashMap<RoomId, Access>>,
+    /// Rooms joined (or joining).
+    rooms: Mutex<HashMap<RoomId, Membership>>,
     unacked: AtomicUsize,
+}
+
+/// A room of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Membership {
+    /// What the token grants there.
+    access: Access,
+    /// The room answered `joined`, and presence counts the connection in
+    /// the room (until it leaves).
+    present: bool,
 }
 
 impl Connection {
@@ -121,7 +131,7 @@ impl Connection {
                 conn: conn_id.clone(),
             },
             user: user.clone(),
-            claims,
+            claims: Arc::new(claims),
             outbound: outbound.clone(),
             rooms: Mutex::new(HashMap::new()),
             unacked: AtomicUsize::new(0),
@@ -129,6 +139,18 @@ impl Connection {
         });
         shared.metrics.connections.inc();
         shared.open.send_modify(|n| *n += 1);
+        shared.ephemeral.presence.connected(&user.id);
+        shared
+            .sockets
+            .add(conn_id.clone(), conn.claims.clone(), outbound.clone());
+        // A revocation announced between the check at the upgrade and the
+        // line above found no socket to close: look again.
+        let token = crate::auth::token_ref(&conn.claims);
+        if shared.ephemeral.revocations.is_revoked(&token) {
+            info!(conn = %conn_id, user = %user.id, "token revoked; closing");
+            outbound.close(CLOSE_REVOKED, "token revoked");
+            shared.metrics.revocation_closes.inc();
+        }
         debug!(conn = %conn_id, user = %user.id, %peer, "connected");
         conn.send(&ServerFrame::Welcome {
             user,
@@ -167,6 +189,8 @@ impl Connection {
             ended
         };
         shared.metrics.disconnect(ended);
+        shared.sockets.remove(&conn_id);
+        shared.ephemeral.presence.disconnected(&conn.user.id);
         shared.metrics.connections.dec();
         shared.open.send_modify(|n| *n -= 1);
         debug!(conn = %conn_id, reason = ended.as_str(), "disconnected");
@@ -257,11 +281,23 @@ impl Connection {
     }
 
     fn access_in(&self, room: &RoomId) -> Option<Access> {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(room)
-            .copied()
+        self.lock_rooms().get(room).map(|m| m.access)
+    }
+
+    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Membership>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The room answered `joined`: presence counts this connection there,
+    /// unless it left meanwhile.
+    fn now_present(&self, room: &RoomId) {
+        let mut rooms = self.lock_rooms();
+        if let Some(membership) = rooms.get_mut(room)
+            && !membership.present
+        {
+            membership.present = true;
+            self.shared.ephemeral.presence.joined(&self.user.id, room);
+        }
     }
 
     async fn on_text(self: &Arc<Self>, text: &str) {
@@ -280,7 +316,7 @@ impl Connection {
             // would make every idle connection's task that much larger.
             F::Join { room, since, epoch } => Box::pin(self.join(room, since, epoch)).await,
             F::Leave { room } => Box::pin(self.leave(room)).await,
-            F::Op { room, cid, op } => self.op(room, cid, op),
+            F::Op { room, cid, op } => self.op(room, cid, op).await,
             F::Cursor { room, x, y } => self.cursor(room, x, y),
             F::CursorLeave { room } => {
                 if self.access_in(&room).is_none() {
@@ -304,7 +340,13 @@ impl Connection {
         epoch: Option<collab_protocol::Epoch>,
     ) {
         let room_str = room.as_str().to_owned();
-        if !self.shared.limiters.joins.allow(self.user.id.as_str()) {
+        if !self
+            .shared
+            .limiters
+            .joins
+            .acquire(self.user.id.as_str())
+            .await
+        {
             let e = ProtocolError::new(ErrorCode::RateLimited, "too many joins; slow down");
             self.error(&e, Some(&room_str), None);
             return;
@@ -314,12 +356,13 @@ impl Connection {
             self.error(&e, Some(&room_str), None);
             return;
         };
-        let already = self
-            .rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(room.clone(), access)
-            .is_some();
+        let already = {
+            let mut rooms = self.lock_rooms();
+            let present = rooms.get(&room).is_some_and(|m| m.present);
+            rooms
+                .insert(room.clone(), Membership { access, present })
+                .is_some()
+        };
         if !already {
             // Subscribe before asking for `joined`, so no op after its head
             // can slip by.
@@ -354,6 +397,7 @@ impl Connection {
             match reply.await {
                 Ok(RoomReply::Joined(body)) => {
                     conn.shared.metrics.joins.inc();
+                    conn.now_present(&room);
                     conn.shared.hub.joined(&room, &conn.conn.conn, body).await;
                 }
                 other => {
@@ -366,30 +410,29 @@ impl Connection {
     }
 
     /// What to do when `room` drops this connection (it was deleted):
-    /// forget it, as on `leave`, so that a later `join` is a new one. The
-    /// room needs no `Leave`, and the hub no detach (the room's task
-    /// ended).
+    /// forget it, as on `leave` (presence included), so that a later
+    /// `join` is a new one. The room needs no `Leave`, and the hub no
+    /// detach (the room's task ended).
     fn on_removed(self: &Arc<Self>, room: &RoomId) -> crate::hub::OnRemoved {
         let conn = Arc::downgrade(self);
         let room = room.clone();
         Box::new(move || {
             if let Some(conn) = conn.upgrade() {
-                conn.rooms
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&room);
+                let was = conn.lock_rooms().remove(&room);
+                if was.is_some_and(|m| m.present) {
+                    conn.shared.ephemeral.presence.left(&conn.user.id, &room);
+                }
             }
         })
     }
 
     /// Forgets a room locally (after a failed join or on leave).
     async fn forget_room(&self, room: &RoomId) -> bool {
-        let was = self
-            .rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(room)
-            .is_some();
+        let was = self.lock_rooms().remove(room);
+        if was.is_some_and(|m| m.present) {
+            self.shared.ephemeral.presence.left(&self.user.id, room);
+        }
+        let was = was.is_some();
         if was {
             self.shared.hub.detach(room, &self.conn.conn).await;
         }
@@ -423,13 +466,7 @@ impl Connection {
     }
 
     async fn leave_all(self: &Arc<Self>) {
-        let rooms: Vec<RoomId> = self
-            .rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let rooms: Vec<RoomId> = self.lock_rooms().keys().cloned().collect();
         for room in rooms {
             self.shared.bus.publish(RoomEvent::CursorLeave {
                 room: room.clone(),
@@ -441,7 +478,12 @@ impl Connection {
         }
     }
 
-    fn op(self: &Arc<Self>, room: RoomId, cid: collab_protocol::Cid, op: collab_protocol::Op) {
+    async fn op(
+        self: &Arc<Self>,
+        room: RoomId,
+        cid: collab_protocol::Cid,
+        op: collab_protocol::Op,
+    ) {
         let (room_str, cid_str) = (room.as_str().to_owned(), cid.as_str().to_owned());
         self.shared.metrics.op(op.kind());
         let Some(access) = self.access_in(&room) else {
@@ -458,7 +500,13 @@ impl Connection {
             self.error(&e, Some(&room_str), Some(&cid_str));
             return;
         }
-        if !self.shared.limiters.ops.allow(self.user.id.as_str()) {
+        if !self
+            .shared
+            .limiters
+            .ops
+            .acquire(self.user.id.as_str())
+            .await
+        {
             let e = ProtocolError::new(ErrorCode::RateLimited, "too many ops; slow down");
             self.error(&e, Some(&room_str), Some(&cid_str));
             return;
@@ -528,7 +576,12 @@ impl Connection {
         }
         // Over the rate a move is dropped: the next one carries a newer
         // position anyway.
-        if !self.shared.limiters.cursors.allow(self.user.id.as_str()) {
+        if !self
+            .shared
+            .limiters
+            .cursors
+            .try_acquire(self.user.id.as_str())
+        {
             return;
         }
         self.shared.bus.publish(RoomEvent::Cursor {

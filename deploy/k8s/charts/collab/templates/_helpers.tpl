@@ -135,6 +135,10 @@ numbers reach the templates as floats, and 1048576 would print as
   value: {{ required "nats.url is required" .Values.nats.url | quote }}
 - name: COLLAB_STORE
   value: {{ required "store.url is required" .Values.store.url | quote }}
+{{- with .Values.redis.url }}
+- name: COLLAB_REDIS
+  value: {{ . | quote }}
+{{- end }}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
 {{- include "collab.configEnv" (dict "prefix" "COLLAB_" "config" .Values.config) }}
@@ -266,6 +270,10 @@ priorityClassName: {{ . }}
     {{- toYaml $np.store.to | nindent 4 }}
   ports:
     {{- toYaml $np.store.ports | nindent 4 }}
+- to:
+    {{- toYaml $np.redis.to | nindent 4 }}
+  ports:
+    {{- toYaml $np.redis.ports | nindent 4 }}
 {{- with $np.extraEgress }}
 {{ toYaml . }}
 {{- end }}
