@@ -1,17 +1,17 @@
 //! Zero-filled journal segments, made ahead of time by a helper thread.
 //!
-//! `fdatasync` after an append that grows a file must also write the
-//! file's new size (its inode) before it returns: two dependent writes
-//! and a cache flush per group. Over blocks that already exist and were
-//! synced, it writes the data and flushes, nothing else. On the reference
-//! machine that made a group's sync 35% faster and cost 30% less CPU (see
-//! `docs/BENCHMARKS.md`). Writing the zeros must stay off the writer's
-//! path, so this thread writes the next segment's file while the current
-//! one fills, in small synced chunks with pauses between them (the disk
-//! is the one the groups sync to); the journal renames it into place only
-//! once it is whole. The spare's name never parses as a segment's, so a
-//! spare left by a crash, whole or not, is never replayed, only removed at
-//! the next open.
+//! `fdatasync` after an append that grows a file must also write the file's
+//! new size (its inode) before it returns: two dependent writes and a cache
+//! flush per group. Over blocks that already exist and were synced, it
+//! writes the data and flushes, nothing else. On the reference machine that
+//! made a group's sync 35% faster and cost 30% less CPU (see
+//! `docs/benchmarks/log/store-and-cluster.md`). Writing the zeros must stay
+//! off the writer's path, so this thread writes the next segment's file
+//! while the current one fills, in small synced chunks with pauses between
+//! them (the disk is the one the groups sync to); the journal renames it
+//! into place only once it is whole. The spare's name never parses as a
+//! segment's, so a spare left by a crash, whole or not, is never replayed,
+//! only removed at the next open.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
