@@ -51,6 +51,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use collab::serve::LISTENING_PREFIX;
 use collab_actors::state::{RoomMeta, RoomState};
 use collab_bus::testsuite::NatsServer;
 use collab_bus::{Bus, Members, NatsBus, NatsBusConfig, placement};
@@ -66,8 +67,6 @@ use super::netns::{InnerRelay, Link, NetNs, Relay};
 use super::server::clear_collab_env;
 use super::{HarnessError, WsClient, WsError, collab_binary, shared_cql_store_url};
 
-/// What `collab gateway` and `collab room-node` print once they listen.
-const LISTENING_PREFIX: &str = "listening on http://";
 /// Log lines of each process kept in memory.
 const LOG_TAIL: usize = 400;
 /// Log lines of each process printed when a test fails.
