@@ -15,7 +15,7 @@ use collab_gateway::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts,
 use collab_protocol::{Claims, Epoch, NodeId, RoomId, RoomKind, UserId};
 use collab_room_node::{RoomNode, RoomNodeConfig};
 use collab_store::testsuite::GatedStore;
-use collab_store::{RoomRecord, Store};
+use collab_store::{RoomCatalog, RoomRecord};
 use collab_tests::harness::WsClient;
 use serde_json::json;
 

@@ -8,7 +8,8 @@
 //! filled from the owner). Each connection has a bounded outbound queue, so
 //! a client that does not read is closed (4008) instead of slowing anyone
 //! else. The gateway keeps no durable state: it reads room metadata and
-//! history from the [`Store`] and creates rooms there; a room is deleted
+//! history from the store and creates rooms there (it sees only the
+//! store's [`RoomCatalog`]); a room is deleted
 //! by its owner, which the gateway asks over the bus.
 //!
 //! What every gateway of a cluster must agree on — rate limits, revoked
@@ -38,7 +39,7 @@ use axum::Router;
 use collab_bus::Bus;
 use collab_ephemeral::{Ephemeral, RateLimiter, RoomExpiry};
 use collab_metrics::Exporter;
-use collab_store::Store;
+use collab_store::RoomCatalog;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -65,7 +66,9 @@ pub struct Gateway {
 pub struct GatewayParts {
     pub auth: Auth,
     pub bus: Arc<dyn Bus>,
-    pub store: Arc<dyn Store>,
+    /// The store's read side, and room creation: a gateway writes no op
+    /// log (an `Arc<dyn Store>` coerces to it).
+    pub store: Arc<dyn RoomCatalog>,
     pub readiness: Arc<dyn Readiness>,
     pub metrics: GatewayMetrics,
     /// The process's `/metrics` page and the HTTP request metrics.
@@ -106,7 +109,7 @@ pub(crate) struct Shared {
     pub config: GatewayConfig,
     pub auth: Auth,
     pub bus: Arc<dyn Bus>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn RoomCatalog>,
     pub readiness: Arc<dyn Readiness>,
     pub metrics: GatewayMetrics,
     /// The process's `/metrics` page and the HTTP request metrics.
