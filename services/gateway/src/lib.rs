@@ -32,7 +32,7 @@ mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -41,7 +41,6 @@ use collab_ephemeral::{Ephemeral, RateLimiter, RoomExpiry};
 use collab_metrics::Exporter;
 use collab_store::RoomCatalog;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use auth::{Auth, AuthError, new_token_id, now_secs};
 pub use config::{GatewayConfig, RateLimits};
@@ -83,26 +82,12 @@ pub struct GatewayParts {
     pub room_expiry: Option<Arc<dyn RoomExpiry>>,
 }
 
-/// The per-user (or per-address) buckets of each kind of request; the
-/// kind names the `kind` label of `collab_rate_limited_total`.
+/// The per-user (or per-address) buckets of the HTTP API; the kind names
+/// the `kind` label of `collab_rate_limited_total`. Those of WebSocket
+/// frames are the connections' ([`ws::ConnectionLimiters`]).
 pub(crate) struct Limiters {
-    pub ops: Arc<dyn RateLimiter>,
-    pub cursors: Arc<dyn RateLimiter>,
-    pub joins: Arc<dyn RateLimiter>,
     pub rooms: Arc<dyn RateLimiter>,
     pub http: Arc<dyn RateLimiter>,
-}
-
-impl Limiters {
-    fn new(ephemeral: &Ephemeral, limits: &RateLimits) -> Limiters {
-        Limiters {
-            ops: ephemeral.rate_limiter("ops", limits.ops()),
-            cursors: ephemeral.rate_limiter("cursors", limits.cursors()),
-            joins: ephemeral.rate_limiter("joins", limits.joins()),
-            rooms: ephemeral.rate_limiter("rooms", limits.rooms()),
-            http: ephemeral.rate_limiter("http", limits.http()),
-        }
-    }
 }
 
 pub(crate) struct Shared {
@@ -116,17 +101,10 @@ pub(crate) struct Shared {
     pub exporter: Exporter,
     pub limiters: Limiters,
     pub ephemeral: Ephemeral,
-    /// Every open WebSocket with its token, for closing revoked ones.
-    pub sockets: Sockets,
-    pub hub: Hub,
-    /// Flips to `true` when the gateway shuts down: every socket closes
-    /// with 1001.
-    pub closing: watch::Sender<bool>,
+    /// The WebSocket connections.
+    pub connections: Arc<ws::Connections>,
+    /// Whether WebSocket upgrades are taken (not while draining).
     pub accepting: AtomicBool,
-    pub next_conn: AtomicU64,
-    /// WebSocket connections whose task is still running (including one
-    /// still delivering its close frame).
-    pub open: watch::Sender<usize>,
     /// Where a room created with a time to live gets its first deadline
     /// (see the room node's expiry); `None`: nowhere, so such a room
     /// expires only once it has been used.
@@ -163,8 +141,26 @@ impl Gateway {
             ephemeral,
             room_expiry,
         } = parts;
-        let limiters = Limiters::new(&ephemeral, &config.rate_limits);
-        let hub = Hub::new(bus.clone(), config.clone(), metrics.clone());
+        let limits = &config.rate_limits;
+        let limiters = Limiters {
+            rooms: ephemeral.rate_limiter("rooms", limits.rooms()),
+            http: ephemeral.rate_limiter("http", limits.http()),
+        };
+        let sockets = Arc::new(Sockets::default());
+        let connections = Arc::new(ws::Connections::new(
+            config.clone(),
+            bus.clone(),
+            Hub::new(bus.clone(), config.clone(), metrics.clone()),
+            ws::ConnectionLimiters {
+                ops: ephemeral.rate_limiter("ops", limits.ops()),
+                cursors: ephemeral.rate_limiter("cursors", limits.cursors()),
+                joins: ephemeral.rate_limiter("joins", limits.joins()),
+            },
+            metrics.clone(),
+            ephemeral.presence.clone(),
+            ephemeral.revocations.clone(),
+            sockets.clone(),
+        ));
         if let Some(load) = bus.load() {
             // The cluster view shows this gateway's open connections.
             let connections = metrics.connections.clone();
@@ -183,16 +179,14 @@ impl Gateway {
             exporter,
             limiters,
             ephemeral,
-            sockets: Sockets::default(),
-            hub,
-            closing: watch::channel(false).0,
+            connections,
             accepting: AtomicBool::new(true),
-            next_conn: AtomicU64::new(1),
-            open: watch::channel(0).0,
             room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(
-            Arc::downgrade(&shared),
+            Arc::downgrade(&sockets),
+            shared.ephemeral.revocations.clone(),
+            shared.metrics.clone(),
             revocations,
         ));
         Gateway { shared }
@@ -231,7 +225,7 @@ impl Gateway {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
-        let mut open = self.shared.open.subscribe();
+        let mut open = self.shared.connections.open.subscribe();
         let _ = open.wait_for(|n| *n == 0).await;
         Ok(())
     }
@@ -240,7 +234,10 @@ impl Gateway {
     /// WebSocket is closed with 1001 so its client resumes elsewhere.
     pub fn begin_shutdown(&self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
-        self.shared.closing.send_replace(true);
+        self.shared
+            .connections
+            .sockets
+            .close_all(ws::close::Close::SHUTDOWN);
     }
 
     /// Writes what presence has not written yet (at the end of a drain,
