@@ -18,6 +18,7 @@
 //! the sockets of the tokens it covers with 4001 ([`revoke`]).
 
 mod admin;
+mod admission;
 mod auth;
 mod config;
 mod error;
@@ -32,7 +33,7 @@ mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -103,8 +104,9 @@ pub(crate) struct Shared {
     pub ephemeral: Ephemeral,
     /// The WebSocket connections.
     pub connections: Arc<ws::Connections>,
-    /// Whether WebSocket upgrades are taken (not while draining).
-    pub accepting: AtomicBool,
+    /// Whether WebSocket upgrades are taken (not while draining, nor while
+    /// cut off from the cluster).
+    pub admission: Arc<admission::Admission>,
     /// Where a room created with a time to live gets its first deadline
     /// (see the room node's expiry); `None`: nowhere, so such a room
     /// expires only once it has been used.
@@ -169,6 +171,20 @@ impl Gateway {
             });
         }
         let revocations = ephemeral.revocations.subscribe();
+        let admission = Arc::new(admission::Admission::default());
+        if let Some(cut_off) = bus.cut_off() {
+            // Unset: two member TTLs of the default 3 s.
+            let after = match config.bus_lost_close_ms {
+                0 => Duration::from_secs(6),
+                ms => Duration::from_millis(ms),
+            };
+            tokio::spawn(admission::close_when_cut_off(
+                cut_off,
+                after,
+                admission.clone(),
+                Arc::downgrade(&sockets),
+            ));
+        }
         let shared = Arc::new(Shared {
             config,
             auth,
@@ -180,7 +196,7 @@ impl Gateway {
             limiters,
             ephemeral,
             connections,
-            accepting: AtomicBool::new(true),
+            admission,
             room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(
@@ -233,7 +249,7 @@ impl Gateway {
     /// The first step of a graceful stop: readiness turns 503, and every
     /// WebSocket is closed with 1001 so its client resumes elsewhere.
     pub fn begin_shutdown(&self) {
-        self.shared.accepting.store(false, Ordering::SeqCst);
+        self.shared.admission.drain();
         self.shared
             .connections
             .sockets

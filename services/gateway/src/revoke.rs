@@ -57,7 +57,8 @@ impl Sockets {
         self.lock().sockets.remove(conn);
     }
 
-    /// Closes every socket with `close`, and every one listed from now on.
+    /// Closes every socket with `close`, and every one listed from now on
+    /// until [`Sockets::reopen_after`].
     pub(crate) fn close_all(&self, close: Close) {
         let mut open = self.lock();
         open.closing_all = Some(close);
@@ -74,6 +75,15 @@ impl Sockets {
             .values()
             .map(|s| s.outbound.closing())
             .collect()
+    }
+
+    /// Sockets listed from now on stay open, unless they are being
+    /// closed for another reason than `close` (the drain outlasts a cut).
+    pub(crate) fn reopen_after(&self, close: Close) {
+        let mut open = self.lock();
+        if open.closing_all == Some(close) {
+            open.closing_all = None;
+        }
     }
 
     /// Closes with 4001 every socket whose token `revoked` says is

@@ -27,6 +27,13 @@ impl Close {
     /// The gateway drains: the client resumes elsewhere.
     pub const SHUTDOWN: Close =
         Close::new(CLOSE_GOING_AWAY, "server going away", Disconnect::Shutdown);
+    /// The gateway was cut off from the cluster: nothing the client sends
+    /// reaches a room, so it resumes at another gateway.
+    pub const BUS_LOST: Close = Close::new(
+        CLOSE_GOING_AWAY,
+        "server cut off from its cluster",
+        Disconnect::BusLost,
+    );
     /// The outbound queue overflowed: the client does not read.
     pub const SLOW: Close = Close::new(CLOSE_TOO_SLOW, "too slow", Disconnect::Slow);
     pub const EXPIRED: Close = Close::new(CLOSE_REVOKED, "token expired", Disconnect::Expired);

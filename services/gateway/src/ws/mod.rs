@@ -197,8 +197,8 @@ pub(crate) async fn upgrade(
     if UserId::parse(claims.sub.clone()).is_err() {
         return ApiError::new(ErrorCode::Unauthorized, "token has an empty sub").into_response();
     }
-    if !shared.accepting.load(Ordering::SeqCst) {
-        return ApiError::new(ErrorCode::Unavailable, "shutting down").into_response();
+    if let Some(why) = shared.admission.refusal() {
+        return ApiError::new(ErrorCode::Unavailable, why).into_response();
     }
     let limit = shared.config.limits.max_message_bytes;
     let connections = shared.connections.clone();
