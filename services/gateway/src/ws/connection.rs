@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,7 +35,6 @@ use tracing::{debug, info};
 
 use super::Connections;
 use super::close::Close;
-use super::idle::IdleTimer;
 use super::outbound::{Batch, Outbound};
 use super::socket::SocketWriter;
 
@@ -125,10 +124,8 @@ enum Wake<E> {
     Wrote(Result<usize, E>),
     Outbound,
     Reply(Awaited, Result<RoomReply, BusError>),
-    Paced,
-    Ping,
-    Idle,
-    Expired,
+    /// The connection's timer: something of [`Timers`] is due.
+    Timer,
 }
 
 /// When the loop may write next (see the module docs).
@@ -138,9 +135,8 @@ struct Pacing {
     /// Two writes came within `quiet`: the next one waits for `quiet` to
     /// pass since the last.
     busy: bool,
-    /// Armed while the loop waits to write.
-    sleep: Pin<Box<Sleep>>,
-    waiting: bool,
+    /// When the write the loop waits for may go.
+    waiting: Option<Instant>,
     /// The wait is over: the write it held goes now, and the connection
     /// stays busy.
     waited: bool,
@@ -152,15 +148,14 @@ impl Pacing {
             quiet,
             last_write: None,
             busy: false,
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            waiting: false,
+            waiting: None,
             waited: false,
         }
     }
 
     /// Whether a write may start `now`; if not, arms the wait for it.
     fn may_write(&mut self, now: Instant) -> bool {
-        if self.waiting {
+        if self.waiting.is_some() {
             return false;
         }
         if std::mem::take(&mut self.waited) {
@@ -180,8 +175,7 @@ impl Pacing {
             self.busy = true;
             return true;
         }
-        self.sleep.as_mut().reset(due);
-        self.waiting = true;
+        self.waiting = Some(due);
         false
     }
 
@@ -189,10 +183,88 @@ impl Pacing {
         self.last_write = Some(now);
     }
 
-    /// The wait armed by [`Pacing::may_write`] is over.
-    fn waited(&mut self) {
-        self.waiting = false;
-        self.waited = true;
+    /// Ends the wait armed by [`Pacing::may_write`] if it is over.
+    fn waited(&mut self, now: Instant) -> bool {
+        if self.waiting.is_some_and(|due| due <= now) {
+            self.waiting = None;
+            self.waited = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// Everything a connection waits for in time — the idle timeout, the next
+/// ping, the token's expiry and the pace of writes — on one timer set for
+/// the earliest. A frame read moves the idle deadline without touching the
+/// timer: when it fires early, it is set again for what is due next.
+/// (One timer polled per turn of the loop instead of four.)
+struct Timers {
+    sleep: Pin<Box<Sleep>>,
+    idle: Duration,
+    last_read: Instant,
+    ping_every: Duration,
+    next_ping: Instant,
+    expires_at: Instant,
+}
+
+/// What the timer found due.
+#[derive(Debug, Default)]
+struct Due {
+    expired: bool,
+    idle: bool,
+    ping: bool,
+}
+
+impl Timers {
+    fn new(idle: Duration, ping_every: Duration, expires_in: Duration) -> Timers {
+        let now = Instant::now();
+        let mut timers = Timers {
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+            idle,
+            last_read: now,
+            ping_every,
+            next_ping: now + ping_every,
+            expires_at: now + expires_in,
+        };
+        timers.set(None);
+        timers
+    }
+
+    /// The peer was heard from just now.
+    fn touch(&mut self, now: Instant) {
+        self.last_read = now;
+    }
+
+    /// Sets the timer for the earliest deadline, `pace` included.
+    fn set(&mut self, pace: Option<Instant>) {
+        let due = (self.last_read + self.idle)
+            .min(self.next_ping)
+            .min(self.expires_at);
+        let due = pace.map_or(due, |pace| pace.min(due));
+        if self.sleep.deadline() != due {
+            self.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// Sets the timer earlier if `pace` comes before it.
+    fn set_pace(&mut self, pace: Instant) {
+        if pace < self.sleep.deadline() {
+            self.sleep.as_mut().reset(pace);
+        }
+    }
+
+    /// What is due at `now` (the next ping then scheduled).
+    fn due(&mut self, now: Instant) -> Due {
+        let due = Due {
+            expired: now >= self.expires_at,
+            idle: now >= self.last_read + self.idle,
+            ping: now >= self.next_ping,
+        };
+        if due.ping {
+            self.next_ping = now + self.ping_every;
+        }
+        due
     }
 }
 
@@ -250,21 +322,19 @@ impl Connection {
         E: Display,
     {
         let config = &self.cx.config;
-        let mut idle = IdleTimer::new(Duration::from_secs(config.idle_timeout_secs.max(1)));
-        let ping_every = Duration::from_secs(config.ping_interval_secs.max(1));
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         // The token's expiry ends the connection (4001), like a revocation.
         let expires_in = self.claims.exp.saturating_sub(crate::auth::now_secs());
-        let mut expiry = pin!(tokio::time::sleep(Duration::from_secs(expires_in)));
+        let mut timers = Timers::new(
+            Duration::from_secs(config.idle_timeout_secs.max(1)),
+            Duration::from_secs(config.ping_interval_secs.max(1)),
+            Duration::from_secs(expires_in),
+        );
         loop {
             let wake = tokio::select! {
-                // Timers first: a client that never stops sending must not
-                // starve them.
+                // The timer first: a client that never stops sending must
+                // not starve it.
                 biased;
-                () = &mut expiry => Wake::Expired,
-                () = idle.expired() => Wake::Idle,
-                _ = ping.tick() => Wake::Ping,
-                () = &mut self.pace.sleep, if self.pace.waiting => Wake::Paced,
+                () = &mut timers.sleep => Wake::Timer,
                 wake = poll_fn(|cx| poll_io(
                     &mut self.writer,
                     &self.outbound,
@@ -273,20 +343,33 @@ impl Connection {
                     cx,
                 )) => wake,
             };
-            if let Some(close) = self.on_wake(wake, &mut idle).await {
+            let mut next = self.on_wake(wake, &mut timers).await;
+            // A write just started usually finishes at once: finish it now
+            // rather than on another turn of the loop.
+            while next.is_none() && self.writer.is_busy() {
+                let wrote = poll_fn(|cx| Poll::Ready(self.writer.poll_write(socket, cx))).await;
+                let Poll::Ready(wrote) = wrote else {
+                    break;
+                };
+                next = self.on_wake(Wake::Wrote(wrote), &mut timers).await;
+            }
+            if let Some(close) = next {
                 // The first close wins: one asked for meanwhile (too slow,
                 // revoked) is the one that happens.
                 self.outbound.close(close);
                 return self.outbound.closing().unwrap_or(close);
             }
+            if let Some(pace) = self.pace.waiting {
+                timers.set_pace(pace);
+            }
         }
     }
 
     /// Handles one wake-up; `Some` to end the connection.
-    async fn on_wake<E: Display>(&mut self, wake: Wake<E>, idle: &mut IdleTimer) -> Option<Close> {
+    async fn on_wake<E: Display>(&mut self, wake: Wake<E>, timers: &mut Timers) -> Option<Close> {
         match wake {
             Wake::Read(message) => {
-                idle.touch();
+                timers.touch(Instant::now());
                 match message {
                     None | Some(Ok(Message::Close(_))) => return Some(Close::CLIENT),
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -323,16 +406,25 @@ impl Connection {
                 return self.write_queued();
             }
             Wake::Reply(what, reply) => self.on_reply(what, reply).await,
-            Wake::Paced => {
-                self.pace.waited();
-                return self.write_queued();
+            Wake::Timer => {
+                let now = Instant::now();
+                let due = timers.due(now);
+                if due.expired {
+                    return Some(Close::EXPIRED);
+                }
+                if due.idle {
+                    info!(conn = %self.conn.conn, "peer silent; closing");
+                    return Some(Close::IDLE);
+                }
+                if due.ping {
+                    self.writer.ping();
+                }
+                let paced = self.pace.waited(now);
+                timers.set(self.pace.waiting);
+                if paced || due.ping {
+                    return self.write_queued();
+                }
             }
-            Wake::Ping => self.writer.ping(),
-            Wake::Idle => {
-                info!(conn = %self.conn.conn, "peer silent; closing");
-                return Some(Close::IDLE);
-            }
-            Wake::Expired => return Some(Close::EXPIRED),
         }
         None
     }

@@ -11,7 +11,6 @@
 pub(crate) mod close;
 mod connection;
 mod handlers;
-mod idle;
 pub(crate) mod outbound;
 mod socket;
 #[cfg(test)]
