@@ -21,7 +21,8 @@ use std::fmt::Display;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -29,6 +30,7 @@ use collab_bus::{BusError, ReplyFuture};
 use collab_protocol::envelope::{ConnRef, RoomReply};
 use collab_protocol::{Access, Cid, Claims, RoomId, UserInfo};
 use futures_util::stream::FuturesUnordered;
+use futures_util::task::{ArcWake, AtomicWaker};
 use futures_util::{Sink, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info};
@@ -324,6 +326,7 @@ impl Connection {
         let config = &self.cx.config;
         // The token's expiry ends the connection (4001), like a revocation.
         let expires_in = self.claims.exp.saturating_sub(crate::auth::now_secs());
+        let reading = ReadSide::new();
         let mut timers = Timers::new(
             Duration::from_secs(config.idle_timeout_secs.max(1)),
             Duration::from_secs(config.ping_interval_secs.max(1)),
@@ -339,6 +342,7 @@ impl Connection {
                     &mut self.writer,
                     &self.outbound,
                     &mut self.pending,
+                    &reading,
                     socket,
                     cx,
                 )) => wake,
@@ -461,6 +465,7 @@ fn poll_io<S, E>(
     writer: &mut SocketWriter,
     outbound: &Outbound,
     pending: &mut FuturesUnordered<Awaiting>,
+    reading: &ReadSide,
     socket: &mut S,
     cx: &mut Context<'_>,
 ) -> Poll<Wake<E>>
@@ -480,5 +485,61 @@ where
     {
         return Poll::Ready(Wake::Reply(what, reply));
     }
-    socket.poll_next_unpin(cx).map(Wake::Read)
+    reading.poll_next(socket, cx).map(Wake::Read)
+}
+
+/// The socket's read side is polled only when it woke the loop (or may
+/// have more buffered): most turns of a busy connection's loop are for
+/// writing, and a read attempt costs the WebSocket library a buffer
+/// resize even when nothing is there.
+pub(super) struct ReadSide {
+    signal: Arc<ReadSignal>,
+    waker: Waker,
+}
+
+struct ReadSignal {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for ReadSignal {
+    fn wake_by_ref(signal: &Arc<Self>) {
+        signal.woken.store(true, Ordering::Release);
+        signal.task.wake();
+    }
+}
+
+impl ReadSide {
+    pub fn new() -> ReadSide {
+        let signal = Arc::new(ReadSignal {
+            // The first turn reads.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        ReadSide {
+            waker: futures_util::task::waker(signal.clone()),
+            signal,
+        }
+    }
+
+    fn poll_next<S, E>(
+        &self,
+        socket: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, E>>>
+    where
+        S: Stream<Item = Result<Message, E>> + Unpin,
+    {
+        self.signal.task.register(cx.waker());
+        if !self.signal.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut read_cx = Context::from_waker(&self.waker);
+        let next = socket.poll_next_unpin(&mut read_cx);
+        if next.is_ready() {
+            // More frames may be buffered already: read again next turn.
+            self.signal.woken.store(true, Ordering::Release);
+        }
+        next
+    }
 }
