@@ -8,7 +8,7 @@
 //! push to the queue or close it, which wakes the loop.
 //!
 //! Generic over the socket (any `Sink` + `Stream` of messages), so its
-//! rules are tested with channels ([`super::tests`]).
+//! rules are tested with channels (`ws/tests.rs`).
 //!
 //! Writes are paced: a quiet connection's frame is written at once, and so
 //! is the next one, but after two writes within [`QUIET`] the connection
