@@ -152,7 +152,11 @@ impl Gateway {
         let connections = Arc::new(ws::Connections::new(
             config.clone(),
             bus.clone(),
-            Hub::new(bus.clone(), config.clone(), metrics.clone()),
+            Hub::new(
+                bus.clone(),
+                Duration::from_secs(config.request_timeout_secs),
+                metrics.clone(),
+            ),
             ws::ConnectionLimiters {
                 ops: ephemeral.rate_limiter("ops", limits.ops()),
                 cursors: ephemeral.rate_limiter("cursors", limits.cursors()),

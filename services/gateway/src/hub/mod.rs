@@ -46,7 +46,6 @@ use collab_protocol::frames::{JoinedBody, UserInfo};
 use collab_protocol::{ConnId, RoomId};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::config::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use crate::ws::outbound::Outbound;
 use fanout::Fanout;
@@ -78,17 +77,18 @@ type Rooms = Arc<Mutex<HashMap<RoomId, RoomHandle>>>;
 
 pub(crate) struct Hub {
     bus: Arc<dyn Bus>,
-    config: GatewayConfig,
+    /// How long a room's task waits for its owner's answers.
+    timeout: Duration,
     metrics: GatewayMetrics,
     rooms: Rooms,
     next_task: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
-    pub fn new(bus: Arc<dyn Bus>, config: GatewayConfig, metrics: GatewayMetrics) -> Self {
+    pub fn new(bus: Arc<dyn Bus>, timeout: Duration, metrics: GatewayMetrics) -> Self {
         Hub {
             bus,
-            config,
+            timeout,
             metrics,
             rooms: Arc::new(Mutex::new(HashMap::new())),
             next_task: std::sync::atomic::AtomicU64::new(0),
@@ -122,7 +122,7 @@ impl Hub {
                 room.clone(),
                 self.bus.clone(),
                 self.metrics.clone(),
-                Duration::from_secs(self.config.request_timeout_secs),
+                self.timeout,
                 subscription,
                 rx,
                 ended,

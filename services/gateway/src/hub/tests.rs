@@ -139,7 +139,7 @@ async fn attached(
     });
     let hub = Hub::new(
         bus.clone(),
-        GatewayConfig::default(),
+        Duration::from_secs(GatewayConfig::default().request_timeout_secs),
         GatewayMetrics::register(&mut Registry::default()),
     );
     let outbound = Arc::new(Outbound::new(100));

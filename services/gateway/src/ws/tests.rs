@@ -208,7 +208,11 @@ async fn setup(config: GatewayConfig, quiet: Duration) -> Setup {
     let mut cx = Connections::new(
         config.clone(),
         bus_dyn.clone(),
-        Hub::new(bus_dyn, config, metrics.clone()),
+        Hub::new(
+            bus_dyn,
+            Duration::from_secs(config.request_timeout_secs),
+            metrics.clone(),
+        ),
         limiters,
         metrics,
         ephemeral.presence.clone(),
