@@ -14,7 +14,7 @@ use collab_bus::InProcessBus;
 use collab_gateway::Auth;
 use collab_protocol::{Claims, Epoch, RoomId, RoomKind, UserId};
 use collab_store::testsuite::GatedStore;
-use collab_store::{RoomRecord, Store};
+use collab_store::{RoomCatalog, RoomRecord};
 use collab_tests::harness::WsClient;
 use serde_json::json;
 

@@ -11,7 +11,7 @@ use collab_protocol::{
     UserId, UserInfo,
 };
 use collab_store::testsuite::GatedStore;
-use collab_store::{RoomRecord, Store, Writer};
+use collab_store::{RoomCatalog, RoomRecord, Store, StoreReader, Writer};
 use ractor::ActorRef;
 
 use super::*;

@@ -286,7 +286,7 @@ mod tests {
     use collab_protocol::frames::PresenceEvent;
     use collab_protocol::subjects::{MemberRecord, WIRE_VERSION};
     use collab_protocol::{ConnId, Epoch, RoomId, RoomKind, UserId, UserInfo};
-    use collab_store::{MemoryStore, RoomRecord};
+    use collab_store::{MemoryStore, RoomCatalog, RoomRecord};
 
     use super::*;
 

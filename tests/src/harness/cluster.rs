@@ -57,7 +57,7 @@ use collab_bus::testsuite::NatsServer;
 use collab_bus::{Bus, Members, NatsBus, NatsBusConfig, placement};
 use collab_ephemeral::testsuite::RedisServer;
 use collab_protocol::{Epoch, NodeId, Op, OpEvent, RoomId, RoomKind, Seq};
-use collab_store::{CqlOptions, CqlStore, LoggedOp, Store};
+use collab_store::{CqlOptions, CqlStore, LoggedOp, StoreReader};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc, watch};
