@@ -42,7 +42,10 @@ use collab_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use auth::{Auth, AuthError, new_token_id, now_secs};
+pub use auth::{
+    Auth, AuthError, AuthOptions, JWKS_ALGORITHMS, JwksError, JwksOptions, JwksSource,
+    KeySetMetrics, Signer, SignerError, new_token_id, now_secs,
+};
 pub use config::{GatewayConfig, RateLimits};
 pub use metrics::{Disconnect, GatewayMetrics};
 
