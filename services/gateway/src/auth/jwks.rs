@@ -14,6 +14,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -66,7 +72,9 @@ impl JwksSource {
             return Ok(JwksSource::File(PathBuf::from(path)));
         }
         if (text.starts_with("https://") || text.starts_with("http://"))
-            && reqwest::Url::parse(text).is_ok()
+            && text
+                .parse::<hyper::Uri>()
+                .is_ok_and(|uri| uri.host().is_some_and(|h| !h.is_empty()))
         {
             return Ok(JwksSource::Url(text.to_owned()));
         }
@@ -177,7 +185,8 @@ struct Inner {
     /// When the last load began.
     last_load: Mutex<Instant>,
     early: Arc<Notify>,
-    http: reqwest::Client,
+    /// For a URL only: a file needs no root certificates.
+    http: Option<HttpClient>,
     metrics: KeySetMetrics,
 }
 
@@ -188,19 +197,15 @@ impl KeySet {
         options: JwksOptions,
         metrics: KeySetMetrics,
     ) -> Result<KeySet, JwksError> {
-        // reqwest's TLS comes without a crypto provider of its own: ring,
-        // which the NATS client's TLS already uses. Installing it twice is
-        // harmless (the second call reports the first).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .map_err(|e| JwksError::Read {
+        let http = match options.source {
+            JwksSource::Url(_) => Some(http_client().map_err(|error| JwksError::Read {
                 source_name: options.source.to_string(),
-                error: e.to_string(),
-            })?;
+                error,
+            })?),
+            JwksSource::File(_) => None,
+        };
         let started = Instant::now();
-        let keys = match fetch(&options.source, &http).await {
+        let keys = match fetch(&options.source, http.as_ref()).await {
             Ok(keys) => keys,
             Err(e) => {
                 metrics.failed();
@@ -258,7 +263,7 @@ impl Inner {
 
     async fn refresh(&self) {
         *self.last_load.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        match fetch(&self.options.source, &self.http).await {
+        match fetch(&self.options.source, self.http.as_ref()).await {
             Ok(keys) => {
                 self.metrics.loaded(keys.len());
                 let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
@@ -300,7 +305,41 @@ fn sorted_kids(keys: &Keys) -> Vec<&str> {
     kids
 }
 
-async fn fetch(source: &JwksSource, http: &reqwest::Client) -> Result<Keys, JwksError> {
+/// The client JWKS URLs are fetched with: http, or https checked against
+/// the system's root certificates.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+fn http_client() -> Result<HttpClient, String> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("no root certificates for https: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// `url`'s body, if it answers 200 within [`FETCH_TIMEOUT`] with at most
+/// [`MAX_JWKS_BYTES`].
+async fn get(http: &HttpClient, url: &str) -> Result<Vec<u8>, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+    let fetch = async {
+        let response = http.get(uri).await.map_err(|e| e.to_string())?;
+        if response.status() != hyper::StatusCode::OK {
+            return Err(format!("answered {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(body.to_bytes().to_vec())
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, fetch)
+        .await
+        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+}
+
+async fn fetch(source: &JwksSource, http: Option<&HttpClient>) -> Result<Keys, JwksError> {
     let source_name = source.to_string();
     let read_error = |error: String| JwksError::Read {
         source_name: source_name.clone(),
@@ -310,25 +349,10 @@ async fn fetch(source: &JwksSource, http: &reqwest::Client) -> Result<Keys, Jwks
         JwksSource::File(path) => tokio::fs::read(path)
             .await
             .map_err(|e| read_error(e.to_string()))?,
-        JwksSource::Url(url) => {
-            let response = http
-                .get(url)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| read_error(e.to_string()))?;
-            if response
-                .content_length()
-                .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-            {
-                return Err(read_error(format!("larger than {MAX_JWKS_BYTES} bytes")));
-            }
-            response
-                .bytes()
-                .await
-                .map_err(|e| read_error(e.to_string()))?
-                .to_vec()
-        }
+        JwksSource::Url(url) => match http {
+            Some(http) => get(http, url).await.map_err(read_error)?,
+            None => return Err(read_error("no http client".into())),
+        },
     };
     if bytes.len() > MAX_JWKS_BYTES {
         return Err(read_error(format!("larger than {MAX_JWKS_BYTES} bytes")));
