@@ -274,7 +274,7 @@ impl Inner {
             }
             Err(e) => {
                 self.metrics.failed();
-                warn!(error = %e, "jwks refresh failed; keeping the keys loaded before");
+                warn!(jwks = %self.options.source, error = %e, "jwks refresh failed; keeping the keys loaded before");
             }
         }
     }
