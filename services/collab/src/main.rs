@@ -49,8 +49,9 @@ enum Command {
     /// store.
     RoomNode(ClusterArgs),
     /// Mint a JWT signed with the configured secret (or a dev server's
-    /// secret from --data-dir) and print it; `collab token revoke` revokes
-    /// tokens on every gateway.
+    /// secret from --data-dir, or a private key with --key) and print it;
+    /// `collab token jwks` prints the public keys for the servers' JWKS;
+    /// `collab token revoke` revokes tokens on every gateway.
     Token(TokenCommand),
 }
 
@@ -69,7 +70,7 @@ struct ConfigArgs {
     /// Cassandra [env: COLLAB_STORE] [default: embedded]
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// HS256 signing secret; unset means dev mode. Prefer the environment
+    /// HS256 signing secret; unset (and no JWKS) means dev mode. Prefer the environment
     /// variable: a flag shows in the process list [env: COLLAB_JWT_SECRET]
     #[arg(long, value_name = "SECRET")]
     jwt_secret: Option<String>,
@@ -113,7 +114,8 @@ struct ClusterArgs {
     node_id: Option<String>,
 }
 
-/// `collab token [--user …]` mints; `collab token revoke …` revokes.
+/// `collab token [--user …]` mints; `collab token jwks …` prints a JWKS;
+/// `collab token revoke …` revokes.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct TokenCommand {
