@@ -23,7 +23,7 @@ use cases::{
     DEADLINE, acked_counts, describe_runs, probe, verify_room, wait_acked_more, wait_written_by,
     writer_runs,
 };
-use collab_store::Store;
+use collab_store::StoreReader;
 use collab_tests::harness::WsClient;
 use collab_tests::harness::cluster::{
     Answer, ClientOptions, Cluster, ClusterOptions, DrawClient, RoomInfo, RunningClient,

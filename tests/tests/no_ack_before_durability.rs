@@ -1,34 +1,25 @@
 //! Neither `ack` nor `op` leaves the server before the store has made the
 //! op durable.
 //!
-//! The server here is the same gateway and room node `collab serve` runs,
-//! composed in this process over real sockets, with a store in front of
-//! the real one that holds every append until the test releases it.
+//! The server here is `collab serve`'s (`collab::serve::Server`), run in
+//! this process over real sockets, with a store in front of the real one
+//! that holds every append until the test releases it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use collab_bus::{Bus, InProcessBus};
-use collab_ephemeral::{Ephemeral, EphemeralMetrics};
-use collab_gateway::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness};
-use collab_protocol::{Claims, Epoch, NodeId, RoomId, RoomKind, UserId};
-use collab_room_node::{RoomNode, RoomNodeConfig};
+use collab::config::{CollabConfig, Secret};
+use collab::serve::{Server, ServerStore};
+use collab_bus::InProcessBus;
+use collab_gateway::Auth;
+use collab_protocol::{Claims, Epoch, RoomId, RoomKind, UserId};
 use collab_store::testsuite::GatedStore;
-use collab_store::{RoomRecord, Store};
+use collab_store::{RoomCatalog, RoomRecord};
 use collab_tests::harness::WsClient;
 use serde_json::json;
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct AlwaysReady;
-
-#[async_trait]
-impl Readiness for AlwaysReady {
-    async fn ready(&self) -> bool {
-        true
-    }
-}
+const SECRET: &str = "test-secret";
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
@@ -41,7 +32,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-/// A gateway and room node in this process over the held store, serving
+/// `collab serve`'s server in this process over the held store, serving
 /// one board `held`; returns the store and the WebSocket URL and a token
 /// maker.
 async fn start() -> (Arc<GatedStore>, String, Auth) {
@@ -61,40 +52,27 @@ async fn start() -> (Arc<GatedStore>, String, Auth) {
         })
         .await
         .expect("room");
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
-    let _node = RoomNode::start(
-        RoomNodeConfig::new(NodeId::parse("n1").expect("id")),
-        store.clone(),
-        bus.clone(),
+    let config = CollabConfig {
+        jwt_secret: Some(Secret::new(SECRET)),
+        ..CollabConfig::default()
+    };
+    let server = Server::build(
+        &config,
+        ServerStore::new(store.clone(), "held"),
+        Arc::new(InProcessBus::new()),
     )
     .await
-    .expect("room node");
-    let secret = b"test-secret";
-    let auth = Auth::new(secret, false);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = GatewayMetrics::register(&mut registry);
-    let config = GatewayConfig::default();
-    let ephemeral = Ephemeral::in_memory(&config.ephemeral_options(), EphemeralMetrics::default());
-    let gateway = Gateway::new(
-        config,
-        GatewayParts {
-            auth: auth.clone(),
-            bus,
-            store: store.clone(),
-            readiness: Arc::new(AlwaysReady),
-            metrics,
-            exporter: collab_metrics::Exporter::new(registry, collab_metrics::Role::Serve, "test"),
-            ephemeral,
-            room_expiry: None,
-        },
-    );
+    .expect("server");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let serving = gateway.clone();
-    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
-    (store, format!("ws://{addr}/v1/ws"), auth)
+    tokio::spawn(server.run(listener, std::future::pending()));
+    (
+        store,
+        format!("ws://{addr}/v1/ws"),
+        Auth::new(SECRET.as_bytes(), false),
+    )
 }
 
 fn token(auth: &Auth, user: &str) -> String {

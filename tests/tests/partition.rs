@@ -227,17 +227,12 @@ async fn room_node_partition(how: Cut) {
 /// for the gateway to notice (its heartbeats fail, its requests time out).
 const GATEWAY_CUT_BOUND: Duration = Duration::from_secs(15);
 
-/// The intended behaviour of a gateway cut from NATS: its clients are told
-/// (the socket closes with 1001, going away) within a bound and resume
-/// through another gateway, losing no acked op; when NATS is back it
-/// serves again.
-///
-/// NEEDS A GATEWAY CHANGE: today the gateway keeps the sockets open and
-/// its clients' ops time out or get `unavailable` one by one, forever (see
-/// the report that came with this test). Remove the `ignore` when the
-/// change lands.
+/// A gateway cut from NATS tells its clients (the socket closes with 1001,
+/// going away) within a bound and they resume through another gateway,
+/// losing no acked op; when NATS is back it serves again. The gateway
+/// closes its sockets once its membership heartbeats have failed for
+/// `gateway.bus_lost_close_ms` (two member TTLs by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the gateway to close its sockets with 1001 after losing NATS for a bound"]
 async fn a_gateway_cut_from_nats_tells_its_clients_and_they_resume_elsewhere() {
     if skip() {
         return;

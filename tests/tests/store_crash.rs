@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq};
 use collab_store::testsuite::{event, message, points_batch, random_u64, writer};
-use collab_store::{EmbeddedStore, EmbeddedStoreOptions, Store, StoreError};
+use collab_store::{EmbeddedStore, EmbeddedStoreOptions, Store, StoreError, StoreReader};
 use collab_tests::SelfChild;
 
 /// Set for the child process: the store file to append to.

@@ -13,5 +13,5 @@ pub use actor::{Load, LoadedRoom, RoomActor, RoomArgs, RoomContext, RoomMsg, loa
 pub use config::RoomConfig;
 pub use metrics::{RoomMetrics, Takeover};
 pub use sink::EventSink;
-pub use supervisor::{Ownership, RoomSupervisor, SupervisorMsg};
+pub use supervisor::{Ownership, RoomRouter, RoomSupervisor, Rooms, SupervisorMsg};
 pub use usage::{Expiry, RoomUse, Unobserved};

@@ -11,8 +11,8 @@ use collab_protocol::{
     UserId, UserInfo,
 };
 use collab_store::testsuite::GatedStore;
-use collab_store::{RoomRecord, Store, Writer};
-use ractor::{Actor, ActorRef};
+use collab_store::{RoomCatalog, RoomRecord, Store, StoreReader, Writer};
+use ractor::ActorRef;
 
 use super::*;
 
@@ -94,6 +94,7 @@ struct Node {
     sink: Arc<RecordingSink>,
     usage: Arc<RecordingUse>,
     supervisor: ActorRef<SupervisorMsg>,
+    router: RoomRouter,
     metrics: RoomMetrics,
     /// (room, user) pairs whose connection has joined.
     joined: Mutex<std::collections::HashSet<(String, String)>>,
@@ -116,14 +117,13 @@ async fn node_with(store: Arc<GatedStore>, config: RoomConfig) -> Node {
         metrics: metrics.clone(),
         usage: usage.clone(),
     });
-    let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
-        .await
-        .expect("supervisor starts");
+    let (supervisor, router) = RoomSupervisor::start(ctx).await.expect("supervisor starts");
     Node {
         store,
         sink,
         usage,
         supervisor,
+        router,
         metrics,
         joined: Mutex::new(Default::default()),
     }
@@ -220,9 +220,7 @@ impl Node {
     /// are sent) and returns a task that waits for its reply.
     fn send(&self, request: RoomRequest) -> tokio::task::JoinHandle<RoomReply> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.supervisor
-            .send_message(SupervisorMsg::Route(request, tx.into()))
-            .unwrap_or_else(|_| panic!("supervisor is gone"));
+        assert!(self.router.send(request, tx.into()), "supervisor is gone");
         tokio::spawn(async move {
             tokio::time::timeout(Duration::from_secs(10), rx)
                 .await
@@ -1363,4 +1361,62 @@ async fn an_operator_watching_a_room_does_not_keep_it_from_going_idle() {
     let after = inspect(&node, ROOM).await;
     assert!(!after.live);
     assert_eq!(active_rooms(&node).await, Some(0));
+}
+
+/// Requests sent one after another reach their room in that order, whether
+/// they wait for the room to start, go straight into its mailbox, or wait
+/// for its actor to stop and go to its successor: a join sent first is
+/// always there before the ops that follow it, and the ops get their seqs
+/// in the order they were sent.
+#[tokio::test]
+async fn requests_keep_their_order_while_a_room_starts_lives_and_moves() {
+    let node = node().await;
+    let burst = |cids: std::ops::RangeInclusive<u64>| {
+        let mut tasks = vec![node.send(RoomRequest::Join {
+            room: room_id(ROOM),
+            conn: conn("ann"),
+            user: user_info("ann"),
+            since: None,
+            epoch: None,
+        })];
+        for i in cids {
+            let op = node.op_request(ROOM, "ann", &format!("c{i}"), message("hi"));
+            tasks.push(node.send(op));
+        }
+        tasks
+    };
+    let check = |replies: Vec<RoomReply>, seqs: std::ops::RangeInclusive<u64>| {
+        assert!(
+            matches!(replies[0], RoomReply::Joined(_)),
+            "{:?}",
+            replies[0]
+        );
+        let acked: Vec<u64> = replies[1..].iter().map(ack_seq).collect();
+        assert_eq!(acked, seqs.collect::<Vec<_>>());
+    };
+
+    // The room is not live: the first request starts it, the others wait
+    // for it or, once it is live, go straight in.
+    check(futures_join(burst(1..=20)).await, 1..=20);
+
+    // A batch in flight keeps the room's actor from stopping when it is
+    // handed off (and placed here again at once): what comes meanwhile
+    // waits for it to stop and goes to its successor.
+    node.store.hold(true);
+    let in_flight = node.send(node.op_request(ROOM, "ann", "c21", message("hi")));
+    eventually("the batch to reach the store", || node.store.waiting() == 1).await;
+    let elsewhere: Ownership = Arc::new(|_: &RoomId| false);
+    let mine: Ownership = Arc::new(|_: &RoomId| true);
+    for owns in [elsewhere, mine] {
+        node.supervisor
+            .send_message(SupervisorMsg::Placement(owns))
+            .unwrap_or_else(|_| panic!("supervisor is gone"));
+    }
+    // Answered after both placements: the room is stopping now.
+    assert_eq!(active_rooms(&node).await, Some(0));
+    let waiting = burst(22..=41);
+    node.store.hold(false);
+    node.store.release(1);
+    assert_eq!(ack_seq(&in_flight.await.expect("task")), 21);
+    check(futures_join(waiting).await, 22..=41);
 }

@@ -147,6 +147,15 @@ pub trait Bus: Send + Sync + 'static {
         None
     }
 
+    /// Since when this member has been cut off from the cluster — its
+    /// membership heartbeats fail; the instant is the last one that
+    /// landed — or `None` while they land. A gateway cut off for long
+    /// closes its sockets so that its clients resume elsewhere. `None` for
+    /// a single-process bus, which is never cut off.
+    fn cut_off(&self) -> Option<watch::Receiver<Option<std::time::Instant>>> {
+        None
+    }
+
     /// Leaves the cluster at once (rather than when its membership record
     /// expires): stops announcing and serving this node. Nothing to do for
     /// a single-process bus.

@@ -177,12 +177,18 @@ pub(crate) async fn bucket(
 /// Puts this node's record with its TTL until `roles` is dropped. Only
 /// members with a role announce themselves; a change of roles is announced
 /// at once. Each record carries the figures `load` counts for its roles.
+///
+/// `cut_off` says since when the heartbeats have been failing: the last
+/// one that landed (or the first that failed, if none did), or `None`
+/// while they land.
 pub(crate) async fn heartbeat(
     js: jetstream::Context,
     config: RegistryConfig,
     mut roles: watch::Receiver<Roles>,
     load: std::sync::Arc<Load>,
+    cut_off: std::sync::Arc<watch::Sender<Option<std::time::Instant>>>,
 ) {
+    let mut landed: Option<std::time::Instant> = None;
     let subject = format!("$KV.{}.{}", config.bucket, config.node);
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,6 +229,7 @@ pub(crate) async fn heartbeat(
         };
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_TTL, ttl_header(config.ttl).as_str());
+        let attempt = std::time::Instant::now();
         let put = async {
             js.publish_with_headers(subject.clone(), headers, payload.into())
                 .await?
@@ -236,6 +243,8 @@ pub(crate) async fn heartbeat(
                     info!(node = %config.node, "heartbeats resumed");
                 }
                 failing = false;
+                landed = Some(attempt);
+                cut_off.send_if_modified(|since| since.take().is_some());
             }
             outcome => {
                 if !failing {
@@ -246,6 +255,12 @@ pub(crate) async fn heartbeat(
                     warn!(node = %config.node, %error, "heartbeat failed");
                 }
                 failing = true;
+                let since = landed.unwrap_or(attempt);
+                cut_off.send_if_modified(|cut| {
+                    let first = cut.is_none();
+                    cut.get_or_insert(since);
+                    first
+                });
                 // The bucket may be gone (a server without its store):
                 // make sure it exists before the next beat.
                 bucket_checked = false;

@@ -138,6 +138,9 @@ pub struct NatsBus {
     inbox: String,
     members: watch::Receiver<Members>,
     lag: Arc<watch::Sender<u64>>,
+    /// Since when the membership heartbeats have failed (see
+    /// [`Bus::cut_off`]).
+    cut_off: Arc<watch::Sender<Option<std::time::Instant>>>,
     roles: watch::Sender<Roles>,
     /// Read by the heartbeat: the figures this member announces.
     load: Arc<Load>,
@@ -275,11 +278,13 @@ impl NatsBus {
             gateway: config.gateway,
         });
         let load = Arc::new(Load::default());
+        let cut_off = Arc::new(watch::channel(None).0);
         tasks.heartbeat = Some(tokio::spawn(membership::heartbeat(
             js.clone(),
             registry.clone(),
             roles_rx,
             load.clone(),
+            cut_off.clone(),
         )));
 
         Ok(NatsBus {
@@ -293,6 +298,7 @@ impl NatsBus {
             inbox,
             members,
             lag,
+            cut_off,
             roles,
             load,
             tasks: Mutex::new(tasks),
@@ -504,6 +510,10 @@ impl Bus for NatsBus {
 
     fn load(&self) -> Option<&Load> {
         Some(&self.load)
+    }
+
+    fn cut_off(&self) -> Option<watch::Receiver<Option<std::time::Instant>>> {
+        Some(self.cut_off.subscribe())
     }
 
     async fn leave(&self) {

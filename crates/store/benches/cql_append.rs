@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use collab_protocol::Seq;
 use collab_store::testsuite::{points_batch, unique_room, writer};
-use collab_store::{CqlOptions, CqlStore, Store};
+use collab_store::{CqlOptions, CqlStore, Store, StoreReader};
 use hdrhistogram::Histogram;
 
 const ROOMS: usize = 1000;

@@ -1,7 +1,10 @@
 //! Durable storage for collab rooms.
 //!
 //! One [`Store`] trait holds everything that must survive a crash: room
-//! records and memberships, each room's op log, and room snapshots. The op
+//! records and memberships, each room's op log, and room snapshots. It is
+//! three traits deep, so that each part of collab sees what it may use:
+//! [`StoreReader`] (reads), [`RoomCatalog`] (reads, and creating rooms: the
+//! gateway's view) and [`Store`] (the writes of a room's owner). The op
 //! log is append-only and fenced: [`Store::append`] writes a batch only if
 //! none of its sequence numbers exist yet and otherwise fails with
 //! [`StoreError::Conflict`], which is how two would-be owners of one room are
@@ -50,7 +53,7 @@ pub struct RoomRecord {
     pub ttl_secs: Option<u64>,
     /// The seq this room's log starts after: 0, unless the id belonged to
     /// a deleted room, whose tombstone's seq it then is (so the first op is
-    /// `floor + 1`). Set by [`Store::create_room`], whatever the caller
+    /// `floor + 1`). Set by [`RoomCatalog::create_room`], whatever the caller
     /// put here.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub floor: Seq,
@@ -139,20 +142,69 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// outcome.
 pub type AppendDone = Box<dyn FnOnce(Vec<OpEvent>, StoreResult<()>) + Send>;
 
-/// Everything collab keeps durably. All methods are cancel-safe to drop, but
-/// a dropped `append` may still complete: resolve by reading the log.
+/// The read side of the store: rooms, their logs and snapshots, as any
+/// part of collab may read them. The gateway sees only this and
+/// [`RoomCatalog`]; writing a room's log is for its owner.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait StoreReader: Send + Sync + 'static {
+    /// The room, unless there is none or it was deleted (even if its
+    /// deletion is not finished).
+    async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>>;
+
+    /// The private rooms `user` is a member of and the rooms `user` created,
+    /// ordered by id.
+    async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>>;
+
+    /// The highest stored seq of `room` (`Seq::ZERO` when its log is empty).
+    async fn head(&self, room: &RoomId) -> StoreResult<Seq>;
+
+    /// Up to `limit` logged ops with `seq > after`, oldest first.
+    async fn read_log(&self, room: &RoomId, after: Seq, limit: usize)
+    -> StoreResult<Vec<LoggedOp>>;
+
+    /// Up to `limit` ops with `seq > after`, oldest first.
+    async fn read_ops(&self, room: &RoomId, after: Seq, limit: usize) -> StoreResult<Vec<OpEvent>> {
+        Ok(self
+            .read_log(room, after, limit)
+            .await?
+            .into_iter()
+            .map(|logged| logged.event)
+            .collect())
+    }
+
+    /// Up to `limit` ops with `seq < before`, newest first, of the given
+    /// kinds only (all kinds when `kinds` is `None`). A page with a fixed
+    /// `before` never changes once `before - 1` is stored.
+    async fn history(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        limit: usize,
+        kinds: Option<&[OpKind]>,
+    ) -> StoreResult<Vec<OpEvent>>;
+
+    /// The snapshot with the highest seq, whole.
+    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>>;
+}
+
+/// Reading, and creating rooms: what a front end needs. Creating a room
+/// writes its record and memberships only, guarded by its own conflict
+/// check (`Conflict` when the id is taken); it does not touch the fenced
+/// op log, so it needs no owner and is done where the request arrives.
+#[async_trait]
+pub trait RoomCatalog: StoreReader {
     /// Creates a room and its memberships; `Conflict` if the id is taken.
     /// An id whose room was deleted is free again: the new room's `floor`
     /// is the old one's tombstone (whatever `room.floor` says), so its ops
     /// never share a seq with the old room's.
     async fn create_room(&self, room: &RoomRecord) -> StoreResult<()>;
+}
 
-    /// The room, unless there is none or it was deleted (even if its
-    /// deletion is not finished).
-    async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>>;
-
+/// Everything collab keeps durably: the [`RoomCatalog`], and the writes of
+/// a room's owner. All methods are cancel-safe to drop, but a dropped
+/// `append` may still complete: resolve by reading the log.
+#[async_trait]
+pub trait Store: RoomCatalog {
     /// Deletes a room for its owner, through the fence its appends go
     /// through: first a tombstone at `deletion.at` (the seq after the log's
     /// head), written only if that seq is free — `Conflict` otherwise,
@@ -174,16 +226,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()>;
 
     /// Finishes the deletion of `room` if one was cut short after the room
-    /// disappeared from [`Store::room`] (by a crash): removes what is left
+    /// disappeared from [`StoreReader::room`] (by a crash): removes what is left
     /// of its snapshots and log. A no-op otherwise, and for the stores that
     /// delete in one atomic write (the default).
     async fn finish_deletion(&self, _room: &RoomId) -> StoreResult<()> {
         Ok(())
     }
-
-    /// The private rooms `user` is a member of and the rooms `user` created,
-    /// ordered by id.
-    async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>>;
 
     /// Appends `batch` (ops `first`, `first + 1`, … of `room`) as one atomic,
     /// durable write tagged with `writer`. Writes nothing and fails with
@@ -217,40 +265,9 @@ pub trait Store: Send + Sync + 'static {
         });
     }
 
-    /// The highest stored seq of `room` (`Seq::ZERO` when its log is empty).
-    async fn head(&self, room: &RoomId) -> StoreResult<Seq>;
-
-    /// Up to `limit` logged ops with `seq > after`, oldest first.
-    async fn read_log(&self, room: &RoomId, after: Seq, limit: usize)
-    -> StoreResult<Vec<LoggedOp>>;
-
-    /// Up to `limit` ops with `seq > after`, oldest first.
-    async fn read_ops(&self, room: &RoomId, after: Seq, limit: usize) -> StoreResult<Vec<OpEvent>> {
-        Ok(self
-            .read_log(room, after, limit)
-            .await?
-            .into_iter()
-            .map(|logged| logged.event)
-            .collect())
-    }
-
-    /// Up to `limit` ops with `seq < before`, newest first, of the given
-    /// kinds only (all kinds when `kinds` is `None`). A page with a fixed
-    /// `before` never changes once `before - 1` is stored.
-    async fn history(
-        &self,
-        room: &RoomId,
-        before: Seq,
-        limit: usize,
-        kinds: Option<&[OpKind]>,
-    ) -> StoreResult<Vec<OpEvent>>;
-
     /// Stores a snapshot, chunked as the backend needs. A snapshot older
     /// than the latest stored one is ignored.
     async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()>;
-
-    /// The snapshot with the highest seq, whole.
-    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>>;
 }
 
 /// Checks that `batch` is a contiguous run of `room`'s ops from `first`.

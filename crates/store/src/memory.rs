@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 
 use crate::{
-    Deletion, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch,
+    Deletion, LoggedOp, RoomCatalog, RoomRecord, Snapshot, Store, StoreError, StoreReader,
+    StoreResult, Writer, check_batch,
 };
 
 /// An in-memory [`Store`]. Cheap to create; share it behind an `Arc`.
@@ -59,69 +60,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
-    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        let mut inner = self.lock();
-        if inner.rooms.contains_key(&room.id) {
-            return Err(StoreError::Conflict(format!("room {} exists", room.id)));
-        }
-        for user in members_to_index(room) {
-            inner
-                .rooms_by_user
-                .entry(user.clone())
-                .or_default()
-                .insert(room.id.clone());
-        }
-        let mut record = room.clone();
-        record.floor = inner.deleted.get(&room.id).copied().unwrap_or(Seq::ZERO);
-        inner.rooms.insert(room.id.clone(), record);
-        Ok(())
-    }
-
-    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
-        let at = deletion.at;
-        if at == Seq::ZERO {
-            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
-        }
-        let mut inner = self.lock();
-        let tombstoned = match inner.logs.get(room).and_then(|log| log.get(&at)) {
-            Some(Entry::Op(_)) => {
-                return Err(StoreError::Conflict(format!(
-                    "room {room}: seq {at} exists"
-                )));
-            }
-            Some(Entry::Tombstone) => true,
-            None => false,
-        };
-        let ours = inner
-            .rooms
-            .get(room)
-            .is_some_and(|record| record.epoch == deletion.epoch);
-        if !ours && !tombstoned {
-            return Err(StoreError::NotFound(format!(
-                "no room {room} with epoch {}",
-                deletion.epoch
-            )));
-        }
-        let log = inner.logs.entry(room.clone()).or_default();
-        log.insert(at, Entry::Tombstone);
-        // Everything below the tombstone goes; a later room's log is above.
-        *log = log.split_off(&at);
-        if inner.snapshots.get(room).is_some_and(|s| s.seq < at) {
-            inner.snapshots.remove(room);
-        }
-        if ours && let Some(record) = inner.rooms.remove(room) {
-            for user in members_to_index(&record) {
-                if let Some(rooms) = inner.rooms_by_user.get_mut(user) {
-                    rooms.remove(room);
-                }
-            }
-        }
-        let floor = inner.deleted.entry(room.clone()).or_insert(at);
-        *floor = (*floor).max(at);
-        Ok(())
-    }
-
+impl StoreReader for MemoryStore {
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
         Ok(self.lock().rooms.get(id).cloned())
     }
@@ -135,36 +74,6 @@ impl Store for MemoryStore {
             .iter()
             .filter_map(|id| inner.rooms.get(id).cloned())
             .collect())
-    }
-
-    async fn append(
-        &self,
-        room: &RoomId,
-        first: Seq,
-        batch: &[OpEvent],
-        writer: &Writer,
-    ) -> StoreResult<()> {
-        check_batch(room, first, batch)?;
-        let mut inner = self.lock();
-        let log = inner.logs.entry(room.clone()).or_default();
-        let last = Seq(first.get() + batch.len() as u64 - 1);
-        // Check the whole batch before inserting anything: a loser of a
-        // fencing race must write nothing.
-        if let Some((seq, _)) = log.range(first..=last).next() {
-            return Err(StoreError::Conflict(format!(
-                "room {room}: seq {seq} exists"
-            )));
-        }
-        for event in batch {
-            log.insert(
-                event.seq,
-                Entry::Op(LoggedOp {
-                    event: event.clone(),
-                    writer: writer.clone(),
-                }),
-            );
-        }
-        Ok(())
     }
 
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
@@ -220,6 +129,108 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
+        Ok(self.lock().snapshots.get(room).cloned())
+    }
+}
+
+#[async_trait]
+impl RoomCatalog for MemoryStore {
+    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        let mut inner = self.lock();
+        if inner.rooms.contains_key(&room.id) {
+            return Err(StoreError::Conflict(format!("room {} exists", room.id)));
+        }
+        for user in members_to_index(room) {
+            inner
+                .rooms_by_user
+                .entry(user.clone())
+                .or_default()
+                .insert(room.id.clone());
+        }
+        let mut record = room.clone();
+        record.floor = inner.deleted.get(&room.id).copied().unwrap_or(Seq::ZERO);
+        inner.rooms.insert(room.id.clone(), record);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        let at = deletion.at;
+        if at == Seq::ZERO {
+            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
+        }
+        let mut inner = self.lock();
+        let tombstoned = match inner.logs.get(room).and_then(|log| log.get(&at)) {
+            Some(Entry::Op(_)) => {
+                return Err(StoreError::Conflict(format!(
+                    "room {room}: seq {at} exists"
+                )));
+            }
+            Some(Entry::Tombstone) => true,
+            None => false,
+        };
+        let ours = inner
+            .rooms
+            .get(room)
+            .is_some_and(|record| record.epoch == deletion.epoch);
+        if !ours && !tombstoned {
+            return Err(StoreError::NotFound(format!(
+                "no room {room} with epoch {}",
+                deletion.epoch
+            )));
+        }
+        let log = inner.logs.entry(room.clone()).or_default();
+        log.insert(at, Entry::Tombstone);
+        // Everything below the tombstone goes; a later room's log is above.
+        *log = log.split_off(&at);
+        if inner.snapshots.get(room).is_some_and(|s| s.seq < at) {
+            inner.snapshots.remove(room);
+        }
+        if ours && let Some(record) = inner.rooms.remove(room) {
+            for user in members_to_index(&record) {
+                if let Some(rooms) = inner.rooms_by_user.get_mut(user) {
+                    rooms.remove(room);
+                }
+            }
+        }
+        let floor = inner.deleted.entry(room.clone()).or_insert(at);
+        *floor = (*floor).max(at);
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        room: &RoomId,
+        first: Seq,
+        batch: &[OpEvent],
+        writer: &Writer,
+    ) -> StoreResult<()> {
+        check_batch(room, first, batch)?;
+        let mut inner = self.lock();
+        let log = inner.logs.entry(room.clone()).or_default();
+        let last = Seq(first.get() + batch.len() as u64 - 1);
+        // Check the whole batch before inserting anything: a loser of a
+        // fencing race must write nothing.
+        if let Some((seq, _)) = log.range(first..=last).next() {
+            return Err(StoreError::Conflict(format!(
+                "room {room}: seq {seq} exists"
+            )));
+        }
+        for event in batch {
+            log.insert(
+                event.seq,
+                Entry::Op(LoggedOp {
+                    event: event.clone(),
+                    writer: writer.clone(),
+                }),
+            );
+        }
+        Ok(())
+    }
+
     async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
         let mut inner = self.lock();
         match inner.snapshots.get(room) {
@@ -231,10 +242,6 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
-    }
-
-    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
-        Ok(self.lock().snapshots.get(room).cloned())
     }
 }
 

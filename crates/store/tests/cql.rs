@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use collab_protocol::{OpEvent, OpKind, Seq};
 use collab_store::testsuite::{cql_test_store, event, message, points_batch, unique_room, writer};
-use collab_store::{CqlOptions, CqlStore, Store, StoreError, Writer};
+use collab_store::{CqlOptions, CqlStore, RoomCatalog, Store, StoreError, StoreReader, Writer};
 
 mod conformance {
     collab_store::store_conformance_tests!(collab_store::testsuite::cql_test_store());

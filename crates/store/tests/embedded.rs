@@ -11,7 +11,9 @@ use collab_store::testsuite::{
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use collab_store::{EmbeddedStore, EmbeddedStoreOptions, Snapshot, Store, StoreError};
+use collab_store::{
+    EmbeddedStore, EmbeddedStoreOptions, RoomCatalog, Snapshot, Store, StoreError, StoreReader,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_shares_transactions_across_rooms() {

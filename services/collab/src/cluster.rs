@@ -217,9 +217,9 @@ async fn open_shared_store(config: &CollabConfig) -> Result<Arc<dyn Store>, Serv
     match config.store_location().map_err(ServeError::Internal)? {
         StoreLocation::Embedded => Err(ServeError::ClusterWithoutSharedStore),
         StoreLocation::Cql(_) => {
-            let crate::serve::OpenedStore { store, name, .. } = open_store(config).await?;
-            info!(store = %name, "store connected");
-            Ok(store)
+            let opened = open_store(config).await?;
+            info!(store = %opened.name(), "store connected");
+            Ok(opened.store().clone())
         }
     }
 }

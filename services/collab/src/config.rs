@@ -136,9 +136,13 @@ impl CollabConfig {
 
     /// The settings of this process's gateway: `[gateway]`, with what it
     /// takes from elsewhere (the rooms' default time to live, whether
-    /// `/metrics` has a listener of its own).
+    /// `/metrics` has a listener of its own, and two member TTLs for an
+    /// unset `bus_lost_close_ms`).
     pub fn gateway_config(&self) -> GatewayConfig {
         let mut config = self.gateway.clone();
+        if config.bus_lost_close_ms == 0 {
+            config.bus_lost_close_ms = self.cluster.member_ttl_ms.saturating_mul(2);
+        }
         config.metrics_elsewhere = self.metrics_listen.is_some();
         config.default_room_ttl_secs = self.rooms.default_ttl_secs;
         config

@@ -11,7 +11,13 @@
 //! that stops, and sweeps them. In memory they do not survive a restart: a
 //! room's clock then starts again when it is next used; in Redis they do.
 //!
-//! Shutdown order (on the future passed to [`run`], normally SIGTERM):
+//! [`run`] is the command: it opens the configured store, binds the
+//! configured listeners and runs a [`Server`], which is the same server
+//! built from a configuration, a store and a bus, and run on listeners
+//! given to it — what tests use to run it in their own process.
+//!
+//! Shutdown order (on the future passed to [`Server::run`], normally
+//! SIGTERM):
 //! readiness fails and every WebSocket is closed with 1001, the listener
 //! stops accepting, the room node finishes its batches and snapshots every
 //! room, presence is written out, and the store is closed.
@@ -120,7 +126,10 @@ impl Readiness for LocalReadiness {
     }
 }
 
-/// Runs the server until `shutdown` resolves, then drains and returns.
+/// Runs `collab serve` as configured until `shutdown` resolves, then
+/// drains and returns: opens the configured store, binds the configured
+/// listeners, says where it listens (on stdout), and runs a [`Server`]
+/// over the in-process bus.
 pub async fn run(
     config: CollabConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -136,115 +145,185 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let signing = secret::for_server(&config)?;
-    if signing.dev_mode {
-        warn!(
-            secret = %config.data_dir.join(DEV_SECRET_FILE).display(),
-            "no jwt_secret configured: running in DEV MODE (generated secret, POST /v1/dev/token \
-             open to anyone who can connect, loopback only); do not use in production"
-        );
-    }
-
-    let OpenedStore {
-        store,
-        name: store_name,
-        embedded,
-    } = open_store(&config).await?;
+    let store = open_store(&config).await?;
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let mut server = Server::build(&config, store, bus).await?;
 
-    let mut registry = Registry::default();
-    if let Some(embedded) = &embedded {
-        store_metrics::register(&mut registry, embedded);
+    if let Some((listener, metrics_addr)) = bind_metrics(&config).await? {
+        announce_metrics(metrics_addr);
+        server = server.with_metrics_listener(listener);
     }
-    let room_metrics = RoomNodeMetrics::register(&mut registry);
-    let metrics = GatewayMetrics::register(&mut registry);
-    let secret = (!signing.bytes.is_empty()).then_some(signing.bytes.as_slice());
-    let auth = keys::gateway_auth(&config, secret, signing.dev_mode, &mut registry).await?;
-    let ephemeral = open_ephemeral(&config, &config.gateway.gateway_id, &mut registry)?;
-    let exporter = Exporter::new(registry, Role::Serve, crate::VERSION);
-
-    let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
-    let room_config = config.room_node_config(node);
-    // One process: the gateway records new rooms' deadlines where the room
-    // node sweeps them (in memory, or in Redis with `redis`).
-    let deadlines = ephemeral.expiry.clone();
-    let expiry = ExpiryOptions::new(deadlines.clone(), config.rooms.expiry_sweep());
-    let room_node = Arc::new(
-        RoomNode::start_with(
-            room_config,
-            store.clone(),
-            bus.clone(),
-            room_metrics,
-            Some(expiry),
-        )
-        .await?,
-    );
-    let readiness = Arc::new(LocalReadiness {
-        bus: bus.clone(),
-        room_node: room_node.clone(),
-    });
-    let gateway = Gateway::new(
-        config.gateway_config(),
-        GatewayParts {
-            auth,
-            bus,
-            store,
-            readiness,
-            metrics,
-            exporter,
-            ephemeral,
-            room_expiry: Some(deadlines),
-        },
-    );
-
-    let metrics_listener = bind_metrics(&config).await?;
     let listener = bind(config.listen).await?;
     let addr = local_addr(&listener, config.listen)?;
-    // Until it is dropped, at the very end of the drain.
-    let _metrics_server = metrics_listener.map(|(listener, metrics_addr)| {
-        announce_metrics(metrics_addr);
-        spawn_http(listener, gateway.metrics_router())
-    });
-    info!(%addr, store = %store_name, dev_mode = signing.dev_mode, "listening");
+    info!(%addr, store = %server.store_name, dev_mode = server.dev_mode, "listening");
     announce(addr);
+    server.run(listener, shutdown).await
+}
 
-    let (mut server, stop_accepting) = spawn_server(&gateway, listener);
+/// `collab serve` built and ready to run: the gateway and one room node
+/// over `bus`, on a store, with the process's metrics and shared state as
+/// the configuration says. The listeners are the caller's, so that tests
+/// bind port 0 and hand in any store (or a store in front of the real
+/// one) without copying this set-up.
+pub struct Server {
+    gateway: Gateway,
+    room_node: Arc<RoomNode>,
+    drain_grace: Duration,
+    dev_mode: bool,
+    store_name: String,
+    /// Serves `/metrics` (then only there) and the probes, when given.
+    metrics_listener: Option<TcpListener>,
+}
 
-    tokio::select! {
-        () = shutdown => {}
-        ended = &mut server => {
-            // The server never ends by itself; if it did, drain what we can
-            // and report why.
-            let cause = match ended {
-                Ok(Ok(())) => ServeError::Internal("the server stopped by itself".into()),
-                Ok(Err(e)) => ServeError::Serve(e),
-                Err(e) => ServeError::Internal(format!("server task failed: {e}")),
-            };
-            error!(error = %cause, "server stopped; draining rooms");
-            room_node.drain(config.drain_grace()).await;
-            return Err(cause);
+impl Server {
+    /// Builds the server: the signing secret (in dev mode, the data dir's,
+    /// made if missing), the metrics registry, the shared state, the room
+    /// node (which starts serving `bus`'s requests now) and the gateway.
+    pub async fn build(
+        config: &CollabConfig,
+        store: ServerStore,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Server, ServeError> {
+        let signing = secret::for_server(config)?;
+        if signing.dev_mode {
+            warn!(
+                secret = %config.data_dir.join(DEV_SECRET_FILE).display(),
+                "no jwt_secret configured: running in DEV MODE (generated secret, POST /v1/dev/token \
+                 open to anyone who can connect, loopback only); do not use in production"
+            );
         }
+        let ServerStore {
+            store,
+            name: store_name,
+            embedded,
+        } = store;
+
+        let mut registry = Registry::default();
+        if let Some(embedded) = &embedded {
+            store_metrics::register(&mut registry, embedded);
+        }
+        let room_metrics = RoomNodeMetrics::register(&mut registry);
+        let metrics = GatewayMetrics::register(&mut registry);
+        let secret = (!signing.bytes.is_empty()).then_some(signing.bytes.as_slice());
+        let auth = keys::gateway_auth(config, secret, signing.dev_mode, &mut registry).await?;
+        let ephemeral = open_ephemeral(config, &config.gateway.gateway_id, &mut registry)?;
+        let exporter = Exporter::new(registry, Role::Serve, crate::VERSION);
+
+        let node = NodeId::parse(LOCAL_NODE).map_err(|e| ServeError::Internal(e.to_string()))?;
+        let room_config = config.room_node_config(node);
+        // One process: the gateway records new rooms' deadlines where the
+        // room node sweeps them (in memory, or in Redis with `redis`).
+        let deadlines = ephemeral.expiry.clone();
+        let expiry = ExpiryOptions::new(deadlines.clone(), config.rooms.expiry_sweep());
+        let room_node = Arc::new(
+            RoomNode::start_with(
+                room_config,
+                store.clone(),
+                bus.clone(),
+                room_metrics,
+                Some(expiry),
+            )
+            .await?,
+        );
+        let readiness = Arc::new(LocalReadiness {
+            bus: bus.clone(),
+            room_node: room_node.clone(),
+        });
+        let gateway = Gateway::new(
+            config.gateway_config(),
+            GatewayParts {
+                auth,
+                bus,
+                store,
+                readiness,
+                metrics,
+                exporter,
+                ephemeral,
+                room_expiry: Some(deadlines),
+            },
+        );
+        Ok(Server {
+            gateway,
+            room_node,
+            drain_grace: config.drain_grace(),
+            dev_mode: signing.dev_mode,
+            store_name,
+            metrics_listener: None,
+        })
     }
 
-    let grace = config.drain_grace();
-    info!(grace_secs = grace.as_secs(), "draining");
-    gateway.begin_shutdown();
-    let _ = stop_accepting.send(());
-    room_node.drain(grace).await;
-    // Sockets were told to close when the drain began; a peer that does
-    // not finish the close handshake is not waited for past the grace.
-    match tokio::time::timeout(grace.max(Duration::from_secs(1)), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error while draining"),
-        Ok(Err(e)) => warn!(error = %e, "server task failed while draining"),
-        Err(_) => warn!(
-            connections = gateway.connections(),
-            "connections still open after the grace period; closing anyway"
-        ),
+    /// Serves `/metrics` (with the probes) on `listener` too; with
+    /// `metrics_listen` configured, the main listener no longer serves it.
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Server {
+        self.metrics_listener = Some(listener);
+        self
     }
-    gateway.flush_presence().await;
-    info!("drained; bye");
-    Ok(())
+
+    /// Serves on `listener` until `shutdown` resolves, then drains (see
+    /// the module's docs) and returns. In dev mode, `listener` must be on
+    /// loopback.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Server {
+            gateway,
+            room_node,
+            drain_grace: grace,
+            dev_mode,
+            metrics_listener,
+            ..
+        } = self;
+        if dev_mode {
+            let listening = std::iter::once(&listener).chain(&metrics_listener);
+            for listener in listening {
+                let addr = listener.local_addr().map_err(ServeError::Serve)?;
+                if !addr.ip().is_loopback() {
+                    return Err(ServeError::DevModeNotLoopback(addr));
+                }
+            }
+        }
+        // Until it is dropped, at the very end of the drain.
+        let _metrics_server =
+            metrics_listener.map(|listener| spawn_http(listener, gateway.metrics_router()));
+        let (mut server, stop_accepting) = spawn_server(&gateway, listener);
+
+        tokio::select! {
+            () = shutdown => {}
+            ended = &mut server => {
+                // The server never ends by itself; if it did, drain what we
+                // can and report why.
+                let cause = match ended {
+                    Ok(Ok(())) => ServeError::Internal("the server stopped by itself".into()),
+                    Ok(Err(e)) => ServeError::Serve(e),
+                    Err(e) => ServeError::Internal(format!("server task failed: {e}")),
+                };
+                error!(error = %cause, "server stopped; draining rooms");
+                room_node.drain(grace).await;
+                return Err(cause);
+            }
+        }
+
+        info!(grace_secs = grace.as_secs(), "draining");
+        gateway.begin_shutdown();
+        let _ = stop_accepting.send(());
+        room_node.drain(grace).await;
+        // Sockets were told to close when the drain began; a peer that does
+        // not finish the close handshake is not waited for past the grace.
+        match tokio::time::timeout(grace.max(Duration::from_secs(1)), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error while draining"),
+            Ok(Err(e)) => warn!(error = %e, "server task failed while draining"),
+            Err(_) => warn!(
+                connections = gateway.connections(),
+                "connections still open after the grace period; closing anyway"
+            ),
+        }
+        gateway.flush_presence().await;
+        info!("drained; bye");
+        Ok(())
+    }
 }
 
 /// The state this process's gateway shares with the others: in the Redis
@@ -362,17 +441,47 @@ pub(crate) fn announce_metrics(addr: SocketAddr) {
     println!("{METRICS_LISTENING_PREFIX}{addr}");
 }
 
-/// The store a process runs on, as configured.
-pub(crate) struct OpenedStore {
-    pub(crate) store: Arc<dyn Store>,
+/// The store a server runs on.
+pub struct ServerStore {
+    store: Arc<dyn Store>,
     /// Where it is, for the logs.
-    pub(crate) name: String,
+    name: String,
     /// The same store when it is the embedded one, for its metrics.
-    pub(crate) embedded: Option<Arc<EmbeddedStore>>,
+    embedded: Option<Arc<EmbeddedStore>>,
+}
+
+impl ServerStore {
+    /// Any store; `name` says where it is, in the logs.
+    pub fn new(store: Arc<dyn Store>, name: impl Into<String>) -> ServerStore {
+        ServerStore {
+            store,
+            name: name.into(),
+            embedded: None,
+        }
+    }
+
+    /// The embedded store, whose figures go on `/metrics` too.
+    pub fn embedded(store: Arc<EmbeddedStore>) -> ServerStore {
+        ServerStore {
+            name: store.path().display().to_string(),
+            store: store.clone(),
+            embedded: Some(store),
+        }
+    }
+
+    /// The store itself.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Where it is, for the logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// Opens the store the configuration names.
-pub(crate) async fn open_store(config: &CollabConfig) -> Result<OpenedStore, ServeError> {
+pub async fn open_store(config: &CollabConfig) -> Result<ServerStore, ServeError> {
     let location = config.store_location().map_err(ServeError::Internal)?;
     match location {
         StoreLocation::Embedded => {
@@ -384,21 +493,76 @@ pub(crate) async fn open_store(config: &CollabConfig) -> Result<OpenedStore, Ser
                     .map_err(|e| {
                         ServeError::Internal(format!("store opening task failed: {e}"))
                     })??;
-            let name = embedded.path().display().to_string();
-            let embedded = Arc::new(embedded);
-            Ok(OpenedStore {
-                store: embedded.clone(),
-                name,
-                embedded: Some(embedded),
-            })
+            Ok(ServerStore::embedded(Arc::new(embedded)))
         }
         StoreLocation::Cql(options) => {
             let name = options.to_string();
-            Ok(OpenedStore {
-                store: Arc::new(CqlStore::connect(options).await?),
-                name,
-                embedded: None,
-            })
+            let store = CqlStore::connect(options).await?;
+            Ok(ServerStore::new(Arc::new(store), name))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use collab_store::MemoryStore;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn dev_config(data_dir: &std::path::Path) -> CollabConfig {
+        CollabConfig {
+            data_dir: data_dir.to_owned(),
+            ..CollabConfig::default()
+        }
+    }
+
+    async fn server(config: &CollabConfig) -> Server {
+        let store = ServerStore::new(Arc::new(MemoryStore::new()), "memory");
+        Server::build(config, store, Arc::new(InProcessBus::new()))
+            .await
+            .expect("builds")
+    }
+
+    #[tokio::test]
+    async fn a_dev_mode_server_refuses_a_listener_off_loopback() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = server(&dev_config(dir.path())).await;
+        let listener = TcpListener::bind("0.0.0.0:0").await.expect("binds");
+        let refused = server.run(listener, std::future::pending()).await;
+        assert!(
+            matches!(refused, Err(ServeError::DevModeNotLoopback(addr)) if addr.ip().is_unspecified()),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_serves_the_listener_it_is_given_until_shutdown() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = dev_config(dir.path());
+        config.drain_grace_secs = 1;
+        let server = server(&config).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("writes");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("reads");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let _ = stop.send(());
+        let ended = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("drains within 10 s")
+            .expect("task");
+        assert!(ended.is_ok(), "{ended:?}");
     }
 }

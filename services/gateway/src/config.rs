@@ -38,6 +38,13 @@ pub struct GatewayConfig {
     /// without a renewal (renewed every third of it): the users of a
     /// gateway that died disappear from presence after this long.
     pub presence_ttl_secs: u64,
+    /// Milliseconds a gateway cut off from the cluster (its membership
+    /// heartbeats failing) keeps its clients: then it closes every socket
+    /// with 1001, so that they resume at another gateway, and refuses new
+    /// ones (503) until the heartbeats land again. 0: two member TTLs
+    /// (`cluster.member_ttl_ms`), by which time the cluster has dropped
+    /// this gateway anyway.
+    pub bus_lost_close_ms: u64,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -63,6 +70,7 @@ impl Default for GatewayConfig {
             rate_limits: RateLimits::default(),
             max_token_lifetime_secs: 7 * 24 * 60 * 60,
             presence_ttl_secs: 15,
+            bus_lost_close_ms: 0,
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
         }

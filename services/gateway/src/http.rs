@@ -20,7 +20,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::IntErrorKind;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -421,10 +420,11 @@ async fn healthz() -> &'static str {
 /// Whether the gateway takes clients now: accepting, and every dependency
 /// ready. `Err` says why not.
 async fn readiness(shared: &Shared) -> Result<(), &'static str> {
-    // While shutting down the answer is no whatever the dependencies say,
-    // so load balancers stop sending new clients here.
-    if !shared.accepting.load(Ordering::SeqCst) {
-        return Err("shutting down");
+    // While shutting down (or cut off from the cluster) the answer is no
+    // whatever the dependencies say, so load balancers stop sending new
+    // clients here.
+    if let Some(why) = shared.admission.refusal() {
+        return Err(why);
     }
     if !shared.readiness.ready().await {
         return Err("dependencies not ready");

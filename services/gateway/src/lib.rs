@@ -8,7 +8,8 @@
 //! filled from the owner). Each connection has a bounded outbound queue, so
 //! a client that does not read is closed (4008) instead of slowing anyone
 //! else. The gateway keeps no durable state: it reads room metadata and
-//! history from the [`Store`] and creates rooms there; a room is deleted
+//! history from the store and creates rooms there (it sees only the
+//! store's [`RoomCatalog`]); a room is deleted
 //! by its owner, which the gateway asks over the bus.
 //!
 //! What every gateway of a cluster must agree on — rate limits, revoked
@@ -17,6 +18,7 @@
 //! the sockets of the tokens it covers with 4001 ([`revoke`]).
 
 mod admin;
+mod admission;
 mod auth;
 mod config;
 mod error;
@@ -31,16 +33,15 @@ mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
 use collab_bus::Bus;
 use collab_ephemeral::{Ephemeral, RateLimiter, RoomExpiry};
 use collab_metrics::Exporter;
-use collab_store::Store;
+use collab_store::RoomCatalog;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use auth::{
     Auth, AuthError, AuthOptions, JWKS_ALGORITHMS, JwksError, JwksOptions, JwksSource,
@@ -68,7 +69,9 @@ pub struct Gateway {
 pub struct GatewayParts {
     pub auth: Auth,
     pub bus: Arc<dyn Bus>,
-    pub store: Arc<dyn Store>,
+    /// The store's read side, and room creation: a gateway writes no op
+    /// log (an `Arc<dyn Store>` coerces to it).
+    pub store: Arc<dyn RoomCatalog>,
     pub readiness: Arc<dyn Readiness>,
     pub metrics: GatewayMetrics,
     /// The process's `/metrics` page and the HTTP request metrics.
@@ -83,50 +86,30 @@ pub struct GatewayParts {
     pub room_expiry: Option<Arc<dyn RoomExpiry>>,
 }
 
-/// The per-user (or per-address) buckets of each kind of request; the
-/// kind names the `kind` label of `collab_rate_limited_total`.
+/// The per-user (or per-address) buckets of the HTTP API; the kind names
+/// the `kind` label of `collab_rate_limited_total`. Those of WebSocket
+/// frames are the connections' ([`ws::ConnectionLimiters`]).
 pub(crate) struct Limiters {
-    pub ops: Arc<dyn RateLimiter>,
-    pub cursors: Arc<dyn RateLimiter>,
-    pub joins: Arc<dyn RateLimiter>,
     pub rooms: Arc<dyn RateLimiter>,
     pub http: Arc<dyn RateLimiter>,
-}
-
-impl Limiters {
-    fn new(ephemeral: &Ephemeral, limits: &RateLimits) -> Limiters {
-        Limiters {
-            ops: ephemeral.rate_limiter("ops", limits.ops()),
-            cursors: ephemeral.rate_limiter("cursors", limits.cursors()),
-            joins: ephemeral.rate_limiter("joins", limits.joins()),
-            rooms: ephemeral.rate_limiter("rooms", limits.rooms()),
-            http: ephemeral.rate_limiter("http", limits.http()),
-        }
-    }
 }
 
 pub(crate) struct Shared {
     pub config: GatewayConfig,
     pub auth: Auth,
     pub bus: Arc<dyn Bus>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn RoomCatalog>,
     pub readiness: Arc<dyn Readiness>,
     pub metrics: GatewayMetrics,
     /// The process's `/metrics` page and the HTTP request metrics.
     pub exporter: Exporter,
     pub limiters: Limiters,
     pub ephemeral: Ephemeral,
-    /// Every open WebSocket with its token, for closing revoked ones.
-    pub sockets: Sockets,
-    pub hub: Hub,
-    /// Flips to `true` when the gateway shuts down: every socket closes
-    /// with 1001.
-    pub closing: watch::Sender<bool>,
-    pub accepting: AtomicBool,
-    pub next_conn: AtomicU64,
-    /// WebSocket connections whose task is still running (including one
-    /// still delivering its close frame).
-    pub open: watch::Sender<usize>,
+    /// The WebSocket connections.
+    pub connections: Arc<ws::Connections>,
+    /// Whether WebSocket upgrades are taken (not while draining, nor while
+    /// cut off from the cluster).
+    pub admission: Arc<admission::Admission>,
     /// Where a room created with a time to live gets its first deadline
     /// (see the room node's expiry); `None`: nowhere, so such a room
     /// expires only once it has been used.
@@ -163,8 +146,30 @@ impl Gateway {
             ephemeral,
             room_expiry,
         } = parts;
-        let limiters = Limiters::new(&ephemeral, &config.rate_limits);
-        let hub = Hub::new(bus.clone(), config.clone(), metrics.clone());
+        let limits = &config.rate_limits;
+        let limiters = Limiters {
+            rooms: ephemeral.rate_limiter("rooms", limits.rooms()),
+            http: ephemeral.rate_limiter("http", limits.http()),
+        };
+        let sockets = Arc::new(Sockets::default());
+        let connections = Arc::new(ws::Connections::new(
+            config.clone(),
+            bus.clone(),
+            Hub::new(
+                bus.clone(),
+                Duration::from_secs(config.request_timeout_secs),
+                metrics.clone(),
+            ),
+            ws::ConnectionLimiters {
+                ops: ephemeral.rate_limiter("ops", limits.ops()),
+                cursors: ephemeral.rate_limiter("cursors", limits.cursors()),
+                joins: ephemeral.rate_limiter("joins", limits.joins()),
+            },
+            metrics.clone(),
+            ephemeral.presence.clone(),
+            ephemeral.revocations.clone(),
+            sockets.clone(),
+        ));
         if let Some(load) = bus.load() {
             // The cluster view shows this gateway's open connections.
             let connections = metrics.connections.clone();
@@ -173,6 +178,20 @@ impl Gateway {
             });
         }
         let revocations = ephemeral.revocations.subscribe();
+        let admission = Arc::new(admission::Admission::default());
+        if let Some(cut_off) = bus.cut_off() {
+            // Unset: two member TTLs of the default 3 s.
+            let after = match config.bus_lost_close_ms {
+                0 => Duration::from_secs(6),
+                ms => Duration::from_millis(ms),
+            };
+            tokio::spawn(admission::close_when_cut_off(
+                cut_off,
+                after,
+                admission.clone(),
+                Arc::downgrade(&sockets),
+            ));
+        }
         let shared = Arc::new(Shared {
             config,
             auth,
@@ -183,16 +202,14 @@ impl Gateway {
             exporter,
             limiters,
             ephemeral,
-            sockets: Sockets::default(),
-            hub,
-            closing: watch::channel(false).0,
-            accepting: AtomicBool::new(true),
-            next_conn: AtomicU64::new(1),
-            open: watch::channel(0).0,
+            connections,
+            admission,
             room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(
-            Arc::downgrade(&shared),
+            Arc::downgrade(&sockets),
+            shared.ephemeral.revocations.clone(),
+            shared.metrics.clone(),
             revocations,
         ));
         Gateway { shared }
@@ -231,7 +248,7 @@ impl Gateway {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
-        let mut open = self.shared.open.subscribe();
+        let mut open = self.shared.connections.open.subscribe();
         let _ = open.wait_for(|n| *n == 0).await;
         Ok(())
     }
@@ -239,8 +256,11 @@ impl Gateway {
     /// The first step of a graceful stop: readiness turns 503, and every
     /// WebSocket is closed with 1001 so its client resumes elsewhere.
     pub fn begin_shutdown(&self) {
-        self.shared.accepting.store(false, Ordering::SeqCst);
-        self.shared.closing.send_replace(true);
+        self.shared.admission.drain();
+        self.shared
+            .connections
+            .sockets
+            .close_all(ws::close::Close::SHUTDOWN);
     }
 
     /// Writes what presence has not written yet (at the end of a drain,

@@ -34,6 +34,9 @@ pub enum Disconnect {
     Client,
     /// Closed by us with 1001 because the gateway drains.
     Shutdown,
+    /// Closed by us with 1001 because the gateway was cut off from the
+    /// cluster (`bus_lost_close_ms`): its clients resume elsewhere.
+    BusLost,
     /// Closed with 4008: it did not read what it was sent.
     Slow,
     /// Closed with 4001: its token expired.
@@ -47,9 +50,10 @@ pub enum Disconnect {
 }
 
 impl Disconnect {
-    pub const ALL: [Disconnect; 7] = [
+    pub const ALL: [Disconnect; 8] = [
         Disconnect::Client,
         Disconnect::Shutdown,
+        Disconnect::BusLost,
         Disconnect::Slow,
         Disconnect::Expired,
         Disconnect::Idle,
@@ -61,6 +65,7 @@ impl Disconnect {
         match self {
             Disconnect::Client => "client",
             Disconnect::Shutdown => "shutdown",
+            Disconnect::BusLost => "bus_lost",
             Disconnect::Slow => "slow",
             Disconnect::Expired => "expired",
             Disconnect::Idle => "idle",

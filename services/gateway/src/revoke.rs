@@ -1,4 +1,5 @@
-//! Closing the sockets of revoked tokens.
+//! The open WebSockets, and closing them: those of revoked tokens, or all
+//! of them (the drain).
 //!
 //! Every open WebSocket is listed here with the token it presented. The
 //! gateway follows the revocations it learns of ([`Revocations::subscribe`]:
@@ -12,20 +13,29 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use collab_ephemeral::{Revocation, TokenRef};
+use collab_ephemeral::{Revocation, Revocations, TokenRef};
 use collab_protocol::{Claims, ConnId};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
-use crate::Shared;
 use crate::auth::token_ref;
-use crate::ws::outbound::{CLOSE_REVOKED, Outbound};
+use crate::metrics::GatewayMetrics;
+use crate::ws::close::Close;
+use crate::ws::outbound::Outbound;
 
 /// The open WebSockets, by connection id.
 #[derive(Default)]
 pub(crate) struct Sockets {
-    open: Mutex<HashMap<ConnId, Socket>>,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    sockets: HashMap<ConnId, Socket>,
+    /// Every socket closes this way, those registered later included
+    /// (the gateway drains).
+    closing_all: Option<Close>,
 }
 
 struct Socket {
@@ -34,12 +44,46 @@ struct Socket {
 }
 
 impl Sockets {
+    /// Lists a socket; closes it at once if every socket is being closed.
     pub(crate) fn add(&self, conn: ConnId, claims: Arc<Claims>, outbound: Arc<Outbound>) {
-        self.lock().insert(conn, Socket { claims, outbound });
+        let mut open = self.lock();
+        if let Some(close) = open.closing_all {
+            outbound.close(close);
+        }
+        open.sockets.insert(conn, Socket { claims, outbound });
     }
 
     pub(crate) fn remove(&self, conn: &ConnId) {
-        self.lock().remove(conn);
+        self.lock().sockets.remove(conn);
+    }
+
+    /// Closes every socket with `close`, and every one listed from now on
+    /// until [`Sockets::reopen_after`].
+    pub(crate) fn close_all(&self, close: Close) {
+        let mut open = self.lock();
+        open.closing_all = Some(close);
+        for socket in open.sockets.values() {
+            socket.outbound.close(close);
+        }
+    }
+
+    /// How each listed socket is closing (tests only).
+    #[cfg(test)]
+    pub(crate) fn closes(&self) -> Vec<Option<Close>> {
+        let open = self.lock();
+        open.sockets
+            .values()
+            .map(|s| s.outbound.closing())
+            .collect()
+    }
+
+    /// Sockets listed from now on stay open, unless they are being
+    /// closed for another reason than `close` (the drain outlasts a cut).
+    pub(crate) fn reopen_after(&self, close: Close) {
+        let mut open = self.lock();
+        if open.closing_all == Some(close) {
+            open.closing_all = None;
+        }
     }
 
     /// Closes with 4001 every socket whose token `revoked` says is
@@ -47,18 +91,18 @@ impl Sockets {
     fn close_where(&self, revoked: impl Fn(&TokenRef<'_>) -> bool) -> usize {
         let open = self.lock();
         let mut closed = 0;
-        for (conn, socket) in open.iter() {
-            if socket.outbound.is_closing() || !revoked(&token_ref(&socket.claims)) {
+        for (conn, socket) in &open.sockets {
+            if socket.outbound.closing().is_some() || !revoked(&token_ref(&socket.claims)) {
                 continue;
             }
             info!(conn = %conn, user = %socket.claims.sub, "token revoked; closing");
-            socket.outbound.close(CLOSE_REVOKED, "token revoked");
+            socket.outbound.close(Close::REVOKED);
             closed += 1;
         }
         closed
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Socket>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -67,7 +111,9 @@ impl Sockets {
 /// gateway lives. A lag (revocations announced faster than this task ran)
 /// is made up by checking every socket against all revocations known.
 pub(crate) async fn close_revoked_sockets(
-    shared: Weak<Shared>,
+    sockets: Weak<Sockets>,
+    known: Arc<dyn Revocations>,
+    metrics: GatewayMetrics,
     mut revocations: broadcast::Receiver<Revocation>,
 ) {
     loop {
@@ -82,21 +128,14 @@ pub(crate) async fn close_revoked_sockets(
             }
             Err(RecvError::Closed) => return,
         };
-        let Some(shared) = shared.upgrade() else {
+        let Some(sockets) = sockets.upgrade() else {
             return;
         };
         let closed = match &news {
-            Some(revocation) => shared.sockets.close_where(|token| revocation.covers(token)),
-            None => close_all_revoked(&shared),
+            Some(revocation) => sockets.close_where(|token| revocation.covers(token)),
+            // Every socket against everything this gateway knows.
+            None => sockets.close_where(|token| known.is_revoked(token)),
         };
-        shared.metrics.revocation_closes.inc_by(closed as u64);
+        metrics.revocation_closes.inc_by(closed as u64);
     }
-}
-
-/// Closes every socket whose token is revoked by what this gateway knows.
-fn close_all_revoked(shared: &Shared) -> usize {
-    let revocations = &shared.ephemeral.revocations;
-    shared
-        .sockets
-        .close_where(|token| revocations.is_revoked(token))
 }

@@ -145,7 +145,7 @@ mod tests {
     use collab_ephemeral::{DueRoom, EphemeralError, MemoryRoomExpiry, RoomExpiry};
     use collab_protocol::envelope::{ConnRef, RoomReply, RoomRequest};
     use collab_protocol::{ConnId, Epoch, NodeId, RoomId, RoomKind, Seq, UserId, UserInfo};
-    use collab_store::{MemoryStore, RoomRecord, Store};
+    use collab_store::{MemoryStore, RoomCatalog, RoomRecord, StoreReader};
 
     use crate::{ExpiryOptions, RoomNode, RoomNodeConfig, RoomNodeMetrics};
 

@@ -1,6 +1,7 @@
 //! The room node: hosts the room actors of this node under one supervisor,
-//! serves the requests the bus brings for them, and publishes their events
-//! on the bus. In `collab serve` it shares the process (and the in-process
+//! serves the requests the bus brings for them (a live room's go straight
+//! into its mailbox, the others through the supervisor, which starts the
+//! room), and publishes their events on the bus. In `collab serve` it shares the process (and the in-process
 //! bus) with the gateway; in a cluster it runs alone as `collab room-node`.
 //!
 //! In a cluster it follows the membership the bus reports: whenever the
@@ -24,14 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use collab_actors::room::{
-    EventSink, RoomConfig, RoomContext, RoomMetrics, RoomSupervisor, RoomUse, SupervisorMsg,
-    Unobserved,
+    EventSink, RoomConfig, RoomContext, RoomMetrics, RoomRouter, RoomSupervisor, RoomUse,
+    SupervisorMsg, Unobserved,
 };
 use collab_bus::{Bus, BusError, Members, ReplyFuture, RequestHandler};
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::{ErrorCode, NodeId};
 use collab_store::Store;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use tokio::sync::watch;
 use tracing::info;
 
@@ -62,20 +63,18 @@ impl EventSink for BusSink {
     }
 }
 
-/// Routes the bus's requests to the supervisor.
+/// Routes the bus's requests to their rooms: a live room's straight into
+/// its mailbox, the others through the supervisor.
 struct Handler {
-    supervisor: ActorRef<SupervisorMsg>,
+    router: RoomRouter,
     timeout: Duration,
 }
 
 impl RequestHandler for Handler {
     fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
-        // Sent now, so the supervisor sees requests in arrival order.
+        // Sent now, so each room gets its requests in arrival order.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self
-            .supervisor
-            .send_message(SupervisorMsg::Route(request, tx.into()))
-            .is_ok();
+        let sent = self.router.send(request, tx.into());
         let timeout = self.timeout;
         Box::pin(async move {
             let reply = if sent {
@@ -151,11 +150,11 @@ impl RoomNode {
             metrics,
             usage,
         });
-        let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx)
+        let (supervisor, router) = RoomSupervisor::start(ctx)
             .await
             .map_err(|e| StartError::Supervisor(e.to_string()))?;
         bus.serve(Arc::new(Handler {
-            supervisor: supervisor.clone(),
+            router,
             timeout: request_timeout,
         }))
         .await
@@ -287,7 +286,7 @@ mod tests {
     use collab_protocol::frames::PresenceEvent;
     use collab_protocol::subjects::{MemberRecord, WIRE_VERSION};
     use collab_protocol::{ConnId, Epoch, RoomId, RoomKind, UserId, UserInfo};
-    use collab_store::{MemoryStore, RoomRecord};
+    use collab_store::{MemoryStore, RoomCatalog, RoomRecord};
 
     use super::*;
 

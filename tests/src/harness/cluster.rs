@@ -51,12 +51,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use collab::serve::LISTENING_PREFIX;
 use collab_actors::state::{RoomMeta, RoomState};
 use collab_bus::testsuite::NatsServer;
 use collab_bus::{Bus, Members, NatsBus, NatsBusConfig, placement};
 use collab_ephemeral::testsuite::RedisServer;
 use collab_protocol::{Epoch, NodeId, Op, OpEvent, RoomId, RoomKind, Seq};
-use collab_store::{CqlOptions, CqlStore, LoggedOp, Store};
+use collab_store::{CqlOptions, CqlStore, LoggedOp, StoreReader};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc, watch};
@@ -66,8 +67,6 @@ use super::netns::{InnerRelay, Link, NetNs, Relay};
 use super::server::clear_collab_env;
 use super::{HarnessError, WsClient, WsError, collab_binary, shared_cql_store_url};
 
-/// What `collab gateway` and `collab room-node` print once they listen.
-const LISTENING_PREFIX: &str = "listening on http://";
 /// Log lines of each process kept in memory.
 const LOG_TAIL: usize = 400;
 /// Log lines of each process printed when a test fails.

@@ -9,17 +9,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use collab::serve::{LISTENING_PREFIX, METRICS_LISTENING_PREFIX};
 use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
 
 use super::{DEADLINE, HarnessError};
 
-/// What `collab serve` prints once it listens, followed by the address
-/// (the same text as `collab::serve::LISTENING_PREFIX`).
-const LISTENING_PREFIX: &str = "listening on http://";
-/// What it prints, before that, when `metrics_listen` is set (the text of
-/// `collab::serve::METRICS_LISTENING_PREFIX`).
-const METRICS_LISTENING_PREFIX: &str = "metrics on http://";
 /// Log lines kept for diagnostics and assertions.
 const LOG_TAIL: usize = 500;
 /// Prefix of the server's settings in the environment.

@@ -47,7 +47,8 @@ use schema::OPS_PER_BUCKET;
 
 use crate::memory::members_to_index;
 use crate::{
-    Deletion, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer, check_batch,
+    Deletion, LoggedOp, RoomCatalog, RoomRecord, Snapshot, Store, StoreError, StoreReader,
+    StoreResult, Writer, check_batch,
 };
 
 /// Bytes of snapshot data per `room_snapshots` row: well under any
@@ -700,185 +701,12 @@ fn room_from_row(row: RoomRow) -> StoreResult<StoredRoom> {
 }
 
 #[async_trait]
-impl Store for CqlStore {
-    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        // The listing rows first: they are harmless if the room turns out
-        // to be taken (`rooms_of_user` only lists a room whose record names
-        // the user), while a crash between the two writes in the other
-        // order would leave a room its members cannot list.
-        for user in members_to_index(room) {
-            self.session
-                .execute_unpaged(
-                    &self.statements.insert_room_by_user,
-                    (user.as_str(), room.id.as_str()),
-                )
-                .await
-                .map_err(|e| unavailable("create room", e))?;
-        }
-        let members: Option<Vec<&str>> = room
-            .members
-            .as_ref()
-            .map(|m| m.iter().map(|u| u.as_str()).collect());
-        let ttl_secs = room.ttl_secs.map(to_cql);
-        let result = self
-            .session
-            .execute_unpaged(
-                &self.statements.insert_room,
-                (
-                    room.id.as_str(),
-                    room.kind.as_str(),
-                    room.name.as_str(),
-                    room.epoch.as_str(),
-                    room.created_by.as_str(),
-                    room.members.is_some(),
-                    &members,
-                    room.created_at,
-                    ttl_secs,
-                ),
-            )
-            .await;
-        let created = match result {
-            Ok(result) => applied(result)?,
-            // Unknown outcome: the record decides (ours, or someone's).
-            Err(e) => match self.stored_room(&room.id, true).await? {
-                Some(stored) if stored.deleted.is_none() => stored.record.epoch == room.epoch,
-                Some(_) => false,
-                None => return Err(unavailable("create room", e)),
-            },
-        };
-        if created {
-            return Ok(());
-        }
-        // Taken, unless by a deleted room: then this one follows it.
-        let Some(stored) = self.stored_room(&room.id, true).await? else {
-            return Err(unavailable(
-                "create room",
-                "the id is taken, yet no room is stored",
-            ));
-        };
-        let Some(tombstone) = stored.deleted else {
-            return Err(StoreError::Conflict(format!("room {} exists", room.id)));
-        };
-        if !stored.purged {
-            // The deletion was cut short: finish it before the id is
-            // reused, or nobody would.
-            self.purge(&room.id, tombstone).await?;
-        }
-        let result = self
-            .session
-            .execute_unpaged(
-                &self.statements.recreate_room,
-                (
-                    room.kind.as_str(),
-                    room.name.as_str(),
-                    room.epoch.as_str(),
-                    room.created_by.as_str(),
-                    room.members.is_some(),
-                    &members,
-                    room.created_at,
-                    ttl_secs,
-                    to_cql(tombstone),
-                    room.id.as_str(),
-                    to_cql(tombstone),
-                ),
-            )
-            .await;
-        let recreated = match result {
-            Ok(result) => applied(result)?,
-            Err(e) => match self.stored_room(&room.id, true).await? {
-                Some(stored) if stored.deleted.is_none() => stored.record.epoch == room.epoch,
-                Some(_) => return Err(unavailable("create room", e)),
-                None => false,
-            },
-        };
-        if recreated {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!("room {} exists", room.id)))
-        }
-    }
-
+impl StoreReader for CqlStore {
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
         Ok(self
             .stored_room(id, false)
             .await?
             .and_then(StoredRoom::live))
-    }
-
-    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
-        let at = deletion.at.get();
-        if at == 0 {
-            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
-        }
-        let stored = self.stored_room(room, true).await?;
-        let live = stored
-            .as_ref()
-            .filter(|s| s.deleted.is_none() && s.record.epoch == deletion.epoch)
-            .map(|s| s.record.clone());
-        // 1. The tombstone: the fence. Not for a room that is not there,
-        // unless an earlier attempt put it there.
-        if live.is_none() {
-            match self.log_row(room, at).await? {
-                Some(LogRow::Tombstone) => {}
-                _ => {
-                    return Err(StoreError::NotFound(format!(
-                        "no room {room} with epoch {}",
-                        deletion.epoch
-                    )));
-                }
-            }
-        } else {
-            self.write_tombstone(room, at, &deletion.writer).await?;
-        }
-        if let Some(record) = live {
-            // 2. Its memberships, while nobody can create the id again.
-            for user in members_to_index(&record) {
-                self.session
-                    .execute_unpaged(
-                        &self.statements.delete_room_by_user,
-                        (user.as_str(), room.as_str()),
-                    )
-                    .await
-                    .map_err(|e| unavailable("delete room", e))?;
-            }
-            // 3. The room is gone for every reader from here on.
-            let result = self
-                .session
-                .execute_unpaged(
-                    &self.statements.mark_deleted,
-                    (to_cql(at), room.as_str(), deletion.epoch.as_str()),
-                )
-                .await;
-            let marked = match result {
-                Ok(result) => applied(result)?,
-                Err(e) => {
-                    // Unknown outcome: what is stored decides.
-                    match self.stored_room(room, true).await? {
-                        Some(s) if s.deleted.is_some() => true,
-                        _ => return Err(unavailable("delete room", e)),
-                    }
-                }
-            };
-            if !marked {
-                tracing::debug!(%room, at, "room already marked deleted (or created again)");
-            }
-        }
-        // 4. Everything below the tombstone.
-        self.purge(room, at).await
-    }
-
-    async fn finish_deletion(&self, room: &RoomId) -> StoreResult<()> {
-        match self.stored_room(room, false).await? {
-            Some(StoredRoom {
-                deleted: Some(at),
-                purged: false,
-                ..
-            }) => {
-                tracing::info!(%room, at, "finishing a deletion that was cut short");
-                self.purge(room, at).await
-            }
-            _ => Ok(()),
-        }
     }
 
     async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>> {
@@ -907,41 +735,6 @@ impl Store for CqlStore {
             .flatten()
             .filter(|room| members_to_index(room).any(|u| u == user))
             .collect())
-    }
-
-    async fn append(
-        &self,
-        room: &RoomId,
-        first: Seq,
-        batch: &[OpEvent],
-        writer: &Writer,
-    ) -> StoreResult<()> {
-        check_batch(room, first, batch)?;
-        let mut encoded = Vec::with_capacity(batch.len());
-        for event in batch {
-            let json = serde_json::to_string(event).map_err(|e| {
-                StoreError::InvalidBatch(format!("op {} does not encode: {e}", event.seq))
-            })?;
-            encoded.push((event.clone(), json));
-        }
-        // Cut at bucket boundaries and at the byte budget; write in order.
-        let mut start = 0;
-        while start < encoded.len() {
-            let bucket = bucket_of(encoded[start].0.seq.get());
-            let mut end = start;
-            let mut bytes = 0;
-            while end < encoded.len()
-                && bucket_of(encoded[end].0.seq.get()) == bucket
-                && (end == start || bytes + encoded[end].1.len() <= self.options.max_batch_bytes)
-            {
-                bytes += encoded[end].1.len();
-                end += 1;
-            }
-            self.append_slice(room, bucket, &encoded[start..end], writer)
-                .await?;
-            start = end;
-        }
-        Ok(())
     }
 
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
@@ -1126,6 +919,252 @@ impl Store for CqlStore {
         Ok(out)
     }
 
+    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
+        let Some(seq) = self.latest_complete_snapshot(room).await? else {
+            return Ok(None);
+        };
+        let chunks: Vec<(i32, Option<Vec<u8>>)> = self
+            .session
+            .execute_iter(
+                self.statements.select_snapshot_chunk.clone(),
+                (room.as_str(), to_cql(seq)),
+            )
+            .await
+            .map_err(|e| unavailable("read snapshot", e))?
+            .rows_stream::<(i32, Option<Vec<u8>>)>()
+            .map_err(|e| corrupt("snapshot rows", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("read snapshot", e))?;
+        let mut data = Vec::new();
+        for (i, (chunk, bytes)) in chunks.into_iter().enumerate() {
+            if usize::try_from(chunk).ok() != Some(i) {
+                return Err(StoreError::Corrupt(format!(
+                    "snapshot {seq} of room {room}: chunk {chunk} where {i} was expected"
+                )));
+            }
+            data.extend_from_slice(&bytes.unwrap_or_default());
+        }
+        Ok(Some(Snapshot {
+            seq: Seq(seq),
+            data,
+        }))
+    }
+}
+
+#[async_trait]
+impl RoomCatalog for CqlStore {
+    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        // The listing rows first: they are harmless if the room turns out
+        // to be taken (`rooms_of_user` only lists a room whose record names
+        // the user), while a crash between the two writes in the other
+        // order would leave a room its members cannot list.
+        for user in members_to_index(room) {
+            self.session
+                .execute_unpaged(
+                    &self.statements.insert_room_by_user,
+                    (user.as_str(), room.id.as_str()),
+                )
+                .await
+                .map_err(|e| unavailable("create room", e))?;
+        }
+        let members: Option<Vec<&str>> = room
+            .members
+            .as_ref()
+            .map(|m| m.iter().map(|u| u.as_str()).collect());
+        let ttl_secs = room.ttl_secs.map(to_cql);
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.insert_room,
+                (
+                    room.id.as_str(),
+                    room.kind.as_str(),
+                    room.name.as_str(),
+                    room.epoch.as_str(),
+                    room.created_by.as_str(),
+                    room.members.is_some(),
+                    &members,
+                    room.created_at,
+                    ttl_secs,
+                ),
+            )
+            .await;
+        let created = match result {
+            Ok(result) => applied(result)?,
+            // Unknown outcome: the record decides (ours, or someone's).
+            Err(e) => match self.stored_room(&room.id, true).await? {
+                Some(stored) if stored.deleted.is_none() => stored.record.epoch == room.epoch,
+                Some(_) => false,
+                None => return Err(unavailable("create room", e)),
+            },
+        };
+        if created {
+            return Ok(());
+        }
+        // Taken, unless by a deleted room: then this one follows it.
+        let Some(stored) = self.stored_room(&room.id, true).await? else {
+            return Err(unavailable(
+                "create room",
+                "the id is taken, yet no room is stored",
+            ));
+        };
+        let Some(tombstone) = stored.deleted else {
+            return Err(StoreError::Conflict(format!("room {} exists", room.id)));
+        };
+        if !stored.purged {
+            // The deletion was cut short: finish it before the id is
+            // reused, or nobody would.
+            self.purge(&room.id, tombstone).await?;
+        }
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.recreate_room,
+                (
+                    room.kind.as_str(),
+                    room.name.as_str(),
+                    room.epoch.as_str(),
+                    room.created_by.as_str(),
+                    room.members.is_some(),
+                    &members,
+                    room.created_at,
+                    ttl_secs,
+                    to_cql(tombstone),
+                    room.id.as_str(),
+                    to_cql(tombstone),
+                ),
+            )
+            .await;
+        let recreated = match result {
+            Ok(result) => applied(result)?,
+            Err(e) => match self.stored_room(&room.id, true).await? {
+                Some(stored) if stored.deleted.is_none() => stored.record.epoch == room.epoch,
+                Some(_) => return Err(unavailable("create room", e)),
+                None => false,
+            },
+        };
+        if recreated {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!("room {} exists", room.id)))
+        }
+    }
+}
+
+#[async_trait]
+impl Store for CqlStore {
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        let at = deletion.at.get();
+        if at == 0 {
+            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
+        }
+        let stored = self.stored_room(room, true).await?;
+        let live = stored
+            .as_ref()
+            .filter(|s| s.deleted.is_none() && s.record.epoch == deletion.epoch)
+            .map(|s| s.record.clone());
+        // 1. The tombstone: the fence. Not for a room that is not there,
+        // unless an earlier attempt put it there.
+        if live.is_none() {
+            match self.log_row(room, at).await? {
+                Some(LogRow::Tombstone) => {}
+                _ => {
+                    return Err(StoreError::NotFound(format!(
+                        "no room {room} with epoch {}",
+                        deletion.epoch
+                    )));
+                }
+            }
+        } else {
+            self.write_tombstone(room, at, &deletion.writer).await?;
+        }
+        if let Some(record) = live {
+            // 2. Its memberships, while nobody can create the id again.
+            for user in members_to_index(&record) {
+                self.session
+                    .execute_unpaged(
+                        &self.statements.delete_room_by_user,
+                        (user.as_str(), room.as_str()),
+                    )
+                    .await
+                    .map_err(|e| unavailable("delete room", e))?;
+            }
+            // 3. The room is gone for every reader from here on.
+            let result = self
+                .session
+                .execute_unpaged(
+                    &self.statements.mark_deleted,
+                    (to_cql(at), room.as_str(), deletion.epoch.as_str()),
+                )
+                .await;
+            let marked = match result {
+                Ok(result) => applied(result)?,
+                Err(e) => {
+                    // Unknown outcome: what is stored decides.
+                    match self.stored_room(room, true).await? {
+                        Some(s) if s.deleted.is_some() => true,
+                        _ => return Err(unavailable("delete room", e)),
+                    }
+                }
+            };
+            if !marked {
+                tracing::debug!(%room, at, "room already marked deleted (or created again)");
+            }
+        }
+        // 4. Everything below the tombstone.
+        self.purge(room, at).await
+    }
+
+    async fn finish_deletion(&self, room: &RoomId) -> StoreResult<()> {
+        match self.stored_room(room, false).await? {
+            Some(StoredRoom {
+                deleted: Some(at),
+                purged: false,
+                ..
+            }) => {
+                tracing::info!(%room, at, "finishing a deletion that was cut short");
+                self.purge(room, at).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn append(
+        &self,
+        room: &RoomId,
+        first: Seq,
+        batch: &[OpEvent],
+        writer: &Writer,
+    ) -> StoreResult<()> {
+        check_batch(room, first, batch)?;
+        let mut encoded = Vec::with_capacity(batch.len());
+        for event in batch {
+            let json = serde_json::to_string(event).map_err(|e| {
+                StoreError::InvalidBatch(format!("op {} does not encode: {e}", event.seq))
+            })?;
+            encoded.push((event.clone(), json));
+        }
+        // Cut at bucket boundaries and at the byte budget; write in order.
+        let mut start = 0;
+        while start < encoded.len() {
+            let bucket = bucket_of(encoded[start].0.seq.get());
+            let mut end = start;
+            let mut bytes = 0;
+            while end < encoded.len()
+                && bucket_of(encoded[end].0.seq.get()) == bucket
+                && (end == start || bytes + encoded[end].1.len() <= self.options.max_batch_bytes)
+            {
+                bytes += encoded[end].1.len();
+                end += 1;
+            }
+            self.append_slice(room, bucket, &encoded[start..end], writer)
+                .await?;
+            start = end;
+        }
+        Ok(())
+    }
+
     async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
         if let Some(stored) = self.latest_complete_snapshot(room).await?
             && stored > snapshot.seq.get()
@@ -1163,38 +1202,6 @@ impl Store for CqlStore {
             tracing::warn!(%room, error = %e, "could not delete older snapshots");
         }
         Ok(())
-    }
-
-    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
-        let Some(seq) = self.latest_complete_snapshot(room).await? else {
-            return Ok(None);
-        };
-        let chunks: Vec<(i32, Option<Vec<u8>>)> = self
-            .session
-            .execute_iter(
-                self.statements.select_snapshot_chunk.clone(),
-                (room.as_str(), to_cql(seq)),
-            )
-            .await
-            .map_err(|e| unavailable("read snapshot", e))?
-            .rows_stream::<(i32, Option<Vec<u8>>)>()
-            .map_err(|e| corrupt("snapshot rows", e))?
-            .try_collect()
-            .await
-            .map_err(|e| unavailable("read snapshot", e))?;
-        let mut data = Vec::new();
-        for (i, (chunk, bytes)) in chunks.into_iter().enumerate() {
-            if usize::try_from(chunk).ok() != Some(i) {
-                return Err(StoreError::Corrupt(format!(
-                    "snapshot {seq} of room {room}: chunk {chunk} where {i} was expected"
-                )));
-            }
-            data.extend_from_slice(&bytes.unwrap_or_default());
-        }
-        Ok(Some(Snapshot {
-            seq: Seq(seq),
-            data,
-        }))
     }
 }
 

@@ -36,8 +36,8 @@ use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use crate::{
-    AppendDone, Deletion, LoggedOp, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer,
-    check_batch,
+    AppendDone, Deletion, LoggedOp, RoomCatalog, RoomRecord, Snapshot, Store, StoreError,
+    StoreReader, StoreResult, Writer, check_batch,
 };
 use pending::{Pending, PendingOp, RoomLog, merge_by_seq};
 pub use tables::SNAPSHOT_CHUNK_SIZE;
@@ -518,24 +518,7 @@ fn unavailable(e: impl Into<redb::Error>) -> StoreError {
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
-    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        self.write(Write::CreateRoom(Box::new(room.clone()))).await
-    }
-
-    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
-        if deletion.at == Seq::ZERO {
-            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
-        }
-        self.write(Write::DeleteRoom {
-            room: room.as_str().to_owned(),
-            epoch: deletion.epoch.as_str().to_owned(),
-            at: deletion.at.get(),
-            tombstone: codec::encode_tombstone(&deletion.writer)?,
-        })
-        .await
-    }
-
+impl StoreReader for EmbeddedStore {
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
         let id = id.as_str().to_owned();
         self.read(move |txn| {
@@ -575,32 +558,6 @@ impl Store for EmbeddedStore {
             Ok(out)
         })
         .await
-    }
-
-    async fn append(
-        &self,
-        room: &RoomId,
-        first: Seq,
-        batch: &[OpEvent],
-        writer: &Writer,
-    ) -> StoreResult<()> {
-        let write = encode_append(room, first, batch, writer)?;
-        self.write(write).await
-    }
-
-    fn append_then(
-        self: Arc<Self>,
-        room: RoomId,
-        first: Seq,
-        batch: Vec<OpEvent>,
-        writer: Writer,
-        done: AppendDone,
-    ) {
-        let write = match encode_append(&room, first, &batch, &writer) {
-            Ok(write) => write,
-            Err(e) => return done(batch, Err(e)),
-        };
-        self.submit(write, Reply::callback(move |result| done(batch, result)));
     }
 
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
@@ -723,24 +680,6 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
-        let chunks: Vec<Vec<u8>> = snapshot
-            .data
-            .chunks(SNAPSHOT_CHUNK_SIZE)
-            .map(<[u8]>::to_vec)
-            .collect();
-        let count = u32::try_from(chunks.len())
-            .map_err(|_| StoreError::InvalidBatch("snapshot too large".into()))?;
-        self.write(Write::PutSnapshot {
-            room: room.as_str().to_owned(),
-            seq: snapshot.seq.get(),
-            total_len: snapshot.data.len() as u64,
-            count,
-            chunks,
-        })
-        .await
-    }
-
     async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
         let room = room.as_str().to_owned();
         self.read(move |txn| {
@@ -775,6 +714,73 @@ impl Store for EmbeddedStore {
                 seq: Seq(seq),
                 data,
             }))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RoomCatalog for EmbeddedStore {
+    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        self.write(Write::CreateRoom(Box::new(room.clone()))).await
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
+        if deletion.at == Seq::ZERO {
+            return Err(StoreError::InvalidBatch("seqs start at 1".into()));
+        }
+        self.write(Write::DeleteRoom {
+            room: room.as_str().to_owned(),
+            epoch: deletion.epoch.as_str().to_owned(),
+            at: deletion.at.get(),
+            tombstone: codec::encode_tombstone(&deletion.writer)?,
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        room: &RoomId,
+        first: Seq,
+        batch: &[OpEvent],
+        writer: &Writer,
+    ) -> StoreResult<()> {
+        let write = encode_append(room, first, batch, writer)?;
+        self.write(write).await
+    }
+
+    fn append_then(
+        self: Arc<Self>,
+        room: RoomId,
+        first: Seq,
+        batch: Vec<OpEvent>,
+        writer: Writer,
+        done: AppendDone,
+    ) {
+        let write = match encode_append(&room, first, &batch, &writer) {
+            Ok(write) => write,
+            Err(e) => return done(batch, Err(e)),
+        };
+        self.submit(write, Reply::callback(move |result| done(batch, result)));
+    }
+
+    async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
+        let chunks: Vec<Vec<u8>> = snapshot
+            .data
+            .chunks(SNAPSHOT_CHUNK_SIZE)
+            .map(<[u8]>::to_vec)
+            .collect();
+        let count = u32::try_from(chunks.len())
+            .map_err(|_| StoreError::InvalidBatch("snapshot too large".into()))?;
+        self.write(Write::PutSnapshot {
+            room: room.as_str().to_owned(),
+            seq: snapshot.seq.get(),
+            total_len: snapshot.data.len() as u64,
+            count,
+            chunks,
         })
         .await
     }

@@ -11,7 +11,8 @@ use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use tokio::sync::Semaphore;
 
 use crate::{
-    Deletion, LoggedOp, MemoryStore, RoomRecord, Snapshot, Store, StoreError, StoreResult, Writer,
+    Deletion, LoggedOp, MemoryStore, RoomCatalog, RoomRecord, Snapshot, Store, StoreError,
+    StoreReader, StoreResult, Writer,
 };
 
 pub struct GatedStore {
@@ -98,11 +99,7 @@ impl GatedStore {
 }
 
 #[async_trait]
-impl Store for GatedStore {
-    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        self.inner.create_room(room).await
-    }
-
+impl StoreReader for GatedStore {
     async fn room(&self, id: &RoomId) -> StoreResult<Option<RoomRecord>> {
         if let Some(record) = self
             .half_deleted
@@ -119,6 +116,43 @@ impl Store for GatedStore {
         self.inner.rooms_of_user(user).await
     }
 
+    async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
+        self.inner.head(room).await
+    }
+
+    async fn read_log(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<LoggedOp>> {
+        self.inner.read_log(room, after, limit).await
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        before: Seq,
+        limit: usize,
+        kinds: Option<&[OpKind]>,
+    ) -> StoreResult<Vec<OpEvent>> {
+        self.inner.history(room, before, limit, kinds).await
+    }
+
+    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
+        self.inner.latest_snapshot(room).await
+    }
+}
+
+#[async_trait]
+impl RoomCatalog for GatedStore {
+    async fn create_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        self.inner.create_room(room).await
+    }
+}
+
+#[async_trait]
+impl Store for GatedStore {
     async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
         let record = self.inner.room(room).await?;
         self.inner.delete_room(room, deletion).await?;
@@ -163,34 +197,7 @@ impl Store for GatedStore {
         result
     }
 
-    async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
-        self.inner.head(room).await
-    }
-
-    async fn read_log(
-        &self,
-        room: &RoomId,
-        after: Seq,
-        limit: usize,
-    ) -> StoreResult<Vec<LoggedOp>> {
-        self.inner.read_log(room, after, limit).await
-    }
-
-    async fn history(
-        &self,
-        room: &RoomId,
-        before: Seq,
-        limit: usize,
-        kinds: Option<&[OpKind]>,
-    ) -> StoreResult<Vec<OpEvent>> {
-        self.inner.history(room, before, limit, kinds).await
-    }
-
     async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()> {
         self.inner.put_snapshot(room, snapshot).await
-    }
-
-    async fn latest_snapshot(&self, room: &RoomId) -> StoreResult<Option<Snapshot>> {
-        self.inner.latest_snapshot(room).await
     }
 }

@@ -20,7 +20,7 @@ use collab_protocol::{
     Access, Cid, Claims, ConnId, Epoch, ErrorCode, NodeId, Op, OpEvent, RoomId, RoomKind, Seq,
     UserId,
 };
-use collab_store::{MemoryStore, RoomRecord, Store, Writer};
+use collab_store::{MemoryStore, RoomCatalog, RoomRecord, Store, StoreReader, Writer};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::watch;

@@ -17,7 +17,9 @@ use collab_metrics::{Exporter, Role};
 use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::HistoryPage;
 use collab_protocol::{Access, Cid, Claims, NodeId, Op, OpEvent, RoomId, Seq, StrokeId, UserId};
-use collab_store::{Deletion, MemoryStore, Store, StoreError, StoreResult, Writer};
+use collab_store::{
+    Deletion, MemoryStore, RoomCatalog, Store, StoreError, StoreReader, StoreResult, Writer,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -1205,22 +1207,19 @@ fn down<T>() -> StoreResult<T> {
 }
 
 #[async_trait]
-impl Store for DownStore {
-    async fn create_room(&self, _: &collab_store::RoomRecord) -> StoreResult<()> {
-        down()
-    }
+impl StoreReader for DownStore {
     async fn room(&self, _: &RoomId) -> StoreResult<Option<collab_store::RoomRecord>> {
         down()
     }
+
     async fn rooms_of_user(&self, _: &UserId) -> StoreResult<Vec<collab_store::RoomRecord>> {
         down()
     }
-    async fn append(&self, _: &RoomId, _: Seq, _: &[OpEvent], _: &Writer) -> StoreResult<()> {
-        down()
-    }
+
     async fn head(&self, _: &RoomId) -> StoreResult<Seq> {
         down()
     }
+
     async fn read_log(
         &self,
         _: &RoomId,
@@ -1229,6 +1228,7 @@ impl Store for DownStore {
     ) -> StoreResult<Vec<collab_store::LoggedOp>> {
         down()
     }
+
     async fn history(
         &self,
         _: &RoomId,
@@ -1238,13 +1238,30 @@ impl Store for DownStore {
     ) -> StoreResult<Vec<OpEvent>> {
         down()
     }
+
+    async fn latest_snapshot(&self, _: &RoomId) -> StoreResult<Option<collab_store::Snapshot>> {
+        down()
+    }
+}
+
+#[async_trait]
+impl RoomCatalog for DownStore {
+    async fn create_room(&self, _: &collab_store::RoomRecord) -> StoreResult<()> {
+        down()
+    }
+}
+
+#[async_trait]
+impl Store for DownStore {
+    async fn append(&self, _: &RoomId, _: Seq, _: &[OpEvent], _: &Writer) -> StoreResult<()> {
+        down()
+    }
+
     async fn put_snapshot(&self, _: &RoomId, _: &collab_store::Snapshot) -> StoreResult<()> {
         down()
     }
+
     async fn delete_room(&self, _: &RoomId, _: &Deletion) -> StoreResult<()> {
-        down()
-    }
-    async fn latest_snapshot(&self, _: &RoomId) -> StoreResult<Option<collab_store::Snapshot>> {
         down()
     }
 }
