@@ -70,8 +70,9 @@ struct ConfigArgs {
     /// Cassandra [env: COLLAB_STORE] [default: embedded]
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// HS256 signing secret; unset (and no JWKS) means dev mode. Prefer the environment
-    /// variable: a flag shows in the process list [env: COLLAB_JWT_SECRET]
+    /// HS256 signing secret; unset (and no JWKS) means dev mode. Prefer the
+    /// environment variable: a flag shows in the process list [env:
+    /// COLLAB_JWT_SECRET]
     #[arg(long, value_name = "SECRET")]
     jwt_secret: Option<String>,
 }

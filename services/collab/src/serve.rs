@@ -60,7 +60,7 @@ pub const METRICS_LISTENING_PREFIX: &str = "metrics on http://";
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
-        "dev mode (no jwt_secret) listens on loopback only, and {0} is not: configure a secret (COLLAB_JWT_SECRET) or listen on 127.0.0.1"
+        "dev mode (no jwt_secret, no auth.jwks) listens on loopback only, and {0} is not: configure a secret (COLLAB_JWT_SECRET) or a JWKS (COLLAB_AUTH__JWKS), or listen on 127.0.0.1"
     )]
     DevModeNotLoopback(SocketAddr),
     #[error(transparent)]
