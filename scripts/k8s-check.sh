@@ -213,13 +213,18 @@ main() {
   render default
   render production -f "$PRODUCTION_VALUES"
   # The branches neither file takes: a Secret made by the chart, a fixed
-  # number of gateways behind a LoadBalancer, the connections metric.
+  # number of gateways behind a LoadBalancer, the connections metric, a
+  # JWKS.
   render trial --set auth.jwtSecret=only-for-trying-it-out \
     --set gateway.autoscaling.enabled=false --set gateway.service.type=LoadBalancer
   render connections -f "$PRODUCTION_VALUES" --set gateway.autoscaling.targetConnectionsPerPod=5000
+  # Public keys only: a JWKS from a ConfigMap, no HS256 secret.
+  render jwks --set auth.existingSecret= --set auth.jwksConfigMap=collab-jwks
   refuses "a termination grace period shorter than the drain" --set config.drain_grace_secs=60
   refuses "a setting config/collab.toml does not have" --set config.gateway.no_such_setting=1
   refuses "an embedded store" --set store.url=embedded
+  refuses "gateways without any key" --set auth.existingSecret=
+  refuses "two JWKS" --set auth.jwksConfigMap=collab-jwks --set config.auth.jwks=https://id.example.com/jwks.json
 
   step "kubeconform: every object against the Kubernetes ${KUBERNETES_VERSIONS[*]} and CRD schemas"
   kubeconform_all

@@ -183,8 +183,9 @@ def check_pod(obj, problems):
         if pod.get(key):
             problems.append(f"{name}: {key} is on")
     for volume in pod.get("volumes", []):
-        if set(volume) - {"name", "emptyDir"}:
-            problems.append(f"{name}: volume {volume['name']} is not an emptyDir")
+        # Scratch space, or read-only settings (the gateways' JWKS).
+        if set(volume) - {"name", "emptyDir", "configMap"}:
+            problems.append(f"{name}: volume {volume['name']} is neither an emptyDir nor a ConfigMap")
     psc = pod.get("securityContext", {})
     if psc.get("runAsNonRoot") is not True:
         problems.append(f"{name}: pod runAsNonRoot is not true")
@@ -271,8 +272,10 @@ def rendered(file):
                         f"its own beside listen {listen!r}")
     if gw_container.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
         problems.append("gateways: readiness is not /readyz")
-    if "COLLAB_JWT_SECRET" not in gw_env or "valueFrom" not in gw_env["COLLAB_JWT_SECRET"]:
+    if "COLLAB_JWT_SECRET" in gw_env and "valueFrom" not in gw_env["COLLAB_JWT_SECRET"]:
         problems.append("gateways: COLLAB_JWT_SECRET does not come from a Secret")
+    if "COLLAB_JWT_SECRET" not in gw_env and "COLLAB_AUTH__JWKS" not in gw_env:
+        problems.append("gateways: neither a JWT secret nor a JWKS to check tokens with")
 
     # The metrics port is on headless ClusterIP Services only.
     metrics_ports = set()

@@ -4,8 +4,8 @@
 //! Both run the same gateway and room-node code as `collab serve`; only the
 //! bus (NATS instead of in-process) and the store (a CQL cluster every node
 //! reaches, never the embedded file) differ. A cluster has no dev mode:
-//! every gateway must verify the tokens of every other, so the secret is
-//! configured.
+//! every gateway must verify the tokens of every other, so the secret or
+//! a JWKS (or both) is configured.
 //!
 //! Each registers the bus's metrics (NATS connection, membership) beside
 //! its own; a gateway keeps the state it shares with the others (rate
@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use collab_bus::{Bus, BusMetrics, NatsBus, NatsBusConfig};
 use collab_ephemeral::{EphemeralMetrics, RedisClient, RedisOptions, RedisRoomExpiry, RoomExpiry};
-use collab_gateway::{Auth, Gateway, GatewayMetrics, GatewayParts, Readiness};
+use collab_gateway::{Gateway, GatewayMetrics, GatewayParts, Readiness};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
 use collab_protocol::subjects::Subjects;
@@ -39,7 +39,8 @@ use collab_store::Store;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
-use crate::config::{CollabConfig, StoreLocation};
+use crate::config::{CollabConfig, Secret, StoreLocation};
+use crate::keys;
 use crate::serve::{
     ServeError, announce, announce_metrics, bind, bind_metrics, local_addr, open_ephemeral,
     open_store, spawn_http, spawn_server,
@@ -50,10 +51,9 @@ pub async fn run_gateway(
     config: CollabConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let secret = config
-        .jwt_secret
-        .clone()
-        .ok_or(ServeError::ClusterWithoutSecret)?;
+    if config.dev_mode() {
+        return Err(ServeError::ClusterWithoutSecret);
+    }
     let store = open_shared_store(&config).await?;
     let node = node_id(&config, "gateway")?;
     let mut registry = Registry::default();
@@ -61,6 +61,8 @@ pub async fn run_gateway(
     let bus = Arc::new(connect(&config, node.clone(), true, bus_metrics).await?);
 
     let metrics = GatewayMetrics::register(&mut registry);
+    let secret = config.jwt_secret.as_ref().map(Secret::expose);
+    let auth = keys::gateway_auth(&config, secret, false, &mut registry).await?;
     let mut gateway_config = config.gateway_config();
     // Connections are named after this run of the gateway, so a room node
     // that sees it leave the cluster (or restart under the same node id)
@@ -81,7 +83,7 @@ pub async fn run_gateway(
     let gateway = Gateway::new(
         gateway_config,
         GatewayParts {
-            auth: Auth::new(secret.expose(), false),
+            auth,
             bus: bus.clone(),
             store,
             readiness,

@@ -24,6 +24,8 @@ use collab_room_node::RoomNodeConfig;
 use collab_store::CqlOptions;
 use serde::{Deserialize, Serialize};
 
+use crate::keys::AuthSettings;
+
 /// Prefix of every environment variable the loader reads.
 pub const ENV_PREFIX: &str = "COLLAB_";
 /// The environment variable naming the config file (when `--config` is not
@@ -55,7 +57,8 @@ pub struct CollabConfig {
     /// Empty: in this process's memory, which suits `collab serve` alone;
     /// every gateway of a cluster needs the same Redis.
     pub redis: String,
-    /// The HS256 secret tokens are signed with. Unset: dev mode.
+    /// The HS256 secret tokens are signed with. Unset, and no
+    /// `auth.jwks` either: dev mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<Secret>,
     pub log_format: LogFormat,
@@ -63,6 +66,8 @@ pub struct CollabConfig {
     /// snapshot, and for sockets to close.
     pub drain_grace_secs: u64,
     pub gateway: GatewayConfig,
+    /// Token algorithms and the JWKS of RS256/EdDSA public keys.
+    pub auth: AuthSettings,
     pub rooms: RoomSettings,
     /// How `collab gateway` and `collab room-node` find each other.
     pub cluster: ClusterSettings,
@@ -80,6 +85,7 @@ impl Default for CollabConfig {
             log_format: LogFormat::Text,
             drain_grace_secs: 10,
             gateway: GatewayConfig::default(),
+            auth: AuthSettings::default(),
             rooms: RoomSettings::default(),
             cluster: ClusterSettings::default(),
         }
@@ -117,6 +123,11 @@ impl CollabConfig {
     pub fn redis_url(&self) -> Option<&str> {
         let url = self.redis.trim();
         (!url.is_empty()).then_some(url)
+    }
+
+    /// Dev mode: neither a secret nor a JWKS is configured.
+    pub fn dev_mode(&self) -> bool {
+        self.jwt_secret.is_none() && self.auth.jwks.trim().is_empty()
     }
 
     pub fn drain_grace(&self) -> Duration {
@@ -780,6 +791,7 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
             "must not be empty (leave it unset for dev mode)".to_owned(),
         ));
     }
+    issues.extend(config.auth.issues(config.jwt_secret.is_some()));
     issues
 }
 

@@ -7,12 +7,14 @@
 //!   over NATS and a CQL store;
 //! - [`token`] — `collab token`, minting JWTs;
 //! - [`secret`] — the configured or generated (dev mode) signing secret;
+//! - [`keys`] — `[auth]`: accepted algorithms and the JWKS of public keys;
 //! - [`store_metrics`] — the embedded store's figures on `/metrics`;
 //! - [`signals`] — SIGTERM/SIGINT handling (drain, then exit at once);
 //! - [`telemetry`] — logging.
 
 pub mod cluster;
 pub mod config;
+pub mod keys;
 pub mod secret;
 pub mod serve;
 pub mod signals;

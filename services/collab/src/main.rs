@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use collab::config::{self, CollabConfig, Flags};
 use collab::secret::SecretError;
 use collab::serve::ServeError;
-use collab::token::{RevokeError, RevokeTarget, RoomGrant, TokenRequest};
+use collab::token::{KeyFile, RevokeError, RevokeTarget, RoomGrant, TokenRequest};
 use collab::{EXIT_USAGE, cluster, secret, serve, signals, telemetry, token};
 use collab_gateway::now_secs;
 
@@ -49,8 +49,9 @@ enum Command {
     /// store.
     RoomNode(ClusterArgs),
     /// Mint a JWT signed with the configured secret (or a dev server's
-    /// secret from --data-dir) and print it; `collab token revoke` revokes
-    /// tokens on every gateway.
+    /// secret from --data-dir, or a private key with --key) and print it;
+    /// `collab token jwks` prints the public keys for the servers' JWKS;
+    /// `collab token revoke` revokes tokens on every gateway.
     Token(TokenCommand),
 }
 
@@ -69,8 +70,9 @@ struct ConfigArgs {
     /// Cassandra [env: COLLAB_STORE] [default: embedded]
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// HS256 signing secret; unset means dev mode. Prefer the environment
-    /// variable: a flag shows in the process list [env: COLLAB_JWT_SECRET]
+    /// HS256 signing secret; unset (and no JWKS) means dev mode. Prefer the
+    /// environment variable: a flag shows in the process list [env:
+    /// COLLAB_JWT_SECRET]
     #[arg(long, value_name = "SECRET")]
     jwt_secret: Option<String>,
 }
@@ -113,7 +115,8 @@ struct ClusterArgs {
     node_id: Option<String>,
 }
 
-/// `collab token [--user …]` mints; `collab token revoke …` revokes.
+/// `collab token [--user …]` mints; `collab token jwks …` prints a JWKS;
+/// `collab token revoke …` revokes.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct TokenCommand {
@@ -131,6 +134,18 @@ enum TokenAction {
     /// --redis (or COLLAB_REDIS); a `collab serve` without Redis takes
     /// revocations at POST /v1/admin/revocations instead.
     Revoke(RevokeArgs),
+    /// Print the JWK Set (the public keys) of private key files, for the
+    /// gateways' `auth.jwks`
+    Jwks(JwksArgs),
+}
+
+#[derive(Debug, Args)]
+struct JwksArgs {
+    /// A private key (PEM: RSA for RS256, Ed25519 for EdDSA) and the key id
+    /// tokens signed with it carry; repeatable, e.g. the current key and
+    /// the next one during a rotation
+    #[arg(long = "key", value_name = "KID=FILE", required = true)]
+    keys: Vec<KeyFile>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +187,10 @@ struct TokenArgs {
     /// Add the `admin` scope: the inspection endpoints under /v1/admin/
     #[arg(long)]
     admin: bool,
+    /// Sign with this private key (PEM: RSA for RS256, Ed25519 for EdDSA)
+    /// instead of the secret; KID is its key id in the servers' JWKS
+    #[arg(long, value_name = "KID=FILE")]
+    key: Option<KeyFile>,
 }
 
 fn main() -> ExitCode {
@@ -201,6 +220,10 @@ fn main() -> ExitCode {
             redis: args.redis.clone(),
             ..flags(&args.config)
         },
+        Command::Token(TokenCommand {
+            action: Some(TokenAction::Jwks(_)),
+            ..
+        }) => Flags::default(),
         Command::Token(args) => flags(&args.mint.config),
     };
     let env = config::process_env();
@@ -220,6 +243,10 @@ fn main() -> ExitCode {
             action: Some(TokenAction::Revoke(args)),
             ..
         }) => run_revoke(&config, args),
+        Command::Token(TokenCommand {
+            action: Some(TokenAction::Jwks(args)),
+            ..
+        }) => run_jwks(&args),
         Command::Token(args) => run_token(&config, args.mint),
     }
 }
@@ -298,14 +325,6 @@ fn run_until_signalled(server: Server, config: CollabConfig) -> anyhow::Result<(
 }
 
 fn run_token(config: &CollabConfig, args: TokenArgs) -> ExitCode {
-    let signing = match secret::for_minting(config) {
-        Ok(signing) => signing,
-        Err(e) => {
-            eprintln!("collab: {e}");
-            let usage = matches!(e, SecretError::NoSecret(_));
-            return ExitCode::from(if usage { EXIT_USAGE } else { 1 });
-        }
-    };
     let request = TokenRequest {
         // Required by the parser whenever no subcommand is given.
         user: args.user.unwrap_or_default(),
@@ -315,9 +334,36 @@ fn run_token(config: &CollabConfig, args: TokenArgs) -> ExitCode {
         rooms: args.room,
         admin: args.admin,
     };
-    match token::mint(&signing.bytes, &request) {
+    let minted = match &args.key {
+        Some(key) => token::mint_with_key(key, &request),
+        None => {
+            let signing = match secret::for_minting(config) {
+                Ok(signing) => signing,
+                Err(e) => {
+                    eprintln!("collab: {e}");
+                    let usage = matches!(e, SecretError::NoSecret(_));
+                    return ExitCode::from(if usage { EXIT_USAGE } else { 1 });
+                }
+            };
+            token::mint(&signing.bytes, &request)
+        }
+    };
+    match minted {
         Ok(jwt) => {
             println!("{jwt}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("collab: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn run_jwks(args: &JwksArgs) -> ExitCode {
+    match token::jwks(&args.keys) {
+        Ok(jwks) => {
+            println!("{jwks}");
             ExitCode::SUCCESS
         }
         Err(e) => {

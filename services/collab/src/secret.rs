@@ -36,16 +36,22 @@ pub enum SecretError {
 
 /// The secret to sign and verify with, and whether it is a dev secret.
 pub struct SigningSecret {
+    /// Empty for a server with a JWKS and no secret: it has no HS256 key.
     pub bytes: Vec<u8>,
     pub dev_mode: bool,
 }
 
-/// For `collab serve`: the configured secret, else the data dir's dev
-/// secret, generated now if there is none yet.
+/// For `collab serve`: the configured secret, else none if a JWKS is
+/// configured, else the data dir's dev secret, generated now if there is
+/// none yet.
 pub fn for_server(config: &CollabConfig) -> Result<SigningSecret, SecretError> {
     match &config.jwt_secret {
         Some(secret) => Ok(SigningSecret {
             bytes: secret.expose().to_vec(),
+            dev_mode: false,
+        }),
+        None if !config.dev_mode() => Ok(SigningSecret {
+            bytes: Vec::new(),
             dev_mode: false,
         }),
         None => Ok(SigningSecret {

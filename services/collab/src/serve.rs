@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use axum::Router;
 use collab_bus::{Bus, InProcessBus};
 use collab_ephemeral::{Ephemeral, EphemeralError, EphemeralMetrics, RedisClient, RedisOptions};
-use collab_gateway::{Auth, Gateway, GatewayMetrics, GatewayParts, Readiness};
+use collab_gateway::{Gateway, GatewayMetrics, GatewayParts, Readiness};
 use collab_metrics::{Exporter, Role};
 use collab_protocol::NodeId;
 use collab_room_node::{ExpiryOptions, RoomNode, RoomNodeMetrics, StartError};
@@ -43,6 +43,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{CollabConfig, StoreLocation};
+use crate::keys;
 use crate::secret::{self, DEV_SECRET_FILE, SecretError};
 use crate::store_metrics;
 
@@ -59,7 +60,7 @@ pub const METRICS_LISTENING_PREFIX: &str = "metrics on http://";
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
-        "dev mode (no jwt_secret) listens on loopback only, and {0} is not: configure a secret (COLLAB_JWT_SECRET) or listen on 127.0.0.1"
+        "dev mode (no jwt_secret, no auth.jwks) listens on loopback only, and {0} is not: configure a secret (COLLAB_JWT_SECRET) or a JWKS (COLLAB_AUTH__JWKS), or listen on 127.0.0.1"
     )]
     DevModeNotLoopback(SocketAddr),
     #[error(transparent)]
@@ -81,7 +82,7 @@ pub enum ServeError {
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
     #[error(
-        "a cluster has no dev mode: configure the secret every gateway shares (COLLAB_JWT_SECRET)"
+        "a cluster has no dev mode: configure the secret every gateway shares (COLLAB_JWT_SECRET) or a JWKS (COLLAB_AUTH__JWKS)"
     )]
     ClusterWithoutSecret,
     #[error(
@@ -92,6 +93,8 @@ pub enum ServeError {
     Redis(EphemeralError),
     #[error("cannot join the cluster: {0}")]
     Bus(#[from] collab_bus::NatsBusError),
+    #[error("cannot load the token keys: {0}")]
+    Keys(collab_gateway::JwksError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -132,7 +135,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     // Refused before anything is written to disk.
-    if config.jwt_secret.is_none() {
+    if config.dev_mode() {
         let mut addresses = std::iter::once(config.listen).chain(config.metrics_listen);
         if let Some(addr) = addresses.find(|a| !a.ip().is_loopback()) {
             return Err(ServeError::DevModeNotLoopback(addr));
@@ -189,7 +192,6 @@ impl Server {
                  open to anyone who can connect, loopback only); do not use in production"
             );
         }
-        let auth = Auth::new(&signing.bytes, signing.dev_mode);
         let ServerStore {
             store,
             name: store_name,
@@ -202,6 +204,8 @@ impl Server {
         }
         let room_metrics = RoomNodeMetrics::register(&mut registry);
         let metrics = GatewayMetrics::register(&mut registry);
+        let secret = (!signing.bytes.is_empty()).then_some(signing.bytes.as_slice());
+        let auth = keys::gateway_auth(config, secret, signing.dev_mode, &mut registry).await?;
         let ephemeral = open_ephemeral(config, &config.gateway.gateway_id, &mut registry)?;
         let exporter = Exporter::new(registry, Role::Serve, crate::VERSION);
 

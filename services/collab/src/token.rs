@@ -1,16 +1,19 @@
 //! `collab token`: mints a JWT that a collab server with the same secret
-//! accepts; `collab token revoke` revokes tokens through the Redis every
-//! gateway of a cluster follows.
+//! accepts, or with `--key` one signed by a private key whose public half
+//! is in the servers' JWKS; `collab token jwks` prints that JWKS;
+//! `collab token revoke` revokes tokens through the Redis every gateway of
+//! a cluster follows.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use collab_ephemeral::{
     EphemeralError, EphemeralMetrics, RedisClient, RedisOptions, RedisRevocations, Revocations,
 };
-use collab_gateway::{Auth, new_token_id, now_secs};
+use collab_gateway::{Auth, Signer, new_token_id, now_secs};
 use collab_protocol::http::Revoked;
 use collab_protocol::{Access, Claims, RoomId, Scope, UserId};
 
@@ -31,6 +34,10 @@ pub enum TokenError {
     DuplicateRoom(String),
     #[error("cannot sign the token: {0}")]
     Sign(String),
+    #[error("cannot read the key {path}: {error}")]
+    ReadKey { path: PathBuf, error: String },
+    #[error("the key {path}: {error}")]
+    BadKey { path: PathBuf, error: String },
 }
 
 /// One `--room ROOM=read|write`.
@@ -133,6 +140,68 @@ pub fn mint(secret: &[u8], request: &TokenRequest) -> Result<String, TokenError>
     Auth::new(secret, false)
         .mint(&claims)
         .map_err(|e| TokenError::Sign(e.to_string()))
+}
+
+/// One private key file and the `kid` it goes by: `--key KID=FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub kid: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected KID=FILE (a key id, then a PEM private key file), got {0:?}")]
+pub struct BadKeyFile(String);
+
+impl FromStr for KeyFile {
+    type Err = BadKeyFile;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((kid, path)) if !kid.trim().is_empty() && !path.is_empty() => Ok(KeyFile {
+                kid: kid.trim().to_owned(),
+                path: PathBuf::from(path),
+            }),
+            _ => Err(BadKeyFile(s.to_owned())),
+        }
+    }
+}
+
+impl KeyFile {
+    /// Reads the key: RSA signs RS256, Ed25519 EdDSA.
+    pub fn signer(&self) -> Result<Signer, TokenError> {
+        let pem = std::fs::read(&self.path).map_err(|e| TokenError::ReadKey {
+            path: self.path.clone(),
+            error: e.to_string(),
+        })?;
+        Signer::from_pem(&pem, self.kid.clone()).map_err(|e| TokenError::BadKey {
+            path: self.path.clone(),
+            error: e.to_string(),
+        })
+    }
+}
+
+/// Signs a token for `request` with `key`, its `kid` in the header.
+pub fn mint_with_key(key: &KeyFile, request: &TokenRequest) -> Result<String, TokenError> {
+    let claims = claims(request, now_secs())?;
+    key.signer()?
+        .mint(&claims)
+        .map_err(|e| TokenError::Sign(e.to_string()))
+}
+
+/// The JWK Set of the public halves of `keys`, for the gateways'
+/// `auth.jwks`: pretty JSON.
+pub fn jwks(keys: &[KeyFile]) -> Result<String, TokenError> {
+    let mut public = Vec::new();
+    for key in keys {
+        let jwk = key.signer()?.public_jwk().map_err(|e| TokenError::BadKey {
+            path: key.path.clone(),
+            error: e.to_string(),
+        })?;
+        public.push(jwk);
+    }
+    let set = jsonwebtoken::jwk::JwkSet { keys: public };
+    serde_json::to_string_pretty(&set).map_err(|e| TokenError::Sign(e.to_string()))
 }
 
 // === revoke ===
@@ -434,5 +503,62 @@ mod tests {
             .expect("verifies");
         assert_eq!(verified.sub, "ann");
         assert!(Auth::new(b"other", false).verify(&token).is_err());
+    }
+
+    fn test_key(file: &str, kid: &str) -> KeyFile {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/testdata/keys");
+        format!("{kid}={}", dir.join(file).display())
+            .parse()
+            .expect("KID=FILE")
+    }
+
+    #[tokio::test]
+    async fn a_key_signs_tokens_its_printed_jwks_verifies() {
+        let rsa = test_key("rsa-1.pem", "r1");
+        let ed = test_key("ed25519-1.pem", "e1");
+        let jwks = jwks(&[rsa.clone(), ed.clone()]).expect("a jwks");
+        assert!(!jwks.contains("\"d\""), "a private part in {jwks}");
+        let file = tempfile::NamedTempFile::new().expect("a temp file");
+        std::fs::write(file.path(), &jwks).expect("writes");
+        let auth = Auth::build(
+            collab_gateway::AuthOptions {
+                secret: None,
+                dev_mode: false,
+                jwks: Some(collab_gateway::JwksOptions::new(
+                    collab_gateway::JwksSource::File(file.path().to_owned()),
+                    Duration::from_secs(3600),
+                )),
+                algorithms: collab_gateway::JWKS_ALGORITHMS.to_vec(),
+            },
+            collab_gateway::KeySetMetrics::default(),
+        )
+        .await
+        .expect("the printed jwks loads");
+        for key in [&rsa, &ed] {
+            let token = mint_with_key(key, &request(&[])).expect("mints");
+            let header = jsonwebtoken::decode_header(&token).expect("a header");
+            assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
+            assert_eq!(auth.verify(&token).expect("verifies").sub, "ann");
+        }
+        // The secret's tokens are not among them.
+        let hs256 = mint(b"s3cret", &request(&[])).expect("mints");
+        assert!(auth.verify(&hs256).is_err());
+    }
+
+    #[test]
+    fn key_files_are_kid_equals_path() {
+        assert!("=a.pem".parse::<KeyFile>().is_err());
+        assert!("k1=".parse::<KeyFile>().is_err());
+        assert!("a.pem".parse::<KeyFile>().is_err());
+        let missing: KeyFile = "k1=/nonexistent/key.pem".parse().expect("parses");
+        assert!(matches!(
+            mint_with_key(&missing, &request(&[])),
+            Err(TokenError::ReadKey { .. })
+        ));
+        let not_a_key = test_key("README.md", "k1");
+        assert!(matches!(
+            mint_with_key(&not_a_key, &request(&[])),
+            Err(TokenError::BadKey { .. })
+        ));
     }
 }

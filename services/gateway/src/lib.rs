@@ -43,7 +43,10 @@ use collab_metrics::Exporter;
 use collab_store::RoomCatalog;
 use tokio::net::TcpListener;
 
-pub use auth::{Auth, AuthError, new_token_id, now_secs};
+pub use auth::{
+    Auth, AuthError, AuthOptions, JWKS_ALGORITHMS, JwksError, JwksOptions, JwksSource,
+    KeySetMetrics, Signer, SignerError, new_token_id, now_secs,
+};
 pub use config::{GatewayConfig, RateLimits};
 pub use metrics::{Disconnect, GatewayMetrics};
 

@@ -542,3 +542,46 @@ fn room_expiry_settings() {
         "{err}"
     );
 }
+
+#[test]
+fn auth_settings_come_from_the_environment_and_are_checked() {
+    let config = load(
+        &Flags::default(),
+        &env(&[
+            ("COLLAB_AUTH__JWKS", "file:/etc/collab/jwks.json"),
+            ("COLLAB_AUTH__JWKS_REFRESH_SECS", "60"),
+            ("COLLAB_AUTH__ALGORITHMS", "RS256, EdDSA"),
+        ]),
+    )
+    .expect("loads");
+    assert_eq!(config.auth.jwks_refresh_secs, 60);
+    assert!(matches!(config.auth.jwks_source(), Ok(Some(_))));
+    // A JWKS without a secret is not dev mode: no HS256 at all.
+    assert!(!config.dev_mode());
+    assert!(CollabConfig::default().dev_mode());
+
+    let err = load(
+        &Flags::default(),
+        &env(&[
+            ("COLLAB_AUTH__JWKS", "/no/scheme.json"),
+            ("COLLAB_AUTH__JWKS_REFRESH_SECS", "0"),
+            ("COLLAB_AUTH__ALGORITHMS", "HS256,none"),
+        ]),
+    )
+    .expect_err("refused");
+    assert_eq!(
+        issue_keys(&err),
+        ["auth.jwks", "auth.jwks_refresh_secs", "auth.algorithms"]
+    );
+    // A JWKS that no accepted algorithm uses; dev mode without HS256.
+    for pairs in [
+        &[
+            ("COLLAB_AUTH__JWKS", "file:jwks.json"),
+            ("COLLAB_AUTH__ALGORITHMS", "HS256"),
+        ][..],
+        &[("COLLAB_AUTH__ALGORITHMS", "EdDSA")][..],
+    ] {
+        let err = load(&Flags::default(), &env(pairs)).expect_err("refused");
+        assert_eq!(issue_keys(&err), ["auth.algorithms"], "{pairs:?}");
+    }
+}

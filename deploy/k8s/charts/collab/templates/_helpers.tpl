@@ -74,8 +74,34 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.auth.jwtSecret -}}
 {{- printf "%s-jwt" (include "collab.fullname" .) -}}
 {{- else -}}
-{{- required "auth.existingSecret (a Secret holding the JWT secret) or auth.jwtSecret is required" .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The gateways' token keys as environment: COLLAB_JWT_SECRET from the
+Secret, if there is one, and COLLAB_AUTH__JWKS naming the mounted
+ConfigMap, if there is one. Without either nothing could be verified.
+*/}}
+{{- define "collab.authEnv" -}}
+{{- $jwksUrl := dig "auth" "jwks" "" (.Values.config | default dict) -}}
+{{- if and .Values.auth.jwksConfigMap $jwksUrl -}}
+{{- fail "auth.jwksConfigMap and config.auth.jwks both name a JWKS: keep one" -}}
+{{- end -}}
+{{- if not (or (include "collab.jwtSecretName" .) .Values.auth.jwksConfigMap $jwksUrl) -}}
+{{- fail "the gateways need keys to check tokens with: auth.existingSecret (or auth.jwtSecret), auth.jwksConfigMap or config.auth.jwks" -}}
+{{- end -}}
+{{- if include "collab.jwtSecretName" . }}
+- name: COLLAB_JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "collab.jwtSecretName" . }}
+      key: {{ include "collab.jwtSecretKey" . }}
+{{- end }}
+{{- if .Values.auth.jwksConfigMap }}
+- name: COLLAB_AUTH__JWKS
+  value: {{ printf "file:/etc/collab/jwks/%s" .Values.auth.jwksConfigMapKey | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "collab.jwtSecretKey" -}}
