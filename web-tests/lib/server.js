@@ -126,6 +126,14 @@ export class CollabServer {
     return answer;
   }
 
+  async deleteRoom(token, id) {
+    const r = await fetch(`${this.url}/v1/rooms/${id}`, {
+      method: 'DELETE',
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (r.status !== 204) throw new Error(`delete room: ${r.status} ${await r.text()}`);
+  }
+
   async devToken(user, name) {
     const r = await fetch(`${this.url}/v1/dev/token`, {
       method: 'POST',

@@ -93,6 +93,18 @@ test('a wrong room code is explained in plain words', async () => {
   await page.context().close();
 });
 
+test('a room deleted while someone is in it takes them back to the lobby, saying so', async () => {
+  const token = await server.devToken('host', 'Host');
+  const room = await server.createRoom(token, { kind: 'channel' });
+  const page = await newPage(browser);
+  await joinRoom(page, server.url, 'Gus', room.id);
+  await server.deleteRoom(token, room.id);
+  await waitFor('the lobby', async () => page.locator('#lobby').isVisible());
+  assert.match(await page.locator('#lobby-error').innerText(), /was deleted/);
+  assert.equal(new URL(page.url()).searchParams.get('room'), null, 'the room is gone from the address');
+  await page.context().close();
+});
+
 test('the page is served with its assets, content types and caching headers', async () => {
   const page = await fetch(`${server.url}/`);
   assert.equal(page.status, 200);

@@ -294,6 +294,15 @@ export class CollabClient extends Emitter<ClientEvents> {
     return this.request('/v1/rooms', { method: 'POST', body: room });
   }
 
+  /**
+   * Deletes a room with its history (`DELETE /v1/rooms/{id}`): its creator
+   * or an admin. Everyone in it, this client included, is told, and the
+   * room closes with a `deleted` event.
+   */
+  async deleteRoom(id: string): Promise<void> {
+    await this.request<null>(`/v1/rooms/${encodeURIComponent(id)}`, { method: 'DELETE' });
+  }
+
   /** A room's metadata and head (`GET /v1/rooms/{id}`). */
   getRoom(id: string): Promise<RoomInfo> {
     return this.request(`/v1/rooms/${encodeURIComponent(id)}`);

@@ -303,6 +303,20 @@ export class Outbox {
     }
   }
 
+  /**
+   * The room is gone (deleted): every op waiting here fails with `error`
+   * and none is kept, saved or sent, not even to a room created later
+   * under the same id.
+   */
+  discard(error: CollabError): void {
+    if (this.closed) return;
+    const entries = this.entries;
+    this.entries = [];
+    this.changed();
+    this.close(error);
+    for (const e of entries) for (const w of e.waiters) w.reject(error);
+  }
+
   // === internals ===
 
   private entry(op: Op, waiters: Waiter[]): OutboxEntry {

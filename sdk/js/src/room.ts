@@ -9,7 +9,7 @@
 // the room re-joins (with `since` for a gap, from scratch for a misfit).
 
 import { Emitter } from './emitter.js';
-import { BadRequestError, ClosedError, CollabError, errorFromCode } from './errors.js';
+import { BadRequestError, ClosedError, CollabError, NotFoundError, errorFromCode } from './errors.js';
 import { MAX_POINTS, Outbox, type Ack } from './outbox.js';
 import type {
   ClientFrame, CursorFrame, CursorLeaveFrame, ErrorFrame, HistoryPage, JoinedFrame, Op, OpFrame, OpKind, Point,
@@ -46,6 +46,12 @@ export interface RoomEvents {
   outbox: { unsaved: number };
   /** The server refused an op for good, or refused the join. */
   error: CollabError;
+  /**
+   * The room was deleted (by its creator, an admin, or its time to live)
+   * while joined: the room is left for good, and the ops still in its
+   * outbox fail with `NotFoundError` and are not kept.
+   */
+  deleted: NotFoundError;
 }
 
 /** What a room needs from its client. */
@@ -455,6 +461,16 @@ export class Room extends Emitter<RoomEvents> {
   private onServerError(f: ErrorFrame): void {
     const error = errorFromCode(f.code, f.message, { room: this.id, cid: f.cid });
     if (!f.cid) {
+      // Unasked, while joined: the room was deleted. Nothing in the outbox
+      // may go anywhere now (a room created later under the id is another
+      // room), so it is dropped, not kept for a reload.
+      if (this.joined && f.code === 'not_found') {
+        const gone = new NotFoundError(f.message || 'the room was deleted', { room: this.id });
+        this.emit('deleted', gone);
+        this.outbox.discard(gone);
+        this.finish(new ClosedError('the room was deleted', { room: this.id }));
+        return;
+      }
       // About the room itself: a refused join (or a cursor after the
       // server dropped us, which the next join mends).
       if (!this.joined && FINAL_JOIN_ERRORS.has(f.code)) {

@@ -116,6 +116,31 @@ test('history comes page by page, newest first, as an async iterator', async () 
   }
 });
 
+test('a room deleted by its creator closes on every member\'s side, and cannot be joined again', async () => {
+  const ann = nodeClient(server.url, await server.devToken('dee', 'Dee'));
+  const bob = nodeClient(server.url, await server.devToken('fay', 'Fay'));
+  try {
+    const board = await ann.createRoom({ kind: 'board' });
+    const annBoard = ann.room(board.id);
+    const bobBoard = bob.room(board.id);
+    await Promise.all([annBoard.ready, bobBoard.ready]);
+    const gone = [];
+    annBoard.on('deleted', (e) => gone.push(['dee', e]));
+    bobBoard.on('deleted', (e) => gone.push(['fay', e]));
+    await assert.rejects(bob.deleteRoom(board.id), ForbiddenError, 'only its creator (or an admin)');
+    await ann.deleteRoom(board.id);
+    await waitFor('both told', () => gone.length === 2);
+    assert.ok(gone.every(([, e]) => e instanceof NotFoundError));
+    assert.equal(annBoard.status, 'left');
+    assert.equal(bobBoard.status, 'left');
+    await assert.rejects(bob.room(board.id).ready, NotFoundError);
+    await assert.rejects(ann.getRoom(board.id), NotFoundError);
+  } finally {
+    ann.close();
+    bob.close();
+  }
+});
+
 test('a token the server refuses closes the client with a typed error', async () => {
   const forged = `${(await server.devToken('eve')).slice(0, -4)}AAAA`;
   const eve = nodeClient(server.url, forged);

@@ -286,6 +286,32 @@ test('a refused join rejects `ready` with its typed error and leaves the room', 
   c.close();
 });
 
+test('a room deleted while joined says so, leaves, and drops its outbox for good', async () => {
+  const memory = new MemoryStorage();
+  const c = client({ storage: memory });
+  const room = c.room('doomed');
+  await flush();
+  const ws = FakeSocket.last;
+  ws.accept();
+  joined(ws, 'doomed');
+  await room.ready;
+  const deleted = [];
+  room.on('deleted', (e) => deleted.push(e));
+  const said = room.say('never answered');
+  await flush();
+  assert.equal(ws.sentOf('op').length, 1, 'the message went out');
+  ws.receive({ type: 'error', code: 'not_found', message: 'the room was deleted', room: 'doomed' });
+  await assert.rejects(said, NotFoundError);
+  assert.equal(deleted.length, 1);
+  assert.ok(deleted[0] instanceof NotFoundError);
+  assert.equal(room.status, 'left');
+  await flush();
+  assert.deepEqual(await memory.load('ann', 'doomed'), [], 'nothing kept for a reload');
+  await assert.rejects(room.say('too late'), ClosedError);
+  assert.notEqual(c.room('doomed'), room, 'a new room object next time');
+  c.close();
+});
+
 test('4001 asks the token provider again; the same token again closes the client', async () => {
   const reasons = [];
   let next = 'first';

@@ -268,6 +268,11 @@ function openRoom(info, claims, readOnly) {
     changed('status');
   });
   room.on('error', (e) => roomError(e));
+  room.on('deleted', () => {
+    closeRoom();
+    history.pushState({}, '', '/');
+    showLobby('This room was deleted, with its history.');
+  });
   app.board = isBoard ? new Board({ room, names: app.names, me, readOnly }) : null;
   app.chat = new Chat({ room, names: app.names, me, readOnly });
   exposeForTests();

@@ -190,6 +190,14 @@ export class CollabClient extends Emitter {
     createRoom(room) {
         return this.request('/v1/rooms', { method: 'POST', body: room });
     }
+    /**
+     * Deletes a room with its history (`DELETE /v1/rooms/{id}`): its creator
+     * or an admin. Everyone in it, this client included, is told, and the
+     * room closes with a `deleted` event.
+     */
+    async deleteRoom(id) {
+        await this.request(`/v1/rooms/${encodeURIComponent(id)}`, { method: 'DELETE' });
+    }
     /** A room's metadata and head (`GET /v1/rooms/{id}`). */
     getRoom(id) {
         return this.request(`/v1/rooms/${encodeURIComponent(id)}`);

@@ -265,6 +265,22 @@ export class Outbox {
             e.waiters = [];
         }
     }
+    /**
+     * The room is gone (deleted): every op waiting here fails with `error`
+     * and none is kept, saved or sent, not even to a room created later
+     * under the same id.
+     */
+    discard(error) {
+        if (this.closed)
+            return;
+        const entries = this.entries;
+        this.entries = [];
+        this.changed();
+        this.close(error);
+        for (const e of entries)
+            for (const w of e.waiters)
+                w.reject(error);
+    }
     // === internals ===
     entry(op, waiters) {
         return { cid: this.o.nextCid(), op, state: 'queued', everSent: false, tries: 0, waiters };

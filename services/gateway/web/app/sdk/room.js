@@ -8,7 +8,7 @@
 // one, or that does not fit the state, means our state is not the server's:
 // the room re-joins (with `since` for a gap, from scratch for a misfit).
 import { Emitter } from './emitter.js';
-import { BadRequestError, ClosedError, CollabError, errorFromCode } from './errors.js';
+import { BadRequestError, ClosedError, CollabError, NotFoundError, errorFromCode } from './errors.js';
 import { MAX_POINTS, Outbox } from './outbox.js';
 import { RoomState } from './state.js';
 // A join refused with these codes will not succeed by retrying.
@@ -387,6 +387,16 @@ export class Room extends Emitter {
     onServerError(f) {
         const error = errorFromCode(f.code, f.message, { room: this.id, cid: f.cid });
         if (!f.cid) {
+            // Unasked, while joined: the room was deleted. Nothing in the outbox
+            // may go anywhere now (a room created later under the id is another
+            // room), so it is dropped, not kept for a reload.
+            if (this.joined && f.code === 'not_found') {
+                const gone = new NotFoundError(f.message || 'the room was deleted', { room: this.id });
+                this.emit('deleted', gone);
+                this.outbox.discard(gone);
+                this.finish(new ClosedError('the room was deleted', { room: this.id }));
+                return;
+            }
             // About the room itself: a refused join (or a cursor after the
             // server dropped us, which the next join mends).
             if (!this.joined && FINAL_JOIN_ERRORS.has(f.code)) {
