@@ -53,7 +53,7 @@ struct Harness {
 /// asked.
 struct Owner {
     store: Arc<dyn Store>,
-    deletes: std::sync::Mutex<Vec<RoomRequest>>,
+    requests: std::sync::Mutex<Vec<RoomRequest>>,
     /// Published ops by room, user and cid → their seq.
     published: std::sync::Mutex<HashMap<(RoomId, UserId, Cid), Seq>>,
 }
@@ -96,7 +96,7 @@ impl Owner {
 
 impl RequestHandler for Owner {
     fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
-        self.deletes.lock().expect("lock").push(request.clone());
+        self.requests.lock().expect("lock").push(request.clone());
         if let RoomRequest::Publish {
             room,
             user,
@@ -183,7 +183,7 @@ impl Harness {
         let bus = Arc::new(InProcessBus::new());
         let owner = Arc::new(Owner {
             store: store.clone(),
-            deletes: Default::default(),
+            requests: Default::default(),
             published: Default::default(),
         });
         futures_util::FutureExt::now_or_never(bus.serve(owner.clone()))
@@ -1369,7 +1369,7 @@ async fn rooms_are_deleted_by_their_creator() {
         .await
         .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     assert!(
-        h.owner.deletes.lock().expect("lock").is_empty(),
+        h.owner.requests.lock().expect("lock").is_empty(),
         "nothing refused reaches the owner"
     );
 
@@ -1383,7 +1383,7 @@ async fn rooms_are_deleted_by_their_creator() {
     assert!(answer.text.is_empty());
     let epoch = created["epoch"].as_str().expect("epoch");
     assert_eq!(
-        *h.owner.deletes.lock().expect("lock"),
+        *h.owner.requests.lock().expect("lock"),
         [RoomRequest::Delete {
             room: RoomId::parse("r1").expect("id"),
             epoch: Some(collab_protocol::Epoch::parse(epoch).expect("epoch")),
@@ -1532,7 +1532,7 @@ impl Harness {
     /// The `Publish` requests the owner was sent.
     fn publishes(&self) -> Vec<RoomRequest> {
         self.owner
-            .deletes
+            .requests
             .lock()
             .expect("lock")
             .iter()
