@@ -27,7 +27,7 @@ use collab_protocol::envelope::{ConnRef, RoomEvent, RoomInspection, RoomReply, R
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
 use collab_protocol::http::{LastCommit, RoomMember};
 use collab_protocol::{
-    Cid, ConnId, ErrorCode, NodeId, OpEvent, ProtocolError, RoomId, Seq, UserId,
+    Access, Cid, ConnId, ErrorCode, NodeId, OpEvent, ProtocolError, RoomId, Seq, UserId,
 };
 use collab_store::{AppendDone, Deletion, RoomRecord, Store, StoreError, Writer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -875,6 +875,22 @@ impl RoomActorState {
                         cid: Some(cid),
                         op,
                         access,
+                        ts: now_ms(),
+                    },
+                    reply: Some(reply),
+                });
+                self.pump(myself);
+            }
+            // A backend's op: no connection, so no presence to ask; the
+            // gateway checked the token's `service` scope.
+            RoomRequest::Publish { user, cid, op, .. } => {
+                live.next.push_back(PendingOp {
+                    conn: None,
+                    request: OpRequest {
+                        user,
+                        cid: Some(cid),
+                        op,
+                        access: Access::Write,
                         ts: now_ms(),
                     },
                     reply: Some(reply),

@@ -85,8 +85,10 @@ impl LiveRoom {
         request: RoomRequest,
         reply: Reply,
     ) -> Option<(RoomRequest, Reply)> {
-        if matches!(request, RoomRequest::Op { .. })
-            && self.backlog.load(Ordering::Relaxed) >= ctx.config.mailbox_high_water
+        if matches!(
+            request,
+            RoomRequest::Op { .. } | RoomRequest::Publish { .. }
+        ) && self.backlog.load(Ordering::Relaxed) >= ctx.config.mailbox_high_water
         {
             let _ = reply.send(RoomReply::Error {
                 code: ErrorCode::RateLimited,

@@ -1420,3 +1420,30 @@ async fn requests_keep_their_order_while_a_room_starts_lives_and_moves() {
     assert_eq!(ack_seq(&in_flight.await.expect("task")), 21);
     check(futures_join(waiting).await, 22..=41);
 }
+
+#[tokio::test]
+async fn published_ops_need_no_connection_and_are_applied_once() {
+    let node = node().await;
+    let publish = |cid: &str, text: &str| RoomRequest::Publish {
+        room: room_id(ROOM),
+        user: UserId::parse("bot").expect("id"),
+        cid: Cid::parse(cid).expect("id"),
+        op: Op::Message { text: text.into() },
+    };
+    // No join: a backend has no connection in the room.
+    assert_eq!(ack_seq(&node.ask(publish("p1", "hello")).await), 1);
+    assert_eq!(ack_seq(&node.ask(publish("p2", "again")).await), 2);
+    // A retry is re-acked with its seq, whatever it carries, and not applied.
+    assert_eq!(ack_seq(&node.ask(publish("p1", "other")).await), 1);
+    let ops = node.sink.ops();
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert_eq!(ops[0].user.as_str(), "bot");
+    assert_eq!(ops[0].cid.as_ref().map(Cid::as_str), Some("p1"));
+    // Validated like any op: an empty message is refused.
+    let refused = node.ask(publish("p3", "")).await;
+    assert_eq!(error_code(&refused), ErrorCode::BadRequest, "{refused:?}");
+    // The window of cids is rebuilt by the next owner.
+    let restarted = node_with(node.store.clone(), config()).await;
+    assert_eq!(ack_seq(&restarted.ask(publish("p2", "again")).await), 2);
+    assert_eq!(ack_seq(&restarted.ask(publish("p3", "new")).await), 3);
+}

@@ -21,6 +21,8 @@ pub enum Access {
 pub enum Scope {
     /// The operators' inspection endpoints (`/v1/admin/*`).
     Admin,
+    /// A backend's publishing into rooms (`POST /v1/rooms/{id}/ops`).
+    Service,
 }
 
 impl Scope {
@@ -28,6 +30,7 @@ impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Admin => "admin",
+            Scope::Service => "service",
         }
     }
 }
@@ -161,6 +164,10 @@ mod tests {
         // Whole words only, and case matters, as in OAuth.
         for no in ["", "administrator", "Admin", "admin:rooms", "service"] {
             assert!(!with(Some(no)).has_scope(Scope::Admin), "{no:?}");
+        }
+        assert!(with(Some("admin service")).has_scope(Scope::Service));
+        for no in ["admin", "services", "Service", "service:rooms"] {
+            assert!(!with(Some(no)).has_scope(Scope::Service), "{no:?}");
         }
         let decoded: Claims =
             serde_json::from_str(r#"{"sub":"op","exp":9,"scope":"billing admin"}"#)

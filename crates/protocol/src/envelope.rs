@@ -56,6 +56,18 @@ pub enum RoomRequest {
         cid: Cid,
         op: Op,
     },
+    /// A durable op published over HTTP by a backend (a token with the
+    /// `service` scope, checked by the gateway): like `Op`, but from no
+    /// connection, so the room's presence is not asked. Answered `Ack`
+    /// once durable; a `cid` the room already applied for `user` is
+    /// re-acked with its seq. A node that does not know this request (an
+    /// older version) answers `bad_request`, as any undecodable request.
+    Publish {
+        room: RoomId,
+        user: UserId,
+        cid: Cid,
+        op: Op,
+    },
     /// Committed ops with `seq > after`, oldest first, for a gateway that
     /// saw a gap; answered `Ops`.
     Fetch {
@@ -90,6 +102,7 @@ impl RoomRequest {
             | RoomRequest::Leave { room, .. }
             | RoomRequest::Attach { room, .. }
             | RoomRequest::Op { room, .. }
+            | RoomRequest::Publish { room, .. }
             | RoomRequest::Fetch { room, .. }
             | RoomRequest::Delete { room, .. }
             | RoomRequest::Inspect { room } => room,

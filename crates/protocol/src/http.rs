@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::frames::OpEvent;
-use crate::ids::{ConnId, Epoch, NodeId, RoomId, Seq, UserId};
-use crate::ops::RoomKind;
+use crate::ids::{Cid, ConnId, Epoch, NodeId, RoomId, Seq, UserId};
+use crate::ops::{Op, RoomKind};
 
 /// `POST /v1/rooms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +227,33 @@ pub struct PresentUser {
     pub color: String,
     /// The user's connections in the room.
     pub connections: u32,
+}
+
+/// One op of `POST /v1/rooms/{id}/ops`: the `cid` and `op` of the
+/// WebSocket `op` frame (the room is in the path).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishOp {
+    pub cid: Cid,
+    pub op: Op,
+}
+
+/// The most ops one `POST /v1/rooms/{id}/ops` may carry.
+pub const PUBLISH_MAX_OPS: usize = 100;
+
+/// A committed op of `POST /v1/rooms/{id}/ops`: its `cid` and the `seq` the
+/// room gave it (the first time, for a retried `cid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub cid: Cid,
+    pub seq: Seq,
+}
+
+/// The answer to a list: the ops committed, in order. On an error it goes
+/// beside `error` and lists the ops before the one that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedList {
+    pub ops: Vec<Published>,
 }
 
 /// Every HTTP error: `{"error": {"code", "message"}}`.

@@ -336,6 +336,23 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_travels_as_a_tagged_request() {
+        let request = RoomRequest::Publish {
+            room: RoomId::parse("r").expect("id"),
+            user: UserId::parse("bot").expect("id"),
+            cid: crate::Cid::parse("m1").expect("id"),
+            op: crate::Op::Message { text: "hi".into() },
+        };
+        let bytes = encode(&request).expect("encodes");
+        assert_eq!(
+            std::str::from_utf8(&bytes).expect("utf-8"),
+            r#"{"type":"publish","room":"r","user":"bot","cid":"m1","op":{"kind":"message","text":"hi"}}"#
+        );
+        assert_eq!(decode::<RoomRequest>(&bytes).expect("decodes"), request);
+        assert_eq!(request.room().as_str(), "r");
+    }
+
+    #[test]
     fn an_inspection_travels_as_a_tagged_request_and_reply() {
         let room = RoomId::parse("r").expect("id");
         let request = RoomRequest::Inspect { room: room.clone() };

@@ -187,6 +187,10 @@ struct TokenArgs {
     /// Add the `admin` scope: the inspection endpoints under /v1/admin/
     #[arg(long)]
     admin: bool,
+    /// Add the `service` scope: a backend publishing ops into rooms
+    /// (POST /v1/rooms/{id}/ops) as this user
+    #[arg(long)]
+    service: bool,
     /// Sign with this private key (PEM: RSA for RS256, Ed25519 for EdDSA)
     /// instead of the secret; KID is its key id in the servers' JWKS
     #[arg(long, value_name = "KID=FILE")]
@@ -333,6 +337,7 @@ fn run_token(config: &CollabConfig, args: TokenArgs) -> ExitCode {
         max_ttl: Duration::from_secs(config.gateway.max_token_lifetime_secs),
         rooms: args.room,
         admin: args.admin,
+        service: args.service,
     };
     let minted = match &args.key {
         Some(key) => token::mint_with_key(key, &request),

@@ -96,6 +96,21 @@ pub struct TokenRequest {
     pub rooms: Vec<RoomGrant>,
     /// The `admin` scope: the operators' inspection endpoints.
     pub admin: bool,
+    /// The `service` scope: a backend's publishing into rooms.
+    pub service: bool,
+}
+
+/// The `scope` claim: the scopes asked for, space-separated.
+fn scope(request: &TokenRequest) -> Option<String> {
+    let scopes: Vec<&str> = [
+        request.admin.then_some(Scope::Admin),
+        request.service.then_some(Scope::Service),
+    ]
+    .into_iter()
+    .flatten()
+    .map(Scope::as_str)
+    .collect();
+    (!scopes.is_empty()).then(|| scopes.join(" "))
 }
 
 /// The claims for `request`, expiring `ttl` after `now` (seconds since the
@@ -127,7 +142,7 @@ pub fn claims(request: &TokenRequest, now: u64) -> Result<Claims, TokenError> {
         exp: now.saturating_add(request.ttl.as_secs()),
         name: request.name.clone(),
         rooms,
-        scope: request.admin.then(|| Scope::Admin.as_str().to_owned()),
+        scope: scope(request),
         jti: Some(new_token_id()),
         iat: Some(now),
     })
@@ -358,6 +373,7 @@ mod tests {
                 .map(|r| r.parse().expect("valid grant"))
                 .collect(),
             admin: false,
+            service: false,
         }
     }
 
@@ -470,6 +486,25 @@ mod tests {
             .verify(&mint(b"s3cret", &admin).expect("mints"))
             .expect("verifies");
         assert!(verified.has_scope(Scope::Admin));
+    }
+
+    #[test]
+    fn service_tokens_carry_the_service_scope() {
+        let service = TokenRequest {
+            service: true,
+            ..request(&[])
+        };
+        let c = claims(&service, 0).expect("valid");
+        assert_eq!(c.scope.as_deref(), Some("service"));
+        assert!(c.has_scope(Scope::Service));
+        assert!(!c.has_scope(Scope::Admin));
+        let both = TokenRequest {
+            admin: true,
+            ..service
+        };
+        let c = claims(&both, 0).expect("valid");
+        assert_eq!(c.scope.as_deref(), Some("admin service"));
+        assert!(c.has_scope(Scope::Service) && c.has_scope(Scope::Admin));
     }
 
     #[test]

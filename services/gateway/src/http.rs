@@ -3,7 +3,8 @@
 //! endpoints (health, readiness, metrics). With a metrics listener of its
 //! own (`metrics_listen`), `/metrics` is served only there, by
 //! [`metrics_router`]. Every request is counted by route and status. The
-//! admin endpoints are in [`crate::admin`] and share the steps here.
+//! admin endpoints are in [`crate::admin`], a backend's publishing in
+//! [`crate::publish`]; both share the steps here.
 //!
 //! Every error is answered as `{"error": {"code", "message"}}` with the
 //! status of its code and counted in the `errors` metric. That includes the
@@ -64,6 +65,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(room_info).delete(delete_room))
         .route("/v1/rooms/{id}/history", get(history))
+        .route("/v1/rooms/{id}/ops", post(crate::publish::publish))
         .route("/v1/rooms/{id}/presence", get(crate::presence::room))
         .route("/v1/users/{id}/presence", get(crate::presence::user))
         .route("/v1/me/rooms", get(my_rooms))
@@ -541,6 +543,20 @@ pub(crate) fn path_room_id(path: Result<Path<String>, PathRejection>) -> Result<
 pub(crate) fn parse_json<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
+    let value = json_body(body)?;
+    // serde would also accept a struct written as an array; the API takes
+    // objects only.
+    if !value.is_object() {
+        return Err(bad_request("body must be a JSON object"));
+    }
+    T::deserialize(value).map_err(|e| bad_request(format!("invalid body: {e}")))
+}
+
+/// A JSON body of any shape. Anything else is `bad_request` (or
+/// `too_large` over the body limit) in our error format.
+pub(crate) fn json_body(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Value, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(ErrorCode::TooLarge, "request body too large")
@@ -548,14 +564,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
             bad_request(format!("unreadable body: {}", rejection.body_text()))
         }
     })?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad_request(format!("body is not valid JSON: {e}")))?;
-    // serde would also accept a struct written as an array; the API takes
-    // objects only.
-    if !value.is_object() {
-        return Err(bad_request("body must be a JSON object"));
-    }
-    T::deserialize(value).map_err(|e| bad_request(format!("invalid body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("body is not valid JSON: {e}")))
 }
 
 /// `before`: an integer ≥ 1. A number too big for a seq is as good as the
@@ -729,7 +738,7 @@ pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Forbidden, message)
 }
 
-fn rate_limited(message: impl Into<String>) -> ApiError {
+pub(crate) fn rate_limited(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::RateLimited, message)
 }
 

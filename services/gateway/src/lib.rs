@@ -26,6 +26,7 @@ mod http;
 mod hub;
 mod metrics;
 mod presence;
+mod publish;
 mod revoke;
 mod web;
 mod ws;

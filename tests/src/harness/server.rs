@@ -321,6 +321,9 @@ impl CollabServer {
         };
         self.process = Some(process);
         self.addr = addr;
+        // The pooled connections were to the old process: a request sent
+        // on one of them would fail.
+        self.http = reqwest::Client::new();
         Ok(())
     }
 }

@@ -48,16 +48,64 @@ struct Harness {
     owner: Arc<Owner>,
 }
 
-/// Stands in for the rooms' owner on the bus: deletes a room as asked, and
-/// remembers what it was asked.
+/// Stands in for the rooms' owner on the bus: deletes a room as asked,
+/// acks published ops (see [`Owner::publish`]), and remembers what it was
+/// asked.
 struct Owner {
     store: Arc<dyn Store>,
-    deletes: std::sync::Mutex<Vec<RoomRequest>>,
+    requests: std::sync::Mutex<Vec<RoomRequest>>,
+    /// Published ops by room, user and cid → their seq.
+    published: std::sync::Mutex<HashMap<(RoomId, UserId, Cid), Seq>>,
+}
+
+impl Owner {
+    /// Acks an op in an existing room with the next seq, or a known cid
+    /// with its first; a message `"refuse"` is refused as the room refuses
+    /// a bad op, and one `"hang"` is never answered.
+    fn publish(&self, room: RoomId, user: UserId, cid: Cid, op: Op) -> ReplyFuture<RoomReply> {
+        let text = match &op {
+            Op::Message { text } => text.clone(),
+            _ => String::new(),
+        };
+        let mut published = self.published.lock().expect("lock");
+        let next = Seq(published.len() as u64 + 1);
+        let key = (room.clone(), user, cid);
+        let known = published.get(&key).copied();
+        if known.is_none() && text != "refuse" && text != "hang" {
+            published.insert(key, next);
+        }
+        let store = self.store.clone();
+        Box::pin(async move {
+            if store.room(&room).await.expect("room").is_none() {
+                return room_not_found();
+            }
+            if let Some(seq) = known {
+                return RoomReply::Ack { seq };
+            }
+            match text.as_str() {
+                "refuse" => RoomReply::Error {
+                    code: collab_protocol::ErrorCode::BadRequest,
+                    message: "refused".into(),
+                },
+                "hang" => std::future::pending().await,
+                _ => RoomReply::Ack { seq: next },
+            }
+        })
+    }
 }
 
 impl RequestHandler for Owner {
     fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
-        self.deletes.lock().expect("lock").push(request.clone());
+        self.requests.lock().expect("lock").push(request.clone());
+        if let RoomRequest::Publish {
+            room,
+            user,
+            cid,
+            op,
+        } = request
+        {
+            return self.publish(room, user, cid, op);
+        }
         let store = self.store.clone();
         Box::pin(async move {
             let RoomRequest::Delete { room, epoch } = request else {
@@ -135,7 +183,8 @@ impl Harness {
         let bus = Arc::new(InProcessBus::new());
         let owner = Arc::new(Owner {
             store: store.clone(),
-            deletes: Default::default(),
+            requests: Default::default(),
+            published: Default::default(),
         });
         futures_util::FutureExt::now_or_never(bus.serve(owner.clone()))
             .expect("the in-process bus serves at once")
@@ -1320,7 +1369,7 @@ async fn rooms_are_deleted_by_their_creator() {
         .await
         .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     assert!(
-        h.owner.deletes.lock().expect("lock").is_empty(),
+        h.owner.requests.lock().expect("lock").is_empty(),
         "nothing refused reaches the owner"
     );
 
@@ -1334,7 +1383,7 @@ async fn rooms_are_deleted_by_their_creator() {
     assert!(answer.text.is_empty());
     let epoch = created["epoch"].as_str().expect("epoch");
     assert_eq!(
-        *h.owner.deletes.lock().expect("lock"),
+        *h.owner.requests.lock().expect("lock"),
         [RoomRequest::Delete {
             room: RoomId::parse("r1").expect("id"),
             epoch: Some(collab_protocol::Epoch::parse(epoch).expect("epoch")),
@@ -1458,4 +1507,217 @@ async fn admins_delete_any_room() {
     h.get("/v1/rooms/r1", &ann)
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+// === server-side publish ===
+
+impl Harness {
+    fn token_scoped(&self, sub: &str, scope: &str, rooms: Option<&[(&str, Access)]>) -> String {
+        let claims = Claims {
+            sub: sub.into(),
+            exp: now_secs() + 600,
+            name: None,
+            rooms: rooms.map(|r| {
+                r.iter()
+                    .map(|(k, v)| ((*k).to_owned(), *v))
+                    .collect::<HashMap<_, _>>()
+            }),
+            scope: Some(scope.into()),
+            jti: None,
+            iat: None,
+        };
+        self.auth.mint(&claims).expect("mints")
+    }
+
+    /// The `Publish` requests the owner was sent.
+    fn publishes(&self) -> Vec<RoomRequest> {
+        self.owner
+            .requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| matches!(r, RoomRequest::Publish { .. }))
+            .cloned()
+            .collect()
+    }
+}
+
+fn publish_op(cid: &str, text: &str) -> Value {
+    json!({"cid": cid, "op": {"kind": "message", "text": text}})
+}
+
+#[tokio::test]
+async fn publish_acks_each_op_with_its_seq_and_the_token_as_author() {
+    let h = Harness::new();
+    h.create(&h.token("ann"), json!({"kind": "channel", "id": "lobby"}))
+        .await;
+    let bot = h.token_scoped("bot", "service", None);
+    let one = h
+        .post("/v1/rooms/lobby/ops", &bot, publish_op("a", "hi"))
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "body: {}", one.text);
+    assert_eq!(one.body, json!({"cid": "a", "seq": 1}));
+    let list = h
+        .post(
+            "/v1/rooms/lobby/ops",
+            &bot,
+            json!([publish_op("b", "one"), publish_op("c", "two")]),
+        )
+        .await;
+    assert_eq!(list.status, StatusCode::OK, "body: {}", list.text);
+    assert_eq!(
+        list.body,
+        json!({"ops": [{"cid": "b", "seq": 2}, {"cid": "c", "seq": 3}]})
+    );
+    // A retry is answered with the first seq.
+    let again = h
+        .post("/v1/rooms/lobby/ops", &bot, publish_op("a", "hi"))
+        .await;
+    assert_eq!(again.body, json!({"cid": "a", "seq": 1}));
+    let sent = h.publishes();
+    assert_eq!(sent.len(), 4);
+    for request in sent {
+        let RoomRequest::Publish { room, user, .. } = request else {
+            unreachable!("filtered");
+        };
+        assert_eq!(room.as_str(), "lobby");
+        assert_eq!(user.as_str(), "bot");
+    }
+}
+
+#[tokio::test]
+async fn publish_checks_token_scope_body_and_room_in_protocol_order() {
+    let h = Harness::new();
+    h.create(&h.token("ann"), json!({"kind": "channel", "id": "lobby"}))
+        .await;
+    let uri = "/v1/rooms/lobby/ops";
+    let body = publish_op("a", "hi").to_string();
+    h.request("POST", uri, None, &body)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    h.request("POST", uri, Some("not-a-jwt"), &body)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // No service scope: a user token, and an admin one (admin does not
+    // include publishing).
+    for token in [h.token("ann"), h.token_scoped("op", "admin", None)] {
+        h.post(uri, &token, publish_op("a", "hi"))
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    // A rooms claim still limits where a service token writes.
+    let narrow = h.token_scoped("bot", "service", Some(&[("*", Access::Read)]));
+    h.post(uri, &narrow, publish_op("a", "hi"))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let bot = h.token_scoped("bot", "admin service", None);
+    // Malformed before forbidden: a user token with a bad body is told so.
+    h.request("POST", uri, Some(&h.token("ann")), "{")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    let too_many: Vec<Value> = (0..=collab_protocol::http::PUBLISH_MAX_OPS)
+        .map(|i| publish_op(&format!("c{i}"), "x"))
+        .collect();
+    for bad in [
+        "{".to_owned(),
+        "[]".to_owned(),
+        "42".to_owned(),
+        json!({"cid": "a"}).to_string(),
+        json!({"cid": "a", "op": {"kind": "wave"}}).to_string(),
+        json!({"cid": "a", "op": {"kind": "message", "text": "hi"}, "user": "eve"}).to_string(),
+        Value::Array(too_many).to_string(),
+    ] {
+        h.request("POST", uri, Some(&bot), &bad)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    h.post("/v1/rooms/no%2Fpe/ops", &bot, publish_op("a", "hi"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    h.post("/v1/rooms/nowhere/ops", &bot, publish_op("a", "hi"))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // What the room refuses comes back with its code.
+    h.post(uri, &bot, publish_op("a", "refuse"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    // Only the last two reached the owner.
+    assert_eq!(h.publishes().len(), 2);
+    let wrong_method = h.get(uri, &bot).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn a_list_stops_at_the_first_failure_and_says_what_committed() {
+    let h = Harness::new();
+    h.create(&h.token("ann"), json!({"kind": "channel", "id": "lobby"}))
+        .await;
+    let bot = h.token_scoped("bot", "service", None);
+    let answer = h
+        .post(
+            "/v1/rooms/lobby/ops",
+            &bot,
+            json!([
+                publish_op("a", "one"),
+                publish_op("b", "refuse"),
+                publish_op("c", "never sent")
+            ]),
+        )
+        .await;
+    answer.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(answer.body["ops"], json!([{"cid": "a", "seq": 1}]));
+    let message = answer.body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("op 1 (cid b)"), "{message}");
+    assert_eq!(h.publishes().len(), 2, "nothing after the failure is sent");
+}
+
+#[tokio::test]
+async fn publish_is_rate_limited_by_the_ops_bucket() {
+    let mut config = GatewayConfig::default();
+    config.rate_limits.ops_burst = 2.0;
+    config.rate_limits.ops_per_sec = 0.0;
+    let h = Harness::with(config, false);
+    h.create(&h.token("ann"), json!({"kind": "channel", "id": "lobby"}))
+        .await;
+    let bot = h.token_scoped("bot", "service", None);
+    let answer = h
+        .post(
+            "/v1/rooms/lobby/ops",
+            &bot,
+            json!([
+                publish_op("a", "one"),
+                publish_op("b", "two"),
+                publish_op("c", "three")
+            ]),
+        )
+        .await;
+    answer.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_eq!(
+        answer.body["ops"],
+        json!([{"cid": "a", "seq": 1}, {"cid": "b", "seq": 2}])
+    );
+    h.post("/v1/rooms/lobby/ops", &bot, publish_op("d", "four"))
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // Another service user has its own bucket.
+    let other = h.token_scoped("importer", "service", None);
+    let ok = h
+        .post("/v1/rooms/lobby/ops", &other, publish_op("a", "one"))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "body: {}", ok.text);
+}
+
+#[tokio::test]
+async fn publish_is_unavailable_when_the_owner_does_not_answer() {
+    let config = GatewayConfig {
+        request_timeout_secs: 1,
+        ..GatewayConfig::default()
+    };
+    let h = Harness::with(config, false);
+    h.create(&h.token("ann"), json!({"kind": "channel", "id": "lobby"}))
+        .await;
+    let bot = h.token_scoped("bot", "service", None);
+    h.post("/v1/rooms/lobby/ops", &bot, publish_op("a", "hang"))
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
 }
