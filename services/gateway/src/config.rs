@@ -45,6 +45,15 @@ pub struct GatewayConfig {
     /// (`cluster.member_ttl_ms`), by which time the cluster has dropped
     /// this gateway anyway.
     pub bus_lost_close_ms: u64,
+    /// Open WebSockets one user may have on this gateway; past it the
+    /// upgrade is refused with 429 `rate_limited`. 0: no limit. Counted
+    /// per gateway, not across a cluster.
+    pub max_sockets_per_user: u32,
+    /// Open WebSockets from one source IP address on this gateway; past it
+    /// the upgrade is refused with 429 `rate_limited`. 0: no limit (the
+    /// default: behind a proxy or load balancer every client has the
+    /// proxy's address). Counted per gateway.
+    pub max_sockets_per_address: u32,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -71,6 +80,8 @@ impl Default for GatewayConfig {
             max_token_lifetime_secs: 7 * 24 * 60 * 60,
             presence_ttl_secs: 15,
             bus_lost_close_ms: 0,
+            max_sockets_per_user: 64,
+            max_sockets_per_address: 0,
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
         }

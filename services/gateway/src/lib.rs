@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     /// Whether WebSocket upgrades are taken (not while draining, nor while
     /// cut off from the cluster).
     pub admission: Arc<admission::Admission>,
+    /// The open WebSockets of each user and address, and their limits.
+    pub socket_limits: Arc<admission::SocketLimits>,
     /// Where a room created with a time to live gets its first deadline
     /// (see the room node's expiry); `None`: nowhere, so such a room
     /// expires only once it has been used.
@@ -192,6 +194,10 @@ impl Gateway {
                 Arc::downgrade(&sockets),
             ));
         }
+        let socket_limits = Arc::new(admission::SocketLimits::new(
+            config.max_sockets_per_user,
+            config.max_sockets_per_address,
+        ));
         let shared = Arc::new(Shared {
             config,
             auth,
@@ -204,6 +210,7 @@ impl Gateway {
             ephemeral,
             connections,
             admission,
+            socket_limits,
             room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(

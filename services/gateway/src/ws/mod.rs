@@ -173,7 +173,9 @@ impl Connections {
     }
 }
 
-/// `GET /v1/ws`: authenticates before the upgrade (401 otherwise).
+/// `GET /v1/ws`: authenticates before the upgrade (401 otherwise), and
+/// takes the socket only while the gateway admits clients (503 otherwise)
+/// and the user and address have room for one more (429 otherwise).
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -199,6 +201,17 @@ pub(crate) async fn upgrade(
     if let Some(why) = shared.admission.refusal() {
         return ApiError::new(ErrorCode::Unavailable, why).into_response();
     }
+    // Held by the connection until it ends; dropped at once if the
+    // upgrade never completes.
+    let permit = match shared.socket_limits.admit(&claims.sub, peer.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            shared.metrics.refusal(refusal.as_str());
+            shared.metrics.error(ErrorCode::RateLimited);
+            info!(%peer, user = %claims.sub, reason = refusal.as_str(), "upgrade refused");
+            return ApiError::new(ErrorCode::RateLimited, refusal.message()).into_response();
+        }
+    };
     let limit = shared.config.limits.max_message_bytes;
     let connections = shared.connections.clone();
     debug!(%peer, user = %claims.sub, "upgrading");
@@ -209,5 +222,8 @@ pub(crate) async fn upgrade(
         // small and the buffer grows for a large one.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| connections.serve(claims, socket))
+        .on_upgrade(move |socket| async move {
+            connections.serve(claims, socket).await;
+            drop(permit);
+        })
 }

@@ -1,0 +1,113 @@
+//! The gateway's abuse limits on a real `collab serve`: each is exceeded,
+//! the refusal carries the protocol's status and error body, and another
+//! user (or address) is not affected.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use collab_tests::harness::{CollabServer, ServerOptions, WsClient, upgrade_refusal};
+use collab_tests::metrics::sample;
+
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+/// Another source address of this machine: Linux routes all of 127/8 to
+/// the loopback interface.
+const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+async fn connect_from(server: &CollabServer, token: &str, source: IpAddr) -> WsClient {
+    let mut client = WsClient::connect_from(&server.ws_url(), token, None, Some(source))
+        .await
+        .expect("connects");
+    client
+        .recv_type("welcome", FRAME_TIMEOUT)
+        .await
+        .expect("welcome");
+    client
+}
+
+async fn metrics_page(server: &CollabServer) -> String {
+    server
+        .http()
+        .get(format!("{}/metrics", server.http_url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+#[track_caller]
+fn assert_refusal(answer: &(u16, serde_json::Value), status: u16, code: &str, words: &str) {
+    let (got, body) = answer;
+    assert_eq!(*got, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(words), "{body}");
+}
+
+#[tokio::test]
+async fn sockets_over_the_limit_of_a_user_or_an_address_are_refused() {
+    let server = CollabServer::start(
+        ServerOptions::new()
+            .env("COLLAB_GATEWAY__MAX_SOCKETS_PER_USER", "2")
+            .env("COLLAB_GATEWAY__MAX_SOCKETS_PER_ADDRESS", "4"),
+    )
+    .expect("starts");
+    let url = server.ws_url();
+    let ann = server.dev_token("ann").await.expect("token");
+    let bob = server.dev_token("bob").await.expect("token");
+    let cat = server.dev_token("cat").await.expect("token");
+
+    let ann1 = connect_from(&server, &ann, HERE).await;
+    let _ann2 = connect_from(&server, &ann, HERE).await;
+    let refused = upgrade_refusal(&url, &ann, None, Some(ELSEWHERE))
+        .await
+        .expect("answer");
+    assert_refusal(&refused, 429, "rate_limited", "for this user (at most 2)");
+
+    // Another user from the same address is not affected, up to the
+    // address's limit.
+    let mut bob1 = connect_from(&server, &bob, HERE).await;
+    let _bob2 = connect_from(&server, &bob, HERE).await;
+    let refused = upgrade_refusal(&url, &cat, None, Some(HERE))
+        .await
+        .expect("answer");
+    assert_refusal(
+        &refused,
+        429,
+        "rate_limited",
+        "from this address (at most 4)",
+    );
+    // Another address is not affected either.
+    let _cat = connect_from(&server, &cat, ELSEWHERE).await;
+    // Nor are the sockets already open.
+    bob1.send_json(&serde_json::json!({"type": "ping", "id": 7}))
+        .await
+        .expect("sends");
+    let pong = bob1.recv_type("pong", FRAME_TIMEOUT).await.expect("pong");
+    assert_eq!(pong["id"], 7);
+
+    // A closed socket frees its place once the server has seen it close.
+    ann1.close().await.expect("closes");
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    let _ann3 = loop {
+        match WsClient::connect_from(&url, &ann, None, Some(ELSEWHERE)).await {
+            Ok(client) => break client,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the closed socket's place never came back: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+    };
+
+    let page = metrics_page(&server).await;
+    for reason in ["sockets_per_user", "sockets_per_address"] {
+        let series = format!("collab_gateway_refusals_total{{reason=\"{reason}\"}}");
+        assert!(
+            sample(&page, &series).is_some_and(|n| n >= 1.0),
+            "{series}:\n{page}"
+        );
+    }
+}
