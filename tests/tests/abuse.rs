@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use collab_tests::harness::{CollabServer, ServerOptions, WsClient, upgrade_refusal};
 use collab_tests::metrics::sample;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
@@ -110,4 +112,42 @@ async fn sockets_over_the_limit_of_a_user_or_an_address_are_refused() {
             "{series}:\n{page}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_request_in_time_is_dropped_and_others_are_served() {
+    let server = CollabServer::start(
+        ServerOptions::new().env("COLLAB_GATEWAY__HANDSHAKE_TIMEOUT_SECS", "1"),
+    )
+    .expect("starts");
+    let ann = server.dev_token("ann").await.expect("token");
+    let mut served = connect_from(&server, &ann, HERE).await;
+    let opened = tokio::time::Instant::now();
+    // Slowloris: a request line and one header, and then nothing.
+    let mut slow = TcpStream::connect(server.addr()).await.expect("connects");
+    slow.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: collab\r\n")
+        .await
+        .expect("writes");
+    let mut silent = TcpStream::connect(server.addr()).await.expect("connects");
+    for stream in [&mut slow, &mut silent] {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(FRAME_TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("dropped within the bound");
+        // Closed without an answer (or reset).
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    assert!(opened.elapsed() >= Duration::from_millis(900));
+    // The upgraded socket, older than the bound, is not affected, and a
+    // client that asks in time is served.
+    served
+        .send_json(&serde_json::json!({"type": "ping", "id": 1}))
+        .await
+        .expect("sends");
+    served.recv_type("pong", FRAME_TIMEOUT).await.expect("pong");
+    let (status, _) = server
+        .get_json(&ann, "/v1/me/rooms")
+        .await
+        .expect("answers");
+    assert_eq!(status, 200);
 }

@@ -702,6 +702,7 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     at_least_one("gateway.request_timeout_secs", g.request_timeout_secs);
     at_least_one("gateway.max_token_lifetime_secs", g.max_token_lifetime_secs);
     at_least_one("gateway.presence_ttl_secs", g.presence_ttl_secs);
+    at_least_one("gateway.handshake_timeout_secs", g.handshake_timeout_secs);
     let l = &g.limits;
     at_least_one(
         "gateway.limits.max_message_bytes",

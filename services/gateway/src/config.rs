@@ -54,6 +54,12 @@ pub struct GatewayConfig {
     /// default: behind a proxy or load balancer every client has the
     /// proxy's address). Counted per gateway.
     pub max_sockets_per_address: u32,
+    /// Seconds a client has to send a request's line and headers (the
+    /// WebSocket upgrade's included), from opening the connection or from
+    /// the previous response; then the connection is dropped. Bounds what
+    /// a client that opens connections and sends nothing, or a byte at a
+    /// time (slowloris), can hold.
+    pub handshake_timeout_secs: u64,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -82,6 +88,7 @@ impl Default for GatewayConfig {
             bus_lost_close_ms: 0,
             max_sockets_per_user: 64,
             max_sockets_per_address: 0,
+            handshake_timeout_secs: 10,
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
         }

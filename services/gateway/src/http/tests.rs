@@ -1459,3 +1459,51 @@ async fn admins_delete_any_room() {
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_no_request_head_in_time_is_dropped_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let config = GatewayConfig {
+        handshake_timeout_secs: 1,
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = harness.gateway.clone();
+    let server = tokio::spawn(async move {
+        gateway
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let opened = std::time::Instant::now();
+    let mut slow = TcpStream::connect(addr).await.expect("connects");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: collab\r\n")
+        .await
+        .expect("writes");
+    // Meanwhile another client is served.
+    let mut other = TcpStream::connect(addr).await.expect("connects");
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: collab\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("writes");
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).await.expect("reads");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("dropped within the bound");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(opened.elapsed() >= std::time::Duration::from_millis(900));
+    let _ = stop.send(());
+    let served = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("stops");
+    assert!(matches!(served, Ok(Ok(()))), "{served:?}");
+}
