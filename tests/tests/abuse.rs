@@ -151,3 +151,71 @@ async fn a_connection_that_sends_no_request_in_time_is_dropped_and_others_are_se
         .expect("answers");
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn requests_past_the_concurrency_cap_are_refused_and_probes_still_answer() {
+    let server = CollabServer::start(
+        ServerOptions::new().env("COLLAB_GATEWAY__MAX_CONCURRENT_REQUESTS", "2"),
+    )
+    .expect("starts");
+    let ann = server.dev_token("ann").await.expect("token");
+    let bob = server.dev_token("bob").await.expect("token");
+    // Two requests whose bodies never finish hold both places.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr()).await.expect("connects");
+        let head = format!(
+            "POST /v1/rooms HTTP/1.1\r\nHost: collab\r\nAuthorization: Bearer {ann}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.expect("writes");
+        held.push(stream);
+    }
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let (status, body) = server
+            .get_json(&bob, "/v1/me/rooms")
+            .await
+            .expect("answers");
+        if status == 503 {
+            assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("too many requests in progress"), "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+    }
+    // The probes and the metrics are never refused.
+    for probe in ["/healthz", "/readyz"] {
+        let status = server
+            .http()
+            .get(format!("{}{probe}", server.http_url()))
+            .send()
+            .await
+            .expect("answers")
+            .status();
+        assert_eq!(status, 200, "{probe}");
+    }
+    let page = metrics_page(&server).await;
+    let series = r#"collab_gateway_refusals_total{reason="overloaded"}"#;
+    assert!(sample(&page, series).is_some_and(|n| n >= 1.0), "{page}");
+    // Once the held requests end, their places serve others again.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let (status, body) = server
+            .get_json(&bob, "/v1/me/rooms")
+            .await
+            .expect("answers");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+    }
+}

@@ -60,6 +60,11 @@ pub struct GatewayConfig {
     /// a client that opens connections and sends nothing, or a byte at a
     /// time (slowloris), can hold.
     pub handshake_timeout_secs: u64,
+    /// HTTP requests served at once (WebSocket upgrades included, until
+    /// their 101; the sockets they open do not count). One more is refused
+    /// at once with 503 `unavailable`. Health, readiness and metrics are
+    /// never refused. 0: no limit.
+    pub max_concurrent_requests: usize,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -89,6 +94,7 @@ impl Default for GatewayConfig {
             max_sockets_per_user: 64,
             max_sockets_per_address: 0,
             handshake_timeout_secs: 10,
+            max_concurrent_requests: 1024,
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
         }

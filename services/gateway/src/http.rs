@@ -5,6 +5,10 @@
 //! [`metrics_router`]. Every request is counted by route and status. The
 //! admin endpoints are in [`crate::admin`] and share the steps here.
 //!
+//! At most `max_concurrent_requests` requests are served at once; more are
+//! refused with 503 `unavailable` ([`limit_concurrency`]), except the
+//! probes and the metrics.
+//!
 //! Every error is answered as `{"error": {"code", "message"}}` with the
 //! status of its code and counted in the `errors` metric. That includes the
 //! cases axum would otherwise answer in plain text (a malformed body, path
@@ -59,7 +63,7 @@ const GENERATED_ID_ATTEMPTS: usize = 8;
 pub(crate) type ApiResult = Result<Response, ApiError>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let mut router = Router::new()
+    let api = Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(room_info).delete(delete_room))
@@ -68,14 +72,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/users/{id}/presence", get(crate::presence::user))
         .route("/v1/me/rooms", get(my_rooms))
         .route("/v1/dev/token", post(dev_token))
+        .merge(crate::admin::routes())
+        .merge(crate::web::routes())
+        // The probes and the metrics, below, are never refused: a busy
+        // gateway is still alive, and still watched.
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            limit_concurrency,
+        ));
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if !shared.config.metrics_elsewhere {
         router = router.route("/metrics", get(metrics));
     }
     let router = router
-        .merge(crate::admin::routes())
-        .merge(crate::web::routes())
+        .merge(api)
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -93,6 +105,34 @@ pub(crate) fn metrics_router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         .with_state(shared.clone());
     shared.exporter.instrument(router)
+}
+
+/// Serves a request only while fewer than `max_concurrent_requests` are in
+/// progress; past it, answers 503 `unavailable` at once rather than
+/// queueing (load shedding): a client retries, and the requests in
+/// progress keep their memory and their time.
+async fn limit_concurrency(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(slots) = &shared.http_slots else {
+        return next.run(request).await;
+    };
+    match slots.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            shared.metrics.refusal("overloaded");
+            failure(
+                &shared,
+                "overloaded",
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "too many requests in progress; retry shortly",
+                ),
+            )
+        }
+    }
 }
 
 // === handlers ===

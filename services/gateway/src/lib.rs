@@ -129,6 +129,9 @@ pub(crate) struct Shared {
     /// Whether WebSocket upgrades are taken (not while draining, nor while
     /// cut off from the cluster).
     pub admission: Arc<admission::Admission>,
+    /// A permit per HTTP request in progress (`max_concurrent_requests`;
+    /// `None`: no limit).
+    pub http_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The open WebSockets of each user and address, and their limits.
     pub socket_limits: Arc<admission::SocketLimits>,
     /// Where a room created with a time to live gets its first deadline
@@ -217,6 +220,8 @@ impl Gateway {
             config.max_sockets_per_user,
             config.max_sockets_per_address,
         ));
+        let http_slots = (config.max_concurrent_requests > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)));
         let shared = Arc::new(Shared {
             config,
             auth,
@@ -230,6 +235,7 @@ impl Gateway {
             connections,
             admission,
             socket_limits,
+            http_slots,
             room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(

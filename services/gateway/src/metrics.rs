@@ -77,7 +77,7 @@ impl Disconnect {
 
 /// Why the gateway turned a client away before serving it: the `reason`
 /// label of `collab_gateway_refusals_total`.
-pub const REFUSAL_REASONS: [&str; 2] = ["sockets_per_user", "sockets_per_address"];
+pub const REFUSAL_REASONS: [&str; 3] = ["sockets_per_user", "sockets_per_address", "overloaded"];
 
 #[derive(Clone)]
 pub struct GatewayMetrics {

@@ -1507,3 +1507,36 @@ async fn a_connection_that_sends_no_request_head_in_time_is_dropped_and_others_a
         .expect("stops");
     assert!(matches!(served, Ok(Ok(()))), "{served:?}");
 }
+
+#[tokio::test]
+async fn requests_past_the_concurrency_cap_get_503_but_probes_do_not() {
+    let config = GatewayConfig {
+        max_concurrent_requests: 2,
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let ann = harness.token("ann");
+    // Two requests in progress, as far as the cap knows.
+    let slots = harness.gateway.shared.http_slots.clone().expect("a cap");
+    let busy = slots.clone().acquire_many_owned(2).await.expect("permits");
+    let answer = harness.get("/v1/me/rooms", &ann).await;
+    answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(
+        answer.text.contains("too many requests in progress"),
+        "{}",
+        answer.text
+    );
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let answer = harness.get(probe, &ann).await;
+        assert_eq!(answer.status, StatusCode::OK, "{probe}: {}", answer.text);
+    }
+    let page = harness.get("/metrics", &ann).await.text;
+    assert!(
+        page.contains(r#"collab_gateway_refusals_total{reason="overloaded"} 1"#),
+        "{page}"
+    );
+    drop(busy);
+    let answer = harness.get("/v1/me/rooms", &ann).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(slots.available_permits(), 2);
+}
