@@ -219,3 +219,57 @@ async fn requests_past_the_concurrency_cap_are_refused_and_probes_still_answer()
         tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
     }
 }
+
+#[tokio::test]
+async fn browsers_from_origins_not_allowed_are_refused_and_others_connect() {
+    let server = CollabServer::start(
+        ServerOptions::new().env("COLLAB_GATEWAY__ALLOWED_ORIGINS", "https://app.example.com"),
+    )
+    .expect("starts");
+    let url = server.ws_url();
+    let ann = server.dev_token("ann").await.expect("token");
+    let refused = upgrade_refusal(&url, &ann, Some("https://evil.example"), None)
+        .await
+        .expect("answer");
+    assert_refusal(&refused, 403, "forbidden", "https://evil.example");
+    let own = format!("http://{}", server.addr());
+    // Listed, the server's own pages, a loopback page in dev mode, and no
+    // browser at all.
+    for origin in [
+        Some("https://app.example.com"),
+        Some(own.as_str()),
+        Some("http://localhost:5173"),
+        None,
+    ] {
+        let mut client = WsClient::connect_from(&url, &ann, origin, None)
+            .await
+            .unwrap_or_else(|e| panic!("{origin:?}: {e}"));
+        client
+            .recv_type("welcome", FRAME_TIMEOUT)
+            .await
+            .expect("welcome");
+    }
+    let page = metrics_page(&server).await;
+    let series = r#"collab_gateway_refusals_total{reason="origin"}"#;
+    assert_eq!(sample(&page, series), Some(1.0), "{page}");
+}
+
+#[tokio::test]
+async fn loopback_pages_are_foreign_outside_dev_mode() {
+    let server =
+        CollabServer::start(ServerOptions::new().jwt_secret("abuse-test-secret")).expect("starts");
+    let url = server.ws_url();
+    let ann = server.mint_token("ann", &[]).expect("token");
+    let refused = upgrade_refusal(&url, &ann, Some("http://localhost:5173"), None)
+        .await
+        .expect("answer");
+    assert_refusal(&refused, 403, "forbidden", "http://localhost:5173");
+    let own = format!("http://{}", server.addr());
+    let mut client = WsClient::connect_from(&url, &ann, Some(&own), None)
+        .await
+        .expect("its own pages connect");
+    client
+        .recv_type("welcome", FRAME_TIMEOUT)
+        .await
+        .expect("welcome");
+}

@@ -737,6 +737,22 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    for origin in g.allowed_origins.split(',').map(str::trim) {
+        let well_formed = origin == "*"
+            || origin.is_empty()
+            || ["http://", "https://"].iter().any(|scheme| {
+                origin.strip_prefix(scheme).is_some_and(|rest| {
+                    !rest.trim_end_matches('/').is_empty()
+                        && !rest.trim_end_matches('/').contains('/')
+                })
+            });
+        if !well_formed {
+            issues.push((
+                "gateway.allowed_origins",
+                format!("{origin:?} is not an origin (scheme://host[:port]) nor *"),
+            ));
+        }
+    }
     if g.gateway_id.trim().is_empty() {
         issues.push(("gateway.gateway_id", "must not be empty".to_owned()));
     }

@@ -65,6 +65,12 @@ pub struct GatewayConfig {
     /// at once with 503 `unavailable`. Health, readiness and metrics are
     /// never refused. 0: no limit.
     pub max_concurrent_requests: usize,
+    /// The web origins (`scheme://host[:port]`, comma-separated; `*`:
+    /// every one) whose pages may open a WebSocket, besides the pages this
+    /// server serves itself and, in dev mode, pages on loopback hosts. A
+    /// browser from any other origin is refused with 403 `forbidden`; a
+    /// client that sends no `Origin` (not a browser) is not checked.
+    pub allowed_origins: String,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -95,6 +101,7 @@ impl Default for GatewayConfig {
             max_sockets_per_address: 0,
             handshake_timeout_secs: 10,
             max_concurrent_requests: 1024,
+            allowed_origins: String::new(),
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
         }

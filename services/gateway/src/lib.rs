@@ -25,6 +25,7 @@ mod error;
 mod http;
 mod hub;
 mod metrics;
+mod origin;
 mod presence;
 mod revoke;
 mod web;
@@ -129,6 +130,8 @@ pub(crate) struct Shared {
     /// Whether WebSocket upgrades are taken (not while draining, nor while
     /// cut off from the cluster).
     pub admission: Arc<admission::Admission>,
+    /// The web pages that may open a WebSocket.
+    pub origins: origin::AllowedOrigins,
     /// A permit per HTTP request in progress (`max_concurrent_requests`;
     /// `None`: no limit).
     pub http_slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -222,6 +225,7 @@ impl Gateway {
         ));
         let http_slots = (config.max_concurrent_requests > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)));
+        let origins = origin::AllowedOrigins::new(&config.allowed_origins, auth.dev_mode());
         let shared = Arc::new(Shared {
             config,
             auth,
@@ -236,6 +240,7 @@ impl Gateway {
             admission,
             socket_limits,
             http_slots,
+            origins,
             room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(

@@ -77,7 +77,12 @@ impl Disconnect {
 
 /// Why the gateway turned a client away before serving it: the `reason`
 /// label of `collab_gateway_refusals_total`.
-pub const REFUSAL_REASONS: [&str; 3] = ["sockets_per_user", "sockets_per_address", "overloaded"];
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "sockets_per_user",
+    "sockets_per_address",
+    "overloaded",
+    "origin",
+];
 
 #[derive(Clone)]
 pub struct GatewayMetrics {

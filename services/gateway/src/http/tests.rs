@@ -1540,3 +1540,45 @@ async fn requests_past_the_concurrency_cap_get_503_but_probes_do_not() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     assert_eq!(slots.available_permits(), 2);
 }
+
+#[tokio::test]
+async fn an_upgrade_from_a_page_of_a_foreign_origin_is_refused_before_the_token() {
+    let config = GatewayConfig {
+        allowed_origins: "https://app.example.com".into(),
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let upgrade = |origin: Option<&str>| {
+        let mut builder = Request::builder()
+            .uri("/v1/ws")
+            .header(header::HOST, "collab.example.com");
+        if let Some(origin) = origin {
+            builder = builder.header(header::ORIGIN, origin);
+        }
+        builder.body(Body::empty()).expect("request builds")
+    };
+    let refused = harness.send(upgrade(Some("https://evil.example"))).await;
+    refused.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        refused.text.contains("https://evil.example"),
+        "{}",
+        refused.text
+    );
+    // Allowed, and no origin at all: on to the token (none here: 401).
+    for origin in [
+        Some("https://app.example.com"),
+        Some("https://collab.example.com"),
+        None,
+    ] {
+        let answer = harness.send(upgrade(origin)).await;
+        answer.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // Not in dev mode: a loopback page is foreign like any other.
+    let answer = harness.send(upgrade(Some("http://localhost:5173"))).await;
+    answer.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let page = harness.get("/metrics", &harness.token("ann")).await.text;
+    assert!(
+        page.contains(r#"collab_gateway_refusals_total{reason="origin"} 2"#),
+        "{page}"
+    );
+}

@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use collab_bus::Bus;
 use collab_ephemeral::{Presence, RateLimiter, Revocations};
@@ -173,16 +174,31 @@ impl Connections {
     }
 }
 
-/// `GET /v1/ws`: authenticates before the upgrade (401 otherwise), and
-/// takes the socket only while the gateway admits clients (503 otherwise)
+/// `GET /v1/ws`: checks the page's origin, for a browser (403 otherwise),
+/// authenticates before the upgrade (401 otherwise), and takes the socket
+/// only while the gateway admits clients (503 otherwise)
 /// and the user and address have room for one more (429 otherwise).
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !shared.origins.allows(origin, host) {
+            shared.metrics.refusal("origin");
+            shared.metrics.error(ErrorCode::Forbidden);
+            info!(%peer, origin, "upgrade refused: origin not allowed");
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                format!("pages from {origin} may not connect here (gateway.allowed_origins)"),
+            )
+            .into_response();
+        }
+    }
     let token = request_token(&headers, query.get("token").map(String::as_str));
     let claims = match token.map(|t| shared.check_token(t)) {
         Some(Ok(claims)) => claims,
@@ -211,6 +227,12 @@ pub(crate) async fn upgrade(
             info!(%peer, user = %claims.sub, reason = refusal.as_str(), "upgrade refused");
             return ApiError::new(ErrorCode::RateLimited, refusal.message()).into_response();
         }
+    };
+    // Only now: a request that is no upgrade at all still gets the answers
+    // above in the protocol's format.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
     };
     let limit = shared.config.limits.max_message_bytes;
     let connections = shared.connections.clone();
