@@ -273,3 +273,74 @@ async fn loopback_pages_are_foreign_outside_dev_mode() {
         .await
         .expect("welcome");
 }
+
+#[tokio::test]
+async fn rooms_past_a_users_count_are_refused_until_one_is_deleted() {
+    let server = CollabServer::start(
+        ServerOptions::new()
+            .env("COLLAB_GATEWAY__MAX_ROOMS_PER_USER", "2")
+            .env("COLLAB_GATEWAY__MAX_MEMBERS_PER_ROOM", "2"),
+    )
+    .expect("starts");
+    let ann = server.dev_token("ann").await.expect("token");
+    let bob = server.dev_token("bob").await.expect("token");
+    let create = |token: &str, body: serde_json::Value| {
+        let request = server
+            .http()
+            .post(format!("{}/v1/rooms", server.http_url()))
+            .bearer_auth(token)
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("answers");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("json");
+            (status, body)
+        }
+    };
+    assert_eq!(
+        create(&ann, serde_json::json!({"kind": "board", "id": "a1"}))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        create(&ann, serde_json::json!({"kind": "board", "id": "a2"}))
+            .await
+            .0,
+        201
+    );
+    let refused = create(&ann, serde_json::json!({"kind": "board", "id": "a3"})).await;
+    assert_refusal(&refused, 429, "rate_limited", "created 2 rooms");
+    let refused = create(
+        &bob,
+        serde_json::json!({"kind": "channel", "id": "b1", "members": ["ann", "cat"]}),
+    )
+    .await;
+    assert_refusal(&refused, 413, "too_large", "at most 2 members");
+    // Another user is not affected.
+    assert_eq!(
+        create(
+            &bob,
+            serde_json::json!({"kind": "channel", "id": "b1", "members": ["ann"]})
+        )
+        .await
+        .0,
+        201
+    );
+    // A deleted room frees its place.
+    let status = server
+        .http()
+        .delete(format!("{}/v1/rooms/a1", server.http_url()))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .expect("answers")
+        .status();
+    assert_eq!(status, 204);
+    assert_eq!(
+        create(&ann, serde_json::json!({"kind": "board", "id": "a3"}))
+            .await
+            .0,
+        201
+    );
+}

@@ -71,6 +71,12 @@ pub struct GatewayConfig {
     /// browser from any other origin is refused with 403 `forbidden`; a
     /// client that sends no `Origin` (not a browser) is not checked.
     pub allowed_origins: String,
+    /// Rooms one user may have created and not deleted; past it,
+    /// `POST /v1/rooms` is refused with 429 `rate_limited`. 0: no limit.
+    pub max_rooms_per_user: u32,
+    /// Members of a private room, its creator included; a longer
+    /// `members` list is refused with 413 `too_large`. 0: no limit.
+    pub max_members_per_room: u32,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -102,6 +108,8 @@ impl Default for GatewayConfig {
             handshake_timeout_secs: 10,
             max_concurrent_requests: 1024,
             allowed_origins: String::new(),
+            max_rooms_per_user: 0,
+            max_members_per_room: 1000,
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
         }

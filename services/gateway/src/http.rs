@@ -159,11 +159,44 @@ async fn create_room_inner(
         .members
         .map(|members| private_members(members, &caller.user))
         .transpose()?;
+    let max_members = shared.config.max_members_per_room;
+    if let Some(members) = &members
+        && max_members > 0
+        && members.len() > max_members as usize
+    {
+        shared.metrics.refusal("members_per_room");
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "a room has at most {max_members} members, its creator included (got {})",
+                members.len()
+            ),
+        ));
+    }
     let ttl_secs = room_ttl(request.ttl_secs, shared.config.default_room_ttl_secs)?;
     if !caller.claims.can_create_rooms() {
         return Err(forbidden(
             "creating rooms needs write access to every room (\"*\")",
         ));
+    }
+    let max_rooms = shared.config.max_rooms_per_user;
+    if max_rooms > 0 {
+        // Counted before creating: two creations at the same moment may
+        // both pass, so a user can end up a room or two over.
+        let created = shared
+            .store
+            .rooms_of_user(&caller.user)
+            .await?
+            .iter()
+            .filter(|room| room.created_by == caller.user)
+            .count();
+        if created >= max_rooms as usize {
+            shared.metrics.refusal("rooms_per_user");
+            return Err(rate_limited(format!(
+                "you have created {created} rooms, the most one user may keep \
+                 ({max_rooms}); delete one first"
+            )));
+        }
     }
     // Checked last among the caller's faults so a request that could never
     // succeed does not use up the caller's allowance.

@@ -77,11 +77,13 @@ impl Disconnect {
 
 /// Why the gateway turned a client away before serving it: the `reason`
 /// label of `collab_gateway_refusals_total`.
-pub const REFUSAL_REASONS: [&str; 4] = [
+pub const REFUSAL_REASONS: [&str; 6] = [
     "sockets_per_user",
     "sockets_per_address",
     "overloaded",
     "origin",
+    "rooms_per_user",
+    "members_per_room",
 ];
 
 #[derive(Clone)]

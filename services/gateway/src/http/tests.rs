@@ -1582,3 +1582,65 @@ async fn an_upgrade_from_a_page_of_a_foreign_origin_is_refused_before_the_token(
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn rooms_past_a_users_count_and_members_past_a_rooms_are_refused() {
+    let config = GatewayConfig {
+        max_rooms_per_user: 2,
+        max_members_per_room: 3,
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let ann = harness.token("ann");
+    let bob = harness.token("bob");
+    harness
+        .create(&ann, json!({"kind": "board", "id": "a1"}))
+        .await;
+    // The creator counts among the members: ann, bob, cat.
+    harness
+        .create(
+            &ann,
+            json!({"kind": "channel", "id": "a2", "members": ["bob", "cat"]}),
+        )
+        .await;
+    let answer = harness
+        .post("/v1/rooms", &ann, json!({"kind": "board", "id": "a3"}))
+        .await;
+    answer.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(answer.text.contains("created 2 rooms"), "{}", answer.text);
+    // Another user is not affected; a list over the members' limit is
+    // refused whoever asks, and creates nothing.
+    harness
+        .create(&bob, json!({"kind": "board", "id": "b1"}))
+        .await;
+    let answer = harness
+        .post(
+            "/v1/rooms",
+            &bob,
+            json!({"kind": "channel", "id": "b2", "members": ["ann", "cat", "dan"]}),
+        )
+        .await;
+    answer.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    assert!(answer.text.contains("at most 3 members"), "{}", answer.text);
+    assert_eq!(
+        harness
+            .store
+            .room(&RoomId::parse("b2").expect("id"))
+            .await
+            .expect("reads"),
+        None
+    );
+    // A deleted room frees its place.
+    let answer = harness
+        .request("DELETE", "/v1/rooms/a1", Some(&ann), "")
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text);
+    harness
+        .create(&ann, json!({"kind": "board", "id": "a3"}))
+        .await;
+    let page = harness.get("/metrics", &ann).await.text;
+    for reason in ["rooms_per_user", "members_per_room"] {
+        let line = format!("collab_gateway_refusals_total{{reason=\"{reason}\"}} 1");
+        assert!(page.contains(&line), "{line}:\n{page}");
+    }
+}
