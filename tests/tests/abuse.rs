@@ -184,7 +184,11 @@ async fn requests_past_the_concurrency_cap_are_refused_and_probes_still_answer()
             break;
         }
         assert_eq!(status, 200, "{body}");
-        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never refused; server log:\n{}",
+            server.logs().join("\n")
+        );
         tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
     }
     // The probes and the metrics are never refused.

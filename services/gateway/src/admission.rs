@@ -53,9 +53,9 @@ impl Admission {
 // === impl SocketLimits ===
 
 /// The open WebSockets of each user and each source address on this
-/// gateway, and how many each may have (0: no limit). Counted in this
-/// process only: a user spread over several gateways of a cluster may
-/// hold the limit on each.
+/// gateway, and how many each may have (0: no limit). A user's sockets on
+/// the other gateways of a cluster are added by the caller (from the
+/// shared presence records); an address's are counted here only.
 pub(crate) struct SocketLimits {
     per_user: u32,
     per_address: u32,
@@ -114,16 +114,24 @@ impl SocketLimits {
         }
     }
 
+    /// Whether users' sockets are limited at all (if not, there is no
+    /// need to ask the other gateways).
+    pub fn limits_users(&self) -> bool {
+        self.per_user > 0
+    }
+
     /// Counts one more socket of `user` from `address`, unless either
-    /// already has as many as it may.
+    /// already has as many as it may; `elsewhere`: the user's sockets on
+    /// the other gateways.
     pub fn admit(
         self: &Arc<Self>,
         user: &str,
         address: IpAddr,
+        elsewhere: u32,
     ) -> Result<SocketPermit, SocketRefusal> {
         let mut open = lock(&self.open);
         let of_user = open.users.get(user).copied().unwrap_or(0);
-        if self.per_user > 0 && of_user >= self.per_user {
+        if self.per_user > 0 && of_user.saturating_add(elsewhere) >= self.per_user {
             return Err(SocketRefusal::PerUser(self.per_user));
         }
         let of_address = open.addresses.get(&address).copied().unwrap_or(0);
@@ -228,28 +236,41 @@ mod tests {
         let limits = Arc::new(SocketLimits::new(2, 3));
         let here: IpAddr = [10, 0, 0, 1].into();
         let there: IpAddr = [10, 0, 0, 2].into();
-        let ann1 = limits.admit("ann", here).expect("first");
-        let _ann2 = limits.admit("ann", here).expect("second");
+        let ann1 = limits.admit("ann", here, 0).expect("first");
+        let _ann2 = limits.admit("ann", here, 0).expect("second");
         assert_eq!(
-            limits.admit("ann", there).err(),
+            limits.admit("ann", there, 0).err(),
             Some(SocketRefusal::PerUser(2))
         );
         // Another user from the same address, up to the address's limit.
-        let _bob = limits.admit("bob", here).expect("bob");
+        let _bob = limits.admit("bob", here, 0).expect("bob");
         assert_eq!(
-            limits.admit("cat", here).err(),
+            limits.admit("cat", here, 0).err(),
             Some(SocketRefusal::PerAddress(3))
         );
         // Another address is not affected.
-        let _cat = limits.admit("cat", there).expect("cat elsewhere");
+        let _cat = limits.admit("cat", there, 0).expect("cat elsewhere");
         // A closed socket frees its place, for its user and its address.
         drop(ann1);
         assert_eq!(limits.of_user("ann"), 1);
-        let _ann3 = limits.admit("ann", here).expect("a place again");
+        let _ann3 = limits.admit("ann", here, 0).expect("a place again");
         assert_eq!(
-            limits.admit("dan", here).err(),
+            limits.admit("dan", here, 0).err(),
             Some(SocketRefusal::PerAddress(3))
         );
+    }
+
+    #[test]
+    fn a_users_sockets_on_other_gateways_count_against_its_limit() {
+        let limits = Arc::new(SocketLimits::new(3, 0));
+        let here: IpAddr = [10, 0, 0, 1].into();
+        let _ann = limits.admit("ann", here, 1).expect("1 here + 1 elsewhere");
+        assert_eq!(
+            limits.admit("ann", here, 2).err(),
+            Some(SocketRefusal::PerUser(3))
+        );
+        let _ann2 = limits.admit("ann", here, 1).expect("2 here + 1 elsewhere");
+        let _bob = limits.admit("bob", here, 0).expect("others unaffected");
     }
 
     #[test]
@@ -257,7 +278,7 @@ mod tests {
         let limits = Arc::new(SocketLimits::new(0, 0));
         let here: IpAddr = [127, 0, 0, 1].into();
         let permits: Vec<_> = (0..1000)
-            .map(|_| limits.admit("ann", here).expect("no limit"))
+            .map(|_| limits.admit("ann", here, 0).expect("no limit"))
             .collect();
         assert_eq!(limits.of_user("ann"), 1000);
         drop(permits);

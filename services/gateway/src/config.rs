@@ -45,9 +45,11 @@ pub struct GatewayConfig {
     /// (`cluster.member_ttl_ms`), by which time the cluster has dropped
     /// this gateway anyway.
     pub bus_lost_close_ms: u64,
-    /// Open WebSockets one user may have on this gateway; past it the
-    /// upgrade is refused with 429 `rate_limited`. 0: no limit. Counted
-    /// per gateway, not across a cluster.
+    /// Open WebSockets one user may have; past it the upgrade is refused
+    /// with 429 `rate_limited`. 0: no limit. The user's sockets on the
+    /// other gateways of a cluster count too, as the shared presence
+    /// records have them (each gateway's own count when they cannot be
+    /// read).
     pub max_sockets_per_user: u32,
     /// Open WebSockets from one source IP address on this gateway; past it
     /// the upgrade is refused with 429 `rate_limited`. 0: no limit (the

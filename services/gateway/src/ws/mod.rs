@@ -174,6 +174,34 @@ impl Connections {
     }
 }
 
+/// How long an upgrade waits for the other gateways' socket counts.
+const ELSEWHERE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The sockets `user` has open on the other gateways of a cluster, from
+/// the shared presence records (a fraction of a second old). 0 when they
+/// cannot be read in time: Redis down never refuses a socket, and each
+/// gateway then counts its own.
+async fn sockets_elsewhere(shared: &Shared, user: &str) -> u32 {
+    if !shared.socket_limits.limits_users() {
+        return 0;
+    }
+    let Ok(user) = UserId::parse(user.to_owned()) else {
+        return 0;
+    };
+    let query = shared.ephemeral.presence.connections_elsewhere(&user);
+    match tokio::time::timeout(ELSEWHERE_TIMEOUT, query).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            debug!(error = %e, "other gateways' sockets unknown; counting this gateway's");
+            0
+        }
+        Err(_) => {
+            debug!("other gateways' sockets not read in time; counting this gateway's");
+            0
+        }
+    }
+}
+
 /// `GET /v1/ws`: checks the page's origin, for a browser (403 otherwise),
 /// authenticates before the upgrade (401 otherwise), and takes the socket
 /// only while the gateway admits clients (503 otherwise)
@@ -217,9 +245,13 @@ pub(crate) async fn upgrade(
     if let Some(why) = shared.admission.refusal() {
         return ApiError::new(ErrorCode::Unavailable, why).into_response();
     }
+    let elsewhere = sockets_elsewhere(&shared, &claims.sub).await;
     // Held by the connection until it ends; dropped at once if the
     // upgrade never completes.
-    let permit = match shared.socket_limits.admit(&claims.sub, peer.ip()) {
+    let permit = match shared
+        .socket_limits
+        .admit(&claims.sub, peer.ip(), elsewhere)
+    {
         Ok(permit) => permit,
         Err(refusal) => {
             shared.metrics.refusal(refusal.as_str());
