@@ -152,6 +152,18 @@ async fn a_connection_that_sends_no_request_in_time_is_dropped_and_others_are_se
     assert_eq!(status, 200);
 }
 
+/// A request that holds a place as long as its connection stays open: its
+/// body never finishes.
+async fn hold_a_place(server: &CollabServer, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connects");
+    let head = format!(
+        "POST /v1/rooms HTTP/1.1\r\nHost: collab\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.expect("writes");
+    stream
+}
+
 #[tokio::test]
 async fn requests_past_the_concurrency_cap_are_refused_and_probes_still_answer() {
     let server = CollabServer::start(
@@ -163,13 +175,7 @@ async fn requests_past_the_concurrency_cap_are_refused_and_probes_still_answer()
     // Two requests whose bodies never finish hold both places.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(server.addr()).await.expect("connects");
-        let head = format!(
-            "POST /v1/rooms HTTP/1.1\r\nHost: collab\r\nAuthorization: Bearer {ann}\r\n\
-             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
-        );
-        stream.write_all(head.as_bytes()).await.expect("writes");
-        held.push(stream);
+        held.push(hold_a_place(&server, &ann).await);
     }
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
     loop {
@@ -189,6 +195,15 @@ async fn requests_past_the_concurrency_cap_are_refused_and_probes_still_answer()
             "never refused; server log:\n{}",
             server.logs().join("\n")
         );
+        // A held request that came while this one had a place was refused
+        // (or answered): send it again.
+        for stream in &mut held {
+            let mut buf = [0u8; 512];
+            if !matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                *stream = hold_a_place(&server, &ann).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
     }
     // The probes and the metrics are never refused.
