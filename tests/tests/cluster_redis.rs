@@ -31,7 +31,7 @@ use cases::{DEADLINE, acked_counts, verify_room, wait_acked_more};
 use collab_tests::harness::cluster::{
     ClientOptions, Cluster, ClusterOptions, RunningClient, wait_for,
 };
-use collab_tests::harness::{WsClient, upgrade_status};
+use collab_tests::harness::{WsClient, upgrade_refusal, upgrade_status};
 use collab_tests::metrics::sample;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -682,4 +682,67 @@ async fn creations_through_both(cluster: &mut Cluster, label: &str) -> (usize, u
         "{label}: {created} of 24 rooms created in {elapsed:.2}s (one bucket: at most {shared_bound})"
     );
     (created, shared_bound)
+}
+
+#[tokio::test]
+async fn a_users_sockets_on_every_gateway_count_against_its_limit() {
+    let mut cluster = start(
+        ClusterOptions::new()
+            .gateways(2)
+            .room_nodes(1)
+            .env("COLLAB_GATEWAY__MAX_SOCKETS_PER_USER", "2"),
+    )
+    .await;
+    let gateways = cluster.gateway_ids();
+    let (first, second) = (
+        ws_url(&cluster, &gateways[0]),
+        ws_url(&cluster, &gateways[1]),
+    );
+    let ann = cluster.token("ann").await.expect("token");
+    let bob = cluster.token("bob").await.expect("token");
+    let mut on_first = Vec::new();
+    for _ in 0..2 {
+        let mut ws = WsClient::connect(&first, &ann).await.expect("connects");
+        ws.recv_type("welcome", DEADLINE).await.expect("welcome");
+        on_first.push(ws);
+    }
+    // The second gateway learns of them from the presence records, which
+    // the first writes every 100 ms.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match upgrade_refusal(&second, &ann, None, None).await {
+            Ok((status, body)) => {
+                assert_eq!(status, 429, "{body}");
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                break;
+            }
+            // Accepted: not counted yet (the socket closes as it is dropped).
+            Err(e) => assert!(Instant::now() < deadline, "never refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
+    // Another user is not affected.
+    let mut bob_ws = WsClient::connect(&second, &bob)
+        .await
+        .expect("bob connects");
+    bob_ws
+        .recv_type("welcome", DEADLINE)
+        .await
+        .expect("welcome");
+    // A socket closed on the first gateway frees a place on the second.
+    on_first
+        .pop()
+        .expect("a socket")
+        .close()
+        .await
+        .expect("closes");
+    let deadline = Instant::now() + DEADLINE;
+    let mut again = loop {
+        match WsClient::connect(&second, &ann).await {
+            Ok(ws) => break ws,
+            Err(e) => assert!(Instant::now() < deadline, "no place came back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    };
+    again.recv_type("welcome", DEADLINE).await.expect("welcome");
 }

@@ -267,6 +267,13 @@ async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
     let seen = g2.user(&u).await.expect("query");
     assert_eq!(seen.connections, 2);
     assert_eq!(seen.gateways, vec!["g1".to_owned(), "g2".to_owned()]);
+    // Each gateway sees the other's connection, not its own.
+    g1.connected(&u);
+    g1.flush().await.expect("flush");
+    assert_eq!(g2.connections_elsewhere(&u).await.expect("query"), 2);
+    assert_eq!(g1.connections_elsewhere(&u).await.expect("query"), 1);
+    g1.disconnected(&u);
+    g1.flush().await.expect("flush");
     assert_eq!(seen.rooms, vec![r1.clone(), r2.clone()]);
 
     // Renewals keep g1's users past the TTL.

@@ -702,6 +702,7 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
     at_least_one("gateway.request_timeout_secs", g.request_timeout_secs);
     at_least_one("gateway.max_token_lifetime_secs", g.max_token_lifetime_secs);
     at_least_one("gateway.presence_ttl_secs", g.presence_ttl_secs);
+    at_least_one("gateway.handshake_timeout_secs", g.handshake_timeout_secs);
     let l = &g.limits;
     at_least_one(
         "gateway.limits.max_message_bytes",
@@ -735,6 +736,22 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
                 collab_protocol::http::MAX_ROOM_TTL_SECS
             ),
         ));
+    }
+    for origin in g.allowed_origins.split(',').map(str::trim) {
+        let well_formed = origin == "*"
+            || origin.is_empty()
+            || ["http://", "https://"].iter().any(|scheme| {
+                origin.strip_prefix(scheme).is_some_and(|rest| {
+                    !rest.trim_end_matches('/').is_empty()
+                        && !rest.trim_end_matches('/').contains('/')
+                })
+            });
+        if !well_formed {
+            issues.push((
+                "gateway.allowed_origins",
+                format!("{origin:?} is not an origin (scheme://host[:port]) nor *"),
+            ));
+        }
     }
     if g.gateway_id.trim().is_empty() {
         issues.push(("gateway.gateway_id", "must not be empty".to_owned()));

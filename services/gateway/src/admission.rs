@@ -1,5 +1,6 @@
-//! Whether the gateway takes new WebSockets: not while it drains, and not
-//! while it is cut off from its cluster.
+//! Whether the gateway takes new WebSockets: not while it drains, not
+//! while it is cut off from its cluster, and not past the open sockets
+//! allowed to one user or one source address ([`SocketLimits`]).
 //!
 //! A gateway whose membership heartbeats fail reaches no room: its
 //! clients' ops would get `unavailable` one by one for as long as the cut
@@ -9,8 +10,10 @@
 //! and refuses upgrades (503, as its readiness says) until its heartbeats
 //! land again.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -46,6 +49,137 @@ impl Admission {
         self.cut_off.load(Ordering::SeqCst)
     }
 }
+
+// === impl SocketLimits ===
+
+/// The open WebSockets of each user and each source address on this
+/// gateway, and how many each may have (0: no limit). A user's sockets on
+/// the other gateways of a cluster are added by the caller (from the
+/// shared presence records); an address's are counted here only.
+pub(crate) struct SocketLimits {
+    per_user: u32,
+    per_address: u32,
+    open: Mutex<OpenSockets>,
+}
+
+#[derive(Default)]
+struct OpenSockets {
+    users: HashMap<String, u32>,
+    addresses: HashMap<IpAddr, u32>,
+}
+
+/// Why an upgrade was refused for the sockets already open; its
+/// [`as_str`](SocketRefusal::as_str) is the `reason` label of
+/// `collab_gateway_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketRefusal {
+    PerUser(u32),
+    PerAddress(u32),
+}
+
+impl SocketRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketRefusal::PerUser(_) => "sockets_per_user",
+            SocketRefusal::PerAddress(_) => "sockets_per_address",
+        }
+    }
+
+    pub fn message(self) -> String {
+        match self {
+            SocketRefusal::PerUser(n) => {
+                format!("too many open connections for this user (at most {n}); close one first")
+            }
+            SocketRefusal::PerAddress(n) => format!(
+                "too many open connections from this address (at most {n}); close one first"
+            ),
+        }
+    }
+}
+
+/// One admitted socket: counted until it is dropped (when its connection
+/// ends, or when its upgrade never happens).
+pub(crate) struct SocketPermit {
+    limits: Arc<SocketLimits>,
+    user: String,
+    address: IpAddr,
+}
+
+impl SocketLimits {
+    pub fn new(per_user: u32, per_address: u32) -> Self {
+        SocketLimits {
+            per_user,
+            per_address,
+            open: Mutex::default(),
+        }
+    }
+
+    /// Whether users' sockets are limited at all (if not, there is no
+    /// need to ask the other gateways).
+    pub fn limits_users(&self) -> bool {
+        self.per_user > 0
+    }
+
+    /// Counts one more socket of `user` from `address`, unless either
+    /// already has as many as it may; `elsewhere`: the user's sockets on
+    /// the other gateways.
+    pub fn admit(
+        self: &Arc<Self>,
+        user: &str,
+        address: IpAddr,
+        elsewhere: u32,
+    ) -> Result<SocketPermit, SocketRefusal> {
+        let mut open = lock(&self.open);
+        let of_user = open.users.get(user).copied().unwrap_or(0);
+        if self.per_user > 0 && of_user.saturating_add(elsewhere) >= self.per_user {
+            return Err(SocketRefusal::PerUser(self.per_user));
+        }
+        let of_address = open.addresses.get(&address).copied().unwrap_or(0);
+        if self.per_address > 0 && of_address >= self.per_address {
+            return Err(SocketRefusal::PerAddress(self.per_address));
+        }
+        open.users.insert(user.to_owned(), of_user + 1);
+        open.addresses.insert(address, of_address + 1);
+        Ok(SocketPermit {
+            limits: self.clone(),
+            user: user.to_owned(),
+            address,
+        })
+    }
+
+    /// Open sockets of `user` (for tests).
+    #[cfg(test)]
+    pub fn of_user(&self, user: &str) -> u32 {
+        lock(&self.open).users.get(user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        let mut open = lock(&self.limits.open);
+        decrement(&mut open.users, &self.user);
+        decrement(&mut open.addresses, &self.address);
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// Locks `mutex`, carrying on after a holder that panicked: every update
+/// of the counts is one step.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// === close when cut off ===
 
 /// Follows since when the bus has been cut off (`since`, see
 /// `Bus::cut_off`): `after` that long, closes every socket and refuses new
@@ -96,6 +230,61 @@ pub(crate) async fn close_when_cut_off(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_or_address_at_its_limit_is_refused_and_others_are_not() {
+        let limits = Arc::new(SocketLimits::new(2, 3));
+        let here: IpAddr = [10, 0, 0, 1].into();
+        let there: IpAddr = [10, 0, 0, 2].into();
+        let ann1 = limits.admit("ann", here, 0).expect("first");
+        let _ann2 = limits.admit("ann", here, 0).expect("second");
+        assert_eq!(
+            limits.admit("ann", there, 0).err(),
+            Some(SocketRefusal::PerUser(2))
+        );
+        // Another user from the same address, up to the address's limit.
+        let _bob = limits.admit("bob", here, 0).expect("bob");
+        assert_eq!(
+            limits.admit("cat", here, 0).err(),
+            Some(SocketRefusal::PerAddress(3))
+        );
+        // Another address is not affected.
+        let _cat = limits.admit("cat", there, 0).expect("cat elsewhere");
+        // A closed socket frees its place, for its user and its address.
+        drop(ann1);
+        assert_eq!(limits.of_user("ann"), 1);
+        let _ann3 = limits.admit("ann", here, 0).expect("a place again");
+        assert_eq!(
+            limits.admit("dan", here, 0).err(),
+            Some(SocketRefusal::PerAddress(3))
+        );
+    }
+
+    #[test]
+    fn a_users_sockets_on_other_gateways_count_against_its_limit() {
+        let limits = Arc::new(SocketLimits::new(3, 0));
+        let here: IpAddr = [10, 0, 0, 1].into();
+        let _ann = limits.admit("ann", here, 1).expect("1 here + 1 elsewhere");
+        assert_eq!(
+            limits.admit("ann", here, 2).err(),
+            Some(SocketRefusal::PerUser(3))
+        );
+        let _ann2 = limits.admit("ann", here, 1).expect("2 here + 1 elsewhere");
+        let _bob = limits.admit("bob", here, 0).expect("others unaffected");
+    }
+
+    #[test]
+    fn zero_means_no_limit_and_counts_are_forgotten_at_zero() {
+        let limits = Arc::new(SocketLimits::new(0, 0));
+        let here: IpAddr = [127, 0, 0, 1].into();
+        let permits: Vec<_> = (0..1000)
+            .map(|_| limits.admit("ann", here, 0).expect("no limit"))
+            .collect();
+        assert_eq!(limits.of_user("ann"), 1000);
+        drop(permits);
+        let open = lock(&limits.open);
+        assert!(open.users.is_empty() && open.addresses.is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn cut_off_long_enough_closes_and_refuses_until_the_bus_is_back() {

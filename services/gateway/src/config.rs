@@ -45,6 +45,40 @@ pub struct GatewayConfig {
     /// (`cluster.member_ttl_ms`), by which time the cluster has dropped
     /// this gateway anyway.
     pub bus_lost_close_ms: u64,
+    /// Open WebSockets one user may have; past it the upgrade is refused
+    /// with 429 `rate_limited`. 0: no limit. The user's sockets on the
+    /// other gateways of a cluster count too, as the shared presence
+    /// records have them (each gateway's own count when they cannot be
+    /// read).
+    pub max_sockets_per_user: u32,
+    /// Open WebSockets from one source IP address on this gateway; past it
+    /// the upgrade is refused with 429 `rate_limited`. 0: no limit (the
+    /// default: behind a proxy or load balancer every client has the
+    /// proxy's address). Counted per gateway.
+    pub max_sockets_per_address: u32,
+    /// Seconds a client has to send a request's line and headers (the
+    /// WebSocket upgrade's included), from opening the connection or from
+    /// the previous response; then the connection is dropped. Bounds what
+    /// a client that opens connections and sends nothing, or a byte at a
+    /// time (slowloris), can hold.
+    pub handshake_timeout_secs: u64,
+    /// HTTP requests served at once (WebSocket upgrades included, until
+    /// their 101; the sockets they open do not count). One more is refused
+    /// at once with 503 `unavailable`. Health, readiness and metrics are
+    /// never refused. 0: no limit.
+    pub max_concurrent_requests: usize,
+    /// The web origins (`scheme://host[:port]`, comma-separated; `*`:
+    /// every one) whose pages may open a WebSocket, besides the pages this
+    /// server serves itself and, in dev mode, pages on loopback hosts. A
+    /// browser from any other origin is refused with 403 `forbidden`; a
+    /// client that sends no `Origin` (not a browser) is not checked.
+    pub allowed_origins: String,
+    /// Rooms one user may have created and not deleted; past it,
+    /// `POST /v1/rooms` is refused with 429 `rate_limited`. 0: no limit.
+    pub max_rooms_per_user: u32,
+    /// Members of a private room, its creator included; a longer
+    /// `members` list is refused with 413 `too_large`. 0: no limit.
+    pub max_members_per_room: u32,
     /// Not a setting of its own: the process sets it when `/metrics` is
     /// served on a listener apart (`metrics_listen`), and then the public
     /// router does not serve it.
@@ -71,6 +105,13 @@ impl Default for GatewayConfig {
             max_token_lifetime_secs: 7 * 24 * 60 * 60,
             presence_ttl_secs: 15,
             bus_lost_close_ms: 0,
+            max_sockets_per_user: 64,
+            max_sockets_per_address: 0,
+            handshake_timeout_secs: 10,
+            max_concurrent_requests: 1024,
+            allowed_origins: String::new(),
+            max_rooms_per_user: 0,
+            max_members_per_room: 1000,
             metrics_elsewhere: false,
             default_room_ttl_secs: 0,
         }

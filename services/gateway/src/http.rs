@@ -6,6 +6,10 @@
 //! admin endpoints are in [`crate::admin`], a backend's publishing in
 //! [`crate::publish`]; both share the steps here.
 //!
+//! At most `max_concurrent_requests` requests are served at once; more are
+//! refused with 503 `unavailable` ([`limit_concurrency`]), except the
+//! probes and the metrics.
+//!
 //! Every error is answered as `{"error": {"code", "message"}}` with the
 //! status of its code and counted in the `errors` metric. That includes the
 //! cases axum would otherwise answer in plain text (a malformed body, path
@@ -60,7 +64,7 @@ const GENERATED_ID_ATTEMPTS: usize = 8;
 pub(crate) type ApiResult = Result<Response, ApiError>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let mut router = Router::new()
+    let api = Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(room_info).delete(delete_room))
@@ -70,14 +74,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/users/{id}/presence", get(crate::presence::user))
         .route("/v1/me/rooms", get(my_rooms))
         .route("/v1/dev/token", post(dev_token))
+        .merge(crate::admin::routes())
+        .merge(crate::web::routes())
+        // The probes and the metrics, below, are never refused: a busy
+        // gateway is still alive, and still watched.
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            limit_concurrency,
+        ));
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if !shared.config.metrics_elsewhere {
         router = router.route("/metrics", get(metrics));
     }
     let router = router
-        .merge(crate::admin::routes())
-        .merge(crate::web::routes())
+        .merge(api)
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -95,6 +107,34 @@ pub(crate) fn metrics_router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         .with_state(shared.clone());
     shared.exporter.instrument(router)
+}
+
+/// Serves a request only while fewer than `max_concurrent_requests` are in
+/// progress; past it, answers 503 `unavailable` at once rather than
+/// queueing (load shedding): a client retries, and the requests in
+/// progress keep their memory and their time.
+async fn limit_concurrency(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(slots) = &shared.http_slots else {
+        return next.run(request).await;
+    };
+    match slots.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            shared.metrics.refusal("overloaded");
+            failure(
+                &shared,
+                "overloaded",
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "too many requests in progress; retry shortly",
+                ),
+            )
+        }
+    }
 }
 
 // === handlers ===
@@ -121,11 +161,44 @@ async fn create_room_inner(
         .members
         .map(|members| private_members(members, &caller.user))
         .transpose()?;
+    let max_members = shared.config.max_members_per_room;
+    if let Some(members) = &members
+        && max_members > 0
+        && members.len() > max_members as usize
+    {
+        shared.metrics.refusal("members_per_room");
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "a room has at most {max_members} members, its creator included (got {})",
+                members.len()
+            ),
+        ));
+    }
     let ttl_secs = room_ttl(request.ttl_secs, shared.config.default_room_ttl_secs)?;
     if !caller.claims.can_create_rooms() {
         return Err(forbidden(
             "creating rooms needs write access to every room (\"*\")",
         ));
+    }
+    let max_rooms = shared.config.max_rooms_per_user;
+    if max_rooms > 0 {
+        // Counted before creating: two creations at the same moment may
+        // both pass, so a user can end up a room or two over.
+        let created = shared
+            .store
+            .rooms_of_user(&caller.user)
+            .await?
+            .iter()
+            .filter(|room| room.created_by == caller.user)
+            .count();
+        if created >= max_rooms as usize {
+            shared.metrics.refusal("rooms_per_user");
+            return Err(rate_limited(format!(
+                "you have created {created} rooms, the most one user may keep \
+                 ({max_rooms}); delete one first"
+            )));
+        }
     }
     // Checked last among the caller's faults so a request that could never
     // succeed does not use up the caller's allowance.

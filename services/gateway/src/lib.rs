@@ -25,6 +25,7 @@ mod error;
 mod http;
 mod hub;
 mod metrics;
+mod origin;
 mod presence;
 mod publish;
 mod revoke;
@@ -32,17 +33,22 @@ mod web;
 mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use collab_bus::Bus;
 use collab_ephemeral::{Ephemeral, RateLimiter, RoomExpiry};
 use collab_metrics::Exporter;
 use collab_store::RoomCatalog;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
 
 pub use auth::{
     Auth, AuthError, AuthOptions, JWKS_ALGORITHMS, JwksError, JwksOptions, JwksSource,
@@ -53,6 +59,20 @@ pub use metrics::{Disconnect, GatewayMetrics};
 
 use hub::Hub;
 use revoke::Sockets;
+
+/// A failed `accept`. A connection reset before it was accepted is its
+/// client's business; anything else (out of file descriptors) would fail
+/// again at once, so the next attempt waits a moment.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        tracing::error!(error = %e, "accepting a connection failed; retrying in a second");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
 
 /// Whatever the gateway depends on to serve (bus, store, room node).
 #[async_trait]
@@ -111,6 +131,13 @@ pub(crate) struct Shared {
     /// Whether WebSocket upgrades are taken (not while draining, nor while
     /// cut off from the cluster).
     pub admission: Arc<admission::Admission>,
+    /// The web pages that may open a WebSocket.
+    pub origins: origin::AllowedOrigins,
+    /// A permit per HTTP request in progress (`max_concurrent_requests`;
+    /// `None`: no limit).
+    pub http_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The open WebSockets of each user and address, and their limits.
+    pub socket_limits: Arc<admission::SocketLimits>,
     /// Where a room created with a time to live gets its first deadline
     /// (see the room node's expiry); `None`: nowhere, so such a room
     /// expires only once it has been used.
@@ -193,6 +220,13 @@ impl Gateway {
                 Arc::downgrade(&sockets),
             ));
         }
+        let socket_limits = Arc::new(admission::SocketLimits::new(
+            config.max_sockets_per_user,
+            config.max_sockets_per_address,
+        ));
+        let http_slots = (config.max_concurrent_requests > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)));
+        let origins = origin::AllowedOrigins::new(&config.allowed_origins, auth.dev_mode());
         let shared = Arc::new(Shared {
             config,
             auth,
@@ -205,6 +239,9 @@ impl Gateway {
             ephemeral,
             connections,
             admission,
+            socket_limits,
+            http_slots,
+            origins,
             room_expiry,
         });
         tokio::spawn(revoke::close_revoked_sockets(
@@ -232,23 +269,78 @@ impl Gateway {
     /// and returns once every connection has closed — WebSockets included,
     /// which the HTTP server stops tracking once upgraded: each has had the
     /// chance to send its close frame.
+    ///
+    /// A connection must deliver each request's head (request line and
+    /// headers, the WebSocket upgrade's included) within
+    /// `handshake_timeout_secs` of being opened or of its previous
+    /// response, or it is dropped: a client that opens sockets and sends
+    /// nothing, or a byte at a time, holds nothing for long.
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        // Frames are small and latency matters more than packet count:
-        // without this, an ack right after an op frame waits on Nagle.
-        let listener = listener.tap_io(|stream| {
+        let router = self.router();
+        let handshake = Duration::from_secs(self.shared.config.handshake_timeout_secs.max(1));
+        // `true` once the server stops accepting; each connection then
+        // finishes its request in flight and closes.
+        let (stopping_tx, stopping) = watch::channel(false);
+        // Every connection task holds a receiver: all of them are gone
+        // once `closed` resolves.
+        let (all_closed, open) = watch::channel(());
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        accept_failed(e).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            // Frames are small and latency matters more than packet count:
+            // without this, an ack right after an op frame waits on Nagle.
             let _ = stream.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            });
+            let mut stopping = stopping.clone();
+            let open = open.clone();
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(handshake)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                let mut draining = false;
+                loop {
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!(%peer, error = %e, "http connection ended");
+                            }
+                            break;
+                        }
+                        changed = stopping.wait_for(|stop| *stop), if !draining => {
+                            draining = true;
+                            if changed.is_ok() {
+                                conn.as_mut().graceful_shutdown();
+                            }
+                        }
+                    }
+                }
+                drop(open);
+            });
+        }
+        drop(listener);
+        stopping_tx.send_replace(true);
+        drop(open);
+        all_closed.closed().await;
         let mut open = self.shared.connections.open.subscribe();
         let _ = open.wait_for(|n| *n == 0).await;
         Ok(())

@@ -75,6 +75,17 @@ impl Disconnect {
     }
 }
 
+/// Why the gateway turned a client away before serving it: the `reason`
+/// label of `collab_gateway_refusals_total`.
+pub const REFUSAL_REASONS: [&str; 6] = [
+    "sockets_per_user",
+    "sockets_per_address",
+    "overloaded",
+    "origin",
+    "rooms_per_user",
+    "members_per_room",
+];
+
 #[derive(Clone)]
 pub struct GatewayMetrics {
     pub connections: Gauge,
@@ -90,6 +101,9 @@ pub struct GatewayMetrics {
     /// Connections closed with 4001 because their token was revoked (also
     /// counted in `disconnects` as `expired`).
     pub revocation_closes: Counter,
+    /// Upgrades and requests refused by an abuse limit, by reason
+    /// ([`REFUSAL_REASONS`]).
+    pub refusals: Family<ReasonLabel, Counter>,
 }
 
 impl GatewayMetrics {
@@ -104,7 +118,11 @@ impl GatewayMetrics {
             gaps_fetched: Counter::default(),
             disconnects: Family::default(),
             revocation_closes: Counter::default(),
+            refusals: Family::default(),
         };
+        for reason in REFUSAL_REASONS {
+            let _ = metrics.refusals.get_or_create(&ReasonLabel { reason });
+        }
         for kind in OpKind::ALL {
             let _ = metrics.ops.get_or_create(&KindLabel {
                 kind: kind.as_str(),
@@ -158,7 +176,18 @@ impl GatewayMetrics {
             "WebSocket connections closed with 4001 because their token was revoked",
             metrics.revocation_closes.clone(),
         );
+        r.register(
+            "refusals",
+            "Clients turned away by an abuse limit before being served, by reason",
+            metrics.refusals.clone(),
+        );
         metrics
+    }
+
+    /// A client turned away; `reason` is one of [`REFUSAL_REASONS`].
+    pub fn refusal(&self, reason: &'static str) {
+        debug_assert!(REFUSAL_REASONS.contains(&reason), "{reason}");
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn error(&self, code: ErrorCode) {
@@ -213,6 +242,11 @@ mod tests {
             expected.push(format!(
                 r#"collab_gateway_disconnects_total{{reason="{}"}} 0"#,
                 reason.as_str()
+            ));
+        }
+        for reason in REFUSAL_REASONS {
+            expected.push(format!(
+                r#"collab_gateway_refusals_total{{reason="{reason}"}} 0"#
             ));
         }
         for line in expected {

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use cql::{CqlNode, shared_cql_store_url};
 pub use server::{CollabServer, ServerOptions, collab_binary};
-pub use ws::{WsClient, WsError, upgrade_status};
+pub use ws::{WsClient, WsError, upgrade_refusal, upgrade_status};
 
 /// How long a test waits for the server to start or stop, or for a
 /// frame, before it fails.

@@ -1,11 +1,13 @@
 //! A WebSocket client of the JSON protocol, for tests: every read has a
 //! deadline.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -49,6 +51,31 @@ impl WsClient {
             .map_err(|e| WsError::Ws(tungstenite::Error::HttpFormat(e.into())))?;
         request.headers_mut().insert("authorization", value);
         Self::open(request).await
+    }
+
+    /// Connects as a browser at `origin` would (its `Origin` header), and
+    /// from the local address `source` (any loopback address on Linux);
+    /// `None`s: no `Origin`, the system's choice of address.
+    pub async fn connect_from(
+        ws_url: &str,
+        token: &str,
+        origin: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<WsClient, WsError> {
+        let mut request = format!("{ws_url}?token={token}").into_client_request()?;
+        if let Some(origin) = origin {
+            let value = HeaderValue::from_str(origin)
+                .map_err(|e| WsError::Ws(tungstenite::Error::HttpFormat(e.into())))?;
+            request.headers_mut().insert("origin", value);
+        }
+        let stream = tcp_from(ws_url, source).await?;
+        match tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await {
+            Ok((stream, _)) => Ok(WsClient { stream }),
+            Err(tungstenite::Error::Http(response)) => {
+                Err(WsError::Rejected(response.status().as_u16()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn open(request: tungstenite::handshake::client::Request) -> Result<WsClient, WsError> {
@@ -186,6 +213,99 @@ pub async fn upgrade_status(ws_url: &str, token: Option<&str>) -> Result<u16, Ws
         Err(tungstenite::Error::Http(response)) => Ok(response.status().as_u16()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A TCP connection to the host of `ws_url` (`ws://IP:PORT/...`), from
+/// `source` if given.
+async fn tcp_from(ws_url: &str, source: Option<IpAddr>) -> Result<TcpStream, WsError> {
+    let io = |e: std::io::Error| WsError::Ws(tungstenite::Error::Io(e));
+    let authority = ws_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let addr: SocketAddr = authority.parse().map_err(|_| {
+        io(std::io::Error::other(format!(
+            "not an IP address and port: {authority}"
+        )))
+    })?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(io)?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0)).map_err(io)?;
+    }
+    socket.connect(addr).await.map_err(io)
+}
+
+/// An upgrade that the server is expected to refuse: its HTTP status and
+/// JSON body (`Null` if the body is not JSON). The request is a WebSocket
+/// upgrade with `token`, `origin` as its `Origin` header and `source` as
+/// the local address, as in [`WsClient::connect_from`]; a 101 is an error.
+pub async fn upgrade_refusal(
+    ws_url: &str,
+    token: &str,
+    origin: Option<&str>,
+    source: Option<IpAddr>,
+) -> Result<(u16, Value), WsError> {
+    let io = |e: std::io::Error| WsError::Ws(tungstenite::Error::Io(e));
+    let mut stream = tcp_from(ws_url, source).await?;
+    let rest = ws_url.trim_start_matches("ws://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut request = format!(
+        "GET /{path}?token={token} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    if let Some(origin) = origin {
+        request.push_str(&format!("Origin: {origin}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let timeout = Duration::from_secs(10);
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return Ok::<_, WsError>((head.to_owned(), body.to_owned()));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.map_err(io)?;
+            if n == 0 {
+                return Err(WsError::Closed {
+                    code: None,
+                    reason: "connection closed before the whole answer".into(),
+                });
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let (head, body) = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| WsError::Timeout(timeout))??;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status == 101 {
+        return Err(WsError::NotJson("the upgrade was accepted".into()));
+    }
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 fn close_frame() -> tungstenite::protocol::CloseFrame {

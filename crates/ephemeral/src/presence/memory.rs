@@ -49,6 +49,10 @@ impl Presence for MemoryPresence {
         })
     }
 
+    async fn connections_elsewhere(&self, _user: &UserId) -> Result<u32, EphemeralError> {
+        Ok(0)
+    }
+
     async fn flush(&self) -> Result<(), EphemeralError> {
         Ok(())
     }

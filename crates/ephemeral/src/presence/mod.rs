@@ -56,6 +56,12 @@ pub trait Presence: Send + Sync + 'static {
     /// Where `user` is online, across the cluster.
     async fn user(&self, user: &UserId) -> Result<UserPresence, EphemeralError>;
 
+    /// Open connections of `user` on the other gateways, as they last wrote
+    /// them (a fraction of a second ago, or a TTL for a gateway that died):
+    /// with this gateway's own count, the user's connections across the
+    /// cluster. 0 in one process.
+    async fn connections_elsewhere(&self, user: &UserId) -> Result<u32, EphemeralError>;
+
     /// Writes every change now instead of at the next heartbeat (at
     /// shutdown, once the sockets are closed).
     async fn flush(&self) -> Result<(), EphemeralError>;

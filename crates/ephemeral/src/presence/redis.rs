@@ -85,7 +85,42 @@ impl Presence for RedisPresence {
     }
 
     async fn user(&self, user: &UserId) -> Result<UserPresence, EphemeralError> {
+        let mut presence = UserPresence::default();
+        for (gateway, connections, rooms) in self.shared.entries(user).await? {
+            presence.connections += connections;
+            presence.gateways.push(gateway);
+            presence.rooms.extend(rooms);
+        }
+        presence.gateways.sort();
+        presence.rooms.sort();
+        presence.rooms.dedup();
+        Ok(presence)
+    }
+
+    async fn connections_elsewhere(&self, user: &UserId) -> Result<u32, EphemeralError> {
+        let entries = self.shared.entries(user).await?;
+        Ok(entries
+            .into_iter()
+            .filter(|(gateway, _, _)| *gateway != self.shared.gateway)
+            .map(|(_, connections, _)| connections)
+            .sum())
+    }
+
+    async fn flush(&self) -> Result<(), EphemeralError> {
         let shared = &*self.shared;
+        let _writing = shared.writing.lock().await;
+        shared.write(shared.local.take_changed()).await
+    }
+}
+
+impl Shared {
+    /// Every gateway's entry for `user`: the gateway, its connections of
+    /// the user and their rooms. An entry that expired is left out.
+    async fn entries(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<(String, u32, Vec<RoomId>)>, EphemeralError> {
+        let shared = self;
         let index = shared.index_key(user);
         let gateways: Vec<String> = shared
             .client
@@ -94,7 +129,7 @@ impl Presence for RedisPresence {
             })
             .await?;
         if gateways.is_empty() {
-            return Ok(UserPresence::default());
+            return Ok(Vec::new());
         }
         let mut get = redis::cmd("MGET");
         for gateway in &gateways {
@@ -107,26 +142,15 @@ impl Presence for RedisPresence {
             })
             .await?;
 
-        let mut presence = UserPresence::default();
-        for (gateway, detail) in gateways.into_iter().zip(details) {
+        Ok(gateways
+            .into_iter()
+            .zip(details)
             // No detail: that gateway's entry expired (or was just removed).
-            let Some((connections, rooms)) = detail.as_deref().and_then(parse_detail) else {
-                continue;
-            };
-            presence.connections += connections;
-            presence.gateways.push(gateway);
-            presence.rooms.extend(rooms);
-        }
-        presence.gateways.sort();
-        presence.rooms.sort();
-        presence.rooms.dedup();
-        Ok(presence)
-    }
-
-    async fn flush(&self) -> Result<(), EphemeralError> {
-        let shared = &*self.shared;
-        let _writing = shared.writing.lock().await;
-        shared.write(shared.local.take_changed()).await
+            .filter_map(|(gateway, detail)| {
+                let (connections, rooms) = detail.as_deref().and_then(parse_detail)?;
+                Some((gateway, connections, rooms))
+            })
+            .collect())
     }
 }
 

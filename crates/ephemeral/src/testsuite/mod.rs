@@ -237,6 +237,8 @@ where
     presence.joined(&u, &room("r2"));
     presence.joined(&u, &room("r2"));
     presence.flush().await.expect("flush");
+    // Its own connections are not elsewhere.
+    assert_eq!(presence.connections_elsewhere(&u).await.expect("query"), 0);
     let now = presence.user(&u).await.expect("query");
     assert_eq!(
         now,

@@ -585,3 +585,31 @@ fn auth_settings_come_from_the_environment_and_are_checked() {
         assert_eq!(issue_keys(&err), ["auth.algorithms"], "{pairs:?}");
     }
 }
+
+#[test]
+fn abuse_limits_are_checked() {
+    let environment = env(&[
+        ("COLLAB_GATEWAY__HANDSHAKE_TIMEOUT_SECS", "0"),
+        (
+            "COLLAB_GATEWAY__ALLOWED_ORIGINS",
+            "https://app.example.com, app.example.com,https://a.example/path",
+        ),
+    ]);
+    let err = load(&Flags::default(), &environment).expect_err("refused");
+    assert_eq!(
+        issue_keys(&err),
+        [
+            "gateway.handshake_timeout_secs",
+            "gateway.allowed_origins",
+            "gateway.allowed_origins"
+        ],
+        "{err}"
+    );
+    let environment = env(&[
+        ("COLLAB_GATEWAY__ALLOWED_ORIGINS", "*"),
+        ("COLLAB_GATEWAY__MAX_SOCKETS_PER_USER", "0"),
+    ]);
+    let config = load(&Flags::default(), &environment).expect("loads");
+    assert_eq!(config.gateway.allowed_origins, "*");
+    assert_eq!(config.gateway.max_sockets_per_user, 0);
+}

@@ -1721,3 +1721,188 @@ async fn publish_is_unavailable_when_the_owner_does_not_answer() {
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_no_request_head_in_time_is_dropped_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let config = GatewayConfig {
+        handshake_timeout_secs: 1,
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = harness.gateway.clone();
+    let server = tokio::spawn(async move {
+        gateway
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let opened = std::time::Instant::now();
+    let mut slow = TcpStream::connect(addr).await.expect("connects");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: collab\r\n")
+        .await
+        .expect("writes");
+    // Meanwhile another client is served.
+    let mut other = TcpStream::connect(addr).await.expect("connects");
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: collab\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("writes");
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).await.expect("reads");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("dropped within the bound");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(opened.elapsed() >= std::time::Duration::from_millis(900));
+    let _ = stop.send(());
+    let served = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("stops");
+    assert!(matches!(served, Ok(Ok(()))), "{served:?}");
+}
+
+#[tokio::test]
+async fn requests_past_the_concurrency_cap_get_503_but_probes_do_not() {
+    let config = GatewayConfig {
+        max_concurrent_requests: 2,
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let ann = harness.token("ann");
+    // Two requests in progress, as far as the cap knows.
+    let slots = harness.gateway.shared.http_slots.clone().expect("a cap");
+    let busy = slots.clone().acquire_many_owned(2).await.expect("permits");
+    let answer = harness.get("/v1/me/rooms", &ann).await;
+    answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(
+        answer.text.contains("too many requests in progress"),
+        "{}",
+        answer.text
+    );
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let answer = harness.get(probe, &ann).await;
+        assert_eq!(answer.status, StatusCode::OK, "{probe}: {}", answer.text);
+    }
+    let page = harness.get("/metrics", &ann).await.text;
+    assert!(
+        page.contains(r#"collab_gateway_refusals_total{reason="overloaded"} 1"#),
+        "{page}"
+    );
+    drop(busy);
+    let answer = harness.get("/v1/me/rooms", &ann).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(slots.available_permits(), 2);
+}
+
+#[tokio::test]
+async fn an_upgrade_from_a_page_of_a_foreign_origin_is_refused_before_the_token() {
+    let config = GatewayConfig {
+        allowed_origins: "https://app.example.com".into(),
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let upgrade = |origin: Option<&str>| {
+        let mut builder = Request::builder()
+            .uri("/v1/ws")
+            .header(header::HOST, "collab.example.com");
+        if let Some(origin) = origin {
+            builder = builder.header(header::ORIGIN, origin);
+        }
+        builder.body(Body::empty()).expect("request builds")
+    };
+    let refused = harness.send(upgrade(Some("https://evil.example"))).await;
+    refused.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        refused.text.contains("https://evil.example"),
+        "{}",
+        refused.text
+    );
+    // Allowed, and no origin at all: on to the token (none here: 401).
+    for origin in [
+        Some("https://app.example.com"),
+        Some("https://collab.example.com"),
+        None,
+    ] {
+        let answer = harness.send(upgrade(origin)).await;
+        answer.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // Not in dev mode: a loopback page is foreign like any other.
+    let answer = harness.send(upgrade(Some("http://localhost:5173"))).await;
+    answer.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let page = harness.get("/metrics", &harness.token("ann")).await.text;
+    assert!(
+        page.contains(r#"collab_gateway_refusals_total{reason="origin"} 2"#),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn rooms_past_a_users_count_and_members_past_a_rooms_are_refused() {
+    let config = GatewayConfig {
+        max_rooms_per_user: 2,
+        max_members_per_room: 3,
+        ..GatewayConfig::default()
+    };
+    let harness = Harness::with(config, false);
+    let ann = harness.token("ann");
+    let bob = harness.token("bob");
+    harness
+        .create(&ann, json!({"kind": "board", "id": "a1"}))
+        .await;
+    // The creator counts among the members: ann, bob, cat.
+    harness
+        .create(
+            &ann,
+            json!({"kind": "channel", "id": "a2", "members": ["bob", "cat"]}),
+        )
+        .await;
+    let answer = harness
+        .post("/v1/rooms", &ann, json!({"kind": "board", "id": "a3"}))
+        .await;
+    answer.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(answer.text.contains("created 2 rooms"), "{}", answer.text);
+    // Another user is not affected; a list over the members' limit is
+    // refused whoever asks, and creates nothing.
+    harness
+        .create(&bob, json!({"kind": "board", "id": "b1"}))
+        .await;
+    let answer = harness
+        .post(
+            "/v1/rooms",
+            &bob,
+            json!({"kind": "channel", "id": "b2", "members": ["ann", "cat", "dan"]}),
+        )
+        .await;
+    answer.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    assert!(answer.text.contains("at most 3 members"), "{}", answer.text);
+    assert_eq!(
+        harness
+            .store
+            .room(&RoomId::parse("b2").expect("id"))
+            .await
+            .expect("reads"),
+        None
+    );
+    // A deleted room frees its place.
+    let answer = harness
+        .request("DELETE", "/v1/rooms/a1", Some(&ann), "")
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text);
+    harness
+        .create(&ann, json!({"kind": "board", "id": "a3"}))
+        .await;
+    let page = harness.get("/metrics", &ann).await.text;
+    for reason in ["rooms_per_user", "members_per_room"] {
+        let line = format!("collab_gateway_refusals_total{{reason=\"{reason}\"}} 1");
+        assert!(page.contains(&line), "{line}:\n{page}");
+    }
+}

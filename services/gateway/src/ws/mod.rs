@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use collab_bus::Bus;
 use collab_ephemeral::{Presence, RateLimiter, Revocations};
@@ -173,14 +174,59 @@ impl Connections {
     }
 }
 
-/// `GET /v1/ws`: authenticates before the upgrade (401 otherwise).
+/// How long an upgrade waits for the other gateways' socket counts.
+const ELSEWHERE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The sockets `user` has open on the other gateways of a cluster, from
+/// the shared presence records (a fraction of a second old). 0 when they
+/// cannot be read in time: Redis down never refuses a socket, and each
+/// gateway then counts its own.
+async fn sockets_elsewhere(shared: &Shared, user: &str) -> u32 {
+    if !shared.socket_limits.limits_users() {
+        return 0;
+    }
+    let Ok(user) = UserId::parse(user.to_owned()) else {
+        return 0;
+    };
+    let query = shared.ephemeral.presence.connections_elsewhere(&user);
+    match tokio::time::timeout(ELSEWHERE_TIMEOUT, query).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            debug!(error = %e, "other gateways' sockets unknown; counting this gateway's");
+            0
+        }
+        Err(_) => {
+            debug!("other gateways' sockets not read in time; counting this gateway's");
+            0
+        }
+    }
+}
+
+/// `GET /v1/ws`: checks the page's origin, for a browser (403 otherwise),
+/// authenticates before the upgrade (401 otherwise), and takes the socket
+/// only while the gateway admits clients (503 otherwise)
+/// and the user and address have room for one more (429 otherwise).
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !shared.origins.allows(origin, host) {
+            shared.metrics.refusal("origin");
+            shared.metrics.error(ErrorCode::Forbidden);
+            info!(%peer, origin, "upgrade refused: origin not allowed");
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                format!("pages from {origin} may not connect here (gateway.allowed_origins)"),
+            )
+            .into_response();
+        }
+    }
     let token = request_token(&headers, query.get("token").map(String::as_str));
     let claims = match token.map(|t| shared.check_token(t)) {
         Some(Ok(claims)) => claims,
@@ -199,6 +245,27 @@ pub(crate) async fn upgrade(
     if let Some(why) = shared.admission.refusal() {
         return ApiError::new(ErrorCode::Unavailable, why).into_response();
     }
+    let elsewhere = sockets_elsewhere(&shared, &claims.sub).await;
+    // Held by the connection until it ends; dropped at once if the
+    // upgrade never completes.
+    let permit = match shared
+        .socket_limits
+        .admit(&claims.sub, peer.ip(), elsewhere)
+    {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            shared.metrics.refusal(refusal.as_str());
+            shared.metrics.error(ErrorCode::RateLimited);
+            info!(%peer, user = %claims.sub, reason = refusal.as_str(), "upgrade refused");
+            return ApiError::new(ErrorCode::RateLimited, refusal.message()).into_response();
+        }
+    };
+    // Only now: a request that is no upgrade at all still gets the answers
+    // above in the protocol's format.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
     let limit = shared.config.limits.max_message_bytes;
     let connections = shared.connections.clone();
     debug!(%peer, user = %claims.sub, "upgrading");
@@ -209,5 +276,8 @@ pub(crate) async fn upgrade(
         // small and the buffer grows for a large one.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| connections.serve(claims, socket))
+        .on_upgrade(move |socket| async move {
+            connections.serve(claims, socket).await;
+            drop(permit);
+        })
 }
