@@ -1054,7 +1054,10 @@ async fn a_room_is_deleted_through_any_gateway_by_its_owner_node() {
 /// deletion, and from then on it is gone everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deletion_cut_short_by_a_sigkill_is_finished_by_the_next_owner() {
-    let mut cluster = start(ClusterOptions::new()).await;
+    // More members than a room may have by default, so that removing
+    // their memberships takes long enough to be cut short.
+    let mut cluster =
+        start(ClusterOptions::new().env("COLLAB_GATEWAY__MAX_MEMBERS_PER_ROOM", "5000")).await;
     let members: Vec<String> = (0..3000).map(|i| format!("member-{i}")).collect();
     let room = cluster
         .create_room(
