@@ -117,22 +117,12 @@ QUIET_WAIT="${BENCH_QUIET_WAIT:-1200}"
 log() { echo "bench-load: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+# free_port, wait_answer
+# shellcheck source=lib/server-process.sh
+source "$ROOT/scripts/lib/server-process.sh"
 
-# Polls until `curl URL` connects (any HTTP answer), at most 30 s.
-wait_http() {
-  local url="$1" deadline=$((SECONDS + 30)) rc
-  while :; do
-    rc=0
-    curl -s -o /dev/null "$url" || rc=$?
-    [[ $rc -ne 7 ]] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || die "server exited during start"
-    ((SECONDS < deadline)) || die "no answer from $url"
-    sleep 0.2 # poll interval
-  done
-}
+# Polls until the server started as SERVER_PID answers at URL, at most 30 s.
+wait_http() { wait_answer "$1" "$SERVER_PID" 30; }
 
 # CPU busy % of the whole machine over 5 s, from /proc/stat.
 machine_busy() {

@@ -65,9 +65,9 @@ install_valgrind() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >&2
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+# free_port, wait_answer
+# shellcheck source=lib/server-process.sh
+source "$ROOT/scripts/lib/server-process.sh"
 
 # Polls until `curl URL` answers 2xx, at most 120 s (a server starts
 # slowly under valgrind).
@@ -80,18 +80,8 @@ wait_ok() {
   done
 }
 
-# A WebSocket server that answers any HTTP request: polls until it connects.
-wait_connect() {
-  local url="$1" deadline=$((SECONDS + 120)) rc
-  while :; do
-    rc=0
-    curl -s -o /dev/null "$url" || rc=$?
-    [[ $rc -ne 7 ]] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || die "server exited during start"
-    ((SECONDS < deadline)) || die "no answer from $url"
-    sleep 0.5 # poll interval
-  done
-}
+# A WebSocket server that answers any HTTP request, slow under valgrind.
+wait_connect() { wait_answer "$1" "$SERVER_PID" 120; }
 
 # Runs the rest of the command line under callgrind on the server's core,
 # with instrumentation off until the load starts (start-up is not counted).

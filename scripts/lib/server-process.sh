@@ -1,9 +1,26 @@
-# Sourced by scripts/cql-server.sh and scripts/nats-server.sh: a test server
+# Sourced by the scripts that start servers (cql-server.sh, nats-server.sh,
+# redis-server.sh, cluster.sh, bench-load.sh, instructions.sh): a test server
 # runs in the background with its pid in a file in its directory. The
-# sourcing script defines `log`.
+# sourcing script defines `log` (and `die`, for wait_answer).
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_answer URL PID SECS: polls until `curl URL` connects (any HTTP
+# answer: a WebSocket-only server answers too), at most SECS seconds, and
+# gives up at once if process PID exits.
+wait_answer() {
+  local url=$1 pid=$2 secs=$3 rc
+  local deadline=$((SECONDS + secs))
+  while :; do
+    rc=0
+    curl -s -o /dev/null "$url" || rc=$?
+    [[ $rc -ne 7 ]] && return 0
+    kill -0 "$pid" 2>/dev/null || die "server exited during start"
+    ((SECONDS < deadline)) || die "no answer from $url"
+    sleep 0.2 # poll interval
+  done
 }
 
 # pid_in PIDFILE: prints the pid if that process is alive.
