@@ -20,14 +20,14 @@ mod cases;
 use std::time::Duration;
 
 use cases::{
-    DEADLINE, acked_counts, describe_runs, probe, verify_room, wait_acked_more, wait_written_by,
-    writer_runs,
+    DEADLINE, acked_counts, describe_runs, probe, start, stop_all, verify_room, wait_acked_more,
+    wait_total_acked, wait_written_by, writer_runs,
 };
 use collab_store::StoreReader;
 use collab_tests::harness::WsClient;
 use collab_tests::harness::cluster::{
     Answer, ClientOptions, Cluster, ClusterOptions, DrawClient, RoomInfo, RunningClient,
-    owner_among, total_acked, wait_for,
+    owner_among, wait_for,
 };
 use collab_tests::metrics::{check_against_doc, sample};
 use serde_json::json;
@@ -53,13 +53,6 @@ async fn join_as(
     (ws, joined)
 }
 
-/// Starts the processes of a test's cluster, or fails the test saying why.
-async fn start(options: ClusterOptions) -> Cluster {
-    Cluster::start(options)
-        .await
-        .expect("the cluster starts (nats-server, CQL keyspace, gateways, room nodes)")
-}
-
 /// Drawing clients of `room`, `users[i]` first on gateway `i % 2`.
 async fn drawers(cluster: &mut Cluster, room: &RoomInfo, users: &[&str]) -> Vec<RunningClient> {
     let mut running = Vec::new();
@@ -71,22 +64,6 @@ async fn drawers(cluster: &mut Cluster, room: &RoomInfo, users: &[&str]) -> Vec<
         running.push(client.spawn());
     }
     running
-}
-
-async fn stop_all(clients: Vec<RunningClient>) -> Vec<DrawClient> {
-    let mut stopped = Vec::new();
-    for client in clients {
-        stopped.push(client.stop().await);
-    }
-    stopped
-}
-
-async fn wait_total_acked(clients: &[RunningClient], at_least: usize, what: &str) {
-    wait_for(what, DEADLINE, || {
-        let done = total_acked(clients) >= at_least;
-        async move { done.then_some(()) }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

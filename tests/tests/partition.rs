@@ -17,21 +17,13 @@ mod cases;
 use std::time::Duration;
 
 use cases::{
-    DEADLINE, acked_counts, describe_runs, verify_room, wait_acked_more, wait_written_by,
-    writer_runs,
+    DEADLINE, acked_counts, describe_runs, start, stop_all, verify_room, wait_acked_more,
+    wait_total_acked, wait_written_by, writer_runs,
 };
 use collab_tests::harness::cluster::{
-    ClientOptions, Cluster, ClusterOptions, DrawClient, Role, RunningClient, owner_among,
-    partitions_unsupported, total_acked, wait_for,
+    ClientOptions, ClusterOptions, Role, owner_among, partitions_unsupported, wait_for,
 };
 use tokio::time::Instant;
-
-/// Starts the processes of a test's cluster, or fails the test saying why.
-async fn start(options: ClusterOptions) -> Cluster {
-    Cluster::start(options)
-        .await
-        .expect("the cluster starts (nats-server, CQL keyspace, gateways, room nodes)")
-}
 
 /// `true` (after saying why) when this machine cannot make namespaces.
 fn skip() -> bool {
@@ -42,22 +34,6 @@ fn skip() -> bool {
         }
         None => false,
     }
-}
-
-async fn stop_all(clients: Vec<RunningClient>) -> Vec<DrawClient> {
-    let mut stopped = Vec::new();
-    for client in clients {
-        stopped.push(client.stop().await);
-    }
-    stopped
-}
-
-async fn wait_total_acked(clients: &[RunningClient], at_least: usize, what: &str) {
-    wait_for(what, DEADLINE, || {
-        let done = total_acked(clients) >= at_least;
-        async move { done.then_some(()) }
-    })
-    .await;
 }
 
 /// A room id that placement gives to `owner` among `nodes`.

@@ -11,7 +11,7 @@ use collab_actors::state::{Applied, OpRequest, RoomState};
 use collab_protocol::{Access, Limits, OpEvent};
 use collab_store::{LoggedOp, Writer};
 use collab_tests::harness::cluster::{
-    Answer, Cluster, DrawClient, RoomInfo, RunningClient, wait_for,
+    Answer, Cluster, ClusterOptions, DrawClient, RoomInfo, RunningClient, total_acked, wait_for,
 };
 use serde_json::Value;
 
@@ -19,6 +19,32 @@ use serde_json::Value;
 /// clients to make progress) before it fails. Generous on purpose: the
 /// tests prove what happens, not how fast.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Starts the processes of a test's cluster, or fails the test saying why.
+pub async fn start(options: ClusterOptions) -> Cluster {
+    Cluster::start(options)
+        .await
+        .expect("the cluster starts (nats-server, CQL keyspace, gateways, room nodes)")
+}
+
+/// Stops every client (each waits for its ops to be answered) and hands
+/// them back, in order.
+pub async fn stop_all(clients: Vec<RunningClient>) -> Vec<DrawClient> {
+    let mut stopped = Vec::new();
+    for client in clients {
+        stopped.push(client.stop().await);
+    }
+    stopped
+}
+
+/// Waits until `clients` have had at least `at_least` ops acked in all.
+pub async fn wait_total_acked(clients: &[RunningClient], at_least: usize, what: &str) {
+    wait_for(what, DEADLINE, || {
+        let done = total_acked(clients) >= at_least;
+        async move { done.then_some(()) }
+    })
+    .await;
+}
 
 /// One writer's consecutive ops in a room's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
