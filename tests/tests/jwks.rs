@@ -114,15 +114,10 @@ async fn welcome_user(server: &CollabServer, token: &str) -> String {
 
 /// `GET /v1/me/rooms` with `token`: the status and the body.
 async fn me(server: &CollabServer, token: &str) -> (u16, Value) {
-    let response = server
-        .http()
-        .get(format!("{}/v1/me/rooms", server.http_url()))
-        .bearer_auth(token)
-        .send()
+    server
+        .get_json(token, "/v1/me/rooms")
         .await
-        .expect("answered");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+        .expect("answered")
 }
 
 /// A sample of the server's `/metrics` page, 0 when it is not there.

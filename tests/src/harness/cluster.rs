@@ -770,16 +770,7 @@ impl Cluster {
         token: &str,
         path: &str,
     ) -> Result<(u16, Value), HarnessError> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.http_url(id)))
-            .bearer_auth(token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| HarnessError::Http(e.to_string()))?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        answer(self.http.get(format!("{}{path}", self.http_url(id))), token).await
     }
 
     /// `POST path` with the JSON `body` on process `id` as the holder of
@@ -791,17 +782,13 @@ impl Cluster {
         path: &str,
         body: &Value,
     ) -> Result<(u16, Value), HarnessError> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.http_url(id)))
-            .bearer_auth(token)
-            .json(body)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| HarnessError::Http(e.to_string()))?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        answer(
+            self.http
+                .post(format!("{}{path}", self.http_url(id)))
+                .json(body),
+            token,
+        )
+        .await
     }
 
     /// Mints with `collab token --user USER EXTRA…` (cached).
@@ -2158,6 +2145,22 @@ impl DrawClient {
         lock(&self.progress).failure = Some(message.clone());
         panic!("{message}");
     }
+}
+
+/// Sends `request` as the holder of `token`: the status and the JSON body
+/// (`Null` when it is not JSON).
+async fn answer(
+    request: reqwest::RequestBuilder,
+    token: &str,
+) -> Result<(u16, Value), HarnessError> {
+    let response = request
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| HarnessError::Http(e.to_string()))?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
 /// A client drawing in a task of its own.
