@@ -4,6 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use collab_bus::BusError;
+use collab_protocol::envelope::RoomReply;
 use collab_protocol::http::{HttpError, HttpErrorBody};
 use collab_protocol::{ErrorCode, ProtocolError};
 use collab_store::StoreError;
@@ -15,6 +17,26 @@ pub struct ApiError(pub ProtocolError);
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError(ProtocolError::new(code, message))
+    }
+}
+
+/// What a room's answer that is not the one asked for means to the
+/// client: the room's own refusal as it is, or `unavailable` when the room
+/// did not answer. `retry` says how to try again (e.g. "retry with the
+/// same cid": the room remembers the cids it committed).
+pub(crate) fn room_reply_error(reply: Result<RoomReply, BusError>, retry: &str) -> ProtocolError {
+    match reply {
+        Ok(RoomReply::Error { code, message }) => ProtocolError::new(code, message),
+        Ok(RoomReply::NotJoined) => ProtocolError::bad_request("join the room before sending ops"),
+        Ok(other) => ProtocolError::new(ErrorCode::Internal, format!("unexpected reply {other:?}")),
+        Err(BusError::Timeout) => ProtocolError::new(
+            ErrorCode::Unavailable,
+            format!("the room did not answer in time; {retry}"),
+        ),
+        Err(e) => ProtocolError::new(
+            ErrorCode::Unavailable,
+            format!("the room did not answer: {e}; {retry}"),
+        ),
     }
 }
 

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Shared;
 use crate::auth::{now_secs, request_token};
-use crate::error::ApiError;
+use crate::error::{ApiError, room_reply_error};
 
 /// How long a dev token is valid.
 const DEV_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
@@ -326,15 +326,7 @@ async fn delete_room_inner(
             tracing::info!(%room, user = %caller.user, admin, "room deleted");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        Ok(RoomReply::Error { code, message }) => Err(ApiError::new(code, message)),
-        Ok(other) => Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("unexpected reply {other:?}"),
-        )),
-        Err(e) => Err(ApiError::new(
-            ErrorCode::Unavailable,
-            format!("the room did not answer: {e}; retry"),
-        )),
+        other => Err(room_reply_error(other, "retry").into()),
     }
 }
 

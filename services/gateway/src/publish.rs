@@ -22,15 +22,14 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use collab_bus::BusError;
 use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::{HttpErrorBody, PUBLISH_MAX_OPS, PublishOp, Published, PublishedList};
-use collab_protocol::{Access, ErrorCode, RoomId, Scope, Seq};
+use collab_protocol::{Access, RoomId, Scope, Seq};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::Shared;
-use crate::error::ApiError;
+use crate::error::{ApiError, room_reply_error};
 use crate::http::{
     Caller, authenticate, bad_request, forbidden, json_body, path_room_id, rate_limited, reply,
 };
@@ -204,25 +203,14 @@ async fn publish_one(
     let timeout = Duration::from_secs(shared.config.request_timeout_secs.max(1));
     match shared.bus.request(request, timeout).await {
         Ok(RoomReply::Ack { seq }) => Ok(seq),
-        Ok(RoomReply::Error { code, message }) => Err(ApiError::new(code, message)),
-        Ok(other) => Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("unexpected reply {other:?}"),
-        )),
-        Err(BusError::Timeout) => Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "the room did not answer in time; retry with the same cid",
-        )),
-        Err(e) => Err(ApiError::new(
-            ErrorCode::Unavailable,
-            format!("the room did not answer: {e}; retry with the same cid"),
-        )),
+        other => Err(room_reply_error(other, "retry with the same cid").into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use collab_protocol::ErrorCode;
 
     #[test]
     fn bodies_are_one_op_or_a_bounded_list() {

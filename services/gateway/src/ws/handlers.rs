@@ -13,6 +13,8 @@ use collab_protocol::validate::check_cursor;
 use collab_protocol::{Cid, ClientFrame, Epoch, ErrorCode, Op, ProtocolError, RoomId, ServerFrame};
 use tokio::time::Instant;
 
+use crate::error::room_reply_error;
+
 use super::connection::{Awaited, Awaiting, Connection, Membership};
 
 impl Connection {
@@ -344,14 +346,5 @@ impl Connection {
 
 /// The error to report for a reply that is not the expected one.
 fn reply_error(reply: Result<RoomReply, BusError>) -> ProtocolError {
-    match reply {
-        Ok(RoomReply::Error { code, message }) => ProtocolError::new(code, message),
-        Ok(RoomReply::NotJoined) => ProtocolError::bad_request("join the room before sending ops"),
-        Ok(other) => ProtocolError::new(ErrorCode::Internal, format!("unexpected reply {other:?}")),
-        Err(BusError::Timeout) => ProtocolError::new(
-            ErrorCode::Unavailable,
-            "the room did not answer in time; retry with the same cid",
-        ),
-        Err(e) => ProtocolError::new(ErrorCode::Unavailable, format!("{e}; retry")),
-    }
+    room_reply_error(reply, "retry with the same cid")
 }
