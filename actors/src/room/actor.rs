@@ -18,7 +18,7 @@
 //! `not_found`, and the gateways are told (`RoomEvent::Deleted`). An actor
 //! that loads a room and meets a tombstone finishes that deletion.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -218,7 +218,12 @@ struct Live {
     snapshot_running: bool,
     snapshot_at: Instant,
     last_activity: Instant,
-    orphan_check_at: Option<Instant>,
+    /// Connections whose join asked for their user's open strokes to
+    /// outlive a dropped connection (`resume_strokes`).
+    resumers: HashSet<ConnRef>,
+    /// Users gone from the room with strokes open, and when those strokes
+    /// are ended for them unless they are back.
+    orphan_deadlines: HashMap<UserId, Instant>,
     drain: Option<Vec<RpcReplyPort<()>>>,
     /// A deletion waiting for the batch in flight (and the ops that came
     /// before it) to commit.
@@ -394,7 +399,14 @@ impl RoomActorState {
                     replayed,
                 } = *loaded;
                 let config = &self.ctx.config;
-                let orphans_possible = !state.users_with_open_strokes().is_empty();
+                // Whoever had a stroke open under the last owner gets the
+                // grace to come back and go on with it.
+                let grace_ends = Instant::now() + config.orphan_grace;
+                let orphan_deadlines = state
+                    .users_with_open_strokes()
+                    .into_iter()
+                    .map(|user| (user, grace_ends))
+                    .collect();
                 let fresh = presence.is_none();
                 if let Some(presence) = presence {
                     *state.presence_mut() = presence;
@@ -433,7 +445,8 @@ impl RoomActorState {
                     snapshot_running: false,
                     snapshot_at: Instant::now(),
                     last_activity: Instant::now(),
-                    orphan_check_at: orphans_possible.then(|| Instant::now() + config.orphan_grace),
+                    resumers: HashSet::new(),
+                    orphan_deadlines,
                     drain: None,
                     deletion: None,
                 }));
@@ -851,12 +864,17 @@ impl RoomActorState {
                     live.answer_join(&self.ctx, request, reply);
                 }
             }
-            RoomRequest::Attach { room, conn, user } => {
-                live.attach(&self.ctx, room, conn, user, reply);
+            RoomRequest::Attach {
+                room,
+                conn,
+                user,
+                resume_strokes,
+            } => {
+                live.attach(&self.ctx, room, conn, user, resume_strokes, reply);
             }
-            RoomRequest::Leave { conn, .. } => {
+            RoomRequest::Leave { conn, dropped, .. } => {
                 let ts = now_ms();
-                live.leave(&self.ctx, &conn, ts);
+                live.leave(&self.ctx, &conn, dropped, ts);
                 answer(reply, RoomReply::Done);
                 self.pump(myself);
             }
@@ -1201,6 +1219,7 @@ impl Live {
         room: RoomId,
         conn: ConnRef,
         user: UserInfo,
+        resume_strokes: bool,
         reply: Reply,
     ) {
         // A gateway re-attaches a member when the room's owner changed;
@@ -1213,7 +1232,7 @@ impl Live {
         // nobody was told it left: putting it back tells nobody either,
         // unless its gateway had been declared dead.
         let announce = self.left_with_gateway.contains(&user.id);
-        match self.admit(ctx, &room, conn, user, announce) {
+        match self.admit(ctx, &room, conn, user, announce, resume_strokes) {
             Ok(()) => answer(reply, RoomReply::Done),
             Err(refusal) => answer(reply, refusal.into()),
         }
@@ -1228,9 +1247,15 @@ impl Live {
         conn: ConnRef,
         user: UserInfo,
         announce: bool,
+        resume_strokes: bool,
     ) -> Result<(), ProtocolError> {
         if !self.record.admits(&user.id) {
             return Err(ProtocolError::forbidden("this room is private"));
+        }
+        if resume_strokes {
+            self.resumers.insert(conn.clone());
+        } else {
+            self.resumers.remove(&conn);
         }
         if let Some(PresenceChange::Joined(info)) =
             self.state.presence_mut().join(conn.clone(), user)
@@ -1257,13 +1282,14 @@ impl Live {
             user,
             since,
             epoch,
+            resume_strokes,
         } = request
         else {
             return;
         };
         // Joining again after a leave.
         self.left.remove(&conn.conn);
-        if let Err(refusal) = self.admit(ctx, &room, conn, user, true) {
+        if let Err(refusal) = self.admit(ctx, &room, conn, user, true, resume_strokes) {
             answer(reply, refusal.into());
             return;
         }
@@ -1351,12 +1377,15 @@ impl Live {
     }
 
     /// A connection leaves. When it was its user's last one, everyone hears
-    /// of it and the user's open strokes are ended for them.
-    fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
+    /// of it and the user's open strokes are ended for them: now, or after
+    /// the grace if the connection dropped and had asked to resume its
+    /// strokes.
+    fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, dropped: bool, ts: i64) {
         // Even if not present (a re-attach may be on its way).
         self.left.insert(conn.conn.clone(), ());
+        let resumes = self.resumers.remove(conn) && dropped;
         if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
-            self.end_orphans_of(&info.id, ts);
+            self.orphaned(ctx, &info.id, resumes, ts);
             let left = RoomEvent::Presence {
                 room: self.record.id.clone(),
                 event: PresenceEvent::Leave,
@@ -1367,7 +1396,45 @@ impl Live {
         }
     }
 
-    fn end_orphans_of(&mut self, user: &collab_protocol::UserId, ts: i64) {
+    /// `user`'s last connection is gone: their open strokes end now, or
+    /// when the grace is over if they have not come back by then.
+    fn orphaned(&mut self, ctx: &RoomContext, user: &UserId, resumes: bool, ts: i64) {
+        if resumes {
+            if !self.state.open_strokes_of(user).is_empty() {
+                let ends = Instant::now() + ctx.config.orphan_grace;
+                self.orphan_deadlines.insert(user.clone(), ends);
+            }
+        } else {
+            self.end_orphans_of(user, ts);
+        }
+    }
+
+    /// Ends the open strokes of users whose grace is over and who are not
+    /// back; true if any were.
+    fn end_overdue_orphans(&mut self) -> bool {
+        let now = Instant::now();
+        if !self.orphan_deadlines.values().any(|at| *at <= now) {
+            return false;
+        }
+        let ts = now_ms();
+        let mut overdue: Vec<UserId> = Vec::new();
+        self.orphan_deadlines.retain(|user, at| {
+            let due = *at <= now;
+            if due {
+                overdue.push(user.clone());
+            }
+            !due
+        });
+        overdue.sort();
+        for user in overdue {
+            if !self.state.presence().is_present(&user) {
+                self.end_orphans_of(&user, ts);
+            }
+        }
+        true
+    }
+
+    fn end_orphans_of(&mut self, user: &UserId, ts: i64) {
         // Strokes already ending in a waiting op are left to it.
         for request in self.state.orphan_endings(user, ts) {
             self.next.push_back(PendingOp {
@@ -1418,14 +1485,7 @@ impl RoomActorState {
             }
             return;
         }
-        if live.orphan_check_at.is_some_and(|at| Instant::now() >= at) {
-            live.orphan_check_at = None;
-            let ts = now_ms();
-            for user in live.state.users_with_open_strokes() {
-                if !live.state.presence().is_present(&user) {
-                    live.end_orphans_of(&user, ts);
-                }
-            }
+        if live.end_overdue_orphans() {
             self.pump(myself);
             return;
         }
@@ -1536,9 +1596,19 @@ impl RoomActorState {
             return;
         };
         let ts = now_ms();
+        // Users with a connection there that asked to resume its strokes.
+        let mut resuming = HashSet::new();
+        live.resumers.retain(|conn| {
+            let gone = conn.gateway == gateway;
+            if gone && let Some(user) = live.state.presence().user_of(conn) {
+                resuming.insert(user.clone());
+            }
+            !gone
+        });
         for change in live.state.presence_mut().leave_gateway(gateway) {
             if let PresenceChange::Left(info) = change {
-                live.end_orphans_of(&info.id, ts);
+                let resumes = resuming.contains(&info.id);
+                live.orphaned(&self.ctx, &info.id, resumes, ts);
                 live.left_with_gateway.insert(info.id.clone());
                 let left = RoomEvent::Presence {
                     room: self.room.clone(),

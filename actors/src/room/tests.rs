@@ -259,6 +259,7 @@ impl Node {
                     user: user_info(who),
                     since: None,
                     epoch: None,
+                    resume_strokes: false,
                 })
                 .await;
             assert!(matches!(reply, RoomReply::Joined(_)), "{reply:?}");
@@ -277,6 +278,7 @@ impl Node {
             user: user_info(who),
             since,
             epoch: None,
+            resume_strokes: false,
         })
         .await
     }
@@ -332,6 +334,7 @@ async fn nothing_is_acked_or_broadcast_before_the_store_confirms() {
         user: user_info("cat"),
         since: None,
         epoch: None,
+        resume_strokes: false,
     });
     // A fetch is answered at once: once it is, the actor has handled
     // everything sent before it.
@@ -568,6 +571,7 @@ async fn presence_and_orphaned_strokes() {
         node.ask(RoomRequest::Leave {
             room: room_id(ROOM),
             conn: conn(c),
+            dropped: false,
         })
         .await;
     }
@@ -593,6 +597,101 @@ async fn presence_and_orphaned_strokes() {
     );
 }
 
+/// A connection that joined with `resume_strokes` and dropped: its user's
+/// open stroke waits for the grace, and a new connection goes on with it.
+#[tokio::test]
+async fn a_resumable_stroke_outlives_a_dropped_connection_for_the_grace() {
+    let store = Arc::new(GatedStore::new());
+    let mut config = config();
+    config.orphan_grace = Duration::from_millis(400);
+    let node = node_with(store, config).await;
+    node.create(ROOM, RoomKind::Board, None).await;
+    let join = |conn_id: &str| RoomRequest::Join {
+        room: room_id(ROOM),
+        conn: conn(conn_id),
+        user: user_info("ann"),
+        since: None,
+        epoch: None,
+        resume_strokes: true,
+    };
+    let from = |conn_id: &str, cid: &str, op: Op| RoomRequest::Op {
+        room: room_id(ROOM),
+        conn: conn(conn_id),
+        user: UserId::parse("ann").expect("id"),
+        access: Access::Write,
+        cid: Cid::parse(cid).expect("id"),
+        op,
+    };
+    let points = |stroke: &str| Op::StrokePoints {
+        stroke: sid(stroke),
+        points: vec![[1.0, 1.0]],
+    };
+    let leave = |conn_id: &str| RoomRequest::Leave {
+        room: room_id(ROOM),
+        conn: conn(conn_id),
+        dropped: true,
+    };
+    let begin = |stroke: &str| Op::StrokeBegin {
+        stroke: sid(stroke),
+        color: "#000000".into(),
+        width: 2.0,
+        points: vec![],
+    };
+
+    // Back within the grace: the same stroke goes on, and is ended once,
+    // by its owner.
+    assert!(matches!(node.ask(join("a1")).await, RoomReply::Joined(_)));
+    ack_seq(&node.ask(from("a1", "c1", begin("kept"))).await);
+    node.ask(leave("a1")).await;
+    assert!(matches!(node.ask(join("a2")).await, RoomReply::Joined(_)));
+    ack_seq(&node.ask(from("a2", "c2", points("kept"))).await);
+    let end = Op::StrokeEnd {
+        stroke: sid("kept"),
+    };
+    ack_seq(&node.ask(from("a2", "c3", end)).await);
+    // Longer than the grace: nothing more happened to it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let ops = node.sink.ops();
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(ops.iter().all(|op| op.cid.is_some()), "{ops:?}");
+
+    // Not back: the server ends it when the grace is over, not before.
+    ack_seq(&node.ask(from("a2", "c4", begin("cut"))).await);
+    let left_at = tokio::time::Instant::now();
+    node.ask(leave("a2")).await;
+    eventually("the server to end the abandoned stroke", || {
+        node.sink.ops().len() == 5
+    })
+    .await;
+    assert!(left_at.elapsed() >= Duration::from_millis(400));
+    let ending = node.sink.ops().pop().expect("op");
+    assert_eq!(ending.cid, None);
+    assert_eq!(ending.op, Op::StrokeEnd { stroke: sid("cut") });
+
+    // A `leave` sent on purpose ends the stroke at once, flag or not.
+    assert!(matches!(node.ask(join("a3")).await, RoomReply::Joined(_)));
+    ack_seq(&node.ask(from("a3", "c5", begin("left"))).await);
+    let left_at = tokio::time::Instant::now();
+    node.ask(RoomRequest::Leave {
+        room: room_id(ROOM),
+        conn: conn("a3"),
+        dropped: false,
+    })
+    .await;
+    eventually("the server to end the stroke left behind", || {
+        node.sink.ops().len() == 7
+    })
+    .await;
+    assert!(left_at.elapsed() < Duration::from_millis(400));
+    let ending = node.sink.ops().pop().expect("op");
+    assert_eq!(
+        ending.op,
+        Op::StrokeEnd {
+            stroke: sid("left")
+        }
+    );
+}
+
 #[tokio::test]
 async fn unknown_and_private_rooms() {
     let node = node().await;
@@ -603,6 +702,7 @@ async fn unknown_and_private_rooms() {
             user: user_info("ann"),
             since: None,
             epoch: None,
+            resume_strokes: false,
         })
         .await;
     assert_eq!(error_code(&reply), ErrorCode::NotFound);
@@ -614,6 +714,7 @@ async fn unknown_and_private_rooms() {
         user: user_info(who),
         since: None,
         epoch: None,
+        resume_strokes: false,
     };
     assert_eq!(
         error_code(&node.ask(join("eve")).await),
@@ -634,6 +735,7 @@ async fn idle_rooms_stop_after_a_snapshot_and_come_back() {
     node.ask(RoomRequest::Leave {
         room: room_id(ROOM),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     let active = || async {
@@ -672,6 +774,7 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
     node.ask(RoomRequest::Leave {
         room: room_id(ROOM),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     // After leaving, a retry of an applied cid is still re-acked…
@@ -691,6 +794,7 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
             room: room_id(ROOM),
             conn: conn("ann"),
             user: user_info("ann"),
+            resume_strokes: false,
         })
         .await;
     assert_eq!(attached, RoomReply::Done);
@@ -932,6 +1036,7 @@ async fn putting_a_member_back_is_silent_unless_it_was_announced_gone() {
         room: room_id(ROOM),
         conn: conn(who),
         user: user_info(who),
+        resume_strokes: false,
     };
     // ann was in the room before it moved here: the others never heard
     // she left, so they hear nothing now.
@@ -1039,6 +1144,7 @@ async fn a_delete_commits_what_came_before_and_refuses_what_came_after() {
         user: user_info("cat"),
         since: None,
         epoch: None,
+        resume_strokes: false,
     });
     node.store.hold(false);
     node.store.release(10);
@@ -1131,6 +1237,7 @@ async fn a_room_created_again_is_new() {
             user: user_info("ann"),
             since: Some(2),
             epoch: Some(Epoch::parse("ep1").expect("epoch")),
+            resume_strokes: false,
         })
         .await;
     let RoomReply::Joined(body) = reply else {
@@ -1149,6 +1256,7 @@ async fn a_room_created_again_is_new() {
             user: user_info("bob"),
             since: Some(1),
             epoch: None,
+            resume_strokes: false,
         })
         .await;
     assert!(
@@ -1188,6 +1296,7 @@ async fn a_deletion_cut_short_is_finished_by_the_next_load() {
         user: user_info("bob"),
         since: None,
         epoch: None,
+        resume_strokes: false,
     });
     let retry = node.send(delete(ROOM));
     assert_eq!(error_code(&join.await.expect("task")), ErrorCode::NotFound);
@@ -1232,6 +1341,7 @@ async fn expiry_deletes_only_unused_rooms_with_a_time_to_live() {
     node.ask(RoomRequest::Leave {
         room: room_id("busy"),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     eventually("the idle room to stop", || {
@@ -1349,6 +1459,7 @@ async fn an_operator_watching_a_room_does_not_keep_it_from_going_idle() {
     node.ask(RoomRequest::Leave {
         room: room_id(ROOM),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     // Inspected far more often than its idle time, it still stops.
@@ -1378,6 +1489,7 @@ async fn requests_keep_their_order_while_a_room_starts_lives_and_moves() {
             user: user_info("ann"),
             since: None,
             epoch: None,
+            resume_strokes: false,
         })];
         for i in cids {
             let op = node.op_request(ROOM, "ann", &format!("c{i}"), message("hi"));

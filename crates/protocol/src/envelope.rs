@@ -33,9 +33,20 @@ pub enum RoomRequest {
         user: UserInfo,
         since: Option<u64>,
         epoch: Option<Epoch>,
+        /// The join asked for its open strokes to outlive a dropped
+        /// connection for a grace period (`resume_strokes`).
+        #[serde(default)]
+        resume_strokes: bool,
     },
     /// A connection leaves; answered `Done`.
-    Leave { room: RoomId, conn: ConnRef },
+    Leave {
+        room: RoomId,
+        conn: ConnRef,
+        /// The connection ended rather than sending `leave`: if it joined
+        /// with `resume_strokes`, its user's open strokes wait for the grace.
+        #[serde(default)]
+        dropped: bool,
+    },
     /// Puts a connection that joined earlier back into the room's presence,
     /// after the room restarted or moved and so forgot it (the owner said
     /// `NotJoined`); answered `Done`, with no `joined` body: the gateway's
@@ -46,6 +57,9 @@ pub enum RoomRequest {
         room: RoomId,
         conn: ConnRef,
         user: UserInfo,
+        /// As its `Join` asked.
+        #[serde(default)]
+        resume_strokes: bool,
     },
     /// A durable op from a joined connection; answered `Ack` once durable.
     Op {

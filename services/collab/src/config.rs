@@ -207,8 +207,9 @@ pub struct RoomSettings {
     pub mailbox_high_water: usize,
     /// How long a commit may take before its outcome counts as unknown.
     pub commit_timeout_secs: u64,
-    /// After a room loads, how long its users get to come back before their
-    /// open strokes are ended for them.
+    /// How long a user gets to come back to their open strokes before they
+    /// are ended for them: after a room loads, and after a connection that
+    /// joined with `resume_strokes` drops.
     pub orphan_grace_secs: u64,
     /// The time to live of a room created without `ttl_secs`: unused for
     /// this long, it is deleted with its history. 0: such rooms never

@@ -25,6 +25,11 @@ pub enum ClientFrame {
         since: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<Epoch>,
+        /// If this connection drops, keep the sender's open strokes open
+        /// for the room's grace period, so a reconnect can go on drawing
+        /// them instead of starting new ones.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resume_strokes: bool,
     },
     Leave {
         room: RoomId,

@@ -458,6 +458,7 @@ fn escapes_are_parsed() {
             room: room("r1"),
             since: None,
             epoch: Some(Epoch::parse("e\"\\/é").expect("epoch")),
+            resume_strokes: false,
         }
     );
     match assert_fast(
@@ -490,6 +491,7 @@ fn absent_and_null_fields() {
         room: room("r"),
         since,
         epoch,
+        resume_strokes: false,
     };
     assert_eq!(
         assert_fast(r#"{"type":"join","room":"r","since":null,"epoch":null}"#),

@@ -38,6 +38,7 @@ pub(super) enum Phase {
 pub(super) struct Member {
     conn: ConnRef,
     user: UserInfo,
+    resume_strokes: bool,
     pub outbound: Arc<Outbound>,
     pub phase: Phase,
 }
@@ -176,6 +177,7 @@ impl Fanout {
             Control::Attach {
                 conn,
                 user,
+                resume_strokes,
                 outbound,
             } => {
                 self.members.insert(
@@ -183,6 +185,7 @@ impl Fanout {
                     Member {
                         conn,
                         user,
+                        resume_strokes,
                         outbound,
                         phase: Phase::Pending(Vec::new()),
                     },
@@ -270,6 +273,7 @@ impl Fanout {
             room: self.room.clone(),
             conn: member.conn.clone(),
             user: member.user.clone(),
+            resume_strokes: member.resume_strokes,
         };
         let reply = self.bus.request(request, self.timeout);
         let failed = self.reattach_failed.clone();

@@ -55,6 +55,7 @@ enum Control {
     Attach {
         conn: ConnRef,
         user: UserInfo,
+        resume_strokes: bool,
         outbound: Arc<Outbound>,
     },
     Joined {
@@ -97,12 +98,14 @@ impl Hub {
 
     /// Adds a member, subscribing to the room first if it is the room's
     /// first member here. Returns once events are being received, so the
-    /// caller can send its `join` next.
+    /// caller can send its `join` next. `resume_strokes` is what the join
+    /// asked for, repeated when the member is put back into a moved room.
     pub async fn attach(
         &self,
         room: &RoomId,
         conn: ConnRef,
         user: UserInfo,
+        resume_strokes: bool,
         outbound: Arc<Outbound>,
     ) -> Result<(), collab_bus::BusError> {
         let mut rooms = self.rooms.lock().await;
@@ -147,6 +150,7 @@ impl Hub {
             let _ = handle.control.send(Control::Attach {
                 conn,
                 user,
+                resume_strokes,
                 outbound,
             });
         }

@@ -147,9 +147,15 @@ async fn attached(
         gateway: "g1".into(),
         conn: ConnId::parse("g1-1").expect("id"),
     };
-    hub.attach(&room(), conn.clone(), user(user_id), outbound.clone())
-        .await
-        .expect("attached");
+    hub.attach(
+        &room(),
+        conn.clone(),
+        user(user_id),
+        false,
+        outbound.clone(),
+    )
+    .await
+    .expect("attached");
     (events, bus, hub, outbound, conn)
 }
 
@@ -339,7 +345,7 @@ async fn a_member_that_left_is_not_reattached() {
         conn: ConnId::parse("g1-2").expect("id"),
     };
     let other_outbound = Arc::new(Outbound::new(100));
-    hub.attach(&room(), other, user("bob"), other_outbound)
+    hub.attach(&room(), other, user("bob"), false, other_outbound)
         .await
         .expect("attached");
     bus.failing_attaches.store(usize::MAX, Ordering::SeqCst);
@@ -367,6 +373,7 @@ async fn a_deleted_room_tells_its_members_and_lets_them_go() {
             conn: ConnId::parse("g1-2").expect("id"),
         },
         user("bob"),
+        false,
         joining.clone(),
     )
     .await

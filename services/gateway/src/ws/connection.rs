@@ -56,6 +56,8 @@ pub(super) struct Membership {
     /// The room answered `joined`, and presence counts the connection in
     /// the room (until it leaves).
     pub present: bool,
+    /// The join asked for open strokes to outlive a dropped connection.
+    pub resume_strokes: bool,
 }
 
 /// What a reply the loop waits for answers.

@@ -31,9 +31,12 @@ impl Connection {
             ClientFrame::Ping { id } => self.send(&ServerFrame::Pong { id }),
             // Boxed: joins and leaves are rare, and their futures inline
             // would make every idle connection's future that much larger.
-            ClientFrame::Join { room, since, epoch } => {
-                Box::pin(self.join(room, since, epoch)).await
-            }
+            ClientFrame::Join {
+                room,
+                since,
+                epoch,
+                resume_strokes,
+            } => Box::pin(self.join(room, since, epoch, resume_strokes)).await,
             ClientFrame::Leave { room } => Box::pin(self.leave(room)).await,
             ClientFrame::Op { room, cid, op } => self.op(room, cid, op).await,
             ClientFrame::Cursor { room, x, y } => self.cursor(room, x, y),
@@ -57,7 +60,13 @@ impl Connection {
 
     // === frames ===
 
-    async fn join(&mut self, room: RoomId, since: Option<u64>, epoch: Option<Epoch>) {
+    async fn join(
+        &mut self,
+        room: RoomId,
+        since: Option<u64>,
+        epoch: Option<Epoch>,
+        resume_strokes: bool,
+    ) {
         if !self.cx.limiters.joins.acquire(self.user.id.as_str()).await {
             let e = ProtocolError::new(ErrorCode::RateLimited, "too many joins; slow down");
             self.error(&e, Some(room.as_str()), None);
@@ -71,7 +80,14 @@ impl Connection {
         let present = self.rooms.get(&room).is_some_and(|m| m.present);
         let already = self
             .rooms
-            .insert(room.clone(), Membership { access, present })
+            .insert(
+                room.clone(),
+                Membership {
+                    access,
+                    present,
+                    resume_strokes,
+                },
+            )
             .is_some();
         if !already {
             // Subscribe before asking for `joined`, so no op after its head
@@ -83,6 +99,7 @@ impl Connection {
                     &room,
                     self.conn.clone(),
                     self.user.clone(),
+                    resume_strokes,
                     self.outbound.clone(),
                 )
                 .await;
@@ -99,6 +116,7 @@ impl Connection {
             user: self.user.clone(),
             since,
             epoch,
+            resume_strokes,
         };
         self.request(request, Awaited::Join { room });
     }
@@ -291,6 +309,7 @@ impl Connection {
                 RoomRequest::Leave {
                     room,
                     conn: self.conn.clone(),
+                    dropped: true,
                 },
                 self.request_timeout(),
             );
@@ -306,6 +325,7 @@ impl Connection {
         let request = RoomRequest::Leave {
             room,
             conn: self.conn.clone(),
+            dropped: false,
         };
         self.request(request, Awaited::Told);
     }
@@ -313,10 +333,12 @@ impl Connection {
     /// Puts this connection back into a room's presence (see
     /// `RoomRequest::Attach`).
     fn reattach(&mut self, room: RoomId) {
+        let resume_strokes = self.rooms.get(&room).is_some_and(|m| m.resume_strokes);
         let request = RoomRequest::Attach {
             room,
             conn: self.conn.clone(),
             user: self.user.clone(),
+            resume_strokes,
         };
         self.request(request, Awaited::Told);
     }
