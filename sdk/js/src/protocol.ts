@@ -163,7 +163,7 @@ export type ServerFrame =
 // === client → server ===
 
 export type ClientFrame =
-  | { type: 'join'; room: string; since?: number; epoch?: string }
+  | { type: 'join'; room: string; since?: number; epoch?: string; resume_strokes?: boolean }
   | { type: 'leave'; room: string }
   | { type: 'op'; room: string; cid: string; op: Op }
   | { type: 'cursor'; room: string; x: number; y: number }

@@ -383,7 +383,9 @@ export class Room extends Emitter<RoomEvents> {
   }
 
   private sendJoin(fresh = false): void {
-    const frame: ClientFrame = { type: 'join', room: this.id };
+    // A stroke cut by a dropped connection stays open on the server for a
+    // while, so the outbox's points go on with it after the reconnect.
+    const frame: ClientFrame = { type: 'join', room: this.id, resume_strokes: true };
     if (!fresh && this.lastSeq !== null && this.epoch !== null) {
       frame.since = this.lastSeq;
       frame.epoch = this.epoch;

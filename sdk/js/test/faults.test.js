@@ -139,3 +139,33 @@ test('with the default watchdog, a silent dead link is noticed within 10 s', asy
     client.close();
   }
 });
+
+test('a stroke cut by a dropped connection stays one stroke, and one undo takes all of it', async () => {
+  const room = `gesture-${Date.now().toString(36)}`;
+  await admin.createRoom({ kind: 'board', id: room });
+  const client = nodeClient(proxy.url, await server.devToken('gesture'), FAST);
+  try {
+    const r = client.room(room);
+    await r.ready;
+    const stroke = r.beginStroke({ color: '#8250df', width: 4, points: [[0, 0], [1, 1]] });
+    await r.addPoints(stroke, [[2, 2]]);
+    const before = proxy.accepted;
+    proxy.cut();
+    // The pen is still down while the connection is away.
+    const drawn = r.addPoints(stroke, [[3, 3], [4, 4]]);
+    const ended = r.endStroke(stroke);
+    await waitFor('the client back', () => proxy.accepted > before && r.joined);
+    await Promise.all([drawn, ended]);
+
+    const ops = (await serverHistory(admin, room)).filter((o) => o.op.kind.startsWith('stroke'));
+    assert.deepEqual(ops.map((o) => [o.op.kind, o.op.stroke]), [
+      ['stroke_begin', stroke], ['stroke_points', stroke], ['stroke_points', stroke], ['stroke_end', stroke],
+    ]);
+    assert.ok(ops.every((o) => o.cid !== null), 'nothing ended by the server');
+    assert.deepEqual(r.strokes().map((s) => s.points.length), [5]);
+    await r.undo();
+    await waitFor('nothing left to draw', () => r.strokes().length === 0);
+  } finally {
+    client.close();
+  }
+});

@@ -304,7 +304,9 @@ export class Room extends Emitter {
         }
     }
     sendJoin(fresh = false) {
-        const frame = { type: 'join', room: this.id };
+        // A stroke cut by a dropped connection stays open on the server for a
+        // while, so the outbox's points go on with it after the reconnect.
+        const frame = { type: 'join', room: this.id, resume_strokes: true };
         if (!fresh && this.lastSeq !== null && this.epoch !== null) {
             frame.since = this.lastSeq;
             frame.epoch = this.epoch;
