@@ -23,9 +23,13 @@ export function collabBinary() {
 }
 
 export class CollabServer {
-  /** `secret`: run with this JWT secret instead of in dev mode. */
-  constructor({ secret = null } = {}) {
+  /**
+   * `secret`: run with this JWT secret instead of in dev mode; `settings`:
+   * more COLLAB_* environment settings.
+   */
+  constructor({ secret = null, settings = {} } = {}) {
     this.secret = secret;
+    this.settings = settings;
     this.root = mkdtempSync(join(tmpdir(), 'collab-web-test-'));
     this.dataDir = join(this.root, 'data');
     this.proc = null;
@@ -48,6 +52,7 @@ export class CollabServer {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('COLLAB_')));
     env.RUST_LOG = env.RUST_LOG || 'warn';
     if (this.secret) env.COLLAB_JWT_SECRET = this.secret;
+    Object.assign(env, this.settings);
     const proc = spawn(collabBinary(), ['serve', '--listen', listen, '--data-dir', this.dataDir], {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],

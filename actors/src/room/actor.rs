@@ -207,10 +207,10 @@ struct Live {
     joins: Vec<(RoomRequest, Reply)>,
     /// Retries of ops still in flight: acked when their seq commits.
     duplicates: Vec<(Seq, Reply)>,
-    /// Users the others were told had left because their gateway was
-    /// declared dead: if the gateway was alive after all and puts them
-    /// back, the others hear they are back.
-    left_with_gateway: HashSet<UserId>,
+    /// Users the others were told had left while a connection of theirs
+    /// may still be there (its gateway was declared dead, or it went
+    /// silent): if it is put back, the others hear they are back.
+    told_gone: HashSet<UserId>,
     /// Connections that left, so that a re-attach sent for one just before
     /// it left and arriving after its `Leave` does not put it back.
     left: LeftConns,
@@ -439,7 +439,7 @@ impl RoomActorState {
                     next: VecDeque::new(),
                     joins: Vec::new(),
                     duplicates: Vec::new(),
-                    left_with_gateway: HashSet::new(),
+                    told_gone: HashSet::new(),
                     left: LeftConns::default(),
                     snapshot_seq: head,
                     snapshot_running: false,
@@ -806,7 +806,9 @@ impl RoomActorState {
                         deleting.askers.push(DeleteAsker::Request(reply));
                     }
                     // Nothing to leave once it is gone.
-                    RoomRequest::Leave { .. } => answer(reply, RoomReply::Done),
+                    RoomRequest::Leave { .. } | RoomRequest::Away { .. } => {
+                        answer(reply, RoomReply::Done)
+                    }
                     request => deleting.parked.push((request, reply)),
                 }
                 return;
@@ -832,7 +834,9 @@ impl RoomActorState {
             // Came after the `Delete`: not for this room any more.
             match request {
                 RoomRequest::Delete { .. } => wanted.askers.push(DeleteAsker::Request(reply)),
-                RoomRequest::Leave { .. } => answer(reply, RoomReply::Done),
+                RoomRequest::Leave { .. } | RoomRequest::Away { .. } => {
+                    answer(reply, RoomReply::Done)
+                }
                 RoomRequest::Fetch { after, limit, .. } => {
                     live.fetch(&self.ctx, after, limit as usize, reply);
                 }
@@ -875,6 +879,11 @@ impl RoomActorState {
             RoomRequest::Leave { conn, dropped, .. } => {
                 let ts = now_ms();
                 live.leave(&self.ctx, &conn, dropped, ts);
+                answer(reply, RoomReply::Done);
+                self.pump(myself);
+            }
+            RoomRequest::Away { conn, .. } => {
+                live.away(&self.ctx, &conn, now_ms());
                 answer(reply, RoomReply::Done);
                 self.pump(myself);
             }
@@ -1231,7 +1240,7 @@ impl Live {
         // The connection was in the room before it moved or restarted, and
         // nobody was told it left: putting it back tells nobody either,
         // unless its gateway had been declared dead.
-        let announce = self.left_with_gateway.contains(&user.id);
+        let announce = self.told_gone.contains(&user.id);
         match self.admit(ctx, &room, conn, user, announce, resume_strokes) {
             Ok(()) => answer(reply, RoomReply::Done),
             Err(refusal) => answer(reply, refusal.into()),
@@ -1260,7 +1269,7 @@ impl Live {
         if let Some(PresenceChange::Joined(info)) =
             self.state.presence_mut().join(conn.clone(), user)
         {
-            self.left_with_gateway.remove(&info.id);
+            self.told_gone.remove(&info.id);
             if !announce {
                 return Ok(());
             }
@@ -1385,6 +1394,24 @@ impl Live {
         self.left.insert(conn.conn.clone(), ());
         let resumes = self.resumers.remove(conn) && dropped;
         if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
+            self.orphaned(ctx, &info.id, resumes, ts);
+            let left = RoomEvent::Presence {
+                room: self.record.id.clone(),
+                event: PresenceEvent::Leave,
+                user: info,
+                origin: Some(conn.clone()),
+            };
+            ctx.sink.emit(left, self.term);
+        }
+    }
+
+    /// A connection went silent: out of the presence as if it had dropped,
+    /// but not counted as left, so that `Attach` puts it back (announced)
+    /// when it is heard from again.
+    fn away(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
+        let resumes = self.resumers.contains(conn);
+        if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
+            self.told_gone.insert(info.id.clone());
             self.orphaned(ctx, &info.id, resumes, ts);
             let left = RoomEvent::Presence {
                 room: self.record.id.clone(),
@@ -1609,7 +1636,7 @@ impl RoomActorState {
             if let PresenceChange::Left(info) = change {
                 let resumes = resuming.contains(&info.id);
                 live.orphaned(&self.ctx, &info.id, resumes, ts);
-                live.left_with_gateway.insert(info.id.clone());
+                live.told_gone.insert(info.id.clone());
                 let left = RoomEvent::Presence {
                     room: self.room.clone(),
                     event: PresenceEvent::Leave,

@@ -692,6 +692,48 @@ async fn a_resumable_stroke_outlives_a_dropped_connection_for_the_grace() {
     );
 }
 
+/// A silent connection leaves the presence but stays joined: putting it
+/// back is announced, and its ops still count as a member's.
+#[tokio::test]
+async fn a_silent_connection_leaves_presence_and_is_announced_back() {
+    let node = node().await;
+    node.join("ann", "a1", None).await;
+    node.join("bob", "b1", None).await;
+    node.ask(RoomRequest::Away {
+        room: room_id(ROOM),
+        conn: conn("a1"),
+    })
+    .await;
+    eventually("ann's leave", || node.sink.presence().len() == 3).await;
+    match node.join("cy", "c1", None).await {
+        RoomReply::Joined(body) => {
+            let ids: Vec<String> = body.presence.iter().map(|u| u.id.to_string()).collect();
+            assert_eq!(ids, ["bob", "cy"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let back = node
+        .ask(RoomRequest::Attach {
+            room: room_id(ROOM),
+            conn: conn("a1"),
+            user: user_info("ann"),
+            resume_strokes: false,
+        })
+        .await;
+    assert_eq!(back, RoomReply::Done);
+    eventually("ann back", || node.sink.presence().len() == 5).await;
+    assert_eq!(
+        node.sink.presence(),
+        [
+            (PresenceEvent::Join, "ann".to_owned()),
+            (PresenceEvent::Join, "bob".to_owned()),
+            (PresenceEvent::Leave, "ann".to_owned()),
+            (PresenceEvent::Join, "cy".to_owned()),
+            (PresenceEvent::Join, "ann".to_owned()),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn unknown_and_private_rooms() {
     let node = node().await;

@@ -47,6 +47,11 @@ pub enum RoomRequest {
         #[serde(default)]
         dropped: bool,
     },
+    /// A joined connection has been silent too long: it leaves the room's
+    /// presence (the others hear it left; its open strokes are treated as
+    /// after a drop) but stays joined, and `Attach` puts it back when it is
+    /// heard from again; answered `Done`.
+    Away { room: RoomId, conn: ConnRef },
     /// Puts a connection that joined earlier back into the room's presence,
     /// after the room restarted or moved and so forgot it (the owner said
     /// `NotJoined`); answered `Done`, with no `joined` body: the gateway's
@@ -114,6 +119,7 @@ impl RoomRequest {
         match self {
             RoomRequest::Join { room, .. }
             | RoomRequest::Leave { room, .. }
+            | RoomRequest::Away { room, .. }
             | RoomRequest::Attach { room, .. }
             | RoomRequest::Op { room, .. }
             | RoomRequest::Publish { room, .. }

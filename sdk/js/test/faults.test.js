@@ -169,3 +169,35 @@ test('a stroke cut by a dropped connection stays one stroke, and one undo takes 
     client.close();
   }
 });
+
+test('a peer whose link goes silent leaves the others\' presence within seconds', async () => {
+  // Pinged every second, counted away after 3 s without an answer.
+  const quick = await CollabServer.start({
+    settings: { COLLAB_GATEWAY__PING_INTERVAL_SECS: '1', COLLAB_GATEWAY__AWAY_AFTER_SECS: '3' },
+  });
+  const link = await FaultProxy.start(quick.port);
+  const room = `silent-${Date.now().toString(36)}`;
+  const watcher = nodeClient(quick.url, await quick.devToken('watcher'));
+  const quiet = nodeClient(link.url, await quick.devToken('quiet'), FAST);
+  try {
+    await watcher.createRoom({ kind: 'board', id: room });
+    const seen = watcher.room(room);
+    await seen.ready;
+    const r = quiet.room(room);
+    await r.ready;
+    await waitFor('the quiet user present', () => seen.presence.has('quiet'));
+    link.stall();
+    const stalledAt = Date.now();
+    await waitFor('the quiet user gone from the presence', () => !seen.presence.has('quiet'), { timeout: 10_000 });
+    const gone = Date.now() - stalledAt;
+    // Silence counts from the last answer, up to a ping interval before the stall.
+    assert.ok(gone >= 1500 && gone < 6000, `gone after ${gone} ms`);
+    link.resume();
+    await waitFor('the quiet user back', () => seen.presence.has('quiet'), { timeout: 15_000 });
+  } finally {
+    quiet.close();
+    watcher.close();
+    await link.stop();
+    await quick.stop();
+  }
+});

@@ -24,6 +24,10 @@ pub struct GatewayConfig {
     pub outbound_queue: usize,
     /// Seconds between WebSocket pings.
     pub ping_interval_secs: u64,
+    /// Seconds of silence (not even a pong) after which a peer counts as
+    /// gone from its rooms' presence, until it is heard from again; above
+    /// `ping_interval_secs`. 0: never.
+    pub away_after_secs: u64,
     /// Seconds of silence after which a peer is closed with 1001.
     pub idle_timeout_secs: u64,
     /// Seconds to wait for a room's answer before `unavailable`.
@@ -98,7 +102,8 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             max_unacked_ops: 64,
             outbound_queue: 1024,
-            ping_interval_secs: 20,
+            ping_interval_secs: 5,
+            away_after_secs: 15,
             idle_timeout_secs: 60,
             request_timeout_secs: 15,
             rate_limits: RateLimits::default(),

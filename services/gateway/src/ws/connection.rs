@@ -3,7 +3,8 @@
 //! A single `select!` reads the client's frames and handles each
 //! ([`super::handlers`]), holds the room replies they wait for (no task per
 //! request), writes what the connection's [`Outbound`] queue holds, pings,
-//! and watches the idle timeout and the token's expiry. Nothing else
+//! and watches the peer's silence (gone from presence after a while, closed
+//! after longer) and the token's expiry. Nothing else
 //! touches the socket: the rooms' fan-out, revocations and the drain only
 //! push to the queue or close it, which wakes the loop.
 //!
@@ -112,6 +113,9 @@ pub(super) struct Connection {
     pub rooms: HashMap<RoomId, Membership>,
     /// Ops sent and not yet answered.
     pub unacked: usize,
+    /// Silent for `away_after_secs`: its rooms count it out of their
+    /// presence until it is heard from again.
+    pub away: bool,
     /// Replies the connection waits for, taken in the order they come:
     /// each room answers its requests in the order it got them, which is
     /// the order they were sent in.
@@ -206,6 +210,10 @@ impl Pacing {
 struct Timers {
     sleep: Pin<Box<Sleep>>,
     idle: Duration,
+    /// `None`: the peer is never counted away.
+    away: Option<Duration>,
+    /// The peer is not away yet: `away` is watched.
+    watch_away: bool,
     last_read: Instant,
     ping_every: Duration,
     next_ping: Instant,
@@ -217,15 +225,23 @@ struct Timers {
 struct Due {
     expired: bool,
     idle: bool,
+    away: bool,
     ping: bool,
 }
 
 impl Timers {
-    fn new(idle: Duration, ping_every: Duration, expires_in: Duration) -> Timers {
+    fn new(
+        idle: Duration,
+        away: Option<Duration>,
+        ping_every: Duration,
+        expires_in: Duration,
+    ) -> Timers {
         let now = Instant::now();
         let mut timers = Timers {
             sleep: Box::pin(tokio::time::sleep_until(now)),
             idle,
+            away,
+            watch_away: true,
             last_read: now,
             ping_every,
             next_ping: now + ping_every,
@@ -242,9 +258,12 @@ impl Timers {
 
     /// Sets the timer for the earliest deadline, `pace` included.
     fn set(&mut self, pace: Option<Instant>) {
-        let due = (self.last_read + self.idle)
+        let mut due = (self.last_read + self.idle)
             .min(self.next_ping)
             .min(self.expires_at);
+        if let Some(away) = self.away.filter(|_| self.watch_away) {
+            due = due.min(self.last_read + away);
+        }
         let due = pace.map_or(due, |pace| pace.min(due));
         if self.sleep.deadline() != due {
             self.sleep.as_mut().reset(due);
@@ -263,6 +282,7 @@ impl Timers {
         let due = Due {
             expired: now >= self.expires_at,
             idle: now >= self.last_read + self.idle,
+            away: self.watch_away && self.away.is_some_and(|away| now >= self.last_read + away),
             ping: now >= self.next_ping,
         };
         if due.ping {
@@ -289,6 +309,7 @@ impl Connection {
             outbound,
             rooms: HashMap::new(),
             unacked: 0,
+            away: false,
             pending: FuturesUnordered::new(),
             writer: SocketWriter::default(),
             batch: Vec::new(),
@@ -329,8 +350,11 @@ impl Connection {
         // The token's expiry ends the connection (4001), like a revocation.
         let expires_in = self.claims.exp.saturating_sub(crate::auth::now_secs());
         let reading = ReadSide::new();
+        let away_after =
+            (config.away_after_secs > 0).then(|| Duration::from_secs(config.away_after_secs));
         let mut timers = Timers::new(
             Duration::from_secs(config.idle_timeout_secs.max(1)),
+            away_after,
             Duration::from_secs(config.ping_interval_secs.max(1)),
             Duration::from_secs(expires_in),
         );
@@ -376,6 +400,11 @@ impl Connection {
         match wake {
             Wake::Read(message) => {
                 timers.touch(Instant::now());
+                if self.away {
+                    self.away = false;
+                    timers.watch_away = true;
+                    self.come_back();
+                }
                 match message {
                     None | Some(Ok(Message::Close(_))) => return Some(Close::CLIENT),
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -421,6 +450,12 @@ impl Connection {
                 if due.idle {
                     info!(conn = %self.conn.conn, "peer silent; closing");
                     return Some(Close::IDLE);
+                }
+                if due.away {
+                    // Until it is heard from again.
+                    timers.watch_away = false;
+                    self.away = true;
+                    self.go_away();
                 }
                 if due.ping {
                     self.writer.ping();

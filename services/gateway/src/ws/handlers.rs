@@ -12,6 +12,7 @@ use collab_protocol::frames::decode_client_frame;
 use collab_protocol::validate::check_cursor;
 use collab_protocol::{Cid, ClientFrame, Epoch, ErrorCode, Op, ProtocolError, RoomId, ServerFrame};
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::error::room_reply_error;
 
@@ -291,6 +292,46 @@ impl Connection {
         }
         self.cx.hub.detach(room, &self.conn.conn).await;
         true
+    }
+
+    /// The peer has been silent too long (its network may be gone without a
+    /// word): its rooms count it out of their presence, and its cursor goes,
+    /// while it stays joined until it speaks again or the idle timeout
+    /// closes it.
+    pub(super) fn go_away(&mut self) {
+        debug!(conn = %self.conn.conn, "peer silent; out of presence");
+        let rooms: Vec<RoomId> = self.present_rooms().collect();
+        for room in rooms {
+            self.cx.bus.publish(RoomEvent::CursorLeave {
+                room: room.clone(),
+                user: self.user.id.clone(),
+                origin: self.conn.clone(),
+            });
+            self.cx.presence.left(&self.user.id, &room);
+            let request = RoomRequest::Away {
+                room,
+                conn: self.conn.clone(),
+            };
+            self.request(request, Awaited::Told);
+        }
+    }
+
+    /// The peer spoke again after [`Self::go_away`]: back into its rooms'
+    /// presence (the others hear it is back).
+    pub(super) fn come_back(&mut self) {
+        debug!(conn = %self.conn.conn, "peer heard again; back in presence");
+        let rooms: Vec<RoomId> = self.present_rooms().collect();
+        for room in rooms {
+            self.cx.presence.joined(&self.user.id, &room);
+            self.reattach(room);
+        }
+    }
+
+    fn present_rooms(&self) -> impl Iterator<Item = RoomId> + '_ {
+        self.rooms
+            .iter()
+            .filter(|(_, m)| m.present)
+            .map(|(room, _)| room.clone())
     }
 
     /// Leaves every room, as the connection ends. One task takes the

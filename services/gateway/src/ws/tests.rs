@@ -125,6 +125,8 @@ impl Sink<Message> for TestSocket {
 /// test releases them — and answers joins with an empty board.
 #[derive(Default)]
 struct Owner {
+    /// The kind of every request, in the order they came.
+    requests: Mutex<Vec<&'static str>>,
     hold_acks: AtomicBool,
     held: Mutex<VecDeque<oneshot::Sender<RoomReply>>>,
     head: AtomicU64,
@@ -148,10 +150,23 @@ impl Owner {
     fn held(&self) -> usize {
         self.held.lock().expect("lock").len()
     }
+
+    fn requests(&self) -> Vec<&'static str> {
+        self.requests.lock().expect("lock").clone()
+    }
 }
 
 impl RequestHandler for Owner {
     fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
+        let kind = match &request {
+            RoomRequest::Join { .. } => "join",
+            RoomRequest::Leave { .. } => "leave",
+            RoomRequest::Away { .. } => "away",
+            RoomRequest::Attach { .. } => "attach",
+            RoomRequest::Op { .. } => "op",
+            _ => "other",
+        };
+        self.requests.lock().expect("lock").push(kind);
         let reply = match request {
             RoomRequest::Join { room, .. } => RoomReply::Joined(JoinedBody {
                 room,
@@ -327,12 +342,13 @@ impl Client {
         }
     }
 
-    /// The next frame of type `kind`, skipping others.
+    /// The next frame of type `kind`, skipping others and pings.
     async fn next_of(&mut self, kind: &str) -> Value {
         loop {
-            let frame = self.next_frame().await;
-            if frame["type"] == kind {
-                return frame;
+            match self.next().await {
+                Seen::Text(frame) if frame["type"] == kind => return frame,
+                Seen::Text(_) | Seen::Ping => {}
+                other => panic!("expected a frame, got {other:?}"),
             }
         }
     }
@@ -578,6 +594,38 @@ async fn close_codes_idle_expiry_too_big_and_shutdown() {
     assert_eq!(late.closed_with().await.0, CLOSE_GOING_AWAY);
     late.ended().await;
     assert_eq!(disconnects(&setup.cx, Disconnect::Shutdown), 2);
+}
+
+/// A peer that answers nothing, not even pings, leaves its rooms' presence
+/// after `away_after_secs` but stays joined; its next frame puts it back.
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_leaves_presence_and_comes_back_when_heard() {
+    let config = GatewayConfig {
+        ping_interval_secs: 1,
+        away_after_secs: 3,
+        ..GatewayConfig::default()
+    };
+    let setup = setup(config, Duration::ZERO).await;
+    let mut client = connect(&setup, claims(3600));
+    client.next_of("welcome").await;
+    client.send(json!({"type": "join", "room": "r"}));
+    client.next_of("joined").await;
+    let joined_at = tokio::time::Instant::now();
+    // Pinged, and silent: out of presence once, and only once.
+    let deadline = joined_at + WAIT;
+    while !setup.owner.requests().contains(&"away") {
+        assert!(tokio::time::Instant::now() < deadline, "never away");
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+    }
+    assert!(joined_at.elapsed() >= Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(setup.owner.requests(), ["join", "away"]);
+    // Still joined: it speaks, is put back, and its op goes through.
+    client.send(
+        json!({"type": "op", "room": "r", "cid": "c1", "op": {"kind": "message", "text": "back"}}),
+    );
+    client.next_of("ack").await;
+    assert_eq!(setup.owner.requests(), ["join", "away", "attach", "op"]);
 }
 
 #[tokio::test(start_paused = true)]
