@@ -95,7 +95,11 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Cursor moves sent per room per second, at most (default 20); the latest position wins. */
   cursorsPerSecond?: number;
-  /** Ask for a fresh token this long before the one in use expires (default 60 s). */
+  /**
+   * Ask for a fresh token this long before the one in use expires (default
+   * 60 s), by the client's clock; the server's `token_expiring` warning
+   * (by its clock) asks too, whichever comes first.
+   */
   refreshBeforeMs?: number;
   /** Follow the browser's `online`/`offline` events (default: where they exist). */
   watchNetwork?: boolean;
