@@ -139,11 +139,12 @@ export class CollabServer {
     if (r.status !== 204) throw new Error(`delete room: ${r.status} ${await r.text()}`);
   }
 
-  async devToken(user, name) {
+  /** A dev token; `ttlSecs`: its lifetime (the server's default, a day, if absent). */
+  async devToken(user, name, ttlSecs) {
     const r = await fetch(`${this.url}/v1/dev/token`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ user, name }),
+      body: JSON.stringify({ user, name, ttl_secs: ttlSecs }),
     });
     if (!r.ok) throw new Error(`dev token: ${r.status}`);
     return (await r.json()).token;

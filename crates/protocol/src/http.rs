@@ -77,7 +77,14 @@ pub struct DevTokenRequest {
     /// The token's `scope` claim (`"admin"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Seconds the token lives, 1 to [`DEV_TOKEN_MAX_TTL_SECS`] (the
+    /// default): a short one tries out token refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
 }
+
+/// The longest, and default, lifetime of a dev token: a day.
+pub const DEV_TOKEN_MAX_TTL_SECS: u64 = 24 * 60 * 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevTokenResponse {

@@ -473,6 +473,15 @@ export class Room extends Emitter<RoomEvents> {
         this.finish(new ClosedError('the room was deleted', { room: this.id }));
         return;
       }
+      // Unasked, while joined: the token a refresh put in force does not
+      // cover this room, and the server took us out of it. Joining again
+      // would be refused too; the room is left (its unsent ops stay in the
+      // storage, as on close).
+      if (this.joined && f.code === 'forbidden') {
+        this.emit('error', error);
+        this.finish(new ClosedError('the token in force no longer covers this room', { room: this.id }));
+        return;
+      }
       // About the room itself: a refused join (or a cursor after the
       // server dropped us, which the next join mends).
       if (!this.joined && FINAL_JOIN_ERRORS.has(f.code)) {

@@ -275,6 +275,21 @@ pub fn new_token_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Verifies a token (signature, expiry, claims) and refuses a revoked
+/// one: the one check of a token, at the WebSocket upgrade, on every HTTP
+/// request and for a `refresh` on an open connection.
+pub(crate) fn check_token(
+    auth: &Auth,
+    revocations: &dyn collab_ephemeral::Revocations,
+    token: &str,
+) -> Result<Claims, AuthError> {
+    let claims = auth.verify(token)?;
+    if revocations.is_revoked(&token_ref(&claims)) {
+        return Err(AuthError::Revoked);
+    }
+    Ok(claims)
+}
+
 /// What a revocation check needs of `claims`.
 pub(crate) fn token_ref(claims: &Claims) -> TokenRef<'_> {
     TokenRef {
@@ -282,6 +297,13 @@ pub(crate) fn token_ref(claims: &Claims) -> TokenRef<'_> {
         jti: claims.jti.as_deref(),
         issued_at: claims.iat,
     }
+}
+
+/// The time since the Unix epoch, to the clock's precision.
+pub(crate) fn unix_now() -> std::time::Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Seconds since the Unix epoch.

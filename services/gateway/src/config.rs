@@ -32,6 +32,11 @@ pub struct GatewayConfig {
     pub idle_timeout_secs: u64,
     /// Seconds to wait for a room's answer before `unavailable`.
     pub request_timeout_secs: u64,
+    /// Seconds before a connection's token expires that the server sends
+    /// it `token_expiring`, so that it can present a new one (`refresh`);
+    /// at once when the token lives less than that. 0: no warning. Without
+    /// a refresh the connection is closed with 4001 at the token's `exp`.
+    pub token_expiry_warning_secs: u64,
     pub rate_limits: RateLimits,
     /// How long a revocation is kept: a revoked token id for this long
     /// after its revocation, a user's cut-off for this long after it. A
@@ -106,6 +111,7 @@ impl Default for GatewayConfig {
             away_after_secs: 15,
             idle_timeout_secs: 60,
             request_timeout_secs: 15,
+            token_expiry_warning_secs: 30,
             rate_limits: RateLimits::default(),
             max_token_lifetime_secs: 7 * 24 * 60 * 60,
             presence_ttl_secs: 15,

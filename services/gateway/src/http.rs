@@ -36,8 +36,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::{
-    CreateRoomRequest, DevTokenRequest, DevTokenResponse, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT,
-    MAX_ROOM_TTL_SECS, MyRooms, RoomCreated, RoomInfo, RoomSummary,
+    CreateRoomRequest, DEV_TOKEN_MAX_TTL_SECS, DevTokenRequest, DevTokenResponse,
+    HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ROOM_TTL_SECS, MyRooms, RoomCreated, RoomInfo,
+    RoomSummary,
 };
 use collab_protocol::ops::parse_kinds;
 use collab_protocol::{
@@ -52,7 +53,6 @@ use crate::auth::{now_secs, request_token};
 use crate::error::{ApiError, room_reply_error};
 
 /// How long a dev token is valid.
-const DEV_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
 /// Length of a generated room id.
 const GENERATED_ID_LEN: usize = 8;
 const GENERATED_ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -455,10 +455,16 @@ async fn dev_token_inner(
     if request.user.is_empty() {
         return Err(bad_request("user must not be empty"));
     }
+    let ttl = request.ttl_secs.unwrap_or(DEV_TOKEN_MAX_TTL_SECS);
+    if !(1..=DEV_TOKEN_MAX_TTL_SECS).contains(&ttl) {
+        return Err(bad_request(format!(
+            "ttl_secs must be 1 to {DEV_TOKEN_MAX_TTL_SECS}"
+        )));
+    }
     let claims = Claims {
         sub: request.user,
         // Never longer than a revocation is kept.
-        exp: now_secs() + DEV_TOKEN_TTL_SECS.min(shared.config.max_token_lifetime_secs.max(1)),
+        exp: now_secs() + ttl.min(shared.config.max_token_lifetime_secs.max(1)),
         name: request.name.filter(|name| !name.is_empty()),
         // No `rooms` claim: write access to every room.
         rooms: None,

@@ -148,15 +148,7 @@ impl Shared {
     /// Verifies a token (signature, expiry, claims) and refuses a revoked
     /// one: the check at the WebSocket upgrade and on every HTTP request.
     pub(crate) fn check_token(&self, token: &str) -> Result<collab_protocol::Claims, AuthError> {
-        let claims = self.auth.verify(token)?;
-        if self
-            .ephemeral
-            .revocations
-            .is_revoked(&auth::token_ref(&claims))
-        {
-            return Err(AuthError::Revoked);
-        }
-        Ok(claims)
+        auth::check_token(&self.auth, &*self.ephemeral.revocations, token)
     }
 }
 
@@ -197,6 +189,7 @@ impl Gateway {
             ephemeral.presence.clone(),
             ephemeral.revocations.clone(),
             sockets.clone(),
+            auth.clone(),
         ));
         if let Some(load) = bus.load() {
             // The cluster view shows this gateway's open connections.

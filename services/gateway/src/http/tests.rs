@@ -1044,7 +1044,33 @@ async fn dev_tokens_only_in_dev_mode() {
         .expect("verifies");
     assert_eq!(claims.name, None);
 
-    for body in ["", "{}", r#"{"user":""}"#, r#"{"user":5}"#, "nope", "[]"] {
+    // A short one, to try out token refresh.
+    let short = h
+        .request(
+            "POST",
+            "/v1/dev/token",
+            None,
+            r#"{"user":"cy","ttl_secs":20}"#,
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::OK, "{}", short.text);
+    let claims = h
+        .auth
+        .verify(short.body["token"].as_str().expect("token"))
+        .expect("verifies");
+    assert!((19..=20).contains(&(claims.exp - now_secs())), "{claims:?}");
+
+    for body in [
+        "",
+        "{}",
+        r#"{"user":""}"#,
+        r#"{"user":5}"#,
+        "nope",
+        "[]",
+        r#"{"user":"cy","ttl_secs":0}"#,
+        r#"{"user":"cy","ttl_secs":86401}"#,
+        r#"{"user":"cy","ttl_secs":-1}"#,
+    ] {
         let answer = h.request("POST", "/v1/dev/token", None, body).await;
         assert_eq!(
             answer.status,

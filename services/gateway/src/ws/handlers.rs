@@ -3,6 +3,7 @@
 //! a method here; a request whose answer matters is an [`Awaited`] variant
 //! and an arm of [`Connection::on_reply`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -16,6 +17,7 @@ use tracing::debug;
 
 use crate::error::room_reply_error;
 
+use super::close::Close;
 use super::connection::{Awaited, Awaiting, Connection, Membership};
 
 impl Connection {
@@ -42,6 +44,7 @@ impl Connection {
             ClientFrame::Op { room, cid, op } => self.op(room, cid, op).await,
             ClientFrame::Cursor { room, x, y } => self.cursor(room, x, y),
             ClientFrame::CursorLeave { room } => self.cursor_leave(room),
+            ClientFrame::Refresh { token } => Box::pin(self.refresh(&token)).await,
         }
     }
 
@@ -201,6 +204,68 @@ impl Connection {
             user: self.user.id.clone(),
             origin: self.conn.clone(),
         });
+    }
+
+    /// A new token for this connection's user. Checked as at the upgrade;
+    /// refused (`unauthorized`) it changes nothing. Accepted, it is in
+    /// force at once: its expiry (the loop moves its deadlines, see
+    /// `token_renewed`), its access in each joined room, and the rooms it
+    /// no longer covers are left with `forbidden`.
+    async fn refresh(&mut self, token: &str) {
+        let claims = match crate::auth::check_token(&self.cx.auth, &*self.cx.revocations, token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                let e = ProtocolError::new(
+                    ErrorCode::Unauthorized,
+                    format!("refresh refused: {e}; the token in force stays"),
+                );
+                self.error(&e, None, None);
+                return;
+            }
+        };
+        if claims.sub != self.claims.sub {
+            let e = ProtocolError::new(
+                ErrorCode::Unauthorized,
+                "refresh refused: the token is for another user; the token in force stays",
+            );
+            self.error(&e, None, None);
+            return;
+        }
+        let claims = Arc::new(claims);
+        self.cx
+            .sockets
+            .replace_claims(&self.conn.conn, claims.clone());
+        self.claims = claims;
+        self.token_renewed = true;
+        self.cx.metrics.token_refreshes.inc();
+        debug!(conn = %self.conn.conn, exp = self.claims.exp, "token refreshed");
+        self.send(&ServerFrame::Refreshed {
+            exp: self.claims.exp,
+        });
+        // A revocation announced while the token was being checked found
+        // the old one listed: look again, as a new socket does.
+        if self
+            .cx
+            .revocations
+            .is_revoked(&crate::auth::token_ref(&self.claims))
+            && self.outbound.close(Close::REVOKED)
+        {
+            self.cx.metrics.revocation_closes.inc();
+        }
+        let mut lost = Vec::new();
+        for (room, membership) in &mut self.rooms {
+            match self.claims.access(room) {
+                Some(access) => membership.access = access,
+                None => lost.push(room.clone()),
+            }
+        }
+        lost.sort();
+        for room in lost {
+            self.forget_room(&room).await;
+            self.tell_room_left(room.clone());
+            let e = ProtocolError::forbidden("your new token does not cover this room; left it");
+            self.error(&e, Some(room.as_str()), None);
+        }
     }
 
     // === replies ===
@@ -397,7 +462,7 @@ impl Connection {
 
     // === frames out ===
 
-    fn send(&self, frame: &ServerFrame) {
+    pub(super) fn send(&self, frame: &ServerFrame) {
         self.outbound.push(Utf8Bytes::from(frame.to_json()));
     }
 

@@ -72,6 +72,9 @@ pub(crate) struct Connections {
     /// still delivering its close frame).
     pub open: watch::Sender<usize>,
     next_conn: AtomicU64,
+    /// Checks the tokens a connection presents to `refresh`, as the
+    /// upgrade checks the first.
+    pub auth: crate::auth::Auth,
     /// [`QUIET`], but for tests.
     pub quiet: Duration,
 }
@@ -94,6 +97,7 @@ impl Connections {
         presence: Arc<dyn Presence>,
         revocations: Arc<dyn Revocations>,
         sockets: Arc<Sockets>,
+        auth: crate::auth::Auth,
     ) -> Connections {
         Connections {
             config,
@@ -106,6 +110,7 @@ impl Connections {
             sockets,
             open: watch::channel(0).0,
             next_conn: AtomicU64::new(1),
+            auth,
             quiet: QUIET,
         }
     }
