@@ -147,8 +147,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// Verifies a token (signature, expiry, claims) and refuses a revoked
     /// one: the check at the WebSocket upgrade and on every HTTP request.
-    pub(crate) fn check_token(&self, token: &str) -> Result<collab_protocol::Claims, AuthError> {
-        let claims = self.auth.verify(token)?;
+    pub(crate) async fn check_token(
+        &self,
+        token: &str,
+    ) -> Result<collab_protocol::Claims, AuthError> {
+        let claims = self.auth.verify(token).await?;
         if self
             .ephemeral
             .revocations

@@ -227,16 +227,15 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     }
-    let token = request_token(&headers, query.get("token").map(String::as_str));
-    let claims = match token.map(|t| shared.check_token(t)) {
-        Some(Ok(claims)) => claims,
-        Some(Err(e)) => {
+    let Some(token) = request_token(&headers, query.get("token").map(String::as_str)) else {
+        shared.metrics.error(ErrorCode::Unauthorized);
+        return ApiError::new(ErrorCode::Unauthorized, "missing token").into_response();
+    };
+    let claims = match shared.check_token(token).await {
+        Ok(claims) => claims,
+        Err(e) => {
             shared.metrics.error(ErrorCode::Unauthorized);
             return ApiError::new(ErrorCode::Unauthorized, e.to_string()).into_response();
-        }
-        None => {
-            shared.metrics.error(ErrorCode::Unauthorized);
-            return ApiError::new(ErrorCode::Unauthorized, "missing token").into_response();
         }
     };
     if UserId::parse(claims.sub.clone()).is_err() {
