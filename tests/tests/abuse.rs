@@ -1,9 +1,9 @@
 //! The gateway's abuse limits on a real `collab serve`: each is exceeded,
 //! the refusal carries the protocol's status and error body, and another
-//! user (or address) is not affected. The per-address socket limit is
-//! also tried on two servers sharing a real redis-server (found through
-//! `COLLAB_REDIS_SERVER`, as `scripts/test.sh` sets it), where an
-//! address's sockets on both count.
+//! user (or address) is not affected. The socket limits are also tried on
+//! two servers sharing a real redis-server (found through
+//! `COLLAB_REDIS_SERVER`, as `scripts/test.sh` sets it), where a user's
+//! and an address's sockets on both count.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -134,7 +134,7 @@ async fn until_refused(url: &str, token: &str, source: IpAddr) -> (u16, serde_js
 }
 
 #[tokio::test]
-async fn an_addresses_sockets_on_every_gateway_sharing_a_redis_count_against_its_limit() {
+async fn sockets_on_every_gateway_sharing_a_redis_count_against_the_user_and_address_limits() {
     let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .expect("redis-server starts");
@@ -145,19 +145,24 @@ async fn an_addresses_sockets_on_every_gateway_sharing_a_redis_count_against_its
                 .jwt_secret("the secret both gateways share")
                 .env("COLLAB_REDIS", redis.url())
                 .env("COLLAB_GATEWAY__GATEWAY_ID", gateway)
+                .env("COLLAB_GATEWAY__MAX_SOCKETS_PER_USER", "2")
                 .env("COLLAB_GATEWAY__MAX_SOCKETS_PER_ADDRESS", "3"),
         )
         .expect("starts")
     };
     let (first, second) = (start("g1"), start("g2"));
     let token = |user: &str| first.mint_token(user, &[]).expect("mints");
-    let (ann, bob, cat) = (token("ann"), token("bob"), token("cat"));
+    let (ann, bob, cat, dan) = (token("ann"), token("bob"), token("cat"), token("dan"));
 
-    // Three sockets from one address, spread over both gateways.
+    // Three sockets from one address, spread over both gateways; two of
+    // them are ann's.
     let ann1 = connect_from(&first, &ann, HERE).await;
     let _ann2 = connect_from(&first, &ann, HERE).await;
     let _bob1 = connect_from(&second, &bob, HERE).await;
-    // A fourth is refused on either, for any user.
+    // Ann's third is refused on the other gateway, from any address.
+    let refused = until_refused(&second.ws_url(), &ann, ELSEWHERE).await;
+    assert_refusal(&refused, 429, "rate_limited", "for this user (at most 2)");
+    // A fourth from the address is refused on either, for any user.
     for server in [&first, &second] {
         let refused = until_refused(&server.ws_url(), &cat, HERE).await;
         assert_refusal(
@@ -181,7 +186,7 @@ async fn an_addresses_sockets_on_every_gateway_sharing_a_redis_count_against_its
     ann1.close().await.expect("closes");
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
     let mut again = loop {
-        match WsClient::connect_from(&second.ws_url(), &cat, None, Some(HERE)).await {
+        match WsClient::connect_from(&second.ws_url(), &dan, None, Some(HERE)).await {
             Ok(client) => break client,
             Err(e) => assert!(
                 tokio::time::Instant::now() < deadline,
