@@ -262,9 +262,9 @@ async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
         RoomId::parse("r2").expect("room"),
     );
     let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), "2001:db8::1".parse().expect("ip"));
-    g1.connected(&u, a);
+    g1.connected(&u, Some(a));
     g1.joined(&u, &r1);
-    g2.connected(&u, b);
+    g2.connected(&u, Some(b));
     g2.joined(&u, &r2);
     // No flush: the heartbeats write the changes.
     eventually("both gateways seen", Duration::from_secs(2), || async {
@@ -276,7 +276,7 @@ async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
     assert_eq!(seen.gateways, vec!["g1".to_owned(), "g2".to_owned()]);
     // Each gateway sees the other's connections, not its own, by user and
     // by address.
-    g1.connected(&u, b);
+    g1.connected(&u, Some(b));
     g1.flush().await.expect("flush");
     assert_eq!(elsewhere(&g2, ConnectionsOf::User(&u)).await, 2);
     assert_eq!(elsewhere(&g1, ConnectionsOf::User(&u)).await, 1);
@@ -284,7 +284,7 @@ async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
     assert_eq!(elsewhere(&g2, ConnectionsOf::Address(b)).await, 1);
     assert_eq!(elsewhere(&g1, ConnectionsOf::Address(b)).await, 1);
     assert_eq!(elsewhere(&g1, ConnectionsOf::Address(a)).await, 0);
-    g1.disconnected(&u, b);
+    g1.disconnected(&u, Some(b));
     g1.flush().await.expect("flush");
     assert_eq!(elsewhere(&g2, ConnectionsOf::Address(b)).await, 0);
     assert_eq!(seen.rooms, vec![r1.clone(), r2.clone()]);
@@ -361,7 +361,7 @@ async fn the_redis_bundle_shares_every_concern() {
     .await;
 
     let u = user("u");
-    g1.presence.connected(&u, [10, 0, 0, 1].into());
+    g1.presence.connected(&u, None);
     g1.presence.flush().await.expect("flush");
     assert!(g2.presence.user(&u).await.expect("query").is_online());
 
@@ -389,7 +389,7 @@ async fn redis_killed_under_use_and_started_again() {
     let p1 = RedisPresence::new(c1.clone(), "g1", Duration::from_secs(3));
     let p2 = RedisPresence::new(c2.clone(), "g2", Duration::from_secs(3));
     let u = user("u");
-    p1.connected(&u, [10, 0, 0, 1].into());
+    p1.connected(&u, None);
 
     // Before: one budget, one revocation everywhere.
     let mut before = 0;

@@ -24,11 +24,11 @@ impl MemoryPresence {
 
 #[async_trait]
 impl Presence for MemoryPresence {
-    fn connected(&self, user: &UserId, address: IpAddr) {
+    fn connected(&self, user: &UserId, address: Option<IpAddr>) {
         self.local.connected(user, address);
     }
 
-    fn disconnected(&self, user: &UserId, address: IpAddr) {
+    fn disconnected(&self, user: &UserId, address: Option<IpAddr>) {
         self.local.disconnected(user, address);
     }
 

@@ -54,12 +54,14 @@ pub enum ConnectionsOf<'a> {
 /// This gateway's connections, and what every gateway reports.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// A connection of `user` from `address` opened on this gateway.
-    fn connected(&self, user: &UserId, address: IpAddr);
-    /// A connection of `user` from `address` closed (after `left` for the
-    /// rooms it had joined; its last connection's close forgets its rooms
-    /// anyway).
-    fn disconnected(&self, user: &UserId, address: IpAddr);
+    /// A connection of `user` opened on this gateway; from `address`, if
+    /// addresses are counted (`None`: they are not, and none is written
+    /// anywhere).
+    fn connected(&self, user: &UserId, address: Option<IpAddr>);
+    /// A connection of `user` (from `address`, as it was given to
+    /// `connected`) closed (after `left` for the rooms it had joined; its
+    /// last connection's close forgets its rooms anyway).
+    fn disconnected(&self, user: &UserId, address: Option<IpAddr>);
     /// A connection of `user` joined `room`.
     fn joined(&self, user: &UserId, room: &RoomId);
     /// A connection of `user` left `room`.
@@ -156,15 +158,17 @@ impl LocalPresence {
         }
     }
 
-    pub(crate) fn connected(&self, user: &UserId, address: IpAddr) {
+    pub(crate) fn connected(&self, user: &UserId, address: Option<IpAddr>) {
         let mut local = lock(&self.inner);
         local.users.entry(user.clone()).or_default().connections += 1;
         local.note_change(user);
-        *local.addresses.entry(address).or_default() += 1;
-        local.note_address_change(address);
+        if let Some(address) = address {
+            *local.addresses.entry(address).or_default() += 1;
+            local.note_address_change(address);
+        }
     }
 
-    pub(crate) fn disconnected(&self, user: &UserId, address: IpAddr) {
+    pub(crate) fn disconnected(&self, user: &UserId, address: Option<IpAddr>) {
         let mut local = lock(&self.inner);
         if let Some(entry) = local.users.get_mut(user) {
             entry.connections = entry.connections.saturating_sub(1);
@@ -173,6 +177,9 @@ impl LocalPresence {
             }
             local.note_change(user);
         }
+        let Some(address) = address else {
+            return;
+        };
         if let Some(count) = local.addresses.get_mut(&address) {
             *count = count.saturating_sub(1);
             if *count == 0 {

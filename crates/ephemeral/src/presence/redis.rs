@@ -10,7 +10,8 @@
 //! - `online:addresses:{address}` and
 //!   `online:address-conns:{len}:{address}:{gateway}`: the same for the
 //!   connections from one source IP address (`"{connections} "`, no
-//!   rooms), for the per-address socket limit.
+//!   rooms), for the per-address socket limit (written only when the
+//!   gateway gives addresses).
 //!
 //! A gateway writes the users and addresses that changed every 100 ms, and
 //! all of them every third of the TTL and after each reconnect (Redis may
@@ -74,11 +75,11 @@ impl RedisPresence {
 
 #[async_trait]
 impl Presence for RedisPresence {
-    fn connected(&self, user: &UserId, address: IpAddr) {
+    fn connected(&self, user: &UserId, address: Option<IpAddr>) {
         self.shared.local.connected(user, address);
     }
 
-    fn disconnected(&self, user: &UserId, address: IpAddr) {
+    fn disconnected(&self, user: &UserId, address: Option<IpAddr>) {
         self.shared.local.disconnected(user, address);
     }
 

@@ -233,8 +233,8 @@ where
     );
 
     let (here, there): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
-    presence.connected(&u, here);
-    presence.connected(&u, there);
+    presence.connected(&u, Some(here));
+    presence.connected(&u, Some(there));
     presence.joined(&u, &room("r1"));
     presence.joined(&u, &room("r2"));
     presence.joined(&u, &room("r2"));
@@ -268,18 +268,19 @@ where
         vec![room("r2")]
     );
 
-    presence.disconnected(&u, there);
+    presence.disconnected(&u, Some(there));
     presence.flush().await.expect("flush");
     assert_eq!(presence.user(&u).await.expect("query").connections, 1);
     // The last connection takes its rooms with it.
-    presence.disconnected(&u, here);
+    presence.disconnected(&u, Some(here));
     presence.flush().await.expect("flush");
     assert_eq!(
         presence.user(&u).await.expect("query"),
         UserPresence::default()
     );
     // Unbalanced calls change nothing.
-    presence.disconnected(&u, here);
+    presence.disconnected(&u, Some(here));
+    presence.disconnected(&u, None);
     presence.joined(&u, &room("r3"));
     presence.flush().await.expect("flush");
     assert!(!presence.user(&u).await.expect("query").is_online());

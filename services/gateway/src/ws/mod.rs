@@ -111,8 +111,9 @@ impl Connections {
         }
     }
 
-    /// Serves one upgraded socket, from `address`, until it closes.
-    pub async fn serve<S, E>(self: Arc<Self>, claims: Claims, address: IpAddr, socket: S)
+    /// Serves one upgraded socket until it closes; `address`: where it
+    /// comes from, if addresses' sockets are counted.
+    pub async fn serve<S, E>(self: Arc<Self>, claims: Claims, address: Option<IpAddr>, socket: S)
     where
         S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
         E: Display,
@@ -283,6 +284,8 @@ pub(crate) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    // The presence records hold addresses only for the limit.
+    let counted_address = shared.socket_limits.limits_addresses().then_some(address);
     let limit = shared.config.limits.max_message_bytes;
     let connections = shared.connections.clone();
     debug!(%peer, user = %claims.sub, "upgrading");
@@ -294,7 +297,7 @@ pub(crate) async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            connections.serve(claims, address, socket).await;
+            connections.serve(claims, counted_address, socket).await;
             drop(permit);
         })
 }

@@ -258,7 +258,7 @@ fn connect(setup: &Setup, claims: Claims) -> Client {
         peer: peer.clone(),
         changed: changed.clone(),
     };
-    let address = std::net::IpAddr::from([127, 0, 0, 1]);
+    let address = Some(std::net::IpAddr::from([127, 0, 0, 1]));
     let served = tokio::spawn(setup.cx.clone().serve(claims, address, socket));
     Client {
         send,
