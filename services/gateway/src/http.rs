@@ -570,6 +570,7 @@ pub(crate) async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result
         .ok_or_else(|| unauthorized("missing bearer token (Authorization: Bearer <JWT>)"))?;
     let claims = shared
         .check_token(token)
+        .await
         .map_err(|e| unauthorized(e.to_string()))?;
     let user = UserId::parse(claims.sub.clone())
         .map_err(|_| unauthorized("the token's sub must not be empty"))?;

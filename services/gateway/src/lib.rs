@@ -147,8 +147,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// Verifies a token (signature, expiry, claims) and refuses a revoked
     /// one: the check at the WebSocket upgrade and on every HTTP request.
-    pub(crate) fn check_token(&self, token: &str) -> Result<collab_protocol::Claims, AuthError> {
-        auth::check_token(&self.auth, &*self.ephemeral.revocations, token)
+    pub(crate) async fn check_token(
+        &self,
+        token: &str,
+    ) -> Result<collab_protocol::Claims, AuthError> {
+        auth::check_token(&self.auth, &*self.ephemeral.revocations, token).await
     }
 }
 

@@ -1017,7 +1017,7 @@ async fn dev_tokens_only_in_dev_mode() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     let token = answer.body["token"].as_str().expect("token");
-    let claims = h.auth.verify(token).expect("the dev token verifies");
+    let claims = h.auth.verify(token).await.expect("the dev token verifies");
     assert_eq!(claims.sub, "ann");
     assert_eq!(claims.name.as_deref(), Some("Ann"));
     assert_eq!(claims.rooms, None);
@@ -1041,6 +1041,7 @@ async fn dev_tokens_only_in_dev_mode() {
     let claims = h
         .auth
         .verify(anonymous.body["token"].as_str().expect("token"))
+        .await
         .expect("verifies");
     assert_eq!(claims.name, None);
 
@@ -1057,6 +1058,7 @@ async fn dev_tokens_only_in_dev_mode() {
     let claims = h
         .auth
         .verify(short.body["token"].as_str().expect("token"))
+        .await
         .expect("verifies");
     assert!((19..=20).contains(&(claims.exp - now_secs())), "{claims:?}");
 

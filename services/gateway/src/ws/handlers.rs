@@ -212,17 +212,18 @@ impl Connection {
     /// `token_renewed`), its access in each joined room, and the rooms it
     /// no longer covers are left with `forbidden`.
     async fn refresh(&mut self, token: &str) {
-        let claims = match crate::auth::check_token(&self.cx.auth, &*self.cx.revocations, token) {
-            Ok(claims) => claims,
-            Err(e) => {
-                let e = ProtocolError::new(
-                    ErrorCode::Unauthorized,
-                    format!("refresh refused: {e}; the token in force stays"),
-                );
-                self.error(&e, None, None);
-                return;
-            }
-        };
+        let claims =
+            match crate::auth::check_token(&self.cx.auth, &*self.cx.revocations, token).await {
+                Ok(claims) => claims,
+                Err(e) => {
+                    let e = ProtocolError::new(
+                        ErrorCode::Unauthorized,
+                        format!("refresh refused: {e}; the token in force stays"),
+                    );
+                    self.error(&e, None, None);
+                    return;
+                }
+            };
         if claims.sub != self.claims.sub {
             let e = ProtocolError::new(
                 ErrorCode::Unauthorized,

@@ -291,7 +291,8 @@ fn connect(setup: &Setup, claims: Claims) -> Client {
         peer: peer.clone(),
         changed: changed.clone(),
     };
-    let served = tokio::spawn(setup.cx.clone().serve(claims, socket));
+    let address = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let served = tokio::spawn(setup.cx.clone().serve(claims, address, socket));
     Client {
         send,
         peer,
