@@ -778,9 +778,12 @@ impl StoreReader for CqlStore {
                     self.room(&id).await
                 }))
                 .await?;
-            out.extend(records.into_iter().flatten().filter(|room| {
-                members_to_index(room).any(|u| u == user) && page.wants(room)
-            }));
+            out.extend(
+                records
+                    .into_iter()
+                    .flatten()
+                    .filter(|room| members_to_index(room).any(|u| u == user) && page.wants(room)),
+            );
             if exhausted {
                 break;
             }
@@ -1169,9 +1172,8 @@ impl Store for CqlStore {
     }
 
     async fn update_room(&self, room: &RoomRecord) -> StoreResult<()> {
-        let not_found = || {
-            StoreError::NotFound(format!("no room {} with epoch {}", room.id, room.epoch))
-        };
+        let not_found =
+            || StoreError::NotFound(format!("no room {} with epoch {}", room.id, room.epoch));
         let stored = self
             .stored_room(&room.id, true)
             .await?
@@ -1179,7 +1181,8 @@ impl Store for CqlStore {
             .ok_or_else(not_found)?
             .record;
         let updated = updated_record(&stored, room)?;
-        let listed = |record: &RoomRecord, user: &UserId| members_to_index(record).any(|u| u == user);
+        let listed =
+            |record: &RoomRecord, user: &UserId| members_to_index(record).any(|u| u == user);
         // Listing rows of new members first, as in `create_room`: one the
         // record does not back yet is not listed.
         for user in members_to_index(&updated).filter(|u| !listed(&stored, u)) {

@@ -199,7 +199,11 @@ pub async fn rooms_of_user_page_pages_by_id_and_kind(store: Arc<dyn Store>) {
     assert_eq!(second, ids[2..4]);
     let third = page_ids(&store, &alice, second.last(), 2, None).await;
     assert_eq!(third, ids[4..6]);
-    assert!(page_ids(&store, &alice, third.last(), 2, None).await.is_empty());
+    assert!(
+        page_ids(&store, &alice, third.last(), 2, None)
+            .await
+            .is_empty()
+    );
     // A page asked for beyond the end, and one of size 0.
     assert!(page_ids(&store, &alice, None, 0, None).await.is_empty());
     // By kind: the channels p1, p3, p5, two at a time.
