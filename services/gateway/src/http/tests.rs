@@ -1265,6 +1265,14 @@ impl StoreReader for DownStore {
         down()
     }
 
+    async fn rooms_of_user_page(
+        &self,
+        _: &UserId,
+        _: &collab_store::RoomsPage,
+    ) -> StoreResult<Vec<collab_store::RoomRecord>> {
+        down()
+    }
+
     async fn head(&self, _: &RoomId) -> StoreResult<Seq> {
         down()
     }
@@ -1311,6 +1319,10 @@ impl Store for DownStore {
     }
 
     async fn delete_room(&self, _: &RoomId, _: &Deletion) -> StoreResult<()> {
+        down()
+    }
+
+    async fn update_room(&self, _: &collab_store::RoomRecord) -> StoreResult<()> {
         down()
     }
 }
