@@ -2318,3 +2318,74 @@ async fn users_are_kicked_by_the_creator_or_an_admin() {
         Some(vec![UserId::parse("ann").expect("id")])
     );
 }
+
+// === the OpenAPI document ===
+
+/// A path of the document with each `{param}` filled in, as a request
+/// would have it.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "r1").replace("{path}", "app.js")
+}
+
+/// `docs/openapi.json`, served at `/v1/openapi.json`, describes exactly
+/// the routes the router serves: the same paths (read off
+/// [`super::Routes`], which every route is added through), and on each
+/// the same methods (each documented one is served — no 404 of the
+/// fallback, no 405 — and each other one is 405).
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_only_those() {
+    let h = Harness::new();
+    let served = h.get("/v1/openapi.json", "").await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(served.text, super::OPENAPI, "served as kept");
+    let doc: Value = serde_json::from_str(super::OPENAPI).expect("the document is JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+    let documented: std::collections::BTreeMap<String, Vec<&str>> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .map(|(path, item)| {
+            let methods = METHODS
+                .into_iter()
+                .filter(|m| item.get(*m).is_some())
+                .collect();
+            (path.clone(), methods)
+        })
+        .collect();
+    let routes: std::collections::BTreeSet<String> = super::routes(&h.gateway.shared)
+        .paths()
+        .iter()
+        // axum's catch-all `{*path}` is OpenAPI's `{path}`.
+        .map(|path| path.replace("{*", "{"))
+        .collect();
+    let paths: std::collections::BTreeSet<String> = documented.keys().cloned().collect();
+    assert_eq!(routes, paths, "the router's paths and the document's");
+    for (path, methods) in &documented {
+        assert!(!methods.is_empty(), "{path} has no operation");
+        for method in METHODS {
+            let answer = h
+                .request(&method.to_uppercase(), &concrete(path), None, "")
+                .await;
+            let unknown_path = answer.status == StatusCode::NOT_FOUND
+                && answer.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("no such path"));
+            if methods.contains(&method) {
+                assert!(
+                    answer.status != StatusCode::METHOD_NOT_ALLOWED && !unknown_path,
+                    "{method} {path} is documented but not served: {} {}",
+                    answer.status,
+                    answer.text
+                );
+            } else {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is served but not documented: {}",
+                    answer.text
+                );
+            }
+        }
+    }
+}

@@ -166,11 +166,12 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
     response
 }
 
+/// A file the app does not have: `not_found` in the API's error format,
+/// like every other error of the gateway.
 fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "not found\n",
+    crate::error::ApiError::new(
+        collab_protocol::ErrorCode::NotFound,
+        "no such file of the web app",
     )
-        .into_response()
+    .into_response()
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::Message;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
@@ -210,9 +211,22 @@ pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // A query that does not decode is the caller's mistake, answered in
+    // the protocol's format (axum's own answer would be plain text).
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            shared.metrics.error(ErrorCode::BadRequest);
+            return ApiError::new(
+                ErrorCode::BadRequest,
+                format!("invalid query: {}", rejection.body_text()),
+            )
+            .into_response();
+        }
+    };
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("(not text)");
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
@@ -262,9 +276,24 @@ pub(crate) async fn upgrade(
     };
     // Only now: a request that is no upgrade at all still gets the answers
     // above in the protocol's format.
+    // Not an upgrade (a plain GET, a missing header): `bad_request` in
+    // our format, with the status axum chose (426 Upgrade Required, 400,
+    // 405), as for a wrong method anywhere.
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            shared.metrics.error(ErrorCode::BadRequest);
+            let mut response = ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this endpoint takes a WebSocket upgrade: {}",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+            *response.status_mut() = rejection.status();
+            return response;
+        }
     };
     let limit = shared.config.limits.max_message_bytes;
     let connections = shared.connections.clone();
