@@ -2389,3 +2389,17 @@ async fn the_openapi_document_describes_every_route_and_only_those() {
         }
     }
 }
+
+/// Found by schemathesis against `docs/openapi.json`: the WebSocket
+/// endpoint answered a request that is no upgrade in axum's plain text,
+/// and the web app a missing file in plain text. Every error is the protocol's JSON now.
+#[tokio::test]
+async fn the_websocket_endpoint_and_the_web_app_answer_errors_in_json() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.get("/v1/ws", &ann)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    let answer = h.request("GET", "/app/no-such-file.js", None, "").await;
+    answer.assert_error(StatusCode::NOT_FOUND, "not_found");
+}

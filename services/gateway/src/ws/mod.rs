@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::Message;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
@@ -211,22 +210,9 @@ pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    // A query that does not decode is the caller's mistake, answered in
-    // the protocol's format (axum's own answer would be plain text).
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejection) => {
-            shared.metrics.error(ErrorCode::BadRequest);
-            return ApiError::new(
-                ErrorCode::BadRequest,
-                format!("invalid query: {}", rejection.body_text()),
-            )
-            .into_response();
-        }
-    };
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("(not text)");
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
