@@ -55,17 +55,12 @@ pub struct HistoryPage {
     pub next_before: Option<Seq>,
 }
 
-/// One room in `GET /v1/me/rooms`.
+/// One room of a room listing (`GET /v1/rooms?member=me`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSummary {
     pub id: RoomId,
     pub kind: RoomKind,
     pub name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MyRooms {
-    pub rooms: Vec<RoomSummary>,
 }
 
 /// One page of `GET /v1/rooms?member=me` (and `GET /v1/me/rooms`): the
