@@ -92,12 +92,14 @@ cmd_check() {
   seed="${OPENAPI_CHECK_SEED:-$RANDOM$RANDOM}"
   log "schemathesis: $EXAMPLES examples per operation, seed $seed"
   local rc=0
-  "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/v1/openapi.json" \
+  # From the run's directory: schemathesis keeps a cache in the current
+  # directory, which belongs there and not in the clone.
+  (cd "$dir" && "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/v1/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "$EXAMPLES" --seed "$seed" \
     --request-timeout 10 --no-color --output-truncate false \
-    --report junit --report-dir "$dir/report" || rc=$?
+    --report junit --report-dir "$dir/report") || rc=$?
   kill -0 "$pid" 2>/dev/null || { cat "$dir/serve.log" >&2; die "the server died during the run"; }
   if [[ $rc -ne 0 ]]; then
     tail -n 50 "$dir/serve.log" >&2
