@@ -17,6 +17,13 @@
 //! `Store::delete_room`); requests that came after it are answered
 //! `not_found`, and the gateways are told (`RoomEvent::Deleted`). An actor
 //! that loads a room and meets a tombstone finishes that deletion.
+//!
+//! A room's name and members change through its actor too
+//! (`RoomRequest::Update`), one change at a time, in the order of the
+//! room's requests: joins that arrive while a change is being written wait
+//! for it, so a join is always checked against the durable member list.
+//! Users a change removes leave the room's presence once it is durable, and
+//! the gateways are told (`RoomEvent::Removed`) to drop their connections.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,7 +32,7 @@ use std::time::Instant;
 
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomInspection, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
-use collab_protocol::http::{LastCommit, RoomMember};
+use collab_protocol::http::{LastCommit, RoomMember, RoomUpdated};
 use collab_protocol::{
     Access, Cid, ConnId, ErrorCode, NodeId, OpEvent, ProtocolError, RoomId, Seq, UserId,
 };
@@ -71,6 +78,8 @@ pub enum RoomMsg {
     Expire(RpcReplyPort<Expiry>),
     /// The store answered the room's deletion.
     DeleteDone(Result<(), StoreError>),
+    /// The store answered the change of the room's name and members.
+    UpdateDone(Result<(), StoreError>),
 }
 
 pub struct RoomArgs {
@@ -228,6 +237,20 @@ struct Live {
     /// A deletion waiting for the batch in flight (and the ops that came
     /// before it) to commit.
     deletion: Option<DeleteWanted>,
+    /// The change of name and members the store is writing; joins wait
+    /// for it.
+    updating: Option<Updating>,
+    /// Changes that came while another was being written, in order.
+    updates: VecDeque<(RoomRequest, Reply)>,
+}
+
+/// A change of the room's name and members on its way to the store.
+struct Updating {
+    /// The record once it is durable.
+    record: RoomRecord,
+    /// The users to take out of the room then.
+    removed: Vec<UserId>,
+    reply: Reply,
 }
 
 /// The 1,024 connections that left the room most recently: a
@@ -342,6 +365,7 @@ impl Actor for RoomActor {
             RoomMsg::Drain(reply) => state.on_drain(&myself, reply),
             RoomMsg::Expire(port) => state.on_expire(port),
             RoomMsg::DeleteDone(result) => state.on_deleted(&myself, result),
+            RoomMsg::UpdateDone(result) => state.on_updated(&myself, result),
         }
         Ok(())
     }
@@ -449,6 +473,8 @@ impl RoomActorState {
                     orphan_deadlines,
                     drain: None,
                     deletion: None,
+                    updating: None,
+                    updates: VecDeque::new(),
                 }));
                 // An expiry is the first request of its actor: it decides
                 // before the ones that came while the room loaded.
@@ -566,6 +592,8 @@ impl RoomActorState {
             || live.in_flight.is_some()
             || !live.next.is_empty()
             || live.snapshot_running
+            || live.updating.is_some()
+            || !live.updates.is_empty()
         {
             return false;
         }
@@ -862,7 +890,7 @@ impl RoomActorState {
                 self.pump(myself);
             }
             RoomRequest::Join { .. } => {
-                if live.in_flight.is_some() {
+                if live.in_flight.is_some() || live.updating.is_some() {
                     live.joins.push((request, reply));
                 } else {
                     live.answer_join(&self.ctx, request, reply);
@@ -927,6 +955,10 @@ impl RoomActorState {
             RoomRequest::Fetch { after, limit, .. } => {
                 live.fetch(&self.ctx, after, limit as usize, reply);
             }
+            RoomRequest::Update { .. } => {
+                live.updates.push_back((request, reply));
+                self.start_update(myself);
+            }
             // Answered above, before the activity stamp.
             RoomRequest::Inspect { .. } => {}
         }
@@ -942,8 +974,12 @@ impl RoomActorState {
         if live.in_flight.is_some() {
             return;
         }
-        for (request, reply) in std::mem::take(&mut live.joins) {
-            live.answer_join(&self.ctx, request, reply);
+        // Joins wait for a change of members being written, to be checked
+        // against it.
+        if live.updating.is_none() {
+            for (request, reply) in std::mem::take(&mut live.joins) {
+                live.answer_join(&self.ctx, request, reply);
+            }
         }
         let config = &self.ctx.config;
         let mut events = Vec::new();
@@ -1183,7 +1219,9 @@ fn fail_all(mut live: Live, in_flight: InFlight, reason: &str) {
         .chain(in_flight.refusals.into_iter().map(|(reply, _)| reply))
         .chain(live.next.into_iter().filter_map(|p| p.reply))
         .chain(live.duplicates.into_iter().map(|(_, reply)| reply))
-        .chain(live.joins.into_iter().map(|(_, reply)| reply));
+        .chain(live.joins.into_iter().map(|(_, reply)| reply))
+        .chain(live.updating.map(|updating| updating.reply))
+        .chain(live.updates.into_iter().map(|(_, reply)| reply));
     for reply in replies {
         answer(reply, unavailable(reason));
     }
@@ -1461,6 +1499,43 @@ impl Live {
         true
     }
 
+    /// Takes every connection of `users` out of the room's presence (the
+    /// others hear they left) and tells the gateways to drop them
+    /// (`RoomEvent::Removed`).
+    fn remove_users(&mut self, ctx: &RoomContext, users: &[UserId]) {
+        if users.is_empty() {
+            return;
+        }
+        let ts = now_ms();
+        let conns: Vec<ConnRef> = self
+            .state
+            .presence()
+            .connections()
+            .filter(|(_, user)| users.contains(&user.id))
+            .map(|(conn, _)| conn.clone())
+            .collect();
+        for conn in &conns {
+            self.leave(ctx, conn, false, ts);
+        }
+        let removed = RoomEvent::Removed {
+            room: self.record.id.clone(),
+            users: users.to_vec(),
+        };
+        ctx.sink.emit(removed, self.term);
+    }
+
+    /// The room as `PATCH` answers it.
+    fn updated(&self) -> RoomUpdated {
+        RoomUpdated {
+            id: self.record.id.clone(),
+            kind: self.record.kind,
+            name: self.record.name.clone(),
+            epoch: self.record.epoch.clone(),
+            created_by: self.record.created_by.clone(),
+            members: self.record.members.clone(),
+        }
+    }
+
     fn end_orphans_of(&mut self, user: &UserId, ts: i64) {
         // Strokes already ending in a waiting op are left to it.
         for request in self.state.orphan_endings(user, ts) {
@@ -1690,7 +1765,12 @@ impl RoomActorState {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if live.in_flight.is_some() || live.snapshot_running || live.deletion.is_some() {
+        if live.in_flight.is_some()
+            || live.snapshot_running
+            || live.deletion.is_some()
+            || live.updating.is_some()
+            || !live.updates.is_empty()
+        {
             return;
         }
         if !live.next.is_empty() {
@@ -1713,4 +1793,145 @@ impl RoomActorState {
         }
         myself.stop(Some("drained".into()));
     }
+}
+
+// === impl RoomActorState: name and members ===
+
+impl RoomActorState {
+    /// Starts the next waiting change of name and members unless one is
+    /// being written. A change that writes nothing (the same name, members
+    /// removed who were not members) is answered at once, its removals
+    /// done all the same: a kick is idempotent.
+    fn start_update(&mut self, myself: &ActorRef<RoomMsg>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        while live.updating.is_none() {
+            let Some((request, reply)) = live.updates.pop_front() else {
+                return;
+            };
+            let RoomRequest::Update {
+                epoch,
+                name,
+                add,
+                remove,
+                ..
+            } = request
+            else {
+                continue;
+            };
+            if epoch.is_some_and(|epoch| epoch != live.record.epoch) {
+                let gone = ProtocolError::not_found(format!(
+                    "room {} is not the one of that epoch any more",
+                    self.room
+                ));
+                answer(reply, gone.into());
+                continue;
+            }
+            let (record, removed) = match planned_update(&live.record, name, add, remove) {
+                Ok(planned) => planned,
+                Err(refusal) => {
+                    answer(reply, refusal.into());
+                    continue;
+                }
+            };
+            if record == live.record {
+                live.remove_users(&self.ctx, &removed);
+                answer(reply, RoomReply::Updated(live.updated()));
+                continue;
+            }
+            debug!(room = %self.room, removed = removed.len(), "changing the room's name or members");
+            let store = self.ctx.store.clone();
+            let update = record.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let result = store.update_room(&update).await;
+                let _ = me.send_message(RoomMsg::UpdateDone(result));
+            });
+            live.updating = Some(Updating {
+                record,
+                removed,
+                reply,
+            });
+        }
+    }
+
+    fn on_updated(&mut self, myself: &ActorRef<RoomMsg>, result: Result<(), StoreError>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let Some(updating) = live.updating.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                info!(room = %self.room, removed = updating.removed.len(), "room's name or members changed");
+                live.record = updating.record;
+                live.remove_users(&self.ctx, &updating.removed);
+                answer(updating.reply, RoomReply::Updated(live.updated()));
+            }
+            Err(StoreError::NotFound(_)) => {
+                let gone = ProtocolError::not_found(format!("no room {}", self.room));
+                answer(updating.reply, gone.into());
+            }
+            Err(StoreError::InvalidBatch(reason)) => {
+                answer(updating.reply, ProtocolError::bad_request(reason).into());
+            }
+            Err(e) => {
+                warn!(room = %self.room, error = %e, "changing the room's name or members failed");
+                answer(
+                    updating.reply,
+                    unavailable("the room could not be changed; retry"),
+                );
+            }
+        }
+        self.start_update(myself);
+        self.pump(myself);
+    }
+}
+
+/// The record `record` becomes with `name`, `add` and `remove`, and the
+/// users to take out of the room (each of `remove` once). Refused: an
+/// empty name, members changed in a public room, the creator removed.
+fn planned_update(
+    record: &RoomRecord,
+    name: Option<String>,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+) -> Result<(RoomRecord, Vec<UserId>), ProtocolError> {
+    let mut updated = record.clone();
+    if let Some(name) = name {
+        if name.trim().is_empty() {
+            return Err(ProtocolError::bad_request("name must not be empty"));
+        }
+        updated.name = name;
+    }
+    let mut removed: Vec<UserId> = Vec::with_capacity(remove.len());
+    for user in remove {
+        if !removed.contains(&user) {
+            removed.push(user);
+        }
+    }
+    if add.is_empty() && removed.is_empty() {
+        return Ok((updated, removed));
+    }
+    let Some(members) = &mut updated.members else {
+        return Err(ProtocolError::bad_request(format!(
+            "room {} is public: anyone may join it, so it has no members to change",
+            record.id
+        )));
+    };
+    if removed.contains(&record.created_by) {
+        return Err(ProtocolError::bad_request(format!(
+            "{} created room {} and is always a member of it",
+            record.created_by, record.id
+        )));
+    }
+    members.retain(|member| !removed.contains(member));
+    for user in add {
+        if !removed.contains(&user) && !members.contains(&user) {
+            members.push(user);
+        }
+    }
+    Ok((updated, removed))
 }

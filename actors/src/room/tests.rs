@@ -1601,3 +1601,133 @@ async fn published_ops_need_no_connection_and_are_applied_once() {
     assert_eq!(ack_seq(&restarted.ask(publish("p2", "again")).await), 2);
     assert_eq!(ack_seq(&restarted.ask(publish("p3", "new")).await), 3);
 }
+
+fn update(room: &str, name: Option<&str>, add: &[&str], remove: &[&str]) -> RoomRequest {
+    let users = |ids: &[&str]| ids.iter().map(|u| UserId::parse(*u).expect("id")).collect();
+    RoomRequest::Update {
+        room: room_id(room),
+        epoch: None,
+        name: name.map(str::to_owned),
+        add: users(add),
+        remove: users(remove),
+    }
+}
+
+/// A change of members is durable before it is answered, and a join sent
+/// right behind it is checked against it: a removed member is refused at
+/// once, an added one let in. The removed member's connections leave the
+/// room's presence and the gateways hear `Removed`.
+#[tokio::test]
+async fn a_change_of_members_orders_joins_and_removes_the_removed() {
+    let node = node().await;
+    node.create("club", RoomKind::Channel, Some(vec!["bob", "cat"]))
+        .await;
+    node.enter("club", "bob").await;
+    node.enter("club", "cat").await;
+    let join = |who: &str, conn_id: &str| RoomRequest::Join {
+        room: room_id("club"),
+        conn: conn(conn_id),
+        user: user_info(who),
+        since: None,
+        epoch: None,
+        resume_strokes: false,
+    };
+    let changed = node.send(update("club", Some("the club"), &["dan"], &["bob"]));
+    let bob_again = node.send(join("bob", "bob2"));
+    let dan = node.send(join("dan", "dan"));
+    let RoomReply::Updated(room) = changed.await.expect("task") else {
+        panic!("expected the room back");
+    };
+    assert_eq!(room.name, "the club");
+    let members = |ids: &[&str]| {
+        Some(
+            ids.iter()
+                .map(|u| UserId::parse(*u).expect("id"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(room.members, members(&["cat", "dan"]));
+    assert_eq!(
+        error_code(&bob_again.await.expect("task")),
+        ErrorCode::Forbidden
+    );
+    assert!(matches!(dan.await.expect("task"), RoomReply::Joined(_)));
+    let stored = node
+        .store
+        .room(&room_id("club"))
+        .await
+        .expect("read")
+        .expect("room");
+    assert_eq!(stored.members, members(&["cat", "dan"]));
+    assert_eq!(stored.name, "the club");
+    let events = node.sink.events.lock().expect("lock").clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RoomEvent::Removed { room, users }
+            if *room == room_id("club") && users == &[UserId::parse("bob").expect("id")])),
+        "the gateways are told: {events:?}"
+    );
+    assert!(
+        node.sink
+            .presence()
+            .contains(&(PresenceEvent::Leave, "bob".into())),
+        "the others hear bob left"
+    );
+    // Bob's connection is out of the room: its op is not taken.
+    let op = node
+        .ask(node.op_request("club", "bob", "b1", message("hi")))
+        .await;
+    assert_eq!(op, RoomReply::NotJoined);
+    // Added back, bob joins again.
+    assert!(matches!(
+        node.ask(update("club", None, &["bob"], &[])).await,
+        RoomReply::Updated(_)
+    ));
+    assert!(matches!(
+        node.ask(join("bob", "bob3")).await,
+        RoomReply::Joined(_)
+    ));
+}
+
+/// Changes the room cannot take are refused and change nothing.
+#[tokio::test]
+async fn a_change_the_room_cannot_take_changes_nothing() {
+    let node = node().await;
+    node.create("club", RoomKind::Channel, Some(vec!["bob"]))
+        .await;
+    let before = node.store.room(&room_id("club")).await.expect("read");
+    for (request, code) in [
+        // The creator is always a member.
+        (update("club", None, &[], &["ann"]), ErrorCode::BadRequest),
+        (update("club", Some("  "), &[], &[]), ErrorCode::BadRequest),
+        // A public room has no members to change.
+        (update(ROOM, None, &["bob"], &[]), ErrorCode::BadRequest),
+        (update("nope", Some("x"), &[], &[]), ErrorCode::NotFound),
+        (
+            RoomRequest::Update {
+                room: room_id("club"),
+                epoch: Some(Epoch::parse("other").expect("epoch")),
+                name: Some("x".into()),
+                add: Vec::new(),
+                remove: Vec::new(),
+            },
+            ErrorCode::NotFound,
+        ),
+    ] {
+        assert_eq!(
+            error_code(&node.ask(request.clone()).await),
+            code,
+            "{request:?}"
+        );
+    }
+    assert_eq!(
+        node.store.room(&room_id("club")).await.expect("read"),
+        before
+    );
+    // A public room can be renamed.
+    let RoomReply::Updated(room) = node.ask(update(ROOM, Some("lobby"), &[], &[])).await else {
+        panic!("expected the room back");
+    };
+    assert_eq!((room.name.as_str(), room.members), ("lobby", None));
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::claims::Access;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::frames::{JoinedBody, OpEvent, PresenceEvent, UserInfo};
-use crate::http::{LastCommit, RoomMember};
+use crate::http::{LastCommit, RoomMember, RoomUpdated};
 use crate::ids::{Cid, ConnId, Epoch, NodeId, RoomId, Seq, UserId};
 use crate::ops::Op;
 
@@ -107,6 +107,27 @@ pub enum RoomRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<Epoch>,
     },
+    /// Change the room's name and members (the gateway has checked that
+    /// the caller may): ordered with the room's ops and joins, durable
+    /// before it is answered `Updated`. `remove` lists users to take out of
+    /// the room now (a kick, or members removed): once durable, their
+    /// connections leave the room's presence and every gateway is sent
+    /// `Removed`, and they cannot join while not members. `add` and
+    /// `remove` are for private rooms only (`bad_request` otherwise, as is
+    /// removing the creator); a user in both ends up removed. `not_found`
+    /// as for `Delete`. A node that does not know this request (an older
+    /// version) answers `bad_request`, as any undecodable request.
+    Update {
+        room: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<Epoch>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<UserId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<UserId>,
+    },
     /// What the owner knows of the room, for an operator; answered
     /// `Inspected`. It never loads a room that is not live. A node that
     /// does not know this request (an older version) answers it with a
@@ -125,6 +146,7 @@ impl RoomRequest {
             | RoomRequest::Publish { room, .. }
             | RoomRequest::Fetch { room, .. }
             | RoomRequest::Delete { room, .. }
+            | RoomRequest::Update { room, .. }
             | RoomRequest::Inspect { room } => room,
         }
     }
@@ -143,6 +165,8 @@ pub enum RoomReply {
     },
     Done,
     Inspected(RoomInspection),
+    /// The answer to `Update`: the room as it is now.
+    Updated(RoomUpdated),
     /// The op's connection is not in the room's presence: the room
     /// restarted or moved since it joined. The gateway re-attaches it
     /// (`Attach`) and the client retries with the same `cid`.
@@ -241,6 +265,14 @@ pub enum RoomEvent {
     /// (an older version) drops it as undecodable; its members then hear
     /// `not_found` on their next op.
     Deleted { room: RoomId },
+    /// These users were taken out of the room (`Update` with `remove`):
+    /// every gateway sends each of their connections in the room an
+    /// `error` frame with code `forbidden` for the room and drops it from
+    /// the room, as if it had sent `leave`. A gateway that does not know
+    /// this event (an older version) drops it as undecodable; the room has
+    /// taken the connections out of its presence anyway, so their next op
+    /// is refused.
+    Removed { room: RoomId, users: Vec<UserId> },
 }
 
 impl RoomEvent {
@@ -251,7 +283,8 @@ impl RoomEvent {
             | RoomEvent::Cursor { room, .. }
             | RoomEvent::CursorLeave { room, .. }
             | RoomEvent::Loaded { room }
-            | RoomEvent::Deleted { room } => room,
+            | RoomEvent::Deleted { room }
+            | RoomEvent::Removed { room, .. } => room,
         }
     }
 }

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::Control;
 use crate::metrics::GatewayMetrics;
-use crate::ws::outbound::Outbound;
+use crate::ws::outbound::{Dropped, Outbound};
 
 /// How long after a failed re-attach the next try starts. The owner this
 /// gateway asked may be the one that just died: the room nodes and each
@@ -301,6 +301,10 @@ impl Fanout {
                 self.drop_members();
                 return;
             }
+            RoomEvent::Removed { users, .. } => {
+                self.remove_users(users);
+                return;
+            }
             _ => {}
         }
         if let RoomEvent::Op(op) = event.as_ref() {
@@ -338,10 +342,45 @@ impl Fanout {
             member.outbound.push(frame.clone());
             // Its connection forgets the room, as on `leave`, but without
             // detaching (this task ends).
-            member.outbound.removed_from(self.room.clone());
+            member
+                .outbound
+                .removed_from(self.room.clone(), Dropped::RoomDeleted);
         }
         self.reattach_later.clear();
         self.deleted = true;
+    }
+
+    /// Users were taken out of the room (kicked, or no longer members):
+    /// each of their connections here hears `forbidden` for the room and
+    /// leaves it, as on deletion; the task goes on for the others. The
+    /// same event, from the room, reaches every gateway, so this is how a
+    /// kick reaches the user's connections everywhere.
+    fn remove_users(&mut self, users: &[UserId]) {
+        let removed: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|(_, member)| users.contains(&member.user.id))
+            .map(|(conn, _)| conn.clone())
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        let refused = ProtocolError::forbidden(format!(
+            "you were removed from room {}; you may join it again only once you are a member",
+            self.room
+        ));
+        let frame =
+            Utf8Bytes::from(ServerFrame::error(&refused, Some(self.room.as_str()), None).to_json());
+        for conn in removed {
+            if let Some(member) = self.members.remove(&conn) {
+                self.metrics.error(ErrorCode::Forbidden);
+                member.outbound.push(frame.clone());
+                member
+                    .outbound
+                    .removed_from(self.room.clone(), Dropped::UserRemoved);
+            }
+            self.reattach_later.remove(&conn);
+        }
     }
 
     /// Delivers an event to every member: the one encoding of the event for
@@ -439,7 +478,7 @@ fn offer(
                 member.outbound.push_cursor(key.clone(), frame.clone());
             }
         }
-        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } => {}
+        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } | RoomEvent::Removed { .. } => {}
     }
     None
 }
@@ -476,7 +515,9 @@ fn frame_of(event: &RoomEvent) -> Option<Utf8Bytes> {
             room: room.clone(),
             user: user.clone(),
         },
-        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } => return None,
+        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } | RoomEvent::Removed { .. } => {
+            return None;
+        }
     };
     Some(Utf8Bytes::from(frame.to_json()))
 }

@@ -29,7 +29,11 @@
 //!   again until it lands or the member leaves;
 //! - when the room is deleted (`Deleted`), every member is sent an `error`
 //!   with code `not_found` for the room and leaves it, as if it had sent
-//!   `leave`, and the room's task ends (a later join starts afresh).
+//!   `leave`, and the room's task ends (a later join starts afresh);
+//! - when users are taken out of the room (`Removed`: kicked, or no longer
+//!   members), each of their connections is sent an `error` with code
+//!   `forbidden` for the room and leaves it the same way; the task goes on
+//!   for the other members.
 
 mod fanout;
 mod repair;

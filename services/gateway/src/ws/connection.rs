@@ -479,8 +479,8 @@ impl Connection {
                 return Some(Close::FAILED);
             }
             Wake::Outbound => {
-                for room in self.outbound.take_removed() {
-                    self.on_removed(room);
+                for (room, why) in self.outbound.take_removed() {
+                    self.on_removed(room, why).await;
                 }
                 if self.writer.is_busy() {
                     // Frames wait for the write under way; a close does not.

@@ -19,6 +19,7 @@ use crate::error::room_reply_error;
 
 use super::close::Close;
 use super::connection::{Awaited, Awaiting, Connection, Membership};
+use super::outbound::Dropped;
 
 impl Connection {
     pub(super) async fn on_text(&mut self, text: &str) {
@@ -337,14 +338,21 @@ impl Connection {
         }
     }
 
-    /// `room` dropped this connection (it was deleted): forget it, as on
-    /// `leave` (presence included), so that a later `join` is a new one.
-    /// The room needs no `Leave`, and the hub no detach (the room's task
-    /// ended).
-    pub(super) fn on_removed(&mut self, room: RoomId) {
-        let was = self.rooms.remove(&room);
-        if was.is_some_and(|m| m.present) {
+    /// `room` dropped this connection: forget it, as on `leave` (presence
+    /// included), so that a later `join` is a new one. The room needs no
+    /// `Leave` (it sent the drop). The hub needs a detach only when the
+    /// user was removed: a deleted room's task has ended, and the room's
+    /// next task (of a room created since under its id) must not lose a
+    /// member count to this connection.
+    pub(super) async fn on_removed(&mut self, room: RoomId, why: Dropped) {
+        let Some(was) = self.rooms.remove(&room) else {
+            return;
+        };
+        if was.present {
             self.cx.presence.left(&self.user.id, &room);
+        }
+        if why == Dropped::UserRemoved {
+            self.cx.hub.detach(&room, &self.conn.conn).await;
         }
     }
 

@@ -285,9 +285,24 @@ pub(crate) async fn upgrade(
     };
     // Only now: a request that is no upgrade at all still gets the answers
     // above in the protocol's format.
+    // Not an upgrade (a plain GET, a missing header): `bad_request` in
+    // our format, with the status axum chose (426 Upgrade Required, 400,
+    // 405), as for a wrong method anywhere.
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            shared.metrics.error(ErrorCode::BadRequest);
+            let mut response = ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this endpoint takes a WebSocket upgrade: {}",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+            *response.status_mut() = rejection.status();
+            return response;
+        }
     };
     // The presence records hold addresses only for the limit.
     let counted_address = shared.socket_limits.limits_addresses().then_some(address);
