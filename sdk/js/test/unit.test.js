@@ -51,7 +51,7 @@ test('one connection carries many rooms, each joined after the welcome', async (
   assert.equal(ws.token, 'tok-1');
   assert.equal(ws.sent.length, 0, 'nothing before the welcome');
   ws.accept();
-  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'a' }, { type: 'join', room: 'b' }]);
+  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'a', resume_strokes: true }, { type: 'join', room: 'b', resume_strokes: true }]);
   joined(ws, 'a');
   joined(ws, 'b', { head: 3 });
   await a.ready;
@@ -107,7 +107,7 @@ test('after a drop it reconnects with backoff and jitter, resumes with since/epo
   assert.equal(FakeSocket.made.length, 2);
   ws = FakeSocket.last;
   ws.accept();
-  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'r', since: 7, epoch: 'ep' }]);
+  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'r', resume_strokes: true, since: 7, epoch: 'ep' }]);
   joined(ws, 'r', { reset: false, head: 7 });
   const resent = ws.sentOf('op');
   assert.equal(resent.length, 1);
@@ -149,7 +149,7 @@ test('a gap in seqs re-joins with since; a misfit op asks for the full state', a
   ws.accept();
   joined(ws, 'r', { head: 2, epoch: 'ep' });
   ws.receive(opFrame('r', 4, { kind: 'message', text: 'skipped one' }));
-  assert.deepEqual(ws.sentOf('join').at(-1), { type: 'join', room: 'r', since: 2, epoch: 'ep' });
+  assert.deepEqual(ws.sentOf('join').at(-1), { type: 'join', room: 'r', resume_strokes: true, since: 2, epoch: 'ep' });
   assert.equal(room.lastSeq, 2, 'the op after the gap is not applied');
   joined(ws, 'r', { reset: false, head: 4, ops: [
     opFrame('r', 3, { kind: 'message', text: 'three' }), opFrame('r', 4, { kind: 'message', text: 'skipped one' })] });
@@ -157,7 +157,7 @@ test('a gap in seqs re-joins with since; a misfit op asks for the full state', a
   assert.equal(room.messages().sent.length, 2);
   // Points on a stroke never seen: our state is not the server's.
   ws.receive(opFrame('r', 5, { kind: 'stroke_points', stroke: 'nope', points: [[1, 1]] }));
-  assert.deepEqual(ws.sentOf('join').at(-1), { type: 'join', room: 'r' });
+  assert.deepEqual(ws.sentOf('join').at(-1), { type: 'join', room: 'r', resume_strokes: true });
   c.close();
 });
 
@@ -434,7 +434,7 @@ test('a server that does not know refresh (bad_request) gets the new token on a 
   const next = FakeSocket.last;
   assert.equal(next.token, sent.token);
   next.accept();
-  assert.deepEqual(next.sentOf('join'), [{ type: 'join', room: 'r', since: 3, epoch: 'e' }]);
+  assert.deepEqual(next.sentOf('join'), [{ type: 'join', room: 'r', resume_strokes: true, since: 3, epoch: 'e' }]);
   assert.equal(room.status, 'joining');
   c.close();
 });
