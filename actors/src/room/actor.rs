@@ -844,7 +844,7 @@ impl RoomActorState {
                 // Commits what came before it, then deletes.
                 self.pump(myself);
             }
-            RoomRequest::Join { .. } => {
+            RoomRequest::Join { .. } | RoomRequest::Snapshot { .. } => {
                 if live.in_flight.is_some() {
                     live.joins.push((request, reply));
                 } else {
@@ -1251,15 +1251,19 @@ impl Live {
     }
 
     fn answer_join(&mut self, ctx: &RoomContext, request: RoomRequest, reply: Reply) {
-        let RoomRequest::Join {
-            room,
-            conn,
-            user,
-            since,
-            epoch,
-        } = request
-        else {
-            return;
+        let (room, conn, user, since, epoch) = match request {
+            RoomRequest::Join {
+                room,
+                conn,
+                user,
+                since,
+                epoch,
+            } => (room, conn, user, since, epoch),
+            RoomRequest::Snapshot { room, user } => {
+                self.answer_snapshot(room, &user, reply);
+                return;
+            }
+            _ => return,
         };
         // Joining again after a leave.
         self.left.remove(&conn.conn);
@@ -1313,6 +1317,28 @@ impl Live {
                 }
             },
         }
+    }
+
+    /// The full state as a `joined` with `reset: true` carries it, joining
+    /// nobody; like a join it waits for the batch in flight, so the state
+    /// is exactly the committed one at `head`.
+    fn answer_snapshot(&self, room: RoomId, user: &UserId, reply: Reply) {
+        if !self.record.admits(user) {
+            let refusal = ProtocolError::forbidden("this room is private");
+            answer(reply, refusal.into());
+            return;
+        }
+        let body = JoinedBody {
+            room,
+            kind: self.record.kind,
+            epoch: self.record.epoch.clone(),
+            head: self.committed,
+            presence: self.state.presence().list(),
+            reset: true,
+            state: Some(self.state.view()),
+            ops: None,
+        };
+        answer(reply, RoomReply::Joined(body));
     }
 
     /// The committed ops in `(after, up_to]` if the tail holds all of them.

@@ -69,6 +69,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(room_info).delete(delete_room))
         .route("/v1/rooms/{id}/history", get(history))
+        .merge(crate::snapshot::routes())
         .route("/v1/rooms/{id}/ops", post(crate::publish::publish))
         .route("/v1/rooms/{id}/presence", get(crate::presence::room))
         .route("/v1/users/{id}/presence", get(crate::presence::user))
