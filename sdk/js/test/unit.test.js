@@ -21,11 +21,16 @@ afterEach(() => {
   mock.timers.reset();
 });
 
-/** @param {Partial<import('../dist/index.js').ClientOptions>} [options] */
+/**
+ * A client whose joins go over the socket alone (no snapshot over HTTP
+ * first), so the test plays every frame.
+ * @param {Partial<import('../dist/index.js').ClientOptions>} [options]
+ */
 function client(options = {}) {
   const { fetch } = fakeFetch({ '/v1/me/rooms': [200, { rooms: [] }] });
   return new CollabClient({
-    url: 'http://collab.test', token: 'tok', WebSocket: FakeSocket, fetch, watchNetwork: false, ...options,
+    url: 'http://collab.test', token: 'tok', WebSocket: FakeSocket, fetch, watchNetwork: false, snapshots: false,
+    ...options,
   });
 }
 

@@ -14,6 +14,7 @@
 import { Emitter } from './emitter.js';
 import { ClosedError, CollabError, NetworkError, UnauthorizedError, errorFromCode, } from './errors.js';
 import { Room, randomId } from './room.js';
+import { decodePackedSnapshot } from './snapshot.js';
 import { MemoryStorage } from './storage.js';
 const OPEN = 1;
 /** The WebSocket close codes of the protocol. */
@@ -38,6 +39,7 @@ export class CollabClient extends Emitter {
     provider;
     WS;
     fetchImpl;
+    snapshots;
     storage;
     firstDelay;
     maxDelay;
@@ -97,6 +99,7 @@ export class CollabClient extends Emitter {
         const g = globalThis;
         this.watchNetwork = options.watchNetwork ?? (typeof g.addEventListener === 'function' && typeof g.navigator?.onLine === 'boolean');
         this.owner = randomId(12);
+        this.snapshots = options.snapshots ?? true;
     }
     // === rooms ===
     /**
@@ -118,6 +121,7 @@ export class CollabClient extends Emitter {
                 owner: this.owner,
                 cursorIntervalMs: this.cursorIntervalMs,
                 history: (room, options) => this.history(room, options),
+                snapshot: this.snapshots ? (room) => this.snapshot(room) : null,
                 forget: (r) => { if (this.rooms.get(r.id) === r)
                     this.rooms.delete(r.id); },
             });
@@ -221,15 +225,36 @@ export class CollabClient extends Emitter {
             before = page.next_before;
         }
     }
+    /**
+     * A room's full state at its head (`GET /v1/rooms/{id}/snapshot`, packed
+     * and compressed): what a room loads before its first join when the
+     * `snapshots` option is on.
+     */
+    async snapshot(room) {
+        const response = await this.fetchApi(`/v1/rooms/${encodeURIComponent(room)}/snapshot?format=packed`, {});
+        if (!response.ok)
+            throw await responseError(response, null);
+        return decodePackedSnapshot(new Uint8Array(await response.arrayBuffer()));
+    }
     /** An HTTP request to the API with the current token; errors become typed errors. */
     async request(path, init = {}) {
+        const response = await this.fetchApi(path, init);
+        let json = null;
+        try {
+            json = await response.json();
+        }
+        catch { /* not JSON: handled below */ }
+        if (!response.ok)
+            throw await responseError(response, json);
+        return json;
+    }
+    async fetchApi(path, init) {
         const token = this.token ?? await this.provider({ reason: 'connect', previous: null });
         const headers = { Authorization: `Bearer ${token}` };
         if (init.body !== undefined)
             headers['Content-Type'] = 'application/json';
-        let response;
         try {
-            response = await this.fetchImpl(`${this.httpBase}${path}`, {
+            return await this.fetchImpl(`${this.httpBase}${path}`, {
                 method: init.method ?? 'GET',
                 headers,
                 body: init.body === undefined ? null : JSON.stringify(init.body),
@@ -239,16 +264,6 @@ export class CollabClient extends Emitter {
         catch (e) {
             throw new NetworkError(`the server could not be reached: ${String(e)}`);
         }
-        let json = null;
-        try {
-            json = await response.json();
-        }
-        catch { /* not JSON: handled below */ }
-        if (!response.ok) {
-            const error = json?.error;
-            throw errorFromCode(error?.code ?? statusCode(response.status), error?.message ?? response.statusText, { status: response.status });
-        }
-        return json;
     }
     // === internals ===
     setStatus(status) {
@@ -586,6 +601,17 @@ export function tokenClaims(token) {
 /** What a token provider that threw is reported as: its own typed error, or a network error. */
 function providerError(e) {
     return e instanceof CollabError ? e : new NetworkError(`the token provider failed: ${String(e)}`);
+}
+/** The typed error of a refused HTTP request (`json`: its body, if read already). */
+async function responseError(response, json) {
+    if (json === null) {
+        try {
+            json = await response.json();
+        }
+        catch { /* not JSON: the status says it */ }
+    }
+    const error = json?.error;
+    return errorFromCode(error?.code ?? statusCode(response.status), error?.message ?? response.statusText, { status: response.status });
 }
 function statusCode(status) {
     const codes = {
