@@ -223,6 +223,41 @@ async function measure(server, room, joiners) {
   return rows;
 }
 
+/**
+ * The options side by side: the snapshot route in each format and content
+ * encoding, bytes on the wire (through the proxy; zstd is counted but not
+ * decoded: Node 20's fetch cannot) and the time to the decoded state.
+ */
+async function encodings(server, room) {
+  const { decodePackedSnapshot } = await import(new URL('dist/index.js', sdk).href);
+  const token = await devToken(server.url, 'enc');
+  const proxy = await countingProxy(server.port);
+  console.log('\n| snapshot format | Content-Encoding | bytes from the server | time to the decoded state (ms) |');
+  console.log('|---|---|---|---|');
+  for (const format of ['json', 'packed']) {
+    for (const encoding of ['identity', 'gzip', 'br', 'zstd']) {
+      const before = proxy.down;
+      const t0 = performance.now();
+      const r = await fetch(`http://127.0.0.1:${proxy.port}/v1/rooms/${room}/snapshot?format=${format}`, {
+        headers: { Authorization: `Bearer ${token}`, 'Accept-Encoding': encoding },
+      });
+      let ms = '—';
+      if (encoding === 'zstd') {
+        await r.arrayBuffer();
+      } else if (format === 'json') {
+        await r.json();
+        ms = (performance.now() - t0).toFixed(0);
+      } else {
+        decodePackedSnapshot(new Uint8Array(await r.arrayBuffer()));
+        ms = (performance.now() - t0).toFixed(0);
+      }
+      const got = r.headers.get('content-encoding') ?? 'identity';
+      console.log(`| ${format} | ${got} | ${((proxy.down - before) / 1e6).toFixed(2)} MB | ${ms} |`);
+    }
+  }
+  proxy.close();
+}
+
 function report(title, rows) {
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   console.log(`\n### ${title}\n`);
@@ -245,6 +280,7 @@ try {
     log(`${label}: ${total} ops in ${((performance.now() - t) / 1000).toFixed(1)} s (${args.points} points)`);
     const rows = await measure(server, id, JOINERS);
     report(`a board of ${total} ops, ${args.points} points`, rows);
+    if (label === 'large') await encodings(server, id);
   }
 } finally {
   server.stop();
