@@ -397,7 +397,7 @@ export class Room extends Emitter<RoomEvents> {
     }
   }
 
-  /** A first join: the state over HTTP, then the socket from its head on. */
+  /** A first (or fresh) join: the state over HTTP, then the socket from its head on. */
   private async loadThenJoin(load: (room: string) => Promise<Snapshot>, attempt: number): Promise<void> {
     let snapshot: Snapshot | null = null;
     try {
@@ -406,7 +406,7 @@ export class Room extends Emitter<RoomEvents> {
       // A refusal, a server without the route, a network error: the plain
       // join gets the whole state, or the refusal as the app expects it.
     }
-    if (attempt !== this.attempt || this.status !== 'joining') return; // that connection is gone
+    if (attempt !== this.attempt) return; // that connection is gone (or the room was left)
     if (snapshot && snapshot.room === this.id && this.lastSeq === null) {
       this.kind = snapshot.kind;
       this.epoch = snapshot.epoch;
@@ -426,12 +426,17 @@ export class Room extends Emitter<RoomEvents> {
     this.host.send(frame);
   }
 
-  /** Our state and the server's disagree: ask again (`fresh`: for the full state). */
+  /**
+   * Our state and the server's disagree: ask again (`fresh`: for the full
+   * state, by a snapshot when the client takes them; its head is past the
+   * op that did not fit, so that op fits the next state).
+   */
   private resync(fresh: boolean): void {
     if (this.resyncing) return;
     this.resyncing = true;
     if (fresh) this.lastSeq = null;
-    this.sendJoin(fresh);
+    if (fresh && this.host.snapshot) void this.loadThenJoin(this.host.snapshot, this.attempt);
+    else this.sendJoin(fresh);
   }
 
   private onJoined(f: JoinedFrame): void {

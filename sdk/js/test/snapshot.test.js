@@ -193,3 +193,31 @@ test('a snapshot that fails falls back to the plain join', async () => {
     again.close();
   }
 });
+
+test('a redo of a stroke undone before the snapshot reloads by a snapshot, not the whole joined frame', async () => {
+  const ann = nodeClient(server.url, await server.devToken('ann', 'Ann'), { snapshots: false });
+  const spy = spyFetch();
+  const cy = nodeClient(server.url, await server.devToken('cy', 'Cy'), { fetch: spy.fetch });
+  try {
+    const { id } = await ann.createRoom({ kind: 'board' });
+    const board = ann.room(id);
+    await board.ready;
+    const s = board.beginStroke({ color: '#1f6feb', width: 3, points: [[1.5, 2.5]] });
+    await board.endStroke(s);
+    await board.undo();
+    const late = cy.room(id);
+    await late.ready;
+    assert.deepEqual(late.strokes(), [], 'the undone stroke is not in the state');
+    /** @type {boolean[]} */
+    const resets = [];
+    late.on('joined', (e) => resets.push(e.reset));
+    const redo = await board.redo();
+    await waitFor('the redone stroke on the newcomer\'s side', () => late.lastSeq === redo.seq && late.strokes().length === 1);
+    assert.deepEqual(late.strokes().map((x) => [x.id, x.points, x.done]), [[s, [[1.5, 2.5]], true]]);
+    assert.deepEqual(spy.paths.filter((p) => p.endsWith('/snapshot')).length, 2, `a second snapshot: ${spy.paths}`);
+    assert.deepEqual(resets, [true]);
+  } finally {
+    ann.close();
+    cy.close();
+  }
+});

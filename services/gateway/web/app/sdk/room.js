@@ -317,7 +317,7 @@ export class Room extends Emitter {
             }).catch((e) => console.warn('collab: an outbox could not be adopted', e));
         }
     }
-    /** A first join: the state over HTTP, then the socket from its head on. */
+    /** A first (or fresh) join: the state over HTTP, then the socket from its head on. */
     async loadThenJoin(load, attempt) {
         let snapshot = null;
         try {
@@ -327,8 +327,8 @@ export class Room extends Emitter {
             // A refusal, a server without the route, a network error: the plain
             // join gets the whole state, or the refusal as the app expects it.
         }
-        if (attempt !== this.attempt || this.status !== 'joining')
-            return; // that connection is gone
+        if (attempt !== this.attempt)
+            return; // that connection is gone (or the room was left)
         if (snapshot && snapshot.room === this.id && this.lastSeq === null) {
             this.kind = snapshot.kind;
             this.epoch = snapshot.epoch;
@@ -346,14 +346,21 @@ export class Room extends Emitter {
         }
         this.host.send(frame);
     }
-    /** Our state and the server's disagree: ask again (`fresh`: for the full state). */
+    /**
+     * Our state and the server's disagree: ask again (`fresh`: for the full
+     * state, by a snapshot when the client takes them; its head is past the
+     * op that did not fit, so that op fits the next state).
+     */
     resync(fresh) {
         if (this.resyncing)
             return;
         this.resyncing = true;
         if (fresh)
             this.lastSeq = null;
-        this.sendJoin(fresh);
+        if (fresh && this.host.snapshot)
+            void this.loadThenJoin(this.host.snapshot, this.attempt);
+        else
+            this.sendJoin(fresh);
     }
     onJoined(f) {
         this.kind = f.kind;
