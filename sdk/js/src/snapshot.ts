@@ -38,6 +38,27 @@ interface PackedHeader {
   messages: OpFrame[];
 }
 
+/** Where the decoder is in the bytes (one decoder runs at a time: it never waits). */
+let at = 0;
+
+/**
+ * The LEB128 varint at `at`. Multiplications, not shifts: a value may pass
+ * 2^31 (it stays below 2^53). Past the end a byte reads as undefined, which
+ * ends the loop; the caller sees `at` beyond the end.
+ */
+function varint(bytes: Uint8Array): number {
+  let byte = bytes[at++]!;
+  if (byte < 0x80) return byte;
+  let v = byte & 0x7f;
+  let scale = 128;
+  do {
+    byte = bytes[at++]!;
+    v += (byte & 0x7f) * scale;
+    scale *= 128;
+  } while (byte >= 0x80);
+  return v;
+}
+
 /** Decodes a packed snapshot; throws on anything that is not one, or is cut short. */
 export function decodePackedSnapshot(bytes: Uint8Array): Snapshot {
   if (bytes.length < 8 || MAGIC.some((b, i) => bytes[i] !== b)) throw new Error('not a packed snapshot');
@@ -45,47 +66,47 @@ export function decodePackedSnapshot(bytes: Uint8Array): Snapshot {
   const headerEnd = 8 + view.getUint32(4, true);
   if (headerEnd > bytes.length) throw new Error('a packed snapshot cut short in its header');
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, headerEnd))) as PackedHeader;
-  let at = headerEnd;
   const end = bytes.length;
-  const cut = (): never => { throw new Error('a packed snapshot cut short in its points'); };
-  // One coordinate; `h` is the axis's previous h, returned beside the value.
-  let h = 0;
-  const coordinate = (previous: number): number => {
-    if (at >= end) cut();
-    let byte = bytes[at++]!;
-    let v = byte & 0x7f;
-    // Multiplications, not shifts: v may pass 2^31 (it stays below 2^53).
-    for (let scale = 128; byte & 0x80; scale *= 128) {
-      if (at >= end) cut();
-      byte = bytes[at++]!;
-      v += (byte & 0x7f) * scale;
-    }
-    if (v === 0) {
-      if (at + 8 > end) cut();
-      const raw = view.getFloat64(at, true);
-      at += 8;
-      h = previous;
-      return raw;
-    }
-    const z = v - 1;
-    h = previous + (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
-    return h / 100;
-  };
+  at = headerEnd;
   const strokes: StrokeSnapshot[] = new Array(header.strokes.length);
-  for (let i = 0; i < header.strokes.length; i++) {
-    const s = header.strokes[i]!;
-    const points: Point[] = new Array(s.points);
-    let hx = 0;
-    let hy = 0;
-    for (let j = 0; j < s.points; j++) {
-      const x = coordinate(hx);
-      hx = h;
-      const y = coordinate(hy);
-      hy = h;
-      points[j] = [x, y];
+  try {
+    for (let i = 0; i < header.strokes.length; i++) {
+      const s = header.strokes[i]!;
+      const points: Point[] = new Array(s.points);
+      // Each axis's h, in hundredths; a coordinate is h / 100 unless it
+      // came as a double (varint 0).
+      let hx = 0;
+      let hy = 0;
+      for (let j = 0; j < s.points; j++) {
+        let v = varint(bytes);
+        let x: number;
+        if (v === 0) {
+          x = view.getFloat64(at, true);
+          at += 8;
+        } else {
+          v -= 1;
+          hx += v % 2 === 0 ? v / 2 : -(v + 1) / 2;
+          x = hx / 100;
+        }
+        v = varint(bytes);
+        let y: number;
+        if (v === 0) {
+          y = view.getFloat64(at, true);
+          at += 8;
+        } else {
+          v -= 1;
+          hy += v % 2 === 0 ? v / 2 : -(v + 1) / 2;
+          y = hy / 100;
+        }
+        points[j] = [x, y];
+      }
+      strokes[i] = { id: s.id, user: s.user, color: s.color, width: s.width, points, done: s.done };
     }
-    strokes[i] = { id: s.id, user: s.user, color: s.color, width: s.width, points, done: s.done };
+  } catch (e) {
+    if (e instanceof RangeError) throw new Error('a packed snapshot cut short in its points');
+    throw e;
   }
+  if (at > end) throw new Error('a packed snapshot cut short in its points');
   if (at !== end) throw new Error(`${end - at} bytes after the last point of a packed snapshot`);
   return {
     room: header.room, kind: header.kind, epoch: header.epoch, head: header.head,
