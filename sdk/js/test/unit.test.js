@@ -550,9 +550,11 @@ test('history pages come as an async iterator; HTTP errors are typed', async () 
 
 /** A packed snapshot (the format of docs/PROTOCOL.md), every coordinate as hundredths or as a double. */
 function packSnapshot({ room, head, epoch = 'e1', strokes, messages = [] }) {
+  const users = [...new Set(strokes.map((s) => s.user))];
+  const colors = [...new Set(strokes.map((s) => s.color))];
   const header = new TextEncoder().encode(JSON.stringify({
-    room, kind: 'board', epoch, head, messages,
-    strokes: strokes.map((s) => ({ id: s.id, user: s.user, color: s.color, width: s.width, done: s.done, points: s.points.length })),
+    room, kind: 'board', epoch, head, messages, users, colors,
+    strokes: strokes.map((s) => [s.id, users.indexOf(s.user), colors.indexOf(s.color), s.width, s.done ? 1 : 0, s.points.length]),
   }));
   const bytes = [0x43, 0x53, 0x50, 0x31, ...new Uint8Array(new Uint32Array([header.length]).buffer), ...header];
   const varint = (v) => { while (v >= 128) { bytes.push((v % 128) | 128); v = Math.floor(v / 128); } bytes.push(v); };

@@ -191,8 +191,9 @@ fn user(id: &str) -> UserId {
 fn view() -> RoomView {
     let stroke = |id: &str, points: Vec<[f64; 2]>, done: bool| StrokeView {
         id: StrokeId::parse(id).expect("stroke id"),
-        user: user("ann"),
-        color: "#d1242f".into(),
+        // Two users and two colours, in another order than first seen.
+        user: user(if id == "s2" { "bob" } else { "ann" }),
+        color: if id == "s3" { "#2f7fb5" } else { "#d1242f" }.into(),
         width: 2.5,
         points,
         done,

@@ -6,8 +6,9 @@
 //
 // The packed encoding (`?format=packed`, see docs/PROTOCOL.md): `CSP1`, the
 // header's length (4 bytes, little-endian), the header (JSON: room, kind,
-// epoch, head, messages, and the strokes without their points but with
-// their number), then every stroke's points, x then y, each coordinate a
+// epoch, head, messages, users and colors, and each stroke as
+// [id, user index, colour index, width, done 1 or 0, number of points]),
+// then every stroke's points, x then y, each coordinate a
 // LEB128 varint `v`: 0 means an IEEE 754 double follows (8 bytes,
 // little-endian), otherwise the coordinate is h / 100 where h is the
 // stroke's previous h on that axis (0 at the stroke's start) plus the
@@ -49,13 +50,13 @@ export function decodePackedSnapshot(bytes) {
     const strokes = new Array(header.strokes.length);
     try {
         for (let i = 0; i < header.strokes.length; i++) {
-            const s = header.strokes[i];
-            const points = new Array(s.points);
+            const [id, user, color, width, done, count] = header.strokes[i];
+            const points = new Array(count);
             // Each axis's h, in hundredths; a coordinate is h / 100 unless it
             // came as a double (varint 0).
             let hx = 0;
             let hy = 0;
-            for (let j = 0; j < s.points; j++) {
+            for (let j = 0; j < count; j++) {
                 let v = varint(bytes);
                 let x;
                 if (v === 0) {
@@ -80,7 +81,11 @@ export function decodePackedSnapshot(bytes) {
                 }
                 points[j] = [x, y];
             }
-            strokes[i] = { id: s.id, user: s.user, color: s.color, width: s.width, points, done: s.done };
+            const who = header.users[user];
+            const colour = header.colors[color];
+            if (who === undefined || colour === undefined)
+                throw new Error(`stroke ${id} names no user or colour of the header`);
+            strokes[i] = { id, user: who, color: colour, width, points, done: done === 1 };
         }
     }
     catch (e) {
