@@ -889,7 +889,7 @@ impl RoomActorState {
                 // Commits what came before it, then deletes.
                 self.pump(myself);
             }
-            RoomRequest::Join { .. } => {
+            RoomRequest::Join { .. } | RoomRequest::Snapshot { .. } => {
                 if live.in_flight.is_some() || live.updating.is_some() {
                     live.joins.push((request, reply));
                 } else {
@@ -1323,16 +1323,20 @@ impl Live {
     }
 
     fn answer_join(&mut self, ctx: &RoomContext, request: RoomRequest, reply: Reply) {
-        let RoomRequest::Join {
-            room,
-            conn,
-            user,
-            since,
-            epoch,
-            resume_strokes,
-        } = request
-        else {
-            return;
+        let (room, conn, user, since, epoch, resume_strokes) = match request {
+            RoomRequest::Join {
+                room,
+                conn,
+                user,
+                since,
+                epoch,
+                resume_strokes,
+            } => (room, conn, user, since, epoch, resume_strokes),
+            RoomRequest::Snapshot { room, user } => {
+                self.answer_snapshot(room, &user, reply);
+                return;
+            }
+            _ => return,
         };
         // Joining again after a leave.
         self.left.remove(&conn.conn);
@@ -1386,6 +1390,28 @@ impl Live {
                 }
             },
         }
+    }
+
+    /// The full state as a `joined` with `reset: true` carries it, joining
+    /// nobody; like a join it waits for the batch in flight, so the state
+    /// is exactly the committed one at `head`.
+    fn answer_snapshot(&self, room: RoomId, user: &UserId, reply: Reply) {
+        if !self.record.admits(user) {
+            let refusal = ProtocolError::forbidden("this room is private");
+            answer(reply, refusal.into());
+            return;
+        }
+        let body = JoinedBody {
+            room,
+            kind: self.record.kind,
+            epoch: self.record.epoch.clone(),
+            head: self.committed,
+            presence: self.state.presence().list(),
+            reset: true,
+            state: Some(self.state.view()),
+            ops: None,
+        };
+        answer(reply, RoomReply::Joined(body));
     }
 
     /// The committed ops in `(after, up_to]` if the tail holds all of them.

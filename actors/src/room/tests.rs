@@ -1731,3 +1731,88 @@ async fn a_change_the_room_cannot_take_changes_nothing() {
     };
     assert_eq!((room.name.as_str(), room.members), ("lobby", None));
 }
+
+#[tokio::test]
+async fn a_snapshot_is_the_committed_state_and_joins_nobody() {
+    let node = node().await;
+    node.enter(ROOM, "ann").await;
+    assert_eq!(ack_seq(&node.op("ann", "c1", message("one")).await), 1);
+    node.store.hold(true);
+    let second = node.send(node.op_request(ROOM, "ann", "c2", message("two")));
+    eventually("the second batch to reach the store", || {
+        node.store.waiting() == 1
+    })
+    .await;
+    let snapshot = |who: &str| RoomRequest::Snapshot {
+        room: room_id(ROOM),
+        user: UserId::parse(who).expect("id"),
+    };
+    // Like a join, it waits for the batch in flight.
+    let during = node.send(snapshot("bob"));
+    let probe = node.send(RoomRequest::Fetch {
+        room: room_id(ROOM),
+        after: Seq::ZERO,
+        limit: 10,
+    });
+    assert!(matches!(probe.await.expect("probe"), RoomReply::Ops { .. }));
+    assert!(
+        !during.is_finished(),
+        "a snapshot while a batch was in flight"
+    );
+    node.store.hold(false);
+    node.store.release(1);
+    assert_eq!(ack_seq(&second.await.expect("reply")), 2);
+    match during.await.expect("snapshot") {
+        RoomReply::Joined(body) => {
+            assert!(body.reset);
+            assert_eq!(body.head, Seq(2));
+            let texts: Vec<_> = body
+                .state
+                .expect("state")
+                .messages
+                .iter()
+                .map(|m| m.seq.get())
+                .collect();
+            assert_eq!(texts, [1, 2], "exactly the committed ops");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Asking joined nobody: bob is not in the presence, nobody heard of him.
+    assert!(
+        !node.sink.presence().iter().any(|(_, who)| who == "bob"),
+        "{:?}",
+        node.sink.presence()
+    );
+    match node.join("cat", "c-1", None).await {
+        RoomReply::Joined(body) => {
+            let present: Vec<_> = body
+                .presence
+                .iter()
+                .map(|u| u.id.as_str().to_owned())
+                .collect();
+            assert_eq!(present, ["ann", "cat"]);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A private room: only its members may have its state.
+    node.create("secret", RoomKind::Channel, Some(vec!["bob"]))
+        .await;
+    let private = |who: &str| RoomRequest::Snapshot {
+        room: room_id("secret"),
+        user: UserId::parse(who).expect("id"),
+    };
+    assert_eq!(
+        error_code(&node.ask(private("eve")).await),
+        ErrorCode::Forbidden
+    );
+    assert!(matches!(
+        node.ask(private("bob")).await,
+        RoomReply::Joined(_)
+    ));
+    let nowhere = RoomRequest::Snapshot {
+        room: room_id("nope"),
+        user: UserId::parse("ann").expect("id"),
+    };
+    assert_eq!(error_code(&node.ask(nowhere).await), ErrorCode::NotFound);
+}

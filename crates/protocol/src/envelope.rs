@@ -133,6 +133,15 @@ pub enum RoomRequest {
     /// does not know this request (an older version) answers it with a
     /// `bad_request` error, as any undecodable request.
     Inspect { room: RoomId },
+    /// The room's full state as a `joined` with `reset: true` would carry
+    /// it, for a client that loads it over HTTP and then joins with
+    /// `since` = its `head` (the gateway has checked the token's claim);
+    /// answered `Joined`, with the presence as it is, once the state is
+    /// exactly the committed one. It changes nothing: `user` is not put
+    /// into the presence, only checked against a private room's members.
+    /// A node that does not know this request (an older version) answers
+    /// `bad_request`, as any undecodable request.
+    Snapshot { room: RoomId, user: UserId },
 }
 
 impl RoomRequest {
@@ -147,6 +156,7 @@ impl RoomRequest {
             | RoomRequest::Fetch { room, .. }
             | RoomRequest::Delete { room, .. }
             | RoomRequest::Update { room, .. }
+            | RoomRequest::Snapshot { room, .. }
             | RoomRequest::Inspect { room } => room,
         }
     }

@@ -10,6 +10,7 @@ export {
 export {
   Room, type HistoryOptions, type JoinedEvent, type RoomEvents, type RoomStatus, type StrokeOptions,
 } from './room.js';
+export { PACKED_SNAPSHOT_TYPE, decodePackedSnapshot, type Snapshot } from './snapshot.js';
 export { RoomState, STATE_MESSAGES, type SendingMessage, type Stroke } from './state.js';
 export { MAX_IN_FLIGHT, MAX_POINTS, type Ack } from './outbox.js';
 export {

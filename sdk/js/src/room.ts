@@ -7,6 +7,11 @@
 // behind) replaces the whole state. An op frame whose seq is not the next
 // one, or that does not fit the state, means our state is not the server's:
 // the room re-joins (with `since` for a gap, from scratch for a misfit).
+//
+// A first join loads the state over HTTP (a snapshot, packed and
+// compressed) and then joins with `since` = the snapshot's head: the socket
+// carries only the ops committed in between. Should the snapshot fail for
+// any reason, the room joins as before, for the whole state.
 
 import { Emitter } from './emitter.js';
 import { BadRequestError, ClosedError, CollabError, NotFoundError, errorFromCode } from './errors.js';
@@ -15,6 +20,7 @@ import type {
   ClientFrame, CursorFrame, CursorLeaveFrame, ErrorFrame, HistoryPage, JoinedFrame, Op, OpFrame, OpKind, Point,
   PresenceFrame, RoomKind, ServerFrame, User,
 } from './protocol.js';
+import type { Snapshot } from './snapshot.js';
 import { RoomState, type SendingMessage, type Stroke } from './state.js';
 import type { OutboxStorage } from './storage.js';
 
@@ -62,6 +68,8 @@ export interface RoomHost {
   owner: string;
   cursorIntervalMs: number;
   history(room: string, options: HistoryOptions): AsyncGenerator<HistoryPage>;
+  /** A room's state over HTTP, for a first join; null: join for the whole state. */
+  snapshot: ((room: string) => Promise<Snapshot>) | null;
   forget(room: Room): void;
 }
 
@@ -106,6 +114,10 @@ export class Room extends Emitter<RoomEvents> {
 
   private readonly outbox: Outbox;
   private resyncing = false;
+  /** Counts connections and drops: a snapshot that arrives for an earlier one is dropped. */
+  private attempt = 0;
+  /** The state was replaced by a snapshot since the last `joined`. */
+  private replaced = false;
   private alias = new Map<string, string>(); // a stroke the server ended for us -> its continuation
   private cursorAt: { x: number; y: number } | null = null;
   private cursorSentAt = -Infinity;
@@ -285,12 +297,15 @@ export class Room extends Emitter<RoomEvents> {
     this.state.setMe(me.id);
     this.knowUser(me.id);
     this.setStatus('joining');
-    this.sendJoin();
+    const attempt = ++this.attempt;
+    if (this.lastSeq === null && this.host.snapshot) void this.loadThenJoin(this.host.snapshot, attempt);
+    else this.sendJoin();
   }
 
   /** @internal The connection is gone: nothing is joined until the next `joined`. */
   disconnected(): void {
     if (this.status === 'left') return;
+    this.attempt++;
     this.resyncing = false;
     this.outbox.setReady(false);
     this.cancelCursor();
@@ -382,6 +397,26 @@ export class Room extends Emitter<RoomEvents> {
     }
   }
 
+  /** A first (or fresh) join: the state over HTTP, then the socket from its head on. */
+  private async loadThenJoin(load: (room: string) => Promise<Snapshot>, attempt: number): Promise<void> {
+    let snapshot: Snapshot | null = null;
+    try {
+      snapshot = await load(this.id);
+    } catch {
+      // A refusal, a server without the route, a network error: the plain
+      // join gets the whole state, or the refusal as the app expects it.
+    }
+    if (attempt !== this.attempt) return; // that connection is gone (or the room was left)
+    if (snapshot && snapshot.room === this.id && this.lastSeq === null) {
+      this.kind = snapshot.kind;
+      this.epoch = snapshot.epoch;
+      this.state.reset(snapshot.state);
+      this.lastSeq = snapshot.head;
+      this.replaced = true;
+    }
+    this.sendJoin();
+  }
+
   private sendJoin(fresh = false): void {
     // A stroke cut by a dropped connection stays open on the server for a
     // while, so the outbox's points go on with it after the reconnect.
@@ -393,16 +428,23 @@ export class Room extends Emitter<RoomEvents> {
     this.host.send(frame);
   }
 
-  /** Our state and the server's disagree: ask again (`fresh`: for the full state). */
+  /**
+   * Our state and the server's disagree: ask again (`fresh`: for the full
+   * state, by a snapshot when the client takes them; its head is past the
+   * op that did not fit, so that op fits the next state).
+   */
   private resync(fresh: boolean): void {
     if (this.resyncing) return;
     this.resyncing = true;
     if (fresh) this.lastSeq = null;
-    this.sendJoin(fresh);
+    if (fresh && this.host.snapshot) void this.loadThenJoin(this.host.snapshot, this.attempt);
+    else this.sendJoin(fresh);
   }
 
   private onJoined(f: JoinedFrame): void {
     this.kind = f.kind;
+    // A join that resumed from a snapshot replaced the state as a whole too.
+    const replaced = f.reset || this.replaced;
     if (f.reset) {
       this.epoch = f.epoch;
       this.state.reset(f.state ?? { strokes: [], messages: [] });
@@ -422,13 +464,14 @@ export class Room extends Emitter<RoomEvents> {
       }
     }
     this.resyncing = false;
+    this.replaced = false;
     this.presence = new Map(f.presence.map((u) => [u.id, u]));
     this.cursors.clear();
     this.outbox.settle(this.lastSeq ?? 0);
     this.setStatus('joined');
     this.outbox.setReady(true);
-    if (f.reset) this.emit('reset', this.state);
-    this.emit('joined', { kind: f.kind, epoch: f.epoch, head: f.head, reset: f.reset });
+    if (replaced) this.emit('reset', this.state);
+    this.emit('joined', { kind: f.kind, epoch: f.epoch, head: f.head, reset: replaced });
     this.settleReady.resolve();
   }
 

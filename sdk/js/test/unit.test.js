@@ -21,11 +21,16 @@ afterEach(() => {
   mock.timers.reset();
 });
 
-/** @param {Partial<import('../dist/index.js').ClientOptions>} [options] */
+/**
+ * A client whose joins go over the socket alone (no snapshot over HTTP
+ * first), so the test plays every frame.
+ * @param {Partial<import('../dist/index.js').ClientOptions>} [options]
+ */
 function client(options = {}) {
   const { fetch } = fakeFetch({ '/v1/me/rooms': [200, { rooms: [] }] });
   return new CollabClient({
-    url: 'http://collab.test', token: 'tok', WebSocket: FakeSocket, fetch, watchNetwork: false, ...options,
+    url: 'http://collab.test', token: 'tok', WebSocket: FakeSocket, fetch, watchNetwork: false, snapshots: false,
+    ...options,
   });
 }
 
@@ -624,4 +629,90 @@ test('history pages come as an async iterator; HTTP errors are typed', async () 
   assert.equal(calls[0].init.headers.Authorization, 'Bearer tok');
   await assert.rejects(c.getRoom('missing'), (e) => e instanceof NotFoundError && e.status === 404);
   c.close();
+});
+
+/** A packed snapshot (the format of docs/PROTOCOL.md), every coordinate as hundredths or as a double. */
+function packSnapshot({ room, head, epoch = 'e1', strokes, messages = [] }) {
+  const users = [...new Set(strokes.map((s) => s.user))];
+  const colors = [...new Set(strokes.map((s) => s.color))];
+  const header = new TextEncoder().encode(JSON.stringify({
+    room, kind: 'board', epoch, head, messages, users, colors,
+    strokes: strokes.map((s) => [s.id, users.indexOf(s.user), colors.indexOf(s.color), s.width, s.done ? 1 : 0, s.points.length]),
+  }));
+  const bytes = [0x43, 0x53, 0x50, 0x31, ...new Uint8Array(new Uint32Array([header.length]).buffer), ...header];
+  const varint = (v) => { while (v >= 128) { bytes.push((v % 128) | 128); v = Math.floor(v / 128); } bytes.push(v); };
+  for (const s of strokes) {
+    const prev = [0, 0];
+    for (const p of s.points) {
+      for (const axis of [0, 1]) {
+        const h = Math.round(p[axis] * 100);
+        if (h / 100 === p[axis] && !Object.is(p[axis], -0)) {
+          const d = h - prev[axis];
+          prev[axis] = h;
+          varint((d >= 0 ? 2 * d : -2 * d - 1) + 1);
+        } else {
+          varint(0);
+          bytes.push(...new Uint8Array(new Float64Array([p[axis]]).buffer));
+        }
+      }
+    }
+  }
+  return new Uint8Array(bytes);
+}
+
+test('a first join loads the snapshot, joins with since = its head, and drops one that comes too late', async () => {
+  const stroke = { id: 's1', user: 'bob', color: '#112233', width: 2, points: [[1.25, -2.5], [1 / 3, 4]], done: false };
+  /** @type {(() => void)[]} */
+  const held = [];
+  let asked = 0;
+  /** @type {typeof globalThis.fetch} */
+  const snapshotFetch = async (url) => {
+    asked += 1;
+    assert.equal(new URL(String(url)).pathname, '/v1/rooms/r/snapshot');
+    assert.equal(new URL(String(url)).searchParams.get('format'), 'packed');
+    await new Promise((resolve) => held.push(() => resolve(undefined)));
+    return new Response(packSnapshot({ room: 'r', head: 7, strokes: [stroke] }), { status: 200 });
+  };
+  const c = client({ fetch: snapshotFetch, snapshots: true });
+  const room = c.room('r');
+  /** @type {string[]} */
+  const seen = [];
+  room.on('reset', () => seen.push('reset'));
+  room.on('joined', (e) => seen.push(`joined ${e.head} reset=${e.reset}`));
+  await flush();
+  let ws = FakeSocket.last;
+  ws.accept();
+  await flush();
+  assert.equal(asked, 1);
+  assert.deepEqual(ws.sentOf('join'), [], 'no join before the snapshot');
+  // The connection drops while the snapshot is on its way: it is not used
+  // for the next connection's join, which asks again.
+  ws.drop();
+  held.shift()();
+  await flush();
+  mock.timers.tick(10_000); // the reconnection's backoff
+  await flush();
+  ws = FakeSocket.last;
+  ws.accept();
+  await flush();
+  assert.equal(asked, 2);
+  assert.deepEqual(ws.sentOf('join'), []);
+  held.shift()();
+  await flush();
+  await flush();
+  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'r', since: 7, epoch: 'e1' }]);
+  joined(ws, 'r', { head: 8, reset: false, ops: [opFrame('r', 8, { kind: 'stroke_points', stroke: 's1', points: [[5, 6]] })] });
+  await room.ready;
+  assert.equal(room.lastSeq, 8);
+  assert.deepEqual(room.strokes().map((s) => [s.id, s.points]), [['s1', [[1.25, -2.5], [1 / 3, 4], [5, 6]]]]);
+  assert.deepEqual(seen, ['reset', 'joined 8 reset=true'], 'a state from a snapshot is a reset');
+  c.close();
+});
+
+test('a packed snapshot cut short is refused', async () => {
+  const { decodePackedSnapshot } = await import('../dist/index.js');
+  const bytes = packSnapshot({ room: 'r', head: 1, strokes: [{ id: 's', user: 'u', color: '#000000', width: 1, points: [[1e300, 2]], done: true }] });
+  assert.deepEqual(decodePackedSnapshot(bytes).state.strokes[0].points, [[1e300, 2]]);
+  assert.throws(() => decodePackedSnapshot(bytes.subarray(0, bytes.length - 1)), /cut short/);
+  assert.throws(() => decodePackedSnapshot(new Uint8Array([1, 2, 3, 4, 0, 0, 0, 0])), /not a packed snapshot/);
 });

@@ -122,6 +122,7 @@ pub(crate) fn routes(shared: &Arc<Shared>) -> Routes {
         )
         .add("/v1/rooms/{id}/kick", post(kick))
         .add("/v1/rooms/{id}/history", get(history))
+        .add("/v1/rooms/{id}/snapshot", crate::snapshot::route())
         .add("/v1/rooms/{id}/ops", post(crate::publish::publish))
         .add("/v1/rooms/{id}/presence", get(crate::presence::room))
         .add("/v1/users/{id}/presence", get(crate::presence::user))

@@ -29,6 +29,7 @@ mod origin;
 mod presence;
 mod publish;
 mod revoke;
+mod snapshot;
 mod web;
 mod ws;
 

@@ -71,6 +71,7 @@ static ASSETS: &[Asset] = &[
     asset!("sdk/errors.js", "app/sdk/errors.js", JS),
     asset!("sdk/emitter.js", "app/sdk/emitter.js", JS),
     asset!("sdk/protocol.js", "app/sdk/protocol.js", JS),
+    asset!("sdk/snapshot.js", "app/sdk/snapshot.js", JS),
     asset!("style.css", "app/style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "app/icon.svg", "image/svg+xml"),
 ];

@@ -19,6 +19,7 @@
 import { Emitter } from './emitter.js';
 import { ClosedError, CollabError, NetworkError, UnauthorizedError, errorFromCode, } from './errors.js';
 import { Room, randomId } from './room.js';
+import { decodePackedSnapshot } from './snapshot.js';
 import { MemoryStorage } from './storage.js';
 const OPEN = 1;
 /** The WebSocket close codes of the protocol. */
@@ -43,6 +44,7 @@ export class CollabClient extends Emitter {
     provider;
     WS;
     fetchImpl;
+    snapshots;
     storage;
     firstDelay;
     maxDelay;
@@ -106,6 +108,7 @@ export class CollabClient extends Emitter {
         const g = globalThis;
         this.watchNetwork = options.watchNetwork ?? (typeof g.addEventListener === 'function' && typeof g.navigator?.onLine === 'boolean');
         this.owner = randomId(12);
+        this.snapshots = options.snapshots ?? true;
     }
     // === rooms ===
     /**
@@ -127,6 +130,7 @@ export class CollabClient extends Emitter {
                 owner: this.owner,
                 cursorIntervalMs: this.cursorIntervalMs,
                 history: (room, options) => this.history(room, options),
+                snapshot: this.snapshots ? (room) => this.snapshot(room) : null,
                 forget: (r) => { if (this.rooms.get(r.id) === r)
                     this.rooms.delete(r.id); },
             });
@@ -230,15 +234,41 @@ export class CollabClient extends Emitter {
             before = page.next_before;
         }
     }
+    /**
+     * A room's full state at its head (`GET /v1/rooms/{id}/snapshot`,
+     * packed): what a room loads before its first join when the `snapshots`
+     * option is on. It asks for no compression: browsers compress anyway
+     * (they decide the encoding, and decode gzip natively), while Node 20's
+     * fetch takes longer to decode gzip than the packed bytes take to arrive
+     * (about 550 ms against 190 ms for a 100,000-op board; gzip saves only a
+     * fifth of them).
+     */
+    async snapshot(room) {
+        const path = `/v1/rooms/${encodeURIComponent(room)}/snapshot?format=packed`;
+        const response = await this.fetchApi(path, { headers: { 'Accept-Encoding': 'identity' } });
+        if (!response.ok)
+            throw await responseError(response, null);
+        return decodePackedSnapshot(new Uint8Array(await response.arrayBuffer()));
+    }
     /** An HTTP request to the API with the current token; errors become typed errors. */
     async request(path, init = {}) {
+        const response = await this.fetchApi(path, init);
+        let json = null;
+        try {
+            json = await response.json();
+        }
+        catch { /* not JSON: handled below */ }
+        if (!response.ok)
+            throw await responseError(response, json);
+        return json;
+    }
+    async fetchApi(path, init) {
         const token = this.token ?? await this.provider({ reason: 'connect', previous: null });
-        const headers = { Authorization: `Bearer ${token}` };
+        const headers = { ...init.headers, Authorization: `Bearer ${token}` };
         if (init.body !== undefined)
             headers['Content-Type'] = 'application/json';
-        let response;
         try {
-            response = await this.fetchImpl(`${this.httpBase}${path}`, {
+            return await this.fetchImpl(`${this.httpBase}${path}`, {
                 method: init.method ?? 'GET',
                 headers,
                 body: init.body === undefined ? null : JSON.stringify(init.body),
@@ -248,16 +278,6 @@ export class CollabClient extends Emitter {
         catch (e) {
             throw new NetworkError(`the server could not be reached: ${String(e)}`);
         }
-        let json = null;
-        try {
-            json = await response.json();
-        }
-        catch { /* not JSON: handled below */ }
-        if (!response.ok) {
-            const error = json?.error;
-            throw errorFromCode(error?.code ?? statusCode(response.status), error?.message ?? response.statusText, { status: response.status });
-        }
-        return json;
     }
     // === internals ===
     setStatus(status) {
@@ -660,6 +680,17 @@ export function tokenClaims(token) {
 /** What a token provider that threw is reported as: its own typed error, or a network error. */
 function providerError(e) {
     return e instanceof CollabError ? e : new NetworkError(`the token provider failed: ${String(e)}`);
+}
+/** The typed error of a refused HTTP request (`json`: its body, if read already). */
+async function responseError(response, json) {
+    if (json === null) {
+        try {
+            json = await response.json();
+        }
+        catch { /* not JSON: the status says it */ }
+    }
+    const error = json?.error;
+    return errorFromCode(error?.code ?? statusCode(response.status), error?.message ?? response.statusText, { status: response.status });
 }
 function statusCode(status) {
     const codes = {

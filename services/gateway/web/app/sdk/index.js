@@ -3,6 +3,7 @@
 // typed events and errors. See README.md for examples.
 export { CollabClient, CLOSE_CODES, tokenClaims, tokenExpiry, } from './client.js';
 export { Room, } from './room.js';
+export { PACKED_SNAPSHOT_TYPE, decodePackedSnapshot } from './snapshot.js';
 export { RoomState, STATE_MESSAGES } from './state.js';
 export { MAX_IN_FLIGHT, MAX_POINTS } from './outbox.js';
 export { IndexedDbStorage, MemoryStorage, } from './storage.js';

@@ -7,6 +7,11 @@
 // behind) replaces the whole state. An op frame whose seq is not the next
 // one, or that does not fit the state, means our state is not the server's:
 // the room re-joins (with `since` for a gap, from scratch for a misfit).
+//
+// A first join loads the state over HTTP (a snapshot, packed and
+// compressed) and then joins with `since` = the snapshot's head: the socket
+// carries only the ops committed in between. Should the snapshot fail for
+// any reason, the room joins as before, for the whole state.
 import { Emitter } from './emitter.js';
 import { BadRequestError, ClosedError, CollabError, NotFoundError, errorFromCode } from './errors.js';
 import { MAX_POINTS, Outbox } from './outbox.js';
@@ -34,6 +39,10 @@ export class Room extends Emitter {
     me = null;
     outbox;
     resyncing = false;
+    /** Counts connections and drops: a snapshot that arrives for an earlier one is dropped. */
+    attempt = 0;
+    /** The state was replaced by a snapshot since the last `joined`. */
+    replaced = false;
     alias = new Map(); // a stroke the server ended for us -> its continuation
     cursorAt = null;
     cursorSentAt = -Infinity;
@@ -201,12 +210,17 @@ export class Room extends Emitter {
         this.state.setMe(me.id);
         this.knowUser(me.id);
         this.setStatus('joining');
-        this.sendJoin();
+        const attempt = ++this.attempt;
+        if (this.lastSeq === null && this.host.snapshot)
+            void this.loadThenJoin(this.host.snapshot, attempt);
+        else
+            this.sendJoin();
     }
     /** @internal The connection is gone: nothing is joined until the next `joined`. */
     disconnected() {
         if (this.status === 'left')
             return;
+        this.attempt++;
         this.resyncing = false;
         this.outbox.setReady(false);
         this.cancelCursor();
@@ -303,6 +317,27 @@ export class Room extends Emitter {
             }).catch((e) => console.warn('collab: an outbox could not be adopted', e));
         }
     }
+    /** A first (or fresh) join: the state over HTTP, then the socket from its head on. */
+    async loadThenJoin(load, attempt) {
+        let snapshot = null;
+        try {
+            snapshot = await load(this.id);
+        }
+        catch {
+            // A refusal, a server without the route, a network error: the plain
+            // join gets the whole state, or the refusal as the app expects it.
+        }
+        if (attempt !== this.attempt)
+            return; // that connection is gone (or the room was left)
+        if (snapshot && snapshot.room === this.id && this.lastSeq === null) {
+            this.kind = snapshot.kind;
+            this.epoch = snapshot.epoch;
+            this.state.reset(snapshot.state);
+            this.lastSeq = snapshot.head;
+            this.replaced = true;
+        }
+        this.sendJoin();
+    }
     sendJoin(fresh = false) {
         // A stroke cut by a dropped connection stays open on the server for a
         // while, so the outbox's points go on with it after the reconnect.
@@ -313,17 +348,26 @@ export class Room extends Emitter {
         }
         this.host.send(frame);
     }
-    /** Our state and the server's disagree: ask again (`fresh`: for the full state). */
+    /**
+     * Our state and the server's disagree: ask again (`fresh`: for the full
+     * state, by a snapshot when the client takes them; its head is past the
+     * op that did not fit, so that op fits the next state).
+     */
     resync(fresh) {
         if (this.resyncing)
             return;
         this.resyncing = true;
         if (fresh)
             this.lastSeq = null;
-        this.sendJoin(fresh);
+        if (fresh && this.host.snapshot)
+            void this.loadThenJoin(this.host.snapshot, this.attempt);
+        else
+            this.sendJoin(fresh);
     }
     onJoined(f) {
         this.kind = f.kind;
+        // A join that resumed from a snapshot replaced the state as a whole too.
+        const replaced = f.reset || this.replaced;
         if (f.reset) {
             this.epoch = f.epoch;
             this.state.reset(f.state ?? { strokes: [], messages: [] });
@@ -345,14 +389,15 @@ export class Room extends Emitter {
             }
         }
         this.resyncing = false;
+        this.replaced = false;
         this.presence = new Map(f.presence.map((u) => [u.id, u]));
         this.cursors.clear();
         this.outbox.settle(this.lastSeq ?? 0);
         this.setStatus('joined');
         this.outbox.setReady(true);
-        if (f.reset)
+        if (replaced)
             this.emit('reset', this.state);
-        this.emit('joined', { kind: f.kind, epoch: f.epoch, head: f.head, reset: f.reset });
+        this.emit('joined', { kind: f.kind, epoch: f.epoch, head: f.head, reset: replaced });
         this.settleReady.resolve();
     }
     onOp(f) {
