@@ -330,6 +330,21 @@ async fn a_cluster_loses_no_webhook_when_the_dispatching_room_node_dies() {
     cluster
         .kill(&owner)
         .expect("SIGKILL the dispatching room node");
+    let acked_at_kill = acked.lock().expect("lock").clone();
+    let delivered_at_kill: BTreeSet<(String, u64)> = receiver
+        .deliveries()
+        .iter()
+        .filter_map(|d| Some((d.event.room.to_string(), d.event.seq?.get())))
+        .collect();
+    let undelivered_of_the_dead = acked_at_kill
+        .iter()
+        .filter(|(room, _)| *room == rooms[0])
+        .filter(|op| !delivered_at_kill.contains(*op))
+        .count();
+    assert!(
+        undelivered_of_the_dead > 0,
+        "the kill must leave acked ops of the dead node's room undelivered"
+    );
     receiver.refuse_next(0);
 
     for publisher in publishers {
