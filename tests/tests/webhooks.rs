@@ -360,6 +360,34 @@ async fn a_cluster_loses_no_webhook_when_the_dispatching_room_node_dies() {
         receiver.deliveries().len(),
         receiver.refused()
     );
+
+    // Once the rooms are quiet and caught up, their marks go, the dead
+    // node's included: nothing is left for a later scan.
+    let options = collab_store::CqlOptions::from_url(cluster.store_url()).expect("store url");
+    let store = std::sync::Arc::new(
+        collab_store::CqlStore::connect(options)
+            .await
+            .expect("the cluster's store"),
+    );
+    let log = collab_store::Store::webhook_log(store).expect("webhook state");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let left: Vec<_> = log
+            .webhook_marks()
+            .await
+            .expect("marks")
+            .into_iter()
+            .filter(|(room, _)| rooms.contains(&room.to_string()))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "marks never cleared: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await; // poll interval
+    }
 }
 
 /// A value unique to this run, without a `rand` dependency.

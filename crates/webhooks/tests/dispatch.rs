@@ -283,3 +283,114 @@ async fn a_new_dispatcher_finds_a_marked_room_and_sends_from_the_cursor() {
         tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
     }
 }
+
+#[tokio::test]
+async fn a_deletion_is_sent_after_the_rooms_last_op_and_presence_goes_best_effort() {
+    let store = Arc::new(MemoryStore::new());
+    let chat = room(&store, "chat3", RoomKind::Channel).await;
+    let (url, state) = receiver(0).await;
+    let (dispatcher, marking) = Dispatcher::start(
+        fast(vec![hook(
+            "crm",
+            &url,
+            vec![
+                EventKind::OpCommitted,
+                EventKind::RoomDeleted,
+                EventKind::MemberJoined,
+            ],
+        )]),
+        store.clone(),
+        "n1",
+        Arc::new(Solo),
+    )
+    .expect("starts");
+    for seq in 1..=3u64 {
+        marking
+            .append(
+                &chat,
+                Seq(seq),
+                &[event(&chat, seq, message("hi"))],
+                &writer(),
+            )
+            .await
+            .expect("append");
+    }
+    // (Ops not sent yet when a room is deleted go with its history.)
+    eventually("the ops", || seqs_of(&state, "op.committed").len() == 3).await;
+    let epoch = Epoch::parse("e1").expect("epoch");
+    marking
+        .delete_room(
+            &chat,
+            &collab_store::Deletion {
+                epoch,
+                at: Seq(4),
+                writer: writer(),
+            },
+        )
+        .await
+        .expect("deleted");
+    eventually("the deletion", || {
+        !seqs_of(&state, "room.deleted").is_empty()
+    })
+    .await;
+    let kinds: Vec<(String, Option<u64>)> = state
+        .lock()
+        .expect("lock")
+        .events
+        .iter()
+        .map(|e| (e.kind.clone(), e.seq.map(|s| s.get())))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("op.committed".to_owned(), Some(1)),
+            ("op.committed".to_owned(), Some(2)),
+            ("op.committed".to_owned(), Some(3)),
+            ("room.deleted".to_owned(), Some(4)),
+        ]
+    );
+
+    // Presence: from the room's events, to the endpoints that asked.
+    let other = room(&store, "chat4", RoomKind::Channel).await;
+    dispatcher.room_event(&collab_protocol::envelope::RoomEvent::Presence {
+        room: other.clone(),
+        event: collab_protocol::PresenceEvent::Join,
+        user: collab_protocol::UserInfo {
+            id: UserId::parse("bob").expect("user"),
+            name: "Bob".into(),
+            color: "#123456".into(),
+        },
+        origin: None,
+    });
+    dispatcher.room_event(&collab_protocol::envelope::RoomEvent::Presence {
+        room: other.clone(),
+        event: collab_protocol::PresenceEvent::Leave,
+        user: collab_protocol::UserInfo {
+            id: UserId::parse("bob").expect("user"),
+            name: "Bob".into(),
+            color: "#123456".into(),
+        },
+        origin: None,
+    });
+    eventually("the join", || {
+        state
+            .lock()
+            .expect("lock")
+            .events
+            .iter()
+            .any(|e| e.kind == "member.joined")
+    })
+    .await;
+    let received = state.lock().expect("lock");
+    let joined = received
+        .events
+        .iter()
+        .find(|e| e.kind == "member.joined")
+        .expect("joined");
+    assert_eq!(joined.room, other);
+    assert_eq!(joined.room_kind, Some(RoomKind::Channel));
+    assert!(
+        !received.events.iter().any(|e| e.kind == "member.left"),
+        "member.left was not asked for"
+    );
+}
