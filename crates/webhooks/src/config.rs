@@ -101,6 +101,10 @@ pub struct WebhookConfig {
     /// How long one attempt may take.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
+    /// Requests in flight to this endpoint at most, over all rooms (each
+    /// room has at most one, to keep its order).
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
     /// The wait before the first retry; doubled after each failure…
     #[serde(default = "defaults::retry_base_ms")]
     pub retry_base_ms: u64,
@@ -117,6 +121,9 @@ pub struct WebhookConfig {
 mod defaults {
     pub fn timeout_ms() -> u64 {
         10_000
+    }
+    pub fn max_in_flight() -> usize {
+        64
     }
     pub fn retry_base_ms() -> u64 {
         500
@@ -211,6 +218,9 @@ pub fn check(webhooks: &[WebhookConfig]) -> Vec<String> {
         if hook.timeout_ms == 0 {
             problem("`timeout_ms` must be at least 1".into());
         }
+        if hook.max_in_flight == 0 {
+            problem("`max_in_flight` must be at least 1".into());
+        }
         if hook.retry_base_ms == 0 {
             problem("`retry_base_ms` must be at least 1".into());
         }
@@ -250,6 +260,7 @@ mod tests {
             op_kinds: None,
             room_kinds: None,
             timeout_ms: 1000,
+            max_in_flight: 8,
             retry_base_ms: 100,
             retry_max_ms: 1000,
             retry_horizon_secs: 60,

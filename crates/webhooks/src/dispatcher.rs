@@ -134,6 +134,8 @@ pub struct Dispatcher {
 
 struct Endpoint {
     config: WebhookConfig,
+    /// Bounds the requests in flight to the endpoint.
+    in_flight: tokio::sync::Semaphore,
     lag: Gauge,
     retrying: Gauge,
     presence: mpsc::Sender<WebhookEvent>,
@@ -180,6 +182,7 @@ impl Dispatcher {
                 let (tx, rx) = mpsc::channel(webhooks.options.presence_queue.max(1));
                 queues.push(rx);
                 Arc::new(Endpoint {
+                    in_flight: tokio::sync::Semaphore::new(config.max_in_flight.max(1)),
                     lag: webhooks.metrics.lag_of(&config.id),
                     retrying: webhooks.metrics.retrying_of(&config.id),
                     config,
@@ -668,16 +671,20 @@ async fn send_with_retries(
     let first = Instant::now();
     let mut failures = 0u32;
     let outcome = loop {
-        let sent = shared
-            .sender
-            .send(
-                &config.url,
-                config.secret.expose(),
-                &event.id,
-                body.clone(),
-                config.timeout(),
-            )
-            .await;
+        let sent = {
+            // Never closed: the semaphore lives as long as the endpoint.
+            let _permit = endpoint.in_flight.acquire().await;
+            shared
+                .sender
+                .send(
+                    &config.url,
+                    config.secret.expose(),
+                    &event.id,
+                    body.clone(),
+                    config.timeout(),
+                )
+                .await
+        };
         match sent {
             Ok(()) => {
                 shared.metrics.count(&config.id, Outcome::Delivered);

@@ -76,6 +76,7 @@ fn hook(id: &str, url: &str, events: Vec<EventKind>) -> WebhookConfig {
         op_kinds: None,
         room_kinds: None,
         timeout_ms: 2000,
+        max_in_flight: 4,
         retry_base_ms: 20,
         retry_max_ms: 100,
         retry_horizon_secs: 60,
