@@ -6,6 +6,8 @@
 //!   receiver refuses deliveries for a while (so committed ops wait); the
 //!   server is SIGKILLed mid-stream and restarted on the same data dir;
 //!   then the receiver takes deliveries again and must get every acked op.
+//! - Rooms that nobody uses after such a crash still get their events
+//!   sent: the new process finds them by their durable marks.
 //! - A receiver that fails at first gets every event later, in order.
 //! - A cluster of two gateways and two room nodes: the room node that
 //!   dispatches (the rooms' owner) is SIGKILLed mid-stream; the other one
@@ -223,6 +225,54 @@ async fn serve_killed_mid_stream_loses_no_webhook() {
         receiver.deliveries().len(),
         receiver.refused()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rooms_nobody_uses_after_a_crash_still_get_their_webhooks_sent() {
+    // The endpoint is down while two rooms get their ops; the server dies;
+    // after the restart nobody touches the rooms again, so only the
+    // marks can lead the new process to them.
+    let receiver = WebhookReceiver::start(SECRET).await.expect("receiver");
+    receiver.refuse_next(usize::MAX);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(&dir, &receiver);
+    let mut server = CollabServer::start(
+        ServerOptions::new()
+            .arg("--config")
+            .arg(config.display().to_string()),
+    )
+    .expect("collab serve starts");
+    let ann = server.dev_token("ann").await.expect("dev token");
+    let bot = server
+        .mint_token("bot", &["--service"])
+        .expect("collab token --service");
+    let acked: Acked = Arc::default();
+    for room in &ROOMS[..2] {
+        server
+            .create_room(&ann, &json!({"kind": "channel", "id": room}))
+            .await
+            .expect("room created");
+        publish_all(
+            Arc::new(Mutex::new(server.http_url())),
+            (*room).to_owned(),
+            bot.clone(),
+            30,
+            acked.clone(),
+        )
+        .await;
+    }
+    server.kill().expect("SIGKILL");
+    assert!(
+        receiver.deliveries().is_empty(),
+        "nothing was delivered before the crash"
+    );
+    server.restart().expect("restarts on the same data dir");
+    receiver.refuse_next(0);
+    let acked = acked.lock().expect("lock").clone();
+    assert_eq!(acked.len(), 60);
+    wait_for_all(&receiver, &acked).await;
+    assert!(receiver.bad().is_empty(), "{:?}", receiver.bad());
+    check_deliveries(&receiver.deliveries(), &acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
