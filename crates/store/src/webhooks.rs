@@ -13,7 +13,7 @@
 //!   endpoint's cursor reached the head. A dispatcher that starts lists the
 //!   marks to find rooms whose actors nothing will start again. A mark is
 //!   a row per (room, mark id), so clearing one writer's mark never clears
-//!   another's (see docs/adr/0014-webhooks-from-the-log.md).
+//!   another's (see docs/adr/0015-webhooks-from-the-log.md).
 
 use async_trait::async_trait;
 use collab_protocol::{RoomId, Seq};

@@ -11,7 +11,7 @@
 //! point loses nothing: the next owner of the room reads from the cursor,
 //! and finds rooms nobody touches again by their marks. The reasons, and
 //! what each event kind guarantees, are in
-//! docs/adr/0014-webhooks-from-the-log.md.
+//! docs/adr/0015-webhooks-from-the-log.md.
 
 pub mod backoff;
 pub mod config;
