@@ -13,6 +13,9 @@
 #               connections one server process holds under a 20,000 open-file limit)
 #   idle        IDLE_CONNECTIONS idle connections on collab serve; RSS per connection
 #   late-join   a board of LATE_JOIN_OPS ops; time to joined and to full state
+#   publish     ops posted over HTTP by PUBLISH_SENDERS service users at once, into
+#               1 room and into 100, one op per request and lists of 100; ops/s and
+#               request latency. Not in the default list
 #   ack         boards at ACK_BOARDS boards on collab serve (ack latency at half capacity)
 #   profile     boards at ACK_BOARDS boards on collab serve under `perf record`;
 #               writes profile-collab.txt (needs perf) and, with inferno
@@ -51,6 +54,7 @@
 #   CHAT_CHANNELS     (900)
 #   IDLE_CONNECTIONS  (19000)
 #   LATE_JOIN_OPS     (100000)
+#   PUBLISH_SENDERS   (32)
 #   ACK_BOARDS        (500)
 #   ROUNDS            (3)
 #   ROUNDS_SCENARIO   boards or classroom (boards)
@@ -90,6 +94,7 @@ CLASSROOM_RATE_STEPS="${CLASSROOM_RATE_STEPS:-10,25,50,75,100}"
 CHAT_CHANNELS="${CHAT_CHANNELS:-900}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-19000}"
 LATE_JOIN_OPS="${LATE_JOIN_OPS:-100000}"
+PUBLISH_SENDERS="${PUBLISH_SENDERS:-32}"
 ACK_BOARDS="${ACK_BOARDS:-500}"
 ROUNDS="${ROUNDS:-3}"
 ROUNDS_SCENARIO="${ROUNDS_SCENARIO:-boards}"
@@ -106,6 +111,8 @@ CENT_SECRET="collab-load-bench-secret"
 COLLAB="$CARGO_TARGET_DIR/release/collab"
 LOAD="$CARGO_TARGET_DIR/release/collab-load"
 SERVER_PID=""
+# Extra environment for a collab server (a scenario sets it locally).
+SERVER_ENV=()
 SERVER_URL=""
 SERVER_DATA=""
 # The redis-server of a `collab-redis` server.
@@ -168,7 +175,7 @@ start_server() {
         taskset -pc "$SERVER_CPU" "$(cat "$REDIS_DIR/redis-server.pid")" >/dev/null
         shared=(--redis "redis://127.0.0.1:$(cat "$REDIS_DIR/port")")
       fi
-      COLLAB_JWT_SECRET="$SECRET" RUST_LOG=warn taskset -c "$SERVER_CPU" \
+      env "${SERVER_ENV[@]}" COLLAB_JWT_SECRET="$SECRET" RUST_LOG=warn taskset -c "$SERVER_CPU" \
         "$COLLAB" serve --listen "127.0.0.1:$port" --data-dir "$data" "${shared[@]}" \
         >"$OUT/server-$kind.log" 2>&1 &
       SERVER_PID=$!
@@ -358,6 +365,22 @@ bench_late_join() {
   load "late-join-collab" collab late-join --ops "$LATE_JOIN_OPS"
 }
 
+# The server's per-user limits are raised: a backend that posts thousands of
+# ops a second is what is measured, not the limiter.
+bench_publish() {
+  local SERVER_ENV=(
+    COLLAB_GATEWAY__RATE_LIMITS__OPS_PER_SEC=1000000 COLLAB_GATEWAY__RATE_LIMITS__OPS_BURST=1000000
+    COLLAB_GATEWAY__RATE_LIMITS__HTTP_PER_SEC=1000000 COLLAB_GATEWAY__RATE_LIMITS__HTTP_BURST=1000000
+  )
+  local rooms batch
+  for rooms in 1 100; do
+    for batch in 1 100; do
+      load "publish-$rooms-rooms-batch-$batch" collab publish --rooms "$rooms" \
+        --senders "$PUBLISH_SENDERS" --batch "$batch" --seconds "$SECS"
+    done
+  done
+}
+
 bench_ack() {
   load "ack-collab" collab boards --boards "$ACK_BOARDS" --seconds "$SECS" "${WARM[@]}"
 }
@@ -447,6 +470,7 @@ main() {
       chat) bench_chat ;;
       idle) bench_idle ;;
       late-join) bench_late_join ;;
+      publish) bench_publish ;;
       ack) bench_ack ;;
       profile) bench_profile ;;
       rounds) bench_rounds ;;

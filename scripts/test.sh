@@ -99,6 +99,12 @@ cargo test --workspace --locked
 step "fuzz targets (scripts/fuzz.sh ci)"
 bash scripts/fuzz.sh ci
 
+# The HTTP API against its contract: schemathesis on a live `collab serve`
+# with docs/openapi.json (installs schemathesis into the cache once; about
+# a minute).
+step "HTTP API contract (scripts/openapi-check.sh)"
+bash scripts/openapi-check.sh
+
 # The Helm chart, the Kubernetes and CRD schemas, kube-score and the
 # Dockerfile, offline (installs helm, kubeconform and kube-score once).
 step "Kubernetes deployment (scripts/k8s-check.sh)"

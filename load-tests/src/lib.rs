@@ -21,10 +21,12 @@
 //! - [`capacity`]: steps the load up until p99 passes a bound;
 //! - [`rounds`]: repeated, interleaved capacity runs summed up per size;
 //! - [`latejoin`]: time to join a board with a long history;
+//! - [`publish`]: ops posted over HTTP by an app's backend;
 //! - [`report`]: JSON, Markdown and SVG plots.
 
 pub mod capacity;
 pub mod latejoin;
+pub mod publish;
 pub mod relay;
 pub mod report;
 pub mod rounds;

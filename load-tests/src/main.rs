@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
 
 use collab_load::capacity::{self, CapacityResult, StepBy};
 use collab_load::latejoin::{self, LateJoinOptions};
+use collab_load::publish::{self, PublishOptions};
 use collab_load::report;
 use collab_load::run::{self, RunOptions, RunResult, Spawn};
 use collab_load::scenario::Scenario;
@@ -164,6 +165,23 @@ enum Command {
         writer_rate: f64,
         #[arg(long, default_value_t = 5)]
         joiners: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Ops posted over HTTP (`POST /v1/rooms/{id}/ops`) by service users,
+    /// each waiting for its answer before the next, for --seconds; then
+    /// every room's head is checked against the ops acked (collab only,
+    /// needs --secret).
+    Publish {
+        /// Rooms the ops go to, round robin.
+        #[arg(long, default_value_t = 1)]
+        rooms: u32,
+        /// Requests in flight at once, each from its own service user.
+        #[arg(long, default_value_t = 32)]
+        senders: u32,
+        /// Ops per request (more than 1: a list).
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
         #[command(flatten)]
         common: Common,
     },
@@ -464,6 +482,30 @@ fn main() -> Result<()> {
                         };
                         let result = latejoin::run(&opts).await?;
                         let md = report::latejoin_markdown(&result);
+                        println!("{md}");
+                        write(&common.json, "", &serde_json::to_string_pretty(&result)?)?;
+                        write(&common.markdown, "", &md)?;
+                        Ok(())
+                    }
+                    Command::Publish {
+                        rooms,
+                        senders,
+                        batch,
+                        common,
+                    } => {
+                        ensure!(
+                            (1..=100).contains(&batch),
+                            "--batch: 1 to 100 ops per request"
+                        );
+                        let opts = PublishOptions {
+                            target: target(&common)?,
+                            rooms,
+                            senders,
+                            batch,
+                            seconds: common.seconds,
+                        };
+                        let result = publish::run(&opts).await?;
+                        let md = publish::markdown(&result);
                         println!("{md}");
                         write(&common.json, "", &serde_json::to_string_pretty(&result)?)?;
                         write(&common.markdown, "", &md)?;

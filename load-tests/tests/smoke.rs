@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use collab_load::latejoin::{self, LateJoinOptions};
+use collab_load::publish::{self, PublishOptions};
 use collab_load::run::{RunOptions, RunResult, Spawn, run};
 use collab_load::scenario::Scenario;
 use collab_load::target::{Auth, Target, TargetKind};
@@ -110,6 +111,27 @@ async fn late_join_gets_the_whole_board() {
     assert_eq!(r.head, 400);
     assert_eq!(r.joins.len(), 2);
     assert_eq!(r.joins[0].strokes, 40);
+}
+
+/// Within the default per-user limits: 4 service users, a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_ops_are_all_stored_once() {
+    let server =
+        CollabServer::start(ServerOptions::new().jwt_secret(SECRET)).expect("collab serve");
+    for (rooms, batch) in [(1, 1), (3, 5)] {
+        let r = publish::run(&PublishOptions {
+            target: collab_target(&server),
+            rooms,
+            senders: 4,
+            batch,
+            seconds: 1.0,
+        })
+        .await
+        .expect("publish run");
+        assert!(r.clean, "{r:?}");
+        assert!(r.requests > 0 && r.failed == 0, "{r:?}");
+        assert!(r.ops_per_sec > 0.0, "{r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

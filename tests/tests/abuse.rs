@@ -1,10 +1,14 @@
 //! The gateway's abuse limits on a real `collab serve`: each is exceeded,
 //! the refusal carries the protocol's status and error body, and another
-//! user (or address) is not affected.
+//! user (or address) is not affected. The socket limits are also tried on
+//! two servers sharing a real redis-server (found through
+//! `COLLAB_REDIS_SERVER`, as `scripts/test.sh` sets it), where a user's
+//! and an address's sockets on both count.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+use collab_ephemeral::testsuite::RedisServer;
 use collab_tests::harness::{CollabServer, ServerOptions, WsClient, upgrade_refusal};
 use collab_tests::metrics::sample;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,6 +116,89 @@ async fn sockets_over_the_limit_of_a_user_or_an_address_are_refused() {
             "{series}:\n{page}"
         );
     }
+}
+
+/// Polls an upgrade of `token` from `source` at `url` until it is refused
+/// (the other gateway's sockets reach the presence records within a
+/// fraction of a second); returns the refusal. An accepted socket is closed
+/// as it is dropped.
+async fn until_refused(url: &str, token: &str, source: IpAddr) -> (u16, serde_json::Value) {
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        match upgrade_refusal(url, token, None, Some(source)).await {
+            Ok(refusal) => return refusal,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "never refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
+}
+
+#[tokio::test]
+async fn sockets_on_every_gateway_sharing_a_redis_count_against_the_user_and_address_limits() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .expect("redis-server starts");
+    // Two servers sharing the Redis, as the gateways of a cluster do.
+    let start = |gateway: &str| {
+        CollabServer::start(
+            ServerOptions::new()
+                .jwt_secret("the secret both gateways share")
+                .env("COLLAB_REDIS", redis.url())
+                .env("COLLAB_GATEWAY__GATEWAY_ID", gateway)
+                .env("COLLAB_GATEWAY__MAX_SOCKETS_PER_USER", "2")
+                .env("COLLAB_GATEWAY__MAX_SOCKETS_PER_ADDRESS", "3"),
+        )
+        .expect("starts")
+    };
+    let (first, second) = (start("g1"), start("g2"));
+    let token = |user: &str| first.mint_token(user, &[]).expect("mints");
+    let (ann, bob, cat, dan) = (token("ann"), token("bob"), token("cat"), token("dan"));
+
+    // Three sockets from one address, spread over both gateways; two of
+    // them are ann's.
+    let ann1 = connect_from(&first, &ann, HERE).await;
+    let _ann2 = connect_from(&first, &ann, HERE).await;
+    let _bob1 = connect_from(&second, &bob, HERE).await;
+    // Ann's third is refused on the other gateway, from any address.
+    let refused = until_refused(&second.ws_url(), &ann, ELSEWHERE).await;
+    assert_refusal(&refused, 429, "rate_limited", "for this user (at most 2)");
+    // A fourth from the address is refused on either, for any user.
+    for server in [&first, &second] {
+        let refused = until_refused(&server.ws_url(), &cat, HERE).await;
+        assert_refusal(
+            &refused,
+            429,
+            "rate_limited",
+            "from this address (at most 3)",
+        );
+        let page = metrics_page(server).await;
+        let series = "collab_gateway_refusals_total{reason=\"sockets_per_address\"}";
+        assert!(
+            sample(&page, series).is_some_and(|n| n >= 1.0),
+            "{series}:\n{page}"
+        );
+    }
+    // Another address is not affected, on either.
+    let _cat1 = connect_from(&first, &cat, ELSEWHERE).await;
+    let _cat2 = connect_from(&second, &cat, ELSEWHERE).await;
+
+    // A socket closed on the first gateway frees a place on the second.
+    ann1.close().await.expect("closes");
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    let mut again = loop {
+        match WsClient::connect_from(&second.ws_url(), &dan, None, Some(HERE)).await {
+            Ok(client) => break client,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the closed socket's place never came back: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    };
+    again
+        .recv_type("welcome", FRAME_TIMEOUT)
+        .await
+        .expect("welcome");
 }
 
 #[tokio::test]

@@ -2,20 +2,27 @@
 //! a JWKS, and key rotation without a restart. The token minter holds the
 //! private key (`collab token --key KID=FILE`), the server only the public
 //! JWKS (`collab token jwks`). Rotating the file (a new kid in, the old
-//! one out) is picked up by the first token naming the new kid, at most
-//! one early reload per 10 seconds; a URL is reloaded on its schedule, and
-//! a reload that fails keeps the keys loaded before. The keys are the
-//! test-only ones of the gateway's `testdata/keys`.
+//! one out) is picked up by the first token naming the new kid, which is
+//! accepted, at the upgrade and on HTTP; a URL is reloaded on its
+//! schedule, and a reload that fails keeps the keys loaded before. A URL
+//! is https, checked against the roots `SSL_CERT_FILE` names (here a CA
+//! made by the test), or plain http only where explicitly allowed. The
+//! keys are the test-only ones of the gateway's `testdata/keys`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use collab_tests::harness::{CollabServer, ServerOptions, WsClient, collab_binary, upgrade_status};
+use collab_tests::harness::{
+    CollabServer, HarnessError, ServerOptions, WsClient, collab_binary, upgrade_status,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::PrivatePkcs8KeyDer;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Long enough for the rate-limited early reload (one per 10 s) and a
@@ -144,12 +151,14 @@ async fn a_rotated_jwks_file_takes_effect_without_a_restart() {
         &path,
         &jwks(&[("r1", "rsa-1.pem"), ("e1", "ed25519-1.pem")]),
     );
-    // No scheduled reload within the test: only the new kid causes one.
+    // No scheduled reload within the test: only unknown kids cause one,
+    // each of them (no gap between such reloads).
     let server = CollabServer::start(
         ServerOptions::new()
             .jwt_secret("the shared secret of HS256 tokens")
             .env("COLLAB_AUTH__JWKS", format!("file:{}", path.display()))
-            .env("COLLAB_AUTH__JWKS_REFRESH_SECS", "3600"),
+            .env("COLLAB_AUTH__JWKS_REFRESH_SECS", "3600")
+            .env("COLLAB_AUTH__JWKS_RELOAD_GAP_SECS", "0"),
     )
     .expect("collab serve starts");
 
@@ -165,21 +174,24 @@ async fn a_rotated_jwks_file_takes_effect_without_a_restart() {
     assert_eq!(me(&server, &eddsa).await.0, 200);
     assert_eq!(metric(&server, "collab_gateway_jwks_keys").await, 2.0);
 
-    // A key the server does not know yet; and a known kid signed by
-    // another key.
-    let next = signed(&server, "ann", &key_arg("r2", "rsa-2.pem"));
-    assert_eq!(upgrade(&server, &next).await, 401);
+    // A key the server does not have (the reload it causes does not bring
+    // it); and a known kid signed by another key.
+    let stranger = signed(&server, "ann", &key_arg("r3", "rsa-2.pem"));
+    assert_eq!(upgrade(&server, &stranger).await, 401);
     let forged = signed(&server, "ann", &key_arg("r1", "rsa-2.pem"));
     assert_eq!(upgrade(&server, &forged).await, 401);
 
-    // The rotation: r2 in, r1 out; e1 stays.
+    // The rotation: r2 in, r1 out; e1 stays. The first token naming r2,
+    // never seen before, is accepted: its check waits for the reload.
     write(
         &path,
         &jwks(&[("r2", "rsa-2.pem"), ("e1", "ed25519-1.pem")]),
     );
-    assert!(
-        until_upgrade(&server, &next, 101).await,
-        "a token of the new key is still refused {ROTATION_DEADLINE:?} after the rotation"
+    let next = signed(&server, "ann", &key_arg("r2", "rsa-2.pem"));
+    assert_eq!(
+        upgrade(&server, &next).await,
+        101,
+        "the first use of the new key is refused"
     );
     assert_eq!(
         upgrade(&server, &rs256).await,
@@ -197,13 +209,31 @@ async fn a_rotated_jwks_file_takes_effect_without_a_restart() {
     assert_eq!(welcome_user(&server, &next).await, "ann");
     assert_eq!(welcome_user(&server, &eddsa).await, "bob");
     assert_eq!(welcome_user(&server, &hs256).await, "cat");
+    // Another key rotated in, first used on an HTTP request.
+    write(
+        &path,
+        &jwks(&[
+            ("r2", "rsa-2.pem"),
+            ("e1", "ed25519-1.pem"),
+            ("e2", "ed25519-2.pem"),
+        ]),
+    );
+    let (status, body) = me(
+        &server,
+        &signed(&server, "dan", &key_arg("e2", "ed25519-2.pem")),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the first use of the new key is refused: {body}"
+    );
     assert!(
         metric(
             &server,
             "collab_gateway_jwks_refreshes_total{result=\"ok\"}"
         )
         .await
-            >= 2.0
+            >= 4.0
     );
     assert_eq!(
         metric(
@@ -215,31 +245,179 @@ async fn a_rotated_jwks_file_takes_effect_without_a_restart() {
     );
 }
 
-/// Serves `body` at any path over plain HTTP/1.1, one request per
-/// connection; `None` answers 503.
-async fn serve_jwks(listener: TcpListener, body: Arc<Mutex<Option<String>>>) {
-    while let Ok((mut stream, _)) = listener.accept().await {
+/// Serves `body` at any path over HTTP/1.1, one request per connection,
+/// in TLS when `tls` is given; `None` answers 503.
+async fn serve_jwks(
+    listener: TcpListener,
+    body: Arc<Mutex<Option<String>>>,
+    tls: Option<TlsAcceptor>,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
         let body = body.lock().expect("not poisoned").clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
+            match tls {
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        answer(stream, body).await;
+                    }
                 }
+                None => answer(stream, body).await,
             }
-            let response = match body {
-                Some(text) => format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                ),
-                None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
-            };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
         });
     }
+}
+
+/// Reads one request's head from `stream` and answers it with `body`.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, body: Option<String>) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let response = match body {
+        Some(text) => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        ),
+        None => {
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_owned()
+        }
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A certificate authority made for one test, and a certificate it signed
+/// for 127.0.0.1.
+struct TestTls {
+    /// The authority's certificate, in PEM: what a client trusts.
+    ca_pem: String,
+    acceptor: TlsAcceptor,
+}
+
+impl TestTls {
+    /// `authority`: the CA's name.
+    fn new(authority: &str) -> TestTls {
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, authority);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("a CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+
+        let key = KeyPair::generate().expect("a server key");
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "collab test key server");
+        let cert = server
+            .signed_by(&key, &issuer)
+            .expect("a server certificate");
+
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+        .expect("a server config");
+        TestTls {
+            ca_pem: ca_cert.pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+}
+
+/// Starts `collab serve` with `options` off the runtime's thread: it
+/// waits for its key server, which runs on this runtime.
+async fn start_off_runtime(options: ServerOptions) -> Result<CollabServer, HarnessError> {
+    tokio::task::spawn_blocking(move || CollabServer::start(options))
+        .await
+        .expect("the start did not panic")
+}
+
+#[tokio::test]
+async fn a_jwks_over_https_is_trusted_through_the_ca_roots_and_plain_http_must_be_allowed() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let tls = TestTls::new("collab test CA");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let port = listener.local_addr().expect("an address").port();
+    let served = Arc::new(Mutex::new(Some(jwks(&[("e1", "ed25519-1.pem")]))));
+    tokio::spawn(serve_jwks(
+        listener,
+        served.clone(),
+        Some(tls.acceptor.clone()),
+    ));
+    let url = format!("https://127.0.0.1:{port}/.well-known/jwks.json");
+    // The roots come from the system, or from SSL_CERT_FILE instead.
+    let roots = |pem: &str, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("writes");
+        path.display().to_string()
+    };
+
+    // Roots that do not include the key server's authority: its
+    // certificate is refused, the keys never load, and the server does
+    // not start.
+    let stranger = roots(&TestTls::new("another test CA").ca_pem, "another-ca.pem");
+    let refused = start_off_runtime(
+        ServerOptions::new()
+            .env("COLLAB_AUTH__JWKS", &url)
+            .env("SSL_CERT_FILE", stranger),
+    )
+    .await;
+    let Err(why) = refused else {
+        panic!("a key server with a certificate nobody trusts was used");
+    };
+    let why = why.to_string();
+    assert!(
+        why.contains("cannot read the jwks") && why.contains("invalid peer certificate"),
+        "{why}"
+    );
+
+    // Trusting the authority: the keys load over https.
+    let trusted = roots(&tls.ca_pem, "test-ca.pem");
+    let server = start_off_runtime(
+        ServerOptions::new()
+            .env("COLLAB_AUTH__JWKS", &url)
+            .env("SSL_CERT_FILE", trusted),
+    )
+    .await
+    .expect("collab serve starts with the keys served over https");
+    let token = signed(&server, "ann", &key_arg("e1", "ed25519-1.pem"));
+    assert_eq!(welcome_user(&server, &token).await, "ann");
+    let other = signed(&server, "bob", &key_arg("e1", "ed25519-2.pem"));
+    assert_eq!(upgrade(&server, &other).await, 401);
+
+    // The same keys over plain http: refused unless explicitly allowed
+    // (the test below allows it).
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let plain_url = format!(
+        "http://{}/.well-known/jwks.json",
+        plain.local_addr().expect("an address")
+    );
+    tokio::spawn(serve_jwks(plain, served, None));
+    let Err(why) =
+        start_off_runtime(ServerOptions::new().env("COLLAB_AUTH__JWKS", &plain_url)).await
+    else {
+        panic!("a JWKS over plain http was used without jwks_allow_http");
+    };
+    let why = why.to_string();
+    assert!(
+        why.contains("auth.jwks") && why.contains("jwks_allow_http"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
@@ -250,16 +428,15 @@ async fn a_jwks_url_is_reloaded_and_an_outage_keeps_the_last_keys() {
         listener.local_addr().expect("an address")
     );
     let served = Arc::new(Mutex::new(Some(jwks(&[("e1", "ed25519-1.pem")]))));
-    tokio::spawn(serve_jwks(listener, served.clone()));
+    tokio::spawn(serve_jwks(listener, served.clone(), None));
     // Public keys only: no secret, and so no HS256 (and no dev mode).
+    // Plain http, which must be allowed explicitly.
     let options = ServerOptions::new()
         .env("COLLAB_AUTH__JWKS", url)
+        .env("COLLAB_AUTH__JWKS_ALLOW_HTTP", "true")
         .env("COLLAB_AUTH__JWKS_REFRESH_SECS", "1");
-    // Starting waits for the server, which waits for the key server on
-    // this runtime: off the runtime's thread.
-    let server = tokio::task::spawn_blocking(move || CollabServer::start(options))
+    let server = start_off_runtime(options)
         .await
-        .expect("the start did not panic")
         .expect("collab serve starts");
     let old = signed(&server, "ann", &key_arg("e1", "ed25519-1.pem"));
     let new = signed(&server, "bob", &key_arg("e2", "ed25519-2.pem"));

@@ -23,9 +23,13 @@ export function collabBinary() {
 }
 
 export class CollabServer {
-  /** `secret`: run with this JWT secret instead of in dev mode. */
-  constructor({ secret = null } = {}) {
+  /**
+   * `secret`: run with this JWT secret instead of in dev mode; `settings`:
+   * more COLLAB_* environment settings.
+   */
+  constructor({ secret = null, settings = {} } = {}) {
     this.secret = secret;
+    this.settings = settings;
     this.root = mkdtempSync(join(tmpdir(), 'collab-web-test-'));
     this.dataDir = join(this.root, 'data');
     this.proc = null;
@@ -48,6 +52,7 @@ export class CollabServer {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('COLLAB_')));
     env.RUST_LOG = env.RUST_LOG || 'warn';
     if (this.secret) env.COLLAB_JWT_SECRET = this.secret;
+    Object.assign(env, this.settings);
     const proc = spawn(collabBinary(), ['serve', '--listen', listen, '--data-dir', this.dataDir], {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -134,11 +139,12 @@ export class CollabServer {
     if (r.status !== 204) throw new Error(`delete room: ${r.status} ${await r.text()}`);
   }
 
-  async devToken(user, name) {
+  /** A dev token; `ttlSecs`: its lifetime (the server's default, a day, if absent). */
+  async devToken(user, name, ttlSecs) {
     const r = await fetch(`${this.url}/v1/dev/token`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ user, name }),
+      body: JSON.stringify({ user, name, ttl_secs: ttlSecs }),
     });
     if (!r.ok) throw new Error(`dev token: ${r.status}`);
     return (await r.json()).token;

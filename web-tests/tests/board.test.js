@@ -222,7 +222,48 @@ test('the server is killed and restarted mid-session: nothing lost, nothing doub
   });
 });
 
-test('a stroke cut by a dropped connection goes on as a new stroke, nothing lost', async () => {
+test('a stroke cut by a short drop stays one stroke, and one Undo takes all of it', async () => {
+  assert.ok(code, 'needs the board of the first test');
+  const box = await ann.locator('#board').boundingBox();
+  const token = await server.devToken('auditor');
+  const seen = (await server.allOps(token, code)).length;
+
+  await pickColor(ann, 'Green');
+  await ann.mouse.move(box.x + 80, box.y + 60);
+  await ann.mouse.down();
+  await ann.mouse.move(box.x + 280, box.y + 60, { steps: 10 });
+  await waitFor('the open stroke on Bob\'s page', async () => isColor((await board(bob, [[180, 60]])).colors[0], GREEN));
+  // The connection drops and the page reconnects while the pen is down.
+  await ann.evaluate(() => window.collab.dropConnection());
+  await ann.mouse.move(box.x + 480, box.y + 60, { steps: 10 });
+  await ann.mouse.up();
+  await waitFor('Ann online again', async () => (await statusOf(ann)) === 'online');
+  await waitFor('Ann\'s outbox empty', async () => (await ann.locator('#status').getAttribute('data-unsaved')) === '0');
+  await samePicture('the same picture after the short drop', [ann, bob]);
+  assert.ok(isColor((await board(bob, [[380, 60]])).colors[0], GREEN), 'the part drawn after the drop, on Bob\'s page');
+
+  const ops = (await server.allOps(token, code)).slice(seen);
+  const begins = ops.filter((o) => o.op.kind === 'stroke_begin');
+  assert.equal(begins.length, 1, `one stroke: ${JSON.stringify(begins)}`);
+  const ends = ops.filter((o) => o.op.kind === 'stroke_end');
+  assert.equal(ends.length, 1, 'ended once');
+  assert.notEqual(ends[0].cid, null, 'by Ann, not by the server');
+  const stroke = begins[0].op.stroke;
+  assert.ok(ops.every((o) => !o.op.stroke || o.op.stroke === stroke), 'every point went to that stroke');
+
+  // One Undo takes the whole gesture away, on both pages.
+  await ann.locator('#board').focus();
+  await ann.keyboard.press('Control+z');
+  await waitFor('the whole stroke gone from Bob\'s page', async () => {
+    const shot = await board(bob, [[180, 60], [380, 60]]);
+    return shot.colors.every((c) => !isColor(c, GREEN));
+  });
+  await samePicture('the same picture after the undo', [ann, bob]);
+  await ann.getByRole('button', { name: 'Redo' }).click();
+  await waitFor('the stroke back on Bob\'s page', async () => isColor((await board(bob, [[380, 60]])).colors[0], GREEN));
+});
+
+test('a stroke cut for longer than the grace goes on as a new stroke, nothing lost', async () => {
   assert.ok(code, 'needs the board of the first test');
   const box = await ann.locator('#board').boundingBox();
   const token = await server.devToken('auditor');
@@ -235,7 +276,8 @@ test('a stroke cut by a dropped connection goes on as a new stroke, nothing lost
   await ann.mouse.down();
   await ann.mouse.move(box.x + 280, box.y + 330, { steps: 10 });
   await waitFor('the open stroke on Bob\'s page', async () => isColor((await board(bob, [[180, 330]])).colors[0], PURPLE));
-  // The connection drops and stays down: the server ends the stroke for Ann.
+  // The connection drops and stays down past the grace: the server ends
+  // the stroke for Ann.
   await ann.context().setOffline(true);
   await ann.evaluate(() => window.collab.dropConnection());
   await waitFor('the server ending the orphaned stroke', async () => (await serverEnded()) === endedBefore + 1);

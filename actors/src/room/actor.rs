@@ -17,15 +17,22 @@
 //! `Store::delete_room`); requests that came after it are answered
 //! `not_found`, and the gateways are told (`RoomEvent::Deleted`). An actor
 //! that loads a room and meets a tombstone finishes that deletion.
+//!
+//! A room's name and members change through its actor too
+//! (`RoomRequest::Update`), one change at a time, in the order of the
+//! room's requests: joins that arrive while a change is being written wait
+//! for it, so a join is always checked against the durable member list.
+//! Users a change removes leave the room's presence once it is durable, and
+//! the gateways are told (`RoomEvent::Removed`) to drop their connections.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use collab_protocol::envelope::{ConnRef, RoomEvent, RoomInspection, RoomReply, RoomRequest};
 use collab_protocol::frames::{JoinedBody, PresenceEvent, UserInfo};
-use collab_protocol::http::{LastCommit, RoomMember};
+use collab_protocol::http::{LastCommit, RoomMember, RoomUpdated};
 use collab_protocol::{
     Access, Cid, ConnId, ErrorCode, NodeId, OpEvent, ProtocolError, RoomId, Seq, UserId,
 };
@@ -71,6 +78,8 @@ pub enum RoomMsg {
     Expire(RpcReplyPort<Expiry>),
     /// The store answered the room's deletion.
     DeleteDone(Result<(), StoreError>),
+    /// The store answered the change of the room's name and members.
+    UpdateDone(Result<(), StoreError>),
 }
 
 pub struct RoomArgs {
@@ -207,10 +216,10 @@ struct Live {
     joins: Vec<(RoomRequest, Reply)>,
     /// Retries of ops still in flight: acked when their seq commits.
     duplicates: Vec<(Seq, Reply)>,
-    /// Users the others were told had left because their gateway was
-    /// declared dead: if the gateway was alive after all and puts them
-    /// back, the others hear they are back.
-    left_with_gateway: HashSet<UserId>,
+    /// Users the others were told had left while a connection of theirs
+    /// may still be there (its gateway was declared dead, or it went
+    /// silent): if it is put back, the others hear they are back.
+    told_gone: HashSet<UserId>,
     /// Connections that left, so that a re-attach sent for one just before
     /// it left and arriving after its `Leave` does not put it back.
     left: LeftConns,
@@ -218,11 +227,30 @@ struct Live {
     snapshot_running: bool,
     snapshot_at: Instant,
     last_activity: Instant,
-    orphan_check_at: Option<Instant>,
+    /// Connections whose join asked for their user's open strokes to
+    /// outlive a dropped connection (`resume_strokes`).
+    resumers: HashSet<ConnRef>,
+    /// Users gone from the room with strokes open, and when those strokes
+    /// are ended for them unless they are back.
+    orphan_deadlines: HashMap<UserId, Instant>,
     drain: Option<Vec<RpcReplyPort<()>>>,
     /// A deletion waiting for the batch in flight (and the ops that came
     /// before it) to commit.
     deletion: Option<DeleteWanted>,
+    /// The change of name and members the store is writing; joins wait
+    /// for it.
+    updating: Option<Updating>,
+    /// Changes that came while another was being written, in order.
+    updates: VecDeque<(RoomRequest, Reply)>,
+}
+
+/// A change of the room's name and members on its way to the store.
+struct Updating {
+    /// The record once it is durable.
+    record: RoomRecord,
+    /// The users to take out of the room then.
+    removed: Vec<UserId>,
+    reply: Reply,
 }
 
 /// The 1,024 connections that left the room most recently: a
@@ -337,6 +365,7 @@ impl Actor for RoomActor {
             RoomMsg::Drain(reply) => state.on_drain(&myself, reply),
             RoomMsg::Expire(port) => state.on_expire(port),
             RoomMsg::DeleteDone(result) => state.on_deleted(&myself, result),
+            RoomMsg::UpdateDone(result) => state.on_updated(&myself, result),
         }
         Ok(())
     }
@@ -394,7 +423,14 @@ impl RoomActorState {
                     replayed,
                 } = *loaded;
                 let config = &self.ctx.config;
-                let orphans_possible = !state.users_with_open_strokes().is_empty();
+                // Whoever had a stroke open under the last owner gets the
+                // grace to come back and go on with it.
+                let grace_ends = Instant::now() + config.orphan_grace;
+                let orphan_deadlines = state
+                    .users_with_open_strokes()
+                    .into_iter()
+                    .map(|user| (user, grace_ends))
+                    .collect();
                 let fresh = presence.is_none();
                 if let Some(presence) = presence {
                     *state.presence_mut() = presence;
@@ -427,15 +463,18 @@ impl RoomActorState {
                     next: VecDeque::new(),
                     joins: Vec::new(),
                     duplicates: Vec::new(),
-                    left_with_gateway: HashSet::new(),
+                    told_gone: HashSet::new(),
                     left: LeftConns::default(),
                     snapshot_seq: head,
                     snapshot_running: false,
                     snapshot_at: Instant::now(),
                     last_activity: Instant::now(),
-                    orphan_check_at: orphans_possible.then(|| Instant::now() + config.orphan_grace),
+                    resumers: HashSet::new(),
+                    orphan_deadlines,
                     drain: None,
                     deletion: None,
+                    updating: None,
+                    updates: VecDeque::new(),
                 }));
                 // An expiry is the first request of its actor: it decides
                 // before the ones that came while the room loaded.
@@ -553,6 +592,8 @@ impl RoomActorState {
             || live.in_flight.is_some()
             || !live.next.is_empty()
             || live.snapshot_running
+            || live.updating.is_some()
+            || !live.updates.is_empty()
         {
             return false;
         }
@@ -793,7 +834,9 @@ impl RoomActorState {
                         deleting.askers.push(DeleteAsker::Request(reply));
                     }
                     // Nothing to leave once it is gone.
-                    RoomRequest::Leave { .. } => answer(reply, RoomReply::Done),
+                    RoomRequest::Leave { .. } | RoomRequest::Away { .. } => {
+                        answer(reply, RoomReply::Done)
+                    }
                     request => deleting.parked.push((request, reply)),
                 }
                 return;
@@ -819,7 +862,9 @@ impl RoomActorState {
             // Came after the `Delete`: not for this room any more.
             match request {
                 RoomRequest::Delete { .. } => wanted.askers.push(DeleteAsker::Request(reply)),
-                RoomRequest::Leave { .. } => answer(reply, RoomReply::Done),
+                RoomRequest::Leave { .. } | RoomRequest::Away { .. } => {
+                    answer(reply, RoomReply::Done)
+                }
                 RoomRequest::Fetch { after, limit, .. } => {
                     live.fetch(&self.ctx, after, limit as usize, reply);
                 }
@@ -845,18 +890,28 @@ impl RoomActorState {
                 self.pump(myself);
             }
             RoomRequest::Join { .. } => {
-                if live.in_flight.is_some() {
+                if live.in_flight.is_some() || live.updating.is_some() {
                     live.joins.push((request, reply));
                 } else {
                     live.answer_join(&self.ctx, request, reply);
                 }
             }
-            RoomRequest::Attach { room, conn, user } => {
-                live.attach(&self.ctx, room, conn, user, reply);
+            RoomRequest::Attach {
+                room,
+                conn,
+                user,
+                resume_strokes,
+            } => {
+                live.attach(&self.ctx, room, conn, user, resume_strokes, reply);
             }
-            RoomRequest::Leave { conn, .. } => {
+            RoomRequest::Leave { conn, dropped, .. } => {
                 let ts = now_ms();
-                live.leave(&self.ctx, &conn, ts);
+                live.leave(&self.ctx, &conn, dropped, ts);
+                answer(reply, RoomReply::Done);
+                self.pump(myself);
+            }
+            RoomRequest::Away { conn, .. } => {
+                live.away(&self.ctx, &conn, now_ms());
                 answer(reply, RoomReply::Done);
                 self.pump(myself);
             }
@@ -900,6 +955,10 @@ impl RoomActorState {
             RoomRequest::Fetch { after, limit, .. } => {
                 live.fetch(&self.ctx, after, limit as usize, reply);
             }
+            RoomRequest::Update { .. } => {
+                live.updates.push_back((request, reply));
+                self.start_update(myself);
+            }
             // Answered above, before the activity stamp.
             RoomRequest::Inspect { .. } => {}
         }
@@ -915,8 +974,12 @@ impl RoomActorState {
         if live.in_flight.is_some() {
             return;
         }
-        for (request, reply) in std::mem::take(&mut live.joins) {
-            live.answer_join(&self.ctx, request, reply);
+        // Joins wait for a change of members being written, to be checked
+        // against it.
+        if live.updating.is_none() {
+            for (request, reply) in std::mem::take(&mut live.joins) {
+                live.answer_join(&self.ctx, request, reply);
+            }
         }
         let config = &self.ctx.config;
         let mut events = Vec::new();
@@ -1156,7 +1219,9 @@ fn fail_all(mut live: Live, in_flight: InFlight, reason: &str) {
         .chain(in_flight.refusals.into_iter().map(|(reply, _)| reply))
         .chain(live.next.into_iter().filter_map(|p| p.reply))
         .chain(live.duplicates.into_iter().map(|(_, reply)| reply))
-        .chain(live.joins.into_iter().map(|(_, reply)| reply));
+        .chain(live.joins.into_iter().map(|(_, reply)| reply))
+        .chain(live.updating.map(|updating| updating.reply))
+        .chain(live.updates.into_iter().map(|(_, reply)| reply));
     for reply in replies {
         answer(reply, unavailable(reason));
     }
@@ -1201,6 +1266,7 @@ impl Live {
         room: RoomId,
         conn: ConnRef,
         user: UserInfo,
+        resume_strokes: bool,
         reply: Reply,
     ) {
         // A gateway re-attaches a member when the room's owner changed;
@@ -1212,8 +1278,8 @@ impl Live {
         // The connection was in the room before it moved or restarted, and
         // nobody was told it left: putting it back tells nobody either,
         // unless its gateway had been declared dead.
-        let announce = self.left_with_gateway.contains(&user.id);
-        match self.admit(ctx, &room, conn, user, announce) {
+        let announce = self.told_gone.contains(&user.id);
+        match self.admit(ctx, &room, conn, user, announce, resume_strokes) {
             Ok(()) => answer(reply, RoomReply::Done),
             Err(refusal) => answer(reply, refusal.into()),
         }
@@ -1228,14 +1294,20 @@ impl Live {
         conn: ConnRef,
         user: UserInfo,
         announce: bool,
+        resume_strokes: bool,
     ) -> Result<(), ProtocolError> {
         if !self.record.admits(&user.id) {
             return Err(ProtocolError::forbidden("this room is private"));
         }
+        if resume_strokes {
+            self.resumers.insert(conn.clone());
+        } else {
+            self.resumers.remove(&conn);
+        }
         if let Some(PresenceChange::Joined(info)) =
             self.state.presence_mut().join(conn.clone(), user)
         {
-            self.left_with_gateway.remove(&info.id);
+            self.told_gone.remove(&info.id);
             if !announce {
                 return Ok(());
             }
@@ -1257,13 +1329,14 @@ impl Live {
             user,
             since,
             epoch,
+            resume_strokes,
         } = request
         else {
             return;
         };
         // Joining again after a leave.
         self.left.remove(&conn.conn);
-        if let Err(refusal) = self.admit(ctx, &room, conn, user, true) {
+        if let Err(refusal) = self.admit(ctx, &room, conn, user, true, resume_strokes) {
             answer(reply, refusal.into());
             return;
         }
@@ -1351,12 +1424,15 @@ impl Live {
     }
 
     /// A connection leaves. When it was its user's last one, everyone hears
-    /// of it and the user's open strokes are ended for them.
-    fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
+    /// of it and the user's open strokes are ended for them: now, or after
+    /// the grace if the connection dropped and had asked to resume its
+    /// strokes.
+    fn leave(&mut self, ctx: &RoomContext, conn: &ConnRef, dropped: bool, ts: i64) {
         // Even if not present (a re-attach may be on its way).
         self.left.insert(conn.conn.clone(), ());
+        let resumes = self.resumers.remove(conn) && dropped;
         if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
-            self.end_orphans_of(&info.id, ts);
+            self.orphaned(ctx, &info.id, resumes, ts);
             let left = RoomEvent::Presence {
                 room: self.record.id.clone(),
                 event: PresenceEvent::Leave,
@@ -1367,7 +1443,100 @@ impl Live {
         }
     }
 
-    fn end_orphans_of(&mut self, user: &collab_protocol::UserId, ts: i64) {
+    /// A connection went silent: out of the presence as if it had dropped,
+    /// but not counted as left, so that `Attach` puts it back (announced)
+    /// when it is heard from again.
+    fn away(&mut self, ctx: &RoomContext, conn: &ConnRef, ts: i64) {
+        let resumes = self.resumers.contains(conn);
+        if let Some(PresenceChange::Left(info)) = self.state.presence_mut().leave(conn) {
+            self.told_gone.insert(info.id.clone());
+            self.orphaned(ctx, &info.id, resumes, ts);
+            let left = RoomEvent::Presence {
+                room: self.record.id.clone(),
+                event: PresenceEvent::Leave,
+                user: info,
+                origin: Some(conn.clone()),
+            };
+            ctx.sink.emit(left, self.term);
+        }
+    }
+
+    /// `user`'s last connection is gone: their open strokes end now, or
+    /// when the grace is over if they have not come back by then.
+    fn orphaned(&mut self, ctx: &RoomContext, user: &UserId, resumes: bool, ts: i64) {
+        if resumes {
+            if !self.state.open_strokes_of(user).is_empty() {
+                let ends = Instant::now() + ctx.config.orphan_grace;
+                self.orphan_deadlines.insert(user.clone(), ends);
+            }
+        } else {
+            self.end_orphans_of(user, ts);
+        }
+    }
+
+    /// Ends the open strokes of users whose grace is over and who are not
+    /// back; true if any were.
+    fn end_overdue_orphans(&mut self) -> bool {
+        let now = Instant::now();
+        if !self.orphan_deadlines.values().any(|at| *at <= now) {
+            return false;
+        }
+        let ts = now_ms();
+        let mut overdue: Vec<UserId> = Vec::new();
+        self.orphan_deadlines.retain(|user, at| {
+            let due = *at <= now;
+            if due {
+                overdue.push(user.clone());
+            }
+            !due
+        });
+        overdue.sort();
+        for user in overdue {
+            if !self.state.presence().is_present(&user) {
+                self.end_orphans_of(&user, ts);
+            }
+        }
+        true
+    }
+
+    /// Takes every connection of `users` out of the room's presence (the
+    /// others hear they left) and tells the gateways to drop them
+    /// (`RoomEvent::Removed`).
+    fn remove_users(&mut self, ctx: &RoomContext, users: &[UserId]) {
+        if users.is_empty() {
+            return;
+        }
+        let ts = now_ms();
+        let conns: Vec<ConnRef> = self
+            .state
+            .presence()
+            .connections()
+            .filter(|(_, user)| users.contains(&user.id))
+            .map(|(conn, _)| conn.clone())
+            .collect();
+        for conn in &conns {
+            self.leave(ctx, conn, false, ts);
+        }
+        let removed = RoomEvent::Removed {
+            room: self.record.id.clone(),
+            users: users.to_vec(),
+        };
+        ctx.sink.emit(removed, self.term);
+    }
+
+    /// The room as `PATCH` answers it.
+    fn updated(&self) -> RoomUpdated {
+        RoomUpdated {
+            id: self.record.id.clone(),
+            kind: self.record.kind,
+            name: self.record.name.clone(),
+            epoch: self.record.epoch.clone(),
+            created_by: self.record.created_by.clone(),
+            members: self.record.members.clone(),
+        }
+    }
+
+    fn end_orphans_of(&mut self, user: &UserId, ts: i64) {
         // Strokes already ending in a waiting op are left to it.
         for request in self.state.orphan_endings(user, ts) {
             self.next.push_back(PendingOp {
@@ -1418,14 +1587,7 @@ impl RoomActorState {
             }
             return;
         }
-        if live.orphan_check_at.is_some_and(|at| Instant::now() >= at) {
-            live.orphan_check_at = None;
-            let ts = now_ms();
-            for user in live.state.users_with_open_strokes() {
-                if !live.state.presence().is_present(&user) {
-                    live.end_orphans_of(&user, ts);
-                }
-            }
+        if live.end_overdue_orphans() {
             self.pump(myself);
             return;
         }
@@ -1536,10 +1698,20 @@ impl RoomActorState {
             return;
         };
         let ts = now_ms();
+        // Users with a connection there that asked to resume its strokes.
+        let mut resuming = HashSet::new();
+        live.resumers.retain(|conn| {
+            let gone = conn.gateway == gateway;
+            if gone && let Some(user) = live.state.presence().user_of(conn) {
+                resuming.insert(user.clone());
+            }
+            !gone
+        });
         for change in live.state.presence_mut().leave_gateway(gateway) {
             if let PresenceChange::Left(info) = change {
-                live.end_orphans_of(&info.id, ts);
-                live.left_with_gateway.insert(info.id.clone());
+                let resumes = resuming.contains(&info.id);
+                live.orphaned(&self.ctx, &info.id, resumes, ts);
+                live.told_gone.insert(info.id.clone());
                 let left = RoomEvent::Presence {
                     room: self.room.clone(),
                     event: PresenceEvent::Leave,
@@ -1593,7 +1765,12 @@ impl RoomActorState {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if live.in_flight.is_some() || live.snapshot_running || live.deletion.is_some() {
+        if live.in_flight.is_some()
+            || live.snapshot_running
+            || live.deletion.is_some()
+            || live.updating.is_some()
+            || !live.updates.is_empty()
+        {
             return;
         }
         if !live.next.is_empty() {
@@ -1616,4 +1793,145 @@ impl RoomActorState {
         }
         myself.stop(Some("drained".into()));
     }
+}
+
+// === impl RoomActorState: name and members ===
+
+impl RoomActorState {
+    /// Starts the next waiting change of name and members unless one is
+    /// being written. A change that writes nothing (the same name, members
+    /// removed who were not members) is answered at once, its removals
+    /// done all the same: a kick is idempotent.
+    fn start_update(&mut self, myself: &ActorRef<RoomMsg>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        while live.updating.is_none() {
+            let Some((request, reply)) = live.updates.pop_front() else {
+                return;
+            };
+            let RoomRequest::Update {
+                epoch,
+                name,
+                add,
+                remove,
+                ..
+            } = request
+            else {
+                continue;
+            };
+            if epoch.is_some_and(|epoch| epoch != live.record.epoch) {
+                let gone = ProtocolError::not_found(format!(
+                    "room {} is not the one of that epoch any more",
+                    self.room
+                ));
+                answer(reply, gone.into());
+                continue;
+            }
+            let (record, removed) = match planned_update(&live.record, name, add, remove) {
+                Ok(planned) => planned,
+                Err(refusal) => {
+                    answer(reply, refusal.into());
+                    continue;
+                }
+            };
+            if record == live.record {
+                live.remove_users(&self.ctx, &removed);
+                answer(reply, RoomReply::Updated(live.updated()));
+                continue;
+            }
+            debug!(room = %self.room, removed = removed.len(), "changing the room's name or members");
+            let store = self.ctx.store.clone();
+            let update = record.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let result = store.update_room(&update).await;
+                let _ = me.send_message(RoomMsg::UpdateDone(result));
+            });
+            live.updating = Some(Updating {
+                record,
+                removed,
+                reply,
+            });
+        }
+    }
+
+    fn on_updated(&mut self, myself: &ActorRef<RoomMsg>, result: Result<(), StoreError>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let Some(updating) = live.updating.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                info!(room = %self.room, removed = updating.removed.len(), "room's name or members changed");
+                live.record = updating.record;
+                live.remove_users(&self.ctx, &updating.removed);
+                answer(updating.reply, RoomReply::Updated(live.updated()));
+            }
+            Err(StoreError::NotFound(_)) => {
+                let gone = ProtocolError::not_found(format!("no room {}", self.room));
+                answer(updating.reply, gone.into());
+            }
+            Err(StoreError::InvalidBatch(reason)) => {
+                answer(updating.reply, ProtocolError::bad_request(reason).into());
+            }
+            Err(e) => {
+                warn!(room = %self.room, error = %e, "changing the room's name or members failed");
+                answer(
+                    updating.reply,
+                    unavailable("the room could not be changed; retry"),
+                );
+            }
+        }
+        self.start_update(myself);
+        self.pump(myself);
+    }
+}
+
+/// The record `record` becomes with `name`, `add` and `remove`, and the
+/// users to take out of the room (each of `remove` once). Refused: an
+/// empty name, members changed in a public room, the creator removed.
+fn planned_update(
+    record: &RoomRecord,
+    name: Option<String>,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+) -> Result<(RoomRecord, Vec<UserId>), ProtocolError> {
+    let mut updated = record.clone();
+    if let Some(name) = name {
+        if name.trim().is_empty() {
+            return Err(ProtocolError::bad_request("name must not be empty"));
+        }
+        updated.name = name;
+    }
+    let mut removed: Vec<UserId> = Vec::with_capacity(remove.len());
+    for user in remove {
+        if !removed.contains(&user) {
+            removed.push(user);
+        }
+    }
+    if add.is_empty() && removed.is_empty() {
+        return Ok((updated, removed));
+    }
+    let Some(members) = &mut updated.members else {
+        return Err(ProtocolError::bad_request(format!(
+            "room {} is public: anyone may join it, so it has no members to change",
+            record.id
+        )));
+    };
+    if removed.contains(&record.created_by) {
+        return Err(ProtocolError::bad_request(format!(
+            "{} created room {} and is always a member of it",
+            record.created_by, record.id
+        )));
+    }
+    members.retain(|member| !removed.contains(member));
+    for user in add {
+        if !removed.contains(&user) && !members.contains(&user) {
+            members.push(user);
+        }
+    }
+    Ok((updated, removed))
 }

@@ -29,8 +29,9 @@ pub struct RoomConfig {
     pub mailbox_high_water: usize,
     /// How long a commit may take before its outcome counts as unknown.
     pub commit_timeout: Duration,
-    /// After a room loads, how long its users get to come back before their
-    /// open strokes are ended for them.
+    /// How long a user gets to come back to their open strokes before they
+    /// are ended for them: after the room loads, and after a connection
+    /// that joined with `resume_strokes` drops.
     pub orphan_grace: Duration,
 }
 

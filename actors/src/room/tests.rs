@@ -259,6 +259,7 @@ impl Node {
                     user: user_info(who),
                     since: None,
                     epoch: None,
+                    resume_strokes: false,
                 })
                 .await;
             assert!(matches!(reply, RoomReply::Joined(_)), "{reply:?}");
@@ -277,6 +278,7 @@ impl Node {
             user: user_info(who),
             since,
             epoch: None,
+            resume_strokes: false,
         })
         .await
     }
@@ -332,6 +334,7 @@ async fn nothing_is_acked_or_broadcast_before_the_store_confirms() {
         user: user_info("cat"),
         since: None,
         epoch: None,
+        resume_strokes: false,
     });
     // A fetch is answered at once: once it is, the actor has handled
     // everything sent before it.
@@ -568,6 +571,7 @@ async fn presence_and_orphaned_strokes() {
         node.ask(RoomRequest::Leave {
             room: room_id(ROOM),
             conn: conn(c),
+            dropped: false,
         })
         .await;
     }
@@ -593,6 +597,143 @@ async fn presence_and_orphaned_strokes() {
     );
 }
 
+/// A connection that joined with `resume_strokes` and dropped: its user's
+/// open stroke waits for the grace, and a new connection goes on with it.
+#[tokio::test]
+async fn a_resumable_stroke_outlives_a_dropped_connection_for_the_grace() {
+    let store = Arc::new(GatedStore::new());
+    let mut config = config();
+    config.orphan_grace = Duration::from_millis(400);
+    let node = node_with(store, config).await;
+    node.create(ROOM, RoomKind::Board, None).await;
+    let join = |conn_id: &str| RoomRequest::Join {
+        room: room_id(ROOM),
+        conn: conn(conn_id),
+        user: user_info("ann"),
+        since: None,
+        epoch: None,
+        resume_strokes: true,
+    };
+    let from = |conn_id: &str, cid: &str, op: Op| RoomRequest::Op {
+        room: room_id(ROOM),
+        conn: conn(conn_id),
+        user: UserId::parse("ann").expect("id"),
+        access: Access::Write,
+        cid: Cid::parse(cid).expect("id"),
+        op,
+    };
+    let points = |stroke: &str| Op::StrokePoints {
+        stroke: sid(stroke),
+        points: vec![[1.0, 1.0]],
+    };
+    let leave = |conn_id: &str| RoomRequest::Leave {
+        room: room_id(ROOM),
+        conn: conn(conn_id),
+        dropped: true,
+    };
+    let begin = |stroke: &str| Op::StrokeBegin {
+        stroke: sid(stroke),
+        color: "#000000".into(),
+        width: 2.0,
+        points: vec![],
+    };
+
+    // Back within the grace: the same stroke goes on, and is ended once,
+    // by its owner.
+    assert!(matches!(node.ask(join("a1")).await, RoomReply::Joined(_)));
+    ack_seq(&node.ask(from("a1", "c1", begin("kept"))).await);
+    node.ask(leave("a1")).await;
+    assert!(matches!(node.ask(join("a2")).await, RoomReply::Joined(_)));
+    ack_seq(&node.ask(from("a2", "c2", points("kept"))).await);
+    let end = Op::StrokeEnd {
+        stroke: sid("kept"),
+    };
+    ack_seq(&node.ask(from("a2", "c3", end)).await);
+    // Longer than the grace: nothing more happened to it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let ops = node.sink.ops();
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(ops.iter().all(|op| op.cid.is_some()), "{ops:?}");
+
+    // Not back: the server ends it when the grace is over, not before.
+    ack_seq(&node.ask(from("a2", "c4", begin("cut"))).await);
+    let left_at = tokio::time::Instant::now();
+    node.ask(leave("a2")).await;
+    eventually("the server to end the abandoned stroke", || {
+        node.sink.ops().len() == 5
+    })
+    .await;
+    assert!(left_at.elapsed() >= Duration::from_millis(400));
+    let ending = node.sink.ops().pop().expect("op");
+    assert_eq!(ending.cid, None);
+    assert_eq!(ending.op, Op::StrokeEnd { stroke: sid("cut") });
+
+    // A `leave` sent on purpose ends the stroke at once, flag or not.
+    assert!(matches!(node.ask(join("a3")).await, RoomReply::Joined(_)));
+    ack_seq(&node.ask(from("a3", "c5", begin("left"))).await);
+    let left_at = tokio::time::Instant::now();
+    node.ask(RoomRequest::Leave {
+        room: room_id(ROOM),
+        conn: conn("a3"),
+        dropped: false,
+    })
+    .await;
+    eventually("the server to end the stroke left behind", || {
+        node.sink.ops().len() == 7
+    })
+    .await;
+    assert!(left_at.elapsed() < Duration::from_millis(400));
+    let ending = node.sink.ops().pop().expect("op");
+    assert_eq!(
+        ending.op,
+        Op::StrokeEnd {
+            stroke: sid("left")
+        }
+    );
+}
+
+/// A silent connection leaves the presence but stays joined: putting it
+/// back is announced, and its ops still count as a member's.
+#[tokio::test]
+async fn a_silent_connection_leaves_presence_and_is_announced_back() {
+    let node = node().await;
+    node.join("ann", "a1", None).await;
+    node.join("bob", "b1", None).await;
+    node.ask(RoomRequest::Away {
+        room: room_id(ROOM),
+        conn: conn("a1"),
+    })
+    .await;
+    eventually("ann's leave", || node.sink.presence().len() == 3).await;
+    match node.join("cy", "c1", None).await {
+        RoomReply::Joined(body) => {
+            let ids: Vec<String> = body.presence.iter().map(|u| u.id.to_string()).collect();
+            assert_eq!(ids, ["bob", "cy"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let back = node
+        .ask(RoomRequest::Attach {
+            room: room_id(ROOM),
+            conn: conn("a1"),
+            user: user_info("ann"),
+            resume_strokes: false,
+        })
+        .await;
+    assert_eq!(back, RoomReply::Done);
+    eventually("ann back", || node.sink.presence().len() == 5).await;
+    assert_eq!(
+        node.sink.presence(),
+        [
+            (PresenceEvent::Join, "ann".to_owned()),
+            (PresenceEvent::Join, "bob".to_owned()),
+            (PresenceEvent::Leave, "ann".to_owned()),
+            (PresenceEvent::Join, "cy".to_owned()),
+            (PresenceEvent::Join, "ann".to_owned()),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn unknown_and_private_rooms() {
     let node = node().await;
@@ -603,6 +744,7 @@ async fn unknown_and_private_rooms() {
             user: user_info("ann"),
             since: None,
             epoch: None,
+            resume_strokes: false,
         })
         .await;
     assert_eq!(error_code(&reply), ErrorCode::NotFound);
@@ -614,6 +756,7 @@ async fn unknown_and_private_rooms() {
         user: user_info(who),
         since: None,
         epoch: None,
+        resume_strokes: false,
     };
     assert_eq!(
         error_code(&node.ask(join("eve")).await),
@@ -634,6 +777,7 @@ async fn idle_rooms_stop_after_a_snapshot_and_come_back() {
     node.ask(RoomRequest::Leave {
         room: room_id(ROOM),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     let active = || async {
@@ -672,6 +816,7 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
     node.ask(RoomRequest::Leave {
         room: room_id(ROOM),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     // After leaving, a retry of an applied cid is still re-acked…
@@ -691,6 +836,7 @@ async fn only_members_send_ops_but_retries_are_re_acked() {
             room: room_id(ROOM),
             conn: conn("ann"),
             user: user_info("ann"),
+            resume_strokes: false,
         })
         .await;
     assert_eq!(attached, RoomReply::Done);
@@ -932,6 +1078,7 @@ async fn putting_a_member_back_is_silent_unless_it_was_announced_gone() {
         room: room_id(ROOM),
         conn: conn(who),
         user: user_info(who),
+        resume_strokes: false,
     };
     // ann was in the room before it moved here: the others never heard
     // she left, so they hear nothing now.
@@ -1039,6 +1186,7 @@ async fn a_delete_commits_what_came_before_and_refuses_what_came_after() {
         user: user_info("cat"),
         since: None,
         epoch: None,
+        resume_strokes: false,
     });
     node.store.hold(false);
     node.store.release(10);
@@ -1131,6 +1279,7 @@ async fn a_room_created_again_is_new() {
             user: user_info("ann"),
             since: Some(2),
             epoch: Some(Epoch::parse("ep1").expect("epoch")),
+            resume_strokes: false,
         })
         .await;
     let RoomReply::Joined(body) = reply else {
@@ -1149,6 +1298,7 @@ async fn a_room_created_again_is_new() {
             user: user_info("bob"),
             since: Some(1),
             epoch: None,
+            resume_strokes: false,
         })
         .await;
     assert!(
@@ -1188,6 +1338,7 @@ async fn a_deletion_cut_short_is_finished_by_the_next_load() {
         user: user_info("bob"),
         since: None,
         epoch: None,
+        resume_strokes: false,
     });
     let retry = node.send(delete(ROOM));
     assert_eq!(error_code(&join.await.expect("task")), ErrorCode::NotFound);
@@ -1232,6 +1383,7 @@ async fn expiry_deletes_only_unused_rooms_with_a_time_to_live() {
     node.ask(RoomRequest::Leave {
         room: room_id("busy"),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     eventually("the idle room to stop", || {
@@ -1349,6 +1501,7 @@ async fn an_operator_watching_a_room_does_not_keep_it_from_going_idle() {
     node.ask(RoomRequest::Leave {
         room: room_id(ROOM),
         conn: conn("ann"),
+        dropped: false,
     })
     .await;
     // Inspected far more often than its idle time, it still stops.
@@ -1378,6 +1531,7 @@ async fn requests_keep_their_order_while_a_room_starts_lives_and_moves() {
             user: user_info("ann"),
             since: None,
             epoch: None,
+            resume_strokes: false,
         })];
         for i in cids {
             let op = node.op_request(ROOM, "ann", &format!("c{i}"), message("hi"));
@@ -1446,4 +1600,134 @@ async fn published_ops_need_no_connection_and_are_applied_once() {
     let restarted = node_with(node.store.clone(), config()).await;
     assert_eq!(ack_seq(&restarted.ask(publish("p2", "again")).await), 2);
     assert_eq!(ack_seq(&restarted.ask(publish("p3", "new")).await), 3);
+}
+
+fn update(room: &str, name: Option<&str>, add: &[&str], remove: &[&str]) -> RoomRequest {
+    let users = |ids: &[&str]| ids.iter().map(|u| UserId::parse(*u).expect("id")).collect();
+    RoomRequest::Update {
+        room: room_id(room),
+        epoch: None,
+        name: name.map(str::to_owned),
+        add: users(add),
+        remove: users(remove),
+    }
+}
+
+/// A change of members is durable before it is answered, and a join sent
+/// right behind it is checked against it: a removed member is refused at
+/// once, an added one let in. The removed member's connections leave the
+/// room's presence and the gateways hear `Removed`.
+#[tokio::test]
+async fn a_change_of_members_orders_joins_and_removes_the_removed() {
+    let node = node().await;
+    node.create("club", RoomKind::Channel, Some(vec!["bob", "cat"]))
+        .await;
+    node.enter("club", "bob").await;
+    node.enter("club", "cat").await;
+    let join = |who: &str, conn_id: &str| RoomRequest::Join {
+        room: room_id("club"),
+        conn: conn(conn_id),
+        user: user_info(who),
+        since: None,
+        epoch: None,
+        resume_strokes: false,
+    };
+    let changed = node.send(update("club", Some("the club"), &["dan"], &["bob"]));
+    let bob_again = node.send(join("bob", "bob2"));
+    let dan = node.send(join("dan", "dan"));
+    let RoomReply::Updated(room) = changed.await.expect("task") else {
+        panic!("expected the room back");
+    };
+    assert_eq!(room.name, "the club");
+    let members = |ids: &[&str]| {
+        Some(
+            ids.iter()
+                .map(|u| UserId::parse(*u).expect("id"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(room.members, members(&["cat", "dan"]));
+    assert_eq!(
+        error_code(&bob_again.await.expect("task")),
+        ErrorCode::Forbidden
+    );
+    assert!(matches!(dan.await.expect("task"), RoomReply::Joined(_)));
+    let stored = node
+        .store
+        .room(&room_id("club"))
+        .await
+        .expect("read")
+        .expect("room");
+    assert_eq!(stored.members, members(&["cat", "dan"]));
+    assert_eq!(stored.name, "the club");
+    let events = node.sink.events.lock().expect("lock").clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RoomEvent::Removed { room, users }
+            if *room == room_id("club") && users == &[UserId::parse("bob").expect("id")])),
+        "the gateways are told: {events:?}"
+    );
+    assert!(
+        node.sink
+            .presence()
+            .contains(&(PresenceEvent::Leave, "bob".into())),
+        "the others hear bob left"
+    );
+    // Bob's connection is out of the room: its op is not taken.
+    let op = node
+        .ask(node.op_request("club", "bob", "b1", message("hi")))
+        .await;
+    assert_eq!(op, RoomReply::NotJoined);
+    // Added back, bob joins again.
+    assert!(matches!(
+        node.ask(update("club", None, &["bob"], &[])).await,
+        RoomReply::Updated(_)
+    ));
+    assert!(matches!(
+        node.ask(join("bob", "bob3")).await,
+        RoomReply::Joined(_)
+    ));
+}
+
+/// Changes the room cannot take are refused and change nothing.
+#[tokio::test]
+async fn a_change_the_room_cannot_take_changes_nothing() {
+    let node = node().await;
+    node.create("club", RoomKind::Channel, Some(vec!["bob"]))
+        .await;
+    let before = node.store.room(&room_id("club")).await.expect("read");
+    for (request, code) in [
+        // The creator is always a member.
+        (update("club", None, &[], &["ann"]), ErrorCode::BadRequest),
+        (update("club", Some("  "), &[], &[]), ErrorCode::BadRequest),
+        // A public room has no members to change.
+        (update(ROOM, None, &["bob"], &[]), ErrorCode::BadRequest),
+        (update("nope", Some("x"), &[], &[]), ErrorCode::NotFound),
+        (
+            RoomRequest::Update {
+                room: room_id("club"),
+                epoch: Some(Epoch::parse("other").expect("epoch")),
+                name: Some("x".into()),
+                add: Vec::new(),
+                remove: Vec::new(),
+            },
+            ErrorCode::NotFound,
+        ),
+    ] {
+        assert_eq!(
+            error_code(&node.ask(request.clone()).await),
+            code,
+            "{request:?}"
+        );
+    }
+    assert_eq!(
+        node.store.room(&room_id("club")).await.expect("read"),
+        before
+    );
+    // A public room can be renamed.
+    let RoomReply::Updated(room) = node.ask(update(ROOM, Some("lobby"), &[], &[])).await else {
+        panic!("expected the room back");
+    };
+    assert_eq!((room.name.as_str(), room.members), ("lobby", None));
 }

@@ -66,6 +66,11 @@ impl Presence {
         self.conns.contains_key(conn)
     }
 
+    /// The user of a present connection.
+    pub fn user_of(&self, conn: &ConnRef) -> Option<&UserId> {
+        self.conns.get(conn).map(|info| &info.id)
+    }
+
     pub fn is_present(&self, user: &UserId) -> bool {
         self.users.contains_key(user)
     }

@@ -321,6 +321,7 @@ mod tests {
                 gateway: "g".into(),
                 conn: ConnId::parse("c").expect("id"),
             },
+            dropped: false,
         };
         assert_eq!(
             bus.request(leave, Duration::from_millis(10)).await,

@@ -52,7 +52,7 @@ pub use client::{RedisClient, RedisOptions};
 pub use error::EphemeralError;
 pub use expiry::{DueRoom, MemoryRoomExpiry, RedisRoomExpiry, RoomExpiry};
 pub use metrics::EphemeralMetrics;
-pub use presence::{MemoryPresence, Presence, RedisPresence, UserPresence};
+pub use presence::{ConnectionsOf, MemoryPresence, Presence, RedisPresence, UserPresence};
 pub use ratelimit::{MemoryRateLimiter, Rate, RateLimiter, RedisRateLimiter};
 pub use revocation::{MemoryRevocations, RedisRevocations, Revocation, Revocations, TokenRef};
 

@@ -65,7 +65,7 @@ async fn the_memory_bundle_counts_into_registered_metrics() {
         issued_at: None,
     }));
     let u = UserId::parse("u").expect("user");
-    ephemeral.presence.connected(&u);
+    ephemeral.presence.connected(&u, None);
     let online = ephemeral.presence.user(&u).await.expect("query");
     assert_eq!(online.gateways, vec!["local".to_owned()]);
 

@@ -4,15 +4,16 @@
 //! view of who is online — and an outage: Redis killed under use and
 //! started again.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use collab_ephemeral::testsuite::{self, RedisServer, eventually, redis_client, unique_prefix};
 use collab_ephemeral::{
-    Ephemeral, EphemeralMetrics, EphemeralOptions, Presence, Rate, RateLimiter, RedisClient,
-    RedisOptions, RedisPresence, RedisRateLimiter, RedisRevocations, RedisRoomExpiry, Revocation,
-    Revocations, TokenRef, unix_now_secs,
+    ConnectionsOf, Ephemeral, EphemeralMetrics, EphemeralOptions, Presence, Rate, RateLimiter,
+    RedisClient, RedisOptions, RedisPresence, RedisRateLimiter, RedisRevocations, RedisRoomExpiry,
+    Revocation, Revocations, TokenRef, unix_now_secs,
 };
 use collab_protocol::{RoomId, UserId};
 
@@ -243,6 +244,11 @@ async fn a_revocation_reaches_another_gateway_within_a_second() {
     assert!(!g3.is_revoked(&token("alice", "any")));
 }
 
+/// What `presence` counts of `of` on the other gateways.
+async fn elsewhere(presence: &RedisPresence, of: ConnectionsOf<'_>) -> u32 {
+    presence.connections_elsewhere(of).await.expect("query")
+}
+
 #[tokio::test]
 async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
     let server = RedisServer::start();
@@ -255,9 +261,10 @@ async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
         RoomId::parse("r1").expect("room"),
         RoomId::parse("r2").expect("room"),
     );
-    g1.connected(&u);
+    let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), "2001:db8::1".parse().expect("ip"));
+    g1.connected(&u, Some(a));
     g1.joined(&u, &r1);
-    g2.connected(&u);
+    g2.connected(&u, Some(b));
     g2.joined(&u, &r2);
     // No flush: the heartbeats write the changes.
     eventually("both gateways seen", Duration::from_secs(2), || async {
@@ -267,13 +274,19 @@ async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
     let seen = g2.user(&u).await.expect("query");
     assert_eq!(seen.connections, 2);
     assert_eq!(seen.gateways, vec!["g1".to_owned(), "g2".to_owned()]);
-    // Each gateway sees the other's connection, not its own.
-    g1.connected(&u);
+    // Each gateway sees the other's connections, not its own, by user and
+    // by address.
+    g1.connected(&u, Some(b));
     g1.flush().await.expect("flush");
-    assert_eq!(g2.connections_elsewhere(&u).await.expect("query"), 2);
-    assert_eq!(g1.connections_elsewhere(&u).await.expect("query"), 1);
-    g1.disconnected(&u);
+    assert_eq!(elsewhere(&g2, ConnectionsOf::User(&u)).await, 2);
+    assert_eq!(elsewhere(&g1, ConnectionsOf::User(&u)).await, 1);
+    assert_eq!(elsewhere(&g2, ConnectionsOf::Address(a)).await, 1);
+    assert_eq!(elsewhere(&g2, ConnectionsOf::Address(b)).await, 1);
+    assert_eq!(elsewhere(&g1, ConnectionsOf::Address(b)).await, 1);
+    assert_eq!(elsewhere(&g1, ConnectionsOf::Address(a)).await, 0);
+    g1.disconnected(&u, Some(b));
     g1.flush().await.expect("flush");
+    assert_eq!(elsewhere(&g2, ConnectionsOf::Address(b)).await, 0);
     assert_eq!(seen.rooms, vec![r1.clone(), r2.clone()]);
 
     // Renewals keep g1's users past the TTL.
@@ -298,6 +311,8 @@ async fn presence_spans_gateways_and_a_dropped_gateway_leaves_within_its_ttl() {
     let seen = g2.user(&u).await.expect("query");
     assert_eq!(seen.gateways, vec!["g2".to_owned()]);
     assert_eq!(seen.rooms, vec![r2]);
+    // Its addresses' connections went with it.
+    assert_eq!(elsewhere(&g2, ConnectionsOf::Address(a)).await, 0);
 }
 
 #[tokio::test]
@@ -346,7 +361,7 @@ async fn the_redis_bundle_shares_every_concern() {
     .await;
 
     let u = user("u");
-    g1.presence.connected(&u);
+    g1.presence.connected(&u, None);
     g1.presence.flush().await.expect("flush");
     assert!(g2.presence.user(&u).await.expect("query").is_online());
 
@@ -374,7 +389,7 @@ async fn redis_killed_under_use_and_started_again() {
     let p1 = RedisPresence::new(c1.clone(), "g1", Duration::from_secs(3));
     let p2 = RedisPresence::new(c2.clone(), "g2", Duration::from_secs(3));
     let u = user("u");
-    p1.connected(&u);
+    p1.connected(&u, None);
 
     // Before: one budget, one revocation everywhere.
     let mut before = 0;

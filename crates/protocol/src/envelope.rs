@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::claims::Access;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::frames::{JoinedBody, OpEvent, PresenceEvent, UserInfo};
-use crate::http::{LastCommit, RoomMember};
+use crate::http::{LastCommit, RoomMember, RoomUpdated};
 use crate::ids::{Cid, ConnId, Epoch, NodeId, RoomId, Seq, UserId};
 use crate::ops::Op;
 
@@ -33,9 +33,25 @@ pub enum RoomRequest {
         user: UserInfo,
         since: Option<u64>,
         epoch: Option<Epoch>,
+        /// The join asked for its open strokes to outlive a dropped
+        /// connection for a grace period (`resume_strokes`).
+        #[serde(default)]
+        resume_strokes: bool,
     },
     /// A connection leaves; answered `Done`.
-    Leave { room: RoomId, conn: ConnRef },
+    Leave {
+        room: RoomId,
+        conn: ConnRef,
+        /// The connection ended rather than sending `leave`: if it joined
+        /// with `resume_strokes`, its user's open strokes wait for the grace.
+        #[serde(default)]
+        dropped: bool,
+    },
+    /// A joined connection has been silent too long: it leaves the room's
+    /// presence (the others hear it left; its open strokes are treated as
+    /// after a drop) but stays joined, and `Attach` puts it back when it is
+    /// heard from again; answered `Done`.
+    Away { room: RoomId, conn: ConnRef },
     /// Puts a connection that joined earlier back into the room's presence,
     /// after the room restarted or moved and so forgot it (the owner said
     /// `NotJoined`); answered `Done`, with no `joined` body: the gateway's
@@ -46,6 +62,9 @@ pub enum RoomRequest {
         room: RoomId,
         conn: ConnRef,
         user: UserInfo,
+        /// As its `Join` asked.
+        #[serde(default)]
+        resume_strokes: bool,
     },
     /// A durable op from a joined connection; answered `Ack` once durable.
     Op {
@@ -88,6 +107,27 @@ pub enum RoomRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<Epoch>,
     },
+    /// Change the room's name and members (the gateway has checked that
+    /// the caller may): ordered with the room's ops and joins, durable
+    /// before it is answered `Updated`. `remove` lists users to take out of
+    /// the room now (a kick, or members removed): once durable, their
+    /// connections leave the room's presence and every gateway is sent
+    /// `Removed`, and they cannot join while not members. `add` and
+    /// `remove` are for private rooms only (`bad_request` otherwise, as is
+    /// removing the creator); a user in both ends up removed. `not_found`
+    /// as for `Delete`. A node that does not know this request (an older
+    /// version) answers `bad_request`, as any undecodable request.
+    Update {
+        room: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<Epoch>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<UserId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<UserId>,
+    },
     /// What the owner knows of the room, for an operator; answered
     /// `Inspected`. It never loads a room that is not live. A node that
     /// does not know this request (an older version) answers it with a
@@ -100,11 +140,13 @@ impl RoomRequest {
         match self {
             RoomRequest::Join { room, .. }
             | RoomRequest::Leave { room, .. }
+            | RoomRequest::Away { room, .. }
             | RoomRequest::Attach { room, .. }
             | RoomRequest::Op { room, .. }
             | RoomRequest::Publish { room, .. }
             | RoomRequest::Fetch { room, .. }
             | RoomRequest::Delete { room, .. }
+            | RoomRequest::Update { room, .. }
             | RoomRequest::Inspect { room } => room,
         }
     }
@@ -123,6 +165,8 @@ pub enum RoomReply {
     },
     Done,
     Inspected(RoomInspection),
+    /// The answer to `Update`: the room as it is now.
+    Updated(RoomUpdated),
     /// The op's connection is not in the room's presence: the room
     /// restarted or moved since it joined. The gateway re-attaches it
     /// (`Attach`) and the client retries with the same `cid`.
@@ -221,6 +265,14 @@ pub enum RoomEvent {
     /// (an older version) drops it as undecodable; its members then hear
     /// `not_found` on their next op.
     Deleted { room: RoomId },
+    /// These users were taken out of the room (`Update` with `remove`):
+    /// every gateway sends each of their connections in the room an
+    /// `error` frame with code `forbidden` for the room and drops it from
+    /// the room, as if it had sent `leave`. A gateway that does not know
+    /// this event (an older version) drops it as undecodable; the room has
+    /// taken the connections out of its presence anyway, so their next op
+    /// is refused.
+    Removed { room: RoomId, users: Vec<UserId> },
 }
 
 impl RoomEvent {
@@ -231,7 +283,8 @@ impl RoomEvent {
             | RoomEvent::Cursor { room, .. }
             | RoomEvent::CursorLeave { room, .. }
             | RoomEvent::Loaded { room }
-            | RoomEvent::Deleted { room } => room,
+            | RoomEvent::Deleted { room }
+            | RoomEvent::Removed { room, .. } => room,
         }
     }
 }

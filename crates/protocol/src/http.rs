@@ -55,7 +55,7 @@ pub struct HistoryPage {
     pub next_before: Option<Seq>,
 }
 
-/// One room in `GET /v1/me/rooms`.
+/// One room of a room listing (`GET /v1/rooms?member=me`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSummary {
     pub id: RoomId,
@@ -63,9 +63,58 @@ pub struct RoomSummary {
     pub name: String,
 }
 
+/// One page of `GET /v1/rooms?member=me` (and `GET /v1/me/rooms`): the
+/// caller's rooms ordered by id; `next`, when set, is the `after` of the
+/// next page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MyRooms {
+pub struct RoomsPageBody {
     pub rooms: Vec<RoomSummary>,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// Room listing page size bounds.
+pub const ROOMS_DEFAULT_LIMIT: u32 = 100;
+pub const ROOMS_MAX_LIMIT: u32 = 500;
+
+/// `PATCH /v1/rooms/{id}`: what to change; absent fields stay.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoomRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<MembersChange>,
+}
+
+/// The members a `PATCH` adds to and removes from a private room.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersChange {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// `POST /v1/rooms/{id}/kick`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KickRequest {
+    pub user: String,
+}
+
+/// The answer to `PATCH /v1/rooms/{id}`: the room as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomUpdated {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub name: String,
+    pub epoch: Epoch,
+    pub created_by: UserId,
+    /// The members of a private room, its creator included; `null` for a
+    /// public room.
+    pub members: Option<Vec<UserId>>,
 }
 
 /// `POST /v1/dev/token`.
@@ -77,7 +126,14 @@ pub struct DevTokenRequest {
     /// The token's `scope` claim (`"admin"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Seconds the token lives, 1 to [`DEV_TOKEN_MAX_TTL_SECS`] (the
+    /// default): a short one tries out token refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
 }
+
+/// The longest, and default, lifetime of a dev token: a day.
+pub const DEV_TOKEN_MAX_TTL_SECS: u64 = 24 * 60 * 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevTokenResponse {

@@ -77,6 +77,27 @@ impl RoomRecord {
     }
 }
 
+/// Which rooms of a user one [`StoreReader::rooms_of_user_page`] call
+/// reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomsPage {
+    /// Only rooms with an id greater than this one (the last id of the
+    /// previous page).
+    pub after: Option<RoomId>,
+    /// The most rooms returned; 0 returns none.
+    pub limit: usize,
+    /// Only rooms of this kind.
+    pub kind: Option<RoomKind>,
+}
+
+impl RoomsPage {
+    /// Whether `record` belongs on this page, its position aside.
+    pub fn wants(&self, record: &RoomRecord) -> bool {
+        self.kind.is_none_or(|kind| record.kind == kind)
+            && self.after.as_ref().is_none_or(|after| &record.id > after)
+    }
+}
+
 /// Who wrote a batch: the node and its ownership term for the room.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Writer {
@@ -158,6 +179,16 @@ pub trait StoreReader: Send + Sync + 'static {
     /// ordered by id.
     async fn rooms_of_user(&self, user: &UserId) -> StoreResult<Vec<RoomRecord>>;
 
+    /// One page of [`StoreReader::rooms_of_user`]: up to `page.limit` of
+    /// those rooms with an id after `page.after`, of kind `page.kind` only
+    /// if set, ordered by id. Read from the user's membership index, so
+    /// its cost follows the user's rooms, never the number of rooms.
+    async fn rooms_of_user_page(
+        &self,
+        user: &UserId,
+        page: &RoomsPage,
+    ) -> StoreResult<Vec<RoomRecord>>;
+
     /// The highest stored seq of `room` (`Seq::ZERO` when its log is empty).
     async fn head(&self, room: &RoomId) -> StoreResult<Seq>;
 
@@ -227,6 +258,18 @@ pub trait Store: RoomCatalog {
     /// removal goes on from wherever it stopped. `NotFound` when there is
     /// no room with `deletion.epoch` and no tombstone at `deletion.at`.
     async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()>;
+
+    /// Changes a room's name and members to those of `room`, for its
+    /// owner (which orders it with the room's ops and joins): the stored
+    /// room with `room.id` and `room.epoch` takes `room.name` and
+    /// `room.members`, everything else of it stays as stored, and the
+    /// index behind [`StoreReader::rooms_of_user`] follows (members added
+    /// are listed, members removed are not). `NotFound` when there is no
+    /// room with that id and epoch (deleted, or created again since). A
+    /// public room stays public and a private one private: `room.members`
+    /// must be `None` exactly when the stored one is, else
+    /// `InvalidBatch`.
+    async fn update_room(&self, room: &RoomRecord) -> StoreResult<()>;
 
     /// Finishes the deletion of `room` if one was cut short after the room
     /// disappeared from [`StoreReader::room`] (by a crash): removes what is left

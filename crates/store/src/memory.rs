@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 
 use crate::{
-    Deletion, LoggedOp, RoomCatalog, RoomRecord, Snapshot, Store, StoreError, StoreReader,
-    StoreResult, WebhookLog, Writer, check_batch,
+    Deletion, LoggedOp, RoomCatalog, RoomRecord, RoomsPage, Snapshot, Store, StoreError,
+    StoreReader, StoreResult, WebhookLog, Writer, check_batch,
 };
 
 /// An in-memory [`Store`]. Cheap to create; share it behind an `Arc`.
@@ -77,6 +77,28 @@ impl StoreReader for MemoryStore {
         Ok(ids
             .iter()
             .filter_map(|id| inner.rooms.get(id).cloned())
+            .collect())
+    }
+
+    async fn rooms_of_user_page(
+        &self,
+        user: &UserId,
+        page: &RoomsPage,
+    ) -> StoreResult<Vec<RoomRecord>> {
+        let inner = self.lock();
+        let Some(ids) = inner.rooms_by_user.get(user) else {
+            return Ok(Vec::new());
+        };
+        let start = match &page.after {
+            Some(after) => std::ops::Bound::Excluded(after.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(ids
+            .range((start, std::ops::Bound::Unbounded))
+            .filter_map(|id| inner.rooms.get(id))
+            .filter(|record| page.wants(record))
+            .take(page.limit)
+            .cloned()
             .collect())
     }
 
@@ -205,6 +227,36 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn update_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        let mut inner = self.lock();
+        let Some(stored) = inner
+            .rooms
+            .get(&room.id)
+            .filter(|stored| stored.epoch == room.epoch)
+        else {
+            return Err(StoreError::NotFound(format!(
+                "no room {} with epoch {}",
+                room.id, room.epoch
+            )));
+        };
+        let updated = updated_record(stored, room)?;
+        let old: Vec<UserId> = members_to_index(stored).cloned().collect();
+        for user in &old {
+            if let Some(rooms) = inner.rooms_by_user.get_mut(user) {
+                rooms.remove(&room.id);
+            }
+        }
+        for user in members_to_index(&updated) {
+            inner
+                .rooms_by_user
+                .entry(user.clone())
+                .or_default()
+                .insert(room.id.clone());
+        }
+        inner.rooms.insert(room.id.clone(), updated);
+        Ok(())
+    }
+
     async fn append(
         &self,
         room: &RoomId,
@@ -295,4 +347,31 @@ impl WebhookLog for MemoryStore {
 /// member of a private room.
 pub(crate) fn members_to_index(room: &RoomRecord) -> impl Iterator<Item = &UserId> {
     std::iter::once(&room.created_by).chain(room.members.iter().flatten())
+}
+
+/// `stored` with the name and members of `update` (see
+/// [`Store::update_room`]); `InvalidBatch` if the update would make a
+/// public room private or the other way round.
+pub(crate) fn updated_record(stored: &RoomRecord, update: &RoomRecord) -> StoreResult<RoomRecord> {
+    if stored.members.is_some() != update.members.is_some() {
+        return Err(StoreError::InvalidBatch(format!(
+            "room {} is {}: its members cannot be {}",
+            stored.id,
+            if stored.members.is_some() {
+                "private"
+            } else {
+                "public"
+            },
+            if update.members.is_some() {
+                "set"
+            } else {
+                "removed"
+            },
+        )));
+    }
+    Ok(RoomRecord {
+        name: update.name.clone(),
+        members: update.members.clone(),
+        ..stored.clone()
+    })
 }

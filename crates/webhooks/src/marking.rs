@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use collab_store::{
-    AppendDone, Deletion, LoggedOp, RoomCatalog, RoomRecord, Snapshot, Store, StoreReader,
-    StoreResult, WebhookLog, Writer,
+    AppendDone, Deletion, LoggedOp, RoomCatalog, RoomRecord, RoomsPage, Snapshot, Store,
+    StoreReader, StoreResult, WebhookLog, Writer,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -209,6 +209,14 @@ impl StoreReader for MarkingStore {
         self.inner.rooms_of_user(user).await
     }
 
+    async fn rooms_of_user_page(
+        &self,
+        user: &UserId,
+        page: &RoomsPage,
+    ) -> StoreResult<Vec<RoomRecord>> {
+        self.inner.rooms_of_user_page(user, page).await
+    }
+
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
         self.inner.head(room).await
     }
@@ -263,6 +271,11 @@ impl Store for MarkingStore {
             self.report(room, deletion.at);
         }
         result
+    }
+
+    /// Not an op: no mark, nothing to send.
+    async fn update_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        self.inner.update_room(room).await
     }
 
     async fn finish_deletion(&self, room: &RoomId) -> StoreResult<()> {

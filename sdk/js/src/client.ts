@@ -11,6 +11,11 @@
 // `offline` event drops the connection at once and `online` brings it back.
 // Only a token the server refuses, offered again by the provider, stops
 // the loop, because retrying cannot fix it.
+//
+// A token that expires soon (the server says so with `token_expiring`) is
+// replaced on the open connection: a new one from the provider goes out in
+// a `refresh` frame, and nothing else changes. Only if the server refuses
+// it does the client fall back to a new connection with a fresh token.
 
 import { Emitter } from './emitter.js';
 import {
@@ -26,11 +31,17 @@ import { MemoryStorage, type OutboxStorage } from './storage.js';
 export type TokenReason =
   /** A connection is being opened (the first, or after a drop). */
   | 'connect'
-  /** The token in use expires soon (`refreshBeforeMs` before its `exp`). */
+  /**
+   * The token in use expires soon (the server's warning, or `refreshBeforeMs`
+   * before its `exp`): the new one is presented on the open connection.
+   */
   | 'refresh'
   /** The server closed the connection because the token expired or was revoked (4001). */
   | 'expired'
-  /** The server refused the token at connect. Offering the same one again closes the client. */
+  /**
+   * The server refused the token at connect, or refused the one offered for
+   * a refresh (a new connection follows). Offering the same one again closes the client.
+   */
   | 'refused';
 
 export interface TokenRequest {
@@ -84,7 +95,11 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Cursor moves sent per room per second, at most (default 20); the latest position wins. */
   cursorsPerSecond?: number;
-  /** Ask for a fresh token this long before the one in use expires (default 60 s). */
+  /**
+   * Ask for a fresh token this long before the one in use expires (default
+   * 60 s), by the client's clock; the server's `token_expiring` warning
+   * (by its clock) asks too, whichever comes first.
+   */
   refreshBeforeMs?: number;
   /** Follow the browser's `online`/`offline` events (default: where they exist). */
   watchNetwork?: boolean;
@@ -110,8 +125,13 @@ export interface ClientEvents {
   status: ClientStatus;
   /** A connection was accepted: who the server says I am. */
   welcome: { user: User; conn: string };
-  /** An error that concerns no room (a refused frame, a token provider that threw). */
+  /**
+   * An error that concerns no room (a refused frame, a token provider that
+   * threw, a refused refresh: an UnauthorizedError).
+   */
   error: CollabError;
+  /** A new token is in force on the open connection; it expires at `exp` (ms since the epoch). */
+  refreshed: { exp: number };
 }
 
 const OPEN = 1;
@@ -165,6 +185,10 @@ export class CollabClient extends Emitter<ClientEvents> {
   /** My user id: the token's `sub`, then the `welcome`'s. */
   private user: string | null = null;
   private nextToken: string | null = null;
+  /** A token sent in a `refresh`, waiting for the server's answer. */
+  private refreshing: string | null = null;
+  /** The provider is being asked for a token to refresh with. */
+  private refreshAsked = false;
   private nextReason: TokenReason = 'connect';
   private refusedToken: string | null = null;
   private cidCounter = 0;
@@ -461,7 +485,19 @@ export class CollabClient extends Emitter<ClientEvents> {
         return;
       case 'pong':
         return;
+      case 'token_expiring':
+        void this.refresh();
+        return;
+      case 'refreshed':
+        this.onRefreshed(frame.exp);
+        return;
       case 'error': {
+        // The answer to a refresh names no room and no op.
+        if (this.refreshing !== null && frame.room === undefined && frame.cid === undefined
+          && (frame.code === 'unauthorized' || frame.code === 'bad_request')) {
+          this.onRefreshRefused(frame.code, frame.message);
+          return;
+        }
         const room = (frame.room !== undefined && this.rooms.get(frame.room))
           || (frame.cid !== undefined && [...this.rooms.values()].find((r) => r.owns(frame.cid!)));
         if (room) room.handle(frame);
@@ -476,6 +512,11 @@ export class CollabClient extends Emitter<ClientEvents> {
   /** A connection ended: find out why, then connect again (or stop). */
   private async closed(code: number, welcomed: boolean, token: string, reason?: string): Promise<void> {
     this.clearWatch();
+    if (this.refreshing !== null) {
+      // Sent but not answered: the next connection starts with it.
+      this.nextToken = this.refreshing;
+      this.refreshing = null;
+    }
     for (const room of this.rooms.values()) room.disconnected();
     if (this.stopped) return;
     if (code === CLOSE_CODES.expired) {
@@ -591,11 +632,8 @@ export class CollabClient extends Emitter<ClientEvents> {
   // === tokens ===
 
   /**
-   * Asks for a fresh token `refreshBeforeMs` before the one in use expires.
-   * The protocol has no frame to present a new token on an open connection
-   * yet, so a new token takes a new connection: the rooms re-join with
-   * `since` and the outboxes resend with the same cids, so nothing is lost.
-   * When the protocol gains one, `renew` sends it instead.
+   * Asks for a fresh token `refreshBeforeMs` before the one in use expires,
+   * in case the server's warning (`token_expiring`) does not come first.
    */
   private scheduleRefresh(): void {
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
@@ -607,21 +645,68 @@ export class CollabClient extends Emitter<ClientEvents> {
     this.refreshTimer = setTimeout(() => { void this.refresh(); }, wait);
   }
 
+  /**
+   * Presents a fresh token from the provider on the open connection
+   * (`refresh`); the server answers `refreshed`, or refuses it. Without a
+   * new token from the provider the connection lasts until the old one
+   * expires (4001), and the provider is asked again then.
+   */
   private async refresh(): Promise<void> {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = null;
+    if (this.refreshAsked || this.refreshing !== null) return;
+    this.refreshAsked = true;
     let token: string;
     try {
       token = await this.provider({ reason: 'refresh', previous: this.token });
     } catch (e) {
       this.emit('error', providerError(e));
       return;
+    } finally {
+      this.refreshAsked = false;
     }
     if (this.stopped || token === this.token) return;
-    this.renew(token);
+    if (this.send({ type: 'refresh', token })) this.refreshing = token;
+    else this.nextToken = token; // no connection now: the next one takes it
   }
 
+  private onRefreshed(exp: number): void {
+    if (this.refreshing === null) return;
+    this.token = this.refreshing;
+    this.refreshing = null;
+    this.scheduleRefresh();
+    this.emit('refreshed', { exp: exp * 1000 });
+  }
+
+  /**
+   * The server refused the token of a refresh (`unauthorized`: reported as
+   * an UnauthorizedError, and a new connection with a fresh token from the
+   * provider follows), or does not know the frame (`bad_request`: a server
+   * older than refresh; the token goes on a new connection).
+   */
+  private onRefreshRefused(code: string, message: string): void {
+    const token = this.refreshing;
+    this.refreshing = null;
+    if (token === null) return;
+    if (code === 'bad_request') {
+      this.renew(token);
+      return;
+    }
+    this.emit('error', new UnauthorizedError(message));
+    this.refusedToken = token;
+    this.nextReason = 'refused';
+    this.reconnect();
+  }
+
+  /** Presents `token` on a new connection. */
   private renew(token: string): void {
     this.nextToken = token;
+    this.reconnect();
+  }
+
+  /** Replaces the connection now: the next one gets `nextToken`, or asks the provider. */
+  private reconnect(): void {
+    this.refreshing = null;
     const ws = this.ws;
     if (!ws) return; // the next connection takes it
     this.ws = null;

@@ -149,6 +149,18 @@ export interface PongFrame {
   id?: string;
 }
 
+/** The token in force expires at `exp` (seconds since the epoch, the server's clock): send `refresh` before then. */
+export interface TokenExpiringFrame {
+  type: 'token_expiring';
+  exp: number;
+}
+
+/** The answer to an accepted `refresh`: the new token, which expires at `exp`, is in force. */
+export interface RefreshedFrame {
+  type: 'refreshed';
+  exp: number;
+}
+
 export type ServerFrame =
   | WelcomeFrame
   | JoinedFrame
@@ -158,17 +170,21 @@ export type ServerFrame =
   | CursorLeaveFrame
   | PresenceFrame
   | ErrorFrame
-  | PongFrame;
+  | PongFrame
+  | TokenExpiringFrame
+  | RefreshedFrame;
 
 // === client → server ===
 
 export type ClientFrame =
-  | { type: 'join'; room: string; since?: number; epoch?: string }
+  | { type: 'join'; room: string; since?: number; epoch?: string; resume_strokes?: boolean }
   | { type: 'leave'; room: string }
   | { type: 'op'; room: string; cid: string; op: Op }
   | { type: 'cursor'; room: string; x: number; y: number }
   | { type: 'cursor_leave'; room: string }
-  | { type: 'ping'; id?: string };
+  | { type: 'ping'; id?: string }
+  /** A new token for the same user on the open connection; answered with `refreshed`, or an `error` `unauthorized`. */
+  | { type: 'refresh'; token: string };
 
 // === HTTP ===
 

@@ -383,7 +383,9 @@ export class Room extends Emitter<RoomEvents> {
   }
 
   private sendJoin(fresh = false): void {
-    const frame: ClientFrame = { type: 'join', room: this.id };
+    // A stroke cut by a dropped connection stays open on the server for a
+    // while, so the outbox's points go on with it after the reconnect.
+    const frame: ClientFrame = { type: 'join', room: this.id, resume_strokes: true };
     if (!fresh && this.lastSeq !== null && this.epoch !== null) {
       frame.since = this.lastSeq;
       frame.epoch = this.epoch;
@@ -469,6 +471,15 @@ export class Room extends Emitter<RoomEvents> {
         this.emit('deleted', gone);
         this.outbox.discard(gone);
         this.finish(new ClosedError('the room was deleted', { room: this.id }));
+        return;
+      }
+      // Unasked, while joined: the token a refresh put in force does not
+      // cover this room, and the server took us out of it. Joining again
+      // would be refused too; the room is left (its unsent ops stay in the
+      // storage, as on close).
+      if (this.joined && f.code === 'forbidden') {
+        this.emit('error', error);
+        this.finish(new ClosedError('the token in force no longer covers this room', { room: this.id }));
         return;
       }
       // About the room itself: a refused join (or a cursor after the

@@ -139,3 +139,65 @@ test('with the default watchdog, a silent dead link is noticed within 10 s', asy
     client.close();
   }
 });
+
+test('a stroke cut by a dropped connection stays one stroke, and one undo takes all of it', async () => {
+  const room = `gesture-${Date.now().toString(36)}`;
+  await admin.createRoom({ kind: 'board', id: room });
+  const client = nodeClient(proxy.url, await server.devToken('gesture'), FAST);
+  try {
+    const r = client.room(room);
+    await r.ready;
+    const stroke = r.beginStroke({ color: '#8250df', width: 4, points: [[0, 0], [1, 1]] });
+    await r.addPoints(stroke, [[2, 2]]);
+    const before = proxy.accepted;
+    proxy.cut();
+    // The pen is still down while the connection is away.
+    const drawn = r.addPoints(stroke, [[3, 3], [4, 4]]);
+    const ended = r.endStroke(stroke);
+    await waitFor('the client back', () => proxy.accepted > before && r.joined);
+    await Promise.all([drawn, ended]);
+
+    const ops = (await serverHistory(admin, room)).filter((o) => o.op.kind.startsWith('stroke'));
+    assert.deepEqual(ops.map((o) => [o.op.kind, o.op.stroke]), [
+      ['stroke_begin', stroke], ['stroke_points', stroke], ['stroke_points', stroke], ['stroke_end', stroke],
+    ]);
+    assert.ok(ops.every((o) => o.cid !== null), 'nothing ended by the server');
+    assert.deepEqual(r.strokes().map((s) => s.points.length), [5]);
+    await r.undo();
+    await waitFor('nothing left to draw', () => r.strokes().length === 0);
+  } finally {
+    client.close();
+  }
+});
+
+test('a peer whose link goes silent leaves the others\' presence within seconds', async () => {
+  // Pinged every second, counted away after 3 s without an answer.
+  const quick = await CollabServer.start({
+    settings: { COLLAB_GATEWAY__PING_INTERVAL_SECS: '1', COLLAB_GATEWAY__AWAY_AFTER_SECS: '3' },
+  });
+  const link = await FaultProxy.start(quick.port);
+  const room = `silent-${Date.now().toString(36)}`;
+  const watcher = nodeClient(quick.url, await quick.devToken('watcher'));
+  const quiet = nodeClient(link.url, await quick.devToken('quiet'), FAST);
+  try {
+    await watcher.createRoom({ kind: 'board', id: room });
+    const seen = watcher.room(room);
+    await seen.ready;
+    const r = quiet.room(room);
+    await r.ready;
+    await waitFor('the quiet user present', () => seen.presence.has('quiet'));
+    link.stall();
+    const stalledAt = Date.now();
+    await waitFor('the quiet user gone from the presence', () => !seen.presence.has('quiet'), { timeout: 10_000 });
+    const gone = Date.now() - stalledAt;
+    // Silence counts from the last answer, up to a ping interval before the stall.
+    assert.ok(gone >= 1500 && gone < 6000, `gone after ${gone} ms`);
+    link.resume();
+    await waitFor('the quiet user back', () => seen.presence.has('quiet'), { timeout: 15_000 });
+  } finally {
+    quiet.close();
+    watcher.close();
+    await link.stop();
+    await quick.stop();
+  }
+});

@@ -350,27 +350,110 @@ test('an upgrade refused for its token (a 401 from the API) asks for another tok
   c.close();
 });
 
-test('a token about to expire is replaced by a fresh one on a new connection', async () => {
+test('a token about to expire is presented on the open connection', async () => {
   const now = Date.now();
   let n = 0;
+  const reasons = [];
   const c = client({
     refreshBeforeMs: 60_000,
-    token: () => fakeToken('ann', Math.floor(now / 1000) + 120 + 1000 * n++),
+    token: ({ reason }) => {
+      reasons.push(reason);
+      return fakeToken('ann', Math.floor(now / 1000) + 120 + 1000 * n++);
+    },
   });
+  const refreshed = [];
+  c.on('refreshed', ({ exp }) => refreshed.push(exp));
   const room = c.room('r');
   await flush();
-  let ws = FakeSocket.last;
+  const ws = FakeSocket.last;
   ws.accept();
   joined(ws, 'r', { head: 3, epoch: 'e' });
+  // The server's warning comes before the client's own timer.
+  ws.receive({ type: 'token_expiring', exp: Math.floor(now / 1000) + 120 });
+  await flush();
+  const sent = ws.sentOf('refresh');
+  assert.equal(sent.length, 1, 'a refresh frame');
+  assert.notEqual(sent[0].token, ws.token);
+  // While it waits for its answer, the timer asks for no other.
   mock.timers.tick(60_000);
   await flush();
-  assert.equal(FakeSocket.made.length, 2, 'a new connection');
-  assert.equal(ws.closedWith, 1000);
-  ws = FakeSocket.last;
-  assert.notEqual(ws.token, FakeSocket.made[0].token);
+  assert.equal(ws.sentOf('refresh').length, 1);
+  ws.receive({ type: 'refreshed', exp: Math.floor(now / 1000) + 1120 });
+  await flush();
+  assert.deepEqual(refreshed, [(Math.floor(now / 1000) + 1120) * 1000]);
+  assert.equal(FakeSocket.made.length, 1, 'the same connection');
+  assert.equal(room.status, 'joined');
+  assert.deepEqual(reasons, ['connect', 'refresh']);
+  c.close();
+});
+
+test('a refused refresh is an UnauthorizedError, and a new connection gets a fresh token', async () => {
+  const now = Date.now();
+  const reasons = [];
+  const c = client({
+    token: ({ reason }) => {
+      reasons.push(reason);
+      return fakeToken(reason === 'refresh' ? 'bob' : 'ann', Math.floor(now / 1000) + 3600 * reasons.length);
+    },
+  });
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  c.room('r');
+  await flush();
+  const ws = FakeSocket.last;
   ws.accept();
-  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'r', since: 3, epoch: 'e' }]);
+  ws.receive({ type: 'token_expiring', exp: Math.floor(now / 1000) + 10 });
+  await flush();
+  assert.equal(ws.sentOf('refresh').length, 1);
+  ws.receive({ type: 'error', code: 'unauthorized', message: 'refresh refused: the token is for another user' });
+  await flush();
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof UnauthorizedError);
+  assert.equal(ws.closedWith, 1000);
+  assert.equal(FakeSocket.made.length, 2, 'a new connection');
+  assert.deepEqual(reasons, ['connect', 'refresh', 'refused']);
+  c.close();
+});
+
+test('a server that does not know refresh (bad_request) gets the new token on a new connection', async () => {
+  const now = Date.now();
+  let n = 0;
+  const c = client({ token: () => fakeToken('ann', Math.floor(now / 1000) + 120 + 1000 * n++) });
+  const room = c.room('r');
+  await flush();
+  const ws = FakeSocket.last;
+  ws.accept();
+  joined(ws, 'r', { head: 3, epoch: 'e' });
+  ws.receive({ type: 'token_expiring', exp: Math.floor(now / 1000) + 120 });
+  await flush();
+  const [sent] = ws.sentOf('refresh');
+  ws.receive({ type: 'error', code: 'bad_request', message: 'unknown frame type "refresh"' });
+  await flush();
+  assert.equal(ws.closedWith, 1000);
+  assert.equal(FakeSocket.made.length, 2, 'a new connection');
+  const next = FakeSocket.last;
+  assert.equal(next.token, sent.token);
+  next.accept();
+  assert.deepEqual(next.sentOf('join'), [{ type: 'join', room: 'r', since: 3, epoch: 'e' }]);
   assert.equal(room.status, 'joining');
+  c.close();
+});
+
+test('a room the refreshed token no longer covers is left, with a ForbiddenError', async () => {
+  const c = client();
+  const room = c.room('r');
+  const errors = [];
+  room.on('error', (e) => errors.push(e));
+  await flush();
+  const ws = FakeSocket.last;
+  ws.accept();
+  joined(ws, 'r');
+  ws.receive({ type: 'error', code: 'forbidden', room: 'r', message: 'your new token does not cover this room; left it' });
+  await flush();
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, 'forbidden');
+  assert.equal(room.status, 'left');
+  assert.deepEqual(c.joinedRooms(), []);
   c.close();
 });
 

@@ -221,8 +221,9 @@ pub struct RoomSettings {
     pub mailbox_high_water: usize,
     /// How long a commit may take before its outcome counts as unknown.
     pub commit_timeout_secs: u64,
-    /// After a room loads, how long its users get to come back before their
-    /// open strokes are ended for them.
+    /// How long a user gets to come back to their open strokes before they
+    /// are ended for them: after a room loads, and after a connection that
+    /// joined with `resume_strokes` drops.
     pub orphan_grace_secs: u64,
     /// The time to live of a room created without `ttl_secs`: unused for
     /// this long, it is deleted with its history. 0: such rooms never
@@ -766,6 +767,12 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
                 format!("{origin:?} is not an origin (scheme://host[:port]) nor *"),
             ));
         }
+    }
+    if g.away_after_secs != 0 && g.away_after_secs <= g.ping_interval_secs {
+        issues.push((
+            "gateway.away_after_secs",
+            "must be 0 (never) or above gateway.ping_interval_secs, or every quiet peer would come and go".to_owned(),
+        ));
     }
     if g.gateway_id.trim().is_empty() {
         issues.push(("gateway.gateway_id", "must not be empty".to_owned()));

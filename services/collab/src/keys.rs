@@ -27,10 +27,18 @@ const KNOWN_ALGORITHMS: [(&str, Algorithm); 3] = [
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// The public keys of RS256 and EdDSA tokens, a JWK Set:
-    /// `file:PATH`, `https://…` (or `http://…`). Empty: none.
+    /// `file:PATH` or `https://…` (`http://…` with `jwks_allow_http`).
+    /// Empty: none.
     pub jwks: String,
+    /// Whether `jwks` may be a plain `http://` URL: whoever can change
+    /// what it answers can mint tokens, so only on a network trusted for
+    /// that.
+    pub jwks_allow_http: bool,
     /// Seconds between reloads of the JWKS.
     pub jwks_refresh_secs: u64,
+    /// The least seconds between two reloads asked for by tokens naming a
+    /// `kid` the JWKS lacks.
+    pub jwks_reload_gap_secs: u64,
     /// The `alg`s a token may have, comma-separated, of HS256, RS256 and
     /// EdDSA.
     pub algorithms: String,
@@ -40,7 +48,9 @@ impl Default for AuthSettings {
     fn default() -> Self {
         AuthSettings {
             jwks: String::new(),
+            jwks_allow_http: false,
             jwks_refresh_secs: 300,
+            jwks_reload_gap_secs: 10,
             algorithms: "HS256,RS256,EdDSA".to_owned(),
         }
     }
@@ -78,8 +88,13 @@ impl AuthSettings {
     pub(crate) fn issues(&self, has_secret: bool) -> Vec<(&'static str, String)> {
         let mut issues = Vec::new();
         let source = self.jwks_source();
-        if let Err(e) = &source {
-            issues.push(("auth.jwks", e.clone()));
+        match &source {
+            Err(e) => issues.push(("auth.jwks", e.clone())),
+            Ok(Some(source)) if source.is_plain_http() && !self.jwks_allow_http => issues.push((
+                "auth.jwks",
+                "an http:// URL is not encrypted: whoever can change its answer on the way can mint tokens; use https://, or set auth.jwks_allow_http = true where the network is trusted for that".to_owned(),
+            )),
+            Ok(_) => {}
         }
         if self.jwks_refresh_secs == 0 {
             issues.push(("auth.jwks_refresh_secs", "must be at least 1".to_owned()));
@@ -124,7 +139,10 @@ pub(crate) async fn gateway_auth(
     let jwks = settings
         .jwks_source()
         .map_err(ServeError::Internal)?
-        .map(|source| JwksOptions::new(source, Duration::from_secs(settings.jwks_refresh_secs)));
+        .map(|source| JwksOptions {
+            early_refresh_gap: Duration::from_secs(settings.jwks_reload_gap_secs),
+            ..JwksOptions::new(source, Duration::from_secs(settings.jwks_refresh_secs))
+        });
     if let Some(jwks) = &jwks {
         info!(jwks = %jwks.source, refresh_secs = settings.jwks_refresh_secs, "token keys from a jwks");
     }

@@ -468,8 +468,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn admin_tokens_carry_the_admin_scope() {
+    #[tokio::test]
+    async fn admin_tokens_carry_the_admin_scope() {
         let admin = TokenRequest {
             admin: true,
             ..request(&[])
@@ -484,6 +484,7 @@ mod tests {
         );
         let verified = Auth::new(b"s3cret", false)
             .verify(&mint(b"s3cret", &admin).expect("mints"))
+            .await
             .expect("verifies");
         assert!(verified.has_scope(Scope::Admin));
     }
@@ -530,14 +531,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_minted_token_verifies_with_the_same_secret() {
+    #[tokio::test]
+    async fn a_minted_token_verifies_with_the_same_secret() {
         let token = mint(b"s3cret", &request(&["r1=write"])).expect("mints");
         let verified = Auth::new(b"s3cret", false)
             .verify(&token)
+            .await
             .expect("verifies");
         assert_eq!(verified.sub, "ann");
-        assert!(Auth::new(b"other", false).verify(&token).is_err());
+        assert!(Auth::new(b"other", false).verify(&token).await.is_err());
     }
 
     fn test_key(file: &str, kid: &str) -> KeyFile {
@@ -573,11 +575,11 @@ mod tests {
             let token = mint_with_key(key, &request(&[])).expect("mints");
             let header = jsonwebtoken::decode_header(&token).expect("a header");
             assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
-            assert_eq!(auth.verify(&token).expect("verifies").sub, "ann");
+            assert_eq!(auth.verify(&token).await.expect("verifies").sub, "ann");
         }
         // The secret's tokens are not among them.
         let hs256 = mint(b"s3cret", &request(&[])).expect("mints");
-        assert!(auth.verify(&hs256).is_err());
+        assert!(auth.verify(&hs256).await.is_err());
     }
 
     #[test]

@@ -24,13 +24,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use collab_bus::{BusError, Members};
 use collab_protocol::envelope::{RoomInspection, RoomReply, RoomRequest};
 use collab_protocol::http::{
@@ -43,7 +43,8 @@ use crate::Shared;
 use crate::auth::now_secs;
 use crate::error::ApiError;
 use crate::http::{
-    ApiResult, Caller, authenticate, bad_request, forbidden, parse_json, path_room_id, reply,
+    ApiResult, Caller, Routes, authenticate, bad_request, forbidden, parse_json, path_room_id,
+    reply,
 };
 
 /// The longest `jti` a revocation takes.
@@ -55,11 +56,11 @@ const ISSUED_BEFORE_SKEW_SECS: u64 = 60;
 mod tests;
 
 /// The inspection routes; merged into the API's router.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/v1/admin/rooms/{id}", get(room))
-        .route("/v1/admin/cluster", get(cluster))
-        .route("/v1/admin/revocations", post(revoke))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .add("/v1/admin/rooms/{id}", get(room))
+        .add("/v1/admin/cluster", get(cluster))
+        .add("/v1/admin/revocations", post(revoke))
 }
 
 /// An authenticated caller whose token has the admin scope.

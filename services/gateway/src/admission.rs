@@ -53,9 +53,9 @@ impl Admission {
 // === impl SocketLimits ===
 
 /// The open WebSockets of each user and each source address on this
-/// gateway, and how many each may have (0: no limit). A user's sockets on
-/// the other gateways of a cluster are added by the caller (from the
-/// shared presence records); an address's are counted here only.
+/// gateway, and how many each may have (0: no limit). Their sockets on the
+/// other gateways of a cluster are added by the caller ([`Elsewhere`],
+/// from the shared presence records).
 pub(crate) struct SocketLimits {
     per_user: u32,
     per_address: u32,
@@ -97,6 +97,13 @@ impl SocketRefusal {
     }
 }
 
+/// The sockets a user and an address have open on the other gateways.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Elsewhere {
+    pub user: u32,
+    pub address: u32,
+}
+
 /// One admitted socket: counted until it is dropped (when its connection
 /// ends, or when its upgrade never happens).
 pub(crate) struct SocketPermit {
@@ -120,22 +127,27 @@ impl SocketLimits {
         self.per_user > 0
     }
 
+    /// Whether addresses' sockets are limited at all.
+    pub fn limits_addresses(&self) -> bool {
+        self.per_address > 0
+    }
+
     /// Counts one more socket of `user` from `address`, unless either
-    /// already has as many as it may; `elsewhere`: the user's sockets on
-    /// the other gateways.
+    /// already has as many as it may, here and `elsewhere` together.
     pub fn admit(
         self: &Arc<Self>,
         user: &str,
         address: IpAddr,
-        elsewhere: u32,
+        elsewhere: Elsewhere,
     ) -> Result<SocketPermit, SocketRefusal> {
         let mut open = lock(&self.open);
         let of_user = open.users.get(user).copied().unwrap_or(0);
-        if self.per_user > 0 && of_user.saturating_add(elsewhere) >= self.per_user {
+        if self.per_user > 0 && of_user.saturating_add(elsewhere.user) >= self.per_user {
             return Err(SocketRefusal::PerUser(self.per_user));
         }
         let of_address = open.addresses.get(&address).copied().unwrap_or(0);
-        if self.per_address > 0 && of_address >= self.per_address {
+        if self.per_address > 0 && of_address.saturating_add(elsewhere.address) >= self.per_address
+        {
             return Err(SocketRefusal::PerAddress(self.per_address));
         }
         open.users.insert(user.to_owned(), of_user + 1);
@@ -231,46 +243,73 @@ pub(crate) async fn close_when_cut_off(
 mod tests {
     use super::*;
 
+    /// No socket on another gateway.
+    const NONE: Elsewhere = Elsewhere {
+        user: 0,
+        address: 0,
+    };
+
     #[test]
     fn a_user_or_address_at_its_limit_is_refused_and_others_are_not() {
         let limits = Arc::new(SocketLimits::new(2, 3));
         let here: IpAddr = [10, 0, 0, 1].into();
         let there: IpAddr = [10, 0, 0, 2].into();
-        let ann1 = limits.admit("ann", here, 0).expect("first");
-        let _ann2 = limits.admit("ann", here, 0).expect("second");
+        let ann1 = limits.admit("ann", here, NONE).expect("first");
+        let _ann2 = limits.admit("ann", here, NONE).expect("second");
         assert_eq!(
-            limits.admit("ann", there, 0).err(),
+            limits.admit("ann", there, NONE).err(),
             Some(SocketRefusal::PerUser(2))
         );
         // Another user from the same address, up to the address's limit.
-        let _bob = limits.admit("bob", here, 0).expect("bob");
+        let _bob = limits.admit("bob", here, NONE).expect("bob");
         assert_eq!(
-            limits.admit("cat", here, 0).err(),
+            limits.admit("cat", here, NONE).err(),
             Some(SocketRefusal::PerAddress(3))
         );
         // Another address is not affected.
-        let _cat = limits.admit("cat", there, 0).expect("cat elsewhere");
+        let _cat = limits.admit("cat", there, NONE).expect("cat elsewhere");
         // A closed socket frees its place, for its user and its address.
         drop(ann1);
         assert_eq!(limits.of_user("ann"), 1);
-        let _ann3 = limits.admit("ann", here, 0).expect("a place again");
+        let _ann3 = limits.admit("ann", here, NONE).expect("a place again");
         assert_eq!(
-            limits.admit("dan", here, 0).err(),
+            limits.admit("dan", here, NONE).err(),
             Some(SocketRefusal::PerAddress(3))
         );
     }
 
     #[test]
-    fn a_users_sockets_on_other_gateways_count_against_its_limit() {
+    fn sockets_on_other_gateways_count_against_the_limits() {
+        let elsewhere = |user, address| Elsewhere { user, address };
         let limits = Arc::new(SocketLimits::new(3, 0));
         let here: IpAddr = [10, 0, 0, 1].into();
-        let _ann = limits.admit("ann", here, 1).expect("1 here + 1 elsewhere");
+        let _ann = limits
+            .admit("ann", here, elsewhere(1, 0))
+            .expect("1 here + 1 elsewhere");
         assert_eq!(
-            limits.admit("ann", here, 2).err(),
+            limits.admit("ann", here, elsewhere(2, 0)).err(),
             Some(SocketRefusal::PerUser(3))
         );
-        let _ann2 = limits.admit("ann", here, 1).expect("2 here + 1 elsewhere");
-        let _bob = limits.admit("bob", here, 0).expect("others unaffected");
+        let _ann2 = limits
+            .admit("ann", here, elsewhere(1, 0))
+            .expect("2 here + 1 elsewhere");
+        let _bob = limits.admit("bob", here, NONE).expect("others unaffected");
+
+        let limits = Arc::new(SocketLimits::new(0, 3));
+        let there: IpAddr = [10, 0, 0, 2].into();
+        let _one = limits
+            .admit("ann", here, elsewhere(0, 1))
+            .expect("1 here + 1 elsewhere");
+        assert_eq!(
+            limits.admit("bob", here, elsewhere(0, 2)).err(),
+            Some(SocketRefusal::PerAddress(3))
+        );
+        let _two = limits
+            .admit("bob", here, elsewhere(0, 1))
+            .expect("2 here + 1 elsewhere");
+        let _other = limits
+            .admit("bob", there, NONE)
+            .expect("another address unaffected");
     }
 
     #[test]
@@ -278,7 +317,7 @@ mod tests {
         let limits = Arc::new(SocketLimits::new(0, 0));
         let here: IpAddr = [127, 0, 0, 1].into();
         let permits: Vec<_> = (0..1000)
-            .map(|_| limits.admit("ann", here, 0).expect("no limit"))
+            .map(|_| limits.admit("ann", here, NONE).expect("no limit"))
             .collect();
         assert_eq!(limits.of_user("ann"), 1000);
         drop(permits);

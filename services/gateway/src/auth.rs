@@ -117,8 +117,11 @@ impl Auth {
     }
 
     /// Checks signature, expiry and the required claims, with the key the
-    /// token's `alg` (and for RS256/EdDSA its `kid`) selects.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// token's `alg` (and for RS256/EdDSA its `kid`) selects. A `kid` the
+    /// JWKS does not have waits for the set to be reloaded (bounded, and
+    /// shared with every token that asks meanwhile), so a key just rotated
+    /// in at the issuer works on its first use.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -143,7 +146,7 @@ impl Auth {
                 let Some(kid) = header.kid else {
                     return Err(AuthError::Invalid(format!("a {alg:?} token needs a kid")));
                 };
-                let Some(found) = jwks.find(&kid) else {
+                let Some(found) = jwks.find(&kid).await else {
                     return Err(AuthError::UnknownKey(kid));
                 };
                 if found.algorithm != alg {
@@ -275,6 +278,21 @@ pub fn new_token_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Verifies a token (signature, expiry, claims) and refuses a revoked
+/// one: the one check of a token, at the WebSocket upgrade, on every HTTP
+/// request and for a `refresh` on an open connection.
+pub(crate) async fn check_token(
+    auth: &Auth,
+    revocations: &dyn collab_ephemeral::Revocations,
+    token: &str,
+) -> Result<Claims, AuthError> {
+    let claims = auth.verify(token).await?;
+    if revocations.is_revoked(&token_ref(&claims)) {
+        return Err(AuthError::Revoked);
+    }
+    Ok(claims)
+}
+
 /// What a revocation check needs of `claims`.
 pub(crate) fn token_ref(claims: &Claims) -> TokenRef<'_> {
     TokenRef {
@@ -282,6 +300,13 @@ pub(crate) fn token_ref(claims: &Claims) -> TokenRef<'_> {
         jti: claims.jti.as_deref(),
         issued_at: claims.iat,
     }
+}
+
+/// The time since the Unix epoch, to the clock's precision.
+pub(crate) fn unix_now() -> std::time::Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Seconds since the Unix epoch.
@@ -308,19 +333,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn round_trip_and_refusals() {
+    #[tokio::test]
+    async fn round_trip_and_refusals() {
         let auth = Auth::new(b"secret-one", false);
         let minted = claims(now_secs() + 60);
         let token = auth.mint(&minted).expect("mints");
-        assert_eq!(auth.verify(&token), Ok(minted));
+        assert_eq!(auth.verify(&token).await, Ok(minted));
         let expired = auth.mint(&claims(now_secs() - 1)).expect("mints");
-        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+        assert_eq!(auth.verify(&expired).await, Err(AuthError::Expired));
         let other = Auth::new(b"secret-two", false);
-        assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
-        assert_eq!(auth.verify(""), Err(AuthError::Missing));
         assert!(matches!(
-            auth.verify("not.a.jwt"),
+            other.verify(&token).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert_eq!(auth.verify("").await, Err(AuthError::Missing));
+        assert!(matches!(
+            auth.verify("not.a.jwt").await,
             Err(AuthError::Invalid(_))
         ));
     }
@@ -371,23 +399,26 @@ mod tests {
             rsa.mint(&minted).expect("mints"),
             ed.mint(&minted).expect("mints"),
         ] {
-            assert_eq!(auth.verify(&token), Ok(minted.clone()));
+            assert_eq!(auth.verify(&token).await, Ok(minted.clone()));
         }
         let expired = rsa.mint(&claims(now_secs() - 1)).expect("mints");
-        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+        assert_eq!(auth.verify(&expired).await, Err(AuthError::Expired));
 
         // Another private key under a known kid: a bad signature.
         let impostor = signer("rsa-2.pem", "r1").mint(&minted).expect("mints");
-        assert!(matches!(auth.verify(&impostor), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.verify(&impostor).await,
+            Err(AuthError::Invalid(_))
+        ));
         // An EdDSA token naming the RSA key.
         let crossed = signer("ed25519-2.pem", "r1").mint(&minted).expect("mints");
-        let Err(AuthError::Invalid(message)) = auth.verify(&crossed) else {
+        let Err(AuthError::Invalid(message)) = auth.verify(&crossed).await else {
             panic!("a token checked with a key of another algorithm");
         };
         assert!(message.contains("RS256"), "{message}");
         let unknown = signer("rsa-2.pem", "r9").mint(&minted).expect("mints");
         assert_eq!(
-            auth.verify(&unknown),
+            auth.verify(&unknown).await,
             Err(AuthError::UnknownKey("r9".into()))
         );
         let without_kid = jsonwebtoken::encode(
@@ -400,7 +431,7 @@ mod tests {
         )
         .expect("encodes");
         assert!(matches!(
-            auth.verify(&without_kid),
+            auth.verify(&without_kid).await,
             Err(AuthError::Invalid(_))
         ));
     }
@@ -414,17 +445,20 @@ mod tests {
         let eddsa = ed.mint(&minted).expect("mints");
         // HS256 only: no JWKS.
         let shared = Auth::new(b"s3cret", false);
-        assert!(matches!(shared.verify(&rs256), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            shared.verify(&rs256).await,
+            Err(AuthError::Invalid(_))
+        ));
         let hs256 = shared.mint(&minted).expect("mints");
 
         let rsa_only = both(b"s3cret", &[&rsa, &ed], &[Algorithm::RS256]).await;
-        assert!(rsa_only.verify(&rs256).is_ok());
+        assert!(rsa_only.verify(&rs256).await.is_ok());
         assert!(matches!(
-            rsa_only.verify(&eddsa),
+            rsa_only.verify(&eddsa).await,
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
-            rsa_only.verify(&hs256),
+            rsa_only.verify(&hs256).await,
             Err(AuthError::Invalid(_))
         ));
 
@@ -448,9 +482,9 @@ mod tests {
         )
         .await
         .expect("builds");
-        assert!(public_only.verify(&eddsa).is_ok());
+        assert!(public_only.verify(&eddsa).await.is_ok());
         assert!(matches!(
-            public_only.verify(&hs256),
+            public_only.verify(&hs256).await,
             Err(AuthError::Invalid(_))
         ));
         assert!(public_only.mint(&minted).is_err());
@@ -479,8 +513,8 @@ mod tests {
         assert!(json.get("d").is_none(), "the private part leaked: {json}");
     }
 
-    #[test]
-    fn exp_and_sub_are_required() {
+    #[tokio::test]
+    async fn exp_and_sub_are_required() {
         let auth = Auth::new(b"s", false);
         let no_exp = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -488,13 +522,13 @@ mod tests {
             &EncodingKey::from_secret(b"s"),
         )
         .expect("encodes");
-        assert!(auth.verify(&no_exp).is_err());
+        assert!(auth.verify(&no_exp).await.is_err());
         let no_sub = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &serde_json::json!({"exp": now_secs() + 60}),
             &EncodingKey::from_secret(b"s"),
         )
         .expect("encodes");
-        assert!(auth.verify(&no_sub).is_err());
+        assert!(auth.verify(&no_sub).await.is_err());
     }
 }

@@ -24,10 +24,19 @@ pub struct GatewayConfig {
     pub outbound_queue: usize,
     /// Seconds between WebSocket pings.
     pub ping_interval_secs: u64,
+    /// Seconds of silence (not even a pong) after which a peer counts as
+    /// gone from its rooms' presence, until it is heard from again; above
+    /// `ping_interval_secs`. 0: never.
+    pub away_after_secs: u64,
     /// Seconds of silence after which a peer is closed with 1001.
     pub idle_timeout_secs: u64,
     /// Seconds to wait for a room's answer before `unavailable`.
     pub request_timeout_secs: u64,
+    /// Seconds before a connection's token expires that the server sends
+    /// it `token_expiring`, so that it can present a new one (`refresh`);
+    /// at once when the token lives less than that. 0: no warning. Without
+    /// a refresh the connection is closed with 4001 at the token's `exp`.
+    pub token_expiry_warning_secs: u64,
     pub rate_limits: RateLimits,
     /// How long a revocation is kept: a revoked token id for this long
     /// after its revocation, a user's cut-off for this long after it. A
@@ -98,9 +107,11 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             max_unacked_ops: 64,
             outbound_queue: 1024,
-            ping_interval_secs: 20,
+            ping_interval_secs: 5,
+            away_after_secs: 15,
             idle_timeout_secs: 60,
             request_timeout_secs: 15,
+            token_expiry_warning_secs: 30,
             rate_limits: RateLimits::default(),
             max_token_lifetime_secs: 7 * 24 * 60 * 60,
             presence_ttl_secs: 15,

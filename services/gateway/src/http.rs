@@ -1,6 +1,8 @@
-//! The HTTP API: creating and deleting rooms, reading a room's metadata and
-//! history, listing the caller's rooms, the dev token endpoint, and the operational
-//! endpoints (health, readiness, metrics). With a metrics listener of its
+//! The HTTP API: creating, changing and deleting rooms, removing a user
+//! from a room, reading a room's metadata and history, listing the caller's
+//! rooms, the dev token endpoint, the API's own description
+//! (`/v1/openapi.json`), and the operational endpoints (health, readiness,
+//! metrics). With a metrics listener of its
 //! own (`metrics_listen`), `/metrics` is served only there, by
 //! [`metrics_router`]. Every request is counted by route and status. The
 //! admin endpoints are in [`crate::admin`], a backend's publishing in
@@ -9,6 +11,10 @@
 //! At most `max_concurrent_requests` requests are served at once; more are
 //! refused with 503 `unavailable` ([`limit_concurrency`]), except the
 //! probes and the metrics.
+//!
+//! Every route is added through [`Routes`], which keeps the list of paths
+//! the router serves: a test checks it against `docs/openapi.json`, the
+//! document served at `/v1/openapi.json`, both ways.
 //!
 //! Every error is answered as `{"error": {"code", "message"}}` with the
 //! status of its code and counted in the `errors` metric. That includes the
@@ -32,18 +38,19 @@ use axum::extract::rejection::{BytesRejection, ExtensionRejection, PathRejection
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::{
-    CreateRoomRequest, DevTokenRequest, DevTokenResponse, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT,
-    MAX_ROOM_TTL_SECS, MyRooms, RoomCreated, RoomInfo, RoomSummary,
+    CreateRoomRequest, DEV_TOKEN_MAX_TTL_SECS, DevTokenRequest, DevTokenResponse,
+    HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, KickRequest, MAX_ROOM_TTL_SECS, ROOMS_DEFAULT_LIMIT,
+    ROOMS_MAX_LIMIT, RoomCreated, RoomInfo, RoomSummary, RoomsPageBody, UpdateRoomRequest,
 };
 use collab_protocol::ops::parse_kinds;
 use collab_protocol::{
     Access, Claims, Epoch, ErrorCode, OpKind, RoomId, RoomKind, Scope, Seq, ServerFrame, UserId,
 };
-use collab_store::RoomRecord;
+use collab_store::{RoomRecord, RoomsPage};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +59,6 @@ use crate::auth::{now_secs, request_token};
 use crate::error::{ApiError, room_reply_error};
 
 /// How long a dev token is valid.
-const DEV_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
 /// Length of a generated room id.
 const GENERATED_ID_LEN: usize = 8;
 const GENERATED_ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -63,33 +69,87 @@ const GENERATED_ID_ATTEMPTS: usize = 8;
 
 pub(crate) type ApiResult = Result<Response, ApiError>;
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let api = Router::new()
-        .route("/v1/ws", get(crate::ws::upgrade))
-        .route("/v1/rooms", post(create_room))
-        .route("/v1/rooms/{id}", get(room_info).delete(delete_room))
-        .route("/v1/rooms/{id}/history", get(history))
-        .route("/v1/rooms/{id}/ops", post(crate::publish::publish))
-        .route("/v1/rooms/{id}/presence", get(crate::presence::room))
-        .route("/v1/users/{id}/presence", get(crate::presence::user))
-        .route("/v1/me/rooms", get(my_rooms))
-        .route("/v1/dev/token", post(dev_token))
+/// Routes, and the paths they serve. Every route of the gateway is added
+/// through [`Routes::add`], so [`Routes::paths`] is exactly what the
+/// router serves (the OpenAPI test relies on it).
+pub(crate) struct Routes {
+    router: Router<Arc<Shared>>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    pub(crate) fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(mut self, path: &'static str, methods: MethodRouter<Arc<Shared>>) -> Routes {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path);
+        self
+    }
+
+    pub(crate) fn merge(mut self, other: Routes) -> Routes {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+
+    /// Applies `f` to the routes added so far (a middleware layer).
+    fn map(mut self, f: impl FnOnce(Router<Arc<Shared>>) -> Router<Arc<Shared>>) -> Routes {
+        self.router = f(self.router);
+        self
+    }
+
+    /// The paths served, in axum's syntax (`/v1/rooms/{id}`).
+    #[cfg(test)]
+    pub(crate) fn paths(&self) -> &[&'static str] {
+        &self.paths
+    }
+}
+
+/// The API's routes, the probes, and `/metrics` unless it has a listener
+/// of its own.
+pub(crate) fn routes(shared: &Arc<Shared>) -> Routes {
+    let api = Routes::new()
+        .add("/v1/ws", get(crate::ws::upgrade))
+        .add("/v1/rooms", get(list_rooms).post(create_room))
+        .add(
+            "/v1/rooms/{id}",
+            get(room_info).patch(update_room).delete(delete_room),
+        )
+        .add("/v1/rooms/{id}/kick", post(kick))
+        .add("/v1/rooms/{id}/history", get(history))
+        .add("/v1/rooms/{id}/ops", post(crate::publish::publish))
+        .add("/v1/rooms/{id}/presence", get(crate::presence::room))
+        .add("/v1/users/{id}/presence", get(crate::presence::user))
+        .add("/v1/me/rooms", get(my_rooms))
+        .add("/v1/dev/token", post(dev_token))
+        .add("/v1/openapi.json", get(openapi))
         .merge(crate::admin::routes())
         .merge(crate::web::routes())
         // The probes and the metrics, below, are never refused: a busy
         // gateway is still alive, and still watched.
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            limit_concurrency,
-        ));
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .map(|router| {
+            router.layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                limit_concurrency,
+            ))
+        });
+    let mut routes = Routes::new()
+        .add("/healthz", get(healthz))
+        .add("/readyz", get(readyz));
     if !shared.config.metrics_elsewhere {
-        router = router.route("/metrics", get(metrics));
+        routes = routes.add("/metrics", get(metrics));
     }
-    let router = router
-        .merge(api)
+    routes.merge(api)
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let router = routes(&shared)
+        .router
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -397,18 +457,98 @@ async fn history_inner(
     Ok(Json(body).into_response())
 }
 
-/// `GET /v1/me/rooms`.
-async fn my_rooms(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = my_rooms_inner(&shared, &headers).await;
+/// The query of the room listings, as text: the handler parses each
+/// parameter itself to report which one is wrong.
+#[derive(Debug, Default, Deserialize)]
+struct RoomsQuery {
+    member: Option<String>,
+    kind: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /v1/rooms?member=me`: the caller's rooms, a page at a time.
+async fn list_rooms(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+) -> Response {
+    let result = rooms_page(&shared, &headers, query, true).await;
+    reply(&shared, "list_rooms", result)
+}
+
+/// `GET /v1/me/rooms`: the older name of `GET /v1/rooms?member=me`, with
+/// the same parameters (`member` may be left out) and answer.
+async fn my_rooms(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+) -> Response {
+    let result = rooms_page(&shared, &headers, query, false).await;
     reply(&shared, "my_rooms", result)
 }
 
-async fn my_rooms_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
+/// One page of the caller's rooms (the rooms it created and the private
+/// rooms it is a member of), ordered by id, read from the store's index
+/// of the user's rooms. `member_required`: the query must say
+/// `member=me` (the only listing there is, so far).
+async fn rooms_page(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+    member_required: bool,
+) -> ApiResult {
     let caller = authenticate(shared, headers).await?;
-    let rooms = shared
-        .store
-        .rooms_of_user(&caller.user)
-        .await?
+    let Query(query) =
+        query.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
+    match query.member.as_deref() {
+        Some("me") => {}
+        None if !member_required => {}
+        _ => {
+            return Err(bad_request(
+                "member must be \"me\": only the caller's rooms are listed",
+            ));
+        }
+    }
+    let kind = match query.kind.as_deref() {
+        None | Some("") => None,
+        Some("board") => Some(RoomKind::Board),
+        Some("channel") => Some(RoomKind::Channel),
+        Some(_) => return Err(bad_request("kind must be board or channel")),
+    };
+    let limit = match query.limit.as_deref() {
+        None => ROOMS_DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(limit) if (1..=ROOMS_MAX_LIMIT).contains(&limit) => limit,
+            _ => {
+                return Err(bad_request(format!(
+                    "limit must be an integer from 1 to {ROOMS_MAX_LIMIT}"
+                )));
+            }
+        },
+    } as usize;
+    let after = match query.after {
+        None => None,
+        Some(after) => Some(
+            RoomId::parse(after)
+                .map_err(|e| bad_request(format!("after must be a room id: {}", e.message)))?,
+        ),
+    };
+    // One more than the page: whether it exists tells if there is a next
+    // page, without a second query.
+    let page = RoomsPage {
+        after,
+        limit: limit + 1,
+        kind,
+    };
+    let mut records = shared.store.rooms_of_user_page(&caller.user, &page).await?;
+    let next = if records.len() > limit {
+        records.truncate(limit);
+        records.last().map(|record| record.id.to_string())
+    } else {
+        None
+    };
+    let rooms = records
         .into_iter()
         .map(|record| RoomSummary {
             id: record.id,
@@ -416,8 +556,211 @@ async fn my_rooms_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
             name: record.name,
         })
         .collect();
-    Ok(Json(MyRooms { rooms }).into_response())
+    Ok(Json(RoomsPageBody { rooms, next }).into_response())
 }
+
+/// `PATCH /v1/rooms/{id}`: a new name, members added and removed; for the
+/// room's creator or an admin, done by the room's owner (over the bus) in
+/// the order of the room's requests.
+async fn update_room(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = update_room_inner(&shared, &headers, id, body).await;
+    reply(&shared, "update_room", result)
+}
+
+async fn update_room_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = authenticate(shared, headers).await?;
+    let room = path_room_id(id)?;
+    let request: UpdateRoomRequest = parse_json(body)?;
+    if let Some(name) = &request.name
+        && name.trim().is_empty()
+    {
+        return Err(bad_request("name must not be empty"));
+    }
+    let members = request.members.unwrap_or_default();
+    let add = user_ids(members.add, "members.add")?;
+    let remove = user_ids(members.remove, "members.remove")?;
+    if request.name.is_none() && add.is_empty() && remove.is_empty() {
+        return Err(bad_request(
+            "nothing to change: give a name, or members to add or remove",
+        ));
+    }
+    let record = managed_room(shared, &caller, &room, "change").await?;
+    check_members_change(shared, &record, &add, &remove)?;
+    let request = RoomRequest::Update {
+        room: room.clone(),
+        epoch: Some(record.epoch),
+        name: request.name,
+        add,
+        remove,
+    };
+    match shared.bus.request(request, request_timeout(shared)).await {
+        Ok(RoomReply::Updated(body)) => {
+            tracing::info!(%room, user = %caller.user, "room changed");
+            Ok(Json(body).into_response())
+        }
+        other => Err(room_reply_error(other, "retry").into()),
+    }
+}
+
+/// `POST /v1/rooms/{id}/kick`: takes a user out of a private room now;
+/// for its creator or an admin. A `PATCH` removing the member, by
+/// another name.
+async fn kick(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = kick_inner(&shared, &headers, id, body).await;
+    reply(&shared, "kick", result)
+}
+
+async fn kick_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = authenticate(shared, headers).await?;
+    let room = path_room_id(id)?;
+    let request: KickRequest = parse_json(body)?;
+    let user = UserId::parse(request.user).map_err(|_| bad_request("user must not be empty"))?;
+    let record = managed_room(shared, &caller, &room, "remove users from").await?;
+    let remove = vec![user.clone()];
+    check_members_change(shared, &record, &[], &remove)?;
+    let request = RoomRequest::Update {
+        room: room.clone(),
+        epoch: Some(record.epoch),
+        name: None,
+        add: Vec::new(),
+        remove,
+    };
+    match shared.bus.request(request, request_timeout(shared)).await {
+        Ok(RoomReply::Updated(_)) => {
+            tracing::info!(%room, %user, by = %caller.user, "user removed from room");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        other => Err(room_reply_error(other, "retry").into()),
+    }
+}
+
+fn request_timeout(shared: &Shared) -> Duration {
+    Duration::from_secs(shared.config.request_timeout_secs.max(1))
+}
+
+/// User ids from a request body: each valid, each once.
+fn user_ids(raw: Vec<String>, field: &str) -> Result<Vec<UserId>, ApiError> {
+    let mut out: Vec<UserId> = Vec::with_capacity(raw.len());
+    for id in raw {
+        let id = UserId::parse(id)
+            .map_err(|_| bad_request(format!("{field}: user ids must not be empty")))?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// The room `caller` may change (`what` it wants to do, for the message):
+/// covered by the token with write access (or an admin token), existing,
+/// and created by the caller (or the caller is an admin), checked in that
+/// order, like a deletion.
+async fn managed_room(
+    shared: &Shared,
+    caller: &Caller,
+    room: &RoomId,
+    what: &str,
+) -> Result<RoomRecord, ApiError> {
+    let admin = caller.claims.has_scope(Scope::Admin);
+    // Checked before existence, so that a token never learns which rooms
+    // it does not cover exist.
+    if !admin && caller.claims.access(room) != Some(Access::Write) {
+        return Err(forbidden(format!(
+            "the token does not give write access to room {room}"
+        )));
+    }
+    let record = shared
+        .store
+        .room(room)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no room {room}")))?;
+    if !admin && record.created_by != caller.user {
+        return Err(forbidden(format!(
+            "only the creator of room {room} (or an admin) may {what} it"
+        )));
+    }
+    Ok(record)
+}
+
+/// Whether `record` can take the members change: a private room, its
+/// creator kept, and no more members than a room may have (counted on the
+/// record read here; two changes at once may end a member or two over, as
+/// with room creation). The room's owner checks the first two again.
+fn check_members_change(
+    shared: &Shared,
+    record: &RoomRecord,
+    add: &[UserId],
+    remove: &[UserId],
+) -> Result<(), ApiError> {
+    if add.is_empty() && remove.is_empty() {
+        return Ok(());
+    }
+    let Some(members) = &record.members else {
+        return Err(bad_request(format!(
+            "room {} is public: anyone may join it, so it has no members to change",
+            record.id
+        )));
+    };
+    if remove.contains(&record.created_by) {
+        return Err(bad_request(format!(
+            "{} created room {} and is always a member of it",
+            record.created_by, record.id
+        )));
+    }
+    let max_members = shared.config.max_members_per_room;
+    if max_members > 0 {
+        let after = members
+            .iter()
+            .filter(|member| !remove.contains(member))
+            .count()
+            + add
+                .iter()
+                .filter(|user| !remove.contains(user) && !members.contains(user))
+                .count();
+        if after > max_members as usize {
+            shared.metrics.refusal("members_per_room");
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "a room has at most {max_members} members, its creator included (would have {after})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /v1/openapi.json`: the API's description, `docs/openapi.json`.
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 document of the HTTP API, served as it is kept.
+pub(crate) const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 /// `POST /v1/dev/token`.
 async fn dev_token(
@@ -455,10 +798,16 @@ async fn dev_token_inner(
     if request.user.is_empty() {
         return Err(bad_request("user must not be empty"));
     }
+    let ttl = request.ttl_secs.unwrap_or(DEV_TOKEN_MAX_TTL_SECS);
+    if !(1..=DEV_TOKEN_MAX_TTL_SECS).contains(&ttl) {
+        return Err(bad_request(format!(
+            "ttl_secs must be 1 to {DEV_TOKEN_MAX_TTL_SECS}"
+        )));
+    }
     let claims = Claims {
         sub: request.user,
         // Never longer than a revocation is kept.
-        exp: now_secs() + DEV_TOKEN_TTL_SECS.min(shared.config.max_token_lifetime_secs.max(1)),
+        exp: now_secs() + ttl.min(shared.config.max_token_lifetime_secs.max(1)),
         name: request.name.filter(|name| !name.is_empty()),
         // No `rooms` claim: write access to every room.
         rooms: None,
@@ -564,6 +913,7 @@ pub(crate) async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result
         .ok_or_else(|| unauthorized("missing bearer token (Authorization: Bearer <JWT>)"))?;
     let claims = shared
         .check_token(token)
+        .await
         .map_err(|e| unauthorized(e.to_string()))?;
     let user = UserId::parse(claims.sub.clone())
         .map_err(|_| unauthorized("the token's sub must not be empty"))?;

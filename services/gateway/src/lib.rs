@@ -147,16 +147,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// Verifies a token (signature, expiry, claims) and refuses a revoked
     /// one: the check at the WebSocket upgrade and on every HTTP request.
-    pub(crate) fn check_token(&self, token: &str) -> Result<collab_protocol::Claims, AuthError> {
-        let claims = self.auth.verify(token)?;
-        if self
-            .ephemeral
-            .revocations
-            .is_revoked(&auth::token_ref(&claims))
-        {
-            return Err(AuthError::Revoked);
-        }
-        Ok(claims)
+    pub(crate) async fn check_token(
+        &self,
+        token: &str,
+    ) -> Result<collab_protocol::Claims, AuthError> {
+        auth::check_token(&self.auth, &*self.ephemeral.revocations, token).await
     }
 }
 
@@ -197,6 +192,7 @@ impl Gateway {
             ephemeral.presence.clone(),
             ephemeral.revocations.clone(),
             sockets.clone(),
+            auth.clone(),
         ));
         if let Some(load) = bus.load() {
             // The cluster view shows this gateway's open connections.

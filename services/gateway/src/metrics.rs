@@ -101,6 +101,9 @@ pub struct GatewayMetrics {
     /// Connections closed with 4001 because their token was revoked (also
     /// counted in `disconnects` as `expired`).
     pub revocation_closes: Counter,
+    /// New tokens accepted on open connections (`refresh`); refused ones
+    /// are in `errors` as `unauthorized`.
+    pub token_refreshes: Counter,
     /// Upgrades and requests refused by an abuse limit, by reason
     /// ([`REFUSAL_REASONS`]).
     pub refusals: Family<ReasonLabel, Counter>,
@@ -118,6 +121,7 @@ impl GatewayMetrics {
             gaps_fetched: Counter::default(),
             disconnects: Family::default(),
             revocation_closes: Counter::default(),
+            token_refreshes: Counter::default(),
             refusals: Family::default(),
         };
         for reason in REFUSAL_REASONS {
@@ -175,6 +179,11 @@ impl GatewayMetrics {
             "revocation_closes",
             "WebSocket connections closed with 4001 because their token was revoked",
             metrics.revocation_closes.clone(),
+        );
+        r.register(
+            "token_refreshes",
+            "New tokens accepted on open WebSocket connections (refresh frames)",
+            metrics.token_refreshes.clone(),
         );
         r.register(
             "refusals",

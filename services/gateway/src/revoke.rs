@@ -53,6 +53,14 @@ impl Sockets {
         open.sockets.insert(conn, Socket { claims, outbound });
     }
 
+    /// The socket presented a new token (`refresh`): revocations are
+    /// checked against it from now on.
+    pub(crate) fn replace_claims(&self, conn: &ConnId, claims: Arc<Claims>) {
+        if let Some(socket) = self.lock().sockets.get_mut(conn) {
+            socket.claims = claims;
+        }
+    }
+
     pub(crate) fn remove(&self, conn: &ConnId) {
         self.lock().sockets.remove(conn);
     }
@@ -75,6 +83,13 @@ impl Sockets {
             .values()
             .map(|s| s.outbound.closing())
             .collect()
+    }
+
+    /// The token each listed socket is checked with (tests only).
+    #[cfg(test)]
+    pub(crate) fn claims_for_tests(&self) -> Vec<Arc<Claims>> {
+        let open = self.lock();
+        open.sockets.values().map(|s| s.claims.clone()).collect()
     }
 
     /// Sockets listed from now on stay open, unless they are being

@@ -217,6 +217,7 @@ mod tests {
             },
             since: None,
             epoch: None,
+            resume_strokes: false,
         };
         let joined = bus.request(join, Duration::from_secs(10)).await;
         assert!(matches!(joined, Ok(RoomReply::Joined(_))), "{joined:?}");

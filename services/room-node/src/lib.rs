@@ -452,6 +452,7 @@ mod tests {
             },
             since: None,
             epoch: None,
+            resume_strokes: false,
         };
         // The room is this node's once it sees itself in the members.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -1,9 +1,11 @@
 //! Presence in one process: the local count is the whole truth.
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 use collab_protocol::{RoomId, UserId};
 
-use super::{LocalPresence, Presence, UserPresence};
+use super::{ConnectionsOf, LocalPresence, Presence, UserPresence};
 use crate::error::EphemeralError;
 
 pub struct MemoryPresence {
@@ -22,12 +24,12 @@ impl MemoryPresence {
 
 #[async_trait]
 impl Presence for MemoryPresence {
-    fn connected(&self, user: &UserId) {
-        self.local.connected(user);
+    fn connected(&self, user: &UserId, address: Option<IpAddr>) {
+        self.local.connected(user, address);
     }
 
-    fn disconnected(&self, user: &UserId) {
-        self.local.disconnected(user);
+    fn disconnected(&self, user: &UserId, address: Option<IpAddr>) {
+        self.local.disconnected(user, address);
     }
 
     fn joined(&self, user: &UserId, room: &RoomId) {
@@ -49,7 +51,7 @@ impl Presence for MemoryPresence {
         })
     }
 
-    async fn connections_elsewhere(&self, _user: &UserId) -> Result<u32, EphemeralError> {
+    async fn connections_elsewhere(&self, _of: ConnectionsOf<'_>) -> Result<u32, EphemeralError> {
         Ok(0)
     }
 

@@ -1,19 +1,26 @@
-//! Presence in Redis: each gateway's users as keys that expire unless the
-//! gateway renews them.
+//! Presence in Redis: each gateway's users, and its connections by source
+//! address, as keys that expire unless the gateway renews them.
 //!
-//! Keys (after the key prefix), both with the presence TTL:
+//! Keys (after the key prefix), all with the presence TTL:
 //! - `online:users:{user}`: a set of the gateways where `user` has
 //!   connections;
 //! - `online:conns:{len}:{user}:{gateway}`: `"{connections} {room},{room}…"`,
 //!   the user's connections on that gateway (the user id's length first
-//!   keeps the key unambiguous whatever the ids hold).
+//!   keeps the key unambiguous whatever the ids hold);
+//! - `online:addresses:{address}` and
+//!   `online:address-conns:{len}:{address}:{gateway}`: the same for the
+//!   connections from one source IP address (`"{connections} "`, no
+//!   rooms), for the per-address socket limit (written only when the
+//!   gateway gives addresses).
 //!
-//! A gateway writes the users that changed every 100 ms, and all of its
-//! users every third of the TTL and after each reconnect (Redis may have
-//! restarted empty). A killed gateway stops renewing, and its users are
-//! gone from every query once their keys expire. While Redis is away
-//! nothing is written: presence is stale, for at most the TTL.
+//! A gateway writes the users and addresses that changed every 100 ms, and
+//! all of them every third of the TTL and after each reconnect (Redis may
+//! have restarted empty). A killed gateway stops renewing, and its
+//! connections are gone from every query once their keys expire. While
+//! Redis is away nothing is written: presence is stale, for at most the
+//! TTL.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +28,7 @@ use async_trait::async_trait;
 use collab_protocol::{RoomId, UserId};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{LocalPresence, LocalUser, Presence, UserPresence};
+use super::{Change, ConnectionsOf, LocalPresence, Presence, UserPresence};
 use crate::client::RedisClient;
 use crate::error::EphemeralError;
 use crate::metrics::Op;
@@ -29,8 +36,8 @@ use crate::task::TaskGuard;
 
 /// How often changes are written.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Users written in one pipeline.
-const USERS_PER_PIPELINE: usize = 500;
+/// Users and addresses written in one pipeline.
+const CHANGES_PER_PIPELINE: usize = 500;
 
 pub struct RedisPresence {
     shared: Arc<Shared>,
@@ -68,12 +75,12 @@ impl RedisPresence {
 
 #[async_trait]
 impl Presence for RedisPresence {
-    fn connected(&self, user: &UserId) {
-        self.shared.local.connected(user);
+    fn connected(&self, user: &UserId, address: Option<IpAddr>) {
+        self.shared.local.connected(user, address);
     }
 
-    fn disconnected(&self, user: &UserId) {
-        self.shared.local.disconnected(user);
+    fn disconnected(&self, user: &UserId, address: Option<IpAddr>) {
+        self.shared.local.disconnected(user, address);
     }
 
     fn joined(&self, user: &UserId, room: &RoomId) {
@@ -86,7 +93,7 @@ impl Presence for RedisPresence {
 
     async fn user(&self, user: &UserId) -> Result<UserPresence, EphemeralError> {
         let mut presence = UserPresence::default();
-        for (gateway, connections, rooms) in self.shared.entries(user).await? {
+        for (gateway, connections, rooms) in self.shared.entries(ConnectionsOf::User(user)).await? {
             presence.connections += connections;
             presence.gateways.push(gateway);
             presence.rooms.extend(rooms);
@@ -97,8 +104,8 @@ impl Presence for RedisPresence {
         Ok(presence)
     }
 
-    async fn connections_elsewhere(&self, user: &UserId) -> Result<u32, EphemeralError> {
-        let entries = self.shared.entries(user).await?;
+    async fn connections_elsewhere(&self, of: ConnectionsOf<'_>) -> Result<u32, EphemeralError> {
+        let entries = self.shared.entries(of).await?;
         Ok(entries
             .into_iter()
             .filter(|(gateway, _, _)| *gateway != self.shared.gateway)
@@ -114,14 +121,15 @@ impl Presence for RedisPresence {
 }
 
 impl Shared {
-    /// Every gateway's entry for `user`: the gateway, its connections of
-    /// the user and their rooms. An entry that expired is left out.
+    /// Every gateway's entry for a user or address: the gateway, its
+    /// connections and their rooms (none for an address). An entry that
+    /// expired is left out.
     async fn entries(
         &self,
-        user: &UserId,
+        of: ConnectionsOf<'_>,
     ) -> Result<Vec<(String, u32, Vec<RoomId>)>, EphemeralError> {
         let shared = self;
-        let index = shared.index_key(user);
+        let index = shared.index_key(of);
         let gateways: Vec<String> = shared
             .client
             .call(Op::PresenceQuery, |mut c| async move {
@@ -133,7 +141,7 @@ impl Shared {
         }
         let mut get = redis::cmd("MGET");
         for gateway in &gateways {
-            get.arg(shared.detail_key(user, gateway));
+            get.arg(shared.detail_key(of, gateway));
         }
         let details: Vec<Option<String>> = shared
             .client
@@ -157,30 +165,51 @@ impl Shared {
 // === impl Shared ===
 
 impl Shared {
-    fn index_key(&self, user: &UserId) -> String {
-        self.client.key(&format!("online:users:{user}"))
+    /// The set of the gateways where a user or address has connections.
+    fn index_key(&self, of: ConnectionsOf<'_>) -> String {
+        match of {
+            ConnectionsOf::User(user) => self.client.key(&format!("online:users:{user}")),
+            ConnectionsOf::Address(address) => {
+                self.client.key(&format!("online:addresses:{address}"))
+            }
+        }
     }
 
-    fn detail_key(&self, user: &UserId, gateway: &str) -> String {
-        let user = user.as_str();
+    /// A user's or address's connections on `gateway`.
+    fn detail_key(&self, of: ConnectionsOf<'_>, gateway: &str) -> String {
+        let (kind, id) = match of {
+            ConnectionsOf::User(user) => ("conns", user.as_str().to_owned()),
+            ConnectionsOf::Address(address) => ("address-conns", address.to_string()),
+        };
         self.client
-            .key(&format!("online:conns:{}:{user}:{gateway}", user.len()))
+            .key(&format!("online:{kind}:{}:{id}:{gateway}", id.len()))
     }
 
-    /// Writes `users`' state on this gateway (`None`: no connection left).
+    /// Writes `changes`, the state of users and addresses on this gateway.
     /// What could not be written is marked changed again.
-    async fn write(&self, users: Vec<(UserId, Option<LocalUser>)>) -> Result<(), EphemeralError> {
+    async fn write(&self, changes: Vec<Change>) -> Result<(), EphemeralError> {
         let ttl_ms = self.ttl.as_millis().max(1) as u64;
-        for (i, chunk) in users.chunks(USERS_PER_PIPELINE).enumerate() {
+        for (i, chunk) in changes.chunks(CHANGES_PER_PIPELINE).enumerate() {
             let mut pipe = redis::pipe();
-            for (user, state) in chunk {
-                let index = self.index_key(user);
-                let detail = self.detail_key(user, &self.gateway);
-                match state {
-                    Some(state) => {
-                        let rooms: Vec<String> =
-                            state.sorted_rooms().into_iter().map(String::from).collect();
-                        let value = format!("{} {}", state.connections, rooms.join(","));
+            for change in chunk {
+                let (of, value) = match change {
+                    Change::User(user, state) => (
+                        ConnectionsOf::User(user),
+                        state.as_ref().map(|state| {
+                            let rooms: Vec<String> =
+                                state.sorted_rooms().into_iter().map(String::from).collect();
+                            format!("{} {}", state.connections, rooms.join(","))
+                        }),
+                    ),
+                    Change::Address(address, connections) => (
+                        ConnectionsOf::Address(*address),
+                        (*connections > 0).then(|| format!("{connections} ")),
+                    ),
+                };
+                let index = self.index_key(of);
+                let detail = self.detail_key(of, &self.gateway);
+                match value {
+                    Some(value) => {
                         pipe.cmd("SET")
                             .arg(detail)
                             .arg(value)
@@ -214,9 +243,8 @@ impl Shared {
                 })
                 .await;
             if let Err(e) = written {
-                let unwritten = users[i * USERS_PER_PIPELINE..].iter();
                 self.local
-                    .mark_changed(unwritten.map(|(user, _)| user.clone()));
+                    .mark_changed(&changes[i * CHANGES_PER_PIPELINE..]);
                 return Err(e);
             }
         }
@@ -254,15 +282,15 @@ async fn heartbeat(shared: Arc<Shared>) {
             continue;
         }
         let _writing = shared.writing.lock().await;
-        let users = if now >= next_renewal {
+        let changes = if now >= next_renewal {
             next_renewal = now + renew_every;
             shared.local.take_all()
         } else {
             shared.local.take_changed()
         };
-        if !users.is_empty() {
+        if !changes.is_empty() {
             // A failure is logged by the client and retried next tick.
-            let _ = shared.write(users).await;
+            let _ = shared.write(changes).await;
         }
     }
 }

@@ -10,6 +10,7 @@
 mod redis_server;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,8 +20,8 @@ use collab_protocol::{RoomId, UserId};
 pub use redis_server::{BINARY_ENV, RedisServer, binary};
 
 use crate::{
-    EphemeralMetrics, Presence, Rate, RateLimiter, RedisClient, RedisOptions, Revocation,
-    Revocations, RoomExpiry, TokenRef, UserPresence, unix_now_secs,
+    ConnectionsOf, EphemeralMetrics, Presence, Rate, RateLimiter, RedisClient, RedisOptions,
+    Revocation, Revocations, RoomExpiry, TokenRef, UserPresence, unix_now_secs,
 };
 
 /// A key prefix no other test uses, so tests can share one server.
@@ -231,14 +232,21 @@ where
         UserPresence::default()
     );
 
-    presence.connected(&u);
-    presence.connected(&u);
+    let (here, there): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+    presence.connected(&u, Some(here));
+    presence.connected(&u, Some(there));
     presence.joined(&u, &room("r1"));
     presence.joined(&u, &room("r2"));
     presence.joined(&u, &room("r2"));
     presence.flush().await.expect("flush");
     // Its own connections are not elsewhere.
-    assert_eq!(presence.connections_elsewhere(&u).await.expect("query"), 0);
+    for of in [
+        ConnectionsOf::User(&u),
+        ConnectionsOf::Address(here),
+        ConnectionsOf::Address(there),
+    ] {
+        assert_eq!(presence.connections_elsewhere(of).await.expect("query"), 0);
+    }
     let now = presence.user(&u).await.expect("query");
     assert_eq!(
         now,
@@ -260,18 +268,19 @@ where
         vec![room("r2")]
     );
 
-    presence.disconnected(&u);
+    presence.disconnected(&u, Some(there));
     presence.flush().await.expect("flush");
     assert_eq!(presence.user(&u).await.expect("query").connections, 1);
     // The last connection takes its rooms with it.
-    presence.disconnected(&u);
+    presence.disconnected(&u, Some(here));
     presence.flush().await.expect("flush");
     assert_eq!(
         presence.user(&u).await.expect("query"),
         UserPresence::default()
     );
     // Unbalanced calls change nothing.
-    presence.disconnected(&u);
+    presence.disconnected(&u, Some(here));
+    presence.disconnected(&u, None);
     presence.joined(&u, &room("r3"));
     presence.flush().await.expect("flush");
     assert!(!presence.user(&u).await.expect("query").is_online());

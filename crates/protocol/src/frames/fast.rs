@@ -44,6 +44,7 @@ pub(super) fn decode(text: &str) -> Option<ClientFrame> {
             room: required(f.room.take())?,
             since: optional(f.since.take())?,
             epoch: optional(f.epoch.take())?,
+            resume_strokes: flag(f.resume_strokes.take())?,
         },
         "leave" => ClientFrame::Leave {
             room: required(f.room.take())?,
@@ -130,6 +131,15 @@ fn optional<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<Option<
     }
 }
 
+/// A `bool` field with `#[serde(default)]`: absent is `false`, `null` is
+/// not a bool.
+fn flag(raw: Option<&RawValue>) -> Option<bool> {
+    match raw {
+        None => Some(false),
+        Some(raw) => serde_json::from_str(raw.get()).ok(),
+    }
+}
+
 // === raw objects ===
 
 /// The raw values of the keys a frame may have.
@@ -143,11 +153,12 @@ struct RawFrame<'a> {
     y: Option<&'a RawValue>,
     since: Option<&'a RawValue>,
     epoch: Option<&'a RawValue>,
+    resume_strokes: Option<&'a RawValue>,
     id: Option<&'a RawValue>,
 }
 
 impl<'a> RawFrame<'a> {
-    fn rest(self) -> [Option<&'a RawValue>; 9] {
+    fn rest(self) -> [Option<&'a RawValue>; 10] {
         let RawFrame {
             tag,
             room,
@@ -157,9 +168,10 @@ impl<'a> RawFrame<'a> {
             y,
             since,
             epoch,
+            resume_strokes,
             id,
         } = self;
-        [tag, room, cid, op, x, y, since, epoch, id]
+        [tag, room, cid, op, x, y, since, epoch, resume_strokes, id]
     }
 }
 
@@ -174,6 +186,7 @@ impl<'a> Keys<'a> for RawFrame<'a> {
             "y" => &mut self.y,
             "since" => &mut self.since,
             "epoch" => &mut self.epoch,
+            "resume_strokes" => &mut self.resume_strokes,
             "id" => &mut self.id,
             _ => return None,
         })

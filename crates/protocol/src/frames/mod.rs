@@ -25,6 +25,11 @@ pub enum ClientFrame {
         since: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<Epoch>,
+        /// If this connection drops, keep the sender's open strokes open
+        /// for the room's grace period, so a reconnect can go on drawing
+        /// them instead of starting new ones.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resume_strokes: bool,
     },
     Leave {
         room: RoomId,
@@ -46,6 +51,11 @@ pub enum ClientFrame {
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
+    },
+    /// A new token for the same user, presented on the open connection:
+    /// from then on its expiry and its room permissions apply.
+    Refresh {
+        token: String,
     },
 }
 
@@ -84,7 +94,7 @@ impl ClientFrame {
             | ClientFrame::Op { room, .. }
             | ClientFrame::Cursor { room, .. }
             | ClientFrame::CursorLeave { room } => Some(room),
-            ClientFrame::Ping { .. } => None,
+            ClientFrame::Ping { .. } | ClientFrame::Refresh { .. } => None,
         }
     }
 }
@@ -99,7 +109,15 @@ pub struct DecodeError {
     pub cid: Option<String>,
 }
 
-const CLIENT_TYPES: [&str; 6] = ["join", "leave", "op", "cursor", "cursor_leave", "ping"];
+const CLIENT_TYPES: [&str; 7] = [
+    "join",
+    "leave",
+    "op",
+    "cursor",
+    "cursor_leave",
+    "ping",
+    "refresh",
+];
 
 /// Decodes one text frame from a client. Anything that is not a JSON object
 /// of a known `type` with fields of the right types is `bad_request`.
@@ -307,6 +325,18 @@ pub enum ServerFrame {
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
+    },
+    /// The token in force expires at `exp` (seconds since the Unix epoch):
+    /// send `refresh` before then, or the connection closes with 4001.
+    /// Sent once per token, a configured lead before `exp` (at once when
+    /// the token lives less than that).
+    TokenExpiring {
+        exp: u64,
+    },
+    /// The answer to an accepted `refresh`: the new token is in force and
+    /// expires at `exp`.
+    Refreshed {
+        exp: u64,
     },
 }
 

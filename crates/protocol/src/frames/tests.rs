@@ -33,6 +33,7 @@ fn decodes_every_client_frame() {
         json!({"type":"ping"}),
         json!({"type":"ping","id":7}),
         json!({"type":"ping","id":"abc"}),
+        json!({"type":"refresh","token":"a.b.c"}),
     ];
     for frame in frames {
         let decoded = decode(frame.clone()).unwrap_or_else(|e| panic!("{frame}: {e}"));
@@ -134,6 +135,43 @@ fn error_frame_shape() {
         v,
         json!({"type":"error","code":"bad_request","message":"x"})
     );
+}
+
+/// `refresh` carries its token as a string; anything else is refused
+/// like any malformed frame. Refresh is rare: it takes the Value path.
+#[test]
+fn refresh_frames() {
+    assert_eq!(
+        assert_value_path(r#"{"type":"refresh","token":"a.b.c"}"#).expect("decodes"),
+        ClientFrame::Refresh {
+            token: "a.b.c".into()
+        }
+    );
+    for text in [
+        r#"{"type":"refresh"}"#,
+        r#"{"type":"refresh","token":null}"#,
+        r#"{"type":"refresh","token":7}"#,
+    ] {
+        assert_eq!(code_of(text), ErrorCode::BadRequest, "{text}");
+    }
+    assert_eq!(
+        decode(json!({"type":"refresh","token":"t"}))
+            .expect("decodes")
+            .room(),
+        None
+    );
+}
+
+#[test]
+fn token_frames_shape() {
+    let v: serde_json::Value =
+        serde_json::from_str(&ServerFrame::TokenExpiring { exp: 1_800_000_000 }.to_json())
+            .expect("json");
+    assert_eq!(v, json!({"type":"token_expiring","exp":1_800_000_000u64}));
+    let v: serde_json::Value =
+        serde_json::from_str(&ServerFrame::Refreshed { exp: 1_800_000_060 }.to_json())
+            .expect("json");
+    assert_eq!(v, json!({"type":"refreshed","exp":1_800_000_060u64}));
 }
 
 #[test]
@@ -458,6 +496,7 @@ fn escapes_are_parsed() {
             room: room("r1"),
             since: None,
             epoch: Some(Epoch::parse("e\"\\/é").expect("epoch")),
+            resume_strokes: false,
         }
     );
     match assert_fast(
@@ -490,6 +529,7 @@ fn absent_and_null_fields() {
         room: room("r"),
         since,
         epoch,
+        resume_strokes: false,
     };
     assert_eq!(
         assert_fast(r#"{"type":"join","room":"r","since":null,"epoch":null}"#),

@@ -47,9 +47,10 @@ pub use options::{CqlOptions, Replication};
 use schema::OPS_PER_BUCKET;
 
 use crate::memory::members_to_index;
+use crate::memory::updated_record;
 use crate::{
-    Deletion, LoggedOp, RoomCatalog, RoomRecord, Snapshot, Store, StoreError, StoreReader,
-    StoreResult, Writer, check_batch,
+    Deletion, LoggedOp, RoomCatalog, RoomRecord, RoomsPage, Snapshot, Store, StoreError,
+    StoreReader, StoreResult, Writer, check_batch,
 };
 
 /// Bytes of snapshot data per `room_snapshots` row: well under any
@@ -94,6 +95,8 @@ struct Statements {
     delete_bucket: PreparedStatement,
     delete_lane_below: PreparedStatement,
     select_rooms_by_user: PreparedStatement,
+    select_rooms_by_user_after: PreparedStatement,
+    update_room: PreparedStatement,
     insert_snapshot_chunk: PreparedStatement,
     select_snapshot_index: PreparedStatement,
     select_snapshot_chunk: PreparedStatement,
@@ -741,6 +744,58 @@ impl StoreReader for CqlStore {
             .collect())
     }
 
+    async fn rooms_of_user_page(
+        &self,
+        user: &UserId,
+        page: &RoomsPage,
+    ) -> StoreResult<Vec<RoomRecord>> {
+        let mut out = Vec::new();
+        // A slice of the user's partition of `rooms_by_user` at a time,
+        // after the last id seen: a kind filter or a stale listing row
+        // (see `create_room`) can leave a slice short of a page.
+        let slice = page.limit.clamp(1, READ_PAGE);
+        let mut after = page
+            .after
+            .as_ref()
+            .map_or_else(String::new, |after| after.as_str().to_owned());
+        while out.len() < page.limit {
+            let ids: Vec<(String,)> = self
+                .session
+                .execute_unpaged(
+                    &self.statements.select_rooms_by_user_after,
+                    (user.as_str(), after.as_str(), limit_of(slice)),
+                )
+                .await
+                .map_err(|e| unavailable("list rooms", e))?
+                .into_rows_result()
+                .map_err(|e| corrupt("room listing", e))?
+                .rows::<(String,)>()
+                .map_err(|e| corrupt("room listing", e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| corrupt("room listing", e))?;
+            let Some((last,)) = ids.last() else { break };
+            let exhausted = ids.len() < slice;
+            after = last.clone();
+            let records =
+                futures_util::future::try_join_all(ids.into_iter().map(|(id,)| async move {
+                    let id = RoomId::parse(id).map_err(|e| corrupt("room id", e))?;
+                    self.room(&id).await
+                }))
+                .await?;
+            out.extend(
+                records
+                    .into_iter()
+                    .flatten()
+                    .filter(|room| members_to_index(room).any(|u| u == user) && page.wants(room)),
+            );
+            if exhausted {
+                break;
+            }
+        }
+        out.truncate(page.limit);
+        Ok(out)
+    }
+
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
         // Buckets fill in order from the one of the room's base (its
         // floor's or its tombstone's: the rows below are gone), so the
@@ -1120,6 +1175,70 @@ impl Store for CqlStore {
         self.purge(room, at).await
     }
 
+    async fn update_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        let not_found =
+            || StoreError::NotFound(format!("no room {} with epoch {}", room.id, room.epoch));
+        let stored = self
+            .stored_room(&room.id, true)
+            .await?
+            .filter(|s| s.deleted.is_none() && s.record.epoch == room.epoch)
+            .ok_or_else(not_found)?
+            .record;
+        let updated = updated_record(&stored, room)?;
+        let listed =
+            |record: &RoomRecord, user: &UserId| members_to_index(record).any(|u| u == user);
+        // Listing rows of new members first, as in `create_room`: one the
+        // record does not back yet is not listed.
+        for user in members_to_index(&updated).filter(|u| !listed(&stored, u)) {
+            self.session
+                .execute_unpaged(
+                    &self.statements.insert_room_by_user,
+                    (user.as_str(), room.id.as_str()),
+                )
+                .await
+                .map_err(|e| unavailable("update room", e))?;
+        }
+        let members: Option<Vec<&str>> = updated
+            .members
+            .as_ref()
+            .map(|m| m.iter().map(|u| u.as_str()).collect());
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.update_room,
+                (
+                    updated.name.as_str(),
+                    &members,
+                    room.id.as_str(),
+                    room.epoch.as_str(),
+                ),
+            )
+            .await;
+        let written = match result {
+            Ok(result) => applied(result)?,
+            // Unknown outcome: what is stored decides.
+            Err(e) => match self.stored_room(&room.id, true).await? {
+                Some(now) if now.deleted.is_none() && now.record == updated => true,
+                _ => return Err(unavailable("update room", e)),
+            },
+        };
+        if !written {
+            return Err(not_found());
+        }
+        // Then the rows of members removed; one left by a crash here is
+        // not listed either (its record no longer names the user).
+        for user in members_to_index(&stored).filter(|u| !listed(&updated, u)) {
+            self.session
+                .execute_unpaged(
+                    &self.statements.delete_room_by_user,
+                    (user.as_str(), room.id.as_str()),
+                )
+                .await
+                .map_err(|e| unavailable("update room", e))?;
+        }
+        Ok(())
+    }
+
     async fn finish_deletion(&self, room: &RoomId) -> StoreResult<()> {
         match self.stored_room(room, false).await? {
             Some(StoredRoom {
@@ -1409,6 +1528,17 @@ impl Statements {
             .await?,
             select_rooms_by_user: prepare("SELECT room FROM {ks}.rooms_by_user WHERE user = ?", true)
                 .await?,
+            select_rooms_by_user_after: prepare(
+                "SELECT room FROM {ks}.rooms_by_user WHERE user = ? AND room > ? LIMIT ?",
+                true,
+            )
+            .await?,
+            update_room: prepare(
+                "UPDATE {ks}.rooms SET name = ?, members = ?
+                 WHERE id = ? IF epoch = ? AND deleted = null",
+                false,
+            )
+            .await?,
             insert_snapshot_chunk: prepare(
                 "INSERT INTO {ks}.room_snapshots (room, seq, chunk, chunks, data) VALUES (?, ?, ?, ?, ?)",
                 true,

@@ -36,8 +36,8 @@ use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use crate::{
-    AppendDone, Deletion, LoggedOp, RoomCatalog, RoomRecord, Snapshot, Store, StoreError,
-    StoreReader, StoreResult, WebhookLog, Writer, check_batch,
+    AppendDone, Deletion, LoggedOp, RoomCatalog, RoomRecord, RoomsPage, Snapshot, Store,
+    StoreError, StoreReader, StoreResult, WebhookLog, Writer, check_batch,
 };
 use pending::{Pending, PendingOp, RoomLog, merge_by_seq};
 pub use tables::SNAPSHOT_CHUNK_SIZE;
@@ -562,6 +562,52 @@ impl StoreReader for EmbeddedStore {
         .await
     }
 
+    async fn rooms_of_user_page(
+        &self,
+        user: &UserId,
+        page: &RoomsPage,
+    ) -> StoreResult<Vec<RoomRecord>> {
+        if page.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let user = user.as_str().to_owned();
+        let page = page.clone();
+        self.read(move |txn| {
+            let memberships = txn.open_table(MEMBERSHIPS).map_err(unavailable)?;
+            let rooms = txn.open_table(ROOMS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            // The user's keys after (user, after), or from (user, ""):
+            // one range scan of the index, ended at the first key of
+            // another user or a full page. A kind filter skips the user's
+            // other rooms, never anyone else's.
+            let from = page.after.as_ref().map_or("", |after| after.as_str());
+            for entry in memberships
+                .range((user.as_str(), from)..)
+                .map_err(unavailable)?
+            {
+                let (key, _) = entry.map_err(unavailable)?;
+                let (member, room) = key.value();
+                if member != user {
+                    break;
+                }
+                let Some(record) = rooms.get(room).map_err(unavailable)? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "membership of {member} in missing room {room}"
+                    )));
+                };
+                let record = codec::decode_room(record.value())?;
+                if page.wants(&record) {
+                    out.push(record);
+                    if out.len() == page.limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
         self.read_room(
             room,
@@ -741,6 +787,10 @@ impl Store for EmbeddedStore {
             tombstone: codec::encode_tombstone(&deletion.writer)?,
         })
         .await
+    }
+
+    async fn update_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        self.write(Write::UpdateRoom(Box::new(room.clone()))).await
     }
 
     async fn append(

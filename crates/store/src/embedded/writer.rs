@@ -199,6 +199,9 @@ pub(crate) enum Write {
     /// Encoded by the writer, which sets its floor (see
     /// `RoomRecord::floor`).
     CreateRoom(Box<RoomRecord>),
+    /// A room's new name and members (see `Store::update_room`), with its
+    /// memberships, in one transaction.
+    UpdateRoom(Box<RoomRecord>),
     /// A room's deletion (see `Store::delete_room`): the tombstone, then
     /// the removal of everything below it, in one transaction.
     DeleteRoom {
@@ -245,7 +248,10 @@ impl Write {
     fn size(&self) -> usize {
         match self {
             Write::Append { record, .. } => record.len(),
-            Write::CreateRoom(_) | Write::DeleteRoom { .. } | Write::Webhook(_) => 256,
+            Write::CreateRoom(_)
+            | Write::UpdateRoom(_)
+            | Write::DeleteRoom { .. }
+            | Write::Webhook(_) => 256,
             Write::PutSnapshot { total_len, .. } => {
                 usize::try_from(*total_len).unwrap_or(usize::MAX)
             }
@@ -712,6 +718,39 @@ impl<'a> Writer<'a> {
                     t.memberships.insert((user.as_str(), id), ())?;
                 }
                 tally.rooms_created += 1;
+                Ok(Ok(()))
+            }
+            Write::UpdateRoom(update) => {
+                let t = t.expect("a group with a room update has a transaction");
+                let id = update.id.as_str();
+                let stored = match t.rooms.get(id)? {
+                    Some(value) => match codec::decode_room(value.value()) {
+                        Ok(stored) => Some(stored),
+                        Err(e) => return Ok(Err(e)),
+                    },
+                    None => None,
+                };
+                let Some(stored) = stored.filter(|stored| stored.epoch == update.epoch) else {
+                    return Ok(Err(StoreError::NotFound(format!(
+                        "no room {id} with epoch {}",
+                        update.epoch
+                    ))));
+                };
+                let updated = match crate::memory::updated_record(&stored, update) {
+                    Ok(updated) => updated,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let encoded = match codec::encode_room(&updated) {
+                    Ok(encoded) => encoded,
+                    Err(e) => return Ok(Err(e)),
+                };
+                for user in members_to_index(&stored) {
+                    t.memberships.remove((user.as_str(), id))?;
+                }
+                for user in members_to_index(&updated) {
+                    t.memberships.insert((user.as_str(), id), ())?;
+                }
+                t.rooms.insert(id, encoded.as_slice())?;
                 Ok(Ok(()))
             }
             Write::DeleteRoom {

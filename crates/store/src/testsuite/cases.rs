@@ -10,7 +10,7 @@ use super::{
     event, message, points_batch, random_u64, room_record, stroke_points, unique_room, unique_user,
     writer,
 };
-use crate::{Deletion, Snapshot, Store, StoreError, Writer};
+use crate::{Deletion, RoomsPage, Snapshot, Store, StoreError, Writer};
 
 fn seqs(events: &[OpEvent]) -> Vec<u64> {
     events.iter().map(|e| e.seq.get()).collect()
@@ -146,6 +146,178 @@ pub async fn rooms_of_user_lists_created_and_private_memberships(store: Arc<dyn 
     // Full records come back, not just ids.
     let records = store.rooms_of_user(&carol).await.expect("rooms_of_user");
     assert_eq!(records, vec![rooms[3].clone()]);
+}
+
+/// The ids of one page of `user`'s rooms.
+async fn page_ids(
+    store: &Arc<dyn Store>,
+    user: &collab_protocol::UserId,
+    after: Option<&RoomId>,
+    limit: usize,
+    kind: Option<RoomKind>,
+) -> Vec<RoomId> {
+    let page = RoomsPage {
+        after: after.cloned(),
+        limit,
+        kind,
+    };
+    store
+        .rooms_of_user_page(user, &page)
+        .await
+        .expect("rooms_of_user_page")
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+pub async fn rooms_of_user_page_pages_by_id_and_kind(store: Arc<dyn Store>) {
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let base = format!("{:016x}", random_u64());
+    let ids: Vec<RoomId> = (0..7)
+        .map(|i| RoomId::parse(format!("p{i}-{base}")).expect("room id"))
+        .collect();
+    // Alice's rooms: p0..p4 created by her (boards, with p1 and p3
+    // channels), p5 a private room of Bob's with her as a member; p6 is
+    // Bob's public room, not hers.
+    for (i, id) in ids.iter().enumerate() {
+        let kind = if i == 1 || i == 3 || i == 5 {
+            RoomKind::Channel
+        } else {
+            RoomKind::Board
+        };
+        let record = match i {
+            5 => room_record(id, kind, &bob, Some(vec![bob.clone(), alice.clone()])),
+            6 => room_record(id, kind, &bob, None),
+            _ => room_record(id, kind, &alice, None),
+        };
+        store.create_room(&record).await.expect("create_room");
+    }
+    let first = page_ids(&store, &alice, None, 2, None).await;
+    assert_eq!(first, ids[0..2]);
+    let second = page_ids(&store, &alice, first.last(), 2, None).await;
+    assert_eq!(second, ids[2..4]);
+    let third = page_ids(&store, &alice, second.last(), 2, None).await;
+    assert_eq!(third, ids[4..6]);
+    assert!(
+        page_ids(&store, &alice, third.last(), 2, None)
+            .await
+            .is_empty()
+    );
+    // A page asked for beyond the end, and one of size 0.
+    assert!(page_ids(&store, &alice, None, 0, None).await.is_empty());
+    // By kind: the channels p1, p3, p5, two at a time.
+    let channels = page_ids(&store, &alice, None, 2, Some(RoomKind::Channel)).await;
+    assert_eq!(channels, [ids[1].clone(), ids[3].clone()]);
+    let rest = page_ids(&store, &alice, channels.last(), 2, Some(RoomKind::Channel)).await;
+    assert_eq!(rest, [ids[5].clone()]);
+    // The pages together are the whole listing.
+    let all: Vec<RoomId> = store
+        .rooms_of_user(&alice)
+        .await
+        .expect("rooms_of_user")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(page_ids(&store, &alice, None, 100, None).await, all);
+    assert_eq!(page_ids(&store, &bob, None, 100, None).await, ids[5..7]);
+}
+
+pub async fn update_room_changes_name_members_and_listing(store: Arc<dyn Store>) {
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let carol = unique_user("carol");
+    let room = unique_room("update");
+    let record = room_record(
+        &room,
+        RoomKind::Board,
+        &alice,
+        Some(vec![alice.clone(), bob.clone()]),
+    );
+    store.create_room(&record).await.expect("create_room");
+    let mut update = record.clone();
+    update.name = "renamed".into();
+    update.members = Some(vec![alice.clone(), carol.clone()]);
+    // Fields other than name and members are the stored ones, whatever
+    // the update says.
+    update.created_at = 1;
+    store.update_room(&update).await.expect("update_room");
+    let stored = store.room(&room).await.expect("room").expect("exists");
+    assert_eq!(stored.name, "renamed");
+    assert_eq!(stored.members, Some(vec![alice.clone(), carol.clone()]));
+    assert_eq!(stored.created_at, record.created_at);
+    assert_eq!(stored.epoch, record.epoch);
+    assert!(stored.admits(&carol) && !stored.admits(&bob));
+    let listed = |user: collab_protocol::UserId| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .rooms_of_user(&user)
+                .await
+                .expect("rooms_of_user")
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(listed(bob.clone()).await.is_empty(), "bob was removed");
+    assert_eq!(listed(carol.clone()).await, vec![room.clone()]);
+    assert_eq!(listed(alice.clone()).await, vec![room.clone()]);
+    assert_eq!(
+        page_ids(&store, &carol, None, 10, None).await,
+        vec![room.clone()]
+    );
+    assert!(page_ids(&store, &bob, None, 10, None).await.is_empty());
+
+    // A room of another epoch (created again since) is not this one.
+    let mut stale = update.clone();
+    stale.epoch = Epoch::parse("other").expect("epoch");
+    stale.name = "stale".into();
+    assert!(matches!(
+        store.update_room(&stale).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A public room cannot be given members, nor a private one lose them.
+    let mut public = update.clone();
+    public.members = None;
+    assert!(matches!(
+        store.update_room(&public).await,
+        Err(StoreError::InvalidBatch(_))
+    ));
+    let unknown = room_record(&unique_room("nope"), RoomKind::Board, &alice, None);
+    assert!(matches!(
+        store.update_room(&unknown).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // None of the refusals changed anything.
+    assert_eq!(store.room(&room).await.expect("room"), Some(stored));
+
+    // A public room's name changes; a deleted room's does not.
+    let open = unique_room("update-pub");
+    let record = room_record(&open, RoomKind::Channel, &alice, None);
+    store.create_room(&record).await.expect("create_room");
+    let mut renamed = record.clone();
+    renamed.name = "lobby".into();
+    store.update_room(&renamed).await.expect("rename");
+    assert_eq!(
+        store.room(&open).await.expect("room").map(|r| r.name),
+        Some("lobby".into())
+    );
+    store
+        .delete_room(
+            &open,
+            &Deletion {
+                epoch: record.epoch.clone(),
+                at: Seq(1),
+                writer: writer("node-a", 1),
+            },
+        )
+        .await
+        .expect("delete");
+    assert!(matches!(
+        store.update_room(&renamed).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn append_then_read(store: Arc<dyn Store>) {

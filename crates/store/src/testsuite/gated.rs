@@ -116,6 +116,14 @@ impl StoreReader for GatedStore {
         self.inner.rooms_of_user(user).await
     }
 
+    async fn rooms_of_user_page(
+        &self,
+        user: &UserId,
+        page: &crate::RoomsPage,
+    ) -> StoreResult<Vec<RoomRecord>> {
+        self.inner.rooms_of_user_page(user, page).await
+    }
+
     async fn head(&self, room: &RoomId) -> StoreResult<Seq> {
         self.inner.head(room).await
     }
@@ -165,6 +173,10 @@ impl Store for GatedStore {
         }
         half_deleted.remove(room);
         Ok(())
+    }
+
+    async fn update_room(&self, room: &RoomRecord) -> StoreResult<()> {
+        self.inner.update_room(room).await
     }
 
     async fn append(

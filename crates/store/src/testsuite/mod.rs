@@ -73,6 +73,8 @@ macro_rules! store_conformance_tests {
             create_room_then_read,
             create_room_conflict_keeps_the_first,
             rooms_of_user_lists_created_and_private_memberships,
+            rooms_of_user_page_pages_by_id_and_kind,
+            update_room_changes_name_members_and_listing,
             append_then_read,
             append_then_answers_once_with_the_batch,
             append_conflict_full_overlap,

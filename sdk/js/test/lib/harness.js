@@ -36,9 +36,9 @@ export async function waitFor(what, fn, { timeout = 20_000, interval = 20 } = {}
 }
 
 /**
- * A client of `url` for `token` on the `ws` package.
+ * A client of `url` for `token` (a token, or a token provider) on the `ws` package.
  * @param {string} url
- * @param {string} token
+ * @param {string | import('../../dist/index.js').TokenProvider} token
  * @param {Partial<import('../../dist/index.js').ClientOptions>} [options]
  */
 export function nodeClient(url, token, options = {}) {

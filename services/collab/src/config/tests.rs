@@ -584,6 +584,22 @@ fn auth_settings_come_from_the_environment_and_are_checked() {
         let err = load(&Flags::default(), &env(pairs)).expect_err("refused");
         assert_eq!(issue_keys(&err), ["auth.algorithms"], "{pairs:?}");
     }
+    // A plain http URL only when explicitly allowed.
+    let http = ("COLLAB_AUTH__JWKS", "http://keys.internal/jwks.json");
+    let err = load(&Flags::default(), &env(&[http])).expect_err("refused");
+    assert_eq!(issue_keys(&err), ["auth.jwks"]);
+    assert!(err.to_string().contains("jwks_allow_http"), "{err}");
+    let config = load(
+        &Flags::default(),
+        &env(&[
+            http,
+            ("COLLAB_AUTH__JWKS_ALLOW_HTTP", "true"),
+            ("COLLAB_AUTH__JWKS_RELOAD_GAP_SECS", "0"),
+        ]),
+    )
+    .expect("loads");
+    assert!(config.auth.jwks_allow_http);
+    assert_eq!(config.auth.jwks_reload_gap_secs, 0);
 }
 
 #[test]

@@ -543,20 +543,20 @@ async fn a_dev_token_can_ask_for_the_admin_scope() {
     let admin = mint(json!({"user": "op", "scope": "admin"})).await;
     assert_eq!(admin.status, StatusCode::OK, "{}", admin.body);
     let admin = admin.body["token"].as_str().expect("a token").to_owned();
-    let claims = h.auth.verify(&admin).expect("verifies");
+    let claims = h.auth.verify(&admin).await.expect("verifies");
     assert!(claims.has_scope(collab_protocol::Scope::Admin));
     let answer = h.get("/v1/admin/cluster", Some(&admin)).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
 
     let plain = mint(json!({"user": "op"})).await;
     let plain = plain.body["token"].as_str().expect("a token").to_owned();
-    assert_eq!(h.auth.verify(&plain).expect("verifies").scope, None);
+    assert_eq!(h.auth.verify(&plain).await.expect("verifies").scope, None);
     h.get("/v1/admin/cluster", Some(&plain))
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
     let blank = mint(json!({"user": "op", "scope": "  "})).await;
     let blank = blank.body["token"].as_str().expect("a token").to_owned();
-    assert_eq!(h.auth.verify(&blank).expect("verifies").scope, None);
+    assert_eq!(h.auth.verify(&blank).await.expect("verifies").scope, None);
 
     mint(json!({"user": "op", "scope": 5}))
         .await

@@ -5,9 +5,11 @@
 //! A refresh that fails keeps the last good set (and is logged and
 //! counted): an identity provider that is down for a while does not lock
 //! everyone out. A token whose `kid` is not in the set asks for an early
-//! refresh — at most one per `early_refresh_gap`, so a stream of made-up
-//! `kid`s cannot hammer the key server — and is refused meanwhile; a
-//! retry after the refresh finds the new key.
+//! refresh and waits for it (at most [`RELOAD_WAIT`]), so a key rotated in
+//! at the issuer works on its first use. Early refreshes happen at most
+//! once per `early_refresh_gap`, so a stream of made-up `kid`s cannot
+//! hammer the key server, and tokens that arrive while one is under way
+//! wait for that one instead of asking for another.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,13 +29,17 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 /// The most a JWKS document may weigh; a key set is a few KiB.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 /// How long one fetch of a JWKS URL may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a token with an unknown `kid` waits for the reload it asked
+/// for (or the one under way) before it is refused: a fetch's time, and a
+/// little for a reload that began just before.
+const RELOAD_WAIT: Duration = Duration::from_secs(11);
 
 /// The algorithms a JWKS key may be for.
 pub const JWKS_ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::EdDSA];
@@ -79,6 +85,13 @@ impl JwksSource {
             return Ok(JwksSource::Url(text.to_owned()));
         }
         Err(bad())
+    }
+}
+
+impl JwksSource {
+    /// An `http://` URL: neither encrypted nor authenticated.
+    pub fn is_plain_http(&self) -> bool {
+        matches!(self, JwksSource::Url(url) if url.starts_with("http://"))
     }
 }
 
@@ -182,12 +195,20 @@ pub(crate) struct KeySet {
 struct Inner {
     options: JwksOptions,
     current: RwLock<Arc<Keys>>,
-    /// When the last load began.
-    last_load: Mutex<Instant>,
+    loads: Mutex<Loads>,
+    /// Loads finished (whether they succeeded or not), for the tokens
+    /// waiting for one.
+    finished: watch::Sender<u64>,
     early: Arc<Notify>,
     /// For a URL only: a file needs no root certificates.
     http: Option<HttpClient>,
     metrics: KeySetMetrics,
+}
+
+/// When the last load began, and whether one is under way or asked for.
+struct Loads {
+    last_start: Instant,
+    busy: bool,
 }
 
 impl KeySet {
@@ -218,7 +239,11 @@ impl KeySet {
         let inner = Arc::new(Inner {
             options: options.clone(),
             current: RwLock::new(Arc::new(keys)),
-            last_load: Mutex::new(started),
+            loads: Mutex::new(Loads {
+                last_start: started,
+                busy: false,
+            }),
+            finished: watch::channel(0).0,
             early: early.clone(),
             http,
             metrics,
@@ -227,42 +252,61 @@ impl KeySet {
         Ok(KeySet { inner })
     }
 
-    /// The key named `kid`; `None` asks for an early refresh.
-    pub(crate) fn find(&self, kid: &str) -> Option<PublicKey> {
-        let keys = self
-            .inner
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let found = keys.get(kid).cloned();
-        if found.is_none() {
-            self.ask_early_refresh();
+    /// The key named `kid`. One not in the set waits for an early reload
+    /// (see [`reload_for_unknown_kid`](Self::reload_for_unknown_kid)) and
+    /// is looked up again; `None` if it is still unknown.
+    pub(crate) async fn find(&self, kid: &str) -> Option<PublicKey> {
+        let mut finished = self.inner.finished.subscribe();
+        let seen = *finished.borrow_and_update();
+        if let Some(found) = self.inner.lookup(kid) {
+            return Some(found);
         }
-        found
+        if self.reload_for_unknown_kid(seen, &mut finished).await {
+            self.inner.lookup(kid)
+        } else {
+            None
+        }
     }
 
-    /// Wakes the refresh task unless the last load is more recent than
-    /// `early_refresh_gap`; says whether it did.
-    fn ask_early_refresh(&self) -> bool {
-        let due = self.inner.since_last_load() >= self.inner.options.early_refresh_gap;
-        if due {
-            self.inner.early.notify_one();
+    /// Waits (at most [`RELOAD_WAIT`]) for a load that finishes after the
+    /// `seen`th one: the one under way, or one asked for now if the last
+    /// began `early_refresh_gap` ago. Every token that finds its `kid`
+    /// missing meanwhile waits for the same load. False if no load may
+    /// start now or none finished in time.
+    async fn reload_for_unknown_kid(&self, seen: u64, finished: &mut watch::Receiver<u64>) -> bool {
+        {
+            let mut loads = lock(&self.inner.loads);
+            // Counted under the same lock as `busy` is cleared.
+            let now_finished = *finished.borrow();
+            if now_finished == seen && !loads.busy {
+                if loads.last_start.elapsed() < self.inner.options.early_refresh_gap {
+                    return false;
+                }
+                loads.busy = true;
+                self.inner.early.notify_one();
+            }
         }
-        due
+        let done = finished.wait_for(|n| *n > seen);
+        matches!(tokio::time::timeout(RELOAD_WAIT, done).await, Ok(Ok(_)))
     }
 }
 
 impl Inner {
-    fn since_last_load(&self) -> Duration {
-        self.last_load
-            .lock()
+    fn lookup(&self, kid: &str) -> Option<PublicKey> {
+        let keys = self
+            .current
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
+            .clone();
+        keys.get(kid).cloned()
     }
 
     async fn refresh(&self) {
-        *self.last_load.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        {
+            let mut loads = lock(&self.loads);
+            loads.last_start = Instant::now();
+            loads.busy = true;
+        }
         match fetch(&self.options.source, self.http.as_ref()).await {
             Ok(keys) => {
                 self.metrics.loaded(keys.len());
@@ -277,11 +321,20 @@ impl Inner {
                 warn!(jwks = %self.options.source, error = %e, "jwks refresh failed; keeping the keys loaded before");
             }
         }
+        let mut loads = lock(&self.loads);
+        loads.busy = false;
+        self.finished.send_modify(|n| *n += 1);
+    }
+
+    /// Whether a token waits for an early load (a wake-up left over from
+    /// one that a scheduled load answered is not).
+    fn is_asked(&self) -> bool {
+        lock(&self.loads).busy
     }
 }
 
-/// Refreshes every `refresh`, or sooner when an unknown `kid` asks (and
-/// the last load is `early_refresh_gap` old), until the set is dropped.
+/// Refreshes every `refresh`, or at once when a token with an unknown
+/// `kid` asks (it checked `early_refresh_gap`), until the set is dropped.
 /// It holds the set only while refreshing, so dropping it ends the loop.
 async fn refresh_loop(inner: Weak<Inner>, early: Arc<Notify>, options: JwksOptions) {
     loop {
@@ -292,11 +345,17 @@ async fn refresh_loop(inner: Weak<Inner>, early: Arc<Notify>, options: JwksOptio
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if asked_early && inner.since_last_load() < options.early_refresh_gap {
+        if asked_early && !inner.is_asked() {
             continue;
         }
         inner.refresh().await;
     }
+}
+
+/// Locks `mutex`, carrying on after a holder that panicked: every update
+/// under it is one step.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn sorted_kids(keys: &Keys) -> Vec<&str> {
@@ -306,7 +365,8 @@ fn sorted_kids(keys: &Keys) -> Vec<&str> {
 }
 
 /// The client JWKS URLs are fetched with: http, or https checked against
-/// the system's root certificates.
+/// the system's root certificates (or those in the files `SSL_CERT_FILE`
+/// or `SSL_CERT_DIR` name, instead), read once at start-up.
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn http_client() -> Result<HttpClient, String> {
@@ -324,7 +384,7 @@ fn http_client() -> Result<HttpClient, String> {
 async fn get(http: &HttpClient, url: &str) -> Result<Vec<u8>, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
     let fetch = async {
-        let response = http.get(uri).await.map_err(|e| e.to_string())?;
+        let response = http.get(uri).await.map_err(|e| with_causes(&e))?;
         if response.status() != hyper::StatusCode::OK {
             return Err(format!("answered {}", response.status()));
         }
@@ -337,6 +397,19 @@ async fn get(http: &HttpClient, url: &str) -> Result<Vec<u8>, String> {
     tokio::time::timeout(FETCH_TIMEOUT, fetch)
         .await
         .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+}
+
+/// `error` and what caused it, outermost first: the client's own message
+/// ("client error (Connect)") says nothing of a refused certificate.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 async fn fetch(source: &JwksSource, http: Option<&HttpClient>) -> Result<Keys, JwksError> {

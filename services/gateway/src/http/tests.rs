@@ -108,6 +108,16 @@ impl RequestHandler for Owner {
         }
         let store = self.store.clone();
         Box::pin(async move {
+            if let RoomRequest::Update {
+                room,
+                epoch,
+                name,
+                add,
+                remove,
+            } = request
+            {
+                return update_as_the_owner(store.as_ref(), room, epoch, name, add, remove).await;
+            }
             let RoomRequest::Delete { room, epoch } = request else {
                 return RoomReply::Done;
             };
@@ -130,6 +140,40 @@ impl RequestHandler for Owner {
             RoomReply::Done
         })
     }
+}
+
+/// What the room's owner does with an `Update` (its refusals are the
+/// actor's, tested beside it).
+async fn update_as_the_owner(
+    store: &dyn Store,
+    room: RoomId,
+    epoch: Option<collab_protocol::Epoch>,
+    name: Option<String>,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+) -> RoomReply {
+    let Some(mut record) = store.room(&room).await.expect("room") else {
+        return room_not_found();
+    };
+    if epoch.is_some_and(|e| e != record.epoch) {
+        return room_not_found();
+    }
+    if let Some(name) = name {
+        record.name = name;
+    }
+    if let Some(members) = &mut record.members {
+        members.retain(|m| !remove.contains(m));
+        members.extend(add.into_iter().filter(|u| !remove.contains(u)));
+    }
+    store.update_room(&record).await.expect("updated");
+    RoomReply::Updated(collab_protocol::http::RoomUpdated {
+        id: record.id,
+        kind: record.kind,
+        name: record.name,
+        epoch: record.epoch,
+        created_by: record.created_by,
+        members: record.members,
+    })
 }
 
 fn room_not_found() -> RoomReply {
@@ -1017,7 +1061,7 @@ async fn dev_tokens_only_in_dev_mode() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     let token = answer.body["token"].as_str().expect("token");
-    let claims = h.auth.verify(token).expect("the dev token verifies");
+    let claims = h.auth.verify(token).await.expect("the dev token verifies");
     assert_eq!(claims.sub, "ann");
     assert_eq!(claims.name.as_deref(), Some("Ann"));
     assert_eq!(claims.rooms, None);
@@ -1041,10 +1085,38 @@ async fn dev_tokens_only_in_dev_mode() {
     let claims = h
         .auth
         .verify(anonymous.body["token"].as_str().expect("token"))
+        .await
         .expect("verifies");
     assert_eq!(claims.name, None);
 
-    for body in ["", "{}", r#"{"user":""}"#, r#"{"user":5}"#, "nope", "[]"] {
+    // A short one, to try out token refresh.
+    let short = h
+        .request(
+            "POST",
+            "/v1/dev/token",
+            None,
+            r#"{"user":"cy","ttl_secs":20}"#,
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::OK, "{}", short.text);
+    let claims = h
+        .auth
+        .verify(short.body["token"].as_str().expect("token"))
+        .await
+        .expect("verifies");
+    assert!((19..=20).contains(&(claims.exp - now_secs())), "{claims:?}");
+
+    for body in [
+        "",
+        "{}",
+        r#"{"user":""}"#,
+        r#"{"user":5}"#,
+        "nope",
+        "[]",
+        r#"{"user":"cy","ttl_secs":0}"#,
+        r#"{"user":"cy","ttl_secs":86401}"#,
+        r#"{"user":"cy","ttl_secs":-1}"#,
+    ] {
         let answer = h.request("POST", "/v1/dev/token", None, body).await;
         assert_eq!(
             answer.status,
@@ -1230,8 +1302,9 @@ async fn unknown_paths_and_methods_get_json_errors() {
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
     for (method, uri) in [
-        ("GET", "/v1/rooms"),
+        ("DELETE", "/v1/rooms"),
         ("PUT", "/v1/rooms/r"),
+        ("GET", "/v1/rooms/r/kick"),
         ("POST", "/v1/me/rooms"),
         ("GET", "/v1/dev/token"),
         ("POST", "/healthz"),
@@ -1262,6 +1335,14 @@ impl StoreReader for DownStore {
     }
 
     async fn rooms_of_user(&self, _: &UserId) -> StoreResult<Vec<collab_store::RoomRecord>> {
+        down()
+    }
+
+    async fn rooms_of_user_page(
+        &self,
+        _: &UserId,
+        _: &collab_store::RoomsPage,
+    ) -> StoreResult<Vec<collab_store::RoomRecord>> {
         down()
     }
 
@@ -1313,6 +1394,10 @@ impl Store for DownStore {
     async fn delete_room(&self, _: &RoomId, _: &Deletion) -> StoreResult<()> {
         down()
     }
+
+    async fn update_room(&self, _: &collab_store::RoomRecord) -> StoreResult<()> {
+        down()
+    }
 }
 
 #[tokio::test]
@@ -1332,6 +1417,15 @@ async fn an_unreachable_store_is_unavailable() {
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     h.get("/v1/me/rooms", &ann)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.get("/v1/rooms?member=me", &ann)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.request("PATCH", "/v1/rooms/r", Some(&ann), r#"{"name":"x"}"#)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    h.request("POST", "/v1/rooms/r/kick", Some(&ann), r#"{"user":"bob"}"#)
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     h.request("DELETE", "/v1/rooms/r", Some(&ann), "")
@@ -1905,4 +1999,435 @@ async fn rooms_past_a_users_count_and_members_past_a_rooms_are_refused() {
         let line = format!("collab_gateway_refusals_total{{reason=\"{reason}\"}} 1");
         assert!(page.contains(&line), "{line}:\n{page}");
     }
+}
+
+// === room lifecycle: listing, changing, kicking ===
+
+fn ids(page: &Value) -> Vec<&str> {
+    page["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .map(|room| room["id"].as_str().expect("id"))
+        .collect()
+}
+
+/// The caller's rooms come a page at a time, by id, with a cursor to the
+/// next page; filtered by kind; the same under the older `/v1/me/rooms`.
+#[tokio::test]
+async fn the_callers_rooms_are_listed_a_page_at_a_time() {
+    let h = Harness::new();
+    let (ann, bob) = (h.token("ann"), h.token("bob"));
+    for (id, kind) in [
+        ("r1", "board"),
+        ("r2", "channel"),
+        ("r3", "board"),
+        ("r4", "channel"),
+    ] {
+        h.create(&ann, json!({"kind": kind, "id": id})).await;
+    }
+    // Bob's private room with ann; bob's public room is not ann's.
+    h.create(&bob, json!({"kind":"channel","id":"r5","members":["ann"]}))
+        .await;
+    h.create(&bob, json!({"kind":"board","id":"r6"})).await;
+
+    let first = h.get("/v1/rooms?member=me&limit=2", &ann).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(ids(&first.body), ["r1", "r2"]);
+    assert_eq!(first.body["next"], "r2");
+    assert_eq!(
+        first.body["rooms"][1],
+        json!({"id":"r2","kind":"channel","name":"r2"})
+    );
+    let second = h.get("/v1/rooms?member=me&limit=2&after=r2", &ann).await;
+    assert_eq!(ids(&second.body), ["r3", "r4"]);
+    let third = h.get("/v1/rooms?member=me&limit=2&after=r4", &ann).await;
+    assert_eq!(ids(&third.body), ["r5"]);
+    assert_eq!(third.body["next"], Value::Null);
+    let channels = h.get("/v1/rooms?member=me&kind=channel", &ann).await;
+    assert_eq!(ids(&channels.body), ["r2", "r4", "r5"]);
+    assert_eq!(channels.body["next"], Value::Null);
+    // The older route is the same listing.
+    let all = h.get("/v1/rooms?member=me", &ann).await;
+    assert_eq!(ids(&all.body), ["r1", "r2", "r3", "r4", "r5"]);
+    assert_eq!(h.get("/v1/me/rooms", &ann).await.body, all.body);
+    assert_eq!(h.get("/v1/me/rooms?limit=2", &ann).await.body, first.body);
+    assert_eq!(
+        ids(&h.get("/v1/rooms?member=me", &bob).await.body),
+        ["r5", "r6"]
+    );
+
+    for query in [
+        "",
+        "?member=bob",
+        "?member=me&limit=0",
+        "?member=me&limit=501",
+        "?member=me&limit=x",
+        "?member=me&kind=dm",
+        "?member=me&after=bad%20id",
+    ] {
+        h.get(&format!("/v1/rooms{query}"), &ann)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    h.request("GET", "/v1/rooms?member=me", None, "")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+async fn patch(h: &Harness, room: &str, token: &str, body: &str) -> Answer {
+    h.request("PATCH", &format!("/v1/rooms/{room}"), Some(token), body)
+        .await
+}
+
+fn admin_token(h: &Harness) -> String {
+    h.auth
+        .mint(&Claims {
+            sub: "op".into(),
+            exp: now_secs() + 600,
+            name: None,
+            rooms: Some(HashMap::from([("elsewhere".to_owned(), Access::Read)])),
+            scope: Some("admin".into()),
+            jti: None,
+            iat: None,
+        })
+        .expect("mint")
+}
+
+/// The creator (or an admin) renames a room and changes its members
+/// through its owner; anyone else is refused, and so is every bad body,
+/// none of which reaches the owner or changes the room.
+#[tokio::test]
+async fn rooms_are_changed_by_their_creator_or_an_admin() {
+    let h = Harness::new();
+    let (ann, bob) = (h.token("ann"), h.token("bob"));
+    let created = h
+        .create(&ann, json!({"kind":"channel","id":"r1","members":["bob"]}))
+        .await;
+    h.create(&ann, json!({"kind":"board","id":"open"})).await;
+    let reader = h.token_with("ann", Some(&[("r1", Access::Read)]));
+    let refusals: &[(&str, &str, &str, StatusCode, &str)] = &[
+        (
+            "r1",
+            &bob,
+            r#"{"name":"mine"}"#,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "r1",
+            &reader,
+            r#"{"name":"mine"}"#,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "nowhere",
+            &ann,
+            r#"{"name":"x"}"#,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        ("r1", &ann, r#"{}"#, StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "r1",
+            &ann,
+            r#"{"name":""}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "r1",
+            &ann,
+            r#"{"name":7}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "r1",
+            &ann,
+            r#"{"title":"x"}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "r1",
+            &ann,
+            r#"["name"]"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "r1",
+            &ann,
+            "not json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "r1",
+            &ann,
+            r#"{"members":{"add":[""]}}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "r1",
+            &ann,
+            r#"{"members":{"remove":["ann"]}}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "r1",
+            &ann,
+            r#"{"members":["cat"]}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "open",
+            &ann,
+            r#"{"members":{"add":["cat"]}}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bad%20id",
+            &ann,
+            r#"{"name":"x"}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (room, token, body, status, code) in refusals {
+        let answer = patch(&h, room, token, body).await;
+        assert_eq!(answer.status, *status, "{room} {body}: {}", answer.text);
+        answer.assert_error(*status, code);
+    }
+    assert!(
+        h.owner.requests.lock().expect("lock").is_empty(),
+        "nothing refused reaches the owner"
+    );
+
+    let answer = patch(
+        &h,
+        "r1",
+        &ann,
+        r#"{"name":"Team","members":{"add":["cat","dan"],"remove":["bob"]}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(
+        answer.body,
+        json!({"id":"r1","kind":"channel","name":"Team","epoch":created["epoch"],
+               "created_by":"ann","members":["ann","cat","dan"]})
+    );
+    let record = h
+        .store
+        .room(&RoomId::parse("r1").expect("id"))
+        .await
+        .expect("read")
+        .expect("room");
+    assert_eq!(record.name, "Team");
+    assert!(!record.admits(&UserId::parse("bob").expect("id")));
+    // Bob no longer lists it; cat does.
+    assert!(ids(&h.get("/v1/rooms?member=me", &bob).await.body).is_empty());
+    assert_eq!(
+        ids(&h.get("/v1/rooms?member=me", &h.token("cat")).await.body),
+        ["r1"]
+    );
+    // An admin may change any room; a public room may be renamed.
+    let admin = admin_token(&h);
+    let answer = patch(&h, "open", &admin, r#"{"name":"Lobby"}"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(answer.body["members"], Value::Null);
+    assert_eq!(answer.body["name"], "Lobby");
+}
+
+/// A room has at most `max_members_per_room` members after a change too.
+#[tokio::test]
+async fn a_change_past_the_member_limit_is_refused() {
+    let config = GatewayConfig {
+        max_members_per_room: 3,
+        ..GatewayConfig::default()
+    };
+    let h = Harness::with(config, false);
+    let ann = h.token("ann");
+    h.create(
+        &ann,
+        json!({"kind":"channel","id":"r1","members":["bob","cat"]}),
+    )
+    .await;
+    patch(&h, "r1", &ann, r#"{"members":{"add":["dan"]}}"#)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    // Swapping one member for another keeps it at three.
+    let answer = patch(
+        &h,
+        "r1",
+        &ann,
+        r#"{"members":{"add":["dan"],"remove":["cat"]}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+}
+
+/// A kick goes to the room's owner as an `Update` removing the user; only
+/// the creator or an admin may, only in a private room, never the creator.
+#[tokio::test]
+async fn users_are_kicked_by_the_creator_or_an_admin() {
+    let h = Harness::new();
+    let (ann, bob) = (h.token("ann"), h.token("bob"));
+    let created = h
+        .create(
+            &ann,
+            json!({"kind":"channel","id":"r1","members":["bob","cat"]}),
+        )
+        .await;
+    h.create(&ann, json!({"kind":"board","id":"open"})).await;
+    let kick = |room: &'static str, token: String, body: &'static str| {
+        let h = &h;
+        async move {
+            h.request(
+                "POST",
+                &format!("/v1/rooms/{room}/kick"),
+                Some(&token),
+                body,
+            )
+            .await
+        }
+    };
+    kick("r1", bob.clone(), r#"{"user":"cat"}"#)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    kick("nowhere", ann.clone(), r#"{"user":"cat"}"#)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    for body in [
+        r#"{}"#,
+        r#"{"user":""}"#,
+        r#"{"user":"ann"}"#,
+        r#"{"user":"cat","x":1}"#,
+        "[]",
+    ] {
+        kick("r1", ann.clone(), body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    kick("open", ann.clone(), r#"{"user":"cat"}"#)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(h.owner.requests.lock().expect("lock").is_empty());
+
+    let answer = kick("r1", ann.clone(), r#"{"user":"bob"}"#).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text);
+    let epoch = created["epoch"].as_str().expect("epoch");
+    assert_eq!(
+        *h.owner.requests.lock().expect("lock"),
+        [RoomRequest::Update {
+            room: RoomId::parse("r1").expect("id"),
+            epoch: Some(collab_protocol::Epoch::parse(epoch).expect("epoch")),
+            name: None,
+            add: Vec::new(),
+            remove: vec![UserId::parse("bob").expect("id")],
+        }]
+    );
+    let answer = kick("r1", admin_token(&h), r#"{"user":"cat"}"#).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text);
+    let record = h
+        .store
+        .room(&RoomId::parse("r1").expect("id"))
+        .await
+        .expect("read")
+        .expect("room");
+    assert_eq!(
+        record.members,
+        Some(vec![UserId::parse("ann").expect("id")])
+    );
+}
+
+// === the OpenAPI document ===
+
+/// A path of the document with each `{param}` filled in, as a request
+/// would have it.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "r1").replace("{path}", "app.js")
+}
+
+/// `docs/openapi.json`, served at `/v1/openapi.json`, describes exactly
+/// the routes the router serves: the same paths (read off
+/// [`super::Routes`], which every route is added through), and on each
+/// the same methods (each documented one is served — no 404 of the
+/// fallback, no 405 — and each other one is 405).
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_only_those() {
+    let h = Harness::new();
+    let served = h.get("/v1/openapi.json", "").await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(served.text, super::OPENAPI, "served as kept");
+    let doc: Value = serde_json::from_str(super::OPENAPI).expect("the document is JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+    let documented: std::collections::BTreeMap<String, Vec<&str>> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .map(|(path, item)| {
+            let methods = METHODS
+                .into_iter()
+                .filter(|m| item.get(*m).is_some())
+                .collect();
+            (path.clone(), methods)
+        })
+        .collect();
+    let routes: std::collections::BTreeSet<String> = super::routes(&h.gateway.shared)
+        .paths()
+        .iter()
+        // axum's catch-all `{*path}` is OpenAPI's `{path}`.
+        .map(|path| path.replace("{*", "{"))
+        .collect();
+    let paths: std::collections::BTreeSet<String> = documented.keys().cloned().collect();
+    assert_eq!(routes, paths, "the router's paths and the document's");
+    for (path, methods) in &documented {
+        assert!(!methods.is_empty(), "{path} has no operation");
+        for method in METHODS {
+            let answer = h
+                .request(&method.to_uppercase(), &concrete(path), None, "")
+                .await;
+            let unknown_path = answer.status == StatusCode::NOT_FOUND
+                && answer.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("no such path"));
+            if methods.contains(&method) {
+                assert!(
+                    answer.status != StatusCode::METHOD_NOT_ALLOWED && !unknown_path,
+                    "{method} {path} is documented but not served: {} {}",
+                    answer.status,
+                    answer.text
+                );
+            } else {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is served but not documented: {}",
+                    answer.text
+                );
+            }
+        }
+    }
+}
+
+/// Found by schemathesis against `docs/openapi.json`: the WebSocket
+/// endpoint answered a request that is no upgrade in axum's plain text,
+/// and the web app a missing file in plain text. Every error is the protocol's JSON now.
+#[tokio::test]
+async fn the_websocket_endpoint_and_the_web_app_answer_errors_in_json() {
+    let h = Harness::new();
+    let ann = h.token("ann");
+    h.get("/v1/ws", &ann)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    let answer = h.request("GET", "/app/no-such-file.js", None, "").await;
+    answer.assert_error(StatusCode::NOT_FOUND, "not_found");
 }

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::Control;
 use crate::metrics::GatewayMetrics;
-use crate::ws::outbound::Outbound;
+use crate::ws::outbound::{Dropped, Outbound};
 
 /// How long after a failed re-attach the next try starts. The owner this
 /// gateway asked may be the one that just died: the room nodes and each
@@ -38,6 +38,7 @@ pub(super) enum Phase {
 pub(super) struct Member {
     conn: ConnRef,
     user: UserInfo,
+    resume_strokes: bool,
     pub outbound: Arc<Outbound>,
     pub phase: Phase,
 }
@@ -176,6 +177,7 @@ impl Fanout {
             Control::Attach {
                 conn,
                 user,
+                resume_strokes,
                 outbound,
             } => {
                 self.members.insert(
@@ -183,6 +185,7 @@ impl Fanout {
                     Member {
                         conn,
                         user,
+                        resume_strokes,
                         outbound,
                         phase: Phase::Pending(Vec::new()),
                     },
@@ -270,6 +273,7 @@ impl Fanout {
             room: self.room.clone(),
             conn: member.conn.clone(),
             user: member.user.clone(),
+            resume_strokes: member.resume_strokes,
         };
         let reply = self.bus.request(request, self.timeout);
         let failed = self.reattach_failed.clone();
@@ -295,6 +299,10 @@ impl Fanout {
             }
             RoomEvent::Deleted { .. } => {
                 self.drop_members();
+                return;
+            }
+            RoomEvent::Removed { users, .. } => {
+                self.remove_users(users);
                 return;
             }
             _ => {}
@@ -334,10 +342,45 @@ impl Fanout {
             member.outbound.push(frame.clone());
             // Its connection forgets the room, as on `leave`, but without
             // detaching (this task ends).
-            member.outbound.removed_from(self.room.clone());
+            member
+                .outbound
+                .removed_from(self.room.clone(), Dropped::RoomDeleted);
         }
         self.reattach_later.clear();
         self.deleted = true;
+    }
+
+    /// Users were taken out of the room (kicked, or no longer members):
+    /// each of their connections here hears `forbidden` for the room and
+    /// leaves it, as on deletion; the task goes on for the others. The
+    /// same event, from the room, reaches every gateway, so this is how a
+    /// kick reaches the user's connections everywhere.
+    fn remove_users(&mut self, users: &[UserId]) {
+        let removed: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|(_, member)| users.contains(&member.user.id))
+            .map(|(conn, _)| conn.clone())
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        let refused = ProtocolError::forbidden(format!(
+            "you were removed from room {}; you may join it again only once you are a member",
+            self.room
+        ));
+        let frame =
+            Utf8Bytes::from(ServerFrame::error(&refused, Some(self.room.as_str()), None).to_json());
+        for conn in removed {
+            if let Some(member) = self.members.remove(&conn) {
+                self.metrics.error(ErrorCode::Forbidden);
+                member.outbound.push(frame.clone());
+                member
+                    .outbound
+                    .removed_from(self.room.clone(), Dropped::UserRemoved);
+            }
+            self.reattach_later.remove(&conn);
+        }
     }
 
     /// Delivers an event to every member: the one encoding of the event for
@@ -435,7 +478,7 @@ fn offer(
                 member.outbound.push_cursor(key.clone(), frame.clone());
             }
         }
-        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } => {}
+        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } | RoomEvent::Removed { .. } => {}
     }
     None
 }
@@ -472,7 +515,9 @@ fn frame_of(event: &RoomEvent) -> Option<Utf8Bytes> {
             room: room.clone(),
             user: user.clone(),
         },
-        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } => return None,
+        RoomEvent::Loaded { .. } | RoomEvent::Deleted { .. } | RoomEvent::Removed { .. } => {
+            return None;
+        }
     };
     Some(Utf8Bytes::from(frame.to_json()))
 }

@@ -29,7 +29,11 @@
 //!   again until it lands or the member leaves;
 //! - when the room is deleted (`Deleted`), every member is sent an `error`
 //!   with code `not_found` for the room and leaves it, as if it had sent
-//!   `leave`, and the room's task ends (a later join starts afresh).
+//!   `leave`, and the room's task ends (a later join starts afresh);
+//! - when users are taken out of the room (`Removed`: kicked, or no longer
+//!   members), each of their connections is sent an `error` with code
+//!   `forbidden` for the room and leaves it the same way; the task goes on
+//!   for the other members.
 
 mod fanout;
 mod repair;
@@ -55,6 +59,7 @@ enum Control {
     Attach {
         conn: ConnRef,
         user: UserInfo,
+        resume_strokes: bool,
         outbound: Arc<Outbound>,
     },
     Joined {
@@ -97,12 +102,14 @@ impl Hub {
 
     /// Adds a member, subscribing to the room first if it is the room's
     /// first member here. Returns once events are being received, so the
-    /// caller can send its `join` next.
+    /// caller can send its `join` next. `resume_strokes` is what the join
+    /// asked for, repeated when the member is put back into a moved room.
     pub async fn attach(
         &self,
         room: &RoomId,
         conn: ConnRef,
         user: UserInfo,
+        resume_strokes: bool,
         outbound: Arc<Outbound>,
     ) -> Result<(), collab_bus::BusError> {
         let mut rooms = self.rooms.lock().await;
@@ -147,6 +154,7 @@ impl Hub {
             let _ = handle.control.send(Control::Attach {
                 conn,
                 user,
+                resume_strokes,
                 outbound,
             });
         }

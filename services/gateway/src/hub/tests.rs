@@ -18,7 +18,7 @@ use super::Hub;
 use super::fanout::REATTACH_RETRY;
 use crate::config::GatewayConfig;
 use crate::metrics::GatewayMetrics;
-use crate::ws::outbound::{Next, Outbound};
+use crate::ws::outbound::{Dropped, Next, Outbound};
 
 fn room() -> RoomId {
     RoomId::parse("room1").expect("id")
@@ -147,9 +147,15 @@ async fn attached(
         gateway: "g1".into(),
         conn: ConnId::parse("g1-1").expect("id"),
     };
-    hub.attach(&room(), conn.clone(), user(user_id), outbound.clone())
-        .await
-        .expect("attached");
+    hub.attach(
+        &room(),
+        conn.clone(),
+        user(user_id),
+        false,
+        outbound.clone(),
+    )
+    .await
+    .expect("attached");
     (events, bus, hub, outbound, conn)
 }
 
@@ -339,7 +345,7 @@ async fn a_member_that_left_is_not_reattached() {
         conn: ConnId::parse("g1-2").expect("id"),
     };
     let other_outbound = Arc::new(Outbound::new(100));
-    hub.attach(&room(), other, user("bob"), other_outbound)
+    hub.attach(&room(), other, user("bob"), false, other_outbound)
         .await
         .expect("attached");
     bus.failing_attaches.store(usize::MAX, Ordering::SeqCst);
@@ -367,6 +373,7 @@ async fn a_deleted_room_tells_its_members_and_lets_them_go() {
             conn: ConnId::parse("g1-2").expect("id"),
         },
         user("bob"),
+        false,
         joining.clone(),
     )
     .await
@@ -389,7 +396,7 @@ async fn a_deleted_room_tells_its_members_and_lets_them_go() {
     }
     // Each connection is told to forget the room.
     for queue in [&outbound, &joining] {
-        assert_eq!(queue.take_removed(), [room()]);
+        assert_eq!(queue.take_removed(), [(room(), Dropped::RoomDeleted)]);
     }
     // The room's task ended, and its place in the hub is free for
     // whatever room has the id next.
@@ -399,4 +406,48 @@ async fn a_deleted_room_tells_its_members_and_lets_them_go() {
     for queue in [&outbound, &joining] {
         assert!(futures_util::FutureExt::now_or_never(queue.next()).is_none());
     }
+}
+
+/// A removed user's connections hear `forbidden` for the room and are let
+/// go; the other members stay and keep receiving the room's events.
+#[tokio::test(start_paused = true)]
+async fn a_removed_user_is_told_and_let_go_while_the_others_stay() {
+    let (events, _bus, hub, outbound, conn) = attached("ann").await;
+    join_live(&hub, &outbound, &conn).await;
+    let bob = Arc::new(Outbound::new(100));
+    let bob_conn = ConnRef {
+        gateway: "g1".into(),
+        conn: ConnId::parse("g1-2").expect("id"),
+    };
+    hub.attach(&room(), bob_conn.clone(), user("bob"), false, bob.clone())
+        .await
+        .expect("attached");
+    join_live(&hub, &bob, &bob_conn).await;
+    let removed = RoomEvent::Removed {
+        room: room(),
+        users: vec![UserId::parse("bob").expect("id")],
+    };
+    events
+        .send(Delivery::Event(Arc::new(removed)))
+        .expect("stream open");
+    let frame = next_frame(&bob).await;
+    assert_eq!(
+        (
+            frame["type"].as_str(),
+            frame["code"].as_str(),
+            frame["room"].as_str()
+        ),
+        (Some("error"), Some("forbidden"), Some("room1")),
+        "{frame}"
+    );
+    assert_eq!(bob.take_removed(), [(room(), Dropped::UserRemoved)]);
+    // The room goes on for ann, and bob no longer hears it.
+    events
+        .send(Delivery::Event(Arc::new(RoomEvent::Op(op(1)))))
+        .expect("stream open");
+    assert_eq!(next_seq(&outbound).await, Some(1));
+    assert!(outbound.take_removed().is_empty());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(futures_util::FutureExt::now_or_never(bob.next()).is_none());
+    assert!(!events.is_closed(), "the room's stream goes on");
 }

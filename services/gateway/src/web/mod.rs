@@ -14,7 +14,6 @@
 //! gets a `304` while the binary is the same; a new binary with a changed
 //! file changes its ETag, so no one runs a stale mix of modules.
 
-use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -100,11 +99,11 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// `GET /` (the page), `GET /admin` (the admin page) and `GET /app/{file}`
 /// (their assets). Stateless, so it merges into a router of any state.
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route("/admin", get(admin))
-        .route("/app/{*path}", get(app_file))
+pub(crate) fn routes() -> crate::http::Routes {
+    crate::http::Routes::new()
+        .add("/", get(index))
+        .add("/admin", get(admin))
+        .add("/app/{*path}", get(app_file))
 }
 
 async fn index(headers: HeaderMap) -> Response {
@@ -167,11 +166,12 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
     response
 }
 
+/// A file the app does not have: `not_found` in the API's error format,
+/// like every other error of the gateway.
 fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "not found\n",
+    crate::error::ApiError::new(
+        collab_protocol::ErrorCode::NotFound,
+        "no such file of the web app",
     )
-        .into_response()
+    .into_response()
 }

@@ -3,7 +3,9 @@
 //! A single `select!` reads the client's frames and handles each
 //! ([`super::handlers`]), holds the room replies they wait for (no task per
 //! request), writes what the connection's [`Outbound`] queue holds, pings,
-//! and watches the idle timeout and the token's expiry. Nothing else
+//! and watches the peer's silence (gone from presence after a while, closed
+//! after longer) and the token's expiry (a warning a configured lead before
+//! `exp`, the close with 4001 at `exp`; a `refresh` moves both). Nothing else
 //! touches the socket: the rooms' fan-out, revocations and the drain only
 //! push to the queue or close it, which wakes the loop.
 //!
@@ -28,7 +30,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, Utf8Bytes};
 use collab_bus::{BusError, ReplyFuture};
 use collab_protocol::envelope::{ConnRef, RoomReply};
-use collab_protocol::{Access, Cid, Claims, RoomId, UserInfo};
+use collab_protocol::{Access, Cid, Claims, RoomId, ServerFrame, UserInfo};
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::{ArcWake, AtomicWaker};
 use futures_util::{Sink, Stream, StreamExt};
@@ -56,6 +58,8 @@ pub(super) struct Membership {
     /// The room answered `joined`, and presence counts the connection in
     /// the room (until it leaves).
     pub present: bool,
+    /// The join asked for open strokes to outlive a dropped connection.
+    pub resume_strokes: bool,
 }
 
 /// What a reply the loop waits for answers.
@@ -110,10 +114,16 @@ pub(super) struct Connection {
     pub rooms: HashMap<RoomId, Membership>,
     /// Ops sent and not yet answered.
     pub unacked: usize,
+    /// Silent for `away_after_secs`: its rooms count it out of their
+    /// presence until it is heard from again.
+    pub away: bool,
     /// Replies the connection waits for, taken in the order they come:
     /// each room answers its requests in the order it got them, which is
     /// the order they were sent in.
     pub pending: FuturesUnordered<Awaiting>,
+    /// A `refresh` put a new token in force: the loop moves its expiry
+    /// deadlines to the new `exp`.
+    pub token_renewed: bool,
     writer: SocketWriter,
     /// Reused for every batch: its buffer is allocated once.
     batch: Vec<Utf8Bytes>,
@@ -197,40 +207,82 @@ impl Pacing {
 }
 
 /// Everything a connection waits for in time — the idle timeout, the next
-/// ping, the token's expiry and the pace of writes — on one timer set for
+/// ping, the token's expiry and its warning, and the pace of writes — on
+/// one timer set for
 /// the earliest. A frame read moves the idle deadline without touching the
 /// timer: when it fires early, it is set again for what is due next.
 /// (One timer polled per turn of the loop instead of four.)
 struct Timers {
     sleep: Pin<Box<Sleep>>,
     idle: Duration,
+    /// `None`: the peer is never counted away.
+    away: Option<Duration>,
+    /// The peer is not away yet: `away` is watched.
+    watch_away: bool,
     last_read: Instant,
     ping_every: Duration,
     next_ping: Instant,
+    /// The token in force expires (close 4001).
     expires_at: Instant,
+    /// When to send `token_expiring`; `None` once sent for this token, or
+    /// when warnings are off.
+    warn_at: Option<Instant>,
+    /// How long before `expires_at` the warning goes; zero: none.
+    warn_lead: Duration,
 }
 
 /// What the timer found due.
 #[derive(Debug, Default)]
 struct Due {
     expired: bool,
+    /// The token expires soon: tell the client.
+    warn: bool,
     idle: bool,
+    away: bool,
     ping: bool,
 }
 
+/// Farther than any deadline a connection could live to (a token's `exp`
+/// may be any number; `Instant` cannot add just any duration).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 impl Timers {
-    fn new(idle: Duration, ping_every: Duration, expires_in: Duration) -> Timers {
+    fn new(
+        idle: Duration,
+        away: Option<Duration>,
+        ping_every: Duration,
+        exp: u64,
+        warn_lead: Duration,
+    ) -> Timers {
         let now = Instant::now();
         let mut timers = Timers {
             sleep: Box::pin(tokio::time::sleep_until(now)),
             idle,
+            away,
+            watch_away: true,
             last_read: now,
             ping_every,
             next_ping: now + ping_every,
-            expires_at: now + expires_in,
+            expires_at: now,
+            warn_at: None,
+            warn_lead,
         };
+        timers.expire_at(exp, now);
         timers.set(None);
         timers
+    }
+
+    /// The token in force expires at `exp` (seconds since the Unix epoch):
+    /// the close moves there, and the warning to its lead before it — or
+    /// to now, for a token that lives less than the lead. The timer is
+    /// not touched: [`Timers::set`] must follow.
+    fn expire_at(&mut self, exp: u64, now: Instant) {
+        let left = Duration::from_secs(exp)
+            .saturating_sub(crate::auth::unix_now())
+            .min(FOREVER);
+        self.expires_at = now + left;
+        self.warn_at =
+            (!self.warn_lead.is_zero()).then(|| now + left.saturating_sub(self.warn_lead));
     }
 
     /// The peer was heard from just now.
@@ -240,9 +292,13 @@ impl Timers {
 
     /// Sets the timer for the earliest deadline, `pace` included.
     fn set(&mut self, pace: Option<Instant>) {
-        let due = (self.last_read + self.idle)
+        let mut due = (self.last_read + self.idle)
             .min(self.next_ping)
             .min(self.expires_at);
+        if let Some(away) = self.away.filter(|_| self.watch_away) {
+            due = due.min(self.last_read + away);
+        }
+        let due = self.warn_at.map_or(due, |warn| warn.min(due));
         let due = pace.map_or(due, |pace| pace.min(due));
         if self.sleep.deadline() != due {
             self.sleep.as_mut().reset(due);
@@ -260,11 +316,17 @@ impl Timers {
     fn due(&mut self, now: Instant) -> Due {
         let due = Due {
             expired: now >= self.expires_at,
+            warn: self.warn_at.is_some_and(|warn| now >= warn),
             idle: now >= self.last_read + self.idle,
+            away: self.watch_away && self.away.is_some_and(|away| now >= self.last_read + away),
             ping: now >= self.next_ping,
         };
         if due.ping {
             self.next_ping = now + self.ping_every;
+        }
+        if due.warn {
+            // Once per token: a refresh arms it again.
+            self.warn_at = None;
         }
         due
     }
@@ -287,7 +349,9 @@ impl Connection {
             outbound,
             rooms: HashMap::new(),
             unacked: 0,
+            away: false,
             pending: FuturesUnordered::new(),
+            token_renewed: false,
             writer: SocketWriter::default(),
             batch: Vec::new(),
             pace: Pacing::new(quiet),
@@ -324,13 +388,17 @@ impl Connection {
         E: Display,
     {
         let config = &self.cx.config;
-        // The token's expiry ends the connection (4001), like a revocation.
-        let expires_in = self.claims.exp.saturating_sub(crate::auth::now_secs());
         let reading = ReadSide::new();
+        let away_after =
+            (config.away_after_secs > 0).then(|| Duration::from_secs(config.away_after_secs));
+        // The token's expiry ends the connection (4001), like a revocation,
+        // unless a `refresh` comes first; the client is warned before.
         let mut timers = Timers::new(
             Duration::from_secs(config.idle_timeout_secs.max(1)),
+            away_after,
             Duration::from_secs(config.ping_interval_secs.max(1)),
-            Duration::from_secs(expires_in),
+            self.claims.exp,
+            Duration::from_secs(config.token_expiry_warning_secs),
         );
         loop {
             let wake = tokio::select! {
@@ -374,9 +442,20 @@ impl Connection {
         match wake {
             Wake::Read(message) => {
                 timers.touch(Instant::now());
+                if self.away {
+                    self.away = false;
+                    timers.watch_away = true;
+                    self.come_back();
+                }
                 match message {
                     None | Some(Ok(Message::Close(_))) => return Some(Close::CLIENT),
-                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => {
+                        self.on_text(text.as_str()).await;
+                        if std::mem::take(&mut self.token_renewed) {
+                            timers.expire_at(self.claims.exp, Instant::now());
+                            timers.set(self.pace.waiting);
+                        }
+                    }
                     Some(Ok(Message::Binary(_))) => self.on_binary(),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Err(e)) => {
@@ -400,8 +479,8 @@ impl Connection {
                 return Some(Close::FAILED);
             }
             Wake::Outbound => {
-                for room in self.outbound.take_removed() {
-                    self.on_removed(room);
+                for (room, why) in self.outbound.take_removed() {
+                    self.on_removed(room, why).await;
                 }
                 if self.writer.is_busy() {
                     // Frames wait for the write under way; a close does not.
@@ -414,18 +493,30 @@ impl Connection {
                 let now = Instant::now();
                 let due = timers.due(now);
                 if due.expired {
+                    info!(conn = %self.conn.conn, "token expired; closing");
                     return Some(Close::EXPIRED);
+                }
+                if due.warn {
+                    self.send(&ServerFrame::TokenExpiring {
+                        exp: self.claims.exp,
+                    });
                 }
                 if due.idle {
                     info!(conn = %self.conn.conn, "peer silent; closing");
                     return Some(Close::IDLE);
+                }
+                if due.away {
+                    // Until it is heard from again.
+                    timers.watch_away = false;
+                    self.away = true;
+                    self.go_away();
                 }
                 if due.ping {
                     self.writer.ping();
                 }
                 let paced = self.pace.waited(now);
                 timers.set(self.pace.waiting);
-                if paced || due.ping {
+                if paced || due.ping || due.warn {
                     return self.write_queued();
                 }
             }

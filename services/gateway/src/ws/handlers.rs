@@ -3,6 +3,7 @@
 //! a method here; a request whose answer matters is an [`Awaited`] variant
 //! and an arm of [`Connection::on_reply`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -12,10 +13,13 @@ use collab_protocol::frames::decode_client_frame;
 use collab_protocol::validate::check_cursor;
 use collab_protocol::{Cid, ClientFrame, Epoch, ErrorCode, Op, ProtocolError, RoomId, ServerFrame};
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::error::room_reply_error;
 
+use super::close::Close;
 use super::connection::{Awaited, Awaiting, Connection, Membership};
+use super::outbound::Dropped;
 
 impl Connection {
     pub(super) async fn on_text(&mut self, text: &str) {
@@ -31,13 +35,17 @@ impl Connection {
             ClientFrame::Ping { id } => self.send(&ServerFrame::Pong { id }),
             // Boxed: joins and leaves are rare, and their futures inline
             // would make every idle connection's future that much larger.
-            ClientFrame::Join { room, since, epoch } => {
-                Box::pin(self.join(room, since, epoch)).await
-            }
+            ClientFrame::Join {
+                room,
+                since,
+                epoch,
+                resume_strokes,
+            } => Box::pin(self.join(room, since, epoch, resume_strokes)).await,
             ClientFrame::Leave { room } => Box::pin(self.leave(room)).await,
             ClientFrame::Op { room, cid, op } => self.op(room, cid, op).await,
             ClientFrame::Cursor { room, x, y } => self.cursor(room, x, y),
             ClientFrame::CursorLeave { room } => self.cursor_leave(room),
+            ClientFrame::Refresh { token } => Box::pin(self.refresh(&token)).await,
         }
     }
 
@@ -57,7 +65,13 @@ impl Connection {
 
     // === frames ===
 
-    async fn join(&mut self, room: RoomId, since: Option<u64>, epoch: Option<Epoch>) {
+    async fn join(
+        &mut self,
+        room: RoomId,
+        since: Option<u64>,
+        epoch: Option<Epoch>,
+        resume_strokes: bool,
+    ) {
         if !self.cx.limiters.joins.acquire(self.user.id.as_str()).await {
             let e = ProtocolError::new(ErrorCode::RateLimited, "too many joins; slow down");
             self.error(&e, Some(room.as_str()), None);
@@ -71,7 +85,14 @@ impl Connection {
         let present = self.rooms.get(&room).is_some_and(|m| m.present);
         let already = self
             .rooms
-            .insert(room.clone(), Membership { access, present })
+            .insert(
+                room.clone(),
+                Membership {
+                    access,
+                    present,
+                    resume_strokes,
+                },
+            )
             .is_some();
         if !already {
             // Subscribe before asking for `joined`, so no op after its head
@@ -83,6 +104,7 @@ impl Connection {
                     &room,
                     self.conn.clone(),
                     self.user.clone(),
+                    resume_strokes,
                     self.outbound.clone(),
                 )
                 .await;
@@ -99,6 +121,7 @@ impl Connection {
             user: self.user.clone(),
             since,
             epoch,
+            resume_strokes,
         };
         self.request(request, Awaited::Join { room });
     }
@@ -184,6 +207,69 @@ impl Connection {
         });
     }
 
+    /// A new token for this connection's user. Checked as at the upgrade;
+    /// refused (`unauthorized`) it changes nothing. Accepted, it is in
+    /// force at once: its expiry (the loop moves its deadlines, see
+    /// `token_renewed`), its access in each joined room, and the rooms it
+    /// no longer covers are left with `forbidden`.
+    async fn refresh(&mut self, token: &str) {
+        let claims =
+            match crate::auth::check_token(&self.cx.auth, &*self.cx.revocations, token).await {
+                Ok(claims) => claims,
+                Err(e) => {
+                    let e = ProtocolError::new(
+                        ErrorCode::Unauthorized,
+                        format!("refresh refused: {e}; the token in force stays"),
+                    );
+                    self.error(&e, None, None);
+                    return;
+                }
+            };
+        if claims.sub != self.claims.sub {
+            let e = ProtocolError::new(
+                ErrorCode::Unauthorized,
+                "refresh refused: the token is for another user; the token in force stays",
+            );
+            self.error(&e, None, None);
+            return;
+        }
+        let claims = Arc::new(claims);
+        self.cx
+            .sockets
+            .replace_claims(&self.conn.conn, claims.clone());
+        self.claims = claims;
+        self.token_renewed = true;
+        self.cx.metrics.token_refreshes.inc();
+        debug!(conn = %self.conn.conn, exp = self.claims.exp, "token refreshed");
+        self.send(&ServerFrame::Refreshed {
+            exp: self.claims.exp,
+        });
+        // A revocation announced while the token was being checked found
+        // the old one listed: look again, as a new socket does.
+        if self
+            .cx
+            .revocations
+            .is_revoked(&crate::auth::token_ref(&self.claims))
+            && self.outbound.close(Close::REVOKED)
+        {
+            self.cx.metrics.revocation_closes.inc();
+        }
+        let mut lost = Vec::new();
+        for (room, membership) in &mut self.rooms {
+            match self.claims.access(room) {
+                Some(access) => membership.access = access,
+                None => lost.push(room.clone()),
+            }
+        }
+        lost.sort();
+        for room in lost {
+            self.forget_room(&room).await;
+            self.tell_room_left(room.clone());
+            let e = ProtocolError::forbidden("your new token does not cover this room; left it");
+            self.error(&e, Some(room.as_str()), None);
+        }
+    }
+
     // === replies ===
 
     async fn on_joined(&mut self, room: RoomId, reply: Result<RoomReply, BusError>) {
@@ -252,14 +338,21 @@ impl Connection {
         }
     }
 
-    /// `room` dropped this connection (it was deleted): forget it, as on
-    /// `leave` (presence included), so that a later `join` is a new one.
-    /// The room needs no `Leave`, and the hub no detach (the room's task
-    /// ended).
-    pub(super) fn on_removed(&mut self, room: RoomId) {
-        let was = self.rooms.remove(&room);
-        if was.is_some_and(|m| m.present) {
+    /// `room` dropped this connection: forget it, as on `leave` (presence
+    /// included), so that a later `join` is a new one. The room needs no
+    /// `Leave` (it sent the drop). The hub needs a detach only when the
+    /// user was removed: a deleted room's task has ended, and the room's
+    /// next task (of a room created since under its id) must not lose a
+    /// member count to this connection.
+    pub(super) async fn on_removed(&mut self, room: RoomId, why: Dropped) {
+        let Some(was) = self.rooms.remove(&room) else {
+            return;
+        };
+        if was.present {
             self.cx.presence.left(&self.user.id, &room);
+        }
+        if why == Dropped::UserRemoved {
+            self.cx.hub.detach(&room, &self.conn.conn).await;
         }
     }
 
@@ -273,6 +366,46 @@ impl Connection {
         }
         self.cx.hub.detach(room, &self.conn.conn).await;
         true
+    }
+
+    /// The peer has been silent too long (its network may be gone without a
+    /// word): its rooms count it out of their presence, and its cursor goes,
+    /// while it stays joined until it speaks again or the idle timeout
+    /// closes it.
+    pub(super) fn go_away(&mut self) {
+        debug!(conn = %self.conn.conn, "peer silent; out of presence");
+        let rooms: Vec<RoomId> = self.present_rooms().collect();
+        for room in rooms {
+            self.cx.bus.publish(RoomEvent::CursorLeave {
+                room: room.clone(),
+                user: self.user.id.clone(),
+                origin: self.conn.clone(),
+            });
+            self.cx.presence.left(&self.user.id, &room);
+            let request = RoomRequest::Away {
+                room,
+                conn: self.conn.clone(),
+            };
+            self.request(request, Awaited::Told);
+        }
+    }
+
+    /// The peer spoke again after [`Self::go_away`]: back into its rooms'
+    /// presence (the others hear it is back).
+    pub(super) fn come_back(&mut self) {
+        debug!(conn = %self.conn.conn, "peer heard again; back in presence");
+        let rooms: Vec<RoomId> = self.present_rooms().collect();
+        for room in rooms {
+            self.cx.presence.joined(&self.user.id, &room);
+            self.reattach(room);
+        }
+    }
+
+    fn present_rooms(&self) -> impl Iterator<Item = RoomId> + '_ {
+        self.rooms
+            .iter()
+            .filter(|(_, m)| m.present)
+            .map(|(room, _)| room.clone())
     }
 
     /// Leaves every room, as the connection ends. One task takes the
@@ -291,6 +424,7 @@ impl Connection {
                 RoomRequest::Leave {
                     room,
                     conn: self.conn.clone(),
+                    dropped: true,
                 },
                 self.request_timeout(),
             );
@@ -306,6 +440,7 @@ impl Connection {
         let request = RoomRequest::Leave {
             room,
             conn: self.conn.clone(),
+            dropped: false,
         };
         self.request(request, Awaited::Told);
     }
@@ -313,10 +448,12 @@ impl Connection {
     /// Puts this connection back into a room's presence (see
     /// `RoomRequest::Attach`).
     fn reattach(&mut self, room: RoomId) {
+        let resume_strokes = self.rooms.get(&room).is_some_and(|m| m.resume_strokes);
         let request = RoomRequest::Attach {
             room,
             conn: self.conn.clone(),
             user: self.user.clone(),
+            resume_strokes,
         };
         self.request(request, Awaited::Told);
     }
@@ -334,7 +471,7 @@ impl Connection {
 
     // === frames out ===
 
-    fn send(&self, frame: &ServerFrame) {
+    pub(super) fn send(&self, frame: &ServerFrame) {
         self.outbound.push(Utf8Bytes::from(frame.to_json()));
     }
 

@@ -18,7 +18,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use collab_bus::Bus;
-use collab_ephemeral::{Presence, RateLimiter, Revocations};
+use collab_ephemeral::{ConnectionsOf, Presence, RateLimiter, Revocations};
 use collab_protocol::envelope::ConnRef;
 use collab_protocol::{Claims, ConnId, ErrorCode, ServerFrame, UserId, UserInfo};
 use futures_util::{Sink, Stream};
@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::Shared;
+use crate::admission::Elsewhere;
 use crate::auth::request_token;
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
@@ -72,6 +73,9 @@ pub(crate) struct Connections {
     /// still delivering its close frame).
     pub open: watch::Sender<usize>,
     next_conn: AtomicU64,
+    /// Checks the tokens a connection presents to `refresh`, as the
+    /// upgrade checks the first.
+    pub auth: crate::auth::Auth,
     /// [`QUIET`], but for tests.
     pub quiet: Duration,
 }
@@ -94,6 +98,7 @@ impl Connections {
         presence: Arc<dyn Presence>,
         revocations: Arc<dyn Revocations>,
         sockets: Arc<Sockets>,
+        auth: crate::auth::Auth,
     ) -> Connections {
         Connections {
             config,
@@ -106,12 +111,14 @@ impl Connections {
             sockets,
             open: watch::channel(0).0,
             next_conn: AtomicU64::new(1),
+            auth,
             quiet: QUIET,
         }
     }
 
-    /// Serves one upgraded socket until it closes.
-    pub async fn serve<S, E>(self: Arc<Self>, claims: Claims, socket: S)
+    /// Serves one upgraded socket until it closes; `address`: where it
+    /// comes from, if addresses' sockets are counted.
+    pub async fn serve<S, E>(self: Arc<Self>, claims: Claims, address: Option<IpAddr>, socket: S)
     where
         S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
         E: Display,
@@ -133,7 +140,7 @@ impl Connections {
         let outbound = Arc::new(Outbound::new(self.config.outbound_queue));
         self.metrics.connections.inc();
         self.open.send_modify(|n| *n += 1);
-        self.presence.connected(&user.id);
+        self.presence.connected(&user.id, address);
         self.sockets
             .add(conn_id.clone(), claims.clone(), outbound.clone());
         // A revocation announced between the check at the upgrade and the
@@ -167,7 +174,7 @@ impl Connections {
         }
         self.metrics.disconnect(close.why);
         self.sockets.remove(&conn_id);
-        self.presence.disconnected(&user.id);
+        self.presence.disconnected(&user.id, address);
         self.metrics.connections.dec();
         self.open.send_modify(|n| *n -= 1);
         debug!(conn = %conn_id, reason = close.why.as_str(), "disconnected");
@@ -177,18 +184,35 @@ impl Connections {
 /// How long an upgrade waits for the other gateways' socket counts.
 const ELSEWHERE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The sockets `user` has open on the other gateways of a cluster, from
-/// the shared presence records (a fraction of a second old). 0 when they
-/// cannot be read in time: Redis down never refuses a socket, and each
-/// gateway then counts its own.
-async fn sockets_elsewhere(shared: &Shared, user: &str) -> u32 {
-    if !shared.socket_limits.limits_users() {
-        return 0;
-    }
-    let Ok(user) = UserId::parse(user.to_owned()) else {
-        return 0;
-    };
-    let query = shared.ephemeral.presence.connections_elsewhere(&user);
+/// The sockets `user` and `address` have open on the other gateways of a
+/// cluster, from the shared presence records (a fraction of a second old);
+/// asked only of what is limited.
+async fn sockets_elsewhere(shared: &Shared, user: &UserId, address: IpAddr) -> Elsewhere {
+    let limits = &shared.socket_limits;
+    let (user, address) = tokio::join!(
+        async {
+            if limits.limits_users() {
+                connections_elsewhere(shared, ConnectionsOf::User(user)).await
+            } else {
+                0
+            }
+        },
+        async {
+            if limits.limits_addresses() {
+                connections_elsewhere(shared, ConnectionsOf::Address(address)).await
+            } else {
+                0
+            }
+        },
+    );
+    Elsewhere { user, address }
+}
+
+/// What the presence records say of `of` on the other gateways; 0 when
+/// they cannot be read in time: Redis down never refuses a socket, and
+/// each gateway then counts its own.
+async fn connections_elsewhere(shared: &Shared, of: ConnectionsOf<'_>) -> u32 {
+    let query = shared.ephemeral.presence.connections_elsewhere(of);
     match tokio::time::timeout(ELSEWHERE_TIMEOUT, query).await {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => {
@@ -227,31 +251,30 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     }
-    let token = request_token(&headers, query.get("token").map(String::as_str));
-    let claims = match token.map(|t| shared.check_token(t)) {
-        Some(Ok(claims)) => claims,
-        Some(Err(e)) => {
+    let Some(token) = request_token(&headers, query.get("token").map(String::as_str)) else {
+        shared.metrics.error(ErrorCode::Unauthorized);
+        return ApiError::new(ErrorCode::Unauthorized, "missing token").into_response();
+    };
+    let claims = match shared.check_token(token).await {
+        Ok(claims) => claims,
+        Err(e) => {
             shared.metrics.error(ErrorCode::Unauthorized);
             return ApiError::new(ErrorCode::Unauthorized, e.to_string()).into_response();
         }
-        None => {
-            shared.metrics.error(ErrorCode::Unauthorized);
-            return ApiError::new(ErrorCode::Unauthorized, "missing token").into_response();
-        }
     };
-    if UserId::parse(claims.sub.clone()).is_err() {
+    let Ok(user) = UserId::parse(claims.sub.clone()) else {
         return ApiError::new(ErrorCode::Unauthorized, "token has an empty sub").into_response();
-    }
+    };
     if let Some(why) = shared.admission.refusal() {
         return ApiError::new(ErrorCode::Unavailable, why).into_response();
     }
-    let elsewhere = sockets_elsewhere(&shared, &claims.sub).await;
+    // An IPv4 client of a dual-stack listener is the same address as over
+    // IPv4.
+    let address = peer.ip().to_canonical();
+    let elsewhere = sockets_elsewhere(&shared, &user, address).await;
     // Held by the connection until it ends; dropped at once if the
     // upgrade never completes.
-    let permit = match shared
-        .socket_limits
-        .admit(&claims.sub, peer.ip(), elsewhere)
-    {
+    let permit = match shared.socket_limits.admit(&claims.sub, address, elsewhere) {
         Ok(permit) => permit,
         Err(refusal) => {
             shared.metrics.refusal(refusal.as_str());
@@ -262,10 +285,27 @@ pub(crate) async fn upgrade(
     };
     // Only now: a request that is no upgrade at all still gets the answers
     // above in the protocol's format.
+    // Not an upgrade (a plain GET, a missing header): `bad_request` in
+    // our format, with the status axum chose (426 Upgrade Required, 400,
+    // 405), as for a wrong method anywhere.
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            shared.metrics.error(ErrorCode::BadRequest);
+            let mut response = ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this endpoint takes a WebSocket upgrade: {}",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+            *response.status_mut() = rejection.status();
+            return response;
+        }
     };
+    // The presence records hold addresses only for the limit.
+    let counted_address = shared.socket_limits.limits_addresses().then_some(address);
     let limit = shared.config.limits.max_message_bytes;
     let connections = shared.connections.clone();
     debug!(%peer, user = %claims.sub, "upgrading");
@@ -277,7 +317,7 @@ pub(crate) async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            connections.serve(claims, socket).await;
+            connections.serve(claims, counted_address, socket).await;
             drop(permit);
         })
 }

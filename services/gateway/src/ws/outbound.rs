@@ -50,9 +50,18 @@ pub(crate) struct Queue {
     cursors: HashMap<Arc<str>, usize>,
     cursor_frames: Vec<Utf8Bytes>,
     close: Option<Close>,
-    /// Rooms that dropped the connection (they were deleted), for the loop
-    /// to forget.
-    removed: Vec<RoomId>,
+    /// Rooms that dropped the connection, and why, for the loop to forget.
+    removed: Vec<(RoomId, Dropped)>,
+}
+
+/// Why a room dropped a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// The room was deleted; its fan-out task has ended.
+    RoomDeleted,
+    /// The connection's user was taken out of the room (kicked, or no
+    /// longer a member); the room's fan-out task goes on without it.
+    UserRemoved,
 }
 
 impl Queue {
@@ -230,14 +239,15 @@ impl Outbound {
         self.queue().closing()
     }
 
-    /// `room` dropped this connection (it was deleted): the loop forgets it.
-    pub fn removed_from(&self, room: RoomId) {
-        self.queue().removed.push(room);
+    /// `room` dropped this connection (see [`Dropped`]): the loop forgets
+    /// it.
+    pub fn removed_from(&self, room: RoomId, why: Dropped) {
+        self.queue().removed.push((room, why));
         self.wake();
     }
 
     /// The rooms that dropped this connection since the last call.
-    pub fn take_removed(&self) -> Vec<RoomId> {
+    pub fn take_removed(&self) -> Vec<(RoomId, Dropped)> {
         std::mem::take(&mut self.queue().removed)
     }
 

@@ -16,7 +16,7 @@ use collab_bus::{Bus, InProcessBus, ReplyFuture, RequestHandler};
 use collab_ephemeral::{Ephemeral, EphemeralMetrics, EphemeralOptions};
 use collab_protocol::envelope::{RoomEvent, RoomReply, RoomRequest};
 use collab_protocol::frames::JoinedBody;
-use collab_protocol::{Claims, Epoch, RoomId, RoomKind, Seq, UserId};
+use collab_protocol::{Access, Claims, Epoch, RoomId, RoomKind, Seq, UserId};
 use futures_util::{Sink, Stream};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::close::{CLOSE_GOING_AWAY, CLOSE_REVOKED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, Close};
 use super::{ConnectionLimiters, Connections};
+use crate::auth::Auth;
 use crate::config::GatewayConfig;
 use crate::hub::Hub;
 use crate::metrics::{Disconnect, GatewayMetrics};
@@ -122,9 +123,14 @@ impl Sink<Message> for TestSocket {
 }
 
 /// A room owner that acks ops with the next seq — at once, or when the
-/// test releases them — and answers joins with an empty board.
+/// test releases them — and answers joins with an empty board. It keeps
+/// the access each op came with and the rooms left.
 #[derive(Default)]
 struct Owner {
+    /// The kind of every request, in the order they came.
+    requests: Mutex<Vec<&'static str>>,
+    accesses: Mutex<Vec<(RoomId, Access)>>,
+    left: Mutex<Vec<RoomId>>,
     hold_acks: AtomicBool,
     held: Mutex<VecDeque<oneshot::Sender<RoomReply>>>,
     head: AtomicU64,
@@ -148,10 +154,33 @@ impl Owner {
     fn held(&self) -> usize {
         self.held.lock().expect("lock").len()
     }
+
+    fn requests(&self) -> Vec<&'static str> {
+        self.requests.lock().expect("lock").clone()
+    }
 }
 
 impl RequestHandler for Owner {
     fn handle(&self, request: RoomRequest) -> ReplyFuture<RoomReply> {
+        let kind = match &request {
+            RoomRequest::Join { .. } => "join",
+            RoomRequest::Leave { .. } => "leave",
+            RoomRequest::Away { .. } => "away",
+            RoomRequest::Attach { .. } => "attach",
+            RoomRequest::Op { .. } => "op",
+            _ => "other",
+        };
+        self.requests.lock().expect("lock").push(kind);
+        match &request {
+            RoomRequest::Op { room, access, .. } => {
+                self.accesses
+                    .lock()
+                    .expect("lock")
+                    .push((room.clone(), *access));
+            }
+            RoomRequest::Leave { room, .. } => self.left.lock().expect("lock").push(room.clone()),
+            _ => {}
+        }
         let reply = match request {
             RoomRequest::Join { room, .. } => RoomReply::Joined(JoinedBody {
                 room,
@@ -218,6 +247,7 @@ async fn setup(config: GatewayConfig, quiet: Duration) -> Setup {
         ephemeral.presence.clone(),
         ephemeral.revocations.clone(),
         Arc::new(Sockets::default()),
+        Auth::new(SECRET, false),
     );
     cx.quiet = quiet;
     Setup {
@@ -226,6 +256,9 @@ async fn setup(config: GatewayConfig, quiet: Duration) -> Setup {
         owner,
     }
 }
+
+/// The secret the test gateway checks tokens with.
+const SECRET: &[u8] = b"connection-loop-tests";
 
 /// One client's side of a connection being served.
 struct Client {
@@ -258,7 +291,8 @@ fn connect(setup: &Setup, claims: Claims) -> Client {
         peer: peer.clone(),
         changed: changed.clone(),
     };
-    let served = tokio::spawn(setup.cx.clone().serve(claims, socket));
+    let address = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let served = tokio::spawn(setup.cx.clone().serve(claims, address, socket));
     Client {
         send,
         peer,
@@ -327,12 +361,13 @@ impl Client {
         }
     }
 
-    /// The next frame of type `kind`, skipping others.
+    /// The next frame of type `kind`, skipping others and pings.
     async fn next_of(&mut self, kind: &str) -> Value {
         loop {
-            let frame = self.next_frame().await;
-            if frame["type"] == kind {
-                return frame;
+            match self.next().await {
+                Seen::Text(frame) if frame["type"] == kind => return frame,
+                Seen::Text(_) | Seen::Ping => {}
+                other => panic!("expected a frame, got {other:?}"),
             }
         }
     }
@@ -580,6 +615,38 @@ async fn close_codes_idle_expiry_too_big_and_shutdown() {
     assert_eq!(disconnects(&setup.cx, Disconnect::Shutdown), 2);
 }
 
+/// A peer that answers nothing, not even pings, leaves its rooms' presence
+/// after `away_after_secs` but stays joined; its next frame puts it back.
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_leaves_presence_and_comes_back_when_heard() {
+    let config = GatewayConfig {
+        ping_interval_secs: 1,
+        away_after_secs: 3,
+        ..GatewayConfig::default()
+    };
+    let setup = setup(config, Duration::ZERO).await;
+    let mut client = connect(&setup, claims(3600));
+    client.next_of("welcome").await;
+    client.send(json!({"type": "join", "room": "r"}));
+    client.next_of("joined").await;
+    let joined_at = tokio::time::Instant::now();
+    // Pinged, and silent: out of presence once, and only once.
+    let deadline = joined_at + WAIT;
+    while !setup.owner.requests().contains(&"away") {
+        assert!(tokio::time::Instant::now() < deadline, "never away");
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+    }
+    assert!(joined_at.elapsed() >= Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(setup.owner.requests(), ["join", "away"]);
+    // Still joined: it speaks, is put back, and its op goes through.
+    client.send(
+        json!({"type": "op", "room": "r", "cid": "c1", "op": {"kind": "message", "text": "back"}}),
+    );
+    client.next_of("ack").await;
+    assert_eq!(setup.owner.requests(), ["join", "away", "attach", "op"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_is_pinged() {
     let config = GatewayConfig {
@@ -693,4 +760,288 @@ async fn a_deleted_room_is_forgotten() {
     );
     // And a join is a new one.
     client.join("r1").await;
+}
+
+// === token expiry and refresh ===
+
+/// A token for `sub`, minted with the test gateway's secret.
+fn token(sub: &str, exp_in_secs: i64, rooms: Option<&[(&str, Access)]>) -> String {
+    let exp = i64::try_from(crate::auth::now_secs()).expect("now") + exp_in_secs;
+    let claims = Claims {
+        sub: sub.into(),
+        exp: u64::try_from(exp).expect("after the epoch"),
+        name: None,
+        rooms: rooms.map(|r| r.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
+        scope: None,
+        jti: Some(crate::auth::new_token_id()),
+        iat: Some(crate::auth::now_secs()),
+    };
+    Auth::new(SECRET, false).mint(&claims).expect("mints")
+}
+
+fn refresh(client: &Client, token: &str) {
+    client.send(json!({"type": "refresh", "token": token}));
+}
+
+/// With no refresh: `token_expiring` the configured lead before `exp`,
+/// with that `exp`, then the close with 4001 at `exp`.
+#[tokio::test(start_paused = true)]
+async fn without_a_refresh_the_client_is_warned_then_closed_at_exp() {
+    let setup = setup(GatewayConfig::default(), Duration::ZERO).await;
+    let claims = claims(50);
+    let exp = claims.exp;
+    let mut client = connect(&setup, claims);
+    let started = tokio::time::Instant::now();
+    client.next_of("welcome").await;
+    client.send(json!({"type": "ping", "id": 1}));
+    client.next_of("pong").await;
+    let warning = client.next_of("token_expiring").await;
+    assert_eq!(warning, json!({"type": "token_expiring", "exp": exp}));
+    // 30 s (the default lead) before exp, to the second of `exp`.
+    let warned = started.elapsed();
+    assert!(
+        (Duration::from_secs(19)..=Duration::from_secs(20)).contains(&warned),
+        "warned after {warned:?}"
+    );
+    // Kept alive until exp; then 4001.
+    client.send(json!({"type": "ping", "id": 2}));
+    client.next_of("pong").await;
+    assert_eq!(
+        client.closed_with().await,
+        (CLOSE_REVOKED, "token expired".into())
+    );
+    let closed = started.elapsed();
+    assert!(
+        (Duration::from_secs(49)..=Duration::from_secs(50)).contains(&closed),
+        "closed after {closed:?}"
+    );
+    client.ended().await;
+    assert_eq!(disconnects(&setup.cx, Disconnect::Expired), 1);
+}
+
+/// A token that lives less than the lead is warned about at once, and
+/// a lead of 0 turns the warning off.
+#[tokio::test(start_paused = true)]
+async fn a_short_token_is_warned_about_at_once_and_a_zero_lead_never() {
+    let setup = setup(GatewayConfig::default(), Duration::ZERO).await;
+    let claims = claims(5);
+    let exp = claims.exp;
+    let mut client = connect(&setup, claims);
+    client.next_of("welcome").await;
+    assert_eq!(
+        client.next_frame().await,
+        json!({"type": "token_expiring", "exp": exp})
+    );
+
+    let config = GatewayConfig {
+        token_expiry_warning_secs: 0,
+        ..GatewayConfig::default()
+    };
+    let setup = self::setup(config, Duration::ZERO).await;
+    let mut client = connect(&setup, self::claims(5));
+    client.next_of("welcome").await;
+    assert_eq!(
+        client.next().await,
+        Seen::Close(CLOSE_REVOKED, "token expired".into())
+    );
+}
+
+/// An accepted refresh is answered with the new `exp` and moves both the
+/// warning and the close there: the connection outlives the first token.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_moves_the_warning_and_the_close_to_the_new_exp() {
+    // No WebSocket pings in the way of the frames this test reads.
+    let config = GatewayConfig {
+        ping_interval_secs: 1000,
+        ..GatewayConfig::default()
+    };
+    let setup = setup(config, Duration::ZERO).await;
+    let mut client = connect(&setup, claims(40));
+    let started = tokio::time::Instant::now();
+    client.join("r1").await;
+    client.next_of("token_expiring").await;
+    let fresh = token("ann", 100, None);
+    // The wall clock stands still while the test's time jumps: the new
+    // token's 100 s count from here.
+    let refreshed_at = started.elapsed();
+    refresh(&client, &fresh);
+    let refreshed = client.next_of("refreshed").await;
+    let exp = refreshed["exp"].as_u64().expect("exp");
+    assert!(exp >= crate::auth::now_secs() + 99, "{refreshed}");
+    assert_eq!(setup.cx.metrics.token_refreshes.get(), 1);
+    // Past the first token's exp: still open, still in the room.
+    tokio::time::sleep_until(started + Duration::from_secs(45)).await;
+    client.op("r1", "after-first-exp");
+    assert_eq!(client.next_of("ack").await["cid"], "after-first-exp");
+    // The new token's own warning, 30 s before its exp, then its close.
+    tokio::time::sleep_until(started + Duration::from_secs(60)).await;
+    client.send(json!({"type": "ping", "id": 3}));
+    client.next_of("pong").await;
+    assert_eq!(
+        client.next_frame().await,
+        json!({"type": "token_expiring", "exp": exp})
+    );
+    let warned = started.elapsed() - refreshed_at;
+    assert!(
+        (Duration::from_secs(69)..=Duration::from_secs(70)).contains(&warned),
+        "second warning {warned:?} after the refresh"
+    );
+    assert_eq!(client.closed_with().await.0, CLOSE_REVOKED);
+    let closed = started.elapsed() - refreshed_at;
+    assert!(
+        (Duration::from_secs(99)..=Duration::from_secs(100)).contains(&closed),
+        "closed {closed:?} after the refresh"
+    );
+}
+
+/// Refusals are `unauthorized`, name no room, and change nothing: the
+/// old token's expiry and rooms stay in force.
+#[tokio::test(start_paused = true)]
+async fn a_refused_refresh_changes_nothing() {
+    let setup = setup(GatewayConfig::default(), Duration::ZERO).await;
+    let mut client = connect(&setup, claims(40));
+    let started = tokio::time::Instant::now();
+    client.join("r1").await;
+    let other_key = Auth::new(b"another-secret", false)
+        .mint(&self::claims(3600))
+        .expect("mints");
+    let revoked_claims = Claims {
+        jti: Some("revoked-one".into()),
+        ..self::claims(3600)
+    };
+    setup
+        .cx
+        .revocations
+        .revoke_token("revoked-one", revoked_claims.exp)
+        .await
+        .expect("revokes");
+    let revoked = Auth::new(SECRET, false)
+        .mint(&revoked_claims)
+        .expect("mints");
+    for (bad, why) in [
+        (token("bob", 3600, None), "another user"),
+        (token("ann", -3600, None), "expired"),
+        (other_key, "signature"),
+        (revoked, "revoked"),
+        ("not-a-jwt".to_owned(), "invalid"),
+    ] {
+        refresh(&client, &bad);
+        let error = client.next_of("error").await;
+        assert_eq!(error["code"], "unauthorized", "{why}: {error}");
+        assert!(error.get("room").is_none(), "{why}: {error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("refresh refused")),
+            "{why}: {error}"
+        );
+    }
+    assert_eq!(setup.cx.metrics.token_refreshes.get(), 0);
+    client.op("r1", "still-joined");
+    assert_eq!(client.next_of("ack").await["cid"], "still-joined");
+    // The first token still decides: the warning, then 4001 at its exp.
+    client.next_of("token_expiring").await;
+    assert_eq!(client.closed_with().await.0, CLOSE_REVOKED);
+    assert!(started.elapsed() <= Duration::from_secs(41));
+}
+
+/// A refresh applies the new token's rooms: a room it no longer covers
+/// is left (the room is told, the client gets `forbidden` for it); a
+/// room it covers with less access keeps going with that access.
+#[tokio::test]
+async fn a_refresh_that_drops_a_room_leaves_it_and_keeps_the_others() {
+    let setup = setup(GatewayConfig::default(), Duration::ZERO).await;
+    let mut client = connect(&setup, claims(3600));
+    client.join("r1").await;
+    client.join("r2").await;
+    client.join("r3").await;
+    let narrower = token(
+        "ann",
+        3600,
+        Some(&[("r1", Access::Write), ("r3", Access::Read)]),
+    );
+    refresh(&client, &narrower);
+    client.next_of("refreshed").await;
+    let gone = client.next_of("error").await;
+    assert_eq!(
+        (gone["code"].as_str(), gone["room"].as_str()),
+        (Some("forbidden"), Some("r2"))
+    );
+    let r2 = RoomId::parse("r2").expect("id");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !setup.owner.left.lock().expect("lock").contains(&r2) {
+        assert!(tokio::time::Instant::now() < deadline, "r2 never told");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // r2 is no longer joined; r1 still is, with write access; r3 with read.
+    client.op("r2", "x");
+    let refused = client.next_of("error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["cid"].as_str()),
+        (Some("bad_request"), Some("x"))
+    );
+    client.op("r1", "a");
+    assert_eq!(client.next_of("ack").await["cid"], "a");
+    client.op("r3", "b");
+    assert_eq!(client.next_of("ack").await["cid"], "b");
+    let accesses = setup.owner.accesses.lock().expect("lock").clone();
+    assert_eq!(
+        accesses,
+        [
+            (RoomId::parse("r1").expect("id"), Access::Write),
+            (RoomId::parse("r3").expect("id"), Access::Read),
+        ]
+    );
+    // A join the new token does not cover is refused as any other.
+    client.send(json!({"type": "join", "room": "r2"}));
+    let refused = client.next_of("error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["room"].as_str()),
+        (Some("forbidden"), Some("r2"))
+    );
+}
+
+/// The socket registry holds the new token: revoking it closes the
+/// connection, revoking the old one no longer does.
+#[tokio::test]
+async fn revocations_follow_the_refreshed_token() {
+    let setup = setup(GatewayConfig::default(), Duration::ZERO).await;
+    let first = Claims {
+        jti: Some("first".into()),
+        ..claims(3600)
+    };
+    let mut client = connect(&setup, first);
+    client.next_of("welcome").await;
+    let second = Claims {
+        jti: Some("second".into()),
+        ..claims(3600)
+    };
+    let second = Auth::new(SECRET, false).mint(&second).expect("mints");
+    refresh(&client, &second);
+    client.next_of("refreshed").await;
+    let listed: Vec<Option<String>> = setup
+        .cx
+        .sockets
+        .claims_for_tests()
+        .iter()
+        .map(|c| c.jti.clone())
+        .collect();
+    assert_eq!(listed, [Some("second".to_owned())]);
+    // And a revocation of it closes the connection.
+    tokio::spawn(crate::revoke::close_revoked_sockets(
+        Arc::downgrade(&setup.cx.sockets),
+        setup.cx.revocations.clone(),
+        setup.cx.metrics.clone(),
+        setup.cx.revocations.subscribe(),
+    ));
+    setup
+        .cx
+        .revocations
+        .revoke_token("second", crate::auth::now_secs() + 3600)
+        .await
+        .expect("revokes");
+    assert_eq!(
+        client.closed_with().await,
+        (CLOSE_REVOKED, "token revoked".into())
+    );
 }

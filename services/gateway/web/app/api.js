@@ -12,6 +12,7 @@ export class ApiError extends Error {
 }
 
 async function request(path, { token, method = 'GET', body } = {}) {
+  // Same-origin paths only (the page's policy): cookies go with them.
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -49,6 +50,16 @@ export async function devToken(user, name, scope) {
     if (e.status === 404) return null;
     throw e;
   }
+}
+
+/**
+ * A new token from the app's refresh URL (a path on this origin, given
+ * with the link): a POST with the browser's cookies, answered `{"token"}`.
+ */
+export async function refreshedToken(url) {
+  const answer = await request(url, { method: 'POST' });
+  if (!answer || typeof answer.token !== 'string') throw new ApiError(200, 'bad_answer', 'the refresh URL answered no token');
+  return answer.token;
 }
 
 /** The cluster's members and what each holds (admin scope). */

@@ -5,8 +5,15 @@
 // (`#token=…`, never sent to a server or kept in history: we move it to
 // sessionStorage and strip it); in dev mode the page asks the server for a
 // token in the name the person typed, with a user id kept in localStorage.
+//
+// Tokens are refreshed on the open connection when the server says the one
+// in use expires soon, without a word: in dev mode from the dev token
+// endpoint; with a given token, from the refresh URL the link named
+// (`#token=…&refresh=/path`, a path on this origin that answers a POST
+// with `{"token"}`); without one, or when it fails, the page asks the
+// person to paste a new token.
 
-import { ApiError, accessIn, devToken } from './api.js';
+import { ApiError, accessIn, devToken, refreshedToken } from './api.js';
 import { Board } from './board.js';
 import { Chat } from './chat.js';
 import { Names } from './names.js';
@@ -26,6 +33,8 @@ const app = {
   board: null,
   chat: null,
   authFailures: 0,
+  conn: null,       // the connection's id, from its welcome
+  refreshes: 0,     // tokens replaced on open connections
   statusTimer: null,
 };
 
@@ -50,18 +59,36 @@ function displayName() {
   return ($('#name-input').value || '').trim();
 }
 
-/** A token from the URL fragment (`#token=…`), moved out of the address bar. */
+/**
+ * A token from the URL fragment (`#token=…`), and the URL to refresh it
+ * from (`&refresh=…`, only on this origin: the page may connect nowhere
+ * else), moved out of the address bar.
+ */
 function takeFragmentToken() {
   const params = new URLSearchParams(location.hash.slice(1));
   const token = params.get('token');
   if (!token) return;
   store.set('sessionStorage', 'collab.token', token);
+  const refresh = params.get('refresh');
+  let url = null;
+  try {
+    url = refresh ? new URL(refresh, location.origin) : null;
+  } catch { /* not a URL: no refresh URL */ }
+  store.set('sessionStorage', 'collab.refresh', url && url.origin === location.origin ? url.pathname + url.search : null);
   history.replaceState(history.state, '', location.pathname + location.search);
 }
 
+/**
+ * Whether `token` is still good to connect with. A few seconds are
+ * enough: one about to expire is refreshed on the open connection.
+ */
 function fresh(token) {
   const claims = tokenClaims(token);
-  return !!claims && typeof claims.exp === 'number' && claims.exp * 1000 > Date.now() + 60_000;
+  return !!claims && typeof claims.exp === 'number' && claims.exp * 1000 > Date.now() + 5_000;
+}
+
+function newDevToken() {
+  return devToken(userId(), store.get('localStorage', 'collab.name') || userId());
 }
 
 /**
@@ -242,11 +269,13 @@ function openRoom(info, claims, readOnly) {
   });
   app.client = client;
   client.on('status', () => renderStatus());
-  client.on('welcome', ({ user }) => {
+  client.on('welcome', ({ user, conn }) => {
     app.authFailures = 0;
+    app.conn = conn;
     app.names.remember(user);
   });
   client.on('error', (e) => notify(describeError(e.code, e.message), 'error'));
+  client.on('refreshed', () => { app.refreshes += 1; });
 
   const room = client.room(info.id);
   app.room = room;
@@ -292,8 +321,9 @@ function http(token) {
  * times at most in a row); otherwise the person is sent to the lobby.
  */
 async function provideToken({ reason }) {
-  if (reason === 'connect' || reason === 'refresh') {
-    if (app.dev && !fresh(app.token)) app.token = await devToken(userId(), store.get('localStorage', 'collab.name') || userId());
+  if (reason === 'refresh') return refreshToken();
+  if (reason === 'connect') {
+    if (app.dev && !fresh(app.token)) app.token = await newDevToken();
     return app.token;
   }
   app.authFailures += 1;
@@ -308,12 +338,66 @@ async function provideToken({ reason }) {
   throw new Error('no valid token');
 }
 
+/**
+ * A new token for the open connection, the one in use expiring soon: a
+ * dev token, or one from the refresh URL, without a word; otherwise the
+ * person is asked for one (the connection stays up meanwhile, until the
+ * old token expires).
+ */
+async function refreshToken() {
+  if (app.dev) {
+    app.token = await newDevToken();
+    return app.token;
+  }
+  const url = store.get('sessionStorage', 'collab.refresh');
+  if (url) {
+    try {
+      return keepToken(await refreshedToken(url));
+    } catch (e) {
+      notify(`Your access token could not be renewed (${e.message}).`, 'error');
+    }
+  }
+  return keepToken(await askForToken());
+}
+
+function keepToken(token) {
+  app.token = token;
+  store.set('sessionStorage', 'collab.token', token);
+  return token;
+}
+
+/** Asks the person to paste a new token, in a notice that stays until they do or leave the room. */
+function askForToken() {
+  return new Promise((resolve) => {
+    $('#token-ask')?.remove();
+    const input = el('input', { id: 'token-ask-input', autocomplete: 'off', spellcheck: 'false' });
+    const form = el('form', { id: 'token-ask', class: 'notice notice-error token-ask' },
+      el('label', { for: 'token-ask-input', text: 'Your access token expires soon. Paste a new one to stay connected:' }),
+      input,
+      el('button', { type: 'submit' }, 'Use it'));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const token = input.value.trim();
+      if (!tokenClaims(token)) {
+        input.setCustomValidity('That is not an access token: it should be three parts separated by dots.');
+        input.reportValidity();
+        return;
+      }
+      form.remove();
+      resolve(token);
+    });
+    input.addEventListener('input', () => input.setCustomValidity(''));
+    $('#notices').append(form);
+  });
+}
+
 function closeRoom() {
+  $('#token-ask')?.remove();
   if (!app.room) return;
   app.client?.close();
   app.board?.destroy();
   app.chat?.destroy();
-  app.room = app.board = app.chat = app.client = null;
+  app.room = app.board = app.chat = app.client = app.conn = null;
   $('#presence-list').replaceChildren();
 }
 
@@ -422,6 +506,10 @@ function exposeForTests() {
     get room() { return app.room && app.room.id; },
     get lastSeq() { return app.room ? app.room.lastSeq : null; },
     get unsaved() { return app.room ? app.room.unsaved : 0; },
+    /** The connection's id from its `welcome`: a new one after every reconnect. */
+    get conn() { return app.conn; },
+    /** Tokens replaced on the open connection so far. */
+    get refreshes() { return app.refreshes; },
     strokeIds() { return app.room ? app.room.strokes().map((s) => s.id) : []; },
     /** Ends the connection as a network drop would; the page reconnects by itself. */
     dropConnection() { app.client?.dropConnection(); },

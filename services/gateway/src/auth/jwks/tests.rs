@@ -1,10 +1,12 @@
 //! The key set: what a JWKS document yields, loading errors, rotation of a
-//! file (picked up by an unknown `kid`) and of a URL (picked up by the
-//! periodic refresh), the early refresh's rate limit, and a failed refresh
-//! keeping the last good keys. Keys are the test-only PEM files in
+//! file (picked up by the first token naming the new `kid`) and of a URL
+//! (picked up by the periodic refresh), tokens sharing one early reload,
+//! the early reload's rate limit, and a failed refresh keeping the last
+//! good keys. Keys are the test-only PEM files in
 //! `testdata/keys`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -182,7 +184,7 @@ async fn a_set_that_cannot_be_loaded_fails_at_start_up() {
 }
 
 #[tokio::test]
-async fn a_rotated_file_is_picked_up_when_a_token_names_the_new_kid() {
+async fn a_rotated_file_is_picked_up_by_the_first_token_naming_the_new_kid() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("jwks.json");
     let (old, new) = (signer("rsa-1.pem", "r1"), signer("rsa-2.pem", "r2"));
@@ -192,46 +194,128 @@ async fn a_rotated_file_is_picked_up_when_a_token_names_the_new_kid() {
     let (auth, metrics) = jwks_auth(JwksSource::File(path.clone()), HOUR, Duration::ZERO).await;
     let old_token = old.mint(&claims()).expect("mints");
     let new_token = new.mint(&claims()).expect("mints");
-    assert!(auth.verify(&old_token).is_ok());
+    assert!(auth.verify(&old_token).await.is_ok());
+    // Not published yet: refused after the reload it caused.
     assert_eq!(
-        auth.verify(&new_token),
+        auth.verify(&new_token).await,
         Err(AuthError::UnknownKey("r2".into()))
     );
+    assert_eq!(refreshes(&metrics, "ok"), 2);
 
     write(&path, &jwks(&[&new]));
-    assert!(
-        eventually(|| auth.verify(&new_token).is_ok()).await,
-        "the new key is never loaded"
-    );
+    // The first use of the new key, not a retry, is accepted.
+    assert_eq!(auth.verify(&new_token).await, Ok(claims_of(&new_token)));
+    assert_eq!(refreshes(&metrics, "ok"), 3);
     assert_eq!(
-        auth.verify(&old_token),
+        auth.verify(&old_token).await,
         Err(AuthError::UnknownKey("r1".into()))
     );
-    assert!(refreshes(&metrics, "ok") >= 2);
     assert_eq!(metrics.keys.get(), 1);
 }
 
+/// The claims `token` carries, unverified.
+fn claims_of(token: &str) -> Claims {
+    jsonwebtoken::dangerous::insecure_decode::<Claims>(token)
+        .expect("a JWT")
+        .claims
+}
+
+/// Serves `body` at `/jwks.json` over http, counting the requests; while
+/// `open` is false, requests wait for it. Returns the URL.
+async fn serve_jwks(
+    body: Arc<Mutex<String>>,
+    hits: Arc<AtomicUsize>,
+    open: watch::Receiver<bool>,
+) -> String {
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let body = body.clone();
+            let mut open = open.clone();
+            hits.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _ = open.wait_for(|open| *open).await;
+                body.lock().expect("not poisoned").clone()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/jwks.json")
+}
+
 #[tokio::test]
-async fn an_unknown_kid_refreshes_early_at_most_once_per_gap() {
+async fn tokens_with_the_same_unknown_kid_share_one_reload() {
+    let (old, new) = (signer("ed25519-1.pem", "e1"), signer("ed25519-2.pem", "e2"));
+    let served = Arc::new(Mutex::new(jwks(&[&old])));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = watch::channel(true);
+    let url = serve_jwks(served.clone(), hits.clone(), gate).await;
+    // No gap between early reloads: only the sharing keeps them to one.
+    let set = KeySet::load(
+        JwksOptions {
+            source: JwksSource::Url(url),
+            refresh: HOUR,
+            early_refresh_gap: Duration::ZERO,
+        },
+        KeySetMetrics::default(),
+    )
+    .await
+    .expect("loads");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // The key server is slow to answer the reload: the tokens pile up.
+    open.send_replace(false);
+    *served.lock().expect("not poisoned") = jwks(&[&old, &new]);
+    const TOKENS: usize = 20;
+    let lookups: Vec<_> = (0..TOKENS)
+        .map(|_| {
+            let set = set.clone();
+            tokio::spawn(async move { set.find("e2").await.is_some() })
+        })
+        .collect();
+    // Every token waits for the one reload under way.
+    assert!(
+        eventually(|| {
+            hits.load(Ordering::SeqCst) == 2 && set.inner.finished.receiver_count() == TOKENS
+        })
+        .await,
+        "the tokens do not all wait for one reload: {} requests, {} waiting",
+        hits.load(Ordering::SeqCst),
+        set.inner.finished.receiver_count()
+    );
+    open.send_replace(true);
+    for lookup in lookups {
+        assert!(lookup.await.expect("no panic"), "the new key was not found");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "more than one reload");
+}
+
+#[tokio::test]
+async fn an_unknown_kid_reloads_early_at_most_once_per_gap() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("jwks.json");
     write(&path, &jwks(&[&signer("ed25519-1.pem", "e1")]));
     let source = JwksSource::File(path);
+    let metrics = KeySetMetrics::default();
     let rate_limited = KeySet::load(
         JwksOptions {
             source: source.clone(),
             refresh: HOUR,
             early_refresh_gap: HOUR,
         },
-        KeySetMetrics::default(),
+        metrics.clone(),
     )
     .await
     .expect("loads");
-    assert!(rate_limited.find("nope").is_none());
-    assert!(
-        !rate_limited.ask_early_refresh(),
-        "an early refresh within the gap of the last load"
-    );
+    // Within the gap of the start-up load: refused at once, no reload.
+    assert!(rate_limited.find("nope").await.is_none());
+    assert!(rate_limited.find("nope").await.is_none());
+    assert_eq!(refreshes(&metrics, "ok"), 1);
+
     let metrics = KeySetMetrics::default();
     let eager = KeySet::load(
         JwksOptions {
@@ -243,8 +327,14 @@ async fn an_unknown_kid_refreshes_early_at_most_once_per_gap() {
     )
     .await
     .expect("loads");
-    assert!(eager.ask_early_refresh());
-    assert!(eventually(|| refreshes(&metrics, "ok") == 2).await);
+    assert!(eager.find("nope").await.is_none());
+    assert_eq!(
+        refreshes(&metrics, "ok"),
+        2,
+        "the lookup waited for its reload"
+    );
+    assert!(eager.find("e1").await.is_some());
+    assert_eq!(refreshes(&metrics, "ok"), 2, "a known kid reloads nothing");
 }
 
 #[tokio::test]
@@ -255,19 +345,20 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
     write(&path, &jwks(&[&key]));
     let (auth, metrics) = jwks_auth(JwksSource::File(path.clone()), HOUR, Duration::ZERO).await;
     write(&path, "{\"keys\": [");
-    // An unknown kid asks for the refresh that fails.
+    // An unknown kid waits for the reload it asks for, which fails.
     let stranger = signer("ed25519-2.pem", "e2")
         .mint(&claims())
         .expect("mints");
-    assert!(matches!(
-        auth.verify(&stranger),
-        Err(AuthError::UnknownKey(_))
-    ));
-    assert!(
-        eventually(|| refreshes(&metrics, "error") == 1).await,
-        "no failed refresh counted"
+    assert_eq!(
+        auth.verify(&stranger).await,
+        Err(AuthError::UnknownKey("e2".into()))
     );
-    assert!(auth.verify(&key.mint(&claims()).expect("mints")).is_ok());
+    assert_eq!(refreshes(&metrics, "error"), 1);
+    assert!(
+        auth.verify(&key.mint(&claims()).expect("mints"))
+            .await
+            .is_ok()
+    );
     assert_eq!(metrics.keys.get(), 1);
 }
 
@@ -275,33 +366,22 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
 async fn a_url_is_refreshed_periodically() {
     let (old, new) = (signer("ed25519-1.pem", "e1"), signer("ed25519-2.pem", "e2"));
     let served = Arc::new(Mutex::new(jwks(&[&old])));
-    let body = served.clone();
-    let app = axum::Router::new().route(
-        "/jwks.json",
-        axum::routing::get(move || {
-            let body = body.lock().expect("not poisoned").clone();
-            async move { body }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = listener.local_addr().expect("an address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let url = format!("http://{addr}/jwks.json");
+    let (_open, gate) = watch::channel(true);
+    let url = serve_jwks(served.clone(), Arc::default(), gate).await;
     // Early refreshes are off: only the schedule can pick the rotation up.
     let (auth, _) = jwks_auth(JwksSource::Url(url), Duration::from_millis(100), HOUR).await;
     let old_token = old.mint(&claims()).expect("mints");
     let new_token = new.mint(&claims()).expect("mints");
-    assert!(auth.verify(&old_token).is_ok());
+    assert!(auth.verify(&old_token).await.is_ok());
 
     *served.lock().expect("not poisoned") = jwks(&[&new]);
-    assert!(
-        eventually(|| auth.verify(&new_token).is_ok()).await,
-        "the new key is never loaded"
-    );
+    let start = Instant::now();
+    while auth.verify(&new_token).await.is_err() {
+        assert!(start.elapsed() < DEADLINE, "the new key is never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
-        auth.verify(&old_token),
+        auth.verify(&old_token).await,
         Err(AuthError::UnknownKey("e1".into()))
     );
 }

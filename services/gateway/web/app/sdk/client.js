@@ -11,6 +11,11 @@
 // `offline` event drops the connection at once and `online` brings it back.
 // Only a token the server refuses, offered again by the provider, stops
 // the loop, because retrying cannot fix it.
+//
+// A token that expires soon (the server says so with `token_expiring`) is
+// replaced on the open connection: a new one from the provider goes out in
+// a `refresh` frame, and nothing else changes. Only if the server refuses
+// it does the client fall back to a new connection with a fresh token.
 import { Emitter } from './emitter.js';
 import { ClosedError, CollabError, NetworkError, UnauthorizedError, errorFromCode, } from './errors.js';
 import { Room, randomId } from './room.js';
@@ -62,6 +67,10 @@ export class CollabClient extends Emitter {
     /** My user id: the token's `sub`, then the `welcome`'s. */
     user = null;
     nextToken = null;
+    /** A token sent in a `refresh`, waiting for the server's answer. */
+    refreshing = null;
+    /** The provider is being asked for a token to refresh with. */
+    refreshAsked = false;
     nextReason = 'connect';
     refusedToken = null;
     cidCounter = 0;
@@ -368,7 +377,19 @@ export class CollabClient extends Emitter {
                 return;
             case 'pong':
                 return;
+            case 'token_expiring':
+                void this.refresh();
+                return;
+            case 'refreshed':
+                this.onRefreshed(frame.exp);
+                return;
             case 'error': {
+                // The answer to a refresh names no room and no op.
+                if (this.refreshing !== null && frame.room === undefined && frame.cid === undefined
+                    && (frame.code === 'unauthorized' || frame.code === 'bad_request')) {
+                    this.onRefreshRefused(frame.code, frame.message);
+                    return;
+                }
                 const room = (frame.room !== undefined && this.rooms.get(frame.room))
                     || (frame.cid !== undefined && [...this.rooms.values()].find((r) => r.owns(frame.cid)));
                 if (room)
@@ -385,6 +406,11 @@ export class CollabClient extends Emitter {
     /** A connection ended: find out why, then connect again (or stop). */
     async closed(code, welcomed, token, reason) {
         this.clearWatch();
+        if (this.refreshing !== null) {
+            // Sent but not answered: the next connection starts with it.
+            this.nextToken = this.refreshing;
+            this.refreshing = null;
+        }
         for (const room of this.rooms.values())
             room.disconnected();
         if (this.stopped)
@@ -509,11 +535,8 @@ export class CollabClient extends Emitter {
     }
     // === tokens ===
     /**
-     * Asks for a fresh token `refreshBeforeMs` before the one in use expires.
-     * The protocol has no frame to present a new token on an open connection
-     * yet, so a new token takes a new connection: the rooms re-join with
-     * `since` and the outboxes resend with the same cids, so nothing is lost.
-     * When the protocol gains one, `renew` sends it instead.
+     * Asks for a fresh token `refreshBeforeMs` before the one in use expires,
+     * in case the server's warning (`token_expiring`) does not come first.
      */
     scheduleRefresh() {
         if (this.refreshTimer)
@@ -527,8 +550,19 @@ export class CollabClient extends Emitter {
             return; // the server's 4001 will ask for one
         this.refreshTimer = setTimeout(() => { void this.refresh(); }, wait);
     }
+    /**
+     * Presents a fresh token from the provider on the open connection
+     * (`refresh`); the server answers `refreshed`, or refuses it. Without a
+     * new token from the provider the connection lasts until the old one
+     * expires (4001), and the provider is asked again then.
+     */
     async refresh() {
+        if (this.refreshTimer)
+            clearTimeout(this.refreshTimer);
         this.refreshTimer = null;
+        if (this.refreshAsked || this.refreshing !== null)
+            return;
+        this.refreshAsked = true;
         let token;
         try {
             token = await this.provider({ reason: 'refresh', previous: this.token });
@@ -537,12 +571,52 @@ export class CollabClient extends Emitter {
             this.emit('error', providerError(e));
             return;
         }
+        finally {
+            this.refreshAsked = false;
+        }
         if (this.stopped || token === this.token)
             return;
-        this.renew(token);
+        if (this.send({ type: 'refresh', token }))
+            this.refreshing = token;
+        else
+            this.nextToken = token; // no connection now: the next one takes it
     }
+    onRefreshed(exp) {
+        if (this.refreshing === null)
+            return;
+        this.token = this.refreshing;
+        this.refreshing = null;
+        this.scheduleRefresh();
+        this.emit('refreshed', { exp: exp * 1000 });
+    }
+    /**
+     * The server refused the token of a refresh (`unauthorized`: reported as
+     * an UnauthorizedError, and a new connection with a fresh token from the
+     * provider follows), or does not know the frame (`bad_request`: a server
+     * older than refresh; the token goes on a new connection).
+     */
+    onRefreshRefused(code, message) {
+        const token = this.refreshing;
+        this.refreshing = null;
+        if (token === null)
+            return;
+        if (code === 'bad_request') {
+            this.renew(token);
+            return;
+        }
+        this.emit('error', new UnauthorizedError(message));
+        this.refusedToken = token;
+        this.nextReason = 'refused';
+        this.reconnect();
+    }
+    /** Presents `token` on a new connection. */
     renew(token) {
         this.nextToken = token;
+        this.reconnect();
+    }
+    /** Replaces the connection now: the next one gets `nextToken`, or asks the provider. */
+    reconnect() {
+        this.refreshing = null;
         const ws = this.ws;
         if (!ws)
             return; // the next connection takes it
