@@ -1,7 +1,8 @@
 //! The alerts and the dashboard against a real Prometheus (Debian's
 //! package) scraping real processes: a cluster of two gateways and three
 //! room nodes sharing a Redis, and a `collab serve` for the embedded
-//! store's metrics. With
+//! store's metrics; the room nodes send webhooks to a receiver in the
+//! test. With
 //! the rules of `deploy/k8s/monitoring/alerts.yaml`, scraped and evaluated
 //! every second, after some traffic:
 //!
@@ -29,6 +30,7 @@ use collab_tests::harness::cluster::{
 use collab_tests::harness::prometheus::{
     Alert, PROMETHEUS_ENV, Prometheus, PrometheusOptions, RuleGroup,
 };
+use collab_tests::harness::webhooks::WebhookReceiver;
 use collab_tests::harness::{CollabServer, ServerOptions, WsClient};
 use serde_json::json;
 use tokio::time::Instant;
@@ -81,10 +83,24 @@ async fn prometheus_scrapes_the_cluster_evaluates_every_alert_and_fires_on_a_dea
     };
     let started = Instant::now();
     // With Redis, as a production cluster runs, so the Redis panels and
-    // alert have their series.
-    let mut cluster = Cluster::start(ClusterOptions::new().gateways(2).room_nodes(3).redis())
+    // alert have their series; and with a webhook endpoint, for the
+    // webhook alert's.
+    let receiver = WebhookReceiver::start("prometheus-test-secret")
         .await
-        .expect("the cluster starts (nats-server, CQL keyspace, gateways, room nodes)");
+        .expect("webhook receiver");
+    let config_dir = tempfile::tempdir().expect("temp dir");
+    let config = config_dir.path().join("webhooks.toml");
+    std::fs::write(&config, receiver.config_entry("test", &["op.committed"]))
+        .expect("config written");
+    let mut cluster = Cluster::start(
+        ClusterOptions::new()
+            .gateways(2)
+            .room_nodes(3)
+            .redis()
+            .env("COLLAB_CONFIG", config.display().to_string()),
+    )
+    .await
+    .expect("the cluster starts (nats-server, CQL keyspace, gateways, room nodes)");
     let serve = CollabServer::start(ServerOptions::new()).expect("collab serve starts");
     let room_nodes = cluster.room_node_ids();
     let options = PrometheusOptions::new(INTERVAL)

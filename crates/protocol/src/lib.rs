@@ -19,6 +19,7 @@ pub mod limits;
 pub mod ops;
 pub mod subjects;
 pub mod validate;
+pub mod webhooks;
 
 pub use claims::{Access, Claims, Scope};
 pub use error::{ErrorCode, ProtocolError};

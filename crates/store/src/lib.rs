@@ -16,13 +16,15 @@
 //! redb file, group commit across rooms), [`CqlStore`] (ScyllaDB or
 //! Cassandra, shared by a cluster) and [`MemoryStore`] (tests). Every
 //! implementation runs the same conformance suite, exported under the
-//! `testsuite` feature.
+//! `testsuite` feature. Beside the rooms, each keeps the webhook
+//! dispatcher's cursors and marks ([`WebhookLog`]).
 
 pub mod cql;
 mod embedded;
 mod memory;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -33,6 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use cql::{CqlOptions, CqlStore};
 pub use embedded::{EmbeddedStore, EmbeddedStoreOptions, EmbeddedStoreStats};
 pub use memory::MemoryStore;
+pub use webhooks::WebhookLog;
 
 /// A room as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +314,13 @@ pub trait Store: RoomCatalog {
     /// Stores a snapshot, chunked as the backend needs. A snapshot older
     /// than the latest stored one is ignored.
     async fn put_snapshot(&self, room: &RoomId, snapshot: &Snapshot) -> StoreResult<()>;
+
+    /// Where the webhook dispatcher keeps its cursors and marks, in this
+    /// same store; `None` for a store without them (a test's stand-in),
+    /// on which webhooks cannot be configured.
+    fn webhook_log(self: Arc<Self>) -> Option<Arc<dyn WebhookLog>> {
+        None
+    }
 }
 
 /// Checks that `batch` is a contiguous run of `room`'s ops from `first`.

@@ -7,14 +7,14 @@
 //! like the embedded store's one transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use collab_protocol::{OpEvent, OpKind, RoomId, Seq, UserId};
 
 use crate::{
     Deletion, LoggedOp, RoomCatalog, RoomRecord, RoomsPage, Snapshot, Store, StoreError,
-    StoreReader, StoreResult, Writer, check_batch,
+    StoreReader, StoreResult, WebhookLog, Writer, check_batch,
 };
 
 /// An in-memory [`Store`]. Cheap to create; share it behind an `Arc`.
@@ -34,6 +34,10 @@ struct Inner {
     /// id → the tombstone of the last room deleted under it: the floor of
     /// the next room created with that id.
     deleted: HashMap<RoomId, Seq>,
+    /// (room, endpoint) → the endpoint's webhook cursor in the room.
+    webhook_cursors: BTreeMap<(RoomId, String), Seq>,
+    /// (room, mark id): the webhook marks (see `WebhookLog`).
+    webhook_marks: BTreeSet<(RoomId, String)>,
 }
 
 /// One seq of a room's log.
@@ -294,6 +298,48 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    fn webhook_log(self: Arc<Self>) -> Option<Arc<dyn WebhookLog>> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl WebhookLog for MemoryStore {
+    async fn webhook_cursors(&self, room: &RoomId) -> StoreResult<Vec<(String, Seq)>> {
+        Ok(self
+            .lock()
+            .webhook_cursors
+            .iter()
+            .filter(|((r, _), _)| r == room)
+            .map(|((_, endpoint), seq)| (endpoint.clone(), *seq))
+            .collect())
+    }
+
+    async fn set_webhook_cursor(&self, endpoint: &str, room: &RoomId, seq: Seq) -> StoreResult<()> {
+        self.lock()
+            .webhook_cursors
+            .insert((room.clone(), endpoint.to_owned()), seq);
+        Ok(())
+    }
+
+    async fn add_webhook_mark(&self, room: &RoomId, mark: &str) -> StoreResult<()> {
+        self.lock()
+            .webhook_marks
+            .insert((room.clone(), mark.to_owned()));
+        Ok(())
+    }
+
+    async fn remove_webhook_mark(&self, room: &RoomId, mark: &str) -> StoreResult<()> {
+        self.lock()
+            .webhook_marks
+            .remove(&(room.clone(), mark.to_owned()));
+        Ok(())
+    }
+
+    async fn webhook_marks(&self) -> StoreResult<Vec<(RoomId, String)>> {
+        Ok(self.lock().webhook_marks.iter().cloned().collect())
     }
 }
 

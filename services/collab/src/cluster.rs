@@ -143,13 +143,15 @@ pub async fn run_room_node(
 
     let metrics = RoomNodeMetrics::register(&mut registry);
     let expiry = room_expiry(&config, &mut registry)?;
+    let webhooks = config.webhooks_of(&mut registry);
     let room_node = Arc::new(
-        RoomNode::start_with(
+        RoomNode::start_with_webhooks(
             config.room_node_config(node.clone()),
             store,
             bus,
             metrics,
             expiry,
+            webhooks,
         )
         .await?,
     );

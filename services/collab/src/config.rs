@@ -22,6 +22,7 @@ use collab_gateway::GatewayConfig;
 use collab_protocol::{Limits, NodeId};
 use collab_room_node::RoomNodeConfig;
 use collab_store::CqlOptions;
+use collab_webhooks::{WebhookConfig, Webhooks};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::AuthSettings;
@@ -71,6 +72,9 @@ pub struct CollabConfig {
     pub rooms: RoomSettings,
     /// How `collab gateway` and `collab room-node` find each other.
     pub cluster: ClusterSettings,
+    /// Endpoints that get the rooms' events (`[[webhooks]]`; see
+    /// docs/integrate.md). Sent by the room node that owns each room.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Default for CollabConfig {
@@ -88,6 +92,7 @@ impl Default for CollabConfig {
             auth: AuthSettings::default(),
             rooms: RoomSettings::default(),
             cluster: ClusterSettings::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -146,6 +151,15 @@ impl CollabConfig {
         config.metrics_elsewhere = self.metrics_listen.is_some();
         config.default_room_ttl_secs = self.rooms.default_ttl_secs;
         config
+    }
+
+    /// The configured webhooks with their metrics on `registry`; `None`
+    /// when there are none.
+    pub fn webhooks_of(
+        &self,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Option<Webhooks> {
+        (!self.webhooks.is_empty()).then(|| Webhooks::register(self.webhooks.clone(), registry))
     }
 
     /// The settings of this process's room node. Its limits are the
@@ -816,6 +830,9 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
         ));
     }
     issues.extend(config.auth.issues(config.jwt_secret.is_some()));
+    for problem in collab_webhooks::config::check(&config.webhooks) {
+        issues.push(("webhooks", problem));
+    }
     issues
 }
 

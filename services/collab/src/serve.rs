@@ -203,6 +203,7 @@ impl Server {
             store_metrics::register(&mut registry, embedded);
         }
         let room_metrics = RoomNodeMetrics::register(&mut registry);
+        let webhooks = config.webhooks_of(&mut registry);
         let metrics = GatewayMetrics::register(&mut registry);
         let secret = (!signing.bytes.is_empty()).then_some(signing.bytes.as_slice());
         let auth = keys::gateway_auth(config, secret, signing.dev_mode, &mut registry).await?;
@@ -216,12 +217,13 @@ impl Server {
         let deadlines = ephemeral.expiry.clone();
         let expiry = ExpiryOptions::new(deadlines.clone(), config.rooms.expiry_sweep());
         let room_node = Arc::new(
-            RoomNode::start_with(
+            RoomNode::start_with_webhooks(
                 room_config,
                 store.clone(),
                 bus.clone(),
                 room_metrics,
                 Some(expiry),
+                webhooks,
             )
             .await?,
         );

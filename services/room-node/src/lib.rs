@@ -14,10 +14,14 @@
 //! Rooms with a time to live that go unused for that long are deleted by
 //! the node that owns them ([`expiry`]).
 //!
+//! With `[[webhooks]]` configured, it sends the events of the rooms it
+//! owns to their endpoints ([`webhooks`]).
+//!
 //! Its HTTP (probes and metrics) is [`http`].
 
 pub mod expiry;
 pub mod http;
+mod webhooks;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,6 +41,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use collab_actors::room::{RoomConfig as RoomNodeConfig, RoomMetrics as RoomNodeMetrics};
+pub use collab_webhooks::Webhooks;
 pub use expiry::ExpiryOptions;
 
 /// A running room node.
@@ -50,6 +55,8 @@ pub struct RoomNode {
     draining: AtomicBool,
     /// The expiry sweeper, stopped when the node drains.
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// The webhook dispatcher, when webhooks are configured.
+    dispatcher: Option<Arc<collab_webhooks::Dispatcher>>,
 }
 
 /// Sends a room's events to the bus.
@@ -128,6 +135,19 @@ impl RoomNode {
         metrics: RoomMetrics,
         expiry: Option<ExpiryOptions>,
     ) -> Result<RoomNode, StartError> {
+        Self::start_with_webhooks(config, store, bus, metrics, expiry, None).await
+    }
+
+    /// [`RoomNode::start_with`], sending the events of the rooms this node
+    /// owns to `webhooks`' endpoints when given (see [`webhooks`]).
+    pub async fn start_with_webhooks(
+        config: RoomConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        metrics: RoomMetrics,
+        expiry: Option<ExpiryOptions>,
+        webhooks: Option<Webhooks>,
+    ) -> Result<RoomNode, StartError> {
         let request_timeout = config.commit_timeout + Duration::from_secs(5);
         let node = config.node.clone();
         let usage: Arc<dyn RoomUse> = match &expiry {
@@ -143,9 +163,35 @@ impl RoomNode {
                 u64::try_from(rooms.get()).unwrap_or(0)
             });
         }
+        let bus_sink: Arc<dyn EventSink> = Arc::new(BusSink { bus: bus.clone() });
+        let (actor_store, sink, dispatcher) = match webhooks {
+            None => (store.clone(), bus_sink, None),
+            Some(webhooks) => {
+                let placement: Arc<dyn collab_webhooks::Placement> = match bus.members() {
+                    Some(members) => Arc::new(webhooks::MembersPlacement {
+                        members,
+                        node: node.clone(),
+                    }),
+                    None => Arc::new(collab_webhooks::Solo),
+                };
+                let (dispatcher, marking) = collab_webhooks::Dispatcher::start(
+                    webhooks,
+                    store.clone(),
+                    node.as_str(),
+                    placement,
+                )
+                .map_err(|e| StartError::Webhooks(e.to_string()))?;
+                let dispatcher = Arc::new(dispatcher);
+                let sink: Arc<dyn EventSink> = Arc::new(webhooks::WebhookSink {
+                    bus: bus_sink,
+                    dispatcher: dispatcher.clone(),
+                });
+                (marking as Arc<dyn Store>, sink, Some(dispatcher))
+            }
+        };
         let ctx = Arc::new(RoomContext {
-            store: store.clone(),
-            sink: Arc::new(BusSink { bus: bus.clone() }),
+            store: actor_store,
+            sink,
             config,
             metrics,
             usage,
@@ -172,6 +218,7 @@ impl RoomNode {
             request_timeout,
             draining: AtomicBool::new(false),
             sweeper,
+            dispatcher,
         })
     }
 
@@ -238,6 +285,11 @@ impl RoomNode {
             .await;
         self.bus.leave().await;
         self.supervisor.stop(Some("drained".into()));
+        // What it had not sent yet, the rooms' next owners send from the
+        // durable cursors.
+        if let Some(dispatcher) = &self.dispatcher {
+            dispatcher.stop();
+        }
     }
 }
 
@@ -277,6 +329,8 @@ pub enum StartError {
     Supervisor(String),
     #[error("cannot serve on the bus: {0}")]
     Bus(BusError),
+    #[error("cannot start the webhooks: {0}")]
+    Webhooks(String),
 }
 
 #[cfg(test)]

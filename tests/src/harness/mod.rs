@@ -15,13 +15,15 @@
 //!
 //! [`cluster`] runs a whole cluster of gateways and room nodes;
 //! [`prometheus`] a real Prometheus that scrapes them; [`netns`] puts a
-//! process of a cluster behind a link a test can cut.
+//! process of a cluster behind a link a test can cut; [`webhooks`] a
+//! webhook receiver that checks signatures and records deliveries.
 
 pub mod cluster;
 mod cql;
 pub mod netns;
 pub mod prometheus;
 mod server;
+pub mod webhooks;
 mod ws;
 
 use std::time::Duration;

@@ -26,6 +26,7 @@
 
 mod options;
 pub mod schema;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +64,7 @@ const READ_PAGE: usize = 1000;
 pub struct CqlStore {
     session: Session,
     statements: Statements,
+    webhooks: webhooks::WebhookStatements,
     options: CqlOptions,
     resolved_appends: AtomicU64,
     /// Bounds the conditional writes in flight (see
@@ -168,10 +170,12 @@ impl CqlStore {
         };
         schema::migrate(&session, &options.keyspace, &options.replication).await?;
         let statements = Statements::prepare(&session, &options).await?;
+        let webhooks = webhooks::WebhookStatements::prepare(&session, &options.keyspace).await?;
         tracing::info!(store = %options, "CQL store ready");
         Ok(CqlStore {
             session,
             statements,
+            webhooks,
             resolved_appends: AtomicU64::new(0),
             in_flight: tokio::sync::Semaphore::new(options.max_in_flight.max(1)),
             options,
@@ -1321,6 +1325,10 @@ impl Store for CqlStore {
             tracing::warn!(%room, error = %e, "could not delete older snapshots");
         }
         Ok(())
+    }
+
+    fn webhook_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn crate::WebhookLog>> {
+        Some(self)
     }
 }
 

@@ -79,10 +79,29 @@ const MIGRATIONS: &[Migration] = &[
             deleted bigint,
             purged boolean)"],
     },
+    Migration {
+        version: 3,
+        description: "webhooks: each endpoint's cursor per room, and the marks of rooms with ops perhaps not sent yet",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.webhook_cursors (
+            room text,
+            endpoint text,
+            seq bigint,
+            PRIMARY KEY (room, endpoint))",
+            // One partition: a mark lives from a room's first append on a
+            // node until its webhooks caught up, so the table holds about
+            // the rooms in use, and listing them is one partition read.
+            "CREATE TABLE IF NOT EXISTS {ks}.webhook_marks (
+            shard int,
+            room text,
+            mark text,
+            PRIMARY KEY (shard, room, mark))",
+        ],
+    },
 ];
 
 /// The newest schema version this binary writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Schema changes wait for every node to agree: slower than any data
 /// request, so they get their own timeout.

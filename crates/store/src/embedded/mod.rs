@@ -37,15 +37,15 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use crate::{
     AppendDone, Deletion, LoggedOp, RoomCatalog, RoomRecord, RoomsPage, Snapshot, Store,
-    StoreError, StoreReader, StoreResult, Writer, check_batch,
+    StoreError, StoreReader, StoreResult, WebhookLog, Writer, check_batch,
 };
 use pending::{Pending, PendingOp, RoomLog, merge_by_seq};
 pub use tables::SNAPSHOT_CHUNK_SIZE;
 use tables::{
     DELETED, FORMAT_VERSION, FORMAT_VERSION_1, JOURNAL, KINDS, MEMBERSHIPS, META, OPS, ROOMS,
-    SNAPSHOT_CHUNKS, SNAPSHOTS,
+    SNAPSHOT_CHUNKS, SNAPSHOTS, WEBHOOK_CURSORS, WEBHOOK_MARKS,
 };
-use writer::{Counters, Reply, Request, Shared, Write};
+use writer::{Counters, Reply, Request, Shared, WebhookWrite, Write};
 
 /// A [`Store`] in one redb file, with group commit across rooms.
 pub struct EmbeddedStore {
@@ -425,6 +425,8 @@ fn init(
         txn.open_table(MEMBERSHIPS).map_err(unavailable)?;
         txn.open_table(SNAPSHOTS).map_err(unavailable)?;
         txn.open_table(SNAPSHOT_CHUNKS).map_err(unavailable)?;
+        txn.open_table(WEBHOOK_CURSORS).map_err(unavailable)?;
+        txn.open_table(WEBHOOK_MARKS).map_err(unavailable)?;
         let mut ops = txn.open_table(OPS).map_err(unavailable)?;
         let mut kinds = txn.open_table(KINDS).map_err(unavailable)?;
         let deleted = txn.open_table(DELETED).map_err(unavailable)?;
@@ -831,6 +833,73 @@ impl Store for EmbeddedStore {
             total_len: snapshot.data.len() as u64,
             count,
             chunks,
+        })
+        .await
+    }
+
+    fn webhook_log(self: Arc<Self>) -> Option<Arc<dyn WebhookLog>> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl WebhookLog for EmbeddedStore {
+    async fn webhook_cursors(&self, room: &RoomId) -> StoreResult<Vec<(String, Seq)>> {
+        let room = room.as_str().to_owned();
+        self.read(move |txn| {
+            let cursors = txn.open_table(WEBHOOK_CURSORS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in cursors.range((room.as_str(), "")..).map_err(unavailable)? {
+                let (key, seq) = entry.map_err(unavailable)?;
+                let (of, endpoint) = key.value();
+                if of != room {
+                    break;
+                }
+                out.push((endpoint.to_owned(), Seq(seq.value())));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_webhook_cursor(&self, endpoint: &str, room: &RoomId, seq: Seq) -> StoreResult<()> {
+        self.write(Write::Webhook(WebhookWrite::Cursor {
+            room: room.as_str().to_owned(),
+            endpoint: endpoint.to_owned(),
+            seq: seq.get(),
+        }))
+        .await
+    }
+
+    async fn add_webhook_mark(&self, room: &RoomId, mark: &str) -> StoreResult<()> {
+        self.write(Write::Webhook(WebhookWrite::AddMark {
+            room: room.as_str().to_owned(),
+            mark: mark.to_owned(),
+        }))
+        .await
+    }
+
+    async fn remove_webhook_mark(&self, room: &RoomId, mark: &str) -> StoreResult<()> {
+        self.write(Write::Webhook(WebhookWrite::RemoveMark {
+            room: room.as_str().to_owned(),
+            mark: mark.to_owned(),
+        }))
+        .await
+    }
+
+    async fn webhook_marks(&self) -> StoreResult<Vec<(RoomId, String)>> {
+        self.read(move |txn| {
+            let marks = txn.open_table(WEBHOOK_MARKS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in marks.iter().map_err(unavailable)? {
+                let (key, _) = entry.map_err(unavailable)?;
+                let (room, mark) = key.value();
+                let room = RoomId::parse(room).map_err(|e| {
+                    StoreError::Corrupt(format!("webhook mark of room {room}: {e}"))
+                })?;
+                out.push((room, mark.to_owned()));
+            }
+            Ok(out)
         })
         .await
     }

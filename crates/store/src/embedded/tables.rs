@@ -44,6 +44,14 @@ pub(crate) const SNAPSHOTS: TableDefinition<&str, (u64, u32, u64)> =
 pub(crate) const SNAPSHOT_CHUNKS: TableDefinition<(&str, u64, u32), &[u8]> =
     TableDefinition::new("snapshot_chunks");
 
+/// (room id, endpoint id) → the endpoint's webhook cursor in the room
+/// (see `WebhookLog`).
+pub(crate) const WEBHOOK_CURSORS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("webhook_cursors");
+/// (room id, mark id) → (): the webhook marks (see `WebhookLog`).
+pub(crate) const WEBHOOK_MARKS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("webhook_marks");
+
 /// Snapshots are cut into chunks of this size: large enough that a
 /// snapshot is a handful of rows, small enough that no single value is
 /// unwieldy for the B-tree's overflow pages or the CQL backend's cells.

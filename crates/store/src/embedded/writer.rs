@@ -85,7 +85,10 @@ use super::EmbeddedStoreOptions;
 use super::codec;
 use super::journal::Journal;
 use super::pending::{Pending, PendingOp};
-use super::tables::{DELETED, KINDS, MEMBERSHIPS, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS};
+use super::tables::{
+    DELETED, KINDS, MEMBERSHIPS, OPS, ROOMS, SNAPSHOT_CHUNKS, SNAPSHOTS, WEBHOOK_CURSORS,
+    WEBHOOK_MARKS,
+};
 use crate::memory::members_to_index;
 use crate::{RoomRecord, StoreError, StoreResult};
 
@@ -219,13 +222,36 @@ pub(crate) enum Write {
     /// Checkpoint now, whatever the thresholds; answered once everything
     /// journaled before it is in the log tables.
     Checkpoint,
+    /// A change of the webhook dispatcher's state (see `WebhookLog`).
+    Webhook(WebhookWrite),
+}
+
+/// A change of the webhook dispatcher's cursors and marks.
+#[derive(Debug)]
+pub(crate) enum WebhookWrite {
+    Cursor {
+        room: String,
+        endpoint: String,
+        seq: u64,
+    },
+    AddMark {
+        room: String,
+        mark: String,
+    },
+    RemoveMark {
+        room: String,
+        mark: String,
+    },
 }
 
 impl Write {
     fn size(&self) -> usize {
         match self {
             Write::Append { record, .. } => record.len(),
-            Write::CreateRoom(_) | Write::UpdateRoom(_) | Write::DeleteRoom { .. } => 256,
+            Write::CreateRoom(_)
+            | Write::UpdateRoom(_)
+            | Write::DeleteRoom { .. }
+            | Write::Webhook(_) => 256,
             Write::PutSnapshot { total_len, .. } => {
                 usize::try_from(*total_len).unwrap_or(usize::MAX)
             }
@@ -611,6 +637,8 @@ impl<'a> Writer<'a> {
                     chunks: txn.open_table(SNAPSHOT_CHUNKS)?,
                     kinds: txn.open_table(KINDS)?,
                     deleted: txn.open_table(DELETED)?,
+                    webhook_cursors: txn.open_table(WEBHOOK_CURSORS)?,
+                    webhook_marks: txn.open_table(WEBHOOK_MARKS)?,
                 }),
                 LogTable::Write(txn.open_table(OPS)?),
             ),
@@ -770,6 +798,26 @@ impl<'a> Writer<'a> {
             }
             // Split off by `run` before a group is applied.
             Write::Checkpoint => Ok(Ok(())),
+            Write::Webhook(change) => {
+                let t = t.expect("a group with a webhook change has a transaction");
+                match change {
+                    WebhookWrite::Cursor {
+                        room,
+                        endpoint,
+                        seq,
+                    } => {
+                        t.webhook_cursors
+                            .insert((room.as_str(), endpoint.as_str()), *seq)?;
+                    }
+                    WebhookWrite::AddMark { room, mark } => {
+                        t.webhook_marks.insert((room.as_str(), mark.as_str()), ())?;
+                    }
+                    WebhookWrite::RemoveMark { room, mark } => {
+                        t.webhook_marks.remove((room.as_str(), mark.as_str()))?;
+                    }
+                }
+                Ok(Ok(()))
+            }
         }
     }
 
@@ -1043,6 +1091,8 @@ struct Tables<'txn> {
     chunks: Table<'txn, (&'static str, u64, u32), &'static [u8]>,
     kinds: Table<'txn, (&'static str, u8, u64), ()>,
     deleted: Table<'txn, &'static str, u64>,
+    webhook_cursors: Table<'txn, (&'static str, &'static str), u64>,
+    webhook_marks: Table<'txn, (&'static str, &'static str), ()>,
 }
 
 /// The log table as the fence reads it: through the group's write

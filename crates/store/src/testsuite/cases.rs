@@ -1326,3 +1326,64 @@ pub async fn delete_room_is_fenced_like_an_append(store: Arc<dyn Store>) {
         1
     );
 }
+
+/// Webhook cursors are per (endpoint, room) and overwritten; marks are
+/// per (room, mark id), and removing one leaves the others.
+pub async fn webhook_cursors_and_marks(store: Arc<dyn Store>) {
+    let log = store.webhook_log().expect("the store keeps webhook state");
+    let (a, b) = (unique_room("hooks"), unique_room("hooks"));
+    assert!(log.webhook_cursors(&a).await.expect("read").is_empty());
+
+    log.set_webhook_cursor("hook-2", &a, Seq(5))
+        .await
+        .expect("set");
+    log.set_webhook_cursor("hook-1", &a, Seq(3))
+        .await
+        .expect("set");
+    log.set_webhook_cursor("hook-1", &b, Seq(9))
+        .await
+        .expect("set");
+    log.set_webhook_cursor("hook-1", &a, Seq(4))
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        log.webhook_cursors(&a).await.expect("read"),
+        vec![("hook-1".to_owned(), Seq(4)), ("hook-2".to_owned(), Seq(5))]
+    );
+    assert_eq!(
+        log.webhook_cursors(&b).await.expect("read"),
+        vec![("hook-1".to_owned(), Seq(9))]
+    );
+
+    let ours = |marks: Vec<(RoomId, String)>| -> Vec<(String, String)> {
+        let mut ours: Vec<(String, String)> = marks
+            .into_iter()
+            .filter(|(room, _)| *room == a || *room == b)
+            .map(|(room, mark)| (room.to_string(), mark))
+            .collect();
+        ours.sort();
+        ours
+    };
+    log.add_webhook_mark(&a, "n1/i1/1").await.expect("mark");
+    log.add_webhook_mark(&a, "n2/i7/1").await.expect("mark");
+    log.add_webhook_mark(&b, "n1/i1/2").await.expect("mark");
+    log.add_webhook_mark(&b, "n1/i1/2")
+        .await
+        .expect("mark again");
+    let mut expected = vec![
+        (a.to_string(), "n1/i1/1".to_owned()),
+        (a.to_string(), "n2/i7/1".to_owned()),
+        (b.to_string(), "n1/i1/2".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(ours(log.webhook_marks().await.expect("list")), expected);
+
+    log.remove_webhook_mark(&a, "n1/i1/1")
+        .await
+        .expect("unmark");
+    log.remove_webhook_mark(&a, "no-such-mark")
+        .await
+        .expect("no-op");
+    expected.retain(|(_, mark)| mark != "n1/i1/1");
+    assert_eq!(ours(log.webhook_marks().await.expect("list")), expected);
+}

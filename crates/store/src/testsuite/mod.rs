@@ -96,6 +96,7 @@ macro_rules! store_conformance_tests {
             delete_of_an_unknown_room_changes_nothing,
             stale_owner_is_fenced_by_the_tombstone,
             delete_room_is_fenced_like_an_append,
+            webhook_cursors_and_marks,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -629,3 +629,89 @@ fn abuse_limits_are_checked() {
     assert_eq!(config.gateway.allowed_origins, "*");
     assert_eq!(config.gateway.max_sockets_per_user, 0);
 }
+
+#[test]
+fn webhooks_load_from_the_file_with_their_defaults() {
+    let f = file(
+        r#"
+[[webhooks]]
+id = "crm"
+url = "https://api.example.com/hooks"
+secret = "0123456789abcdef0123"
+events = ["op.committed", "member.joined"]
+op_kinds = ["message"]
+"#,
+    );
+    let config = load(
+        &Flags {
+            config: Some(f.path().to_owned()),
+            ..Flags::default()
+        },
+        &HashMap::new(),
+    )
+    .expect("loads");
+    assert_eq!(config.webhooks.len(), 1);
+    let hook = &config.webhooks[0];
+    assert_eq!(hook.id, "crm");
+    assert_eq!(hook.retry_horizon_secs, 86400);
+    assert_eq!(
+        hook.op_kinds.as_deref(),
+        Some(&[collab_protocol::OpKind::Message][..])
+    );
+    assert!(!format!("{hook:?}").contains("0123456789abcdef0123"));
+}
+
+#[test]
+fn bad_webhooks_are_reported_each() {
+    let f = file(
+        r#"
+[[webhooks]]
+id = "crm"
+url = "mailto:someone"
+secret = "short"
+events = ["op.committed"]
+
+[[webhooks]]
+id = "crm"
+url = "http://127.0.0.1:9000/hooks"
+secret = "0123456789abcdef0123"
+events = []
+"#,
+    );
+    let error = load(
+        &Flags {
+            config: Some(f.path().to_owned()),
+            ..Flags::default()
+        },
+        &HashMap::new(),
+    )
+    .expect_err("refused");
+    let text = error.to_string();
+    for expected in [
+        "webhooks[0] (id \"crm\"): `url` \"mailto:someone\"",
+        "webhooks[0] (id \"crm\"): `secret` must be at least 16 bytes",
+        "webhooks[1] (id \"crm\"): `id` is used by another entry",
+        "webhooks[1] (id \"crm\"): `events` must name at least one",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+
+    let f = file(
+        r#"
+[[webhooks]]
+id = "crm"
+url = "http://127.0.0.1:9000/hooks"
+secret = "0123456789abcdef0123"
+events = ["op.commited"]
+"#,
+    );
+    let error = load(
+        &Flags {
+            config: Some(f.path().to_owned()),
+            ..Flags::default()
+        },
+        &HashMap::new(),
+    )
+    .expect_err("an unknown event kind is refused");
+    assert!(error.to_string().contains("op.commited"), "{error}");
+}
