@@ -198,6 +198,7 @@ server_config() {
     || die "cargo build -p collab failed"
   "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" server-config "$bin" "$WORK/default.yaml"
   "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" server-config "$bin" "$WORK/production.yaml"
+  "$PYTHON" "$ROOT/scripts/lib/k8s_check.py" server-config "$bin" "$WORK/webhooks.yaml"
 }
 
 main() {
@@ -220,6 +221,8 @@ main() {
   render connections -f "$PRODUCTION_VALUES" --set gateway.autoscaling.targetConnectionsPerPod=5000
   # Public keys only: a JWKS from a ConfigMap, no HS256 secret.
   render jwks --set auth.existingSecret= --set auth.jwksConfigMap=collab-jwks
+  # Webhooks: a Secret's file mounted into the room nodes.
+  render webhooks -f "$PRODUCTION_VALUES" --set webhooks.existingSecret=collab-webhooks
   refuses "a termination grace period shorter than the drain" --set config.drain_grace_secs=60
   refuses "a setting config/collab.toml does not have" --set config.gateway.no_such_setting=1
   refuses "an embedded store" --set store.url=embedded

@@ -114,6 +114,9 @@ CHART_SET = {
     "cluster.nats_url", "cluster.node_id",
     # `collab gateway` names its connections after its node id.
     "gateway.gateway_id",
+    # A list with secrets, only in a config file: the `webhooks` values
+    # mount one from a Secret.
+    "webhooks",
 }
 
 
@@ -183,9 +186,10 @@ def check_pod(obj, problems):
         if pod.get(key):
             problems.append(f"{name}: {key} is on")
     for volume in pod.get("volumes", []):
-        # Scratch space, or read-only settings (the gateways' JWKS).
-        if set(volume) - {"name", "emptyDir", "configMap"}:
-            problems.append(f"{name}: volume {volume['name']} is neither an emptyDir nor a ConfigMap")
+        # Scratch space, or read-only settings (the gateways' JWKS, the room
+        # nodes' webhooks file): no host paths, no claims.
+        if set(volume) - {"name", "emptyDir", "configMap", "secret"}:
+            problems.append(f"{name}: volume {volume['name']} is neither an emptyDir, a ConfigMap nor a Secret")
     psc = pod.get("securityContext", {})
     if psc.get("runAsNonRoot") is not True:
         problems.append(f"{name}: pod runAsNonRoot is not true")
@@ -366,6 +370,14 @@ def server_config(binary, file):
                     env[name] = "a secret for the chart's check, long enough to sign"
             # The room node holds no secret; it is only needed here to mint.
             env.setdefault("COLLAB_JWT_SECRET", "a secret for the chart's check, long enough to sign")
+            if "COLLAB_CONFIG" in env:
+                # The mounted file (webhooks) comes from a Secret: an example.
+                example = Path(os.environ.get("TMPDIR", "/tmp")) / "k8s-check-webhooks.toml"
+                example.write_text('[[webhooks]]\nid = "backend"\n'
+                                   'url = "https://api.example.com/collab/webhooks"\n'
+                                   'secret = "an example secret of enough length"\n'
+                                   'events = ["op.committed"]\n')
+                env["COLLAB_CONFIG"] = str(example)
             run = subprocess.run([binary, "token", "--user", "chart-check"], env=env,
                                  capture_output=True, text=True, timeout=30)
             if run.returncode != 0 or run.stdout.count(".") != 2:
