@@ -768,12 +768,6 @@ fn validate(config: &CollabConfig) -> Vec<(&'static str, String)> {
             ));
         }
     }
-    if g.away_after_secs != 0 && g.away_after_secs <= g.ping_interval_secs {
-        issues.push((
-            "gateway.away_after_secs",
-            "must be 0 (never) or above gateway.ping_interval_secs, or every quiet peer would come and go".to_owned(),
-        ));
-    }
     if g.gateway_id.trim().is_empty() {
         issues.push(("gateway.gateway_id", "must not be empty".to_owned()));
     }

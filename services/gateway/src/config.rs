@@ -25,8 +25,8 @@ pub struct GatewayConfig {
     /// Seconds between WebSocket pings.
     pub ping_interval_secs: u64,
     /// Seconds of silence (not even a pong) after which a peer counts as
-    /// gone from its rooms' presence, until it is heard from again; above
-    /// `ping_interval_secs`. 0: never.
+    /// gone from its rooms' presence, until it is heard from again; at
+    /// least twice `ping_interval_secs` is used. 0: never.
     pub away_after_secs: u64,
     /// Seconds of silence after which a peer is closed with 1001.
     pub idle_timeout_secs: u64,

@@ -389,8 +389,11 @@ impl Connection {
     {
         let config = &self.cx.config;
         let reading = ReadSide::new();
-        let away_after =
-            (config.away_after_secs > 0).then(|| Duration::from_secs(config.away_after_secs));
+        // A healthy peer is silent for up to a ping interval (plus its
+        // round trip): counting it away sooner would make it come and go.
+        let away_after = (config.away_after_secs > 0).then(|| {
+            Duration::from_secs(config.away_after_secs.max(2 * config.ping_interval_secs))
+        });
         // The token's expiry ends the connection (4001), like a revocation,
         // unless a `refresh` comes first; the client is warned before.
         let mut timers = Timers::new(
