@@ -700,7 +700,7 @@ test('a first join loads the snapshot, joins with since = its head, and drops on
   held.shift()();
   await flush();
   await flush();
-  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'r', since: 7, epoch: 'e1' }]);
+  assert.deepEqual(ws.sentOf('join'), [{ type: 'join', room: 'r', resume_strokes: true, since: 7, epoch: 'e1' }]);
   joined(ws, 'r', { head: 8, reset: false, ops: [opFrame('r', 8, { kind: 'stroke_points', stroke: 's1', points: [[5, 6]] })] });
   await room.ready;
   assert.equal(room.lastSeq, 8);
