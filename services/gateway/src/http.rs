@@ -595,22 +595,9 @@ async fn update_room_inner(
             "nothing to change: give a name, or members to add or remove",
         ));
     }
-    let record = managed_room(shared, &caller, &room, "change").await?;
-    check_members_change(shared, &record, &add, &remove)?;
-    let request = RoomRequest::Update {
-        room: room.clone(),
-        epoch: Some(record.epoch),
-        name: request.name,
-        add,
-        remove,
-    };
-    match shared.bus.request(request, request_timeout(shared)).await {
-        Ok(RoomReply::Updated(body)) => {
-            tracing::info!(%room, user = %caller.user, "room changed");
-            Ok(Json(body).into_response())
-        }
-        other => Err(room_reply_error(other, "retry").into()),
-    }
+    let body = change_room(shared, &caller, &room, "change", request.name, add, remove).await?;
+    tracing::info!(%room, user = %caller.user, "room changed");
+    Ok(Json(body).into_response())
 }
 
 /// `POST /v1/rooms/{id}/kick`: takes a user out of a private room now;
@@ -636,21 +623,44 @@ async fn kick_inner(
     let room = path_room_id(id)?;
     let request: KickRequest = parse_json(body)?;
     let user = UserId::parse(request.user).map_err(|_| bad_request("user must not be empty"))?;
-    let record = managed_room(shared, &caller, &room, "remove users from").await?;
     let remove = vec![user.clone()];
-    check_members_change(shared, &record, &[], &remove)?;
+    change_room(
+        shared,
+        &caller,
+        &room,
+        "remove users from",
+        None,
+        Vec::new(),
+        remove,
+    )
+    .await?;
+    tracing::info!(%room, %user, by = %caller.user, "user removed from room");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Changes a room `caller` may manage (`what` it wants to do, for the
+/// message), through its owner, in the order of the room's requests: the
+/// one path of `PATCH` and kick.
+async fn change_room(
+    shared: &Shared,
+    caller: &Caller,
+    room: &RoomId,
+    what: &str,
+    name: Option<String>,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+) -> Result<collab_protocol::http::RoomUpdated, ApiError> {
+    let record = managed_room(shared, caller, room, what).await?;
+    check_members_change(shared, &record, &add, &remove)?;
     let request = RoomRequest::Update {
         room: room.clone(),
         epoch: Some(record.epoch),
-        name: None,
-        add: Vec::new(),
+        name,
+        add,
         remove,
     };
     match shared.bus.request(request, request_timeout(shared)).await {
-        Ok(RoomReply::Updated(_)) => {
-            tracing::info!(%room, %user, by = %caller.user, "user removed from room");
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
+        Ok(RoomReply::Updated(body)) => Ok(body),
         other => Err(room_reply_error(other, "retry").into()),
     }
 }
