@@ -80,6 +80,50 @@ async fn publish_all(
     }
 }
 
+/// Starts publishing `count` messages into each of `rooms` (see
+/// [`publish_all`]).
+fn publish_into(
+    rooms: &[String],
+    base: &Arc<Mutex<String>>,
+    token: &str,
+    count: u64,
+    acked: &Acked,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    rooms
+        .iter()
+        .map(|room| {
+            tokio::spawn(publish_all(
+                base.clone(),
+                room.clone(),
+                token.to_owned(),
+                count,
+                acked.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Waits for `delivered` deliveries, then has the receiver refuse
+/// everything until `more` further ops are acked: committed ops pile up
+/// undelivered.
+async fn pile_up_undelivered(
+    receiver: &WebhookReceiver,
+    acked: &Acked,
+    delivered: usize,
+    more: usize,
+) {
+    wait_until("some deliveries", || {
+        receiver.deliveries().len() >= delivered
+    })
+    .await;
+    receiver.refuse_next(usize::MAX);
+    let acked_before = acked.lock().expect("lock").len();
+    wait_until("more acked ops while the endpoint is down", || {
+        acked.lock().expect("lock").len() >= acked_before + more
+    })
+    .await;
+}
+
 /// Checks what the receiver got: every acked op at least once, and each
 /// op only after every earlier op of its room (duplicates allowed); each
 /// room announced before its first op. Returns how many deliveries were
@@ -178,28 +222,11 @@ async fn serve_killed_mid_stream_loses_no_webhook() {
 
     let base = Arc::new(Mutex::new(server.http_url()));
     let acked: Acked = Arc::default();
-    let publishers: Vec<_> = ROOMS
-        .iter()
-        .map(|room| {
-            tokio::spawn(publish_all(
-                base.clone(),
-                (*room).to_owned(),
-                bot.clone(),
-                300,
-                acked.clone(),
-            ))
-        })
-        .collect();
+    let publishers = publish_into(&ROOMS.map(str::to_owned), &base, &bot, 300, &acked);
 
     // Deliveries flow; then the endpoint goes down and committed ops pile
     // up undelivered; then the server dies with them.
-    wait_until("some deliveries", || receiver.deliveries().len() >= 60).await;
-    receiver.refuse_next(usize::MAX);
-    let acked_before = acked.lock().expect("lock").len();
-    wait_until("more acked ops while the endpoint is down", || {
-        acked.lock().expect("lock").len() >= acked_before + 90
-    })
-    .await;
+    pile_up_undelivered(&receiver, &acked, 60, 90).await;
     server.kill().expect("SIGKILL");
     let acked_at_kill = acked.lock().expect("lock").clone();
     let delivered_at_kill = receiver.deliveries().len();
@@ -354,28 +381,11 @@ async fn a_cluster_loses_no_webhook_when_the_dispatching_room_node_dies() {
     let gateways = cluster.gateway_ids();
     let base = Arc::new(Mutex::new(cluster.http_url(&gateways[0])));
     let acked: Acked = Arc::default();
-    let publishers: Vec<_> = rooms
-        .iter()
-        .map(|room| {
-            tokio::spawn(publish_all(
-                base.clone(),
-                room.clone(),
-                bot.clone(),
-                150,
-                acked.clone(),
-            ))
-        })
-        .collect();
+    let publishers = publish_into(&rooms, &base, &bot, 150, &acked);
 
     // The owner of the first room dispatches it; stop the endpoint so
     // that ops pile up there, then kill that node.
-    wait_until("some deliveries", || receiver.deliveries().len() >= 30).await;
-    receiver.refuse_next(usize::MAX);
-    let acked_before = acked.lock().expect("lock").len();
-    wait_until("more acked ops while the endpoint is down", || {
-        acked.lock().expect("lock").len() >= acked_before + 60
-    })
-    .await;
+    pile_up_undelivered(&receiver, &acked, 30, 60).await;
     let owner = cluster.owner_of(&rooms[0]);
     cluster
         .kill(&owner)
