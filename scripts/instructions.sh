@@ -202,6 +202,33 @@ def calls(target):
         elif line.startswith("calls="):
             counts[callee] = counts.get(callee, 0) + int(line[6:].split()[0])
     return counts
+# The parts of collab's work the relay does not do. callgrind_annotate
+# lists a function once per source file its inlined code comes from, each
+# with the cost of its own instructions and of what they call; the sum of
+# those entries is the function's inclusive cost. The rest is what the
+# relay also does: sockets, WebSocket frames, queues, wake-ups, the runtime.
+PARTS = [
+    ("decoding and checking the clients' frames", r"collab_protocol::frames::decode_client_frame"),
+    ("encoding frames (events, acks)", r"collab_protocol::frames::ServerFrame::to_json"),
+    ("room actors: order, undo, hand-off to the store", r"RoomActorState>::on_(request|committed)"),
+    ("the store's writer thread", r"collab_store::embedded::writer::run"),
+]
+def parts(target):
+    import subprocess
+    # From /, so that no source file is found twice (by its full and its
+    # relative name) and counted twice.
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--auto=no",
+                           f"{out}/callgrind-{target}.out.1"],
+                          capture_output=True, text=True, cwd="/").stdout
+    totals = [0] * len(PARTS)
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+[^=\s]\S*?:(.*?)(?: \[.*\])?$", line)
+        if not m:
+            continue
+        for i, (_, pattern) in enumerate(PARTS):
+            if re.search(pattern + "$", m.group(2)):
+                totals[i] += int(m.group(1).replace(",", ""))
+    return [(label, n) for (label, _), n in zip(PARTS, totals)]
 def count(counts, pattern):
     return sum(n for f, n in counts.items() if re.search(pattern, f))
 rows, structure = [], []
@@ -215,8 +242,8 @@ for t in targets:
         k = calls(t)
         polls = count(k, r"^tokio::runtime::task::raw::poll$")
         structure.append((t, polls / events if events else 0,
-            count(k, r"RoomActorState::on_request$"),
-            count(k, r"RoomActorState::on_committed$"),
+            count(k, r"RoomActorState>?::on_request$"),
+            count(k, r"RoomActorState>?::on_committed$"),
             count(k, r"drop_in_place<ractor::actor::ActorRuntime<collab_actors::room::supervisor::RoomSupervisor>::process_message"),
             c["ops_sent"]))
 print(f"### User-space instructions per delivered event, boards × {boards}, {secs} s under callgrind\n")
@@ -233,5 +260,15 @@ if structure:
             print(f"| {t} | {polls:.2f} | {sent:,} | - | - | - |")
         else:
             print(f"| {t} | {polls:.2f} | {sent:,} | {requests:,} | {batches:,} | {supervisor:,} |")
+if "collab" in targets:
+    total = next(ir for t, ir, *_ in rows if t == "collab")
+    events = next(e for t, *_, e in rows if t == "collab")
+    split = parts("collab")
+    print("\n| collab's instructions per delivered event, by part | per event | share |")
+    print("|---|---|---|")
+    for label, ir in split:
+        print(f"| {label} | {ir / events:,.0f} | {100 * ir / total:.0f}% |")
+    rest = total - sum(ir for _, ir in split)
+    print(f"| the rest: sockets, WebSocket frames, queues, wake-ups, the runtime | {rest / events:,.0f} | {100 * rest / total:.0f}% |")
 EOF
 log "results in $OUT"

@@ -13,7 +13,8 @@
 //! latest position per (room, user) replaces the previous one. A `joined`
 //! frame, which can be large, is queued without counting against the bound.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -46,13 +47,19 @@ pub(crate) struct Queue {
     capacity: usize,
     /// Latest cursor frame per key, sent after the queued frames, in the
     /// order the keys first appeared. The key maps to its frame's slot in
-    /// `cursor_frames`; it is shared by every member's queue.
-    cursors: HashMap<Arc<str>, usize>,
+    /// `cursor_frames`; it is shared by every member's queue. Every cursor
+    /// delivered is one look-up here: foldhash instead of SipHash, and one
+    /// hash per look-up instead of two, cut the server's instructions per
+    /// delivered event by 1.1% (`scripts/instructions.sh`).
+    cursors: CursorSlots,
     cursor_frames: Vec<Utf8Bytes>,
     close: Option<Close>,
     /// Rooms that dropped the connection, and why, for the loop to forget.
     removed: Vec<(RoomId, Dropped)>,
 }
+
+/// A cursor key's slot in `cursor_frames`.
+type CursorSlots = HashMap<Arc<str>, usize, foldhash::fast::RandomState>;
 
 /// Why a room dropped a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +77,7 @@ impl Queue {
             frames: VecDeque::new(),
             counted: 0,
             capacity: capacity.max(1),
-            cursors: HashMap::new(),
+            cursors: CursorSlots::default(),
             cursor_frames: Vec::new(),
             close: None,
             removed: Vec::new(),
@@ -98,10 +105,10 @@ impl Queue {
         if self.close.is_some() {
             return false;
         }
-        match self.cursors.get(&key) {
-            Some(&slot) => self.cursor_frames[slot] = frame,
-            None => {
-                self.cursors.insert(key, self.cursor_frames.len());
+        match self.cursors.entry(key) {
+            Entry::Occupied(slot) => self.cursor_frames[*slot.get()] = frame,
+            Entry::Vacant(slot) => {
+                slot.insert(self.cursor_frames.len());
                 self.cursor_frames.push(frame);
             }
         }
@@ -117,7 +124,7 @@ impl Queue {
         self.close = Some(close);
         self.frames = VecDeque::new();
         self.counted = 0;
-        self.cursors = HashMap::new();
+        self.cursors = CursorSlots::default();
         self.cursor_frames = Vec::new();
         true
     }
