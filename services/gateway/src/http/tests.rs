@@ -1873,7 +1873,7 @@ async fn requests_past_the_concurrency_cap_get_503_but_probes_do_not() {
     let harness = Harness::with(config, false);
     let ann = harness.token("ann");
     // Two requests in progress, as far as the cap knows.
-    let slots = harness.gateway.shared.http_slots.clone().expect("a cap");
+    let slots = harness.gateway.state.ops.http_slots.clone().expect("a cap");
     let busy = slots.clone().acquire_many_owned(2).await.expect("permits");
     let answer = harness.get("/v1/me/rooms", &ann).await;
     answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
@@ -2381,7 +2381,7 @@ async fn the_openapi_document_describes_every_route_and_only_those() {
             (path.clone(), methods)
         })
         .collect();
-    let routes: std::collections::BTreeSet<String> = super::routes(&h.gateway.shared)
+    let routes: std::collections::BTreeSet<String> = super::routes(&h.gateway.state)
         .paths()
         .iter()
         // axum's catch-all `{*path}` is OpenAPI's `{path}`.
