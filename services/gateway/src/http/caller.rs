@@ -59,10 +59,9 @@ async fn authenticate(tokens: &Tokens, headers: &HeaderMap) -> Result<Caller, Ap
 /// An authenticated caller whose token has the admin scope.
 pub(crate) struct Admin(pub(crate) Caller);
 
-impl<S> FromRequestParts<S> for Admin
+impl<S: Send + Sync> FromRequestParts<S> for Admin
 where
-    Arc<Tokens>: FromRef<S>,
-    S: Send + Sync,
+    Caller: FromRequestParts<S, Rejection = ApiError>,
 {
     type Rejection = ApiError;
 

@@ -67,3 +67,20 @@ pub(crate) fn json_body(
     })?;
     serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("body is not valid JSON: {e}")))
 }
+
+/// A page's `limit` query parameter: an integer from 1 to `max`;
+/// `default` when absent.
+pub(crate) fn page_limit(raw: Option<&str>, default: u32, max: u32) -> Result<usize, ApiError> {
+    let limit = match raw {
+        None => default,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(limit) if (1..=max).contains(&limit) => limit,
+            _ => {
+                return Err(bad_request(format!(
+                    "limit must be an integer from 1 to {max}"
+                )));
+            }
+        },
+    };
+    usize::try_from(limit).map_err(|_| bad_request("limit too large for this platform"))
+}

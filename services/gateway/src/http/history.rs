@@ -13,6 +13,7 @@ use collab_protocol::ops::parse_kinds;
 use collab_protocol::{OpKind, Seq, ServerFrame};
 use serde::{Deserialize, Serialize};
 
+use super::extract::page_limit;
 use super::{ApiResult, Caller, RoomPath, Rooms, bad_request};
 use crate::error::ApiError;
 
@@ -44,7 +45,11 @@ pub(super) async fn history(
     let Query(query) =
         query.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
     let before = parse_before(query.before.as_deref())?;
-    let limit = parse_limit(query.limit.as_deref())?;
+    let limit = page_limit(
+        query.limit.as_deref(),
+        HISTORY_DEFAULT_LIMIT,
+        HISTORY_MAX_LIMIT,
+    )?;
     let kinds = parse_kinds_param(query.kinds.as_deref())?;
     caller.readable_room(&*rooms.store, &room).await?;
 
@@ -81,22 +86,6 @@ fn parse_before(raw: Option<&str>) -> Result<Option<u64>, ApiError> {
         Err(e) if *e.kind() == IntErrorKind::PosOverflow => Ok(Some(u64::MAX)),
         Err(_) => Err(bad_request("before must be an integer of at least 1")),
     }
-}
-
-/// `limit`: an integer from 1 to [`HISTORY_MAX_LIMIT`].
-fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
-    let limit = match raw {
-        None => HISTORY_DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<u32>() {
-            Ok(limit) if (1..=HISTORY_MAX_LIMIT).contains(&limit) => limit,
-            _ => {
-                return Err(bad_request(format!(
-                    "limit must be an integer from 1 to {HISTORY_MAX_LIMIT}"
-                )));
-            }
-        },
-    };
-    usize::try_from(limit).map_err(|_| bad_request("limit too large for this platform"))
 }
 
 /// `kinds`: a comma list of op kinds. An empty value filters nothing, like

@@ -20,6 +20,7 @@ use collab_store::{RoomRecord, RoomsPage};
 use serde::Deserialize;
 
 use super::error::not_found;
+use super::extract::page_limit;
 use super::{ApiResult, Caller, JsonBody, RoomPath, Rooms, bad_request, forbidden};
 use crate::error::{ApiError, room_reply_error};
 
@@ -122,17 +123,7 @@ async fn rooms_page(
         Some("channel") => Some(RoomKind::Channel),
         Some(_) => return Err(bad_request("kind must be board or channel")),
     };
-    let limit = match query.limit.as_deref() {
-        None => ROOMS_DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<u32>() {
-            Ok(limit) if (1..=ROOMS_MAX_LIMIT).contains(&limit) => limit,
-            _ => {
-                return Err(bad_request(format!(
-                    "limit must be an integer from 1 to {ROOMS_MAX_LIMIT}"
-                )));
-            }
-        },
-    } as usize;
+    let limit = page_limit(query.limit.as_deref(), ROOMS_DEFAULT_LIMIT, ROOMS_MAX_LIMIT)?;
     let after = match query.after {
         None => None,
         Some(after) => Some(
