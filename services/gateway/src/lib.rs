@@ -88,7 +88,9 @@ pub struct Gateway {
     state: http::AppState,
     /// How long a connection may take to send a request's head.
     handshake_timeout: Duration,
-    presence: Arc<dyn collab_ephemeral::Presence>,
+    /// The shared state (kept for the gateway's life, as its handles
+    /// use it), whose presence is flushed at the end of a drain.
+    ephemeral: Ephemeral,
 }
 
 /// What a gateway runs on, besides its settings.
@@ -225,7 +227,7 @@ impl Gateway {
                 metrics_elsewhere: config.metrics_elsewhere,
             },
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
-            presence: ephemeral.presence,
+            ephemeral,
         }
     }
 
@@ -337,7 +339,7 @@ impl Gateway {
     /// once the sockets are closed, so that the others see this gateway's
     /// users gone now rather than when its records expire).
     pub async fn flush_presence(&self) {
-        if let Err(e) = self.presence.flush().await {
+        if let Err(e) = self.ephemeral.presence.flush().await {
             tracing::warn!(error = %e, "presence not flushed; this gateway's records expire by themselves");
         }
     }

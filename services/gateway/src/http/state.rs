@@ -33,7 +33,8 @@ pub(crate) struct AppState {
 pub(crate) struct Tokens {
     pub auth: Auth,
     pub revocations: Arc<dyn Revocations>,
-    /// The HTTP requests of each user (and, for the dev token, address).
+    /// The HTTP requests of each user (and, for the dev token, address):
+    /// the `http` kind of `collab_rate_limited_total`.
     pub http_limiter: Arc<dyn RateLimiter>,
     /// The longest a token may live: how long a revocation is kept, and
     /// the most a dev token gets.
@@ -55,7 +56,8 @@ pub(crate) struct Rooms {
     pub bus: Arc<dyn Bus>,
     pub metrics: GatewayMetrics,
     pub presence: Arc<dyn Presence>,
-    /// Rooms created, per user (`rate_limits`).
+    /// Rooms created, per user: the `rooms` kind of
+    /// `collab_rate_limited_total`.
     pub creations: Arc<dyn RateLimiter>,
     /// Ops, per user: the bucket of the WebSocket connections', which a
     /// backend's publishing shares.
