@@ -25,11 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use collab_bus::{BusError, Members};
 use collab_protocol::envelope::{RoomInspection, RoomReply, RoomRequest};
@@ -37,15 +34,11 @@ use collab_protocol::http::{
     AdminCluster, AdminRoom, ClusterMember, ClusterMode, LastCommit, MemberRole, RevocationRequest,
     Revoked, RoomOwner,
 };
-use collab_protocol::{ErrorCode, NodeId, RoomId, Scope, Seq, UserId};
+use collab_protocol::{ErrorCode, NodeId, RoomId, Seq, UserId};
 
-use crate::Shared;
 use crate::auth::now_secs;
 use crate::error::ApiError;
-use crate::http::{
-    ApiResult, Caller, Routes, authenticate, bad_request, forbidden, parse_json, path_room_id,
-    reply,
-};
+use crate::http::{Admin, ApiResult, JsonBody, Ops, RoomPath, Rooms, Routes, Tokens, bad_request};
 
 /// The longest `jti` a revocation takes.
 const MAX_JTI_LEN: usize = 256;
@@ -63,48 +56,22 @@ pub(crate) fn routes() -> Routes {
         .add("/v1/admin/revocations", post(revoke))
 }
 
-/// An authenticated caller whose token has the admin scope.
-async fn admin(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let caller = authenticate(shared, headers).await?;
-    if !caller.claims.has_scope(Scope::Admin) {
-        return Err(forbidden(
-            "the admin endpoints need a token with the admin scope",
-        ));
-    }
-    Ok(caller)
-}
-
 // === GET /v1/admin/rooms/{id} ===
 
-async fn room(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let result = room_inner(&shared, &headers, id).await;
-    reply(&shared, "admin_room", result)
-}
-
-async fn room_inner(
-    shared: &Shared,
-    headers: &HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    admin(shared, headers).await?;
-    let room = path_room_id(id)?;
-    let record = shared
+async fn room(State(rooms): State<Arc<Rooms>>, _: Admin, RoomPath(room): RoomPath) -> ApiResult {
+    let record = rooms
         .store
         .room(&room)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no room {room}")))?;
-    let inspection = ask_owner(shared, &room).await?;
+    let inspection = ask_owner(&rooms, &room).await?;
     let head = match inspection.head {
         Some(head) => head,
-        None => shared.store.head(&room).await?,
+        None => rooms.store.head(&room).await?,
     };
     let last_commit = match inspection.last_commit {
         Some(last) => Some(last),
-        None => newest_op(shared, &room, head).await?,
+        None => newest_op(&rooms, &room, head).await?,
     };
     let body = AdminRoom {
         id: record.id,
@@ -125,10 +92,10 @@ async fn room_inner(
 }
 
 /// The owner's view of `room`, asked over the bus like any request.
-pub(crate) async fn ask_owner(shared: &Shared, room: &RoomId) -> Result<RoomInspection, ApiError> {
-    let timeout = Duration::from_secs(shared.config.request_timeout_secs);
+pub(crate) async fn ask_owner(rooms: &Rooms, room: &RoomId) -> Result<RoomInspection, ApiError> {
+    let timeout = Duration::from_secs(rooms.request_timeout_secs);
     let request = RoomRequest::Inspect { room: room.clone() };
-    match shared.bus.request(request, timeout).await {
+    match rooms.bus.request(request, timeout).await {
         Ok(RoomReply::Inspected(inspection)) => Ok(inspection),
         // No room node is up: nobody holds the room.
         Err(BusError::NoOwner) => Ok(RoomInspection::not_live(None)),
@@ -159,14 +126,14 @@ pub(crate) async fn ask_owner(shared: &Shared, room: &RoomId) -> Result<RoomInsp
 
 /// The room's newest op up to `head`, from the store.
 async fn newest_op(
-    shared: &Shared,
+    rooms: &Rooms,
     room: &RoomId,
     head: Seq,
 ) -> Result<Option<LastCommit>, ApiError> {
     if head == Seq::ZERO {
         return Ok(None);
     }
-    let ops = shared.store.read_ops(room, Seq(head.get() - 1), 1).await?;
+    let ops = rooms.store.read_ops(room, Seq(head.get() - 1), 1).await?;
     Ok(ops.first().map(|op| LastCommit {
         seq: op.seq,
         at: op.ts,
@@ -179,21 +146,15 @@ fn unavailable(message: impl Into<String>) -> ApiError {
 
 // === GET /v1/admin/cluster ===
 
-async fn cluster(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = cluster_inner(&shared, &headers).await;
-    reply(&shared, "admin_cluster", result)
-}
-
-async fn cluster_inner(shared: &Shared, headers: &HeaderMap) -> ApiResult {
-    admin(shared, headers).await?;
-    let body = match shared.bus.members() {
+async fn cluster(State(ops): State<Arc<Ops>>, _: Admin) -> ApiResult {
+    let body = match ops.bus.members() {
         Some(members) => AdminCluster {
             mode: ClusterMode::Cluster,
             members: cluster_members(&members.borrow()),
         },
         None => AdminCluster {
             mode: ClusterMode::Serve,
-            members: local_members(shared),
+            members: local_members(&ops),
         },
     };
     Ok(Json(body).into_response())
@@ -230,17 +191,17 @@ fn cluster_members(members: &Members) -> Vec<ClusterMember> {
 }
 
 /// `collab serve`: this gateway and the room node beside it, counted now.
-fn local_members(shared: &Shared) -> Vec<ClusterMember> {
-    let gateway = NodeId::parse(shared.config.gateway_id.as_str())
+fn local_members(ops: &Ops) -> Vec<ClusterMember> {
+    let gateway = NodeId::parse(ops.gateway_id.as_str())
         .ok()
         .map(|node| ClusterMember {
             instance: node.to_string(),
             node,
             role: MemberRole::Gateway,
             rooms: None,
-            connections: Some(u64::try_from(shared.metrics.connections.get()).unwrap_or(0)),
+            connections: Some(u64::try_from(ops.metrics.connections.get()).unwrap_or(0)),
         });
-    let room_node = shared
+    let room_node = ops
         .bus
         .load()
         .and_then(|load| load.rooms())
@@ -262,26 +223,15 @@ fn local_members(shared: &Shared) -> Vec<ClusterMember> {
 // === POST /v1/admin/revocations ===
 
 async fn revoke(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = revoke_inner(&shared, &headers, body).await;
-    reply(&shared, "admin_revocations", result)
-}
-
-async fn revoke_inner(
-    shared: &Shared,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    State(tokens): State<Arc<Tokens>>,
+    Admin(caller): Admin,
+    JsonBody(request): JsonBody<RevocationRequest>,
 ) -> ApiResult {
-    let caller = admin(shared, headers).await?;
-    let request: RevocationRequest = parse_json(body)?;
     let now = now_secs();
-    let revocations = &shared.ephemeral.revocations;
+    let revocations = &tokens.revocations;
     let (revoked, stored) = match checked_revocation(request, now)? {
         Revocation::Token(jti) => {
-            let expires_at = now.saturating_add(shared.config.max_token_lifetime_secs);
+            let expires_at = now.saturating_add(tokens.max_token_lifetime_secs);
             let stored = revocations.revoke_token(&jti, expires_at).await;
             (Revoked::Token { jti, expires_at }, stored)
         }
@@ -290,7 +240,7 @@ async fn revoke_inner(
             issued_before,
         } => {
             let stored = revocations.revoke_user(&user, issued_before).await;
-            let expires_at = issued_before.saturating_add(shared.config.max_token_lifetime_secs);
+            let expires_at = issued_before.saturating_add(tokens.max_token_lifetime_secs);
             let revoked = Revoked::User {
                 user,
                 issued_before,

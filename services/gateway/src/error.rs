@@ -1,5 +1,7 @@
 //! HTTP error responses: `{"error": {"code", "message"}}` with the status
-//! that matches the code.
+//! that matches the code. Each response carries its error ([`Failed`]), so
+//! that one layer counts and logs every error the API answers
+//! ([`crate::http::error::count_errors`]).
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -58,16 +60,34 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The error an error response answers, in the response's extensions:
+/// what the counting layer counts and logs.
+#[derive(Debug, Clone)]
+pub(crate) struct Failed(pub ProtocolError);
+
+impl ApiError {
+    /// The response's status: the code's.
+    pub(crate) fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// `body` with the status of this error, marked as its failure (to be
+    /// counted once, by the layer).
+    pub(crate) fn respond_with(self, body: impl IntoResponse) -> Response {
+        let mut response = (self.status(), body).into_response();
+        response.extensions_mut().insert(Failed(self.0));
+        response
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = HttpError {
             error: HttpErrorBody {
                 code: self.0.code,
-                message: self.0.message,
+                message: self.0.message.clone(),
             },
         };
-        (status, Json(body)).into_response()
+        self.respond_with(Json(body))
     }
 }

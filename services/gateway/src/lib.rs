@@ -42,7 +42,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use collab_bus::Bus;
-use collab_ephemeral::{Ephemeral, RateLimiter, RoomExpiry};
+use collab_ephemeral::{Ephemeral, RoomExpiry};
 use collab_metrics::Exporter;
 use collab_store::RoomCatalog;
 use hyper::body::Incoming;
@@ -84,7 +84,13 @@ pub trait Readiness: Send + Sync + 'static {
 /// A running gateway; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    /// The handles the HTTP API's handlers take.
+    state: http::AppState,
+    /// How long a connection may take to send a request's head.
+    handshake_timeout: Duration,
+    /// The shared state (kept for the gateway's life, as its handles
+    /// use it), whose presence is flushed at the end of a drain.
+    ephemeral: Ephemeral,
 }
 
 /// What a gateway runs on, besides its settings.
@@ -108,54 +114,6 @@ pub struct GatewayParts {
     pub room_expiry: Option<Arc<dyn RoomExpiry>>,
 }
 
-/// The per-user (or per-address) buckets of the HTTP API; the kind names
-/// the `kind` label of `collab_rate_limited_total`. Those of WebSocket
-/// frames are the connections' ([`ws::ConnectionLimiters`]).
-pub(crate) struct Limiters {
-    pub rooms: Arc<dyn RateLimiter>,
-    pub http: Arc<dyn RateLimiter>,
-}
-
-pub(crate) struct Shared {
-    pub config: GatewayConfig,
-    pub auth: Auth,
-    pub bus: Arc<dyn Bus>,
-    pub store: Arc<dyn RoomCatalog>,
-    pub readiness: Arc<dyn Readiness>,
-    pub metrics: GatewayMetrics,
-    /// The process's `/metrics` page and the HTTP request metrics.
-    pub exporter: Exporter,
-    pub limiters: Limiters,
-    pub ephemeral: Ephemeral,
-    /// The WebSocket connections.
-    pub connections: Arc<ws::Connections>,
-    /// Whether WebSocket upgrades are taken (not while draining, nor while
-    /// cut off from the cluster).
-    pub admission: Arc<admission::Admission>,
-    /// The web pages that may open a WebSocket.
-    pub origins: origin::AllowedOrigins,
-    /// A permit per HTTP request in progress (`max_concurrent_requests`;
-    /// `None`: no limit).
-    pub http_slots: Option<Arc<tokio::sync::Semaphore>>,
-    /// The open WebSockets of each user and address, and their limits.
-    pub socket_limits: Arc<admission::SocketLimits>,
-    /// Where a room created with a time to live gets its first deadline
-    /// (see the room node's expiry); `None`: nowhere, so such a room
-    /// expires only once it has been used.
-    pub room_expiry: Option<Arc<dyn RoomExpiry>>,
-}
-
-impl Shared {
-    /// Verifies a token (signature, expiry, claims) and refuses a revoked
-    /// one: the check at the WebSocket upgrade and on every HTTP request.
-    pub(crate) async fn check_token(
-        &self,
-        token: &str,
-    ) -> Result<collab_protocol::Claims, AuthError> {
-        auth::check_token(&self.auth, &*self.ephemeral.revocations, token).await
-    }
-}
-
 impl Gateway {
     /// Builds the gateway and starts following revocations. Call it
     /// inside a tokio runtime.
@@ -171,10 +129,6 @@ impl Gateway {
             room_expiry,
         } = parts;
         let limits = &config.rate_limits;
-        let limiters = Limiters {
-            rooms: ephemeral.rate_limiter("rooms", limits.rooms()),
-            http: ephemeral.rate_limiter("http", limits.http()),
-        };
         let sockets = Arc::new(Sockets::default());
         let connections = Arc::new(ws::Connections::new(
             config.clone(),
@@ -224,42 +178,69 @@ impl Gateway {
         let http_slots = (config.max_concurrent_requests > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)));
         let origins = origin::AllowedOrigins::new(&config.allowed_origins, auth.dev_mode());
-        let shared = Arc::new(Shared {
-            config,
-            auth,
-            bus,
-            store,
-            readiness,
-            metrics,
-            exporter,
-            limiters,
-            ephemeral,
-            connections,
-            admission,
-            socket_limits,
-            http_slots,
-            origins,
-            room_expiry,
-        });
         tokio::spawn(revoke::close_revoked_sockets(
             Arc::downgrade(&sockets),
-            shared.ephemeral.revocations.clone(),
-            shared.metrics.clone(),
+            ephemeral.revocations.clone(),
+            metrics.clone(),
             revocations,
         ));
-        Gateway { shared }
+        let tokens = http::Tokens {
+            auth,
+            revocations: ephemeral.revocations.clone(),
+            http_limiter: ephemeral.rate_limiter("http", limits.http()),
+            max_token_lifetime_secs: config.max_token_lifetime_secs,
+        };
+        let rooms = http::Rooms {
+            store,
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            presence: ephemeral.presence.clone(),
+            creations: ephemeral.rate_limiter("rooms", limits.rooms()),
+            ops: connections.limiters.ops.clone(),
+            room_expiry,
+            request_timeout_secs: config.request_timeout_secs,
+            max_members_per_room: config.max_members_per_room,
+            max_rooms_per_user: config.max_rooms_per_user,
+            default_room_ttl_secs: config.default_room_ttl_secs,
+        };
+        let ops = http::Ops {
+            readiness,
+            admission: admission.clone(),
+            metrics,
+            exporter,
+            bus,
+            gateway_id: config.gateway_id.clone(),
+            http_slots,
+        };
+        let entrance = ws::Entrance {
+            connections,
+            admission,
+            origins,
+            socket_limits,
+        };
+        Gateway {
+            state: http::AppState {
+                tokens: Arc::new(tokens),
+                rooms: Arc::new(rooms),
+                ops: Arc::new(ops),
+                entrance: Arc::new(entrance),
+                metrics_elsewhere: config.metrics_elsewhere,
+            },
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
+            ephemeral,
+        }
     }
 
     /// Every route of the public API (with `/metrics`, unless the config
     /// says it is served elsewhere).
     pub fn router(&self) -> Router {
-        http::router(self.shared.clone())
+        http::router(self.state.clone())
     }
 
     /// What a listener for metrics serves (`metrics_listen`): `/metrics`,
     /// `/healthz` and `/readyz`.
     pub fn metrics_router(&self) -> Router {
-        http::metrics_router(self.shared.clone())
+        http::metrics_router(self.state.clone())
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting
@@ -278,7 +259,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        let handshake = Duration::from_secs(self.shared.config.handshake_timeout_secs.max(1));
+        let handshake = self.handshake_timeout;
         // `true` once the server stops accepting; each connection then
         // finishes its request in flight and closes.
         let (stopping_tx, stopping) = watch::channel(false);
@@ -338,7 +319,7 @@ impl Gateway {
         stopping_tx.send_replace(true);
         drop(open);
         all_closed.closed().await;
-        let mut open = self.shared.connections.open.subscribe();
+        let mut open = self.state.entrance.connections.open.subscribe();
         let _ = open.wait_for(|n| *n == 0).await;
         Ok(())
     }
@@ -346,8 +327,9 @@ impl Gateway {
     /// The first step of a graceful stop: readiness turns 503, and every
     /// WebSocket is closed with 1001 so its client resumes elsewhere.
     pub fn begin_shutdown(&self) {
-        self.shared.admission.drain();
-        self.shared
+        self.state.entrance.admission.drain();
+        self.state
+            .entrance
             .connections
             .sockets
             .close_all(ws::close::Close::SHUTDOWN);
@@ -357,13 +339,13 @@ impl Gateway {
     /// once the sockets are closed, so that the others see this gateway's
     /// users gone now rather than when its records expire).
     pub async fn flush_presence(&self) {
-        if let Err(e) = self.shared.ephemeral.presence.flush().await {
+        if let Err(e) = self.ephemeral.presence.flush().await {
             tracing::warn!(error = %e, "presence not flushed; this gateway's records expire by themselves");
         }
     }
 
     /// Open WebSocket connections.
     pub fn connections(&self) -> i64 {
-        self.shared.metrics.connections.get()
+        self.state.ops.metrics.connections.get()
     }
 }

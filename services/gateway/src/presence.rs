@@ -23,38 +23,23 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use collab_protocol::color::user_color;
 use collab_protocol::http::{PresentUser, RoomPresence, UserPresence};
 use collab_protocol::{ErrorCode, Scope, UserId};
 
-use crate::Shared;
 use crate::admin::ask_owner;
 use crate::error::ApiError;
-use crate::http::{
-    ApiResult, authenticate, bad_request, forbidden, path_room_id, readable_room, reply,
-};
+use crate::http::{ApiResult, Caller, RoomPath, Rooms, bad_request, forbidden};
 
 /// `GET /v1/rooms/{id}/presence`.
 pub(crate) async fn room(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let result = room_inner(&shared, &headers, id).await;
-    reply(&shared, "room_presence", result)
-}
-
-async fn room_inner(
-    shared: &Shared,
-    headers: &HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    State(rooms): State<Arc<Rooms>>,
+    caller: Caller,
+    RoomPath(room): RoomPath,
 ) -> ApiResult {
-    let caller = authenticate(shared, headers).await?;
-    let room = path_room_id(id)?;
-    readable_room(shared, &caller, &room).await?;
-    let inspection = ask_owner(shared, &room).await?;
+    caller.readable_room(&*rooms.store, &room).await?;
+    let inspection = ask_owner(&rooms, &room).await?;
     // One entry per user, however many connections (tabs) they have.
     let mut users: BTreeMap<UserId, PresentUser> = BTreeMap::new();
     for member in inspection.members {
@@ -77,20 +62,10 @@ async fn room_inner(
 
 /// `GET /v1/users/{id}/presence`.
 pub(crate) async fn user(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-) -> Response {
-    let result = user_inner(&shared, &headers, id).await;
-    reply(&shared, "user_presence", result)
-}
-
-async fn user_inner(
-    shared: &Shared,
-    headers: &HeaderMap,
+    State(rooms): State<Arc<Rooms>>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
-    let caller = authenticate(shared, headers).await?;
     let Path(raw) = id.map_err(|e| bad_request(format!("invalid user id: {}", e.body_text())))?;
     let user = UserId::parse(raw)?;
     if user != caller.user && !caller.claims.has_scope(Scope::Admin) {
@@ -98,7 +73,7 @@ async fn user_inner(
             "a user's presence is for the user and for admins; a room's presence is for its readers",
         ));
     }
-    let presence = shared.ephemeral.presence.user(&user).await.map_err(|e| {
+    let presence = rooms.presence.user(&user).await.map_err(|e| {
         ApiError::new(
             ErrorCode::Unavailable,
             format!("the presence records cannot be read now: {e}"),

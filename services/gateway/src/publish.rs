@@ -14,13 +14,11 @@
 //! whole list again with the same cids is safe.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::http::{HttpErrorBody, PUBLISH_MAX_OPS, PublishOp, Published, PublishedList};
@@ -28,11 +26,8 @@ use collab_protocol::{Access, RoomId, Scope, Seq};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::Shared;
 use crate::error::{ApiError, room_reply_error};
-use crate::http::{
-    Caller, authenticate, bad_request, forbidden, json_body, path_room_id, rate_limited, reply,
-};
+use crate::http::{Caller, RoomPath, Rooms, bad_request, forbidden, json_body, rate_limited};
 
 /// The body as sent: one op, or a list of them.
 #[derive(Debug, PartialEq)]
@@ -48,29 +43,29 @@ struct PartialPublish {
     ops: Vec<Published>,
 }
 
+/// `POST /v1/rooms/{id}/ops`. A list that stopped part of the way answers
+/// the error with the ops committed before it; like every error answered,
+/// it is counted once, by the layer.
 pub(crate) async fn publish(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    State(rooms): State<Arc<Rooms>>,
+    caller: Caller,
+    RoomPath(room): RoomPath,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match publish_inner(&shared, &headers, id, body).await {
+    match publish_ops(&rooms, &caller, &room, body).await {
         Ok(response) => response,
         Err(Stopped { error, committed }) if !committed.is_empty() => {
-            shared.metrics.error(error.0.code);
-            let status = StatusCode::from_u16(error.0.code.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            tracing::debug!(code = error.0.code.as_str(), message = %error.0.message, committed = committed.len(), "publish stopped");
+            tracing::debug!(committed = committed.len(), "publish stopped");
             let body = PartialPublish {
                 error: HttpErrorBody {
                     code: error.0.code,
-                    message: error.0.message,
+                    message: error.0.message.clone(),
                 },
                 ops: committed,
             };
-            (status, Json(body)).into_response()
+            error.respond_with(Json(body))
         }
-        Err(Stopped { error, .. }) => reply(&shared, "publish", Err(error)),
+        Err(Stopped { error, .. }) => error.into_response(),
     }
 }
 
@@ -89,23 +84,21 @@ impl From<ApiError> for Stopped {
     }
 }
 
-async fn publish_inner(
-    shared: &Shared,
-    headers: &HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+async fn publish_ops(
+    rooms: &Rooms,
+    caller: &Caller,
+    room: &RoomId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Stopped> {
-    let caller = authenticate(shared, headers).await?;
-    let room = path_room_id(id)?;
     let body = publish_body(json_body(body)?)?;
-    check_may_publish(&caller, &room)?;
+    check_may_publish(caller, room)?;
     let ops = match &body {
         PublishBody::One(op) => std::slice::from_ref(op),
         PublishBody::List(ops) => ops.as_slice(),
     };
     let mut committed = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
-        match publish_one(shared, &caller, &room, op).await {
+        match publish_one(rooms, caller, room, op).await {
             Ok(seq) => committed.push(Published {
                 cid: op.cid.clone(),
                 seq,
@@ -177,21 +170,15 @@ fn check_may_publish(caller: &Caller, room: &RoomId) -> Result<(), ApiError> {
 
 /// Sends one op to the room's owner and waits for its commit.
 async fn publish_one(
-    shared: &Shared,
+    rooms: &Rooms,
     caller: &Caller,
     room: &RoomId,
     op: &PublishOp,
 ) -> Result<Seq, ApiError> {
-    shared.metrics.op(op.op.kind());
+    rooms.metrics.op(op.op.kind());
     // The bucket of the user's WebSocket ops: a service user publishes at
     // the rate any user sends ops.
-    if !shared
-        .connections
-        .limiters
-        .ops
-        .acquire(caller.user.as_str())
-        .await
-    {
+    if !rooms.ops.acquire(caller.user.as_str()).await {
         return Err(rate_limited("too many ops; slow down"));
     }
     let request = RoomRequest::Publish {
@@ -200,8 +187,7 @@ async fn publish_one(
         cid: op.cid.clone(),
         op: op.op.clone(),
     };
-    let timeout = Duration::from_secs(shared.config.request_timeout_secs.max(1));
-    match shared.bus.request(request, timeout).await {
+    match rooms.bus.request(request, rooms.request_timeout()).await {
         Ok(RoomReply::Ack { seq }) => Ok(seq),
         other => Err(room_reply_error(other, "retry with the same cid").into()),
     }

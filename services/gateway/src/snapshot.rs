@@ -18,12 +18,11 @@
 //! one, joining nobody.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
 use collab_protocol::envelope::{RoomReply, RoomRequest};
 use collab_protocol::frames::RoomView;
@@ -31,9 +30,8 @@ use collab_protocol::{Epoch, ErrorCode, RoomId, RoomKind, Seq, ServerFrame};
 use serde::{Deserialize, Serialize};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
-use crate::Shared;
 use crate::error::{ApiError, room_reply_error};
-use crate::http::{ApiResult, authenticate, bad_request, path_room_id, readable_room, reply};
+use crate::http::{ApiResult, AppState, Caller, RoomPath, Rooms, bad_request};
 
 /// The media type of a packed snapshot.
 pub const PACKED_CONTENT_TYPE: &str = "application/vnd.collab.snapshot";
@@ -47,7 +45,7 @@ const PACKED_MAX_HUNDREDTHS: f64 = (1u64 << 50) as f64;
 /// The snapshot route, with its compression: the fastest level of each
 /// encoding, since the body is made for one client and sent at once (a
 /// higher level costs the server more time than it saves on the wire).
-pub(crate) fn route() -> MethodRouter<Arc<Shared>> {
+pub(crate) fn route() -> MethodRouter<AppState> {
     get(snapshot).layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
 }
 
@@ -73,23 +71,11 @@ pub struct Snapshot {
 }
 
 async fn snapshot(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-    query: Result<Query<SnapshotQuery>, QueryRejection>,
-) -> Response {
-    let result = snapshot_inner(&shared, &headers, id, query).await;
-    reply(&shared, "snapshot", result)
-}
-
-async fn snapshot_inner(
-    shared: &Shared,
-    headers: &HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    State(rooms): State<Arc<Rooms>>,
+    caller: Caller,
+    RoomPath(room): RoomPath,
     query: Result<Query<SnapshotQuery>, QueryRejection>,
 ) -> ApiResult {
-    let caller = authenticate(shared, headers).await?;
-    let room = path_room_id(id)?;
     let Query(query) =
         query.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
     let format = match query.format.as_deref() {
@@ -101,13 +87,12 @@ async fn snapshot_inner(
             )));
         }
     };
-    readable_room(shared, &caller, &room).await?;
+    caller.readable_room(&*rooms.store, &room).await?;
     let request = RoomRequest::Snapshot {
         room: room.clone(),
         user: caller.user.clone(),
     };
-    let timeout = Duration::from_secs(shared.config.request_timeout_secs.max(1));
-    let body = match shared.bus.request(request, timeout).await {
+    let body = match rooms.bus.request(request, rooms.request_timeout()).await {
         Ok(RoomReply::Joined(body)) => body,
         other => return Err(room_reply_error(other, "retry").into()),
     };

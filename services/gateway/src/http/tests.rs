@@ -1204,6 +1204,28 @@ async fn metrics_are_served_and_count_errors() {
     );
 }
 
+/// Every error answered is counted once, by the one layer: a wrong
+/// method's, the WebSocket upgrade's and the web app's as well as the
+/// handlers'.
+#[tokio::test]
+async fn each_error_answered_is_counted_once() {
+    let h = Harness::new();
+    h.request("DELETE", "/healthz", None, "")
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "bad_request");
+    h.request("GET", "/v1/ws", None, "")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    h.request("GET", "/app/missing.js", None, "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let text = h.metrics_text().await;
+    for code in ["bad_request", "unauthorized", "not_found"] {
+        let line = format!(r#"collab_gateway_errors_total{{code="{code}"}} 1"#);
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_http_requests_by_route_and_tell_readiness() {
     let h = Harness::new();
@@ -1873,7 +1895,7 @@ async fn requests_past_the_concurrency_cap_get_503_but_probes_do_not() {
     let harness = Harness::with(config, false);
     let ann = harness.token("ann");
     // Two requests in progress, as far as the cap knows.
-    let slots = harness.gateway.shared.http_slots.clone().expect("a cap");
+    let slots = harness.gateway.state.ops.http_slots.clone().expect("a cap");
     let busy = slots.clone().acquire_many_owned(2).await.expect("permits");
     let answer = harness.get("/v1/me/rooms", &ann).await;
     answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
@@ -2381,7 +2403,7 @@ async fn the_openapi_document_describes_every_route_and_only_those() {
             (path.clone(), methods)
         })
         .collect();
-    let routes: std::collections::BTreeSet<String> = super::routes(&h.gateway.shared)
+    let routes: std::collections::BTreeSet<String> = super::routes(&h.gateway.state)
         .paths()
         .iter()
         // axum's catch-all `{*path}` is OpenAPI's `{path}`.

@@ -36,13 +36,14 @@ use futures_util::{Sink, Stream};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::Shared;
-use crate::admission::Elsewhere;
+use crate::admission::{Admission, Elsewhere, SocketLimits};
 use crate::auth::request_token;
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
+use crate::http::Tokens;
 use crate::hub::Hub;
 use crate::metrics::{Disconnect, GatewayMetrics};
+use crate::origin::AllowedOrigins;
 use crate::revoke::Sockets;
 use close::Close;
 use connection::Connection;
@@ -56,6 +57,21 @@ pub(crate) use connection::QUIET;
 const READ_BUFFER: usize = 2 * 1024;
 /// Frames are written once this much is buffered (and at every flush).
 const WRITE_BUFFER: usize = 4 * 1024;
+
+/// What the WebSocket upgrade checks before it hands a socket to the
+/// connections: the page's origin, whether the gateway admits clients, the
+/// sockets each user and address may hold. (The token is checked by
+/// [`Tokens`].)
+pub(crate) struct Entrance {
+    pub connections: Arc<Connections>,
+    /// Whether WebSocket upgrades are taken (not while draining, nor while
+    /// cut off from the cluster).
+    pub admission: Arc<Admission>,
+    /// The web pages that may open a WebSocket.
+    pub origins: AllowedOrigins,
+    /// The open WebSockets of each user and address, and their limits.
+    pub socket_limits: Arc<SocketLimits>,
+}
 
 /// What the connections of a gateway share, and all they use of it.
 pub(crate) struct Connections {
@@ -187,19 +203,20 @@ const ELSEWHERE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The sockets `user` and `address` have open on the other gateways of a
 /// cluster, from the shared presence records (a fraction of a second old);
 /// asked only of what is limited.
-async fn sockets_elsewhere(shared: &Shared, user: &UserId, address: IpAddr) -> Elsewhere {
-    let limits = &shared.socket_limits;
+async fn sockets_elsewhere(entrance: &Entrance, user: &UserId, address: IpAddr) -> Elsewhere {
+    let limits = &entrance.socket_limits;
+    let presence = &*entrance.connections.presence;
     let (user, address) = tokio::join!(
         async {
             if limits.limits_users() {
-                connections_elsewhere(shared, ConnectionsOf::User(user)).await
+                connections_elsewhere(presence, ConnectionsOf::User(user)).await
             } else {
                 0
             }
         },
         async {
             if limits.limits_addresses() {
-                connections_elsewhere(shared, ConnectionsOf::Address(address)).await
+                connections_elsewhere(presence, ConnectionsOf::Address(address)).await
             } else {
                 0
             }
@@ -211,8 +228,8 @@ async fn sockets_elsewhere(shared: &Shared, user: &UserId, address: IpAddr) -> E
 /// What the presence records say of `of` on the other gateways; 0 when
 /// they cannot be read in time: Redis down never refuses a socket, and
 /// each gateway then counts its own.
-async fn connections_elsewhere(shared: &Shared, of: ConnectionsOf<'_>) -> u32 {
-    let query = shared.ephemeral.presence.connections_elsewhere(of);
+async fn connections_elsewhere(presence: &dyn Presence, of: ConnectionsOf<'_>) -> u32 {
+    let query = presence.connections_elsewhere(of);
     match tokio::time::timeout(ELSEWHERE_TIMEOUT, query).await {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => {
@@ -229,9 +246,11 @@ async fn connections_elsewhere(shared: &Shared, of: ConnectionsOf<'_>) -> u32 {
 /// `GET /v1/ws`: checks the page's origin, for a browser (403 otherwise),
 /// authenticates before the upgrade (401 otherwise), and takes the socket
 /// only while the gateway admits clients (503 otherwise)
-/// and the user and address have room for one more (429 otherwise).
+/// and the user and address have room for one more (429 otherwise). Each
+/// refusal is counted, like every HTTP error, by the API's layer.
 pub(crate) async fn upgrade(
-    State(shared): State<Arc<Shared>>,
+    State(entrance): State<Arc<Entrance>>,
+    State(tokens): State<Arc<Tokens>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
@@ -240,9 +259,8 @@ pub(crate) async fn upgrade(
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("(not text)");
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !shared.origins.allows(origin, host) {
-            shared.metrics.refusal("origin");
-            shared.metrics.error(ErrorCode::Forbidden);
+        if !entrance.origins.allows(origin, host) {
+            entrance.connections.metrics.refusal("origin");
             info!(%peer, origin, "upgrade refused: origin not allowed");
             return ApiError::new(
                 ErrorCode::Forbidden,
@@ -252,33 +270,33 @@ pub(crate) async fn upgrade(
         }
     }
     let Some(token) = request_token(&headers, query.get("token").map(String::as_str)) else {
-        shared.metrics.error(ErrorCode::Unauthorized);
         return ApiError::new(ErrorCode::Unauthorized, "missing token").into_response();
     };
-    let claims = match shared.check_token(token).await {
+    let claims = match tokens.check(token).await {
         Ok(claims) => claims,
         Err(e) => {
-            shared.metrics.error(ErrorCode::Unauthorized);
             return ApiError::new(ErrorCode::Unauthorized, e.to_string()).into_response();
         }
     };
     let Ok(user) = UserId::parse(claims.sub.clone()) else {
         return ApiError::new(ErrorCode::Unauthorized, "token has an empty sub").into_response();
     };
-    if let Some(why) = shared.admission.refusal() {
+    if let Some(why) = entrance.admission.refusal() {
         return ApiError::new(ErrorCode::Unavailable, why).into_response();
     }
     // An IPv4 client of a dual-stack listener is the same address as over
     // IPv4.
     let address = peer.ip().to_canonical();
-    let elsewhere = sockets_elsewhere(&shared, &user, address).await;
+    let elsewhere = sockets_elsewhere(&entrance, &user, address).await;
     // Held by the connection until it ends; dropped at once if the
     // upgrade never completes.
-    let permit = match shared.socket_limits.admit(&claims.sub, address, elsewhere) {
+    let permit = match entrance
+        .socket_limits
+        .admit(&claims.sub, address, elsewhere)
+    {
         Ok(permit) => permit,
         Err(refusal) => {
-            shared.metrics.refusal(refusal.as_str());
-            shared.metrics.error(ErrorCode::RateLimited);
+            entrance.connections.metrics.refusal(refusal.as_str());
             info!(%peer, user = %claims.sub, reason = refusal.as_str(), "upgrade refused");
             return ApiError::new(ErrorCode::RateLimited, refusal.message()).into_response();
         }
@@ -291,7 +309,6 @@ pub(crate) async fn upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            shared.metrics.error(ErrorCode::BadRequest);
             let mut response = ApiError::new(
                 ErrorCode::BadRequest,
                 format!(
@@ -305,9 +322,9 @@ pub(crate) async fn upgrade(
         }
     };
     // The presence records hold addresses only for the limit.
-    let counted_address = shared.socket_limits.limits_addresses().then_some(address);
-    let limit = shared.config.limits.max_message_bytes;
-    let connections = shared.connections.clone();
+    let counted_address = entrance.socket_limits.limits_addresses().then_some(address);
+    let connections = entrance.connections.clone();
+    let limit = connections.config.limits.max_message_bytes;
     debug!(%peer, user = %claims.sub, "upgrading");
     ws.max_message_size(limit)
         .max_frame_size(limit)
