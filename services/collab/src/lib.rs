@@ -2,7 +2,8 @@
 //! the binary stays a thin shell of argument parsing and exit codes.
 //!
 //! - [`config`] — the one typed configuration and its layered loader;
-//! - [`serve`] — `collab serve`, gateway and room node in one process;
+//! - [`serve`] — `collab serve`, gateway and room node in one process
+//!   (the room node on a thread of its own: `rooms_thread`);
 //! - [`cluster`] — `collab gateway` and `collab room-node`, the same two
 //!   over NATS and a CQL store;
 //! - [`token`] — `collab token`, minting JWTs;
@@ -15,6 +16,7 @@
 pub mod cluster;
 pub mod config;
 pub mod keys;
+mod rooms_thread;
 pub mod secret;
 pub mod serve;
 pub mod signals;

@@ -44,6 +44,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{CollabConfig, StoreLocation};
 use crate::keys;
+use crate::rooms_thread::RoomsThread;
 use crate::secret::{self, DEV_SECRET_FILE, SecretError};
 use crate::store_metrics;
 
@@ -168,6 +169,8 @@ pub async fn run(
 pub struct Server {
     gateway: Gateway,
     room_node: Arc<RoomNode>,
+    /// Where the room node's tasks run; stops when the server is done.
+    rooms_thread: RoomsThread,
     drain_grace: Duration,
     dev_mode: bool,
     store_name: String,
@@ -216,16 +219,26 @@ impl Server {
         // room node sweeps them (in memory, or in Redis with `redis`).
         let deadlines = ephemeral.expiry.clone();
         let expiry = ExpiryOptions::new(deadlines.clone(), config.rooms.expiry_sweep());
+        // The room node on a thread of its own (ADR 0017).
+        let rooms_thread = RoomsThread::start()
+            .map_err(|e| ServeError::Internal(format!("cannot start the rooms' thread: {e}")))?;
+        let room_store = store.clone();
+        let room_bus = bus.clone();
         let room_node = Arc::new(
-            RoomNode::start_with_webhooks(
-                room_config,
-                store.clone(),
-                bus.clone(),
-                room_metrics,
-                Some(expiry),
-                webhooks,
-            )
-            .await?,
+            rooms_thread
+                .spawn(async move {
+                    RoomNode::start_with_webhooks(
+                        room_config,
+                        room_store,
+                        room_bus,
+                        room_metrics,
+                        Some(expiry),
+                        webhooks,
+                    )
+                    .await
+                })
+                .await
+                .map_err(|e| ServeError::Internal(format!("the room node did not start: {e}")))??,
         );
         let readiness = Arc::new(LocalReadiness {
             bus: bus.clone(),
@@ -247,6 +260,7 @@ impl Server {
         Ok(Server {
             gateway,
             room_node,
+            rooms_thread,
             drain_grace: config.drain_grace(),
             dev_mode: signing.dev_mode,
             store_name,
@@ -272,6 +286,8 @@ impl Server {
         let Server {
             gateway,
             room_node,
+            // Kept to the end: the drain runs on it.
+            rooms_thread: _rooms_thread,
             drain_grace: grace,
             dev_mode,
             metrics_listener,
