@@ -16,6 +16,7 @@
 //! only cleared when no write it covers can still land.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -197,6 +198,28 @@ impl MarkingStore {
             head,
         });
     }
+
+    /// Runs `write` for `room` with the room marked (marking it first if
+    /// no write in flight has), and reports `head` once it succeeded.
+    async fn marked_write(
+        &self,
+        room: &RoomId,
+        head: Seq,
+        write: impl Future<Output = StoreResult<()>>,
+    ) -> StoreResult<()> {
+        if !self.marks.begin(room)
+            && let Err(e) = self.marks.mark(room).await
+        {
+            self.marks.end(room);
+            return Err(e);
+        }
+        let result = write.await;
+        self.marks.end(room);
+        if result.is_ok() {
+            self.report(room, head);
+        }
+        result
+    }
 }
 
 #[async_trait]
@@ -259,18 +282,8 @@ impl RoomCatalog for MarkingStore {
 #[async_trait]
 impl Store for MarkingStore {
     async fn delete_room(&self, room: &RoomId, deletion: &Deletion) -> StoreResult<()> {
-        if !self.marks.begin(room)
-            && let Err(e) = self.marks.mark(room).await
-        {
-            self.marks.end(room);
-            return Err(e);
-        }
-        let result = self.inner.delete_room(room, deletion).await;
-        self.marks.end(room);
-        if result.is_ok() {
-            self.report(room, deletion.at);
-        }
-        result
+        self.marked_write(room, deletion.at, self.inner.delete_room(room, deletion))
+            .await
     }
 
     /// Not an op: no mark, nothing to send.
@@ -289,18 +302,9 @@ impl Store for MarkingStore {
         batch: &[OpEvent],
         writer: &Writer,
     ) -> StoreResult<()> {
-        if !self.marks.begin(room)
-            && let Err(e) = self.marks.mark(room).await
-        {
-            self.marks.end(room);
-            return Err(e);
-        }
-        let result = self.inner.append(room, first, batch, writer).await;
-        self.marks.end(room);
-        if result.is_ok() {
-            self.report(room, Seq(first.get() + batch.len() as u64 - 1));
-        }
-        result
+        let last = Seq(first.get() + batch.len() as u64 - 1);
+        self.marked_write(room, last, self.inner.append(room, first, batch, writer))
+            .await
     }
 
     fn append_then(

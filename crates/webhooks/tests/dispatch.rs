@@ -13,7 +13,8 @@ use collab_store::testsuite::{event, message, stroke_points};
 use collab_store::{MemoryStore, RoomCatalog, RoomRecord, Store, Writer};
 use collab_webhooks::signature::{SIGNATURE_HEADER, verify};
 use collab_webhooks::{
-    DispatchOptions, Dispatcher, EventKind, Solo, WebhookConfig, WebhookSecret, Webhooks,
+    DispatchOptions, Dispatcher, EventKind, MarkingStore, Solo, WebhookConfig, WebhookSecret,
+    Webhooks,
 };
 
 const SECRET: &str = "test-secret-0123456789";
@@ -119,6 +120,29 @@ fn writer() -> Writer {
     }
 }
 
+/// A dispatcher for `endpoints` over `store`, on node "n1", the only node.
+fn start(
+    endpoints: Vec<WebhookConfig>,
+    store: &Arc<MemoryStore>,
+) -> (Dispatcher, Arc<MarkingStore>) {
+    Dispatcher::start(fast(endpoints), store.clone(), "n1", Arc::new(Solo)).expect("starts")
+}
+
+/// Commits a message op at each of `seqs` into `room`, one append each.
+async fn append_messages(store: &dyn Store, room: &RoomId, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        store
+            .append(
+                room,
+                Seq(seq),
+                &[event(room, seq, message("hi"))],
+                &writer(),
+            )
+            .await
+            .expect("append");
+    }
+}
+
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check() {
@@ -154,8 +178,7 @@ async fn ops_arrive_signed_in_order_with_the_filters_applied_and_marks_end_clear
         ),
         only_messages,
     ];
-    let (_dispatcher, marking) =
-        Dispatcher::start(fast(endpoints), store.clone(), "n1", Arc::new(Solo)).expect("starts");
+    let (_dispatcher, marking) = start(endpoints, &store);
 
     for seq in 1..=20u64 {
         let op = if seq % 5 == 0 {
@@ -211,24 +234,11 @@ async fn a_failing_endpoint_gets_every_event_later_in_order() {
     let store = Arc::new(MemoryStore::new());
     let chat = room(&store, "chat1", RoomKind::Channel).await;
     let (url, state) = receiver(5).await;
-    let (_dispatcher, marking) = Dispatcher::start(
-        fast(vec![hook("flaky", &url, vec![EventKind::OpCommitted])]),
-        store.clone(),
-        "n1",
-        Arc::new(Solo),
-    )
-    .expect("starts");
-    for seq in 1..=10u64 {
-        marking
-            .append(
-                &chat,
-                Seq(seq),
-                &[event(&chat, seq, message("hi"))],
-                &writer(),
-            )
-            .await
-            .expect("append");
-    }
+    let (_dispatcher, marking) = start(
+        vec![hook("flaky", &url, vec![EventKind::OpCommitted])],
+        &store,
+    );
+    append_messages(&*marking, &chat, 1..=10).await;
     eventually("every op after the refusals", || {
         seqs_of(&state, "op.committed").len() == 10
     })
@@ -250,29 +260,16 @@ async fn a_new_dispatcher_finds_a_marked_room_and_sends_from_the_cursor() {
     log.add_webhook_mark(&chat, "n1/dead-process/1")
         .await
         .expect("mark");
-    for seq in 1..=6u64 {
-        store
-            .append(
-                &chat,
-                Seq(seq),
-                &[event(&chat, seq, message("hi"))],
-                &writer(),
-            )
-            .await
-            .expect("append");
-    }
+    append_messages(&*store, &chat, 1..=6).await;
     log.set_webhook_cursor("crm", &chat, Seq(3))
         .await
         .expect("cursor");
 
     let (url, state) = receiver(0).await;
-    let (_dispatcher, _marking) = Dispatcher::start(
-        fast(vec![hook("crm", &url, vec![EventKind::OpCommitted])]),
-        store.clone(),
-        "n1",
-        Arc::new(Solo),
-    )
-    .expect("starts");
+    let (_dispatcher, _marking) = start(
+        vec![hook("crm", &url, vec![EventKind::OpCommitted])],
+        &store,
+    );
     eventually("ops 4 to 6", || seqs_of(&state, "op.committed").len() == 3).await;
     assert_eq!(seqs_of(&state, "op.committed"), vec![4, 5, 6]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -290,8 +287,8 @@ async fn a_deletion_is_sent_after_the_rooms_last_op_and_presence_goes_best_effor
     let store = Arc::new(MemoryStore::new());
     let chat = room(&store, "chat3", RoomKind::Channel).await;
     let (url, state) = receiver(0).await;
-    let (dispatcher, marking) = Dispatcher::start(
-        fast(vec![hook(
+    let (dispatcher, marking) = start(
+        vec![hook(
             "crm",
             &url,
             vec![
@@ -299,23 +296,10 @@ async fn a_deletion_is_sent_after_the_rooms_last_op_and_presence_goes_best_effor
                 EventKind::RoomDeleted,
                 EventKind::MemberJoined,
             ],
-        )]),
-        store.clone(),
-        "n1",
-        Arc::new(Solo),
-    )
-    .expect("starts");
-    for seq in 1..=3u64 {
-        marking
-            .append(
-                &chat,
-                Seq(seq),
-                &[event(&chat, seq, message("hi"))],
-                &writer(),
-            )
-            .await
-            .expect("append");
-    }
+        )],
+        &store,
+    );
+    append_messages(&*marking, &chat, 1..=3).await;
     // (Ops not sent yet when a room is deleted go with its history.)
     eventually("the ops", || seqs_of(&state, "op.committed").len() == 3).await;
     let epoch = Epoch::parse("e1").expect("epoch");
