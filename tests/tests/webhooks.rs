@@ -168,6 +168,15 @@ fn check_deliveries(deliveries: &[Delivery], acked: &BTreeSet<(String, u64)>) ->
     duplicates
 }
 
+/// Waits until the receiver has every acked op, then checks what it got:
+/// every signature good, and the order [`check_deliveries`] asks for.
+/// Returns how many deliveries were duplicates.
+async fn all_delivered(receiver: &WebhookReceiver, acked: &BTreeSet<(String, u64)>) -> usize {
+    wait_for_all(receiver, acked).await;
+    assert!(receiver.bad().is_empty(), "{:?}", receiver.bad());
+    check_deliveries(&receiver.deliveries(), acked)
+}
+
 /// Waits until the receiver has every acked op.
 async fn wait_for_all(receiver: &WebhookReceiver, acked: &BTreeSet<(String, u64)>) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -244,9 +253,7 @@ async fn serve_killed_mid_stream_loses_no_webhook() {
     }
     let acked = acked.lock().expect("lock").clone();
     assert_eq!(acked.len(), 900, "every publish was acked once");
-    wait_for_all(&receiver, &acked).await;
-    assert!(receiver.bad().is_empty(), "{:?}", receiver.bad());
-    let duplicates = check_deliveries(&receiver.deliveries(), &acked);
+    let duplicates = all_delivered(&receiver, &acked).await;
     eprintln!(
         "{} deliveries, {duplicates} duplicates, {} refused",
         receiver.deliveries().len(),
@@ -297,9 +304,7 @@ async fn rooms_nobody_uses_after_a_crash_still_get_their_webhooks_sent() {
     receiver.refuse_next(0);
     let acked = acked.lock().expect("lock").clone();
     assert_eq!(acked.len(), 60);
-    wait_for_all(&receiver, &acked).await;
-    assert!(receiver.bad().is_empty(), "{:?}", receiver.bad());
-    check_deliveries(&receiver.deliveries(), &acked);
+    all_delivered(&receiver, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -332,10 +337,8 @@ async fn a_receiver_that_fails_at_first_gets_every_event_later_in_order() {
     )
     .await;
     let acked = acked.lock().expect("lock").clone();
-    wait_for_all(&receiver, &acked).await;
+    all_delivered(&receiver, &acked).await;
     assert_eq!(receiver.refused(), 25, "the first deliveries were refused");
-    assert!(receiver.bad().is_empty(), "{:?}", receiver.bad());
-    check_deliveries(&receiver.deliveries(), &acked);
 
     // The metrics tell: deliveries by outcome, and nothing left behind.
     let metrics = server
@@ -412,9 +415,7 @@ async fn a_cluster_loses_no_webhook_when_the_dispatching_room_node_dies() {
     }
     let acked = acked.lock().expect("lock").clone();
     assert_eq!(acked.len(), 450, "every publish was acked once");
-    wait_for_all(&receiver, &acked).await;
-    assert!(receiver.bad().is_empty(), "{:?}", receiver.bad());
-    let duplicates = check_deliveries(&receiver.deliveries(), &acked);
+    let duplicates = all_delivered(&receiver, &acked).await;
     eprintln!(
         "{} deliveries, {duplicates} duplicates, {} refused",
         receiver.deliveries().len(),
