@@ -16,6 +16,18 @@ fn file(text: &str) -> tempfile::NamedTempFile {
     f
 }
 
+/// Loads a configuration from `text` as the only file, nothing else given.
+fn load_text(text: &str) -> Result<CollabConfig, ConfigError> {
+    let f = file(text);
+    load(
+        &Flags {
+            config: Some(f.path().to_owned()),
+            ..Flags::default()
+        },
+        &HashMap::new(),
+    )
+}
+
 fn issue_keys(err: &ConfigError) -> Vec<&str> {
     err.issues.iter().map(|i| i.key.as_str()).collect()
 }
@@ -632,7 +644,7 @@ fn abuse_limits_are_checked() {
 
 #[test]
 fn webhooks_load_from_the_file_with_their_defaults() {
-    let f = file(
+    let config = load_text(
         r#"
 [[webhooks]]
 id = "crm"
@@ -641,13 +653,6 @@ secret = "0123456789abcdef0123"
 events = ["op.committed", "member.joined"]
 op_kinds = ["message"]
 "#,
-    );
-    let config = load(
-        &Flags {
-            config: Some(f.path().to_owned()),
-            ..Flags::default()
-        },
-        &HashMap::new(),
     )
     .expect("loads");
     assert_eq!(config.webhooks.len(), 1);
@@ -663,7 +668,7 @@ op_kinds = ["message"]
 
 #[test]
 fn bad_webhooks_are_reported_each() {
-    let f = file(
+    let error = load_text(
         r#"
 [[webhooks]]
 id = "crm"
@@ -677,13 +682,6 @@ url = "http://127.0.0.1:9000/hooks"
 secret = "0123456789abcdef0123"
 events = []
 "#,
-    );
-    let error = load(
-        &Flags {
-            config: Some(f.path().to_owned()),
-            ..Flags::default()
-        },
-        &HashMap::new(),
     )
     .expect_err("refused");
     let text = error.to_string();
@@ -696,7 +694,7 @@ events = []
         assert!(text.contains(expected), "{expected:?} not in:\n{text}");
     }
 
-    let f = file(
+    let error = load_text(
         r#"
 [[webhooks]]
 id = "crm"
@@ -704,13 +702,6 @@ url = "http://127.0.0.1:9000/hooks"
 secret = "0123456789abcdef0123"
 events = ["op.commited"]
 "#,
-    );
-    let error = load(
-        &Flags {
-            config: Some(f.path().to_owned()),
-            ..Flags::default()
-        },
-        &HashMap::new(),
     )
     .expect_err("an unknown event kind is refused");
     assert!(error.to_string().contains("op.commited"), "{error}");
