@@ -31,18 +31,6 @@ async fn connect_from(server: &CollabServer, token: &str, source: IpAddr) -> WsC
     client
 }
 
-async fn metrics_page(server: &CollabServer) -> String {
-    server
-        .http()
-        .get(format!("{}/metrics", server.http_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 #[track_caller]
 fn assert_refusal(answer: &(u16, serde_json::Value), status: u16, code: &str, words: &str) {
     let (got, body) = answer;
@@ -108,7 +96,7 @@ async fn sockets_over_the_limit_of_a_user_or_an_address_are_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
     };
 
-    let page = metrics_page(&server).await;
+    let page = server.metrics_page().await;
     for reason in ["sockets_per_user", "sockets_per_address"] {
         let series = format!("collab_gateway_refusals_total{{reason=\"{reason}\"}}");
         assert!(
@@ -171,7 +159,7 @@ async fn sockets_on_every_gateway_sharing_a_redis_count_against_the_user_and_add
             "rate_limited",
             "from this address (at most 3)",
         );
-        let page = metrics_page(server).await;
+        let page = server.metrics_page().await;
         let series = "collab_gateway_refusals_total{reason=\"sockets_per_address\"}";
         assert!(
             sample(&page, series).is_some_and(|n| n >= 1.0),
@@ -304,7 +292,7 @@ async fn requests_past_the_concurrency_cap_are_refused_and_probes_still_answer()
             .status();
         assert_eq!(status, 200, "{probe}");
     }
-    let page = metrics_page(&server).await;
+    let page = server.metrics_page().await;
     let series = r#"collab_gateway_refusals_total{reason="overloaded"}"#;
     assert!(sample(&page, series).is_some_and(|n| n >= 1.0), "{page}");
     // Once the held requests end, their places serve others again.
@@ -355,7 +343,7 @@ async fn browsers_from_origins_not_allowed_are_refused_and_others_connect() {
             .await
             .expect("welcome");
     }
-    let page = metrics_page(&server).await;
+    let page = server.metrics_page().await;
     let series = r#"collab_gateway_refusals_total{reason="origin"}"#;
     assert_eq!(sample(&page, series), Some(1.0), "{page}");
 }

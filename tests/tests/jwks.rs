@@ -129,15 +129,7 @@ async fn me(server: &CollabServer, token: &str) -> (u16, Value) {
 
 /// A sample of the server's `/metrics` page, 0 when it is not there.
 async fn metric(server: &CollabServer, sample: &str) -> f64 {
-    let page = server
-        .http()
-        .get(format!("{}/metrics", server.http_url()))
-        .send()
-        .await
-        .expect("answered")
-        .text()
-        .await
-        .expect("a page");
+    let page = server.metrics_page().await;
     page.lines()
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)

@@ -143,15 +143,7 @@ async fn a_silent_peer_is_closed_with_1001() {
     // Wait for the server to count the connection gone, then read.
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
     loop {
-        let text = server
-            .http()
-            .get(format!("{}/metrics", server.http_url()))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = server.metrics_page().await;
         if text.contains("collab_gateway_connections 0") {
             break;
         }

@@ -31,18 +31,12 @@ async fn get(server: &CollabServer, url: &str) -> (u16, String) {
     (status, response.text().await.expect("a body"))
 }
 
-async fn scrape(server: &CollabServer) -> String {
-    let (status, page) = get(server, &format!("{}/metrics", server.http_url())).await;
-    assert_eq!(status, 200, "{page}");
-    page
-}
-
 /// Scrapes until every `(series, value)` holds; fails after the deadline
 /// with the last page.
 async fn wait_for_samples(server: &CollabServer, expected: &[(String, f64)]) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let page = scrape(server).await;
+        let page = server.metrics_page().await;
         let missing: Vec<&(String, f64)> = expected
             .iter()
             .filter(|(series, value)| sample(&page, series) != Some(*value))
@@ -78,7 +72,7 @@ async fn serve_exports_every_documented_metric_and_counts_its_traffic() {
     let server = CollabServer::start(ServerOptions::new()).expect("collab serve starts");
 
     // Before any traffic, every series an alert watches is there at 0.
-    let page = scrape(&server).await;
+    let page = server.metrics_page().await;
     let mut at_zero: Vec<String> = Vec::new();
     at_zero.extend(
         OpKind::ALL
@@ -210,7 +204,7 @@ async fn serve_exports_every_documented_metric_and_counts_its_traffic() {
     // An unknown path is counted as `other`, never by its path.
     let (status, _) = get(&server, &format!("{}/no/such/path", server.http_url())).await;
     assert_eq!(status, 404);
-    let page_after = scrape(&server).await;
+    let page_after = server.metrics_page().await;
     assert_eq!(
         sample(
             &page_after,

@@ -171,15 +171,7 @@ async fn a_revoked_token_is_closed_with_4001_and_refused_from_then_on() {
     send_acked(&mut ann_phone, "talk", "p2").await;
 
     // Counted as revocation closes, and as disconnects of a 4001.
-    let metrics = server
-        .http()
-        .get(format!("{}/metrics", server.http_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics_page().await;
     let sample = collab_tests::metrics::sample(&metrics, "collab_gateway_revocation_closes_total")
         .expect("the revocation closes");
     assert_eq!(sample, 3.0, "{metrics}");

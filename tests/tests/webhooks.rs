@@ -341,15 +341,7 @@ async fn a_receiver_that_fails_at_first_gets_every_event_later_in_order() {
     assert_eq!(receiver.refused(), 25, "the first deliveries were refused");
 
     // The metrics tell: deliveries by outcome, and nothing left behind.
-    let metrics = server
-        .http()
-        .get(format!("{}/metrics", server.http_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics_page().await;
     for line in [
         "collab_webhook_deliveries_total{endpoint=\"test\",outcome=\"failed\"} 25",
         "collab_webhook_deliveries_total{endpoint=\"test\",outcome=\"expired\"} 0",

@@ -137,6 +137,19 @@ impl CollabServer {
         &self.http
     }
 
+    /// The `/metrics` page of the main listener (it must answer 200).
+    pub async fn metrics_page(&self) -> String {
+        let url = format!("{}/metrics", self.http_url());
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "GET {url}");
+        response.text().await.expect("the metrics page")
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Child::id)

@@ -602,15 +602,7 @@ async fn metrics_count_connections_ops_errors_and_commits() {
     ann.recv_type("error", FRAME_TIMEOUT)
         .await
         .expect("nothing to undo");
-    let text = server
-        .http()
-        .get(format!("{}/metrics", server.http_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = server.metrics_page().await;
     for needle in [
         "collab_gateway_connections 1",
         "collab_gateway_joins_total 1",
