@@ -317,6 +317,21 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Claims for `sub` valid for ten minutes, and nothing else: tests add
+/// what they need with `..test_claims(sub)`.
+#[cfg(test)]
+pub(crate) fn test_claims(sub: &str) -> collab_protocol::Claims {
+    collab_protocol::Claims {
+        sub: sub.into(),
+        exp: now_secs() + 600,
+        name: None,
+        rooms: None,
+        scope: None,
+        jti: None,
+        iat: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ use tower::ServiceExt;
 
 use collab_ephemeral::{Ephemeral, EphemeralMetrics};
 
+use crate::auth::test_claims;
 use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness, now_secs};
 
 const SECRET: &[u8] = b"admin-test-secret";
@@ -173,13 +174,9 @@ impl Harness {
     fn token(&self, scope: Option<&str>, rooms: Option<&[(&str, Access)]>) -> String {
         self.auth
             .mint(&Claims {
-                sub: "operator".into(),
-                exp: now_secs() + 600,
-                name: None,
                 rooms: rooms.map(|r| r.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
                 scope: scope.map(str::to_owned),
-                jti: None,
-                iat: None,
+                ..test_claims("operator")
             })
             .expect("mints")
     }
@@ -279,13 +276,8 @@ async fn the_admin_endpoints_refuse_in_the_protocols_order() {
     // 401: no token, a bad one, one signed with another secret.
     let foreign = Auth::new(b"another-secret", false)
         .mint(&Claims {
-            sub: "operator".into(),
-            exp: now_secs() + 600,
-            name: None,
-            rooms: None,
             scope: Some("admin".into()),
-            jti: None,
-            iat: None,
+            ..test_claims("operator")
         })
         .expect("mints");
     for uri in endpoints {
@@ -571,13 +563,10 @@ impl Harness {
     fn token_of(&self, sub: &str, scope: Option<&str>, jti: &str, iat: u64) -> String {
         self.auth
             .mint(&Claims {
-                sub: sub.into(),
-                exp: now_secs() + 600,
-                name: None,
-                rooms: None,
                 scope: scope.map(str::to_owned),
                 jti: Some(jti.into()),
                 iat: Some(iat),
+                ..test_claims(sub)
             })
             .expect("mints")
     }

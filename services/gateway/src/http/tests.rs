@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::auth::test_claims;
 use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness, now_secs};
 
 const SECRET: &[u8] = b"test-secret";
@@ -270,17 +271,12 @@ impl Harness {
 
     fn token_with(&self, sub: &str, rooms: Option<&[(&str, Access)]>) -> String {
         let claims = Claims {
-            sub: sub.into(),
-            exp: now_secs() + 600,
-            name: None,
             rooms: rooms.map(|r| {
                 r.iter()
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect::<HashMap<_, _>>()
             }),
-            scope: None,
-            jti: None,
-            iat: None,
+            ..test_claims(sub)
         };
         self.auth.mint(&claims).expect("mints")
     }
@@ -424,15 +420,7 @@ async fn every_authenticated_endpoint_refuses_bad_tokens() {
     h.create(&h.token("ann"), json!({"kind":"board","id":"r1"}))
         .await;
     let wrong_key = Auth::new(b"another-secret", false)
-        .mint(&Claims {
-            sub: "ann".into(),
-            exp: now_secs() + 600,
-            name: None,
-            rooms: None,
-            scope: None,
-            jti: None,
-            iat: None,
-        })
+        .mint(&test_claims("ann"))
         .expect("mints");
     let expired = h
         .auth
@@ -1596,13 +1584,9 @@ async fn admins_delete_any_room() {
     let scoped = |scope: &str| {
         h.auth
             .mint(&Claims {
-                sub: "op".into(),
-                exp: now_secs() + 600,
-                name: None,
                 rooms: Some(HashMap::from([("elsewhere".to_owned(), Access::Read)])),
                 scope: Some(scope.into()),
-                jti: None,
-                iat: None,
+                ..test_claims("op")
             })
             .expect("mints")
     };
@@ -1630,17 +1614,13 @@ async fn admins_delete_any_room() {
 impl Harness {
     fn token_scoped(&self, sub: &str, scope: &str, rooms: Option<&[(&str, Access)]>) -> String {
         let claims = Claims {
-            sub: sub.into(),
-            exp: now_secs() + 600,
-            name: None,
             rooms: rooms.map(|r| {
                 r.iter()
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect::<HashMap<_, _>>()
             }),
             scope: Some(scope.into()),
-            jti: None,
-            iat: None,
+            ..test_claims(sub)
         };
         self.auth.mint(&claims).expect("mints")
     }
@@ -2105,13 +2085,9 @@ async fn patch(h: &Harness, room: &str, token: &str, body: &str) -> Answer {
 fn admin_token(h: &Harness) -> String {
     h.auth
         .mint(&Claims {
-            sub: "op".into(),
-            exp: now_secs() + 600,
-            name: None,
             rooms: Some(HashMap::from([("elsewhere".to_owned(), Access::Read)])),
             scope: Some("admin".into()),
-            jti: None,
-            iat: None,
+            ..test_claims("op")
         })
         .expect("mint")
 }

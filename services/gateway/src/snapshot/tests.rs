@@ -23,7 +23,8 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::{PACKED_CONTENT_TYPE, Snapshot, pack, unpack};
-use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness, now_secs};
+use crate::auth::test_claims;
+use crate::{Auth, Gateway, GatewayConfig, GatewayMetrics, GatewayParts, Readiness};
 
 const SECRET: &[u8] = b"test-secret";
 const HEAD: u64 = 41;
@@ -132,17 +133,12 @@ impl Harness {
 
     fn token(&self, sub: &str, rooms: Option<&[(&str, Access)]>) -> String {
         let claims = Claims {
-            sub: sub.into(),
-            exp: now_secs() + 600,
-            name: None,
             rooms: rooms.map(|r| {
                 r.iter()
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect::<HashMap<_, _>>()
             }),
-            scope: None,
-            jti: None,
-            iat: None,
+            ..test_claims(sub)
         };
         self.auth.mint(&claims).expect("mints")
     }
