@@ -28,10 +28,11 @@ cd "$(dirname "$0")/.."
 CACHE="${COLLAB_CACHE:-$HOME/.cache/collab}"
 PYTHON_PACKAGES=(PyYAML==6.0.2 promql-parser==0.11.0)
 VENV="$CACHE/monitoring-check-venv"
-STAMP="$VENV/.installed"
 
 log() { echo "monitoring-check: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib/python-venv.sh
+source scripts/lib/python-venv.sh
 
 install_prometheus() {
   if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
@@ -51,17 +52,7 @@ install_prometheus() {
 }
 
 install_python() {
-  if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "${PYTHON_PACKAGES[*]}" ]]; then
-    log "found ${PYTHON_PACKAGES[*]} in $VENV"
-    return
-  fi
-  command -v python3 >/dev/null || die "python3 not found"
-  log "installing ${PYTHON_PACKAGES[*]} (PyPI) into $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2 \
-    || die "pip install ${PYTHON_PACKAGES[*]} failed"
-  echo "${PYTHON_PACKAGES[*]}" >"$STAMP"
+  install_venv "$VENV" "${PYTHON_PACKAGES[@]}"
 }
 
 cmd_install() {

@@ -28,26 +28,17 @@ cd "$(dirname "$0")/.."
 CACHE="${COLLAB_CACHE:-$HOME/.cache/collab}"
 PYTHON_PACKAGES=(schemathesis==4.32.5)
 VENV="$CACHE/openapi-check-venv"
-STAMP="$VENV/.installed"
 EXAMPLES="${OPENAPI_CHECK_EXAMPLES:-60}"
 
 log() { echo "openapi-check: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 # shellcheck source=scripts/lib/server-process.sh
 source scripts/lib/server-process.sh
+# shellcheck source=scripts/lib/python-venv.sh
+source scripts/lib/python-venv.sh
 
 install_schemathesis() {
-  if [[ -x "$VENV/bin/schemathesis" && -f "$STAMP" && "$(cat "$STAMP")" == "${PYTHON_PACKAGES[*]}" ]]; then
-    log "found ${PYTHON_PACKAGES[*]} in $VENV"
-    return
-  fi
-  command -v python3 >/dev/null || die "python3 not found"
-  log "installing ${PYTHON_PACKAGES[*]} (PyPI) into $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}" >&2 \
-    || die "pip install ${PYTHON_PACKAGES[*]} failed"
-  echo "${PYTHON_PACKAGES[*]}" >"$STAMP"
+  install_venv "$VENV" "${PYTHON_PACKAGES[@]}"
 }
 
 collab_binary() {
